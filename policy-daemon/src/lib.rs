@@ -1,0 +1,12 @@
+//! xdp-policy: the daemon and CLI that load the XDP policy program, fill its maps from
+//! TOML policies and attach it to interfaces.
+//!
+//! - [`policy`]: TOML → validated policy → map contents (pure, no kernel).
+//! - [`dataplane`]: the only module that talks to the kernel (load, fill, attach, count).
+//! - [`cli`]: the `xdp-policy` subcommands.
+//! - [`testbed`]: throw-away network namespaces for the demo and the end-to-end tests.
+
+pub mod cli;
+pub mod dataplane;
+pub mod policy;
+pub mod testbed;

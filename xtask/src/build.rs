@@ -1,0 +1,105 @@
+//! Building: the eBPF object first (nightly, bpfel-unknown-none), then whatever userspace
+//! target is asked for, always with `XDP_POLICY_EBPF_OBJECT` naming that object so the
+//! daemon embeds exactly what was just built.
+
+use std::{
+    env,
+    ffi::OsString,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::setup::{Toolchain, run_cmd};
+
+const EBPF_TARGET: &str = "bpfel-unknown-none";
+const EBPF_PACKAGE: &str = "policy-ebpf";
+/// The environment variable `policy-daemon/build.rs` reads to find the object.
+const EBPF_OBJECT_ENV: &str = "XDP_POLICY_EBPF_OBJECT";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Builds the eBPF object and returns its path.
+pub fn ebpf(toolchain: &Toolchain) -> Result<PathBuf> {
+    // A target dir of its own: the nightly build-std artefacts never invalidate the
+    // stable userspace ones, and the two builds never wait on each other's lock.
+    let ebpf_target_dir = target_dir().join("ebpf");
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(workspace_root())
+        .args(["run", &toolchain.name, "cargo", "build", "--package", EBPF_PACKAGE])
+        .args(["--bins", "--release", "--target", EBPF_TARGET, "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(&ebpf_target_dir);
+    // The same flags aya-build passes: the architecture cfg aya-ebpf needs, and debug
+    // info so bpf-linker can emit BTF.
+    let rustflags: OsString = [
+        format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH),
+        "-Cdebuginfo=2".into(),
+        "-Clink-arg=--btf".into(),
+    ]
+    .join("\x1f")
+    .into();
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", rustflags);
+    // Set by the outer (stable) cargo; they would point the nightly build at stable tools.
+    for var in ["RUSTC", "RUSTC_WORKSPACE_WRAPPER", "RUSTUP_TOOLCHAIN", "CARGO", "RUSTFLAGS"] {
+        cmd.env_remove(var);
+    }
+    eprintln!("xtask: building the eBPF program ({}, {EBPF_TARGET})", toolchain.name);
+    run_cmd(&mut cmd).context("building the eBPF program failed")?;
+    let object = ebpf_target_dir.join(EBPF_TARGET).join("release").join(EBPF_PACKAGE);
+    anyhow::ensure!(object.exists(), "the eBPF build succeeded but {} is missing", object.display());
+    Ok(object)
+}
+
+/// Builds the eBPF object, then the daemon binary embedding it; returns the binary.
+pub fn daemon(toolchain: &Toolchain, release: bool) -> Result<PathBuf> {
+    let object = ebpf(toolchain)?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "policy-daemon", "--bins", "--examples"])
+        .env(EBPF_OBJECT_ENV, &object);
+    let profile = if release {
+        cmd.arg("--release");
+        "release"
+    } else {
+        "debug"
+    };
+    run_cmd(&mut cmd).context("building the daemon failed")?;
+    Ok(target_dir().join(profile).join("xdp-policy"))
+}
+
+/// Builds everything and runs `cargo test` over the default members (all but the eBPF
+/// crate): unit tests, the policy examples, the kernel packet tests and the veth tests.
+pub fn test(toolchain: &Toolchain, args: &[String]) -> Result<()> {
+    let object = ebpf(toolchain)?;
+    run_cmd(cargo().arg("test").args(args).env(EBPF_OBJECT_ENV, &object))
+        .context("tests failed")
+}
+
+/// Builds the daemon and the demo, then becomes the demo, so that Ctrl-C reaches it
+/// directly and it cleans up its namespaces before exiting.
+pub fn demo(toolchain: &Toolchain) -> Result<()> {
+    let daemon = daemon(toolchain, false)?;
+    let demo = target_dir().join("debug").join("examples").join("demo");
+    let policy = workspace_root().join("policies").join("edge-deny-list.toml");
+    let error = Command::new(&demo).arg("--daemon").arg(&daemon).arg("--policy").arg(&policy).exec();
+    Err(error).with_context(|| format!("could not run {}", demo.display()))
+}

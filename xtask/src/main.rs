@@ -1,0 +1,72 @@
+//! `cargo xtask`: the one way xdp-policy is set up, built, tested and demonstrated.
+//!
+//! The eBPF program is built only here (`build-ebpf`), on the nightly toolchain that
+//! `setup` checks; the daemon embeds the object it produced (`policy-daemon/build.rs`).
+
+mod build;
+mod setup;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "xdp-policy development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the eBPF build and the tests need (idempotent).
+    Setup,
+    /// Build the eBPF object (bpfel-unknown-none, nightly, -Z build-std=core).
+    BuildEbpf,
+    /// Build the eBPF object, then the daemon with the object embedded.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up if needed, build, and run every test layer (unit, policies, kernel, veth).
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, `--nocapture`, …).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run xdp-policy between two throw-away network namespaces with real traffic.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Setup => setup::run().map(drop),
+        Command::BuildEbpf => {
+            let toolchain = setup::ensure()?;
+            build::ebpf(&toolchain).map(drop)
+        }
+        Command::Build { release } => {
+            let toolchain = setup::ensure()?;
+            build::daemon(&toolchain, release).map(drop)
+        }
+        Command::Test { args } => {
+            let toolchain = setup::ensure()?;
+            build::test(&toolchain, &args)
+        }
+        Command::Demo => {
+            let toolchain = setup::ensure()?;
+            build::demo(&toolchain)
+        }
+    }
+}
