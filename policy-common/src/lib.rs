@@ -30,6 +30,15 @@ pub const PORT_MAP_ENTRIES: u32 = 1 << 16;
 /// header; a packet with more is counted as [`Verdict::PassMalformed`] and passed.
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 
+/// XDP return codes (`enum xdp_action` of the kernel UAPI), for userspace that reads
+/// them back from BPF_PROG_TEST_RUN. The kernel program uses aya's bindings and asserts
+/// they are equal.
+pub mod xdp_action {
+    pub const XDP_ABORTED: u32 = 0;
+    pub const XDP_DROP: u32 = 1;
+    pub const XDP_PASS: u32 = 2;
+}
+
 /// What a port map entry says about packets to that port.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,4 +165,35 @@ mod pod {
     unsafe impl aya::Pod for super::PortEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_all_is_indexed_by_discriminant() {
+        for (i, verdict) in Verdict::ALL.iter().enumerate() {
+            assert_eq!(*verdict as usize, i);
+            assert_eq!(Verdict::try_from(i as u32), Ok(*verdict));
+        }
+        assert_eq!(Verdict::try_from(Verdict::COUNT), Err(Verdict::COUNT));
+        assert_eq!(Verdict::ALL.iter().filter(|v| v.drops()).count(), 1);
+    }
+
+    #[test]
+    fn port_action_round_trips_through_u8() {
+        for action in [PortAction::NoRule, PortAction::Pass, PortAction::Drop] {
+            assert_eq!(PortAction::try_from(PortEntry::new(action).action), Ok(action));
+        }
+        assert_eq!(PortAction::try_from(3), Err(3));
+        assert_eq!(PortEntry::NO_RULE.action, 0, "zeroed map memory must mean `no rule`");
+    }
+
+    #[test]
+    fn names_fit_the_kernel_object_name_limit() {
+        for name in MAP_NAMES.iter().chain([&PROGRAM_NAME]) {
+            assert!(name.len() <= 15, "{name} is longer than 15 bytes");
+        }
+    }
 }

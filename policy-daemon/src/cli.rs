@@ -71,11 +71,17 @@ pub enum CliError {
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error(transparent)]
-    Dataplane(#[from] DataplaneError),
+    Dataplane(Box<DataplaneError>),
     #[error("{0} of {1} policies are invalid")]
     InvalidPolicies(usize, usize),
     #[error("installing the signal handlers failed")]
     Signals(#[source] io::Error),
+}
+
+impl From<DataplaneError> for CliError {
+    fn from(e: DataplaneError) -> Self {
+        Self::Dataplane(Box::new(e))
+    }
 }
 
 impl CliError {

@@ -21,6 +21,11 @@ use crate::policy::{PortTable, Ruleset};
 /// The eBPF object `cargo xtask build` produced (empty when built without it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/policy-ebpf.o"));
 
+/// The embedded eBPF object; empty when the daemon was built without it.
+pub fn embedded_object() -> &'static [u8] {
+    OBJECT
+}
+
 /// Which XDP mode to attach in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeChoice {

@@ -14,6 +14,12 @@ use policy_common::{PortAction, Verdict};
 
 use crate::parse::{Packet, Transport};
 
+const _: () = assert!(
+    xdp_action::XDP_DROP == policy_common::xdp_action::XDP_DROP
+        && xdp_action::XDP_PASS == policy_common::xdp_action::XDP_PASS
+        && xdp_action::XDP_ABORTED == policy_common::xdp_action::XDP_ABORTED
+);
+
 #[xdp]
 pub fn policy_xdp(ctx: XdpContext) -> u32 {
     let verdict = match parse::parse(&ctx) {

@@ -38,19 +38,18 @@ fn cargo() -> Command {
     cmd
 }
 
-/// Builds the eBPF object and returns its path.
-pub fn ebpf(toolchain: &Toolchain) -> Result<PathBuf> {
-    // A target dir of its own: the nightly build-std artefacts never invalidate the
-    // stable userspace ones, and the two builds never wait on each other's lock.
-    let ebpf_target_dir = target_dir().join("ebpf");
+/// `cargo <subcommand>` for the eBPF crate on the nightly toolchain, with the flags
+/// aya-build would pass.
+fn ebpf_cargo(toolchain: &Toolchain, subcommand: &str) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.current_dir(workspace_root())
-        .args(["run", &toolchain.name, "cargo", "build", "--package", EBPF_PACKAGE])
+        .args(["run", &toolchain.name, "cargo", subcommand, "--package", EBPF_PACKAGE])
         .args(["--bins", "--release", "--target", EBPF_TARGET, "-Z", "build-std=core"])
+        // A target dir of its own: the nightly build-std artefacts never invalidate the
+        // stable userspace ones, and the two builds never wait on each other's lock.
         .arg("--target-dir")
-        .arg(&ebpf_target_dir);
-    // The same flags aya-build passes: the architecture cfg aya-ebpf needs, and debug
-    // info so bpf-linker can emit BTF.
+        .arg(ebpf_target_dir());
+    // The architecture cfg aya-ebpf needs, and debug info so bpf-linker can emit BTF.
     let rustflags: OsString = [
         format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH),
         "-Cdebuginfo=2".into(),
@@ -63,11 +62,36 @@ pub fn ebpf(toolchain: &Toolchain) -> Result<PathBuf> {
     for var in ["RUSTC", "RUSTC_WORKSPACE_WRAPPER", "RUSTUP_TOOLCHAIN", "CARGO", "RUSTFLAGS"] {
         cmd.env_remove(var);
     }
+    cmd
+}
+
+fn ebpf_target_dir() -> PathBuf {
+    target_dir().join("ebpf")
+}
+
+/// Builds the eBPF object and returns its path.
+pub fn ebpf(toolchain: &Toolchain) -> Result<PathBuf> {
     eprintln!("xtask: building the eBPF program ({}, {EBPF_TARGET})", toolchain.name);
-    run_cmd(&mut cmd).context("building the eBPF program failed")?;
-    let object = ebpf_target_dir.join(EBPF_TARGET).join("release").join(EBPF_PACKAGE);
+    run_cmd(&mut ebpf_cargo(toolchain, "build")).context("building the eBPF program failed")?;
+    let object = ebpf_target_dir().join(EBPF_TARGET).join("release").join(EBPF_PACKAGE);
     anyhow::ensure!(object.exists(), "the eBPF build succeeded but {} is missing", object.display());
     Ok(object)
+}
+
+/// rustfmt over the workspace, clippy over userspace and over the eBPF crate (which
+/// only builds for the BPF target), warnings denied.
+pub fn lint(toolchain: &Toolchain) -> Result<()> {
+    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("rustfmt: run `cargo fmt --all`")?;
+    let object = ebpf(toolchain)?;
+    run_cmd(
+        cargo()
+            .args(["clippy", "--all-targets", "--", "-D", "warnings"])
+            .env(EBPF_OBJECT_ENV, &object),
+    )
+    .context("clippy (userspace) failed")?;
+    run_cmd(ebpf_cargo(toolchain, "clippy").args(["--", "-D", "warnings"]))
+        .context("clippy (eBPF) failed")
 }
 
 /// Builds the eBPF object, then the daemon binary embedding it; returns the binary.

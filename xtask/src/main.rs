@@ -29,6 +29,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// rustfmt check and clippy (userspace and eBPF), warnings denied.
+    Lint,
     /// Set up if needed, build, and run every test layer (unit, policies, kernel, veth).
     Test {
         /// Extra arguments for `cargo test` (a test name filter, `--nocapture`, …).
@@ -59,6 +61,10 @@ fn run(command: Command) -> Result<()> {
         Command::Build { release } => {
             let toolchain = setup::ensure()?;
             build::daemon(&toolchain, release).map(drop)
+        }
+        Command::Lint => {
+            let toolchain = setup::ensure()?;
+            build::lint(&toolchain)
         }
         Command::Test { args } => {
             let toolchain = setup::ensure()?;

@@ -18,6 +18,8 @@ const BPF_LINKER_VERSION: &str = "0.13";
 /// the last nightly on LLVM 22 (later ones use LLVM 23, whose bitcode bpf-linker 0.13
 /// cannot read: "Invalid record").
 const NIGHTLY_CANDIDATES: [&str; 2] = ["nightly", "nightly-2026-07-01"];
+/// rust-src for `-Z build-std=core`; clippy for `cargo xtask lint` of the eBPF crate.
+const NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
 /// Debian packages: the LLVM bpf-linker links against, and the tools the tests use.
 const DEBIAN_PACKAGES: [&str; 4] = ["llvm-22-dev", "iproute2", "iputils-ping", "procps"];
 
@@ -43,8 +45,10 @@ fn check_all() -> Result<Toolchain> {
         bail!("missing Debian packages: {}", missing.join(" "));
     }
     let toolchain = find_nightly().context("no nightly toolchain on LLVM 22")?;
-    if !has_rust_src(&toolchain.name)? {
-        bail!("rust-src is missing for {}", toolchain.name);
+    for component in NIGHTLY_COMPONENTS {
+        if !has_component(&toolchain.name, component)? {
+            bail!("{component} is missing for {}", toolchain.name);
+        }
     }
     check_bpf_linker()?;
     Ok(toolchain)
@@ -53,7 +57,7 @@ fn check_all() -> Result<Toolchain> {
 pub fn run() -> Result<Toolchain> {
     step("Debian packages", install_debian_packages)?;
     let toolchain = step("nightly toolchain on LLVM 22", install_nightly)?;
-    step("rust-src component", || install_rust_src(&toolchain.name))?;
+    step("nightly components (rust-src, clippy)", || install_components(&toolchain.name))?;
     step("bpf-linker", install_bpf_linker)?;
     eprintln!("xtask: setup complete (eBPF toolchain: {})", toolchain.name);
     Ok(toolchain)
@@ -164,23 +168,26 @@ fn install_nightly() -> Result<Toolchain> {
     find_nightly()
 }
 
-fn has_rust_src(toolchain: &str) -> Result<bool> {
+fn has_component(toolchain: &str, component: &str) -> Result<bool> {
     let output = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", toolchain])
         .output()
         .context("running rustup component list")?;
-    Ok(String::from_utf8_lossy(&output.stdout).lines().any(|l| l.starts_with("rust-src")))
+    Ok(String::from_utf8_lossy(&output.stdout).lines().any(|l| l.starts_with(component)))
 }
 
-fn install_rust_src(toolchain: &str) -> Result<()> {
-    if has_rust_src(toolchain)? {
-        eprintln!("xtask:   already installed for {toolchain}");
-        return Ok(());
+fn install_components(toolchain: &str) -> Result<()> {
+    for component in NIGHTLY_COMPONENTS {
+        if has_component(toolchain, component)? {
+            eprintln!("xtask:   {component} already installed for {toolchain}");
+            continue;
+        }
+        run_cmd(Command::new("rustup").args(["component", "add", component, "--toolchain", toolchain]))
+            .with_context(|| {
+                format!("try by hand: rustup component add {component} --toolchain {toolchain}")
+            })?;
     }
-    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", toolchain]))
-        .with_context(|| {
-            format!("try by hand: rustup component add rust-src --toolchain {toolchain}")
-        })
+    Ok(())
 }
 
 fn bpf_linker_path() -> Option<PathBuf> {

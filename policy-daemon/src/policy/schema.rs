@@ -118,7 +118,42 @@ struct RawRule {
     action: Action,
     #[serde(default)]
     protocol: Protocol,
-    dst_ports: Option<Spanned<Vec<PortRange>>>,
+    dst_ports: Option<Spanned<PortList>>,
+}
+
+/// `dst_ports`: a list of ports and ranges, or a single one written without brackets.
+struct PortList(Vec<PortRange>);
+
+impl<'de> Deserialize<'de> for PortList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = PortList;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a list of ports, or {PORT_EXPECTED}")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortList, E> {
+                Ok(PortList(vec![PortRange::deserialize(de::value::I64Deserializer::new(v))?]))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortList, E> {
+                Ok(PortList(vec![PortRange::deserialize(de::value::StrDeserializer::new(v))?]))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<PortList, A::Error> {
+                let mut ports = Vec::new();
+                while let Some(port) = seq.next_element()? {
+                    ports.push(port);
+                }
+                Ok(PortList(ports))
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// Parses one policy file; `file` is only used in messages. `names` holds the rule names
@@ -148,7 +183,7 @@ pub fn parse_file(
             ));
         }
         let dst_ports = match raw.dst_ports {
-            Some(ports) if ports.get_ref().is_empty() => {
+            Some(ports) if ports.get_ref().0.is_empty() => {
                 diagnostics.push(diag(
                     ports.span(),
                     "dst_ports is empty, so the rule could never match: list ports, or leave \
@@ -157,7 +192,7 @@ pub fn parse_file(
                 ));
                 None
             }
-            other => other.map(Spanned::into_inner),
+            other => other.map(|ports| ports.into_inner().0),
         };
         let location = Location::of(file.to_path_buf(), text, name_span.start);
         if let Some(first) = names.get(&name) {

@@ -1,0 +1,111 @@
+//! Every example policy in `policies/` is valid, and `xdp-policy check` / `run` report
+//! policy problems with the right text and exit status. No root needed.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use policy_daemon::policy;
+
+fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+fn example_files() -> Vec<PathBuf> {
+    let mut files: Vec<_> = fs::read_dir(policies_dir())
+        .expect("policies/ exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn xdp_policy(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xdp-policy")).args(args).output().expect("runs xdp-policy")
+}
+
+/// A policy file in a fresh temporary directory, removed on drop.
+struct TempPolicy(PathBuf);
+
+impl TempPolicy {
+    fn new(name: &str, text: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xdp-policy-test-{}-{name}", std::process::id()));
+        fs::create_dir_all(&dir).expect("creating a temp dir");
+        let file = dir.join("policy.toml");
+        fs::write(&file, text).expect("writing the policy");
+        Self(file)
+    }
+}
+
+impl Drop for TempPolicy {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[test]
+fn every_example_policy_is_valid() {
+    let files = example_files();
+    assert!(files.len() >= 2, "expected the documented examples in policies/, found {files:?}");
+    for file in &files {
+        let policy = policy::load(file).unwrap_or_else(|e| panic!("{} is invalid:\n{e}", file.display()));
+        assert!(!policy.rules.is_empty(), "{} has no rules", file.display());
+    }
+    // Together, as a conf.d-style directory: rule names are unique across the files.
+    let merged = policy::load(&policies_dir()).unwrap_or_else(|e| panic!("policies/ as a directory:\n{e}"));
+    assert_eq!(merged.sources, files);
+}
+
+#[test]
+fn check_accepts_the_examples() {
+    for file in example_files() {
+        let path = file.to_str().expect("utf-8 path");
+        let out = xdp_policy(&["check", path]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "check {path} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.starts_with(&format!("{path}: valid, ")), "unexpected output: {stdout}");
+    }
+}
+
+#[test]
+fn check_rejects_an_invalid_policy_with_its_location() {
+    let bad = TempPolicy::new("check", "[[rule]]\nname = \"a\"\naction = \"drop\"\ndst_ports = [\"90-80\"]\n");
+    let path = bad.0.to_str().expect("utf-8 path");
+    let out = xdp_policy(&["check", path]);
+    assert_eq!(out.status.code(), Some(1), "an invalid policy must fail check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "{path}:4:14: invalid port range \"90-80\": the low end is above the high end\n"
+        )),
+        "unexpected stderr: {stderr}"
+    );
+}
+
+#[test]
+fn run_refuses_an_invalid_policy_with_ex_usage() {
+    let bad = TempPolicy::new("run", "[[rule]]\nname = \"a\"\naction = \"block\"\n");
+    let path = bad.0.to_str().expect("utf-8 path");
+    // Refused before anything touches the kernel, so no root is needed and the
+    // interface need not exist.
+    let out = xdp_policy(&["run", "--iface", "xdpp-none0", "--policy", path]);
+    assert_eq!(out.status.code(), Some(64), "bad configuration exits 64 (EX_USAGE)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{path}:3:10: unknown variant `block`, expected `pass` or `drop`")),
+        "unexpected stderr: {stderr}"
+    );
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let out = xdp_policy(&["check", "/nonexistent/xdp-policy.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("/nonexistent/xdp-policy.toml: No such file or directory"), "{stderr}");
+}

@@ -1,0 +1,237 @@
+//! A small packet builder for BPF_PROG_TEST_RUN tests: Ethernet, VLAN tags, IPv4 (with
+//! options and fragments) or IPv6 (with extension headers), TCP/UDP/ICMP, and ways to
+//! break each of them. Checksums are left zero: XDP programs under test do not check them.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_ESP: u8 = 50;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
+const SRC4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const DST4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const SRC6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+const DST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+
+#[derive(Clone, Debug)]
+pub enum L4 {
+    Tcp { dst_port: u16, data_offset: u8 },
+    Udp { dst_port: u16 },
+    /// Any other protocol with an opaque 8-byte header.
+    Other { proto: u8 },
+}
+
+#[derive(Clone, Debug)]
+enum L3 {
+    V4 { ihl: u8, options: Vec<u8>, frag_offset: u16, more_fragments: bool, version: u8 },
+    V6 { ext: Vec<(u8, Vec<u8>)> },
+    Arp,
+}
+
+#[derive(Clone, Debug)]
+pub struct Packet {
+    vlans: Vec<u16>,
+    l3: L3,
+    l4: L4,
+    truncate_to: Option<usize>,
+}
+
+pub fn tcp(dst_port: u16) -> L4 {
+    L4::Tcp { dst_port, data_offset: 5 }
+}
+
+pub fn udp(dst_port: u16) -> L4 {
+    L4::Udp { dst_port }
+}
+
+impl Packet {
+    pub fn ipv4(l4: L4) -> Self {
+        let l3 = L3::V4 { ihl: 5, options: vec![], frag_offset: 0, more_fragments: false, version: 4 };
+        Self { vlans: vec![], l3, l4, truncate_to: None }
+    }
+
+    pub fn ipv6(l4: L4) -> Self {
+        Self { vlans: vec![], l3: L3::V6 { ext: vec![] }, l4, truncate_to: None }
+    }
+
+    pub fn arp() -> Self {
+        Self { vlans: vec![], l3: L3::Arp, l4: L4::Other { proto: 0 }, truncate_to: None }
+    }
+
+    /// Adds a VLAN tag with this TPID (outermost first).
+    pub fn vlan(mut self, tpid: u16) -> Self {
+        self.vlans.push(tpid);
+        self
+    }
+
+    /// IPv4 options (padded with NOPs to a multiple of 4 bytes); IHL follows.
+    pub fn ipv4_options(mut self, len: usize) -> Self {
+        if let L3::V4 { ihl, options, .. } = &mut self.l3 {
+            let padded = len.div_ceil(4) * 4;
+            *options = vec![1; padded]; // NOP
+            *ihl = 5 + (padded / 4) as u8;
+        }
+        self
+    }
+
+    /// Overrides the IPv4 IHL field without changing what follows.
+    pub fn ipv4_ihl(mut self, value: u8) -> Self {
+        if let L3::V4 { ihl, .. } = &mut self.l3 {
+            *ihl = value;
+        }
+        self
+    }
+
+    pub fn ip_version(mut self, value: u8) -> Self {
+        if let L3::V4 { version, .. } = &mut self.l3 {
+            *version = value;
+        }
+        self
+    }
+
+    /// IPv4 fragment offset (in 8-byte units) and MF flag.
+    pub fn ipv4_fragment(mut self, offset: u16, more: bool) -> Self {
+        if let L3::V4 { frag_offset, more_fragments, .. } = &mut self.l3 {
+            *frag_offset = offset;
+            *more_fragments = more;
+        }
+        self
+    }
+
+    /// An IPv6 extension header (hop-by-hop, routing, destination options): 8 bytes.
+    pub fn ipv6_ext(mut self, proto: u8) -> Self {
+        if let L3::V6 { ext } = &mut self.l3 {
+            ext.push((proto, vec![0; 6]));
+        }
+        self
+    }
+
+    /// An IPv6 fragment header with this offset (8-byte units) and the M flag set.
+    pub fn ipv6_fragment(mut self, offset: u16) -> Self {
+        if let L3::V6 { ext } = &mut self.l3 {
+            let offset_flags = (offset << 3) | 1;
+            let mut body = vec![0; 6];
+            body[0..2].copy_from_slice(&offset_flags.to_be_bytes());
+            ext.push((IPPROTO_FRAGMENT, body));
+        }
+        self
+    }
+
+    /// An IPv6 authentication header (12 bytes: 4-byte units minus 2 = 1).
+    pub fn ipv6_ah(mut self) -> Self {
+        if let L3::V6 { ext } = &mut self.l3 {
+            ext.push((IPPROTO_AH, vec![0; 10]));
+        }
+        self
+    }
+
+    /// Cuts the built packet to `len` bytes.
+    pub fn truncate(mut self, len: usize) -> Self {
+        self.truncate_to = Some(len);
+        self
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&[0x02, 0, 0, 0, 0, 2]); // dst MAC
+        out.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]); // src MAC
+        for tpid in &self.vlans {
+            out.extend_from_slice(&tpid.to_be_bytes());
+            out.extend_from_slice(&100u16.to_be_bytes()); // TCI: VLAN 100
+        }
+        let l4 = self.l4_bytes();
+        match &self.l3 {
+            L3::Arp => {
+                out.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+                out.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]); // request, Ethernet/IPv4
+                out.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+                out.extend_from_slice(&SRC4.octets());
+                out.extend_from_slice(&[0; 6]);
+                out.extend_from_slice(&DST4.octets());
+            }
+            L3::V4 { ihl, options, frag_offset, more_fragments, version } => {
+                out.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+                let total = 20 + options.len() + l4.len();
+                out.push((version << 4) | (ihl & 0xf));
+                out.push(0);
+                out.extend_from_slice(&(total as u16).to_be_bytes());
+                out.extend_from_slice(&[0x12, 0x34]);
+                let frags = (u16::from(*more_fragments) << 13) | (frag_offset & 0x1fff);
+                out.extend_from_slice(&frags.to_be_bytes());
+                out.extend_from_slice(&[64, self.proto(), 0, 0]);
+                out.extend_from_slice(&SRC4.octets());
+                out.extend_from_slice(&DST4.octets());
+                out.extend_from_slice(options);
+                out.extend_from_slice(&l4);
+            }
+            L3::V6 { ext } => {
+                out.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+                let ext_len: usize = ext.iter().map(|(_, body)| 2 + body.len()).sum();
+                out.extend_from_slice(&[0x60, 0, 0, 0]);
+                out.extend_from_slice(&((ext_len + l4.len()) as u16).to_be_bytes());
+                let first = ext.first().map_or(self.proto(), |(p, _)| *p);
+                out.extend_from_slice(&[first, 64]);
+                out.extend_from_slice(&SRC6.octets());
+                out.extend_from_slice(&DST6.octets());
+                for (i, (proto, body)) in ext.iter().enumerate() {
+                    let next = ext.get(i + 1).map_or(self.proto(), |(p, _)| *p);
+                    let len_field = match *proto {
+                        IPPROTO_FRAGMENT => 0,
+                        IPPROTO_AH => ((2 + body.len()) / 4 - 2) as u8,
+                        _ => ((2 + body.len()) / 8 - 1) as u8,
+                    };
+                    out.extend_from_slice(&[next, len_field]);
+                    out.extend_from_slice(body);
+                }
+                out.extend_from_slice(&l4);
+            }
+        }
+        if let Some(len) = self.truncate_to {
+            out.truncate(len);
+        }
+        out
+    }
+
+    fn proto(&self) -> u8 {
+        match self.l4 {
+            L4::Tcp { .. } => IPPROTO_TCP,
+            L4::Udp { .. } => IPPROTO_UDP,
+            L4::Other { proto } => proto,
+        }
+    }
+
+    fn l4_bytes(&self) -> Vec<u8> {
+        let src_port = 40000u16.to_be_bytes();
+        match self.l4 {
+            L4::Tcp { dst_port, data_offset } => {
+                let mut h = vec![0; 20];
+                h[0..2].copy_from_slice(&src_port);
+                h[2..4].copy_from_slice(&dst_port.to_be_bytes());
+                h[12] = data_offset << 4;
+                h[13] = 0x02; // SYN
+                h
+            }
+            L4::Udp { dst_port } => {
+                let mut h = vec![0; 8];
+                h[0..2].copy_from_slice(&src_port);
+                h[2..4].copy_from_slice(&dst_port.to_be_bytes());
+                h[4..6].copy_from_slice(&8u16.to_be_bytes());
+                h
+            }
+            L4::Other { .. } => vec![8, 0, 0, 0, 0, 1, 0, 1], // looks like an ICMP echo
+        }
+    }
+}
