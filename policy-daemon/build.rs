@@ -28,5 +28,8 @@ fn main() {
             Vec::new()
         }
     };
-    fs::write(&out, bytes).expect("writing OUT_DIR/policy-ebpf.o");
+    // Rewriting an unchanged object would make cargo recompile the crate every build.
+    if fs::read(&out).ok().as_deref() != Some(bytes.as_slice()) {
+        fs::write(&out, bytes).expect("writing OUT_DIR/policy-ebpf.o");
+    }
 }
