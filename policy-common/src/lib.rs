@@ -4,6 +4,14 @@
 //! Every map value here is `#[repr(C)]` with explicit padding and a size assertion, holds
 //! no `bool` or Rust enum, and states the byte order of each field. Changing a layout is a
 //! change of the kernel ABI between the daemon and a loaded program.
+//!
+//! # Classifier layout
+//!
+//! Rules are numbered in evaluation order (0 = first). Every field lookup yields a
+//! [`RuleBitmap`] of the rules that field admits; the program ANDs the bitmaps and the
+//! lowest set bit is the winning rule. All rule maps hold [`GENERATIONS`] generations:
+//! the daemon writes the inactive one whole, then flips [`ACTIVE_MAP`]; the program reads
+//! it once per packet, so every packet sees one complete ruleset.
 #![no_std]
 
 use core::mem::size_of;
@@ -12,19 +20,72 @@ use core::mem::size_of;
 /// every name here is at most 15 bytes long.
 pub const PROGRAM_NAME: &str = "policy_xdp";
 
-/// `Array<PortEntry>` indexed by TCP destination port (host byte order).
-pub const TCP_DST_PORTS_MAP: &str = "TCP_DST_PORTS";
-/// `Array<PortEntry>` indexed by UDP destination port (host byte order).
-pub const UDP_DST_PORTS_MAP: &str = "UDP_DST_PORTS";
+/// `Array<u32>` of one entry: the generation the program reads.
+pub const ACTIVE_MAP: &str = "ACTIVE";
+/// `Array<GenConfig>`, one entry per generation.
+pub const CONFIG_MAP: &str = "CONFIG";
+/// `Array<RuleInfo>`, index `generation * MAX_RULES + rule`.
+pub const RULES_MAP: &str = "RULES";
+/// `Array<RuleBitmap>`, index `generation * FIELD_BITMAPS_PER_GEN + FieldBitmap`.
+pub const FIELD_BITMAPS_MAP: &str = "FIELD_BITMAPS";
+/// `Array<u64>`: destination port → port class, four 16-bit classes per entry (port `p`
+/// is bits `16 * (p % 4)..` of entry `generation * PORT_CLASS_WORDS + p / 4`). For ICMP
+/// packets the "destination port" is the ICMP type.
+pub const DPORT_CLASSES_MAP: &str = "DPORT_CLASSES";
+/// `Array<u64>`: source port → port class, laid out as [`DPORT_CLASSES_MAP`].
+pub const SPORT_CLASSES_MAP: &str = "SPORT_CLASSES";
+/// `Array<RuleBitmap>`: destination port class → rules, index
+/// `generation * MAX_PORT_CLASSES + class`.
+pub const DPORT_BITMAPS_MAP: &str = "DPORT_BITMAPS";
+/// `Array<RuleBitmap>`: source port class → rules.
+pub const SPORT_BITMAPS_MAP: &str = "SPORT_BITMAPS";
+/// `LpmTrie<Ipv4Key, RuleBitmap>` over source addresses.
+pub const SRC_V4_MAP: &str = "SRC_V4";
+/// `LpmTrie<Ipv4Key, RuleBitmap>` over destination addresses.
+pub const DST_V4_MAP: &str = "DST_V4";
+/// `LpmTrie<Ipv6Key, RuleBitmap>` over source addresses.
+pub const SRC_V6_MAP: &str = "SRC_V6";
+/// `LpmTrie<Ipv6Key, RuleBitmap>` over destination addresses.
+pub const DST_V6_MAP: &str = "DST_V6";
+/// `PerCpuArray<Counter>` indexed by a rule's counter slot ([`RuleInfo::counter_slot`]).
+pub const RULE_COUNTERS_MAP: &str = "RULE_COUNTERS";
 /// `PerCpuArray<Counter>` indexed by [`Verdict`].
 pub const VERDICT_COUNTERS_MAP: &str = "VERDICTS";
 
 /// Every map the program declares, for checks that the built object carries them all.
-pub const MAP_NAMES: [&str; 3] = [TCP_DST_PORTS_MAP, UDP_DST_PORTS_MAP, VERDICT_COUNTERS_MAP];
+pub const MAP_NAMES: [&str; 14] = [
+    ACTIVE_MAP,
+    CONFIG_MAP,
+    RULES_MAP,
+    FIELD_BITMAPS_MAP,
+    DPORT_CLASSES_MAP,
+    SPORT_CLASSES_MAP,
+    DPORT_BITMAPS_MAP,
+    SPORT_BITMAPS_MAP,
+    SRC_V4_MAP,
+    DST_V4_MAP,
+    SRC_V6_MAP,
+    DST_V6_MAP,
+    RULE_COUNTERS_MAP,
+    VERDICT_COUNTERS_MAP,
+];
 
-/// Entries in each port map: one per possible port, so a lookup is a single array index
-/// and a port range costs nothing more than a single port.
-pub const PORT_MAP_ENTRIES: u32 = 1 << 16;
+/// Rules per policy: one bit each in a [`RuleBitmap`].
+pub const MAX_RULES: usize = 1024;
+/// 64-bit words in a [`RuleBitmap`].
+pub const BITMAP_WORDS: usize = MAX_RULES / 64;
+/// Rule generations kept in every rule map.
+pub const GENERATIONS: u32 = 2;
+/// Distinct port classes per port field: N rules with one range each cut the port space
+/// into at most 2N + 1 classes.
+pub const MAX_PORT_CLASSES: u32 = 4096;
+/// Entries of a port-class map per generation (four ports per entry).
+pub const PORT_CLASS_WORDS: u32 = (1 << 16) / 4;
+/// Prefixes per address field and IP version (src IPv4, dst IPv4, src IPv6, dst IPv6).
+pub const MAX_PREFIXES: u32 = 131_072;
+/// Counter slots: a rule keeps its slot across reloads while it is unchanged, and the
+/// old and the new generation may use different slots at once.
+pub const RULE_COUNTER_SLOTS: u32 = 2 * MAX_RULES as u32;
 
 /// IPv6 extension headers the parser walks before it gives up on finding the transport
 /// header; a packet with more is counted as [`Verdict::PassMalformed`] and passed.
@@ -39,24 +100,122 @@ pub mod xdp_action {
     pub const XDP_PASS: u32 = 2;
 }
 
-/// What a port map entry says about packets to that port.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PortAction {
-    /// No rule names this port: the default action applies.
-    NoRule = 0,
-    /// The first rule that names this port passes the packet.
-    Pass = 1,
-    /// The first rule that names this port drops the packet.
-    Drop = 2,
+/// One bit per rule: bit `r % 64` of word `r / 64` stands for rule `r`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RuleBitmap {
+    /// Native byte order.
+    pub words: [u64; BITMAP_WORDS],
 }
 
-impl TryFrom<u8> for PortAction {
+const _: () = assert!(size_of::<RuleBitmap>() == 128);
+
+impl RuleBitmap {
+    pub const EMPTY: Self = Self { words: [0; BITMAP_WORDS] };
+
+    pub fn set(&mut self, rule: usize) {
+        self.words[rule / 64] |= 1 << (rule % 64);
+    }
+
+    pub fn contains(&self, rule: usize) -> bool {
+        self.words[rule / 64] & (1 << (rule % 64)) != 0
+    }
+
+    /// The lowest rule in both bitmaps.
+    pub fn first_common(&self, other: &Self) -> Option<usize> {
+        self.words
+            .iter()
+            .zip(other.words.iter())
+            .enumerate()
+            .find_map(|(i, (a, b))| {
+                let w = a & b;
+                (w != 0).then(|| i * 64 + w.trailing_zeros() as usize)
+            })
+    }
+}
+
+/// The transport classes the protocol field distinguishes; index into the field bitmaps.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4Class {
+    Tcp = 0,
+    Udp = 1,
+    /// ICMP over IPv4.
+    Icmp = 2,
+    /// ICMPv6 over IPv6.
+    Icmpv6 = 3,
+    /// Any other protocol (and ICMP over the wrong IP version).
+    Other = 4,
+}
+
+impl L4Class {
+    pub const COUNT: u32 = 5;
+    pub const ALL: [Self; Self::COUNT as usize] =
+        [Self::Tcp, Self::Udp, Self::Icmp, Self::Icmpv6, Self::Other];
+}
+
+/// Per generation, the entries of the field-bitmap map after the [`L4Class`] ones.
+pub mod field_bitmap {
+    use super::L4Class;
+
+    /// Every rule of the generation: stands in for a field no rule constrains.
+    pub const ALL_RULES: u32 = L4Class::COUNT;
+    /// Rules without a destination port (or ICMP type) constraint: what a non-first
+    /// fragment, which has no ports, can match in that field.
+    pub const DPORT_UNCONSTRAINED: u32 = L4Class::COUNT + 1;
+    /// Rules without a source port constraint.
+    pub const SPORT_UNCONSTRAINED: u32 = L4Class::COUNT + 2;
+    /// Entries per generation.
+    pub const PER_GENERATION: u32 = L4Class::COUNT + 3;
+}
+
+/// Bits of [`GenConfig::fields`]: the fields at least one rule constrains. The program
+/// skips the lookups of the others.
+pub mod field {
+    pub const L4: u32 = 1 << 0;
+    pub const DPORT: u32 = 1 << 1;
+    pub const SPORT: u32 = 1 << 2;
+    pub const SRC: u32 = 1 << 3;
+    pub const DST: u32 = 1 << 4;
+}
+
+/// What a verdict-deciding entry does with the packet.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Pass = 0,
+    Drop = 1,
+}
+
+impl TryFrom<u8> for Action {
     type Error = u8;
 
     fn try_from(value: u8) -> Result<Self, u8> {
         match value {
-            0 => Ok(Self::NoRule),
+            0 => Ok(Self::Pass),
+            1 => Ok(Self::Drop),
+            other => Err(other),
+        }
+    }
+}
+
+/// How non-first fragments, which carry no ports, are treated.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FragmentAction {
+    /// Classified by the rules, as a packet that matches no port or ICMP type
+    /// constraint: address- and protocol-only rules apply, then the default.
+    Rules = 0,
+    Pass = 1,
+    Drop = 2,
+}
+
+impl TryFrom<u8> for FragmentAction {
+    type Error = u8;
+
+    fn try_from(value: u8) -> Result<Self, u8> {
+        match value {
+            0 => Ok(Self::Rules),
             1 => Ok(Self::Pass),
             2 => Ok(Self::Drop),
             other => Err(other),
@@ -64,24 +223,67 @@ impl TryFrom<u8> for PortAction {
     }
 }
 
-/// Value of the port maps.
+/// Per-generation settings.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortEntry {
-    /// A [`PortAction`] as `u8`.
+pub struct GenConfig {
+    /// Words of the rule bitmaps in use: `ceil(rules / 64)`, at most [`BITMAP_WORDS`].
+    pub words: u32,
+    /// [`field`] bits.
+    pub fields: u32,
+    /// [`Action`] when no rule matches.
+    pub default_action: u8,
+    /// 1: the default action only counts (`mode = "monitor"`), never drops.
+    pub default_monitor: u8,
+    /// [`FragmentAction`].
+    pub fragments: u8,
+    pub _pad: u8,
+    pub _pad2: u32,
+}
+
+const _: () = assert!(size_of::<GenConfig>() == 16);
+
+/// What a rule does when it wins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    /// [`Action`].
     pub action: u8,
-    pub _pad: [u8; 3],
+    /// 1: a `drop` only counts (`mode = "monitor"`), the packet passes.
+    pub monitor: u8,
+    pub _pad: u16,
+    /// Index into [`RULE_COUNTERS_MAP`], stable while the rule is unchanged.
+    pub counter_slot: u32,
 }
 
-const _: () = assert!(size_of::<PortEntry>() == 4);
+const _: () = assert!(size_of::<RuleInfo>() == 8);
 
-impl PortEntry {
-    pub const NO_RULE: Self = Self::new(PortAction::NoRule);
+/// Data bytes of an IPv4 trie key (after the 32-bit prefix length, which counts the
+/// generation byte: a /24 of generation 1 is prefix length `8 + 24` over
+/// `[1, a, b, c, d, 0, 0, 0]`). The address is in network byte order; the padding is zero.
+pub const IPV4_KEY_LEN: usize = 8;
+/// Data bytes of an IPv6 trie key: the generation, 16 address bytes, 3 zero bytes.
+pub const IPV6_KEY_LEN: usize = 20;
 
-    pub const fn new(action: PortAction) -> Self {
-        Self { action: action as u8, _pad: [0; 3] }
+/// The data of an IPv4 trie key.
+pub const fn ipv4_key(generation: u8, addr: [u8; 4]) -> [u8; IPV4_KEY_LEN] {
+    [generation, addr[0], addr[1], addr[2], addr[3], 0, 0, 0]
+}
+
+/// The data of an IPv6 trie key.
+pub const fn ipv6_key(generation: u8, addr: [u8; 16]) -> [u8; IPV6_KEY_LEN] {
+    let mut key = [0; IPV6_KEY_LEN];
+    key[0] = generation;
+    let mut i = 0;
+    while i < 16 {
+        key[1 + i] = addr[i];
+        i += 1;
     }
+    key
 }
+
+/// Bits of the generation byte at the start of every trie key.
+pub const GENERATION_PREFIX_BITS: u32 = 8;
 
 /// Why the program passed or dropped a packet: the index into the verdict counters.
 ///
@@ -89,53 +291,70 @@ impl PortEntry {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// TCP or UDP packet whose destination port no rule names.
-    PassNoMatch = 0,
     /// Matched a rule whose action is `pass`.
-    PassRule = 1,
+    PassRule = 0,
     /// Matched a rule whose action is `drop`.
-    DropRule = 2,
+    DropRule = 1,
+    /// Matched a `drop` rule in monitor mode: counted, passed.
+    MonitorRule = 2,
+    /// No rule matched; the default action is `pass`.
+    PassDefault = 3,
+    /// No rule matched; the default action is `drop`.
+    DropDefault = 4,
+    /// No rule matched; the default `drop` is in monitor mode: counted, passed.
+    MonitorDefault = 5,
     /// Not IPv4 or IPv6 (ARP, LLDP, …), or more than two VLAN tags.
-    PassNotIp = 3,
-    /// IP, but not TCP or UDP (ICMP, ICMPv6, ESP, …).
-    PassOtherProto = 4,
-    /// A non-first IP fragment: it carries no ports, so no port rule can match it.
-    PassFragment = 5,
+    PassNotIp = 6,
+    /// IPv6 neighbour discovery (ICMPv6 133–137) that no rule matched: never dropped by
+    /// the default action, or a default-deny host would lose its neighbours.
+    PassNeighbour = 7,
+    /// A non-first fragment, passed by `fragments = "pass"`.
+    PassFragment = 8,
+    /// A non-first fragment, dropped by `fragments = "drop"`.
+    DropFragment = 9,
     /// Truncated or malformed headers (or too many IPv6 extension headers): never
     /// matched against a rule, passed for the kernel stack to judge.
-    PassMalformed = 6,
+    PassMalformed = 10,
 }
 
 impl Verdict {
     /// Number of verdicts, the size of the verdict counter map.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 11;
 
     pub const ALL: [Self; Self::COUNT as usize] = [
-        Self::PassNoMatch,
         Self::PassRule,
         Self::DropRule,
+        Self::MonitorRule,
+        Self::PassDefault,
+        Self::DropDefault,
+        Self::MonitorDefault,
         Self::PassNotIp,
-        Self::PassOtherProto,
+        Self::PassNeighbour,
         Self::PassFragment,
+        Self::DropFragment,
         Self::PassMalformed,
     ];
 
     /// Stable name used in logs and output.
     pub const fn name(self) -> &'static str {
         match self {
-            Self::PassNoMatch => "pass_no_match",
             Self::PassRule => "pass_rule",
             Self::DropRule => "drop_rule",
+            Self::MonitorRule => "monitor_rule",
+            Self::PassDefault => "pass_default",
+            Self::DropDefault => "drop_default",
+            Self::MonitorDefault => "monitor_default",
             Self::PassNotIp => "pass_not_ip",
-            Self::PassOtherProto => "pass_other_proto",
+            Self::PassNeighbour => "pass_neighbour",
             Self::PassFragment => "pass_fragment",
+            Self::DropFragment => "drop_fragment",
             Self::PassMalformed => "pass_malformed",
         }
     }
 
     /// Whether the program drops packets with this verdict.
     pub const fn drops(self) -> bool {
-        matches!(self, Self::DropRule)
+        matches!(self, Self::DropRule | Self::DropDefault | Self::DropFragment)
     }
 }
 
@@ -147,7 +366,7 @@ impl TryFrom<u32> for Verdict {
     }
 }
 
-/// Value of the verdict counters (per CPU; userspace sums the CPUs).
+/// Value of the counter maps (per CPU; userspace sums the CPUs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counter {
@@ -161,9 +380,10 @@ const _: () = assert!(size_of::<Counter>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain `repr(C)` data with explicit padding and no invalid bit patterns.
-    unsafe impl aya::Pod for super::PortEntry {}
-    // SAFETY: as above.
+    // SAFETY (all): plain `repr(C)` data with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::RuleBitmap {}
+    unsafe impl aya::Pod for super::GenConfig {}
+    unsafe impl aya::Pod for super::RuleInfo {}
     unsafe impl aya::Pod for super::Counter {}
 }
 
@@ -178,16 +398,25 @@ mod tests {
             assert_eq!(Verdict::try_from(i as u32), Ok(*verdict));
         }
         assert_eq!(Verdict::try_from(Verdict::COUNT), Err(Verdict::COUNT));
-        assert_eq!(Verdict::ALL.iter().filter(|v| v.drops()).count(), 1);
     }
 
     #[test]
-    fn port_action_round_trips_through_u8() {
-        for action in [PortAction::NoRule, PortAction::Pass, PortAction::Drop] {
-            assert_eq!(PortAction::try_from(PortEntry::new(action).action), Ok(action));
+    fn l4_class_all_is_indexed_by_discriminant() {
+        for (i, class) in L4Class::ALL.iter().enumerate() {
+            assert_eq!(*class as usize, i);
         }
-        assert_eq!(PortAction::try_from(3), Err(3));
-        assert_eq!(PortEntry::NO_RULE.action, 0, "zeroed map memory must mean `no rule`");
+    }
+
+    #[test]
+    fn enums_round_trip_through_u8() {
+        for action in [Action::Pass, Action::Drop] {
+            assert_eq!(Action::try_from(action as u8), Ok(action));
+        }
+        for f in [FragmentAction::Rules, FragmentAction::Pass, FragmentAction::Drop] {
+            assert_eq!(FragmentAction::try_from(f as u8), Ok(f));
+        }
+        assert_eq!(Action::try_from(2), Err(2));
+        assert_eq!(FragmentAction::try_from(3), Err(3));
     }
 
     #[test]
@@ -195,5 +424,19 @@ mod tests {
         for name in MAP_NAMES.iter().chain([&PROGRAM_NAME]) {
             assert!(name.len() <= 15, "{name} is longer than 15 bytes");
         }
+    }
+
+    #[test]
+    fn bitmap_bits_and_first_common() {
+        let mut a = RuleBitmap::EMPTY;
+        let mut b = RuleBitmap::EMPTY;
+        a.set(3);
+        a.set(700);
+        a.set(1023);
+        b.set(700);
+        b.set(1023);
+        assert!(a.contains(700) && !a.contains(699));
+        assert_eq!(a.first_common(&b), Some(700));
+        assert_eq!(a.first_common(&RuleBitmap::EMPTY), None);
     }
 }

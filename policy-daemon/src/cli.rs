@@ -131,19 +131,27 @@ fn describe_rule(rule: &Rule) -> String {
         policy::Action::Pass => "pass",
         policy::Action::Drop => "drop",
     };
-    let protocol = match rule.protocol {
-        policy::Protocol::Tcp => "tcp",
-        policy::Protocol::Udp => "udp",
-        policy::Protocol::Any => "tcp+udp",
-    };
-    let ports = match &rule.dst_ports {
-        None => "any dst port".to_string(),
-        Some(ports) => {
-            let list: Vec<String> = ports.iter().map(ToString::to_string).collect();
-            format!("dst ports {}", list.join(", "))
-        }
-    };
-    format!("{action} {protocol} {ports}")
+    let mut parts = vec![action.to_string(), format!("{:?}", rule.protocol).to_lowercase()];
+    if rule.mode == policy::Mode::Monitor {
+        parts.push("(monitor)".into());
+    }
+    let join = |items: Vec<String>| items.join(",");
+    if let Some(nets) = &rule.src {
+        parts.push(format!("src {}", join(nets.iter().map(ToString::to_string).collect())));
+    }
+    if let Some(ports) = &rule.src_ports {
+        parts.push(format!("sport {}", join(ports.iter().map(ToString::to_string).collect())));
+    }
+    if let Some(nets) = &rule.dst {
+        parts.push(format!("dst {}", join(nets.iter().map(ToString::to_string).collect())));
+    }
+    if let Some(ports) = &rule.dst_ports {
+        parts.push(format!("dport {}", join(ports.iter().map(ToString::to_string).collect())));
+    }
+    if let Some(types) = &rule.icmp_types {
+        parts.push(format!("type {}", join(types.iter().map(ToString::to_string).collect())));
+    }
+    parts.join(" ")
 }
 
 async fn run(args: RunArgs) -> Result<(), CliError> {

@@ -64,23 +64,23 @@ fn cases() -> Vec<Case> {
         // Port rules, first match wins.
         case("ipv4 tcp to a dropped port", Packet::ipv4(tcp(23)), DropRule),
         case("ipv4 tcp to the second dropped port", Packet::ipv4(tcp(2323)), DropRule),
-        case("ipv4 tcp to the neighbouring port", Packet::ipv4(tcp(24)), PassNoMatch),
+        case("ipv4 tcp to the neighbouring port", Packet::ipv4(tcp(24)), PassDefault),
         case("ipv4 udp to the pass rule before a drop range", Packet::ipv4(udp(53)), PassRule),
         case("ipv4 udp inside the dropped range", Packet::ipv4(udp(54)), DropRule),
         case("ipv4 udp at the range's end", Packet::ipv4(udp(1023)), DropRule),
-        case("ipv4 udp past the range", Packet::ipv4(udp(1024)), PassNoMatch),
-        case("ipv4 tcp to a udp-only range", Packet::ipv4(tcp(54)), PassNoMatch),
+        case("ipv4 udp past the range", Packet::ipv4(udp(1024)), PassDefault),
+        case("ipv4 tcp to a udp-only range", Packet::ipv4(tcp(54)), PassDefault),
         case("ipv4 tcp to an any-protocol port", Packet::ipv4(tcp(445)), DropRule),
         case("ipv4 udp to an any-protocol port", Packet::ipv4(udp(445)), DropRule),
-        case("ipv4 tcp to port 0", Packet::ipv4(tcp(0)), PassNoMatch),
-        case("ipv4 udp to port 65535", Packet::ipv4(udp(65535)), PassNoMatch),
+        case("ipv4 tcp to port 0", Packet::ipv4(tcp(0)), PassDefault),
+        case("ipv4 udp to port 65535", Packet::ipv4(udp(65535)), PassDefault),
         case("ipv6 tcp to a dropped port", Packet::ipv6(tcp(23)), DropRule),
-        case("ipv6 tcp to the neighbouring port", Packet::ipv6(tcp(22)), PassNoMatch),
+        case("ipv6 tcp to the neighbouring port", Packet::ipv6(tcp(22)), PassDefault),
         case("ipv6 udp to the pass rule", Packet::ipv6(udp(53)), PassRule),
         case("ipv6 udp inside the dropped range", Packet::ipv6(udp(161)), DropRule),
         // VLAN tags.
         case("802.1Q ipv4 tcp dropped", Packet::ipv4(tcp(23)).vlan(ETH_P_8021Q), DropRule),
-        case("802.1Q ipv4 tcp open", Packet::ipv4(tcp(80)).vlan(ETH_P_8021Q), PassNoMatch),
+        case("802.1Q ipv4 tcp open", Packet::ipv4(tcp(80)).vlan(ETH_P_8021Q), PassDefault),
         case(
             "802.1ad + 802.1Q ipv6 tcp dropped",
             Packet::ipv6(tcp(23)).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q),
@@ -94,7 +94,7 @@ fn cases() -> Vec<Case> {
         case("VLAN tag cut short", Packet::ipv4(tcp(23)).vlan(ETH_P_8021Q).truncate(16), PassMalformed),
         // IPv4 header length and options.
         case("ipv4 with 12 bytes of options, dropped port", Packet::ipv4(tcp(23)).ipv4_options(12), DropRule),
-        case("ipv4 with 40 bytes of options, open port", Packet::ipv4(tcp(24)).ipv4_options(40), PassNoMatch),
+        case("ipv4 with 40 bytes of options, open port", Packet::ipv4(tcp(24)).ipv4_options(40), PassDefault),
         case("ipv4 IHL below 5", Packet::ipv4(tcp(23)).ipv4_ihl(4), PassMalformed),
         case("ipv4 IHL past the packet's end", Packet::ipv4(tcp(23)).ipv4_ihl(15), PassMalformed),
         case("version 6 in an IPv4 frame", Packet::ipv4(tcp(23)).ip_version(6), PassMalformed),
@@ -133,7 +133,7 @@ fn cases() -> Vec<Case> {
             Packet::ipv6(tcp(23)).ipv6_ext(IPPROTO_DSTOPTS).truncate(14 + 40 + 1),
             PassMalformed,
         ),
-        case("ipv6 ESP is opaque", Packet::ipv6(L4::Other { proto: IPPROTO_ESP }), PassOtherProto),
+        case("ipv6 ESP is opaque", Packet::ipv6(L4::Other { proto: IPPROTO_ESP }), PassDefault),
         // Truncated transport headers.
         case("ethernet header only", Packet::ipv4(tcp(23)).truncate(14), PassMalformed),
         case("ipv4 header cut short", Packet::ipv4(tcp(23)).truncate(14 + 19), PassMalformed),
@@ -147,8 +147,8 @@ fn cases() -> Vec<Case> {
         ),
         // Everything that is not TCP/UDP over IP passes.
         case("arp", Packet::arp(), PassNotIp),
-        case("icmp echo", Packet::ipv4(L4::Other { proto: IPPROTO_ICMP }), PassOtherProto),
-        case("icmpv6", Packet::ipv6(L4::Other { proto: IPPROTO_ICMPV6 }), PassOtherProto),
+        case("icmp echo", Packet::ipv4(L4::Other { proto: IPPROTO_ICMP }), PassDefault),
+        case("icmpv6", Packet::ipv6(L4::Other { proto: IPPROTO_ICMPV6 }), PassDefault),
     ]
 }
 
@@ -201,7 +201,7 @@ fn an_empty_policy_passes_everything() {
         }
     }
     let counts = dataplane.verdict_counts().expect("reading the counters");
-    assert_eq!(counts.get(Verdict::PassNoMatch).packets, 12);
+    assert_eq!(counts.get(Verdict::PassDefault).packets, 12);
 }
 
 /// The names userspace looks up exist in the object it embeds (no root needed).

@@ -1,18 +1,17 @@
-//! The xdp-policy XDP program: parse the packet, look up its destination port in the rule
-//! maps, count the verdict, and drop or pass.
+//! The xdp-policy XDP program: parse the packet, classify it against the active rule
+//! generation, count the verdict (and the winning rule), and drop or pass.
 //!
-//! Hot-path rules: no allocation, no logging, one map lookup per classification and one
-//! per-CPU counter update per packet.
+//! Hot-path rules: no allocation, no logging, at most five field lookups per packet and
+//! one or two per-CPU counter updates.
 #![no_std]
 #![no_main]
 
+mod classify;
 mod maps;
 mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use policy_common::{PortAction, Verdict};
-
-use crate::parse::{Packet, Transport};
+use policy_common::Verdict;
 
 const _: () = assert!(
     xdp_action::XDP_DROP == policy_common::xdp_action::XDP_DROP
@@ -22,35 +21,16 @@ const _: () = assert!(
 
 #[xdp]
 pub fn policy_xdp(ctx: XdpContext) -> u32 {
-    let verdict = match parse::parse(&ctx) {
-        Ok(packet) => classify(&packet),
-        Err(parse::Malformed) => Verdict::PassMalformed,
+    let decision = match parse::parse(&ctx) {
+        Ok(packet) => classify::classify(&packet),
+        Err(parse::Malformed) => classify::Decision { verdict: Verdict::PassMalformed, counter_slot: None },
     };
-    maps::count(verdict, ctx.data_end() - ctx.data());
-    if verdict.drops() {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    maps::count(&maps::VERDICT_COUNTERS, decision.verdict as u32, bytes);
+    if let Some(slot) = decision.counter_slot {
+        maps::count(&maps::RULE_COUNTERS, slot, bytes);
     }
-}
-
-#[inline(always)]
-fn classify(packet: &Packet) -> Verdict {
-    let (map, port) = match packet {
-        Packet::NotIp => return Verdict::PassNotIp,
-        Packet::Ip(Transport::Fragment) => return Verdict::PassFragment,
-        Packet::Ip(Transport::Other) => return Verdict::PassOtherProto,
-        Packet::Ip(Transport::Tcp { dst_port }) => (&maps::TCP_DST_PORTS, *dst_port),
-        Packet::Ip(Transport::Udp { dst_port }) => (&maps::UDP_DST_PORTS, *dst_port),
-    };
-    let action = map.get(u32::from(port)).map(|entry| PortAction::try_from(entry.action));
-    match action {
-        Some(Ok(PortAction::Drop)) => Verdict::DropRule,
-        Some(Ok(PortAction::Pass)) => Verdict::PassRule,
-        // A missing entry cannot happen (the array covers every port) and an unknown
-        // action byte means a daemon/program mismatch: neither may drop traffic.
-        Some(Ok(PortAction::NoRule)) | Some(Err(_)) | None => Verdict::PassNoMatch,
-    }
+    if decision.verdict.drops() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
 #[cfg(not(test))]

@@ -1,32 +1,77 @@
 //! Every map the program uses, sized from `policy-common`; the names are the ones the
-//! daemon looks up (`policy_common::*_MAP`).
+//! daemon looks up (`policy_common::*_MAP`). Layouts are documented there.
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, PerCpuArray},
+    maps::{Array, LpmTrie, PerCpuArray},
 };
-use policy_common::{Counter, PORT_MAP_ENTRIES, PortEntry, Verdict};
+use policy_common::{
+    BITMAP_WORDS, Counter, GENERATIONS, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN, MAX_PORT_CLASSES,
+    MAX_PREFIXES, MAX_RULES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS, RuleBitmap, RuleInfo, Verdict,
+    field_bitmap,
+};
 
-#[map(name = "TCP_DST_PORTS")]
-pub static TCP_DST_PORTS: Array<PortEntry> = Array::with_max_entries(PORT_MAP_ENTRIES, 0);
+const _: () = assert!(BITMAP_WORDS == 16, "classify::first_match unrolls 16 words");
 
-#[map(name = "UDP_DST_PORTS")]
-pub static UDP_DST_PORTS: Array<PortEntry> = Array::with_max_entries(PORT_MAP_ENTRIES, 0);
+#[map(name = "ACTIVE")]
+pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);
+
+#[map(name = "RULES")]
+pub static RULES: Array<RuleInfo> = Array::with_max_entries(GENERATIONS * MAX_RULES as u32, 0);
+
+#[map(name = "FIELD_BITMAPS")]
+pub static FIELD_BITMAPS: Array<RuleBitmap> =
+    Array::with_max_entries(GENERATIONS * field_bitmap::PER_GENERATION, 0);
+
+#[map(name = "DPORT_CLASSES")]
+pub static DPORT_CLASSES: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_CLASS_WORDS, 0);
+
+#[map(name = "SPORT_CLASSES")]
+pub static SPORT_CLASSES: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_CLASS_WORDS, 0);
+
+#[map(name = "DPORT_BITMAPS")]
+pub static DPORT_BITMAPS: Array<RuleBitmap> =
+    Array::with_max_entries(GENERATIONS * MAX_PORT_CLASSES, 0);
+
+#[map(name = "SPORT_BITMAPS")]
+pub static SPORT_BITMAPS: Array<RuleBitmap> =
+    Array::with_max_entries(GENERATIONS * MAX_PORT_CLASSES, 0);
+
+/// Each generation holds its prefixes plus the /0 entry.
+const TRIE_ENTRIES: u32 = GENERATIONS * (MAX_PREFIXES + 1);
+
+#[map(name = "SRC_V4")]
+pub static SRC_V4: LpmTrie<[u8; IPV4_KEY_LEN], RuleBitmap> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
+
+#[map(name = "DST_V4")]
+pub static DST_V4: LpmTrie<[u8; IPV4_KEY_LEN], RuleBitmap> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
+
+#[map(name = "SRC_V6")]
+pub static SRC_V6: LpmTrie<[u8; IPV6_KEY_LEN], RuleBitmap> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
+
+#[map(name = "DST_V6")]
+pub static DST_V6: LpmTrie<[u8; IPV6_KEY_LEN], RuleBitmap> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
+
+#[map(name = "RULE_COUNTERS")]
+pub static RULE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_COUNTER_SLOTS, 0);
 
 #[map(name = "VERDICTS")]
 pub static VERDICT_COUNTERS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(Verdict::COUNT, 0);
 
-/// Adds one packet of `bytes` bytes to the per-CPU counter of `verdict`.
+/// Adds one packet of `bytes` bytes to a per-CPU counter.
 #[inline(always)]
-pub fn count(verdict: Verdict, bytes: usize) {
-    if let Some(counter) = VERDICT_COUNTERS.get_ptr_mut(verdict as u32) {
+pub fn count(counters: &PerCpuArray<Counter>, index: u32, bytes: u64) {
+    if let Some(counter) = counters.get_ptr_mut(index) {
         // SAFETY: the pointer comes from a successful lookup in a per-CPU array, so it is
         // valid for this CPU and no other CPU writes it; the program is not re-entered
         // on the same CPU while it runs.
         unsafe {
             (*counter).packets += 1;
-            (*counter).bytes += bytes as u64;
+            (*counter).bytes += bytes;
         }
     }
 }

@@ -1,18 +1,21 @@
 //! Header parsing with one bounds-checked cursor.
 //!
-//! Contract (the verdicts are in `policy_common::Verdict`):
+//! Contract (the userspace reference parser, `policy::reference::parse_packet`, follows
+//! it byte for byte, and the differential tests hold the two to it):
 //! - Ethernet, then at most two VLAN tags (802.1Q `0x8100` or 802.1ad `0x88a8`, in any
 //!   order). A third tag, or any EtherType other than IPv4/IPv6, is `NotIp`.
 //! - IPv4: version 4, header length from IHL (options skipped); IHL < 5 is malformed.
 //!   A non-zero fragment offset is a non-first fragment: it has no transport header.
 //! - IPv6: version 6; hop-by-hop, routing, destination-options, mobility, HIP, shim6 and
-//!   AH headers are skipped (at most `MAX_IPV6_EXT_HEADERS`); a fragment header with a
-//!   non-zero offset makes a non-first fragment. ESP, "no next header" and anything else
-//!   is `Other`.
-//! - TCP needs its full 20-byte header and a data offset ≥ 5; UDP its 8-byte header.
+//!   AH headers are skipped (at most `MAX_IPV6_EXT_HEADERS`, more is malformed); a
+//!   fragment header with a non-zero offset makes a non-first fragment.
+//! - Transport: TCP needs its 20-byte header and a data offset ≥ 5, UDP its 8-byte
+//!   header, ICMP (over IPv4) and ICMPv6 (over IPv6) 4 bytes (type, code, checksum).
+//!   Other protocols, and ICMP over the other IP version, are class `Other`.
 //! - A header that runs past the end of the packet makes the packet `Malformed`. A
 //!   malformed packet is never matched against a rule.
-//! - Ports are returned in host byte order.
+//! - Ports are returned in host byte order; for ICMP the type stands in the destination
+//!   port, for other protocols both ports are 0.
 
 use core::mem::size_of;
 
@@ -24,23 +27,54 @@ use network_types::{
     udp::UdpHdr,
     vlan::VlanHdr,
 };
-use policy_common::MAX_IPV6_EXT_HEADERS;
+use policy_common::{L4Class, MAX_IPV6_EXT_HEADERS};
 
 /// The packet is truncated or its headers contradict themselves.
 pub struct Malformed;
 
-pub enum Packet {
-    NotIp,
-    Ip(Transport),
+/// A parsed packet. A struct with every field always initialised rather than an enum
+/// with data: LLVM assembled the enum's unused fields from uninitialised registers, which
+/// the verifier rightly rejects (`R0 !read_ok`).
+pub struct Packet {
+    pub family: Family,
+    /// Source address: IPv4 in the first 4 bytes, network byte order; zero if not IP.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub l4: Transport,
 }
 
-pub enum Transport {
-    Tcp { dst_port: u16 },
-    Udp { dst_port: u16 },
-    /// A non-first fragment: no transport header.
-    Fragment,
-    /// Any other protocol (ICMP, ICMPv6, ESP, …).
-    Other,
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    NotIp,
+    V4,
+    V6,
+}
+
+impl Packet {
+    const NOT_IP: Self = Self {
+        family: Family::NotIp,
+        src: [0; 16],
+        dst: [0; 16],
+        l4: Transport { class: L4Class::Other, dport: 0, sport: 0, fragment: false },
+    };
+
+    #[inline(always)]
+    fn v4(src: [u8; 4], dst: [u8; 4], l4: Transport) -> Self {
+        let (mut s, mut d) = ([0; 16], [0; 16]);
+        s[..4].copy_from_slice(&src);
+        d[..4].copy_from_slice(&dst);
+        Self { family: Family::V4, src: s, dst: d, l4 }
+    }
+}
+
+/// What the classifier needs of the transport header.
+pub struct Transport {
+    pub class: L4Class,
+    /// Destination port, or ICMP type; 0 for other protocols.
+    pub dport: u16,
+    pub sport: u16,
+    /// A non-first fragment: `dport` and `sport` are unknown.
+    pub fragment: bool,
 }
 
 /// VLAN tags parsed before the EtherType is taken as final.
@@ -53,6 +87,8 @@ const ETHER_TYPE_IPV6: u16 = EtherType::Ipv6 as u16;
 
 const PROTO_TCP: u8 = IpProto::Tcp as u8;
 const PROTO_UDP: u8 = IpProto::Udp as u8;
+const PROTO_ICMP: u8 = IpProto::Icmp as u8;
+const PROTO_ICMPV6: u8 = IpProto::Ipv6Icmp as u8;
 const PROTO_HOP_OPTS: u8 = IpProto::HopOpt as u8;
 const PROTO_ROUTING: u8 = IpProto::Ipv6Route as u8;
 const PROTO_FRAGMENT: u8 = IpProto::Ipv6Frag as u8;
@@ -79,13 +115,21 @@ struct Ipv6ExtHdr {
     hdr_ext_len: u8,
 }
 
+/// Type, code and checksum: the part of an ICMP header every message has.
+#[repr(C)]
+struct IcmpHdr {
+    icmp_type: u8,
+    _code: u8,
+    _checksum: [u8; 2],
+}
+
 /// A position in the packet; every read is checked against the packet's end.
 struct Cursor<'a> {
     ctx: &'a XdpContext,
     offset: usize,
 }
 
-impl<'a> Cursor<'a> {
+impl Cursor<'_> {
     /// Returns a pointer to a `T` at the cursor, if all of it lies inside the packet.
     #[inline(always)]
     fn peek<T>(&self) -> Result<*const T, Malformed> {
@@ -120,34 +164,50 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Malformed> {
         ether_type = unsafe { (*vlan).ether_type };
     }
     match ether_type {
-        ETHER_TYPE_IPV4 => parse_ipv4(cursor).map(Packet::Ip),
-        ETHER_TYPE_IPV6 => parse_ipv6(cursor).map(Packet::Ip),
-        _ => Ok(Packet::NotIp),
+        ETHER_TYPE_IPV4 => parse_ipv4(cursor),
+        ETHER_TYPE_IPV6 => parse_ipv6(cursor),
+        _ => Ok(Packet::NOT_IP),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(mut cursor: Cursor) -> Result<Transport, Malformed> {
+fn class_of(proto: u8, v6: bool) -> L4Class {
+    match proto {
+        PROTO_TCP => L4Class::Tcp,
+        PROTO_UDP => L4Class::Udp,
+        PROTO_ICMP if !v6 => L4Class::Icmp,
+        PROTO_ICMPV6 if v6 => L4Class::Icmpv6,
+        _ => L4Class::Other,
+    }
+}
+
+#[inline(always)]
+fn fragment(proto: u8, v6: bool) -> Transport {
+    Transport { class: class_of(proto, v6), dport: 0, sport: 0, fragment: true }
+}
+
+#[inline(always)]
+fn parse_ipv4(mut cursor: Cursor) -> Result<Packet, Malformed> {
     let ip = cursor.peek::<Ipv4Hdr>()?;
     // SAFETY: bounds checked by `peek`.
-    let (version, header_len, frag_offset, proto) =
-        unsafe { ((*ip).version(), (*ip).ihl(), (*ip).frag_offset(), (*ip).proto) };
+    let (version, header_len, frag_offset, proto, src, dst) = unsafe {
+        ((*ip).version(), (*ip).ihl(), (*ip).frag_offset(), (*ip).proto, (*ip).src_addr, (*ip).dst_addr)
+    };
     if version != 4 || usize::from(header_len) < Ipv4Hdr::LEN {
         return Err(Malformed);
     }
     // `ihl()` is at most 60: the verifier sees a bounded offset.
     cursor.offset += usize::from(header_len);
-    if frag_offset != 0 {
-        return Ok(Transport::Fragment);
-    }
-    parse_transport(cursor, proto)
+    let l4 = if frag_offset != 0 { fragment(proto, false) } else { parse_transport(cursor, proto, false)? };
+    Ok(Packet::v4(src, dst, l4))
 }
 
 #[inline(always)]
-fn parse_ipv6(mut cursor: Cursor) -> Result<Transport, Malformed> {
+fn parse_ipv6(mut cursor: Cursor) -> Result<Packet, Malformed> {
     let ip = cursor.read::<Ipv6Hdr>()?;
     // SAFETY: bounds checked by `read`.
-    let (version, mut next_hdr) = unsafe { ((*ip).version(), (*ip).next_hdr) };
+    let (version, mut next_hdr, src, dst) =
+        unsafe { ((*ip).version(), (*ip).next_hdr, (*ip).src_addr, (*ip).dst_addr) };
     if version != 6 {
         return Err(Malformed);
     }
@@ -158,7 +218,7 @@ fn parse_ipv6(mut cursor: Cursor) -> Result<Transport, Malformed> {
                 // SAFETY: bounds checked by `read`.
                 let (next, offset_flags) = unsafe { ((*frag).next_hdr, (*frag).offset_flags) };
                 if u16::from_be_bytes(offset_flags) >> 3 != 0 {
-                    return Ok(Transport::Fragment);
+                    return Ok(Packet { family: Family::V6, src, dst, l4: fragment(next, true) });
                 }
                 next_hdr = next;
             }
@@ -179,35 +239,48 @@ fn parse_ipv6(mut cursor: Cursor) -> Result<Transport, Malformed> {
                 cursor.offset += (usize::from(len) + 2) * 4;
                 next_hdr = next;
             }
-            _ => return parse_transport(cursor, next_hdr),
+            _ => {
+                let l4 = parse_transport(cursor, next_hdr, true)?;
+                return Ok(Packet { family: Family::V6, src, dst, l4 });
+            }
         }
     }
     // Still an extension header after the last one we walk: we cannot find the ports.
     match next_hdr {
         PROTO_FRAGMENT | PROTO_HOP_OPTS | PROTO_ROUTING | PROTO_DEST_OPTS | PROTO_MOBILITY
         | PROTO_HIP | PROTO_SHIM6 | PROTO_AH => Err(Malformed),
-        _ => parse_transport(cursor, next_hdr),
+        _ => {
+            let l4 = parse_transport(cursor, next_hdr, true)?;
+            Ok(Packet { family: Family::V6, src, dst, l4 })
+        }
     }
 }
 
 #[inline(always)]
-fn parse_transport(cursor: Cursor, proto: u8) -> Result<Transport, Malformed> {
-    match proto {
-        PROTO_TCP => {
+fn parse_transport(cursor: Cursor, proto: u8, v6: bool) -> Result<Transport, Malformed> {
+    let class = class_of(proto, v6);
+    let (dport, sport) = match class {
+        L4Class::Tcp => {
             let tcp = cursor.peek::<TcpHdr>()?;
             // SAFETY: bounds checked by `peek`.
-            let (dest, doff) = unsafe { ((*tcp).dest, (*tcp).doff()) };
+            let (source, dest, doff) = unsafe { ((*tcp).source, (*tcp).dest, (*tcp).doff()) };
             if doff < 5 {
                 return Err(Malformed);
             }
-            Ok(Transport::Tcp { dst_port: u16::from_be_bytes(dest) })
+            (u16::from_be_bytes(dest), u16::from_be_bytes(source))
         }
-        PROTO_UDP => {
+        L4Class::Udp => {
             let udp = cursor.peek::<UdpHdr>()?;
             // SAFETY: bounds checked by `peek`.
-            let dst = unsafe { (*udp).dst };
-            Ok(Transport::Udp { dst_port: u16::from_be_bytes(dst) })
+            let (src, dst) = unsafe { ((*udp).src, (*udp).dst) };
+            (u16::from_be_bytes(dst), u16::from_be_bytes(src))
         }
-        _ => Ok(Transport::Other),
-    }
+        L4Class::Icmp | L4Class::Icmpv6 => {
+            let icmp = cursor.peek::<IcmpHdr>()?;
+            // SAFETY: bounds checked by `peek`.
+            (u16::from(unsafe { (*icmp).icmp_type }), 0)
+        }
+        L4Class::Other => (0, 0),
+    };
+    Ok(Transport { class, dport, sport, fragment: false })
 }

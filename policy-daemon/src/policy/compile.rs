@@ -1,70 +1,299 @@
-//! Compiling a policy to the exact contents of the kernel maps: plain data, no aya.
+//! Compiling a policy to the exact contents of the kernel maps for one generation:
+//! plain data, no aya.
+//!
+//! The classifier is a linear bit-vector search: each field maps a packet's value to a
+//! bitmap of the rules that admit it, the bitmaps are ANDed, and the lowest set bit is the
+//! first matching rule. Port fields go through equivalence classes (port → class →
+//! bitmap) because N rules cut the port space into at most 2N + 1 classes; address fields
+//! are longest-prefix tries whose entries carry the rules of every covering prefix.
 
-use policy_common::{PORT_MAP_ENTRIES, PortAction};
+use std::collections::{BTreeSet, HashMap};
 
-use super::{Action, Policy};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use policy_common::{
+    self as common, BITMAP_WORDS, FragmentAction, L4Class, RuleBitmap, field, field_bitmap,
+};
 
-/// What a port map holds: the action of the first rule naming each port.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PortTable(Box<[PortAction]>);
+use super::{Action, Fragments, Mode, Policy, PortRange, Rule};
 
-impl PortTable {
-    fn new() -> Self {
-        Self(vec![PortAction::NoRule; PORT_MAP_ENTRIES as usize].into_boxed_slice())
-    }
-
-    /// The action for packets to `port`.
-    pub fn get(&self, port: u16) -> PortAction {
-        self.0[usize::from(port)]
-    }
-
-    /// The ports some rule names, with their action, in port order.
-    pub fn entries(&self) -> impl Iterator<Item = (u16, PortAction)> + '_ {
-        (0..=u16::MAX).map(|port| (port, self.get(port))).filter(|(_, a)| *a != PortAction::NoRule)
-    }
-
-    /// First match wins: a port keeps the action of the first rule that names it.
-    fn claim(&mut self, low: u16, high: u16, action: PortAction) {
-        for slot in &mut self.0[usize::from(low)..=usize::from(high)] {
-            if *slot == PortAction::NoRule {
-                *slot = action;
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for PortTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.entries()).finish()
-    }
-}
-
-/// The map contents a policy compiles to.
+/// What a generation of the kernel maps holds for one policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ruleset {
-    pub tcp_dst: PortTable,
-    pub udp_dst: PortTable,
+    /// `CONFIG` (without the generation).
+    pub config: common::GenConfig,
+    pub rules: Vec<CompiledRule>,
+    /// `FIELD_BITMAPS` of one generation: the L4 classes, then the `field_bitmap` entries.
+    pub field_bitmaps: Vec<RuleBitmap>,
+    pub dport: PortField,
+    pub sport: PortField,
+    pub src_v4: Vec<(Ipv4Net, RuleBitmap)>,
+    pub dst_v4: Vec<(Ipv4Net, RuleBitmap)>,
+    pub src_v6: Vec<(Ipv6Net, RuleBitmap)>,
+    pub dst_v6: Vec<(Ipv6Net, RuleBitmap)>,
 }
 
-/// Compiles a validated policy. Rules are applied in order; a port already claimed by an
-/// earlier rule keeps that rule's action.
+/// What the kernel needs to know about a rule once it has won, plus its identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledRule {
+    pub name: String,
+    /// Stable while the rule is unchanged: its counters are kept across reloads.
+    pub identity: String,
+    pub action: common::Action,
+    pub monitor: bool,
+}
+
+/// A port field: port → class, class → rules.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PortField {
+    /// Class of every port, 65,536 entries.
+    pub classes: Vec<u16>,
+    /// Rules admitted by each class.
+    pub bitmaps: Vec<RuleBitmap>,
+}
+
+impl std::fmt::Debug for PortField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PortField {{ {} classes }}", self.bitmaps.len())
+    }
+}
+
+impl PortField {
+    /// The rules a port admits.
+    pub fn lookup(&self, port: u16) -> &RuleBitmap {
+        &self.bitmaps[usize::from(self.classes[usize::from(port)])]
+    }
+
+    /// The class map as the kernel holds it: four 16-bit classes per `u64`, port `p` in
+    /// bits `16 * (p % 4)` of word `p / 4`.
+    pub fn class_words(&self) -> Vec<u64> {
+        self.classes
+            .chunks(4)
+            .map(|c| c.iter().enumerate().fold(0u64, |w, (i, class)| w | (u64::from(*class) << (16 * i))))
+            .collect()
+    }
+}
+
+/// Compiles a validated policy.
 pub fn compile(policy: &Policy) -> Ruleset {
-    let mut ruleset = Ruleset { tcp_dst: PortTable::new(), udp_dst: PortTable::new() };
-    for rule in &policy.rules {
-        let action = match rule.action {
-            Action::Pass => PortAction::Pass,
-            Action::Drop => PortAction::Drop,
-        };
-        let all_ports = [super::PortRange { low: 0, high: u16::MAX }];
-        let ranges = rule.dst_ports.as_deref().unwrap_or(&all_ports);
-        for range in ranges {
-            if rule.protocol.matches_tcp() {
-                ruleset.tcp_dst.claim(range.low, range.high, action);
+    let rules = &policy.rules;
+    let mut all = RuleBitmap::EMPTY;
+    for i in 0..rules.len() {
+        all.set(i);
+    }
+    let bitmap_of = |pred: &dyn Fn(&Rule) -> bool| {
+        let mut b = RuleBitmap::EMPTY;
+        for (i, r) in rules.iter().enumerate() {
+            if pred(r) {
+                b.set(i);
             }
-            if rule.protocol.matches_udp() {
-                ruleset.udp_dst.claim(range.low, range.high, action);
+        }
+        b
+    };
+
+    let mut field_bitmaps: Vec<RuleBitmap> =
+        L4Class::ALL.iter().map(|class| bitmap_of(&|r: &Rule| r.admits(*class))).collect();
+    field_bitmaps.push(all);
+    field_bitmaps.push(bitmap_of(&|r: &Rule| r.dport_values().is_none()));
+    field_bitmaps.push(bitmap_of(&|r: &Rule| r.src_ports.is_none()));
+    debug_assert_eq!(field_bitmaps.len(), field_bitmap::PER_GENERATION as usize);
+
+    let mut fields = 0;
+    if L4Class::ALL.iter().any(|c| field_bitmaps[*c as usize] != all) {
+        fields |= field::L4;
+    }
+    let dport_values: Vec<_> = rules.iter().map(Rule::dport_values).collect();
+    let sport_values: Vec<_> = rules.iter().map(|r| r.src_ports.clone()).collect();
+    if dport_values.iter().any(Option::is_some) {
+        fields |= field::DPORT;
+    }
+    if sport_values.iter().any(Option::is_some) {
+        fields |= field::SPORT;
+    }
+    if rules.iter().any(|r| r.src.is_some()) {
+        fields |= field::SRC;
+    }
+    if rules.iter().any(|r| r.dst.is_some()) {
+        fields |= field::DST;
+    }
+
+    let d = &policy.defaults;
+    let config = common::GenConfig {
+        words: rules.len().div_ceil(64).min(BITMAP_WORDS) as u32,
+        fields,
+        default_action: kernel_action(d.action) as u8,
+        default_monitor: u8::from(d.mode == Mode::Monitor),
+        fragments: match d.fragments {
+            Fragments::Rules => FragmentAction::Rules,
+            Fragments::Pass => FragmentAction::Pass,
+            Fragments::Drop => FragmentAction::Drop,
+        } as u8,
+        _pad: 0,
+        _pad2: 0,
+    };
+
+    let src: Vec<_> = rules.iter().map(|r| r.src.as_deref()).collect();
+    let dst: Vec<_> = rules.iter().map(|r| r.dst.as_deref()).collect();
+    Ruleset {
+        config,
+        rules: rules
+            .iter()
+            .map(|r| CompiledRule {
+                name: r.name.clone(),
+                identity: r.identity(),
+                action: kernel_action(r.action),
+                monitor: r.mode == Mode::Monitor,
+            })
+            .collect(),
+        field_bitmaps,
+        dport: port_field(&dport_values),
+        sport: port_field(&sport_values),
+        src_v4: prefixes(&src, v4),
+        dst_v4: prefixes(&dst, v4),
+        src_v6: prefixes(&src, v6),
+        dst_v6: prefixes(&dst, v6),
+    }
+}
+
+fn kernel_action(action: Action) -> common::Action {
+    match action {
+        Action::Pass => common::Action::Pass,
+        Action::Drop => common::Action::Drop,
+    }
+}
+
+fn v4(net: &IpNet) -> Option<Ipv4Net> {
+    match net {
+        IpNet::V4(n) => Some(*n),
+        IpNet::V6(_) => None,
+    }
+}
+
+fn v6(net: &IpNet) -> Option<Ipv6Net> {
+    match net {
+        IpNet::V6(n) => Some(*n),
+        IpNet::V4(_) => None,
+    }
+}
+
+/// Where the classes of a port field change: every range start and every range end + 1.
+fn boundaries(values: &[Option<Vec<PortRange>>]) -> BTreeSet<u32> {
+    let mut cuts = BTreeSet::from([0u32]);
+    for range in values.iter().flatten().flatten() {
+        cuts.insert(u32::from(range.low));
+        cuts.insert(u32::from(range.high) + 1);
+    }
+    cuts.remove(&(1 << 16));
+    cuts
+}
+
+/// The classes a port field needs (segments with equal rule sets share a class).
+pub fn count_port_classes(values: &[Option<Vec<PortRange>>]) -> usize {
+    // Cheap upper bound first: most policies are far below the limit.
+    let cuts = boundaries(values);
+    if cuts.len() <= common::MAX_PORT_CLASSES as usize {
+        return cuts.len();
+    }
+    port_field(values).bitmaps.len()
+}
+
+fn port_field(values: &[Option<Vec<PortRange>>]) -> PortField {
+    let cuts: Vec<u32> = boundaries(values).into_iter().collect();
+    let mut classes = vec![0u16; 1 << 16];
+    let mut bitmaps = Vec::new();
+    let mut class_of: HashMap<RuleBitmap, u16> = HashMap::new();
+    for (i, start) in cuts.iter().enumerate() {
+        let end = cuts.get(i + 1).copied().unwrap_or(1 << 16);
+        let port = *start as u16;
+        let mut bitmap = RuleBitmap::EMPTY;
+        for (rule, ranges) in values.iter().enumerate() {
+            let admits = match ranges {
+                None => true,
+                Some(ranges) => ranges.iter().any(|r| r.contains(port)),
+            };
+            if admits {
+                bitmap.set(rule);
+            }
+        }
+        let class = *class_of.entry(bitmap).or_insert_with(|| {
+            bitmaps.push(bitmap);
+            (bitmaps.len() - 1) as u16
+        });
+        classes[*start as usize..end as usize].fill(class);
+    }
+    PortField { classes, bitmaps }
+}
+
+/// The trie entries of one address field and IP version: every prefix any rule names,
+/// plus the /0 that catches everything else. An entry's bitmap holds the rules without
+/// this field and the rules naming the entry's prefix or a shorter one that contains it,
+/// so the longest-prefix match alone gives the answer.
+fn prefixes<N>(field: &[Option<&[IpNet]>], family: fn(&IpNet) -> Option<N>) -> Vec<(N, RuleBitmap)>
+where
+    N: Copy + Ord + std::hash::Hash + Prefix,
+{
+    let mut unconstrained = RuleBitmap::EMPTY;
+    let mut owners: HashMap<N, RuleBitmap> = HashMap::new();
+    for (rule, nets) in field.iter().enumerate() {
+        match nets {
+            None => unconstrained.set(rule),
+            Some(nets) => {
+                for net in nets.iter().filter_map(family) {
+                    owners.entry(net).or_insert(RuleBitmap::EMPTY).set(rule);
+                }
             }
         }
     }
-    ruleset
+    owners.entry(N::default_route()).or_insert(RuleBitmap::EMPTY);
+    let lengths: BTreeSet<u8> = owners.keys().map(|n| n.len()).collect();
+    let mut entries: Vec<(N, RuleBitmap)> = owners
+        .keys()
+        .map(|net| {
+            let mut bitmap = unconstrained;
+            for len in lengths.iter().take_while(|l| **l <= net.len()) {
+                if let Some(owner) = owners.get(&net.truncate(*len)) {
+                    for (w, o) in bitmap.words.iter_mut().zip(owner.words) {
+                        *w |= o;
+                    }
+                }
+            }
+            (*net, bitmap)
+        })
+        .collect();
+    entries.sort_by_key(|(net, _)| *net);
+    entries
+}
+
+/// What [`prefixes`] needs of a network type.
+pub trait Prefix: Sized {
+    fn len(&self) -> u8;
+    fn truncate(&self, len: u8) -> Self;
+    fn default_route() -> Self;
+}
+
+impl Prefix for Ipv4Net {
+    fn len(&self) -> u8 {
+        self.prefix_len()
+    }
+
+    fn truncate(&self, len: u8) -> Self {
+        Ipv4Net::new_assert(self.addr(), len).trunc()
+    }
+
+    fn default_route() -> Self {
+        Ipv4Net::default()
+    }
+}
+
+impl Prefix for Ipv6Net {
+    fn len(&self) -> u8 {
+        self.prefix_len()
+    }
+
+    fn truncate(&self, len: u8) -> Self {
+        Ipv6Net::new_assert(self.addr(), len).trunc()
+    }
+
+    fn default_route() -> Self {
+        Ipv6Net::default()
+    }
 }

@@ -1,23 +1,32 @@
 //! Policies: TOML text → validated [`Policy`] → compiled [`Ruleset`].
 //!
 //! Pure code: no aya, no kernel, no I/O beyond reading the policy files it is pointed at,
-//! so every step is unit-tested without root. `check`, `run` and (later) reload all go
-//! through [`load`].
+//! so every step is unit-tested without root. `check`, `run` and reload all go through
+//! [`load`].
+//!
+//! Semantics: rules are evaluated in order and the first that matches decides; a rule's
+//! fields combine with AND, the values of one field with OR; a field left out matches
+//! anything. When no rule matches, the default action applies.
 #![forbid(unsafe_code)]
 
 mod compile;
 mod diagnostic;
+pub mod reference;
 mod schema;
+mod shadow;
 
 use std::{
     collections::HashMap,
     fs,
+    ops::Range,
     path::{Path, PathBuf},
 };
 
-pub use compile::{PortTable, Ruleset, compile};
+use ipnet::IpNet;
+pub use compile::{PortField, Ruleset, compile};
 pub use diagnostic::{Diagnostic, Location};
-pub use schema::{Action, PortRange, Protocol};
+use policy_common::{L4Class, MAX_PREFIXES, MAX_RULES};
+pub use schema::{Action, Fragments, Mode, PortRange, Protocol};
 
 /// A validated policy: the rules of one file, or of every `*.toml` file of a directory
 /// in file-name order.
@@ -25,8 +34,23 @@ pub use schema::{Action, PortRange, Protocol};
 pub struct Policy {
     /// The files the rules came from, in the order they were read.
     pub sources: Vec<PathBuf>,
+    /// Interfaces the policy names for itself (`interfaces = [...]`), if any.
+    pub interfaces: Vec<String>,
+    pub defaults: Defaults,
     /// Rules in evaluation order: the first that matches decides.
     pub rules: Vec<Rule>,
+    /// Problems that do not stop the policy from being applied (shadowed rules).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// The `[defaults]` table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Defaults {
+    /// What happens to a packet no rule matches.
+    pub action: Action,
+    /// The mode of the default action and of rules that set none.
+    pub mode: Mode,
+    pub fragments: Fragments,
 }
 
 /// One validated rule.
@@ -34,11 +58,62 @@ pub struct Policy {
 pub struct Rule {
     pub name: String,
     pub action: Action,
+    /// The rule's own mode, or the policy's default mode.
+    pub mode: Mode,
     pub protocol: Protocol,
-    /// `None` matches every port.
+    /// `None` matches any port. For ICMP the types are in `icmp_types` instead.
     pub dst_ports: Option<Vec<PortRange>>,
+    pub src_ports: Option<Vec<PortRange>>,
+    pub src: Option<Vec<IpNet>>,
+    pub dst: Option<Vec<IpNet>>,
+    pub icmp_types: Option<Vec<u8>>,
     /// Where the rule's `name` is written.
     pub location: Location,
+}
+
+impl Rule {
+    /// Whether the rule admits packets of this transport class. Port fields imply TCP or
+    /// UDP, since only they have ports.
+    pub fn admits(&self, class: L4Class) -> bool {
+        let has_ports = self.dst_ports.is_some() || self.src_ports.is_some();
+        match self.protocol {
+            Protocol::Tcp => class == L4Class::Tcp,
+            Protocol::Udp => class == L4Class::Udp,
+            Protocol::Icmp => class == L4Class::Icmp,
+            Protocol::Icmpv6 => class == L4Class::Icmpv6,
+            Protocol::Any if has_ports => matches!(class, L4Class::Tcp | L4Class::Udp),
+            Protocol::Any => true,
+        }
+    }
+
+    /// The "destination port" field of the classifier: ports for TCP/UDP, ICMP types for
+    /// ICMP; `None` when the rule does not constrain it.
+    pub fn dport_values(&self) -> Option<Vec<PortRange>> {
+        match (&self.dst_ports, &self.icmp_types) {
+            (Some(ports), _) => Some(ports.clone()),
+            (None, Some(types)) => Some(
+                types.iter().map(|t| PortRange { low: u16::from(*t), high: u16::from(*t) }).collect(),
+            ),
+            (None, None) => None,
+        }
+    }
+
+    /// A key that changes whenever anything that decides what the rule counts changes:
+    /// rule counters survive reloads that keep it.
+    pub fn identity(&self) -> String {
+        format!(
+            "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            self.name,
+            self.action,
+            self.mode,
+            self.protocol,
+            self.dst_ports,
+            self.src_ports,
+            self.src,
+            self.dst,
+            self.icmp_types
+        )
+    }
 }
 
 /// Why a policy was not accepted.
@@ -66,28 +141,33 @@ fn render_all(diagnostics: &[Diagnostic]) -> String {
     out
 }
 
+/// The files a policy path stands for: the file itself, or the `*.toml` files of a
+/// directory in file-name order.
+pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+    let read_err = |source| PolicyError::Read { path: path.to_path_buf(), source };
+    if !fs::metadata(path).map_err(read_err)?.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in fs::read_dir(path).map_err(read_err)? {
+        let file = entry.map_err(read_err)?.path();
+        let hidden = file.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if !hidden && file.extension().is_some_and(|ext| ext == "toml") && file.is_file() {
+            files.push(file);
+        }
+    }
+    if files.is_empty() {
+        return Err(PolicyError::EmptyDirectory { path: path.to_path_buf() });
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// Reads and validates the policy at `path`: a file, or a directory whose `*.toml`
 /// files are merged in file-name order. All problems of all files are reported at once.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let read_err = |source| PolicyError::Read { path: path.to_path_buf(), source };
-    let files = if fs::metadata(path).map_err(read_err)?.is_dir() {
-        let mut files = Vec::new();
-        for entry in fs::read_dir(path).map_err(read_err)? {
-            let file = entry.map_err(read_err)?.path();
-            if file.extension().is_some_and(|ext| ext == "toml") && file.is_file() {
-                files.push(file);
-            }
-        }
-        if files.is_empty() {
-            return Err(PolicyError::EmptyDirectory { path: path.to_path_buf() });
-        }
-        files.sort();
-        files
-    } else {
-        vec![path.to_path_buf()]
-    };
-    let mut sources = Vec::with_capacity(files.len());
-    for file in files {
+    let mut sources = Vec::new();
+    for file in policy_files(path)? {
         let text = fs::read_to_string(&file)
             .map_err(|source| PolicyError::Read { path: file.clone(), source })?;
         sources.push((file, text));
@@ -97,18 +177,124 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 
 /// Parses and validates policy texts (`(file name for messages, text)`), merged in the
 /// order given.
-pub fn parse<'a>(sources: impl IntoIterator<Item = (&'a Path, &'a str)>) -> Result<Policy, PolicyError> {
+pub fn parse<'a>(
+    sources: impl IntoIterator<Item = (&'a Path, &'a str)>,
+) -> Result<Policy, PolicyError> {
     let mut diagnostics = Vec::new();
-    let mut policy = Policy { sources: Vec::new(), rules: Vec::new() };
     let mut names = HashMap::new();
+    let mut files = Vec::new();
+    let mut defaults: Option<(Defaults, Location)> = None;
+    let mut interfaces: Option<(Vec<String>, Location)> = None;
+    let mut pending = Vec::new();
     for (file, text) in sources {
-        policy.sources.push(file.to_path_buf());
+        files.push(file.to_path_buf());
         match schema::parse_file(file, text, &mut names) {
-            Ok(rules) => policy.rules.extend(rules),
+            Ok(parsed) => {
+                once(&mut defaults, parsed.defaults, "[defaults]", file, text, &mut diagnostics);
+                once(&mut interfaces, parsed.interfaces, "interfaces", file, text, &mut diagnostics);
+                pending.extend(parsed.rules);
+            }
             Err(mut errors) => diagnostics.append(&mut errors),
         }
     }
-    if diagnostics.is_empty() { Ok(policy) } else { Err(PolicyError::Invalid(diagnostics)) }
+    let defaults = defaults.map(|(d, _)| d).unwrap_or_default();
+    let rules: Vec<Rule> = pending
+        .into_iter()
+        .map(|p| Rule { mode: if p.explicit_mode { p.rule.mode } else { defaults.mode }, ..p.rule })
+        .collect();
+    diagnostics.extend(check_limits(&rules, &files));
+    if !diagnostics.is_empty() {
+        return Err(PolicyError::Invalid(diagnostics));
+    }
+    let warnings = shadow::shadowed(&rules);
+    Ok(Policy {
+        sources: files,
+        interfaces: interfaces.map(|(i, _)| i).unwrap_or_default(),
+        defaults,
+        rules,
+        warnings,
+    })
+}
+
+/// `[defaults]` and `interfaces` may be set in one file of a policy only.
+fn once<T>(
+    slot: &mut Option<(T, Location)>,
+    value: Option<(T, Range<usize>)>,
+    what: &str,
+    file: &Path,
+    text: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let Some((value, span)) = value else { return };
+    if let Some((_, first)) = slot {
+        diagnostics.push(Diagnostic::new(
+            file.to_path_buf(),
+            text,
+            span,
+            format!("{what} is already set at {first}: a policy sets it in one file only"),
+        ));
+    } else {
+        *slot = Some((value, Location::of(file.to_path_buf(), text, span.start)));
+    }
+}
+
+/// The kernel's map sizes, checked before anything is compiled.
+fn check_limits(rules: &[Rule], files: &[PathBuf]) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    if let Some(rule) = rules.get(MAX_RULES) {
+        diagnostics.push(Diagnostic {
+            location: rule.location.clone(),
+            message: format!(
+                "too many rules: the policy has {}, the limit is {MAX_RULES}; this is the first \
+                 rule past the limit",
+                rules.len()
+            ),
+            snippet: String::new(),
+        });
+    }
+    let fields: [(&str, fn(&Rule) -> &Option<Vec<IpNet>>); 2] =
+        [("src", |r| &r.src), ("dst", |r| &r.dst)];
+    for (field, get) in fields {
+        for (family, is_family) in
+            [("IPv4", (|n: &IpNet| matches!(n, IpNet::V4(_))) as fn(&IpNet) -> bool), ("IPv6", |n| {
+                matches!(n, IpNet::V6(_))
+            })]
+        {
+            let mut count = 0usize;
+            for rule in rules {
+                count += get(rule).iter().flatten().filter(|n| is_family(n)).count();
+                if count > MAX_PREFIXES as usize {
+                    diagnostics.push(Diagnostic {
+                        location: rule.location.clone(),
+                        message: format!(
+                            "too many {family} {field} networks: the limit is {MAX_PREFIXES} per \
+                             policy, and this rule goes past it"
+                        ),
+                        snippet: String::new(),
+                    });
+                    break;
+                }
+            }
+        }
+    }
+    for (field, values) in [
+        ("dst_ports and icmp_types", rules.iter().map(Rule::dport_values).collect::<Vec<_>>()),
+        ("src_ports", rules.iter().map(|r| r.src_ports.clone()).collect()),
+    ] {
+        let classes = compile::count_port_classes(&values);
+        if classes > policy_common::MAX_PORT_CLASSES as usize {
+            diagnostics.push(Diagnostic {
+                location: Location { file: files.first().cloned().unwrap_or_default(), line: 1, column: 1 },
+                message: format!(
+                    "the policy's {field} cut the port space into {classes} distinct classes; the \
+                     limit is {}",
+                    policy_common::MAX_PORT_CLASSES
+                ),
+                snippet: String::new(),
+            });
+        }
+    }
+    diagnostics
 }
 
 #[cfg(test)]

@@ -1,49 +1,84 @@
-//! The TOML policy format: raw serde types (unknown fields rejected) and their checks.
+//! The TOML policy format: raw serde types (unknown fields rejected) and the checks that
+//! turn one file into validated rules.
 
-use std::{collections::HashMap, fmt, path::Path};
+use std::{collections::HashMap, fmt, marker::PhantomData, net::IpAddr, ops::Range, path::Path};
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
 
-use super::{Diagnostic, Location, Rule};
+use super::{Defaults, Diagnostic, Location, Rule};
 
 /// Longest accepted rule name; names end up in logs and metric labels.
 const MAX_NAME_LEN: usize = 64;
 
-/// What a matching rule does with the packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+/// What a matching rule (or the default) does with the packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
+    #[default]
+    Pass,
+    Drop,
+}
+
+/// `enforce` applies the action; `monitor` counts what would be dropped and passes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Monitor,
+}
+
+/// What happens to non-first fragments, which carry no ports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fragments {
+    /// Judged by the rules that do not look at ports or ICMP types, then the default.
+    #[default]
+    Rules,
     Pass,
     Drop,
 }
 
 /// Which transport protocols a rule matches.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
-    /// TCP and UDP.
+    /// ICMP over IPv4.
+    Icmp,
+    /// ICMPv6 over IPv6.
+    Icmpv6,
+    /// Every protocol; with port fields, TCP and UDP (the protocols that have ports).
     #[default]
     Any,
 }
 
 impl Protocol {
-    pub fn matches_tcp(self) -> bool {
-        matches!(self, Self::Tcp | Self::Any)
-    }
-
-    pub fn matches_udp(self) -> bool {
-        matches!(self, Self::Udp | Self::Any)
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Icmp => "icmp",
+            Self::Icmpv6 => "icmpv6",
+            Self::Any => "any",
+        }
     }
 }
 
 /// An inclusive range of ports; a single port is a range of one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortRange {
     pub low: u16,
     pub high: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.low..=self.high).contains(&port)
+    }
 }
 
 impl fmt::Display for PortRange {
@@ -104,11 +139,111 @@ impl<'de> Deserialize<'de> for PortRange {
     }
 }
 
+/// An address or network: `192.0.2.7`, `192.0.2.0/24`, `2001:db8::/32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Net(IpNet);
+
+impl<'de> Deserialize<'de> for Net {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl de::Visitor<'_> for Visitor {
+            type Value = Net;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an IPv4 or IPv6 address or CIDR network such as \"192.0.2.0/24\"")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Net, E> {
+                if let Ok(addr) = v.parse::<IpAddr>() {
+                    return Ok(Net(IpNet::from(addr)));
+                }
+                let net = v.parse::<IpNet>().map_err(|_| {
+                    E::custom(format!(
+                        "invalid network \"{v}\": expected an IPv4 or IPv6 address or CIDR \
+                         network such as \"192.0.2.0/24\""
+                    ))
+                })?;
+                if net.trunc() != net {
+                    return Err(E::custom(format!(
+                        "network \"{v}\" has host bits set: did you mean \"{}\"?",
+                        net.trunc()
+                    )));
+                }
+                Ok(Net(net))
+            }
+        }
+
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// An ICMP type, 0–255.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IcmpType(u8);
+
+impl<'de> Deserialize<'de> for IcmpType {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(deserializer)?;
+        u8::try_from(v).map(IcmpType).map_err(|_| {
+            de::Error::custom(format!("invalid ICMP type {v}: expected a number from 0 to 255"))
+        })
+    }
+}
+
+/// A list, or a single value written without brackets.
+struct OneOrMany<T>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> de::Visitor<'de> for Visitor<T> {
+            type Value = OneOrMany<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                T::deserialize(de::value::I64Deserializer::new(v)).map(|t| OneOrMany(vec![t]))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(de::value::StrDeserializer::new(v)).map(|t| OneOrMany(vec![t]))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany(items))
+            }
+        }
+
+        deserializer.deserialize_any(Visitor(PhantomData))
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
+    interfaces: Option<Spanned<OneOrMany<String>>>,
+    defaults: Option<Spanned<RawDefaults>>,
     #[serde(default)]
     rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    #[serde(default)]
+    action: Action,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    fragments: Fragments,
 }
 
 #[derive(Deserialize)]
@@ -116,44 +251,21 @@ struct RawPolicy {
 struct RawRule {
     name: Spanned<String>,
     action: Action,
-    #[serde(default)]
-    protocol: Protocol,
-    dst_ports: Option<Spanned<PortList>>,
+    mode: Option<Mode>,
+    protocol: Option<Spanned<Protocol>>,
+    dst_ports: Option<Spanned<OneOrMany<PortRange>>>,
+    src_ports: Option<Spanned<OneOrMany<PortRange>>>,
+    src: Option<Spanned<OneOrMany<Net>>>,
+    dst: Option<Spanned<OneOrMany<Net>>>,
+    icmp_types: Option<Spanned<OneOrMany<IcmpType>>>,
 }
 
-/// `dst_ports`: a list of ports and ranges, or a single one written without brackets.
-struct PortList(Vec<PortRange>);
-
-impl<'de> Deserialize<'de> for PortList {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-
-        impl<'de> de::Visitor<'de> for Visitor {
-            type Value = PortList;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "a list of ports, or {PORT_EXPECTED}")
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortList, E> {
-                Ok(PortList(vec![PortRange::deserialize(de::value::I64Deserializer::new(v))?]))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortList, E> {
-                Ok(PortList(vec![PortRange::deserialize(de::value::StrDeserializer::new(v))?]))
-            }
-
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<PortList, A::Error> {
-                let mut ports = Vec::new();
-                while let Some(port) = seq.next_element()? {
-                    ports.push(port);
-                }
-                Ok(PortList(ports))
-            }
-        }
-
-        deserializer.deserialize_any(Visitor)
-    }
+/// One parsed file: its rules and, if it sets them, the defaults and interfaces with
+/// where they were set.
+pub struct ParsedFile {
+    pub defaults: Option<(Defaults, Range<usize>)>,
+    pub interfaces: Option<(Vec<String>, Range<usize>)>,
+    pub rules: Vec<PendingRule>,
 }
 
 /// Parses one policy file; `file` is only used in messages. `names` holds the rule names
@@ -162,14 +274,23 @@ pub fn parse_file(
     file: &Path,
     text: &str,
     names: &mut HashMap<String, Location>,
-) -> Result<Vec<Rule>, Vec<Diagnostic>> {
+) -> Result<ParsedFile, Vec<Diagnostic>> {
     let diag = |span, message: String| Diagnostic::new(file.to_path_buf(), text, span, message);
     let raw: RawPolicy = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         vec![diag(span, e.message().trim_end().to_string())]
     })?;
     let mut diagnostics = Vec::new();
-    let mut rules = Vec::with_capacity(raw.rule.len());
+    let location = |span: Range<usize>| Location::of(file.to_path_buf(), text, span.start);
+
+    let defaults = raw.defaults.map(|d| {
+        let span = d.span();
+        let d = d.into_inner();
+        (Defaults { action: d.action, mode: d.mode, fragments: d.fragments }, span)
+    });
+    let interfaces = raw.interfaces.map(|i| (i.span(), i.into_inner().0)).map(|(s, i)| (i, s));
+
+    let mut pending = Vec::with_capacity(raw.rule.len());
     for raw in raw.rule {
         let name_span = raw.name.span();
         let name = raw.name.into_inner();
@@ -182,30 +303,144 @@ pub fn parse_file(
                 ),
             ));
         }
-        let dst_ports = match raw.dst_ports {
-            Some(ports) if ports.get_ref().0.is_empty() => {
-                diagnostics.push(diag(
-                    ports.span(),
-                    "dst_ports is empty, so the rule could never match: list ports, or leave \
-                     dst_ports out to match every port"
-                        .into(),
-                ));
-                None
-            }
-            other => other.map(|ports| ports.into_inner().0),
-        };
-        let location = Location::of(file.to_path_buf(), text, name_span.start);
+        let name_location = location(name_span.clone());
         if let Some(first) = names.get(&name) {
             diagnostics.push(diag(
-                name_span,
+                name_span.clone(),
                 format!("duplicate rule name \"{name}\": first defined at {first}"),
             ));
         } else {
-            names.insert(name.clone(), location.clone());
+            names.insert(name.clone(), name_location.clone());
         }
-        rules.push(Rule { name, action: raw.action, protocol: raw.protocol, dst_ports, location });
+
+        let (protocol, protocol_span) = match raw.protocol {
+            Some(p) => (*p.get_ref(), Some(p.span())),
+            None => (Protocol::Any, None),
+        };
+        let mut list = |field: &str, span: Option<Range<usize>>, empty: bool| {
+            if let (Some(span), true) = (span, empty) {
+                diagnostics.push(diag(
+                    span,
+                    format!(
+                        "{field} is empty, so the rule could never match: list values, or leave \
+                         {field} out to match any"
+                    ),
+                ));
+            }
+        };
+        let dst_ports = non_empty(raw.dst_ports, |s, e| list("dst_ports", s, e));
+        let src_ports = non_empty(raw.src_ports, |s, e| list("src_ports", s, e));
+        let src = non_empty(raw.src, |s, e| list("src", s, e));
+        let dst = non_empty(raw.dst, |s, e| list("dst", s, e));
+        let icmp_types = non_empty(raw.icmp_types, |s, e| list("icmp_types", s, e));
+
+        for (field, value) in [("dst_ports", &dst_ports), ("src_ports", &src_ports)] {
+            if let (Some((span, _)), Protocol::Icmp | Protocol::Icmpv6) = (value, protocol) {
+                diagnostics.push(diag(
+                    span.clone(),
+                    format!(
+                        "{field} cannot be used with protocol \"{}\": ICMP has no ports (match \
+                         ICMP messages with icmp_types)",
+                        protocol.name()
+                    ),
+                ));
+            }
+        }
+        if let Some((span, _)) = &icmp_types
+            && !matches!(protocol, Protocol::Icmp | Protocol::Icmpv6)
+        {
+            diagnostics.push(diag(
+                span.clone(),
+                format!(
+                    "icmp_types needs protocol = \"icmp\" or \"icmpv6\", not \"{}\"",
+                    protocol.name()
+                ),
+            ));
+        }
+
+        let nets = |v: Option<(Range<usize>, Vec<Net>)>| {
+            v.map(|(_, nets)| nets.into_iter().map(|n| n.0).collect::<Vec<_>>())
+        };
+        let rule = Rule {
+            name,
+            action: raw.action,
+            mode: raw.mode.unwrap_or_default(),
+            protocol,
+            dst_ports: dst_ports.map(|(_, v)| v),
+            src_ports: src_ports.map(|(_, v)| v),
+            src: nets(src),
+            dst: nets(dst),
+            icmp_types: icmp_types.map(|(_, v)| v.into_iter().map(|t| t.0).collect()),
+            location: name_location,
+        };
+        if let Some(reason) = never_matches(&rule) {
+            diagnostics.push(diag(
+                protocol_span.unwrap_or(name_span),
+                format!("rule \"{}\" can never match: {reason}", rule.name),
+            ));
+        }
+        pending.push(PendingRule { rule, explicit_mode: raw.mode.is_some() });
     }
-    if diagnostics.is_empty() { Ok(rules) } else { Err(diagnostics) }
+    if diagnostics.is_empty() {
+        Ok(ParsedFile { defaults, interfaces, rules: pending })
+    } else {
+        Err(diagnostics)
+    }
+}
+
+/// A list field with its span, or `None` when absent; an empty list is reported through
+/// `report(span, is_empty)` and treated as absent.
+fn non_empty<T>(
+    value: Option<Spanned<OneOrMany<T>>>,
+    mut report: impl FnMut(Option<Range<usize>>, bool),
+) -> Option<(Range<usize>, Vec<T>)> {
+    let value = value?;
+    let span = value.span();
+    let items = value.into_inner().0;
+    report(Some(span.clone()), items.is_empty());
+    (!items.is_empty()).then_some((span, items))
+}
+
+/// A rule whose mode may still come from the policy's defaults.
+pub struct PendingRule {
+    pub rule: Rule,
+    pub explicit_mode: bool,
+}
+
+/// Why a rule's fields contradict each other, if they do.
+fn never_matches(rule: &Rule) -> Option<String> {
+    let family = |nets: &Option<Vec<IpNet>>| {
+        nets.as_ref().map(|nets| {
+            (nets.iter().any(|n| matches!(n, IpNet::V4(_))), nets.iter().any(|n| matches!(n, IpNet::V6(_))))
+        })
+    };
+    let (mut v4, mut v6) = (true, true);
+    let mut why = Vec::new();
+    match rule.protocol {
+        Protocol::Icmp => {
+            v6 = false;
+            why.push("protocol \"icmp\" is IPv4 only");
+        }
+        Protocol::Icmpv6 => {
+            v4 = false;
+            why.push("protocol \"icmpv6\" is IPv6 only");
+        }
+        _ => {}
+    }
+    for (field, nets) in [("src", &rule.src), ("dst", &rule.dst)] {
+        if let Some((has_v4, has_v6)) = family(nets) {
+            v4 &= has_v4;
+            v6 &= has_v6;
+            why.push(match (field, has_v4, has_v6) {
+                ("src", true, false) => "src lists only IPv4 networks",
+                ("src", false, true) => "src lists only IPv6 networks",
+                ("dst", true, false) => "dst lists only IPv4 networks",
+                ("dst", false, true) => "dst lists only IPv6 networks",
+                _ => continue,
+            });
+        }
+    }
+    (!v4 && !v6).then(|| why.join(" but "))
 }
 
 fn valid_name(name: &str) -> bool {

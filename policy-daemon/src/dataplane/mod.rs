@@ -1,22 +1,27 @@
-//! The only module that talks to the kernel: load the embedded eBPF object, write a
-//! compiled [`Ruleset`] into its maps, attach the program to interfaces, read counters.
+//! The only module that talks to the kernel: load the embedded eBPF object, apply
+//! compiled [`Ruleset`]s to its maps atomically ([`apply`]), attach the program to
+//! interfaces, read counters.
 //!
 //! Maps are filled before the program is attached anywhere, so the first packet it sees
 //! is already judged by the full policy.
+
+pub mod apply;
+mod kernel;
 
 use std::fmt;
 
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
-    maps::{Array, MapError, PerCpuArray},
+    maps::MapError,
     programs::{ProgramError, Xdp, XdpMode},
 };
-use policy_common::{
-    Counter, PROGRAM_NAME, PortEntry, TCP_DST_PORTS_MAP, UDP_DST_PORTS_MAP, VERDICT_COUNTERS_MAP,
-    Verdict,
-};
+use policy_common::{Counter, PROGRAM_NAME, RULE_COUNTERS_MAP, VERDICT_COUNTERS_MAP, Verdict};
 
-use crate::policy::{PortTable, Ruleset};
+use self::{
+    apply::{ApplyReport, Generations, MapWriteError},
+    kernel::KernelMaps,
+};
+use crate::policy::Ruleset;
 
 /// The eBPF object `cargo xtask build` produced (empty when built without it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/policy-ebpf.o"));
@@ -82,13 +87,10 @@ pub enum DataplaneError {
         #[source]
         source: MapError,
     },
-    #[error("writing entry {index} of map `{map}` failed")]
-    MapWrite {
-        map: &'static str,
-        index: u32,
-        #[source]
-        source: MapError,
-    },
+    #[error("applying the ruleset failed; the ruleset in force stays in force")]
+    Apply(#[source] MapWriteError),
+    #[error("reading the number of possible CPUs failed")]
+    Cpus(#[source] std::io::Error),
     #[error("reading map `{map}` failed")]
     MapRead {
         map: &'static str,
@@ -130,40 +132,34 @@ impl VerdictCounts {
 /// The loaded program and its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
+    maps: KernelMaps,
+    generations: Generations,
 }
 
 impl Dataplane {
-    /// Loads the program into the kernel and fills its maps from `ruleset`; attaches
+    /// Loads the program into the kernel and applies `ruleset` to its maps; attaches
     /// nothing.
     pub fn load(ruleset: &Ruleset) -> Result<Self, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
-        let ebpf = EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?;
-        let mut dataplane = Self { ebpf };
-        dataplane.write_ports(TCP_DST_PORTS_MAP, &ruleset.tcp_dst)?;
-        dataplane.write_ports(UDP_DST_PORTS_MAP, &ruleset.udp_dst)?;
+        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?;
+        let maps = KernelMaps::take(&mut ebpf)?;
+        let mut dataplane = Self { ebpf, maps, generations: Generations::new() };
         dataplane.program()?.load().map_err(DataplaneError::ProgramLoad)?;
+        dataplane.apply(ruleset)?;
         Ok(dataplane)
+    }
+
+    /// Makes `ruleset` the one in force, atomically: packets see the previous ruleset
+    /// or this one, never a mix. On error the previous ruleset stays in force.
+    pub fn apply(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, DataplaneError> {
+        self.generations.apply(&mut self.maps, ruleset).map_err(DataplaneError::Apply)
     }
 
     fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
         let program = self.ebpf.program_mut(PROGRAM_NAME).ok_or(DataplaneError::MissingProgram)?;
         program.try_into().map_err(DataplaneError::ProgramType)
-    }
-
-    /// Writes the entries of a freshly created (all zero, i.e. `NoRule`) port map.
-    fn write_ports(&mut self, map: &'static str, table: &PortTable) -> Result<(), DataplaneError> {
-        let raw = self.ebpf.map_mut(map).ok_or(DataplaneError::MissingMap(map))?;
-        let mut array: Array<_, PortEntry> =
-            Array::try_from(raw).map_err(|source| DataplaneError::MapType { map, source })?;
-        for (port, action) in table.entries() {
-            let index = u32::from(port);
-            array
-                .set(index, PortEntry::new(action), 0)
-                .map_err(|source| DataplaneError::MapWrite { map, index, source })?;
-        }
-        Ok(())
     }
 
     /// Attaches the program to `iface`. With [`ModeChoice::Auto`], native mode is tried
@@ -205,22 +201,41 @@ impl Dataplane {
 
     /// Per-verdict packet and byte counts since the program was loaded.
     pub fn verdict_counts(&self) -> Result<VerdictCounts, DataplaneError> {
-        let map = VERDICT_COUNTERS_MAP;
-        let raw = self.ebpf.map(map).ok_or(DataplaneError::MissingMap(map))?;
-        let array: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(raw).map_err(|source| DataplaneError::MapType { map, source })?;
         let mut counts = VerdictCounts::default();
         for verdict in Verdict::ALL {
-            let per_cpu = array
-                .get(&(verdict as u32), 0)
-                .map_err(|source| DataplaneError::MapRead { map, source })?;
-            let total = &mut counts.0[verdict as usize];
-            for c in per_cpu.iter() {
-                total.packets += c.packets;
-                total.bytes += c.bytes;
-            }
+            counts.0[verdict as usize] = KernelMaps::read_counter(
+                &self.maps.verdict_counters,
+                VERDICT_COUNTERS_MAP,
+                verdict as u32,
+            )?;
         }
         Ok(counts)
+    }
+
+    /// One verdict's counter (cheaper than [`Self::verdict_counts`]).
+    pub fn verdict_count(&self, verdict: Verdict) -> Result<Counter, DataplaneError> {
+        KernelMaps::read_counter(&self.maps.verdict_counters, VERDICT_COUNTERS_MAP, verdict as u32)
+    }
+
+    /// The counter of the rule at `index` (rule order) of the ruleset in force.
+    pub fn rule_count(&self, index: usize) -> Result<Option<Counter>, DataplaneError> {
+        let Some((_, slot)) = self.generations.active_rules().get(index) else {
+            return Ok(None);
+        };
+        KernelMaps::read_counter(&self.maps.rule_counters, RULE_COUNTERS_MAP, *slot).map(Some)
+    }
+
+    /// Packets and bytes of every rule in force, in rule order. A rule's counts run
+    /// from when it was first applied, across reloads that leave it unchanged.
+    pub fn rule_counts(&self) -> Result<Vec<(String, Counter)>, DataplaneError> {
+        self.generations
+            .active_rules()
+            .iter()
+            .map(|(name, slot)| {
+                let c = KernelMaps::read_counter(&self.maps.rule_counters, RULE_COUNTERS_MAP, *slot)?;
+                Ok((name.clone(), c))
+            })
+            .collect()
     }
 
     /// Runs the loaded program once on `packet` (BPF_PROG_TEST_RUN) and returns its XDP

@@ -1,0 +1,226 @@
+//! Multi-field first-match classification (linear bit-vector search): each field lookup
+//! yields a bitmap of the rules that admit the packet's value; the lowest bit set in all
+//! of them is the first matching rule. The cost does not grow with the number of rules,
+//! only with the number of bitmap words in use (one per 64 rules, all ANDs unrolled).
+
+use aya_ebpf::maps::{Array, lpm_trie::Key};
+use policy_common::{
+    Action, FragmentAction, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, L4Class,
+    MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS, RuleBitmap, Verdict, field, field_bitmap,
+    ipv4_key, ipv6_key,
+};
+
+use crate::{
+    maps::{
+        ACTIVE, CONFIG, DPORT_BITMAPS, DPORT_CLASSES, DST_V4, DST_V6, FIELD_BITMAPS, RULES,
+        SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6,
+    },
+    parse::{Family, Packet, Transport},
+};
+
+/// ICMPv6 router solicitation .. redirect: neighbour discovery, never dropped by the
+/// default action.
+const ND_FIRST_TYPE: u16 = 133;
+const ND_LAST_TYPE: u16 = 137;
+
+/// The decision: the verdict and, when a rule decided, its counter slot.
+pub struct Decision {
+    pub verdict: Verdict,
+    pub counter_slot: Option<u32>,
+}
+
+impl Decision {
+    const fn of(verdict: Verdict) -> Self {
+        Self { verdict, counter_slot: None }
+    }
+}
+
+#[inline(always)]
+pub fn classify(packet: &Packet) -> Decision {
+    if packet.family == Family::NotIp {
+        return Decision::of(Verdict::PassNotIp);
+    }
+    let l4 = &packet.l4;
+    // Read once: everything below uses this generation, so a concurrent flip of ACTIVE
+    // gives this packet the old ruleset or the new one, never a mix.
+    let generation = ACTIVE.get(0).copied().unwrap_or(0) % GENERATIONS;
+    let Some(config) = CONFIG.get(generation) else {
+        return Decision::of(Verdict::PassDefault);
+    };
+    if l4.fragment {
+        match FragmentAction::try_from(config.fragments) {
+            Ok(FragmentAction::Pass) => return Decision::of(Verdict::PassFragment),
+            Ok(FragmentAction::Drop) => return Decision::of(Verdict::DropFragment),
+            Ok(FragmentAction::Rules) | Err(_) => {}
+        }
+    }
+    match first_match(generation, config, packet, l4) {
+        Some(rule) => decide_rule(generation, rule),
+        None => decide_default(config, l4),
+    }
+}
+
+#[inline(always)]
+fn decide_rule(generation: u32, rule: u32) -> Decision {
+    let Some(info) = RULES.get(generation * MAX_RULES as u32 + rule) else {
+        return Decision::of(Verdict::PassDefault);
+    };
+    let verdict = match Action::try_from(info.action) {
+        Ok(Action::Drop) if info.monitor != 0 => Verdict::MonitorRule,
+        Ok(Action::Drop) => Verdict::DropRule,
+        Ok(Action::Pass) | Err(_) => Verdict::PassRule,
+    };
+    Decision { verdict, counter_slot: Some(info.counter_slot) }
+}
+
+#[inline(always)]
+fn decide_default(config: &GenConfig, l4: &Transport) -> Decision {
+    let verdict = match Action::try_from(config.default_action) {
+        Ok(Action::Drop) => {
+            let neighbour = l4.class == L4Class::Icmpv6
+                && !l4.fragment
+                && (ND_FIRST_TYPE..=ND_LAST_TYPE).contains(&l4.dport);
+            if neighbour {
+                Verdict::PassNeighbour
+            } else if config.default_monitor != 0 {
+                Verdict::MonitorDefault
+            } else {
+                Verdict::DropDefault
+            }
+        }
+        Ok(Action::Pass) | Err(_) => Verdict::PassDefault,
+    };
+    Decision::of(verdict)
+}
+
+#[inline(always)]
+fn field_bitmap(generation: u32, index: u32) -> Option<&'static RuleBitmap> {
+    FIELD_BITMAPS.get(generation * field_bitmap::PER_GENERATION + index)
+}
+
+#[inline(always)]
+fn port_bitmap(
+    classes: &'static Array<u64>,
+    bitmaps: &'static Array<RuleBitmap>,
+    generation: u32,
+    port: u16,
+) -> Option<&'static RuleBitmap> {
+    let word = classes.get(generation * PORT_CLASS_WORDS + u32::from(port / 4))?;
+    let class = ((*word >> (16 * u32::from(port % 4))) & 0xffff) as u32;
+    if class >= MAX_PORT_CLASSES {
+        return None;
+    }
+    bitmaps.get(generation * MAX_PORT_CLASSES + class)
+}
+
+/// The lowest rule every field admits, if any.
+#[inline(always)]
+fn first_match(generation: u32, config: &GenConfig, packet: &Packet, l4: &Transport) -> Option<u32> {
+    let fields = config.fields;
+    let all = field_bitmap(generation, field_bitmap::ALL_RULES)?;
+    // A field no rule constrains admits every rule: skip its lookup.
+    let l4_rules = if fields & field::L4 != 0 { field_bitmap(generation, l4.class as u32)? } else { all };
+    let dport_rules = if fields & field::DPORT == 0 {
+        all
+    } else if l4.fragment {
+        field_bitmap(generation, field_bitmap::DPORT_UNCONSTRAINED)?
+    } else {
+        port_bitmap(&DPORT_CLASSES, &DPORT_BITMAPS, generation, l4.dport)?
+    };
+    let sport_rules = if fields & field::SPORT == 0 {
+        all
+    } else if l4.fragment {
+        field_bitmap(generation, field_bitmap::SPORT_UNCONSTRAINED)?
+    } else {
+        port_bitmap(&SPORT_CLASSES, &SPORT_BITMAPS, generation, l4.sport)?
+    };
+    let prefix_v4 = GENERATION_PREFIX_BITS + 32;
+    let prefix_v6 = GENERATION_PREFIX_BITS + 128;
+    let gen_byte = generation as u8;
+    let v4 = |a: &[u8; 16]| ipv4_key(gen_byte, [a[0], a[1], a[2], a[3]]);
+    let (src_rules, dst_rules) = if packet.family == Family::V4 {
+        (
+            if fields & field::SRC != 0 { SRC_V4.get(Key::new(prefix_v4, v4(&packet.src)))? } else { all },
+            if fields & field::DST != 0 { DST_V4.get(Key::new(prefix_v4, v4(&packet.dst)))? } else { all },
+        )
+    } else {
+        (
+            if fields & field::SRC != 0 { SRC_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, packet.src)))? } else { all },
+            if fields & field::DST != 0 { DST_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, packet.dst)))? } else { all },
+        )
+    };
+    lowest_common(config.words, l4_rules, dport_rules, sport_rules, src_rules, dst_rules)
+}
+
+/// The lowest bit set in all five bitmaps, looking at the first `words` words. Written out
+/// word by word with constant indices: a loop over the words lost its bound in the
+/// verifier and cost orders of magnitude more verified instructions.
+#[inline(always)]
+fn lowest_common(
+    words: u32,
+    a: &RuleBitmap,
+    b: &RuleBitmap,
+    c: &RuleBitmap,
+    d: &RuleBitmap,
+    e: &RuleBitmap,
+) -> Option<u32> {
+    macro_rules! word {
+        ($w:literal) => {
+            if $w >= words {
+                return None;
+            }
+            let x = a.words[$w] & b.words[$w] & c.words[$w] & d.words[$w] & e.words[$w];
+            if x != 0 {
+                return Some($w * 64 + lowest_bit(x));
+            }
+        };
+    }
+    word!(0);
+    word!(1);
+    word!(2);
+    word!(3);
+    word!(4);
+    word!(5);
+    word!(6);
+    word!(7);
+    word!(8);
+    word!(9);
+    word!(10);
+    word!(11);
+    word!(12);
+    word!(13);
+    word!(14);
+    word!(15);
+    None
+}
+
+/// Index of the lowest set bit of a non-zero word, by halving: BPF has no count-trailing-
+/// zeros instruction, and this keeps LLVM from emitting a lookup table.
+#[inline(always)]
+fn lowest_bit(mut x: u64) -> u32 {
+    let mut n = 0;
+    if x & 0xffff_ffff == 0 {
+        n += 32;
+        x >>= 32;
+    }
+    if x & 0xffff == 0 {
+        n += 16;
+        x >>= 16;
+    }
+    if x & 0xff == 0 {
+        n += 8;
+        x >>= 8;
+    }
+    if x & 0xf == 0 {
+        n += 4;
+        x >>= 4;
+    }
+    if x & 0x3 == 0 {
+        n += 2;
+        x >>= 2;
+    }
+    if x & 0x1 == 0 {
+        n += 1;
+    }
+    n
+}
