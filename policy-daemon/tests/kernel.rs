@@ -11,7 +11,7 @@ use policy_common::{
 };
 use policy_daemon::{
     dataplane::{Dataplane, embedded_object},
-    policy,
+    policy::{self, Policy, reference},
 };
 use support::packet::*;
 
@@ -39,131 +39,235 @@ name = "drop-smb"
 action = "drop"
 protocol = "any"
 dst_ports = [445]
+
+[[rule]]
+name = "trusted-hosts"
+action = "pass"
+src = ["198.18.50.0/24", "fd00:50::/32"]
+
+[[rule]]
+name = "block-bad-net"
+action = "drop"
+src = ["198.18.99.0/24", "198.18.98.7"]
+
+[[rule]]
+name = "watch-http"
+action = "drop"
+mode = "monitor"
+protocol = "tcp"
+dst_ports = [80]
+
+[[rule]]
+name = "block-v6-alt-http"
+action = "drop"
+protocol = "tcp"
+src = "fd00:bad::/32"
+dst_ports = 8080
+
+[[rule]]
+name = "block-echo"
+action = "drop"
+protocol = "icmp"
+icmp_types = [8]
+
+[[rule]]
+name = "block-sport-7777-to-db"
+action = "drop"
+protocol = "udp"
+src_ports = [7777]
+dst = "198.18.0.0/16"
 "#;
 
-fn load(text: &str) -> Dataplane {
+fn load(text: &str) -> (Policy, Dataplane) {
     let policy = policy::parse([(Path::new("test.toml"), text)]).expect("test policy is valid");
-    Dataplane::load(&policy::compile(&policy)).unwrap_or_else(|e| {
+    let dataplane = Dataplane::load(&policy::compile(&policy)).unwrap_or_else(|e| {
         panic!("loading the program failed: {}", policy_daemon::dataplane::error_chain(&e))
-    })
+    });
+    (policy, dataplane)
 }
 
 struct Case {
     name: &'static str,
     packet: Packet,
     verdict: Verdict,
+    /// The rule that must decide, by name; `None` for the default and non-rule verdicts.
+    rule: Option<&'static str>,
 }
 
 fn case(name: &'static str, packet: Packet, verdict: Verdict) -> Case {
-    Case { name, packet, verdict }
+    Case { name, packet, verdict, rule: None }
 }
 
-fn cases() -> Vec<Case> {
+fn by(rule: &'static str, name: &'static str, packet: Packet, verdict: Verdict) -> Case {
+    Case { name, packet, verdict, rule: Some(rule) }
+}
+
+fn deny_list_cases() -> Vec<Case> {
     use Verdict::*;
     vec![
-        // Port rules, first match wins.
-        case("ipv4 tcp to a dropped port", Packet::ipv4(tcp(23)), DropRule),
-        case("ipv4 tcp to the second dropped port", Packet::ipv4(tcp(2323)), DropRule),
+        // Ports, first match wins.
+        by("drop-telnet", "ipv4 tcp to a dropped port", Packet::ipv4(tcp(23)), DropRule),
+        by("drop-telnet", "ipv4 tcp to the second dropped port", Packet::ipv4(tcp(2323)), DropRule),
         case("ipv4 tcp to the neighbouring port", Packet::ipv4(tcp(24)), PassDefault),
-        case("ipv4 udp to the pass rule before a drop range", Packet::ipv4(udp(53)), PassRule),
-        case("ipv4 udp inside the dropped range", Packet::ipv4(udp(54)), DropRule),
-        case("ipv4 udp at the range's end", Packet::ipv4(udp(1023)), DropRule),
-        case("ipv4 udp past the range", Packet::ipv4(udp(1024)), PassDefault),
-        case("ipv4 tcp to a udp-only range", Packet::ipv4(tcp(54)), PassDefault),
-        case("ipv4 tcp to an any-protocol port", Packet::ipv4(tcp(445)), DropRule),
-        case("ipv4 udp to an any-protocol port", Packet::ipv4(udp(445)), DropRule),
-        case("ipv4 tcp to port 0", Packet::ipv4(tcp(0)), PassDefault),
-        case("ipv4 udp to port 65535", Packet::ipv4(udp(65535)), PassDefault),
-        case("ipv6 tcp to a dropped port", Packet::ipv6(tcp(23)), DropRule),
-        case("ipv6 tcp to the neighbouring port", Packet::ipv6(tcp(22)), PassDefault),
-        case("ipv6 udp to the pass rule", Packet::ipv6(udp(53)), PassRule),
-        case("ipv6 udp inside the dropped range", Packet::ipv6(udp(161)), DropRule),
+        by("allow-dns", "udp to a pass rule before a drop range", Packet::ipv4(udp(53)), PassRule),
+        by("drop-low-udp", "udp inside the dropped range", Packet::ipv4(udp(54)), DropRule),
+        by("drop-low-udp", "udp at the range's end", Packet::ipv4(udp(1023)), DropRule),
+        case("udp past the range", Packet::ipv4(udp(1024)), PassDefault),
+        case("tcp to a udp-only range", Packet::ipv4(tcp(54)), PassDefault),
+        by("drop-smb", "tcp to an any-protocol port", Packet::ipv4(tcp(445)), DropRule),
+        by("drop-low-udp", "udp 445 is caught by the earlier udp range", Packet::ipv6(udp(445)), DropRule),
+        by("drop-smb", "ipv6 tcp to an any-protocol port", Packet::ipv6(tcp(445)), DropRule),
+        case("tcp to port 0", Packet::ipv4(tcp(0)), PassDefault),
+        case("udp to port 65535", Packet::ipv4(udp(65535)), PassDefault),
+        by("drop-telnet", "ipv6 tcp to a dropped port", Packet::ipv6(tcp(23)), DropRule),
+        by("allow-dns", "ipv6 udp to the pass rule", Packet::ipv6(udp(53)), PassRule),
+        // Addresses.
+        by("drop-telnet", "telnet from a trusted host: the earlier rule wins", Packet::ipv4(tcp(23)).src("198.18.50.9"), DropRule),
+        by("trusted-hosts", "trusted ipv4 host to an open port", Packet::ipv4(tcp(24)).src("198.18.50.9"), PassRule),
+        by("trusted-hosts", "trusted ipv6 host", Packet::ipv6(udp(5000)).src("fd00:50::1"), PassRule),
+        by("block-bad-net", "ipv4 host in a blocked /24", Packet::ipv4(tcp(24)).src("198.18.99.200"), DropRule),
+        by("block-bad-net", "the blocked single address", Packet::ipv4(udp(5000)).src("198.18.98.7"), DropRule),
+        case("next to the blocked single address", Packet::ipv4(udp(5000)).src("198.18.98.8"), PassDefault),
+        by("block-bad-net", "icmp from the blocked net", Packet::ipv4(icmp(0)).src("198.18.99.1"), DropRule),
+        case("blocked ipv4 net does not touch ipv6", Packet::ipv6(tcp(24)).src("fd00::99"), PassDefault),
+        by("block-v6-alt-http", "ipv6 src and port together", Packet::ipv6(tcp(8080)).src("fd00:bad::1"), DropRule),
+        case("ipv6 src without the port", Packet::ipv6(tcp(8081)).src("fd00:bad::1"), PassDefault),
+        case("the port without the ipv6 src", Packet::ipv6(tcp(8080)).src("fd00:bae::1"), PassDefault),
+        by("block-sport-7777-to-db", "udp source port and destination net", Packet::ipv4(udp(5000)).src_port(7777), DropRule),
+        case("udp source port outside the destination net", Packet::ipv4(udp(5000)).src_port(7777).dst("198.19.0.1"), PassDefault),
+        case("tcp with that source port", Packet::ipv4(tcp(5000)).src_port(7777), PassDefault),
+        // Monitor mode counts and passes.
+        by("watch-http", "monitored drop rule", Packet::ipv4(tcp(80)), MonitorRule),
+        // ICMP types.
+        by("block-echo", "icmp echo request", Packet::ipv4(icmp(8)), DropRule),
+        case("icmp echo reply", Packet::ipv4(icmp(0)), PassDefault),
+        case("icmpv6 echo request is not icmp", Packet::ipv6(icmpv6(128)), PassDefault),
+        case("icmp type 8 over ipv6 is another protocol", Packet::ipv6(icmp(8)), PassDefault),
         // VLAN tags.
-        case("802.1Q ipv4 tcp dropped", Packet::ipv4(tcp(23)).vlan(ETH_P_8021Q), DropRule),
-        case("802.1Q ipv4 tcp open", Packet::ipv4(tcp(80)).vlan(ETH_P_8021Q), PassDefault),
-        case(
-            "802.1ad + 802.1Q ipv6 tcp dropped",
-            Packet::ipv6(tcp(23)).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q),
-            DropRule,
-        ),
-        case(
-            "three VLAN tags are not parsed",
-            Packet::ipv4(tcp(23)).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q).vlan(ETH_P_8021Q),
-            PassNotIp,
-        ),
+        by("drop-telnet", "802.1Q ipv4 tcp dropped", Packet::ipv4(tcp(23)).vlan(ETH_P_8021Q), DropRule),
+        case("802.1Q ipv4 tcp open", Packet::ipv4(tcp(81)).vlan(ETH_P_8021Q), PassDefault),
+        by("drop-telnet", "802.1ad + 802.1Q ipv6 tcp dropped", Packet::ipv6(tcp(23)).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q), DropRule),
+        case("three VLAN tags are not parsed", Packet::ipv4(tcp(23)).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q).vlan(ETH_P_8021Q), PassNotIp),
         case("VLAN tag cut short", Packet::ipv4(tcp(23)).vlan(ETH_P_8021Q).truncate(16), PassMalformed),
         // IPv4 header length and options.
-        case("ipv4 with 12 bytes of options, dropped port", Packet::ipv4(tcp(23)).ipv4_options(12), DropRule),
+        by("drop-telnet", "ipv4 with 12 bytes of options", Packet::ipv4(tcp(23)).ipv4_options(12), DropRule),
         case("ipv4 with 40 bytes of options, open port", Packet::ipv4(tcp(24)).ipv4_options(40), PassDefault),
         case("ipv4 IHL below 5", Packet::ipv4(tcp(23)).ipv4_ihl(4), PassMalformed),
         case("ipv4 IHL past the packet's end", Packet::ipv4(tcp(23)).ipv4_ihl(15), PassMalformed),
         case("version 6 in an IPv4 frame", Packet::ipv4(tcp(23)).ip_version(6), PassMalformed),
-        // Fragments: only the first carries ports.
-        case("ipv4 first fragment", Packet::ipv4(tcp(23)).ipv4_fragment(0, true), DropRule),
-        case(
-            "ipv4 non-first fragment whose payload looks like port 23",
-            Packet::ipv4(tcp(23)).ipv4_fragment(185, true),
-            PassFragment,
-        ),
-        case("ipv4 last fragment", Packet::ipv4(udp(54)).ipv4_fragment(1, false), PassFragment),
-        case("ipv6 first fragment", Packet::ipv6(tcp(23)).ipv6_fragment(0), DropRule),
-        case("ipv6 non-first fragment", Packet::ipv6(tcp(23)).ipv6_fragment(100), PassFragment),
+        // Fragments (fragments = "rules", the default): only the first carries ports;
+        // later ones meet only the rules that look at no port.
+        by("drop-telnet", "ipv4 first fragment", Packet::ipv4(tcp(23)).ipv4_fragment(0, true), DropRule),
+        case("ipv4 non-first fragment that looks like port 23", Packet::ipv4(tcp(23)).ipv4_fragment(185, true), PassDefault),
+        by("block-bad-net", "non-first fragment from a blocked net", Packet::ipv4(udp(54)).ipv4_fragment(1, false).src("198.18.99.3"), DropRule),
+        by("drop-telnet", "ipv6 first fragment", Packet::ipv6(tcp(23)).ipv6_fragment(0), DropRule),
+        case("ipv6 non-first fragment", Packet::ipv6(tcp(23)).ipv6_fragment(100), PassDefault),
         // IPv6 extension headers.
-        case(
-            "ipv6 hop-by-hop, routing, destination options",
-            Packet::ipv6(tcp(23))
-                .ipv6_ext(IPPROTO_HOPOPTS)
-                .ipv6_ext(IPPROTO_ROUTING)
-                .ipv6_ext(IPPROTO_DSTOPTS),
-            DropRule,
-        ),
-        case("ipv6 authentication header", Packet::ipv6(udp(54)).ipv6_ah(), DropRule),
-        case(
-            "ipv6 with six extension headers (the limit)",
-            (0..6).fold(Packet::ipv6(tcp(23)), |p, _| p.ipv6_ext(IPPROTO_DSTOPTS)),
-            DropRule,
-        ),
-        case(
-            "ipv6 with seven extension headers",
-            (0..7).fold(Packet::ipv6(tcp(23)), |p, _| p.ipv6_ext(IPPROTO_DSTOPTS)),
-            PassMalformed,
-        ),
-        case(
-            "ipv6 extension header cut short",
-            Packet::ipv6(tcp(23)).ipv6_ext(IPPROTO_DSTOPTS).truncate(14 + 40 + 1),
-            PassMalformed,
-        ),
-        case("ipv6 ESP is opaque", Packet::ipv6(L4::Other { proto: IPPROTO_ESP }), PassDefault),
-        // Truncated transport headers.
+        by("drop-telnet", "ipv6 hop-by-hop, routing, destination options", Packet::ipv6(tcp(23)).ipv6_ext(IPPROTO_HOPOPTS).ipv6_ext(IPPROTO_ROUTING).ipv6_ext(IPPROTO_DSTOPTS), DropRule),
+        by("drop-low-udp", "ipv6 authentication header", Packet::ipv6(udp(54)).ipv6_ah(), DropRule),
+        by("drop-telnet", "six extension headers (the limit)", (0..6).fold(Packet::ipv6(tcp(23)), |p, _| p.ipv6_ext(IPPROTO_DSTOPTS)), DropRule),
+        case("seven extension headers", (0..7).fold(Packet::ipv6(tcp(23)), |p, _| p.ipv6_ext(IPPROTO_DSTOPTS)), PassMalformed),
+        case("extension header cut short", Packet::ipv6(tcp(23)).ipv6_ext(IPPROTO_DSTOPTS).truncate(14 + 40 + 1), PassMalformed),
+        case("ESP is opaque", Packet::ipv6(L4::Other { proto: IPPROTO_ESP }), PassDefault),
+        // Truncated headers are never matched.
         case("ethernet header only", Packet::ipv4(tcp(23)).truncate(14), PassMalformed),
         case("ipv4 header cut short", Packet::ipv4(tcp(23)).truncate(14 + 19), PassMalformed),
         case("ipv6 header cut short", Packet::ipv6(tcp(23)).truncate(14 + 39), PassMalformed),
         case("tcp header cut short", Packet::ipv4(tcp(23)).truncate(14 + 20 + 19), PassMalformed),
         case("udp header cut short", Packet::ipv4(udp(54)).truncate(14 + 20 + 7), PassMalformed),
-        case(
-            "tcp data offset below 5",
-            Packet::ipv4(L4::Tcp { dst_port: 23, data_offset: 4 }),
-            PassMalformed,
-        ),
-        // Everything that is not TCP/UDP over IP passes.
+        case("icmp header cut short", Packet::ipv4(icmp(8)).truncate(14 + 20 + 3), PassMalformed),
+        case("tcp data offset below 5", Packet::ipv4(L4::Tcp { dst_port: 23, data_offset: 4 }), PassMalformed),
         case("arp", Packet::arp(), PassNotIp),
-        case("icmp echo", Packet::ipv4(L4::Other { proto: IPPROTO_ICMP }), PassDefault),
-        case("icmpv6", Packet::ipv6(L4::Other { proto: IPPROTO_ICMPV6 }), PassDefault),
     ]
 }
 
-#[test]
-fn packet_table() {
-    if !support::privileged("packet_table") {
-        return;
-    }
-    let mut dataplane = load(POLICY);
+const DEFAULT_DENY: &str = r#"
+[defaults]
+action = "drop"
+fragments = "drop"
+
+[[rule]]
+name = "allow-ssh"
+action = "pass"
+protocol = "tcp"
+dst_ports = 22
+
+[[rule]]
+name = "allow-ping"
+action = "pass"
+protocol = "icmp"
+icmp_types = [8]
+"#;
+
+fn default_deny_cases() -> Vec<Case> {
+    use Verdict::*;
+    vec![
+        by("allow-ssh", "the allowed port", Packet::ipv4(tcp(22)), PassRule),
+        by("allow-ping", "the allowed icmp type", Packet::ipv4(icmp(8)), PassRule),
+        case("anything else is dropped", Packet::ipv4(tcp(23)), DropDefault),
+        case("ipv6 too", Packet::ipv6(udp(22)), DropDefault),
+        case("neighbour solicitation passes", Packet::ipv6(icmpv6(135)), PassNeighbour),
+        case("router advertisement passes", Packet::ipv6(icmpv6(134)), PassNeighbour),
+        case("icmpv6 echo is dropped", Packet::ipv6(icmpv6(128)), DropDefault),
+        case("arp passes", Packet::arp(), PassNotIp),
+        case("fragments = drop", Packet::ipv4(tcp(22)).ipv4_fragment(10, false), DropFragment),
+        by("allow-ssh", "but not the first fragment", Packet::ipv4(tcp(22)).ipv4_fragment(0, true), PassRule),
+        case("malformed still passes", Packet::ipv4(tcp(22)).truncate(30), PassMalformed),
+    ]
+}
+
+const MONITOR_DEFAULT: &str = r#"
+[defaults]
+action = "drop"
+mode = "monitor"
+fragments = "pass"
+
+[[rule]]
+name = "drop-telnet"
+action = "drop"
+mode = "enforce"
+protocol = "tcp"
+dst_ports = 23
+
+[[rule]]
+name = "drop-x11"
+action = "drop"
+protocol = "tcp"
+dst_ports = "6000-6063"
+"#;
+
+fn monitor_cases() -> Vec<Case> {
+    use Verdict::*;
+    vec![
+        by("drop-telnet", "a rule's own enforce mode wins", Packet::ipv4(tcp(23)), DropRule),
+        by("drop-x11", "a rule without a mode takes the policy's", Packet::ipv4(tcp(6010)), MonitorRule),
+        case("the default drop only counts", Packet::ipv4(tcp(24)), MonitorDefault),
+        case("fragments = pass", Packet::ipv6(tcp(23)).ipv6_fragment(3), PassFragment),
+    ]
+}
+
+/// Runs every case, checks the XDP action, the verdict counter, the deciding rule's
+/// counter, and that the reference classifier expects the same.
+fn run_table(policy_text: &str, cases: Vec<Case>) {
+    let (policy, mut dataplane) = load(policy_text);
     let mut failures = Vec::new();
-    for case in cases() {
+    for case in cases {
         let bytes = case.packet.build();
+        let expected_rule = case.rule.map(|name| {
+            policy.rules.iter().position(|r| r.name == name).unwrap_or_else(|| panic!("no rule {name}"))
+        });
+        let reference = reference::classify(&policy, &reference::parse_packet(&bytes));
+        if (reference.verdict, reference.rule) != (case.verdict, expected_rule) {
+            failures.push(format!(
+                "{}: the reference classifier says {:?} by rule {:?}, the table {:?} by {:?}",
+                case.name, reference.verdict, reference.rule, case.verdict, case.rule
+            ));
+        }
         let before = dataplane.verdict_counts().expect("reading the counters");
+        let rules_before = dataplane.rule_counts().expect("reading the rule counters");
         let action = dataplane.test_run(&bytes).expect("BPF_PROG_TEST_RUN");
         let after = dataplane.verdict_counts().expect("reading the counters");
+        let rules_after = dataplane.rule_counts().expect("reading the rule counters");
         let expected_action = if case.verdict.drops() { XDP_DROP } else { XDP_PASS };
         if action != expected_action {
             failures.push(format!(
@@ -173,14 +277,22 @@ fn packet_table() {
         }
         for verdict in Verdict::ALL {
             let (b, a) = (before.get(verdict), after.get(verdict));
-            let (packets, bytes_seen) = (a.packets - b.packets, a.bytes - b.bytes);
+            let seen = (a.packets - b.packets, a.bytes - b.bytes);
             let expected = if verdict == case.verdict { (1, bytes.len() as u64) } else { (0, 0) };
-            if (packets, bytes_seen) != expected {
+            if seen != expected {
                 failures.push(format!(
-                    "{}: expected {verdict:?} to count {expected:?} (packets, bytes), it counted \
-                     {:?}",
+                    "{}: expected {verdict:?} to count {expected:?} (packets, bytes), it counted {seen:?}",
+                    case.name
+                ));
+            }
+        }
+        for (i, ((name, b), (_, a))) in rules_before.iter().zip(&rules_after).enumerate() {
+            let expected = u64::from(expected_rule == Some(i));
+            if a.packets - b.packets != expected {
+                failures.push(format!(
+                    "{}: expected rule {name} to count {expected} packet(s), it counted {}",
                     case.name,
-                    (packets, bytes_seen)
+                    a.packets - b.packets
                 ));
             }
         }
@@ -189,11 +301,32 @@ fn packet_table() {
 }
 
 #[test]
+fn deny_list_table() {
+    if support::privileged("deny_list_table") {
+        run_table(POLICY, deny_list_cases());
+    }
+}
+
+#[test]
+fn default_deny_table() {
+    if support::privileged("default_deny_table") {
+        run_table(DEFAULT_DENY, default_deny_cases());
+    }
+}
+
+#[test]
+fn monitor_table() {
+    if support::privileged("monitor_table") {
+        run_table(MONITOR_DEFAULT, monitor_cases());
+    }
+}
+
+#[test]
 fn an_empty_policy_passes_everything() {
     if !support::privileged("an_empty_policy_passes_everything") {
         return;
     }
-    let mut dataplane = load("");
+    let (_, mut dataplane) = load("");
     for port in [0, 22, 23, 53, 445, 65535] {
         for packet in [Packet::ipv4(tcp(port)), Packet::ipv6(udp(port))] {
             let action = dataplane.test_run(&packet.build()).expect("BPF_PROG_TEST_RUN");
@@ -202,6 +335,26 @@ fn an_empty_policy_passes_everything() {
     }
     let counts = dataplane.verdict_counts().expect("reading the counters");
     assert_eq!(counts.get(Verdict::PassDefault).packets, 12);
+}
+
+#[test]
+fn a_full_policy_of_1024_rules_decides_by_its_last_rule() {
+    if !support::privileged("a_full_policy_of_1024_rules_decides_by_its_last_rule") {
+        return;
+    }
+    let mut text = String::new();
+    for i in 0..policy_common::MAX_RULES {
+        text.push_str(&format!(
+            "[[rule]]\nname = \"r{i}\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {}\n",
+            10_000 + i
+        ));
+    }
+    let (policy, mut dataplane) = load(&text);
+    assert_eq!(policy.rules.len(), 1024);
+    let last = Packet::ipv4(udp(10_000 + 1023)).build();
+    assert_eq!(dataplane.test_run(&last).expect("BPF_PROG_TEST_RUN"), XDP_DROP);
+    assert_eq!(dataplane.rule_count(1023).expect("reading").map(|c| c.packets), Some(1));
+    assert_eq!(dataplane.test_run(&Packet::ipv4(udp(9_999)).build()).expect("run"), XDP_PASS);
 }
 
 /// The names userspace looks up exist in the object it embeds (no root needed).

@@ -184,10 +184,25 @@ struct IcmpType(u8);
 
 impl<'de> Deserialize<'de> for IcmpType {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let v = i64::deserialize(deserializer)?;
-        u8::try_from(v).map(IcmpType).map_err(|_| {
-            de::Error::custom(format!("invalid ICMP type {v}: expected a number from 0 to 255"))
-        })
+        struct Visitor;
+
+        impl de::Visitor<'_> for Visitor {
+            type Value = IcmpType;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an ICMP type from 0 to 255")
+            }
+
+            // Checked here rather than after deserializing an integer, so the error
+            // carries the span of the value itself.
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IcmpType, E> {
+                u8::try_from(v).map(IcmpType).map_err(|_| {
+                    E::custom(format!("invalid ICMP type {v}: expected a number from 0 to 255"))
+                })
+            }
+        }
+
+        deserializer.deserialize_i64(Visitor)
     }
 }
 

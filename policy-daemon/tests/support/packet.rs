@@ -2,7 +2,7 @@
 //! options and fragments) or IPv6 (with extension headers), TCP/UDP/ICMP, and ways to
 //! break each of them. Checksums are left zero: XDP programs under test do not check them.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -30,6 +30,8 @@ const DST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 pub enum L4 {
     Tcp { dst_port: u16, data_offset: u8 },
     Udp { dst_port: u16 },
+    /// ICMP or ICMPv6 (by `proto`) with this type.
+    Icmp { proto: u8, icmp_type: u8 },
     /// Any other protocol with an opaque 8-byte header.
     Other { proto: u8 },
 }
@@ -47,6 +49,9 @@ pub struct Packet {
     l3: L3,
     l4: L4,
     truncate_to: Option<usize>,
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
+    src_port: u16,
 }
 
 pub fn tcp(dst_port: u16) -> L4 {
@@ -57,18 +62,47 @@ pub fn udp(dst_port: u16) -> L4 {
     L4::Udp { dst_port }
 }
 
+pub fn icmp(icmp_type: u8) -> L4 {
+    L4::Icmp { proto: IPPROTO_ICMP, icmp_type }
+}
+
+pub fn icmpv6(icmp_type: u8) -> L4 {
+    L4::Icmp { proto: IPPROTO_ICMPV6, icmp_type }
+}
+
 impl Packet {
     pub fn ipv4(l4: L4) -> Self {
         let l3 = L3::V4 { ihl: 5, options: vec![], frag_offset: 0, more_fragments: false, version: 4 };
-        Self { vlans: vec![], l3, l4, truncate_to: None }
+        Self::with(l3, l4)
     }
 
     pub fn ipv6(l4: L4) -> Self {
-        Self { vlans: vec![], l3: L3::V6 { ext: vec![] }, l4, truncate_to: None }
+        Self::with(L3::V6 { ext: vec![] }, l4)
     }
 
     pub fn arp() -> Self {
-        Self { vlans: vec![], l3: L3::Arp, l4: L4::Other { proto: 0 }, truncate_to: None }
+        Self::with(L3::Arp, L4::Other { proto: 0 })
+    }
+
+    fn with(l3: L3, l4: L4) -> Self {
+        Self { vlans: vec![], l3, l4, truncate_to: None, src: None, dst: None, src_port: 40000 }
+    }
+
+    /// Source address (the family must match the packet's).
+    pub fn src(mut self, addr: &str) -> Self {
+        self.src = Some(addr.parse().expect("a valid test address"));
+        self
+    }
+
+    /// Destination address (the family must match the packet's).
+    pub fn dst(mut self, addr: &str) -> Self {
+        self.dst = Some(addr.parse().expect("a valid test address"));
+        self
+    }
+
+    pub fn src_port(mut self, port: u16) -> Self {
+        self.src_port = port;
+        self
     }
 
     /// Adds a VLAN tag with this TPID (outermost first).
@@ -172,8 +206,8 @@ impl Packet {
                 let frags = (u16::from(*more_fragments) << 13) | (frag_offset & 0x1fff);
                 out.extend_from_slice(&frags.to_be_bytes());
                 out.extend_from_slice(&[64, self.proto(), 0, 0]);
-                out.extend_from_slice(&SRC4.octets());
-                out.extend_from_slice(&DST4.octets());
+                out.extend_from_slice(&self.v4(self.src, SRC4).octets());
+                out.extend_from_slice(&self.v4(self.dst, DST4).octets());
                 out.extend_from_slice(options);
                 out.extend_from_slice(&l4);
             }
@@ -184,8 +218,8 @@ impl Packet {
                 out.extend_from_slice(&((ext_len + l4.len()) as u16).to_be_bytes());
                 let first = ext.first().map_or(self.proto(), |(p, _)| *p);
                 out.extend_from_slice(&[first, 64]);
-                out.extend_from_slice(&SRC6.octets());
-                out.extend_from_slice(&DST6.octets());
+                out.extend_from_slice(&self.v6(self.src, SRC6).octets());
+                out.extend_from_slice(&self.v6(self.dst, DST6).octets());
                 for (i, (proto, body)) in ext.iter().enumerate() {
                     let next = ext.get(i + 1).map_or(self.proto(), |(p, _)| *p);
                     let len_field = match *proto {
@@ -209,12 +243,26 @@ impl Packet {
         match self.l4 {
             L4::Tcp { .. } => IPPROTO_TCP,
             L4::Udp { .. } => IPPROTO_UDP,
-            L4::Other { proto } => proto,
+            L4::Icmp { proto, .. } | L4::Other { proto } => proto,
+        }
+    }
+
+    fn v4(&self, addr: Option<IpAddr>, default: Ipv4Addr) -> Ipv4Addr {
+        match addr {
+            Some(IpAddr::V4(a)) => a,
+            _ => default,
+        }
+    }
+
+    fn v6(&self, addr: Option<IpAddr>, default: Ipv6Addr) -> Ipv6Addr {
+        match addr {
+            Some(IpAddr::V6(a)) => a,
+            _ => default,
         }
     }
 
     fn l4_bytes(&self) -> Vec<u8> {
-        let src_port = 40000u16.to_be_bytes();
+        let src_port = self.src_port.to_be_bytes();
         match self.l4 {
             L4::Tcp { dst_port, data_offset } => {
                 let mut h = vec![0; 20];
@@ -231,6 +279,7 @@ impl Packet {
                 h[4..6].copy_from_slice(&8u16.to_be_bytes());
                 h
             }
+            L4::Icmp { icmp_type, .. } => vec![icmp_type, 0, 0, 0, 0, 1, 0, 1],
             L4::Other { .. } => vec![8, 0, 0, 0, 0, 1, 0, 1], // looks like an ICMP echo
         }
     }
