@@ -91,10 +91,22 @@ fn cases() -> Vec<Case> {
             Packet::ipv4(tcp(23)).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q).vlan(ETH_P_8021Q),
             PassNotIp,
         ),
-        case("VLAN tag cut short", Packet::ipv4(tcp(23)).vlan(ETH_P_8021Q).truncate(16), PassMalformed),
+        case(
+            "VLAN tag cut short",
+            Packet::ipv4(tcp(23)).vlan(ETH_P_8021Q).truncate(16),
+            PassMalformed,
+        ),
         // IPv4 header length and options.
-        case("ipv4 with 12 bytes of options, dropped port", Packet::ipv4(tcp(23)).ipv4_options(12), DropRule),
-        case("ipv4 with 40 bytes of options, open port", Packet::ipv4(tcp(24)).ipv4_options(40), PassNoMatch),
+        case(
+            "ipv4 with 12 bytes of options, dropped port",
+            Packet::ipv4(tcp(23)).ipv4_options(12),
+            DropRule,
+        ),
+        case(
+            "ipv4 with 40 bytes of options, open port",
+            Packet::ipv4(tcp(24)).ipv4_options(40),
+            PassNoMatch,
+        ),
         case("ipv4 IHL below 5", Packet::ipv4(tcp(23)).ipv4_ihl(4), PassMalformed),
         case("ipv4 IHL past the packet's end", Packet::ipv4(tcp(23)).ipv4_ihl(15), PassMalformed),
         case("version 6 in an IPv4 frame", Packet::ipv4(tcp(23)).ip_version(6), PassMalformed),

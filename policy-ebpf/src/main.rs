@@ -27,11 +27,7 @@ pub fn policy_xdp(ctx: XdpContext) -> u32 {
         Err(parse::Malformed) => Verdict::PassMalformed,
     };
     maps::count(verdict, ctx.data_end() - ctx.data());
-    if verdict.drops() {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
-    }
+    if verdict.drops() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
 #[inline(always)]

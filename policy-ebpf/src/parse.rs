@@ -35,8 +35,12 @@ pub enum Packet {
 }
 
 pub enum Transport {
-    Tcp { dst_port: u16 },
-    Udp { dst_port: u16 },
+    Tcp {
+        dst_port: u16,
+    },
+    Udp {
+        dst_port: u16,
+    },
     /// A non-first fragment: no transport header.
     Fragment,
     /// Any other protocol (ICMP, ICMPv6, ESP, …).

@@ -97,7 +97,9 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 
 /// Parses and validates policy texts (`(file name for messages, text)`), merged in the
 /// order given.
-pub fn parse<'a>(sources: impl IntoIterator<Item = (&'a Path, &'a str)>) -> Result<Policy, PolicyError> {
+pub fn parse<'a>(
+    sources: impl IntoIterator<Item = (&'a Path, &'a str)>,
+) -> Result<Policy, PolicyError> {
     let mut diagnostics = Vec::new();
     let mut policy = Policy { sources: Vec::new(), rules: Vec::new() };
     let mut names = HashMap::new();

@@ -41,7 +41,10 @@ fn parses_the_minimal_policy() {
             name: "block-telnet".into(),
             action: Action::Drop,
             protocol: Protocol::Tcp,
-            dst_ports: Some(vec![PortRange { low: 23, high: 23 }, PortRange { low: 2323, high: 2323 }]),
+            dst_ports: Some(vec![
+                PortRange { low: 23, high: 23 },
+                PortRange { low: 2323, high: 2323 }
+            ]),
             location: Location { file: FILE.into(), line: 3, column: 8 },
         }]
     );
@@ -171,7 +174,7 @@ fn missing_action() {
 #[test]
 fn bad_toml_syntax() {
     assert_eq!(
-        error("[[rule]]\nname = \"a\n", ),
+        error("[[rule]]\nname = \"a\n",),
         "policies/web.toml:2:10: invalid basic string, expected `\"`\n  |\n2 | name = \"a\n  |          ^\n1 error"
     );
 }
@@ -179,7 +182,9 @@ fn bad_toml_syntax() {
 #[test]
 fn invalid_rule_names() {
     assert_eq!(
-        error("[[rule]]\nname = \"\"\naction = \"drop\"\n[[rule]]\nname = \"no spaces\"\naction = \"drop\"\n"),
+        error(
+            "[[rule]]\nname = \"\"\naction = \"drop\"\n[[rule]]\nname = \"no spaces\"\naction = \"drop\"\n"
+        ),
         "policies/web.toml:2:8: invalid rule name \"\": expected 1 to 64 letters, digits, '-', '_' \
          or '.'\n  |\n2 | name = \"\"\n  |        ^^\n\
          policies/web.toml:5:8: invalid rule name \"no spaces\": expected 1 to 64 letters, digits, \

@@ -28,10 +28,17 @@ const DST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { dst_port: u16, data_offset: u8 },
-    Udp { dst_port: u16 },
+    Tcp {
+        dst_port: u16,
+        data_offset: u8,
+    },
+    Udp {
+        dst_port: u16,
+    },
     /// Any other protocol with an opaque 8-byte header.
-    Other { proto: u8 },
+    Other {
+        proto: u8,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -59,7 +66,8 @@ pub fn udp(dst_port: u16) -> L4 {
 
 impl Packet {
     pub fn ipv4(l4: L4) -> Self {
-        let l3 = L3::V4 { ihl: 5, options: vec![], frag_offset: 0, more_fragments: false, version: 4 };
+        let l3 =
+            L3::V4 { ihl: 5, options: vec![], frag_offset: 0, more_fragments: false, version: 4 };
         Self { vlans: vec![], l3, l4, truncate_to: None }
     }
 
