@@ -1,1 +1,824 @@
-//! placeholder
+//! Throw-away network namespaces for the demo and the end-to-end tests: two namespaces,
+//! `tx` and `rx`, joined by a veth pair; the `xdp-policy` binary run inside `rx`; and
+//! traffic probes from `tx` to `rx`, each bounded in time and packets.
+//!
+//! Everything that changes the system is a guard: namespaces are deleted and the daemon
+//! is killed when their owners are dropped, including while a failed assertion unwinds.
+//! Traffic never leaves the pair: the namespaces have no other interfaces, the addresses
+//! come from 198.18.0.0/15 (RFC 2544, benchmarking) and fd00::/8 (RFC 4193, unique local),
+//! and probes refuse any destination but the rx end.
+//!
+//! Needs root: namespaces, veth and XDP all need CAP_SYS_ADMIN / CAP_NET_ADMIN / CAP_BPF.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::unix::process::CommandExt as _,
+    panic,
+    path::Path,
+    process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Output, Stdio},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use clap::ValueEnum as _;
+use nix::{
+    errno::Errno,
+    sched::{CloneFlags, setns},
+    sys::{
+        prctl,
+        signal::{Signal, kill},
+    },
+    unistd::Pid,
+};
+use policy_common::Verdict;
+
+use crate::{cli::XdpModeArg, dataplane::AttachMode};
+
+/// The veth end in the tx namespace.
+pub const TX_IFACE: &str = "veth0";
+/// The veth end in the rx namespace, where the daemon attaches.
+pub const RX_IFACE: &str = "veth1";
+pub const TX_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const RX_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const TX_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+pub const RX_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const PREFIX_V4: u8 = 24;
+const PREFIX_V6: u8 = 64;
+
+/// How long a TCP connect may take before its SYN counts as dropped. Nothing on a veth
+/// pair takes longer than a few milliseconds, and Linux's initial SYN retransmission
+/// timeout is 1 s, so a blocked port costs one or two SYNs.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the echo of an established probe connection may take.
+const ECHO_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long after the last datagram was sent the UDP receiver keeps waiting.
+const UDP_GRACE: Duration = Duration::from_millis(500);
+/// How long the daemon may take from start to attached (a debug build loads in ~0.2 s).
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the daemon may take to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+const PROBE_PAYLOAD: &[u8] = b"xdp-policy testbed probe";
+
+const NETNS_DIR: &str = "/run/netns";
+
+/// Why setting up the testbed, running a probe or driving the daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    #[error("could not run `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command { command: String, status: ExitStatus, stderr: String },
+    #[error("entering network namespace `{netns}` failed")]
+    EnterNetns {
+        netns: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{addr} is not the rx address of the testbed ({RX_V4} or {RX_V6})")]
+    NotTestbedAddress { addr: IpAddr },
+    #[error("probe {probe}: {step} failed")]
+    Probe {
+        probe: String,
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("xdp-policy exited ({status}) before attaching to `{iface}`; its log:\n{stderr}")]
+    DaemonExited { iface: String, status: ExitStatus, stderr: String },
+    #[error("xdp-policy did not attach to `{iface}` within {timeout:?}; its log:\n{stderr}")]
+    AttachTimeout { iface: String, timeout: Duration, stderr: String },
+    #[error(
+        "xdp-policy did not exit within {timeout:?} of SIGTERM and was killed; its log:\n{stderr}"
+    )]
+    StopTimeout { timeout: Duration, stderr: String },
+    #[error("sending {signal} to xdp-policy (pid {pid}) failed")]
+    Signal {
+        signal: Signal,
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("waiting for xdp-policy failed")]
+    Wait(#[source] io::Error),
+    #[error("no counter table in xdp-policy's output ({reason}); its stdout:\n{stdout}")]
+    CounterTable { reason: String, stdout: String },
+}
+
+/// Whether this process runs with root's effective uid, which everything here needs.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A named network namespace (`ip netns add`), deleted when dropped.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates the namespace `name`; fails if it exists.
+    pub fn create(name: &str) -> Result<Self, TestbedError> {
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        Ok(Self { name: name.to_owned() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `f` inside this namespace and returns its result. Sockets `f` creates stay in
+    /// the namespace for their whole life, whichever thread uses them afterwards.
+    ///
+    /// `f` runs on a thread of its own because `setns` moves only the calling thread, and
+    /// that thread ends with `f`, so no other code ever runs in the wrong namespace. A
+    /// panic in `f` is resumed on the caller.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, TestbedError> {
+        let enter_err =
+            |source: io::Error| TestbedError::EnterNetns { netns: self.name.clone(), source };
+        let netns = File::open(Path::new(NETNS_DIR).join(&self.name)).map_err(enter_err)?;
+        thread::scope(|scope| {
+            let thread = scope.spawn(move || {
+                setns(&netns, CloneFlags::CLONE_NEWNET).map_err(|e| enter_err(e.into()))?;
+                Ok(f())
+            });
+            thread.join().unwrap_or_else(|payload| panic::resume_unwind(payload))
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Nothing useful to do on failure: the name is unique to this process, so a
+        // leftover never collides with a later run.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Testbeds created by this process so far: with the pid, it makes namespace names unique.
+static TESTBEDS: AtomicU32 = AtomicU32::new(0);
+
+/// Namespaces `tx` and `rx` joined by `veth0` (tx, 198.18.0.1/24, fd00::1/64) and
+/// `veth1` (rx, 198.18.0.2/24, fd00::2/64). Dropping it deletes both namespaces and
+/// with them the veth pair.
+#[derive(Debug)]
+pub struct Testbed {
+    tx: NetNs,
+    rx: NetNs,
+}
+
+impl Testbed {
+    pub fn new() -> Result<Self, TestbedError> {
+        Self::build(None)
+    }
+
+    /// A testbed whose tx end (the peer of the interface the daemon attaches to) has
+    /// MTU `mtu`. Above 3,500 or so, veth refuses native XDP on the rx end with ERANGE.
+    pub fn with_tx_mtu(mtu: u32) -> Result<Self, TestbedError> {
+        Self::build(Some(mtu))
+    }
+
+    fn build(tx_mtu: Option<u32>) -> Result<Self, TestbedError> {
+        let pid = std::process::id();
+        let (tx_name, rx_name) = loop {
+            let n = TESTBEDS.fetch_add(1, Ordering::Relaxed);
+            let names = (format!("xdpp-{pid}-{n}-tx"), format!("xdpp-{pid}-{n}-rx"));
+            // A crashed earlier process that had our pid may have left these behind;
+            // its namespaces are not ours to delete, so skip to the next number.
+            let dir = Path::new(NETNS_DIR);
+            if !dir.join(&names.0).exists() && !dir.join(&names.1).exists() {
+                break names;
+            }
+        };
+        // From here on the guards clean up whatever the remaining steps leave behind.
+        let testbed = Self { tx: NetNs::create(&tx_name)?, rx: NetNs::create(&rx_name)? };
+        let (tx, rx) = (testbed.tx.name(), testbed.rx.name());
+        // Created inside the namespaces directly, so the host never sees either end.
+        ip(&format!("link add {TX_IFACE} netns {tx} type veth peer name {RX_IFACE} netns {rx}"))?;
+        ip(&format!("-n {tx} link set lo up"))?;
+        ip(&format!("-n {rx} link set lo up"))?;
+        if let Some(mtu) = tx_mtu {
+            ip(&format!("-n {tx} link set {TX_IFACE} mtu {mtu}"))?;
+        }
+        // Links up before the addresses, so the prefix routes are installed with them.
+        ip(&format!("-n {tx} link set {TX_IFACE} up"))?;
+        ip(&format!("-n {rx} link set {RX_IFACE} up"))?;
+        for (ns, iface, v4, v6) in [(tx, TX_IFACE, TX_V4, TX_V6), (rx, RX_IFACE, RX_V4, RX_V6)] {
+            ip(&format!("-n {ns} addr add {v4}/{PREFIX_V4} dev {iface}"))?;
+            // No duplicate address detection: the address is usable at once instead of
+            // after a second or more of being tentative, and nothing else is on the link.
+            ip(&format!("-n {ns} addr add {v6}/{PREFIX_V6} dev {iface} nodad"))?;
+        }
+        Ok(testbed)
+    }
+
+    pub fn tx(&self) -> &NetNs {
+        &self.tx
+    }
+
+    pub fn rx(&self) -> &NetNs {
+        &self.rx
+    }
+
+    /// Starts `binary run` in rx on [`RX_IFACE`] with `policy` and `mode`, and waits
+    /// until the program is attached. See [`Daemon::start`].
+    pub fn start_daemon(
+        &self,
+        binary: &Path,
+        policy: &Path,
+        mode: XdpModeArg,
+    ) -> Result<Daemon<'_>, TestbedError> {
+        Daemon::start(binary, &self.rx, RX_IFACE, policy, mode)
+    }
+
+    /// Connects from tx to `dst:port` in rx, where a listener echoes what it receives.
+    /// A dropped SYN shows up as a connect timeout after [`CONNECT_TIMEOUT`].
+    pub fn tcp_probe(&self, dst: IpAddr, port: u16) -> Result<TcpOutcome, TestbedError> {
+        check_rx_addr(dst)?;
+        let addr = SocketAddr::new(dst, port);
+        let probe = format!("tcp {addr}");
+        let listener = self
+            .rx
+            .run(|| TcpListener::bind(addr))?
+            .map_err(probe_err(&probe, "listening in rx"))?;
+        // Non-blocking, so the accepting thread can give up once the client has.
+        listener.set_nonblocking(true).map_err(probe_err(&probe, "setting up the listener"))?;
+        let client_done = AtomicBool::new(false);
+        thread::scope(|scope| {
+            let server = scope.spawn(|| echo_one(&listener, &client_done));
+            let client = self.tx.run(|| connect_and_echo(addr));
+            client_done.store(true, Ordering::Relaxed);
+            let served = server.join().unwrap_or_else(|payload| panic::resume_unwind(payload));
+            let outcome = client?.map_err(|(step, source)| TestbedError::Probe {
+                probe: probe.clone(),
+                step,
+                source,
+            })?;
+            served.map_err(probe_err(&probe, "accepting and echoing in rx"))?;
+            Ok(outcome)
+        })
+    }
+
+    /// Sends `count` datagrams from tx to `dst:port`, where a socket in rx counts those
+    /// that arrive within [`UDP_GRACE`] of the last one sent.
+    pub fn udp_probe(
+        &self,
+        dst: IpAddr,
+        port: u16,
+        count: u32,
+    ) -> Result<UdpOutcome, TestbedError> {
+        check_rx_addr(dst)?;
+        let addr = SocketAddr::new(dst, port);
+        let probe = format!("udp {addr}");
+        let receiver =
+            self.rx.run(|| UdpSocket::bind(addr))?.map_err(probe_err(&probe, "binding in rx"))?;
+        self.tx
+            .run(|| {
+                let unspecified = match dst {
+                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                };
+                let sender = UdpSocket::bind(SocketAddr::new(unspecified, 0))?;
+                for _ in 0..count {
+                    sender.send_to(PROBE_PAYLOAD, addr)?;
+                }
+                Ok(())
+            })?
+            .map_err(probe_err(&probe, "sending from tx"))?;
+        let deadline = Instant::now() + UDP_GRACE;
+        let mut received = 0;
+        let mut buf = [0; 64];
+        while received < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            receiver.set_read_timeout(Some(left)).map_err(probe_err(&probe, "receiving in rx"))?;
+            match receiver.recv(&mut buf) {
+                Ok(_) => received += 1,
+                Err(e)
+                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                {
+                    break;
+                }
+                Err(e) => return Err(probe_err(&probe, "receiving in rx")(e)),
+            }
+        }
+        Ok(UdpOutcome { sent: count, received })
+    }
+
+    /// One ICMP (or ICMPv6) echo request from tx to `dst`, waiting 1 s for the reply.
+    pub fn ping(&self, dst: IpAddr) -> Result<PingOutcome, TestbedError> {
+        check_rx_addr(dst)?;
+        let family = if dst.is_ipv6() { "-6" } else { "-4" };
+        let tx = self.tx.name();
+        let mut cmd = Command::new("ip");
+        cmd.args(format!("netns exec {tx} ping {family} -n -q -c 1 -W 1 {dst}").split_whitespace());
+        let output = output(&mut cmd)?;
+        // iputils: 1 means no reply, 2 (or anything else) that ping itself failed.
+        match output.status.code() {
+            Some(0) => Ok(PingOutcome::Reply),
+            Some(1) => Ok(PingOutcome::NoReply),
+            _ => Err(command_failed(&cmd, &output)),
+        }
+    }
+}
+
+/// What a TCP probe saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpOutcome {
+    /// Connected, and the payload came back.
+    Connected,
+    /// No answer to the SYN within [`CONNECT_TIMEOUT`].
+    TimedOut,
+}
+
+impl std::fmt::Display for TcpOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connected => f.write_str("connected"),
+            Self::TimedOut => write!(f, "connect timed out ({CONNECT_TIMEOUT:?})"),
+        }
+    }
+}
+
+/// What a UDP probe saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpOutcome {
+    pub sent: u32,
+    pub received: u32,
+}
+
+impl std::fmt::Display for UdpOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of {} arrived", self.received, self.sent)
+    }
+}
+
+/// What a ping saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PingOutcome {
+    Reply,
+    NoReply,
+}
+
+impl std::fmt::Display for PingOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Reply => "reply",
+            Self::NoReply => "no reply",
+        })
+    }
+}
+
+fn check_rx_addr(dst: IpAddr) -> Result<(), TestbedError> {
+    if dst == IpAddr::V4(RX_V4) || dst == IpAddr::V6(RX_V6) {
+        Ok(())
+    } else {
+        Err(TestbedError::NotTestbedAddress { addr: dst })
+    }
+}
+
+fn probe_err<'a>(
+    probe: &'a str,
+    step: &'static str,
+) -> impl FnOnce(io::Error) -> TestbedError + 'a {
+    move |source| TestbedError::Probe { probe: probe.to_owned(), step, source }
+}
+
+/// Accepts one connection and echoes the payload back; gives up without error when the
+/// client is done (it timed out) or, as a backstop, after the longest a client can take.
+fn echo_one(listener: &TcpListener, client_done: &AtomicBool) -> io::Result<()> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT + ECHO_TIMEOUT;
+    loop {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                stream.set_nonblocking(false)?;
+                stream.set_read_timeout(Some(ECHO_TIMEOUT))?;
+                stream.set_write_timeout(Some(ECHO_TIMEOUT))?;
+                let mut buf = [0; PROBE_PAYLOAD.len()];
+                stream.read_exact(&mut buf)?;
+                return stream.write_all(&buf);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if client_done.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                    return Ok(());
+                }
+                thread::sleep(POLL_INTERVAL);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn connect_and_echo(addr: SocketAddr) -> Result<TcpOutcome, (&'static str, io::Error)> {
+    let mut stream = match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+        Ok(stream) => stream,
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(TcpOutcome::TimedOut),
+        Err(e) => return Err(("connecting from tx", e)),
+    };
+    let echo = |stream: &mut TcpStream| -> io::Result<()> {
+        stream.set_read_timeout(Some(ECHO_TIMEOUT))?;
+        stream.set_write_timeout(Some(ECHO_TIMEOUT))?;
+        stream.write_all(PROBE_PAYLOAD)?;
+        let mut buf = [0; PROBE_PAYLOAD.len()];
+        stream.read_exact(&mut buf)?;
+        if buf == PROBE_PAYLOAD {
+            Ok(())
+        } else {
+            Err(io::Error::new(io::ErrorKind::InvalidData, "the echo differs from what was sent"))
+        }
+    };
+    echo(&mut stream).map_err(|e| ("echoing over the connection", e))?;
+    Ok(TcpOutcome::Connected)
+}
+
+/// A running `xdp-policy run` in a namespace of the testbed it borrows, so it is always
+/// stopped before its namespace goes. Dropping it kills the daemon; [`Daemon::stop`]
+/// ends it properly and returns what it printed.
+pub struct Daemon<'tb> {
+    process: DaemonProcess,
+    mode: AttachMode,
+    _netns: &'tb NetNs,
+}
+
+impl<'tb> Daemon<'tb> {
+    /// Runs `binary run --iface IFACE --policy POLICY --xdp-mode MODE` inside `netns`
+    /// and waits (at most [`ATTACH_TIMEOUT`]) until the kernel shows an XDP program on
+    /// `iface`. Fails with [`TestbedError::DaemonExited`], carrying the exit status and
+    /// the log, if the daemon exits first.
+    ///
+    /// The daemon gets SIGTERM if the thread that started it dies, so drop or stop it on
+    /// the thread that started it.
+    pub fn start(
+        binary: &Path,
+        netns: &'tb NetNs,
+        iface: &str,
+        policy: &Path,
+        mode: XdpModeArg,
+    ) -> Result<Self, TestbedError> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns.name()])
+            .arg(binary)
+            .args(["run", "--iface", iface, "--policy"])
+            .arg(policy)
+            .args(["--xdp-mode", &mode_name(mode)])
+            // Plain log lines for the messages of failed tests and for matching.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C at the terminal reaches only our process,
+            // which then stops the daemon in order instead of racing it.
+            .process_group(0);
+        // SAFETY: between fork and exec only prctl(2), which is async-signal-safe, runs.
+        // `ip netns exec` execs the daemon in place, so the setting reaches it; it
+        // guarantees no daemon outlives a test process killed before its guards ran.
+        unsafe {
+            cmd.pre_exec(|| prctl::set_pdeathsig(Signal::SIGTERM).map_err(io::Error::from));
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| TestbedError::Spawn { command: describe(&cmd), source })?;
+        let stdout = child.stdout.take().map(read_all);
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr_reader =
+            child.stderr.take().map(|pipe| collect_lines(pipe, Arc::clone(&stderr)));
+        let mut process = DaemonProcess { child, stdout, stderr, stderr_reader };
+        let mode = process.wait_attached(netns, iface)?;
+        Ok(Self { process, mode, _netns: netns })
+    }
+
+    /// The mode the kernel reports the program attached in.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        self.process.stderr_so_far()
+    }
+
+    /// Sends SIGTERM, waits at most [`STOP_TIMEOUT`] for the daemon to exit, and returns
+    /// its exit status and everything it printed.
+    pub fn stop(mut self) -> Result<DaemonOutput, TestbedError> {
+        let process = &mut self.process;
+        let running = process.child.try_wait().map_err(TestbedError::Wait)?.is_none();
+        if running {
+            let pid = process.child.id();
+            // Pids are at most 2^22 (pid_max), so the cast is lossless.
+            match kill(Pid::from_raw(pid as i32), Signal::SIGTERM) {
+                // ESRCH: it exited between the check and the signal.
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => {
+                    return Err(TestbedError::Signal {
+                        signal: Signal::SIGTERM,
+                        pid,
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            if let Some(status) = process.child.try_wait().map_err(TestbedError::Wait)? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                process.kill();
+                return Err(TestbedError::StopTimeout {
+                    timeout: STOP_TIMEOUT,
+                    stderr: process.finish_stderr(),
+                });
+            }
+            thread::sleep(POLL_INTERVAL);
+        };
+        let stderr = process.finish_stderr();
+        let stdout = process.stdout.take().map(|reader| reader.join().unwrap_or_default());
+        Ok(DaemonOutput { status, stdout: stdout.unwrap_or_default(), stderr })
+    }
+}
+
+/// The daemon process and the threads draining its pipes, so it never blocks on a full
+/// pipe. Killed and reaped when dropped.
+struct DaemonProcess {
+    child: Child,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<JoinHandle<()>>,
+}
+
+impl DaemonProcess {
+    fn wait_attached(&mut self, netns: &NetNs, iface: &str) -> Result<AttachMode, TestbedError> {
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(TestbedError::Wait)? {
+                let stderr = self.finish_stderr();
+                return Err(TestbedError::DaemonExited { iface: iface.to_owned(), status, stderr });
+            }
+            // The kernel's view, not a log line: attached means attached.
+            let mut cmd = Command::new("ip");
+            cmd.args(["-n", netns.name(), "link", "show", "dev", iface]);
+            let shown = output(&mut cmd)?;
+            if !shown.status.success() {
+                return Err(command_failed(&cmd, &shown));
+            }
+            if let Some(mode) = xdp_mode_in_link_show(&String::from_utf8_lossy(&shown.stdout)) {
+                return Ok(mode);
+            }
+            if Instant::now() >= deadline {
+                return Err(TestbedError::AttachTimeout {
+                    iface: iface.to_owned(),
+                    timeout: ATTACH_TIMEOUT,
+                    stderr: self.stderr_so_far(),
+                });
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    fn stderr_so_far(&self) -> String {
+        self.stderr.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// All of stderr; only once the process has exited (else it waits for it to).
+    fn finish_stderr(&mut self) -> String {
+        if let Some(reader) = self.stderr_reader.take() {
+            // A panicking reader leaves what it had collected, which is what we return.
+            let _ = reader.join();
+        }
+        self.stderr_so_far()
+    }
+
+    fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        // Reaps it, so no zombie stays behind.
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn read_all(mut pipe: ChildStdout) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        // On a read error, what came before it is still worth showing.
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+fn collect_lines(pipe: ChildStderr, into: Arc<Mutex<String>>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut pipe = BufReader::new(pipe);
+        let mut line = Vec::new();
+        while let Ok(n) = pipe.read_until(b'\n', &mut line) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push_str(&String::from_utf8_lossy(&line));
+            line.clear();
+        }
+    })
+}
+
+/// The XDP mode `ip link show` reports for an interface with a program attached: its
+/// first line says `xdp` (native), `xdpgeneric` (skb), `xdpoffload` or `xdpmulti`, and
+/// a later one `prog/xdp id N`.
+fn xdp_mode_in_link_show(text: &str) -> Option<AttachMode> {
+    if !text.contains("prog/xdp") {
+        return None;
+    }
+    let first_line = text.lines().next()?;
+    first_line.split_whitespace().find_map(|word| match word {
+        "xdp" | "xdpdrv" => Some(AttachMode::Native),
+        "xdpgeneric" => Some(AttachMode::Skb),
+        _ => None,
+    })
+}
+
+fn mode_name(mode: XdpModeArg) -> String {
+    mode.to_possible_value().map(|value| value.get_name().to_owned()).unwrap_or_default()
+}
+
+/// What the daemon printed, and how it exited.
+#[derive(Clone, Debug)]
+pub struct DaemonOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl DaemonOutput {
+    /// The counter table the daemon printed on stdout when it stopped.
+    pub fn counters(&self) -> Result<CounterTable, TestbedError> {
+        CounterTable::parse(&self.stdout)
+    }
+}
+
+/// The counter table of [`crate::cli::counter_table`], read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterTable {
+    /// Packets per verdict name.
+    pub packets: BTreeMap<String, u64>,
+    /// From the `total:` line.
+    pub dropped: u64,
+    pub passed: u64,
+}
+
+impl CounterTable {
+    /// Reads the table from the daemon's stdout; every verdict must have a row and the
+    /// `total:` line must be there.
+    pub fn parse(stdout: &str) -> Result<Self, TestbedError> {
+        let err = |reason: String| TestbedError::CounterTable { reason, stdout: stdout.to_owned() };
+        let mut packets = BTreeMap::new();
+        let mut totals = None;
+        for line in stdout.lines().filter(|line| !line.trim().is_empty()) {
+            if let Some(rest) = line.strip_prefix("total:") {
+                totals = Some(
+                    parse_totals(rest).ok_or_else(|| err(format!("bad totals line `{line}`")))?,
+                );
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields[..] {
+                ["verdict", "packets", "bytes"] => {}
+                [name, n, _bytes] => {
+                    let n = n.parse().map_err(|_| err(format!("bad packet count in `{line}`")))?;
+                    packets.insert(name.to_owned(), n);
+                }
+                _ => return Err(err(format!("unexpected line `{line}`"))),
+            }
+        }
+        if let Some(missing) = Verdict::ALL.iter().find(|v| !packets.contains_key(v.name())) {
+            return Err(err(format!("no row for verdict `{}`", missing.name())));
+        }
+        let (dropped, passed) = totals.ok_or_else(|| err("no `total:` line".to_owned()))?;
+        Ok(Self { packets, dropped, passed })
+    }
+
+    pub fn packets(&self, verdict: Verdict) -> u64 {
+        self.packets.get(verdict.name()).copied().unwrap_or(0)
+    }
+}
+
+/// ` N dropped, M passed`
+fn parse_totals(text: &str) -> Option<(u64, u64)> {
+    let (dropped, passed) = text.trim().split_once(", ")?;
+    let dropped = dropped.strip_suffix(" dropped")?.parse().ok()?;
+    let passed = passed.strip_suffix(" passed")?.parse().ok()?;
+    Some((dropped, passed))
+}
+
+/// `ip ARGS`, with ARGS split at whitespace (no argument here contains any).
+fn ip(args: &str) -> Result<(), TestbedError> {
+    run(Command::new("ip").args(args.split_whitespace()))
+}
+
+/// Runs `cmd` to completion; fails unless it exits 0.
+fn run(cmd: &mut Command) -> Result<(), TestbedError> {
+    let output = output(cmd)?;
+    if output.status.success() { Ok(()) } else { Err(command_failed(cmd, &output)) }
+}
+
+fn output(cmd: &mut Command) -> Result<Output, TestbedError> {
+    cmd.stdin(Stdio::null())
+        .output()
+        .map_err(|source| TestbedError::Spawn { command: describe(cmd), source })
+}
+
+fn command_failed(cmd: &Command, output: &Output) -> TestbedError {
+    TestbedError::Command {
+        command: describe(cmd),
+        status: output.status,
+        stderr: String::from_utf8_lossy(&output.stderr).trim_end().to_owned(),
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut words = vec![cmd.get_program().to_string_lossy().into_owned()];
+    words.extend(cmd.get_args().map(|arg| arg.to_string_lossy().into_owned()));
+    words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use policy_common::Counter;
+
+    use super::*;
+    use crate::{cli::counter_table, dataplane::VerdictCounts};
+
+    #[test]
+    fn counter_table_reads_back_what_the_daemon_prints() {
+        let mut counts = VerdictCounts::default();
+        for (n, verdict) in (1..).zip(Verdict::ALL) {
+            counts.0[verdict as usize] = Counter { packets: 10 * n, bytes: 100 * n };
+        }
+        let printed = counter_table(&counts);
+        let table = CounterTable::parse(&printed)
+            .unwrap_or_else(|e| panic!("expected the printed table to parse, got: {e}"));
+        for verdict in Verdict::ALL {
+            let (read, written) = (table.packets(verdict), counts.get(verdict).packets);
+            assert_eq!(read, written, "packets of `{}` in\n{printed}", verdict.name());
+        }
+        assert_eq!((table.dropped, table.passed), counts.dropped_passed(), "totals in\n{printed}");
+    }
+
+    #[test]
+    fn counter_table_without_totals_is_an_error() {
+        let printed = counter_table(&VerdictCounts::default());
+        let cut: Vec<&str> = printed.lines().filter(|l| !l.starts_with("total:")).collect();
+        match CounterTable::parse(&cut.join("\n")) {
+            Err(e) => assert!(e.to_string().contains("no `total:` line"), "wrong error: {e}"),
+            Ok(table) => panic!("expected an error for a table without totals, got {table:?}"),
+        }
+    }
+
+    #[test]
+    fn link_show_tells_native_from_skb() {
+        let first = "2: veth1@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500";
+        let rest = "qdisc noqueue state UP mode DEFAULT group default qlen 1000\n    \
+                    link/ether 6e:40:98:51:57:1b brd ff:ff:ff:ff:ff:ff link-netns t-tx\n";
+        let prog = "    prog/xdp id 106 name policy_xdp tag 5b3d10c4db7d47e7 jited\n";
+        let native = format!("{first} xdp {rest}{prog}");
+        let skb = format!("{first} xdpgeneric {rest}{prog}");
+        let none = format!("{first} {rest}");
+        assert_eq!(xdp_mode_in_link_show(&native), Some(AttachMode::Native), "{native}");
+        assert_eq!(xdp_mode_in_link_show(&skb), Some(AttachMode::Skb), "{skb}");
+        assert_eq!(xdp_mode_in_link_show(&none), None, "{none}");
+    }
+
+    #[test]
+    fn probes_refuse_addresses_outside_the_testbed() {
+        let documentation = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        for addr in [IpAddr::V4(TX_V4), IpAddr::V6(TX_V6), documentation] {
+            assert!(check_rx_addr(addr).is_err(), "expected {addr} to be refused");
+        }
+        for addr in [IpAddr::V4(RX_V4), IpAddr::V6(RX_V6)] {
+            assert!(check_rx_addr(addr).is_ok(), "expected {addr} to be accepted");
+        }
+    }
+}

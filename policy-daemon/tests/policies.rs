@@ -32,7 +32,8 @@ struct TempPolicy(PathBuf);
 
 impl TempPolicy {
     fn new(name: &str, text: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("xdp-policy-test-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("xdp-policy-test-{}-{name}", std::process::id()));
         fs::create_dir_all(&dir).expect("creating a temp dir");
         let file = dir.join("policy.toml");
         fs::write(&file, text).expect("writing the policy");
@@ -53,11 +54,13 @@ fn every_example_policy_is_valid() {
     let files = example_files();
     assert!(files.len() >= 2, "expected the documented examples in policies/, found {files:?}");
     for file in &files {
-        let policy = policy::load(file).unwrap_or_else(|e| panic!("{} is invalid:\n{e}", file.display()));
+        let policy =
+            policy::load(file).unwrap_or_else(|e| panic!("{} is invalid:\n{e}", file.display()));
         assert!(!policy.rules.is_empty(), "{} has no rules", file.display());
     }
     // Together, as a conf.d-style directory: rule names are unique across the files.
-    let merged = policy::load(&policies_dir()).unwrap_or_else(|e| panic!("policies/ as a directory:\n{e}"));
+    let merged =
+        policy::load(&policies_dir()).unwrap_or_else(|e| panic!("policies/ as a directory:\n{e}"));
     assert_eq!(merged.sources, files);
 }
 
@@ -67,14 +70,21 @@ fn check_accepts_the_examples() {
         let path = file.to_str().expect("utf-8 path");
         let out = xdp_policy(&["check", path]);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "check {path} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "check {path} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stdout.starts_with(&format!("{path}: valid, ")), "unexpected output: {stdout}");
     }
 }
 
 #[test]
 fn check_rejects_an_invalid_policy_with_its_location() {
-    let bad = TempPolicy::new("check", "[[rule]]\nname = \"a\"\naction = \"drop\"\ndst_ports = [\"90-80\"]\n");
+    let bad = TempPolicy::new(
+        "check",
+        "[[rule]]\nname = \"a\"\naction = \"drop\"\ndst_ports = [\"90-80\"]\n",
+    );
     let path = bad.0.to_str().expect("utf-8 path");
     let out = xdp_policy(&["check", path]);
     assert_eq!(out.status.code(), Some(1), "an invalid policy must fail check");
@@ -97,7 +107,8 @@ fn run_refuses_an_invalid_policy_with_ex_usage() {
     assert_eq!(out.status.code(), Some(64), "bad configuration exits 64 (EX_USAGE)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("{path}:3:10: unknown variant `block`, expected `pass` or `drop`")),
+        stderr
+            .contains(&format!("{path}:3:10: unknown variant `block`, expected `pass` or `drop`")),
         "unexpected stderr: {stderr}"
     );
 }
@@ -107,5 +118,8 @@ fn check_reports_a_missing_file() {
     let out = xdp_policy(&["check", "/nonexistent/xdp-policy.toml"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("/nonexistent/xdp-policy.toml: No such file or directory"), "{stderr}");
+    assert!(
+        stderr.starts_with("/nonexistent/xdp-policy.toml: No such file or directory"),
+        "{stderr}"
+    );
 }

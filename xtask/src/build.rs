@@ -74,7 +74,11 @@ pub fn ebpf(toolchain: &Toolchain) -> Result<PathBuf> {
     eprintln!("xtask: building the eBPF program ({}, {EBPF_TARGET})", toolchain.name);
     run_cmd(&mut ebpf_cargo(toolchain, "build")).context("building the eBPF program failed")?;
     let object = ebpf_target_dir().join(EBPF_TARGET).join("release").join(EBPF_PACKAGE);
-    anyhow::ensure!(object.exists(), "the eBPF build succeeded but {} is missing", object.display());
+    anyhow::ensure!(
+        object.exists(),
+        "the eBPF build succeeded but {} is missing",
+        object.display()
+    );
     Ok(object)
 }
 
@@ -114,8 +118,7 @@ pub fn daemon(toolchain: &Toolchain, release: bool) -> Result<PathBuf> {
 /// crate): unit tests, the policy examples, the kernel packet tests and the veth tests.
 pub fn test(toolchain: &Toolchain, args: &[String]) -> Result<()> {
     let object = ebpf(toolchain)?;
-    run_cmd(cargo().arg("test").args(args).env(EBPF_OBJECT_ENV, &object))
-        .context("tests failed")
+    run_cmd(cargo().arg("test").args(args).env(EBPF_OBJECT_ENV, &object)).context("tests failed")
 }
 
 /// Builds the daemon and the demo, then becomes the demo, so that Ctrl-C reaches it
@@ -124,6 +127,7 @@ pub fn demo(toolchain: &Toolchain) -> Result<()> {
     let daemon = daemon(toolchain, false)?;
     let demo = target_dir().join("debug").join("examples").join("demo");
     let policy = workspace_root().join("policies").join("edge-deny-list.toml");
-    let error = Command::new(&demo).arg("--daemon").arg(&daemon).arg("--policy").arg(&policy).exec();
+    let error =
+        Command::new(&demo).arg("--daemon").arg(&daemon).arg("--policy").arg(&policy).exec();
     Err(error).with_context(|| format!("could not run {}", demo.display()))
 }

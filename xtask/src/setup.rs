@@ -160,11 +160,11 @@ fn install_nightly() -> Result<Toolchain> {
     eprintln!("xtask:   installing {dated}");
     run_cmd(Command::new("rustup").args(["toolchain", "install", dated, "--profile", "minimal"]))
         .with_context(|| {
-            format!(
-                "could not install {dated}; install a nightly on LLVM {LLVM_MAJOR} by hand and \
+        format!(
+            "could not install {dated}; install a nightly on LLVM {LLVM_MAJOR} by hand and \
                  name it with XDP_POLICY_NIGHTLY=<toolchain>"
-            )
-        })?;
+        )
+    })?;
     find_nightly()
 }
 
@@ -182,10 +182,16 @@ fn install_components(toolchain: &str) -> Result<()> {
             eprintln!("xtask:   {component} already installed for {toolchain}");
             continue;
         }
-        run_cmd(Command::new("rustup").args(["component", "add", component, "--toolchain", toolchain]))
-            .with_context(|| {
-                format!("try by hand: rustup component add {component} --toolchain {toolchain}")
-            })?;
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            component,
+            "--toolchain",
+            toolchain,
+        ]))
+        .with_context(|| {
+            format!("try by hand: rustup component add {component} --toolchain {toolchain}")
+        })?;
     }
     Ok(())
 }
@@ -233,7 +239,9 @@ fn check_bpf_linker() -> Result<()> {
 fn install_bpf_linker() -> Result<()> {
     match check_bpf_linker() {
         Ok(()) => {
-            eprintln!("xtask:   bpf-linker {BPF_LINKER_VERSION} on LLVM {LLVM_MAJOR} already installed");
+            eprintln!(
+                "xtask:   bpf-linker {BPF_LINKER_VERSION} on LLVM {LLVM_MAJOR} already installed"
+            );
             return Ok(());
         }
         Err(e) => eprintln!("xtask:   {e:#}: installing"),

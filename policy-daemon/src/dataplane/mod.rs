@@ -164,7 +164,11 @@ impl Dataplane {
 
     /// Attaches the program to `iface`. With [`ModeChoice::Auto`], native mode is tried
     /// first and generic mode used when the driver refuses, with the reason logged.
-    pub fn attach(&mut self, iface: &str, choice: ModeChoice) -> Result<AttachMode, DataplaneError> {
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        choice: ModeChoice,
+    ) -> Result<AttachMode, DataplaneError> {
         match choice {
             ModeChoice::Native => self.attach_in(iface, AttachMode::Native),
             ModeChoice::Skb => self.attach_in(iface, AttachMode::Skb),
