@@ -123,14 +123,10 @@ impl RuleBitmap {
 
     /// The lowest rule in both bitmaps.
     pub fn first_common(&self, other: &Self) -> Option<usize> {
-        self.words
-            .iter()
-            .zip(other.words.iter())
-            .enumerate()
-            .find_map(|(i, (a, b))| {
-                let w = a & b;
-                (w != 0).then(|| i * 64 + w.trailing_zeros() as usize)
-            })
+        self.words.iter().zip(other.words.iter()).enumerate().find_map(|(i, (a, b))| {
+            let w = a & b;
+            (w != 0).then(|| i * 64 + w.trailing_zeros() as usize)
+        })
     }
 }
 

@@ -19,10 +19,12 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use clap::Parser;
-use policy_common::PortAction;
 use policy_daemon::{
     cli::{self, XdpModeArg},
-    policy::{self, Ruleset},
+    policy::{
+        self, Policy,
+        reference::{self, IpPacket, L4, Parsed},
+    },
     testbed::{
         self, PingOutcome, RX_IFACE, RX_V4, RX_V6, TX_IFACE, TX_V4, TX_V6, TcpOutcome, Testbed,
     },
@@ -117,7 +119,6 @@ fn main() -> ExitCode {
 fn run(args: &Args, interrupted: &AtomicBool) -> Result<Outcome> {
     let stop = || interrupted.load(Ordering::Relaxed);
     let policy = policy::load(&args.policy)?;
-    let ruleset = policy::compile(&policy);
     print!("{}", cli::describe(&policy, &args.policy.display().to_string()));
 
     let testbed = Testbed::new().context("setting up the namespaces failed")?;
@@ -141,7 +142,7 @@ fn run(args: &Args, interrupted: &AtomicBool) -> Result<Outcome> {
             if stop() {
                 return Ok(Outcome::Interrupted);
             }
-            let (label, says, drops) = expectation(&ruleset, dst, probe);
+            let (label, says, drops) = expectation(&policy, dst, probe);
             let (observed, delivered) = observe(&testbed, dst, probe)?;
             // An interrupted probe (ping gets the terminal's SIGINT too) proves nothing.
             if stop() {
@@ -176,22 +177,33 @@ fn run(args: &Args, interrupted: &AtomicBool) -> Result<Outcome> {
     Ok(if contradictions == 0 { Outcome::Agreed } else { Outcome::Contradicted(contradictions) })
 }
 
-/// The probe's label, what the compiled policy says about it, and whether that is a drop.
-fn expectation(ruleset: &Ruleset, dst: IpAddr, probe: Probe) -> (String, &'static str, bool) {
-    let (label, action) = match probe {
-        Probe::Tcp(port) => {
-            (format!("tcp {}", SocketAddr::new(dst, port)), ruleset.tcp_dst.get(port))
-        }
-        Probe::Udp(port) => {
-            (format!("udp {}", SocketAddr::new(dst, port)), ruleset.udp_dst.get(port))
-        }
-        Probe::Ping => return (format!("ping {dst}"), "pass (not TCP/UDP)", false),
+/// The probe's label, what the policy says about it (by the reference classifier), and
+/// whether that is a drop.
+fn expectation(policy: &Policy, dst: IpAddr, probe: Probe) -> (String, String, bool) {
+    let src = match dst {
+        IpAddr::V4(_) => IpAddr::V4(TX_V4),
+        IpAddr::V6(_) => IpAddr::V6(TX_V6),
     };
-    match action {
-        PortAction::Drop => (label, "drop (rule)", true),
-        PortAction::Pass => (label, "pass (rule)", false),
-        PortAction::NoRule => (label, "pass (no rule)", false),
-    }
+    // The probes' source ports are ephemeral; the demo policy does not look at them.
+    let (label, l4) = match (probe, dst) {
+        (Probe::Tcp(port), _) => (
+            format!("tcp {}", SocketAddr::new(dst, port)),
+            L4::Tcp { src_port: 40000, dst_port: port },
+        ),
+        (Probe::Udp(port), _) => (
+            format!("udp {}", SocketAddr::new(dst, port)),
+            L4::Udp { src_port: 40000, dst_port: port },
+        ),
+        (Probe::Ping, IpAddr::V4(_)) => (format!("ping {dst}"), L4::Icmp { icmp_type: 8 }),
+        (Probe::Ping, IpAddr::V6(_)) => (format!("ping {dst}"), L4::Icmpv6 { icmp_type: 128 }),
+    };
+    let outcome = reference::classify(policy, &Parsed::Ip(IpPacket { src, dst, l4 }));
+    let action = if outcome.verdict.drops() { "drop" } else { "pass" };
+    let why = match outcome.rule {
+        Some(i) => format!("{action} ({})", policy.rules[i].name),
+        None => format!("{action} (default)"),
+    };
+    (label, why, outcome.verdict.drops())
 }
 
 /// What happened, and whether the traffic got through: `None` when only some of it did.

@@ -1,14 +1,13 @@
 //! The `xdp-policy` command line: `run` enforces a policy on interfaces until stopped,
 //! `check` validates policy files without touching the kernel.
 
-use std::{io, path::PathBuf, time::Instant};
+use std::{io, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError, ModeChoice, VerdictCounts},
+    daemon,
+    dataplane::{DataplaneError, ModeChoice, VerdictCounts},
     policy::{self, Policy, PolicyError, Rule},
 };
 
@@ -29,15 +28,32 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Interface to attach to (repeat for several).
-    #[arg(long = "iface", value_name = "IFACE", required = true)]
+    /// Interface to enforce --policy on (repeat for several). Without it, the policy's
+    /// own `interfaces = [...]` are used.
+    #[arg(long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,
     /// Policy file, or directory whose *.toml files are merged in file-name order.
     #[arg(long, value_name = "PATH")]
-    pub policy: PathBuf,
+    pub policy: Option<PathBuf>,
+    /// Enforce the policy at PATH on IFACE; repeat to give interfaces policies of their own.
+    #[arg(long, value_name = "IFACE=PATH", value_parser = parse_attach)]
+    pub attach: Vec<(String, PathBuf)>,
     /// XDP attach mode: `auto` tries native and falls back to skb.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
+    /// Reload only on SIGHUP, not when policy files change (for tools that write several
+    /// files one after the other and signal when done).
+    #[arg(long)]
+    pub no_watch: bool,
+}
+
+fn parse_attach(value: &str) -> Result<(String, PathBuf), String> {
+    match value.split_once('=') {
+        Some((iface, path)) if !iface.is_empty() && !path.is_empty() => {
+            Ok((iface.to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!("expected IFACE=PATH, got {value:?}")),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -76,6 +92,12 @@ pub enum CliError {
     InvalidPolicies(usize, usize),
     #[error("installing the signal handlers failed")]
     Signals(#[source] io::Error),
+    #[error(transparent)]
+    Watch(#[from] crate::reload::WatchError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{}: no interface to attach to: pass --iface, or set interfaces = [...] in the policy", .0.display())]
+    NoInterfaces(PathBuf),
 }
 
 impl From<DataplaneError> for CliError {
@@ -88,7 +110,7 @@ impl CliError {
     /// sysexits.h: 64 for bad configuration, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Policy(_) => 64,
+            Self::Policy(_) | Self::Usage(_) | Self::NoInterfaces(_) => 64,
             _ => 1,
         }
     }
@@ -105,7 +127,12 @@ fn check(args: &CheckArgs) -> Result<(), CliError> {
     let mut invalid = 0;
     for path in &args.paths {
         match policy::load(path) {
-            Ok(policy) => print!("{}", describe(&policy, &path.display().to_string())),
+            Ok(policy) => {
+                print!("{}", describe(&policy, &path.display().to_string()));
+                for w in &policy.warnings {
+                    eprint!("warning: {w}");
+                }
+            }
             Err(e) => {
                 eprintln!("{e}");
                 invalid += 1;
@@ -119,6 +146,16 @@ fn check(args: &CheckArgs) -> Result<(), CliError> {
 pub fn describe(policy: &Policy, path: &str) -> String {
     let n = policy.rules.len();
     let mut out = format!("{path}: valid, {n} rule{}\n", if n == 1 { "" } else { "s" });
+    let d = &policy.defaults;
+    out.push_str(&format!(
+        "  default: {:?}{}, fragments: {:?}\n",
+        d.action,
+        if d.mode == policy::Mode::Monitor { " (monitor)" } else { "" },
+        d.fragments
+    ).to_lowercase());
+    if !policy.interfaces.is_empty() {
+        out.push_str(&format!("  interfaces: {}\n", policy.interfaces.join(", ")));
+    }
     let width = policy.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
     for rule in &policy.rules {
         out.push_str(&format!("  {:width$}  {}\n", rule.name, describe_rule(rule)));
@@ -155,42 +192,9 @@ fn describe_rule(rule: &Rule) -> String {
 }
 
 async fn run(args: RunArgs) -> Result<(), CliError> {
-    // Signal handlers first: a SIGTERM during start-up must not kill us half attached.
-    let mut sigterm = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(CliError::Signals)?;
-
-    let started = Instant::now();
-    let policy = policy::load(&args.policy)?;
-    let ruleset = policy::compile(&policy);
-    let compiled = started.elapsed();
-    let mut dataplane = Dataplane::load(&ruleset)?;
-    info!(
-        policy = %args.policy.display(),
-        rules = policy.rules.len(),
-        compile_us = compiled.as_micros() as u64,
-        load_us = (started.elapsed() - compiled).as_micros() as u64,
-        "policy loaded into the kernel maps"
-    );
-    for iface in &args.ifaces {
-        let mode = dataplane.attach(iface, args.xdp_mode.into())?;
-        info!(iface, mode = %mode, "attached");
-    }
-    info!(ifaces = args.ifaces.join(","), "enforcing; SIGTERM or SIGINT stops");
-
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = sighup.recv() => warn!(
-                "SIGHUP: hot reload is not implemented yet; restart xdp-policy to apply a changed policy"
-            ),
-        }
-    }
-    let counts = dataplane.verdict_counts()?;
-    print!("{}", counter_table(&counts));
-    info!("stopping: detaching from {}", args.ifaces.join(","));
-    Ok(())
+    let assignments = daemon::assignments(&args.attach, &args.ifaces, args.policy.as_ref())
+        .map_err(CliError::Usage)?;
+    daemon::run(assignments, args.xdp_mode.into(), !args.no_watch).await
 }
 
 /// The verdict counters as a table, then a totals line.

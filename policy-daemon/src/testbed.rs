@@ -114,6 +114,8 @@ pub enum TestbedError {
     Wait(#[source] io::Error),
     #[error("no counter table in xdp-policy's output ({reason}); its stdout:\n{stdout}")]
     CounterTable { reason: String, stdout: String },
+    #[error("xdp-policy's log did not show `{text}` {count} time(s) in time; its log:\n{log}")]
+    LogTimeout { text: String, count: usize, log: String },
 }
 
 /// Whether this process runs with root's effective uid, which everything here needs.
@@ -243,7 +245,18 @@ impl Testbed {
         policy: &Path,
         mode: XdpModeArg,
     ) -> Result<Daemon<'_>, TestbedError> {
-        Daemon::start(binary, &self.rx, RX_IFACE, policy, mode)
+        Daemon::start(binary, &self.rx, RX_IFACE, policy, mode, &[])
+    }
+
+    /// [`Self::start_daemon`] with more `run` arguments (`--no-watch`, …).
+    pub fn start_daemon_with(
+        &self,
+        binary: &Path,
+        policy: &Path,
+        mode: XdpModeArg,
+        extra: &[&str],
+    ) -> Result<Daemon<'_>, TestbedError> {
+        Daemon::start(binary, &self.rx, RX_IFACE, policy, mode, extra)
     }
 
     /// Connects from tx to `dst:port` in rx, where a listener echoes what it receives.
@@ -471,6 +484,7 @@ impl<'tb> Daemon<'tb> {
         iface: &str,
         policy: &Path,
         mode: XdpModeArg,
+        extra: &[&str],
     ) -> Result<Self, TestbedError> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", netns.name()])
@@ -478,6 +492,7 @@ impl<'tb> Daemon<'tb> {
             .args(["run", "--iface", iface, "--policy"])
             .arg(policy)
             .args(["--xdp-mode", &mode_name(mode)])
+            .args(extra)
             // Plain log lines for the messages of failed tests and for matching.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -512,6 +527,30 @@ impl<'tb> Daemon<'tb> {
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         self.process.stderr_so_far()
+    }
+
+    /// Sends `signal` to the daemon (SIGHUP reloads).
+    pub fn signal(&self, signal: Signal) -> Result<(), TestbedError> {
+        let pid = self.process.child.id();
+        // Pids are at most 2^22 (pid_max), so the cast is lossless.
+        kill(Pid::from_raw(pid as i32), signal)
+            .map_err(|errno| TestbedError::Signal { signal, pid, source: errno.into() })
+    }
+
+    /// Waits until the log contains `text` at least `count` times; fails with the log
+    /// after `timeout`.
+    pub fn wait_for_log(&self, text: &str, count: usize, timeout: Duration) -> Result<(), TestbedError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.matches(text).count() >= count {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(TestbedError::LogTimeout { text: text.to_owned(), count, log });
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Sends SIGTERM, waits at most [`STOP_TIMEOUT`] for the daemon to exit, and returns
@@ -679,11 +718,14 @@ impl DaemonOutput {
     }
 }
 
-/// The counter table of [`crate::cli::counter_table`], read back.
+/// The counter report the daemon prints when it stops (one policy), read back: the
+/// verdict table of [`crate::cli::counter_table`], then the rule table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CounterTable {
     /// Packets per verdict name.
     pub packets: BTreeMap<String, u64>,
+    /// Packets per rule name.
+    pub rules: BTreeMap<String, u64>,
     /// From the `total:` line.
     pub dropped: u64,
     pub passed: u64,
@@ -695,8 +737,13 @@ impl CounterTable {
     pub fn parse(stdout: &str) -> Result<Self, TestbedError> {
         let err = |reason: String| TestbedError::CounterTable { reason, stdout: stdout.to_owned() };
         let mut packets = BTreeMap::new();
+        let mut rules = BTreeMap::new();
+        let mut in_rules = false;
         let mut totals = None;
         for line in stdout.lines().filter(|line| !line.trim().is_empty()) {
+            if line.starts_with("policy ") {
+                continue;
+            }
             if let Some(rest) = line.strip_prefix("total:") {
                 totals = Some(
                     parse_totals(rest).ok_or_else(|| err(format!("bad totals line `{line}`")))?,
@@ -706,9 +753,10 @@ impl CounterTable {
             let fields: Vec<&str> = line.split_whitespace().collect();
             match fields[..] {
                 ["verdict", "packets", "bytes"] => {}
+                ["rule", "packets", "bytes"] => in_rules = true,
                 [name, n, _bytes] => {
                     let n = n.parse().map_err(|_| err(format!("bad packet count in `{line}`")))?;
-                    packets.insert(name.to_owned(), n);
+                    if in_rules { &mut rules } else { &mut packets }.insert(name.to_owned(), n);
                 }
                 _ => return Err(err(format!("unexpected line `{line}`"))),
             }
@@ -717,7 +765,7 @@ impl CounterTable {
             return Err(err(format!("no row for verdict `{}`", missing.name())));
         }
         let (dropped, passed) = totals.ok_or_else(|| err("no `total:` line".to_owned()))?;
-        Ok(Self { packets, dropped, passed })
+        Ok(Self { packets, rules, dropped, passed })
     }
 
     pub fn packets(&self, verdict: Verdict) -> u64 {

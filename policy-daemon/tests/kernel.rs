@@ -115,26 +115,87 @@ fn deny_list_cases() -> Vec<Case> {
         case("udp past the range", Packet::ipv4(udp(1024)), PassDefault),
         case("tcp to a udp-only range", Packet::ipv4(tcp(54)), PassDefault),
         by("drop-smb", "tcp to an any-protocol port", Packet::ipv4(tcp(445)), DropRule),
-        by("drop-low-udp", "udp 445 is caught by the earlier udp range", Packet::ipv6(udp(445)), DropRule),
+        by(
+            "drop-low-udp",
+            "udp 445 is caught by the earlier udp range",
+            Packet::ipv6(udp(445)),
+            DropRule,
+        ),
         by("drop-smb", "ipv6 tcp to an any-protocol port", Packet::ipv6(tcp(445)), DropRule),
         case("tcp to port 0", Packet::ipv4(tcp(0)), PassDefault),
         case("udp to port 65535", Packet::ipv4(udp(65535)), PassDefault),
         by("drop-telnet", "ipv6 tcp to a dropped port", Packet::ipv6(tcp(23)), DropRule),
         by("allow-dns", "ipv6 udp to the pass rule", Packet::ipv6(udp(53)), PassRule),
         // Addresses.
-        by("drop-telnet", "telnet from a trusted host: the earlier rule wins", Packet::ipv4(tcp(23)).src("198.18.50.9"), DropRule),
-        by("trusted-hosts", "trusted ipv4 host to an open port", Packet::ipv4(tcp(24)).src("198.18.50.9"), PassRule),
-        by("trusted-hosts", "trusted ipv6 host", Packet::ipv6(udp(5000)).src("fd00:50::1"), PassRule),
-        by("block-bad-net", "ipv4 host in a blocked /24", Packet::ipv4(tcp(24)).src("198.18.99.200"), DropRule),
-        by("block-bad-net", "the blocked single address", Packet::ipv4(udp(5000)).src("198.18.98.7"), DropRule),
-        case("next to the blocked single address", Packet::ipv4(udp(5000)).src("198.18.98.8"), PassDefault),
-        by("block-bad-net", "icmp from the blocked net", Packet::ipv4(icmp(0)).src("198.18.99.1"), DropRule),
-        case("blocked ipv4 net does not touch ipv6", Packet::ipv6(tcp(24)).src("fd00::99"), PassDefault),
-        by("block-v6-alt-http", "ipv6 src and port together", Packet::ipv6(tcp(8080)).src("fd00:bad::1"), DropRule),
+        by(
+            "drop-telnet",
+            "telnet from a trusted host: the earlier rule wins",
+            Packet::ipv4(tcp(23)).src("198.18.50.9"),
+            DropRule,
+        ),
+        by(
+            "trusted-hosts",
+            "trusted ipv4 host to an open port",
+            Packet::ipv4(tcp(24)).src("198.18.50.9"),
+            PassRule,
+        ),
+        by(
+            "trusted-hosts",
+            "trusted ipv6 host",
+            Packet::ipv6(udp(5000)).src("fd00:50::1"),
+            PassRule,
+        ),
+        by(
+            "block-bad-net",
+            "ipv4 host in a blocked /24",
+            Packet::ipv4(tcp(24)).src("198.18.99.200"),
+            DropRule,
+        ),
+        by(
+            "block-bad-net",
+            "the blocked single address",
+            Packet::ipv4(udp(5000)).src("198.18.98.7"),
+            DropRule,
+        ),
+        case(
+            "next to the blocked single address",
+            Packet::ipv4(udp(5000)).src("198.18.98.8"),
+            PassDefault,
+        ),
+        by(
+            "block-bad-net",
+            "icmp from the blocked net",
+            Packet::ipv4(icmp(0)).src("198.18.99.1"),
+            DropRule,
+        ),
+        case(
+            "blocked ipv4 net does not touch ipv6",
+            Packet::ipv6(tcp(24)).src("fd00::99"),
+            PassDefault,
+        ),
+        by(
+            "block-v6-alt-http",
+            "ipv6 src and port together",
+            Packet::ipv6(tcp(8080)).src("fd00:bad::1"),
+            DropRule,
+        ),
         case("ipv6 src without the port", Packet::ipv6(tcp(8081)).src("fd00:bad::1"), PassDefault),
-        case("the port without the ipv6 src", Packet::ipv6(tcp(8080)).src("fd00:bae::1"), PassDefault),
-        by("block-sport-7777-to-db", "udp source port and destination net", Packet::ipv4(udp(5000)).src_port(7777), DropRule),
-        case("udp source port outside the destination net", Packet::ipv4(udp(5000)).src_port(7777).dst("198.19.0.1"), PassDefault),
+        case(
+            "the port without the ipv6 src",
+            Packet::ipv6(tcp(8080)).src("fd00:bae::1"),
+            PassDefault,
+        ),
+        by(
+            "block-sport-7777-to-db",
+            "udp source port and destination net",
+            Packet::ipv4(udp(5000)).src_port(7777),
+            DropRule,
+        ),
+        case(
+            "udp source port outside the destination net",
+            Packet::ipv4(udp(5000)).src_port(7777).dst("198.19.0.1"),
+            PassDefault,
+        ),
         case("tcp with that source port", Packet::ipv4(tcp(5000)).src_port(7777), PassDefault),
         // Monitor mode counts and passes.
         by("watch-http", "monitored drop rule", Packet::ipv4(tcp(80)), MonitorRule),
@@ -144,30 +205,92 @@ fn deny_list_cases() -> Vec<Case> {
         case("icmpv6 echo request is not icmp", Packet::ipv6(icmpv6(128)), PassDefault),
         case("icmp type 8 over ipv6 is another protocol", Packet::ipv6(icmp(8)), PassDefault),
         // VLAN tags.
-        by("drop-telnet", "802.1Q ipv4 tcp dropped", Packet::ipv4(tcp(23)).vlan(ETH_P_8021Q), DropRule),
+        by(
+            "drop-telnet",
+            "802.1Q ipv4 tcp dropped",
+            Packet::ipv4(tcp(23)).vlan(ETH_P_8021Q),
+            DropRule,
+        ),
         case("802.1Q ipv4 tcp open", Packet::ipv4(tcp(81)).vlan(ETH_P_8021Q), PassDefault),
-        by("drop-telnet", "802.1ad + 802.1Q ipv6 tcp dropped", Packet::ipv6(tcp(23)).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q), DropRule),
-        case("three VLAN tags are not parsed", Packet::ipv4(tcp(23)).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q).vlan(ETH_P_8021Q), PassNotIp),
-        case("VLAN tag cut short", Packet::ipv4(tcp(23)).vlan(ETH_P_8021Q).truncate(16), PassMalformed),
+        by(
+            "drop-telnet",
+            "802.1ad + 802.1Q ipv6 tcp dropped",
+            Packet::ipv6(tcp(23)).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q),
+            DropRule,
+        ),
+        case(
+            "three VLAN tags are not parsed",
+            Packet::ipv4(tcp(23)).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q).vlan(ETH_P_8021Q),
+            PassNotIp,
+        ),
+        case(
+            "VLAN tag cut short",
+            Packet::ipv4(tcp(23)).vlan(ETH_P_8021Q).truncate(16),
+            PassMalformed,
+        ),
         // IPv4 header length and options.
-        by("drop-telnet", "ipv4 with 12 bytes of options", Packet::ipv4(tcp(23)).ipv4_options(12), DropRule),
-        case("ipv4 with 40 bytes of options, open port", Packet::ipv4(tcp(24)).ipv4_options(40), PassDefault),
+        by(
+            "drop-telnet",
+            "ipv4 with 12 bytes of options",
+            Packet::ipv4(tcp(23)).ipv4_options(12),
+            DropRule,
+        ),
+        case(
+            "ipv4 with 40 bytes of options, open port",
+            Packet::ipv4(tcp(24)).ipv4_options(40),
+            PassDefault,
+        ),
         case("ipv4 IHL below 5", Packet::ipv4(tcp(23)).ipv4_ihl(4), PassMalformed),
         case("ipv4 IHL past the packet's end", Packet::ipv4(tcp(23)).ipv4_ihl(15), PassMalformed),
         case("version 6 in an IPv4 frame", Packet::ipv4(tcp(23)).ip_version(6), PassMalformed),
         // Fragments (fragments = "rules", the default): only the first carries ports;
         // later ones meet only the rules that look at no port.
-        by("drop-telnet", "ipv4 first fragment", Packet::ipv4(tcp(23)).ipv4_fragment(0, true), DropRule),
-        case("ipv4 non-first fragment that looks like port 23", Packet::ipv4(tcp(23)).ipv4_fragment(185, true), PassDefault),
-        by("block-bad-net", "non-first fragment from a blocked net", Packet::ipv4(udp(54)).ipv4_fragment(1, false).src("198.18.99.3"), DropRule),
+        by(
+            "drop-telnet",
+            "ipv4 first fragment",
+            Packet::ipv4(tcp(23)).ipv4_fragment(0, true),
+            DropRule,
+        ),
+        case(
+            "ipv4 non-first fragment that looks like port 23",
+            Packet::ipv4(tcp(23)).ipv4_fragment(185, true),
+            PassDefault,
+        ),
+        by(
+            "block-bad-net",
+            "non-first fragment from a blocked net",
+            Packet::ipv4(udp(54)).ipv4_fragment(1, false).src("198.18.99.3"),
+            DropRule,
+        ),
         by("drop-telnet", "ipv6 first fragment", Packet::ipv6(tcp(23)).ipv6_fragment(0), DropRule),
         case("ipv6 non-first fragment", Packet::ipv6(tcp(23)).ipv6_fragment(100), PassDefault),
         // IPv6 extension headers.
-        by("drop-telnet", "ipv6 hop-by-hop, routing, destination options", Packet::ipv6(tcp(23)).ipv6_ext(IPPROTO_HOPOPTS).ipv6_ext(IPPROTO_ROUTING).ipv6_ext(IPPROTO_DSTOPTS), DropRule),
+        by(
+            "drop-telnet",
+            "ipv6 hop-by-hop, routing, destination options",
+            Packet::ipv6(tcp(23))
+                .ipv6_ext(IPPROTO_HOPOPTS)
+                .ipv6_ext(IPPROTO_ROUTING)
+                .ipv6_ext(IPPROTO_DSTOPTS),
+            DropRule,
+        ),
         by("drop-low-udp", "ipv6 authentication header", Packet::ipv6(udp(54)).ipv6_ah(), DropRule),
-        by("drop-telnet", "six extension headers (the limit)", (0..6).fold(Packet::ipv6(tcp(23)), |p, _| p.ipv6_ext(IPPROTO_DSTOPTS)), DropRule),
-        case("seven extension headers", (0..7).fold(Packet::ipv6(tcp(23)), |p, _| p.ipv6_ext(IPPROTO_DSTOPTS)), PassMalformed),
-        case("extension header cut short", Packet::ipv6(tcp(23)).ipv6_ext(IPPROTO_DSTOPTS).truncate(14 + 40 + 1), PassMalformed),
+        by(
+            "drop-telnet",
+            "six extension headers (the limit)",
+            (0..6).fold(Packet::ipv6(tcp(23)), |p, _| p.ipv6_ext(IPPROTO_DSTOPTS)),
+            DropRule,
+        ),
+        case(
+            "seven extension headers",
+            (0..7).fold(Packet::ipv6(tcp(23)), |p, _| p.ipv6_ext(IPPROTO_DSTOPTS)),
+            PassMalformed,
+        ),
+        case(
+            "extension header cut short",
+            Packet::ipv6(tcp(23)).ipv6_ext(IPPROTO_DSTOPTS).truncate(14 + 40 + 1),
+            PassMalformed,
+        ),
         case("ESP is opaque", Packet::ipv6(L4::Other { proto: IPPROTO_ESP }), PassDefault),
         // Truncated headers are never matched.
         case("ethernet header only", Packet::ipv4(tcp(23)).truncate(14), PassMalformed),
@@ -176,7 +299,11 @@ fn deny_list_cases() -> Vec<Case> {
         case("tcp header cut short", Packet::ipv4(tcp(23)).truncate(14 + 20 + 19), PassMalformed),
         case("udp header cut short", Packet::ipv4(udp(54)).truncate(14 + 20 + 7), PassMalformed),
         case("icmp header cut short", Packet::ipv4(icmp(8)).truncate(14 + 20 + 3), PassMalformed),
-        case("tcp data offset below 5", Packet::ipv4(L4::Tcp { dst_port: 23, data_offset: 4 }), PassMalformed),
+        case(
+            "tcp data offset below 5",
+            Packet::ipv4(L4::Tcp { dst_port: 23, data_offset: 4 }),
+            PassMalformed,
+        ),
         case("arp", Packet::arp(), PassNotIp),
     ]
 }
@@ -211,7 +338,12 @@ fn default_deny_cases() -> Vec<Case> {
         case("icmpv6 echo is dropped", Packet::ipv6(icmpv6(128)), DropDefault),
         case("arp passes", Packet::arp(), PassNotIp),
         case("fragments = drop", Packet::ipv4(tcp(22)).ipv4_fragment(10, false), DropFragment),
-        by("allow-ssh", "but not the first fragment", Packet::ipv4(tcp(22)).ipv4_fragment(0, true), PassRule),
+        by(
+            "allow-ssh",
+            "but not the first fragment",
+            Packet::ipv4(tcp(22)).ipv4_fragment(0, true),
+            PassRule,
+        ),
         case("malformed still passes", Packet::ipv4(tcp(22)).truncate(30), PassMalformed),
     ]
 }
@@ -240,7 +372,12 @@ fn monitor_cases() -> Vec<Case> {
     use Verdict::*;
     vec![
         by("drop-telnet", "a rule's own enforce mode wins", Packet::ipv4(tcp(23)), DropRule),
-        by("drop-x11", "a rule without a mode takes the policy's", Packet::ipv4(tcp(6010)), MonitorRule),
+        by(
+            "drop-x11",
+            "a rule without a mode takes the policy's",
+            Packet::ipv4(tcp(6010)),
+            MonitorRule,
+        ),
         case("the default drop only counts", Packet::ipv4(tcp(24)), MonitorDefault),
         case("fragments = pass", Packet::ipv6(tcp(23)).ipv6_fragment(3), PassFragment),
     ]
@@ -254,7 +391,11 @@ fn run_table(policy_text: &str, cases: Vec<Case>) {
     for case in cases {
         let bytes = case.packet.build();
         let expected_rule = case.rule.map(|name| {
-            policy.rules.iter().position(|r| r.name == name).unwrap_or_else(|| panic!("no rule {name}"))
+            policy
+                .rules
+                .iter()
+                .position(|r| r.name == name)
+                .unwrap_or_else(|| panic!("no rule {name}"))
         });
         let reference = reference::classify(&policy, &reference::parse_packet(&bytes));
         if (reference.verdict, reference.rule) != (case.verdict, expected_rule) {

@@ -115,11 +115,17 @@ fn port_bitmap(
 
 /// The lowest rule every field admits, if any.
 #[inline(always)]
-fn first_match(generation: u32, config: &GenConfig, packet: &Packet, l4: &Transport) -> Option<u32> {
+fn first_match(
+    generation: u32,
+    config: &GenConfig,
+    packet: &Packet,
+    l4: &Transport,
+) -> Option<u32> {
     let fields = config.fields;
     let all = field_bitmap(generation, field_bitmap::ALL_RULES)?;
     // A field no rule constrains admits every rule: skip its lookup.
-    let l4_rules = if fields & field::L4 != 0 { field_bitmap(generation, l4.class as u32)? } else { all };
+    let l4_rules =
+        if fields & field::L4 != 0 { field_bitmap(generation, l4.class as u32)? } else { all };
     let dport_rules = if fields & field::DPORT == 0 {
         all
     } else if l4.fragment {
@@ -140,13 +146,29 @@ fn first_match(generation: u32, config: &GenConfig, packet: &Packet, l4: &Transp
     let v4 = |a: &[u8; 16]| ipv4_key(gen_byte, [a[0], a[1], a[2], a[3]]);
     let (src_rules, dst_rules) = if packet.family == Family::V4 {
         (
-            if fields & field::SRC != 0 { SRC_V4.get(Key::new(prefix_v4, v4(&packet.src)))? } else { all },
-            if fields & field::DST != 0 { DST_V4.get(Key::new(prefix_v4, v4(&packet.dst)))? } else { all },
+            if fields & field::SRC != 0 {
+                SRC_V4.get(Key::new(prefix_v4, v4(&packet.src)))?
+            } else {
+                all
+            },
+            if fields & field::DST != 0 {
+                DST_V4.get(Key::new(prefix_v4, v4(&packet.dst)))?
+            } else {
+                all
+            },
         )
     } else {
         (
-            if fields & field::SRC != 0 { SRC_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, packet.src)))? } else { all },
-            if fields & field::DST != 0 { DST_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, packet.dst)))? } else { all },
+            if fields & field::SRC != 0 {
+                SRC_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, packet.src)))?
+            } else {
+                all
+            },
+            if fields & field::DST != 0 {
+                DST_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, packet.dst)))?
+            } else {
+                all
+            },
         )
     };
     lowest_common(config.words, l4_rules, dport_rules, sport_rules, src_rules, dst_rules)

@@ -23,7 +23,9 @@ const _: () = assert!(
 pub fn policy_xdp(ctx: XdpContext) -> u32 {
     let decision = match parse::parse(&ctx) {
         Ok(packet) => classify::classify(&packet),
-        Err(parse::Malformed) => classify::Decision { verdict: Verdict::PassMalformed, counter_slot: None },
+        Err(parse::Malformed) => {
+            classify::Decision { verdict: Verdict::PassMalformed, counter_slot: None }
+        }
     };
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     maps::count(&maps::VERDICT_COUNTERS, decision.verdict as u32, bytes);

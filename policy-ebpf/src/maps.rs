@@ -44,19 +44,24 @@ pub static SPORT_BITMAPS: Array<RuleBitmap> =
 const TRIE_ENTRIES: u32 = GENERATIONS * (MAX_PREFIXES + 1);
 
 #[map(name = "SRC_V4")]
-pub static SRC_V4: LpmTrie<[u8; IPV4_KEY_LEN], RuleBitmap> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
+pub static SRC_V4: LpmTrie<[u8; IPV4_KEY_LEN], RuleBitmap> =
+    LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
 
 #[map(name = "DST_V4")]
-pub static DST_V4: LpmTrie<[u8; IPV4_KEY_LEN], RuleBitmap> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
+pub static DST_V4: LpmTrie<[u8; IPV4_KEY_LEN], RuleBitmap> =
+    LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
 
 #[map(name = "SRC_V6")]
-pub static SRC_V6: LpmTrie<[u8; IPV6_KEY_LEN], RuleBitmap> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
+pub static SRC_V6: LpmTrie<[u8; IPV6_KEY_LEN], RuleBitmap> =
+    LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
 
 #[map(name = "DST_V6")]
-pub static DST_V6: LpmTrie<[u8; IPV6_KEY_LEN], RuleBitmap> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
+pub static DST_V6: LpmTrie<[u8; IPV6_KEY_LEN], RuleBitmap> =
+    LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
 
 #[map(name = "RULE_COUNTERS")]
-pub static RULE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_COUNTER_SLOTS, 0);
+pub static RULE_COUNTERS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(RULE_COUNTER_SLOTS, 0);
 
 #[map(name = "VERDICTS")]
 pub static VERDICT_COUNTERS: PerCpuArray<Counter> =

@@ -191,14 +191,25 @@ fn parse_ipv4(mut cursor: Cursor) -> Result<Packet, Malformed> {
     let ip = cursor.peek::<Ipv4Hdr>()?;
     // SAFETY: bounds checked by `peek`.
     let (version, header_len, frag_offset, proto, src, dst) = unsafe {
-        ((*ip).version(), (*ip).ihl(), (*ip).frag_offset(), (*ip).proto, (*ip).src_addr, (*ip).dst_addr)
+        (
+            (*ip).version(),
+            (*ip).ihl(),
+            (*ip).frag_offset(),
+            (*ip).proto,
+            (*ip).src_addr,
+            (*ip).dst_addr,
+        )
     };
     if version != 4 || usize::from(header_len) < Ipv4Hdr::LEN {
         return Err(Malformed);
     }
     // `ihl()` is at most 60: the verifier sees a bounded offset.
     cursor.offset += usize::from(header_len);
-    let l4 = if frag_offset != 0 { fragment(proto, false) } else { parse_transport(cursor, proto, false)? };
+    let l4 = if frag_offset != 0 {
+        fragment(proto, false)
+    } else {
+        parse_transport(cursor, proto, false)?
+    };
     Ok(Packet::v4(src, dst, l4))
 }
 

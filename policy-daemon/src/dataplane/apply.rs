@@ -50,11 +50,31 @@ pub trait Maps {
     fn set_config(&mut self, generation: u32, config: &GenConfig) -> Result<(), MapWriteError>;
     fn set_rule(&mut self, index: u32, info: &RuleInfo) -> Result<(), MapWriteError>;
     fn set_field_bitmap(&mut self, index: u32, bitmap: &RuleBitmap) -> Result<(), MapWriteError>;
-    fn set_port_classes(&mut self, field: PortFieldId, index: u32, word: u64) -> Result<(), MapWriteError>;
-    fn set_port_bitmap(&mut self, field: PortFieldId, index: u32, bitmap: &RuleBitmap) -> Result<(), MapWriteError>;
-    fn insert_v4(&mut self, field: AddrFieldId, key: V4Key, bitmap: &RuleBitmap) -> Result<(), MapWriteError>;
+    fn set_port_classes(
+        &mut self,
+        field: PortFieldId,
+        index: u32,
+        word: u64,
+    ) -> Result<(), MapWriteError>;
+    fn set_port_bitmap(
+        &mut self,
+        field: PortFieldId,
+        index: u32,
+        bitmap: &RuleBitmap,
+    ) -> Result<(), MapWriteError>;
+    fn insert_v4(
+        &mut self,
+        field: AddrFieldId,
+        key: V4Key,
+        bitmap: &RuleBitmap,
+    ) -> Result<(), MapWriteError>;
     fn remove_v4(&mut self, field: AddrFieldId, key: V4Key) -> Result<(), MapWriteError>;
-    fn insert_v6(&mut self, field: AddrFieldId, key: V6Key, bitmap: &RuleBitmap) -> Result<(), MapWriteError>;
+    fn insert_v6(
+        &mut self,
+        field: AddrFieldId,
+        key: V6Key,
+        bitmap: &RuleBitmap,
+    ) -> Result<(), MapWriteError>;
     fn remove_v6(&mut self, field: AddrFieldId, key: V6Key) -> Result<(), MapWriteError>;
     fn zero_rule_counter(&mut self, slot: u32) -> Result<(), MapWriteError>;
     fn set_active(&mut self, generation: u32) -> Result<(), MapWriteError>;
@@ -95,9 +115,18 @@ impl Shadow {
             rules: vec![ZERO_RULE; MAX_RULES],
             field_bitmaps: vec![RuleBitmap::EMPTY; field_bitmap::PER_GENERATION as usize],
             port_words: HashMap::from([(PortFieldId::Dst, words()), (PortFieldId::Src, words())]),
-            port_bitmaps: HashMap::from([(PortFieldId::Dst, Vec::new()), (PortFieldId::Src, Vec::new())]),
-            v4: HashMap::from([(AddrFieldId::Src, HashMap::new()), (AddrFieldId::Dst, HashMap::new())]),
-            v6: HashMap::from([(AddrFieldId::Src, HashMap::new()), (AddrFieldId::Dst, HashMap::new())]),
+            port_bitmaps: HashMap::from([
+                (PortFieldId::Dst, Vec::new()),
+                (PortFieldId::Src, Vec::new()),
+            ]),
+            v4: HashMap::from([
+                (AddrFieldId::Src, HashMap::new()),
+                (AddrFieldId::Dst, HashMap::new()),
+            ]),
+            v6: HashMap::from([
+                (AddrFieldId::Src, HashMap::new()),
+                (AddrFieldId::Dst, HashMap::new()),
+            ]),
         }
     }
 }
@@ -151,7 +180,11 @@ impl Generations {
 
     /// Writes `ruleset` into the inactive generation and makes it active. On error the
     /// active generation is untouched and still in force.
-    pub fn apply(&mut self, maps: &mut impl Maps, ruleset: &Ruleset) -> Result<ApplyReport, MapWriteError> {
+    pub fn apply(
+        &mut self,
+        maps: &mut impl Maps,
+        ruleset: &Ruleset,
+    ) -> Result<ApplyReport, MapWriteError> {
         let target = (self.active + 1) % GENERATIONS;
         let slots = self.plan_slots(ruleset);
         let mut writes = 0;
@@ -165,7 +198,8 @@ impl Generations {
         maps.set_active(target)?;
         maps.wait_for_readers();
         self.active = target;
-        self.slots = ruleset.rules.iter().map(|r| r.identity.clone()).zip(slots.iter().copied()).collect();
+        self.slots =
+            ruleset.rules.iter().map(|r| r.identity.clone()).zip(slots.iter().copied()).collect();
         self.active_rules = ruleset.rules.iter().map(|r| r.name.clone()).zip(slots).collect();
         Ok(ApplyReport { kernel_generation: target, writes: writes + 1 })
     }
@@ -216,21 +250,29 @@ impl Generations {
         }
         for (i, bitmap) in ruleset.field_bitmaps.iter().enumerate() {
             if shadow.field_bitmaps[i] != *bitmap {
-                maps.set_field_bitmap(generation * field_bitmap::PER_GENERATION + i as u32, bitmap)?;
+                maps.set_field_bitmap(
+                    generation * field_bitmap::PER_GENERATION + i as u32,
+                    bitmap,
+                )?;
                 shadow.field_bitmaps[i] = *bitmap;
                 writes += 1;
             }
         }
-        for (id, field) in [(PortFieldId::Dst, &ruleset.dport), (PortFieldId::Src, &ruleset.sport)] {
+        for (id, field) in [(PortFieldId::Dst, &ruleset.dport), (PortFieldId::Src, &ruleset.sport)]
+        {
             writes += write_port_field(maps, shadow, generation, id, field)?;
         }
-        for (id, entries) in [(AddrFieldId::Src, &ruleset.src_v4), (AddrFieldId::Dst, &ruleset.dst_v4)] {
+        for (id, entries) in
+            [(AddrFieldId::Src, &ruleset.src_v4), (AddrFieldId::Dst, &ruleset.dst_v4)]
+        {
             let wanted: HashMap<V4Key, RuleBitmap> =
                 entries.iter().map(|(net, b)| (v4_key(generation, net), *b)).collect();
             let current = shadow.v4.get_mut(&id).expect("both fields present");
             writes += sync_trie(current, &wanted, |k, b| maps_v4(maps, id, k, b))?;
         }
-        for (id, entries) in [(AddrFieldId::Src, &ruleset.src_v6), (AddrFieldId::Dst, &ruleset.dst_v6)] {
+        for (id, entries) in
+            [(AddrFieldId::Src, &ruleset.src_v6), (AddrFieldId::Dst, &ruleset.dst_v6)]
+        {
             let wanted: HashMap<V6Key, RuleBitmap> =
                 entries.iter().map(|(net, b)| (v6_key(generation, net), *b)).collect();
             let current = shadow.v6.get_mut(&id).expect("both fields present");
@@ -246,14 +288,24 @@ impl Generations {
     }
 }
 
-fn maps_v4(maps: &mut impl Maps, id: AddrFieldId, key: V4Key, bitmap: Option<&RuleBitmap>) -> Result<(), MapWriteError> {
+fn maps_v4(
+    maps: &mut impl Maps,
+    id: AddrFieldId,
+    key: V4Key,
+    bitmap: Option<&RuleBitmap>,
+) -> Result<(), MapWriteError> {
     match bitmap {
         Some(b) => maps.insert_v4(id, key, b),
         None => maps.remove_v4(id, key),
     }
 }
 
-fn maps_v6(maps: &mut impl Maps, id: AddrFieldId, key: V6Key, bitmap: Option<&RuleBitmap>) -> Result<(), MapWriteError> {
+fn maps_v6(
+    maps: &mut impl Maps,
+    id: AddrFieldId,
+    key: V6Key,
+    bitmap: Option<&RuleBitmap>,
+) -> Result<(), MapWriteError> {
     match bitmap {
         Some(b) => maps.insert_v6(id, key, b),
         None => maps.remove_v6(id, key),
@@ -328,3 +380,5 @@ pub fn v6_key(generation: u32, net: &Ipv6Net) -> V6Key {
     )
 }
 
+#[cfg(test)]
+mod tests;

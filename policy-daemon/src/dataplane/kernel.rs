@@ -71,7 +71,8 @@ impl KernelMaps {
         name: &'static str,
         index: u32,
     ) -> Result<Counter, DataplaneError> {
-        let per_cpu = map.get(&index, 0).map_err(|source| DataplaneError::MapRead { map: name, source })?;
+        let per_cpu =
+            map.get(&index, 0).map_err(|source| DataplaneError::MapRead { map: name, source })?;
         Ok(per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
             packets: sum.packets + c.packets,
             bytes: sum.bytes + c.bytes,
@@ -86,7 +87,9 @@ fn failed(map: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -
 
 impl Maps for KernelMaps {
     fn set_config(&mut self, generation: u32, config: &GenConfig) -> Result<(), MapWriteError> {
-        self.config.set(generation, config, 0).map_err(failed(CONFIG_MAP, format!("entry {generation}")))
+        self.config
+            .set(generation, config, 0)
+            .map_err(failed(CONFIG_MAP, format!("entry {generation}")))
     }
 
     fn set_rule(&mut self, index: u32, info: &RuleInfo) -> Result<(), MapWriteError> {
@@ -99,7 +102,12 @@ impl Maps for KernelMaps {
             .map_err(failed(FIELD_BITMAPS_MAP, format!("entry {index}")))
     }
 
-    fn set_port_classes(&mut self, field: PortFieldId, index: u32, word: u64) -> Result<(), MapWriteError> {
+    fn set_port_classes(
+        &mut self,
+        field: PortFieldId,
+        index: u32,
+        word: u64,
+    ) -> Result<(), MapWriteError> {
         let (map, name) = match field {
             PortFieldId::Dst => (&mut self.dport_classes, DPORT_CLASSES_MAP),
             PortFieldId::Src => (&mut self.sport_classes, SPORT_CLASSES_MAP),
@@ -107,7 +115,12 @@ impl Maps for KernelMaps {
         map.set(index, word, 0).map_err(failed(name, format!("entry {index}")))
     }
 
-    fn set_port_bitmap(&mut self, field: PortFieldId, index: u32, bitmap: &RuleBitmap) -> Result<(), MapWriteError> {
+    fn set_port_bitmap(
+        &mut self,
+        field: PortFieldId,
+        index: u32,
+        bitmap: &RuleBitmap,
+    ) -> Result<(), MapWriteError> {
         let (map, name) = match field {
             PortFieldId::Dst => (&mut self.dport_bitmaps, DPORT_BITMAPS_MAP),
             PortFieldId::Src => (&mut self.sport_bitmaps, SPORT_BITMAPS_MAP),
@@ -115,12 +128,18 @@ impl Maps for KernelMaps {
         map.set(index, bitmap, 0).map_err(failed(name, format!("entry {index}")))
     }
 
-    fn insert_v4(&mut self, field: AddrFieldId, key: V4Key, bitmap: &RuleBitmap) -> Result<(), MapWriteError> {
+    fn insert_v4(
+        &mut self,
+        field: AddrFieldId,
+        key: V4Key,
+        bitmap: &RuleBitmap,
+    ) -> Result<(), MapWriteError> {
         let (map, name) = match field {
             AddrFieldId::Src => (&mut self.src_v4, SRC_V4_MAP),
             AddrFieldId::Dst => (&mut self.dst_v4, DST_V4_MAP),
         };
-        map.insert(&Key::new(key.0, key.1), bitmap, 0).map_err(failed(name, format!("prefix {key:?}")))
+        map.insert(&Key::new(key.0, key.1), bitmap, 0)
+            .map_err(failed(name, format!("prefix {key:?}")))
     }
 
     fn remove_v4(&mut self, field: AddrFieldId, key: V4Key) -> Result<(), MapWriteError> {
@@ -131,12 +150,18 @@ impl Maps for KernelMaps {
         map.remove(&Key::new(key.0, key.1)).map_err(failed(name, format!("prefix {key:?}")))
     }
 
-    fn insert_v6(&mut self, field: AddrFieldId, key: V6Key, bitmap: &RuleBitmap) -> Result<(), MapWriteError> {
+    fn insert_v6(
+        &mut self,
+        field: AddrFieldId,
+        key: V6Key,
+        bitmap: &RuleBitmap,
+    ) -> Result<(), MapWriteError> {
         let (map, name) = match field {
             AddrFieldId::Src => (&mut self.src_v6, SRC_V6_MAP),
             AddrFieldId::Dst => (&mut self.dst_v6, DST_V6_MAP),
         };
-        map.insert(&Key::new(key.0, key.1), bitmap, 0).map_err(failed(name, format!("prefix {key:?}")))
+        map.insert(&Key::new(key.0, key.1), bitmap, 0)
+            .map_err(failed(name, format!("prefix {key:?}")))
     }
 
     fn remove_v6(&mut self, field: AddrFieldId, key: V6Key) -> Result<(), MapWriteError> {
@@ -148,9 +173,16 @@ impl Maps for KernelMaps {
     }
 
     fn zero_rule_counter(&mut self, slot: u32) -> Result<(), MapWriteError> {
-        let zeros = PerCpuValues::try_from(vec![Counter::default(); self.cpus])
-            .map_err(|e| MapWriteError { map: RULE_COUNTERS_MAP, what: format!("slot {slot}"), source: Box::new(e) })?;
-        self.rule_counters.set(slot, zeros, 0).map_err(failed(RULE_COUNTERS_MAP, format!("slot {slot}")))
+        let zeros = PerCpuValues::try_from(vec![Counter::default(); self.cpus]).map_err(|e| {
+            MapWriteError {
+                map: RULE_COUNTERS_MAP,
+                what: format!("slot {slot}"),
+                source: Box::new(e),
+            }
+        })?;
+        self.rule_counters
+            .set(slot, zeros, 0)
+            .map_err(failed(RULE_COUNTERS_MAP, format!("slot {slot}")))
     }
 
     fn set_active(&mut self, generation: u32) -> Result<(), MapWriteError> {

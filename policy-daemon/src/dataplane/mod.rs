@@ -236,7 +236,8 @@ impl Dataplane {
             .active_rules()
             .iter()
             .map(|(name, slot)| {
-                let c = KernelMaps::read_counter(&self.maps.rule_counters, RULE_COUNTERS_MAP, *slot)?;
+                let c =
+                    KernelMaps::read_counter(&self.maps.rule_counters, RULE_COUNTERS_MAP, *slot)?;
                 Ok((name.clone(), c))
             })
             .collect()

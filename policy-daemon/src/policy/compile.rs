@@ -68,7 +68,9 @@ impl PortField {
     pub fn class_words(&self) -> Vec<u64> {
         self.classes
             .chunks(4)
-            .map(|c| c.iter().enumerate().fold(0u64, |w, (i, class)| w | (u64::from(*class) << (16 * i))))
+            .map(|c| {
+                c.iter().enumerate().fold(0u64, |w, (i, class)| w | (u64::from(*class) << (16 * i)))
+            })
             .collect()
     }
 }

@@ -22,9 +22,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use ipnet::IpNet;
 pub use compile::{PortField, Ruleset, compile};
 pub use diagnostic::{Diagnostic, Location};
+use ipnet::IpNet;
 use policy_common::{L4Class, MAX_PREFIXES, MAX_RULES};
 pub use schema::{Action, Fragments, Mode, PortRange, Protocol};
 
@@ -92,7 +92,10 @@ impl Rule {
         match (&self.dst_ports, &self.icmp_types) {
             (Some(ports), _) => Some(ports.clone()),
             (None, Some(types)) => Some(
-                types.iter().map(|t| PortRange { low: u16::from(*t), high: u16::from(*t) }).collect(),
+                types
+                    .iter()
+                    .map(|t| PortRange { low: u16::from(*t), high: u16::from(*t) })
+                    .collect(),
             ),
             (None, None) => None,
         }
@@ -191,7 +194,14 @@ pub fn parse<'a>(
         match schema::parse_file(file, text, &mut names) {
             Ok(parsed) => {
                 once(&mut defaults, parsed.defaults, "[defaults]", file, text, &mut diagnostics);
-                once(&mut interfaces, parsed.interfaces, "interfaces", file, text, &mut diagnostics);
+                once(
+                    &mut interfaces,
+                    parsed.interfaces,
+                    "interfaces",
+                    file,
+                    text,
+                    &mut diagnostics,
+                );
                 pending.extend(parsed.rules);
             }
             Err(mut errors) => diagnostics.append(&mut errors),
@@ -255,11 +265,10 @@ fn check_limits(rules: &[Rule], files: &[PathBuf]) -> Vec<Diagnostic> {
     let fields: [(&str, fn(&Rule) -> &Option<Vec<IpNet>>); 2] =
         [("src", |r| &r.src), ("dst", |r| &r.dst)];
     for (field, get) in fields {
-        for (family, is_family) in
-            [("IPv4", (|n: &IpNet| matches!(n, IpNet::V4(_))) as fn(&IpNet) -> bool), ("IPv6", |n| {
-                matches!(n, IpNet::V6(_))
-            })]
-        {
+        for (family, is_family) in [
+            ("IPv4", (|n: &IpNet| matches!(n, IpNet::V4(_))) as fn(&IpNet) -> bool),
+            ("IPv6", |n| matches!(n, IpNet::V6(_))),
+        ] {
             let mut count = 0usize;
             for rule in rules {
                 count += get(rule).iter().flatten().filter(|n| is_family(n)).count();
@@ -284,7 +293,11 @@ fn check_limits(rules: &[Rule], files: &[PathBuf]) -> Vec<Diagnostic> {
         let classes = compile::count_port_classes(&values);
         if classes > policy_common::MAX_PORT_CLASSES as usize {
             diagnostics.push(Diagnostic {
-                location: Location { file: files.first().cloned().unwrap_or_default(), line: 1, column: 1 },
+                location: Location {
+                    file: files.first().cloned().unwrap_or_default(),
+                    line: 1,
+                    column: 1,
+                },
                 message: format!(
                     "the policy's {field} cut the port space into {classes} distinct classes; the \
                      limit is {}",

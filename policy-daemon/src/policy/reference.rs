@@ -12,14 +12,28 @@ use super::{Action, Fragments, Mode, Policy, Rule};
 /// The transport part of a packet, as far as the classifier looks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
-    Tcp { src_port: u16, dst_port: u16 },
-    Udp { src_port: u16, dst_port: u16 },
-    Icmp { icmp_type: u8 },
-    Icmpv6 { icmp_type: u8 },
+    Tcp {
+        src_port: u16,
+        dst_port: u16,
+    },
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+    },
+    Icmp {
+        icmp_type: u8,
+    },
+    Icmpv6 {
+        icmp_type: u8,
+    },
     /// Another protocol, or ICMP over the wrong IP version.
-    Other { proto: u8 },
+    Other {
+        proto: u8,
+    },
     /// A non-first fragment of this transport class: no ports, no ICMP type.
-    Fragment { class: L4Class },
+    Fragment {
+        class: L4Class,
+    },
 }
 
 impl L4 {
@@ -111,7 +125,9 @@ pub fn classify(policy: &Policy, packet: &Parsed) -> Outcome {
             Fragments::Rules => {}
         }
     }
-    if let Some((index, rule)) = policy.rules.iter().enumerate().find(|(_, r)| rule_matches(r, packet)) {
+    if let Some((index, rule)) =
+        policy.rules.iter().enumerate().find(|(_, r)| rule_matches(r, packet))
+    {
         let verdict = match (rule.action, rule.mode) {
             (Action::Pass, _) => Verdict::PassRule,
             (Action::Drop, Mode::Enforce) => Verdict::DropRule,

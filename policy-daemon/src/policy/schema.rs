@@ -426,7 +426,10 @@ pub struct PendingRule {
 fn never_matches(rule: &Rule) -> Option<String> {
     let family = |nets: &Option<Vec<IpNet>>| {
         nets.as_ref().map(|nets| {
-            (nets.iter().any(|n| matches!(n, IpNet::V4(_))), nets.iter().any(|n| matches!(n, IpNet::V6(_))))
+            (
+                nets.iter().any(|n| matches!(n, IpNet::V4(_))),
+                nets.iter().any(|n| matches!(n, IpNet::V6(_))),
+            )
         })
     };
     let (mut v4, mut v6) = (true, true);

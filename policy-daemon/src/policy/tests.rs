@@ -43,7 +43,10 @@ fn parses_the_minimal_policy() {
             name: "block-telnet".into(),
             action: Action::Drop,
             protocol: Protocol::Tcp,
-            dst_ports: Some(vec![PortRange { low: 23, high: 23 }, PortRange { low: 2323, high: 2323 }]),
+            dst_ports: Some(vec![
+                PortRange { low: 23, high: 23 },
+                PortRange { low: 2323, high: 2323 }
+            ]),
             mode: Mode::Enforce,
             src_ports: None,
             src: None,
@@ -179,7 +182,7 @@ fn missing_action() {
 #[test]
 fn bad_toml_syntax() {
     assert_eq!(
-        error("[[rule]]\nname = \"a\n", ),
+        error("[[rule]]\nname = \"a\n",),
         "policies/web.toml:2:10: invalid basic string, expected `\"`\n  |\n2 | name = \"a\n  |          ^\n1 error"
     );
 }
@@ -187,7 +190,9 @@ fn bad_toml_syntax() {
 #[test]
 fn invalid_rule_names() {
     assert_eq!(
-        error("[[rule]]\nname = \"\"\naction = \"drop\"\n[[rule]]\nname = \"no spaces\"\naction = \"drop\"\n"),
+        error(
+            "[[rule]]\nname = \"\"\naction = \"drop\"\n[[rule]]\nname = \"no spaces\"\naction = \"drop\"\n"
+        ),
         "policies/web.toml:2:8: invalid rule name \"\": expected 1 to 64 letters, digits, '-', '_' \
          or '.'\n  |\n2 | name = \"\"\n  |        ^^\n\
          policies/web.toml:5:8: invalid rule name \"no spaces\": expected 1 to 64 letters, digits, \
@@ -239,7 +244,6 @@ fn location_counts_characters_not_bytes() {
          '_' or '.'\n  |\n3 | name = \"é\"\n  |        ^^^\n1 error"
     );
 }
-
 
 fn net(s: &str) -> ipnet::IpNet {
     s.parse().expect("a valid network")
@@ -335,7 +339,9 @@ fn icmp_types_without_icmp() {
 #[test]
 fn icmp_type_out_of_range() {
     assert_eq!(
-        error("[[rule]]\nname = \"a\"\naction = \"drop\"\nprotocol = \"icmp\"\nicmp_types = [256]\n"),
+        error(
+            "[[rule]]\nname = \"a\"\naction = \"drop\"\nprotocol = \"icmp\"\nicmp_types = [256]\n"
+        ),
         "policies/web.toml:5:15: invalid ICMP type 256: expected a number from 0 to 255\n  \
          |\n5 | icmp_types = [256]\n  |               ^^^\n1 error"
     );
@@ -471,7 +477,10 @@ fn bitmap_classify(ruleset: &Ruleset, packet: &reference::IpPacket) -> Option<us
         (true, true) => fb(policy_common::field_bitmap::SPORT_UNCONSTRAINED),
         (true, false) => *ruleset.sport.lookup(sport),
     };
-    fn lpm<N: Copy>(entries: &[(N, RuleBitmap)], contains: impl Fn(&N) -> Option<u8>) -> RuleBitmap {
+    fn lpm<N: Copy>(
+        entries: &[(N, RuleBitmap)],
+        contains: impl Fn(&N) -> Option<u8>,
+    ) -> RuleBitmap {
         entries
             .iter()
             .filter_map(|(n, b)| contains(n).map(|len| (len, *b)))
@@ -521,8 +530,14 @@ impl Rng {
 }
 
 const PORTS: [u16; 10] = [0, 22, 23, 53, 80, 443, 1023, 1024, 8080, 65535];
-const V4_NETS: [&str; 6] =
-    ["198.18.0.0/15", "198.18.0.0/16", "198.18.1.0/24", "198.18.1.7/32", "198.19.0.0/16", "0.0.0.0/0"];
+const V4_NETS: [&str; 6] = [
+    "198.18.0.0/15",
+    "198.18.0.0/16",
+    "198.18.1.0/24",
+    "198.18.1.7/32",
+    "198.19.0.0/16",
+    "0.0.0.0/0",
+];
 const V6_NETS: [&str; 4] = ["fd00::/8", "fd00:1::/32", "fd00:1::7/128", "fd00:2::/32"];
 const V4_HOSTS: [&str; 5] = ["198.18.1.7", "198.18.1.8", "198.18.2.1", "198.19.0.1", "203.0.113.1"];
 const V6_HOSTS: [&str; 4] = ["fd00:1::7", "fd00:1::8", "fd00:2::1", "fd00:3::1"];
@@ -545,7 +560,11 @@ fn random_rule(rng: &mut Rng, i: usize) -> String {
     };
     if matches!(protocol, "icmp" | "icmpv6") {
         if rng.below(2) == 0 {
-            text.push_str(&format!("icmp_types = [{}, {}]\n", rng.pick(&[0u8, 8, 128, 135]), rng.pick(&[3u8, 129, 136])));
+            text.push_str(&format!(
+                "icmp_types = [{}, {}]\n",
+                rng.pick(&[0u8, 8, 128, 135]),
+                rng.pick(&[3u8, 129, 136])
+            ));
         }
     } else {
         if rng.below(2) == 0 {
@@ -558,11 +577,21 @@ fn random_rule(rng: &mut Rng, i: usize) -> String {
     let families = match protocol {
         "icmp" => &V4_NETS[..],
         "icmpv6" => &V6_NETS[..],
-        _ => if rng.below(2) == 0 { &V4_NETS[..] } else { &V6_NETS[..] },
+        _ => {
+            if rng.below(2) == 0 {
+                &V4_NETS[..]
+            } else {
+                &V6_NETS[..]
+            }
+        }
     };
     for field in ["src", "dst"] {
         if rng.below(3) == 0 {
-            text.push_str(&format!("{field} = [\"{}\", \"{}\"]\n", rng.pick(families), rng.pick(families)));
+            text.push_str(&format!(
+                "{field} = [\"{}\", \"{}\"]\n",
+                rng.pick(families),
+                rng.pick(families)
+            ));
         }
     }
     text
@@ -587,7 +616,12 @@ fn random_packet(rng: &mut Rng) -> reference::IpPacket {
         2 => L4::Icmp { icmp_type: rng.pick(&[0, 8, 3, 11]) },
         3 => L4::Other { proto: rng.pick(&[47, 50, 132]) },
         4 => L4::Fragment {
-            class: rng.pick(&[L4Class::Tcp, L4Class::Udp, L4Class::Other, if v6 { L4Class::Icmpv6 } else { L4Class::Icmp }]),
+            class: rng.pick(&[
+                L4Class::Tcp,
+                L4Class::Udp,
+                L4Class::Other,
+                if v6 { L4Class::Icmpv6 } else { L4Class::Icmp },
+            ]),
         },
         _ => L4::Tcp { src_port: 40000, dst_port: port(rng) },
     };
@@ -662,11 +696,13 @@ fn reference_semantics_of_defaults_monitor_and_neighbour_discovery() {
         "[defaults]\naction = \"drop\"\n[[rule]]\nname = \"watch\"\naction = \"drop\"\n\
          mode = \"monitor\"\nprotocol = \"udp\"\n",
     );
-    let v6 = |l4| reference::Parsed::Ip(reference::IpPacket {
-        src: "fd00::1".parse().expect("addr"),
-        dst: "fd00::2".parse().expect("addr"),
-        l4,
-    });
+    let v6 = |l4| {
+        reference::Parsed::Ip(reference::IpPacket {
+            src: "fd00::1".parse().expect("addr"),
+            dst: "fd00::2".parse().expect("addr"),
+            l4,
+        })
+    };
     let verdict = |p| reference::classify(&policy, &p).verdict;
     assert_eq!(verdict(v6(reference::L4::Udp { src_port: 1, dst_port: 2 })), Verdict::MonitorRule);
     assert_eq!(verdict(v6(reference::L4::Icmpv6 { icmp_type: 135 })), Verdict::PassNeighbour);

@@ -28,12 +28,22 @@ const DST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { dst_port: u16, data_offset: u8 },
-    Udp { dst_port: u16 },
+    Tcp {
+        dst_port: u16,
+        data_offset: u8,
+    },
+    Udp {
+        dst_port: u16,
+    },
     /// ICMP or ICMPv6 (by `proto`) with this type.
-    Icmp { proto: u8, icmp_type: u8 },
+    Icmp {
+        proto: u8,
+        icmp_type: u8,
+    },
     /// Any other protocol with an opaque 8-byte header.
-    Other { proto: u8 },
+    Other {
+        proto: u8,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -72,7 +82,8 @@ pub fn icmpv6(icmp_type: u8) -> L4 {
 
 impl Packet {
     pub fn ipv4(l4: L4) -> Self {
-        let l3 = L3::V4 { ihl: 5, options: vec![], frag_offset: 0, more_fragments: false, version: 4 };
+        let l3 =
+            L3::V4 { ihl: 5, options: vec![], frag_offset: 0, more_fragments: false, version: 4 };
         Self::with(l3, l4)
     }
 

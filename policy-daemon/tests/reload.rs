@@ -1,0 +1,341 @@
+//! Hot reload end to end: the real `xdp-policy run` in a veth namespace pair, its policy
+//! file changed the ways operators and tools change it (an editor's rename over the old
+//! file, a Kubernetes ConfigMap `..data` symlink swap, a broken file, SIGHUP), judged by
+//! real UDP traffic; and 100 reloads under a stream of packets with every packet
+//! accounted for.
+//!
+//! Needs root (see `support::privileged`); the tests share kernel state, so each holds
+//! [`SERIAL`].
+
+mod support;
+
+use std::{
+    fs,
+    panic::{self, AssertUnwindSafe},
+    net::{IpAddr, SocketAddr, UdpSocket},
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use policy_common::Verdict;
+use policy_daemon::{
+    cli::XdpModeArg,
+    testbed::{Daemon, RX_V4, Testbed},
+};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_xdp-policy");
+const PORT_A: u16 = 6001;
+const PORT_B: u16 = 6002;
+/// How long a reload may take before the test calls it lost. A bound on "it happens by
+/// itself", not a performance figure: the measured latency is printed, and `cargo xtask
+/// bench` is where it is measured properly.
+const RELOAD_DEADLINE: Duration = Duration::from_secs(5);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial(test: &str) -> Option<MutexGuard<'static, ()>> {
+    if !support::privileged(test) {
+        return None;
+    }
+    Some(SERIAL.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// A policy dropping UDP to `port` (rule `block-<port>`).
+fn blocking(port: u16) -> String {
+    format!("[[rule]]\nname = \"block-{port}\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {port}\n")
+}
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xdp-policy-reload-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("creating a temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Saves `text` at `path` the way editors do: a temporary file, then a rename over.
+fn save_by_rename(path: &Path, text: &str) {
+    let tmp = path.with_extension("toml.tmp");
+    fs::write(&tmp, text).expect("writing the temporary file");
+    fs::rename(&tmp, path).expect("renaming over the policy");
+}
+
+/// Datagrams to `port` that arrive (10 sent, 300 ms to arrive).
+fn delivered(testbed: &Testbed, port: u16) -> u32 {
+    testbed.udp_probe(IpAddr::V4(RX_V4), port, 10).expect("udp probe").received
+}
+
+fn assert_blocks(testbed: &Testbed, daemon: &Daemon, blocked: u16, open: u16) {
+    assert_eq!(delivered(testbed, blocked), 0, "udp {blocked} must be dropped; log:\n{}", daemon.log());
+    assert_eq!(delivered(testbed, open), 10, "udp {open} must pass; log:\n{}", daemon.log());
+}
+
+/// What a stream of datagrams to two ports saw.
+#[derive(Debug, Default)]
+struct StreamResult {
+    sent: [u64; 2],
+    received: [u64; 2],
+    /// Send time (since the stream started) of every datagram that arrived, per port.
+    arrivals: [Vec<Duration>; 2],
+}
+
+/// Sends datagrams alternately to `ports` from tx, one every `gap`, while `during` runs
+/// on this thread (it gets the stream's start time), and at most `duration`.
+fn stream(
+    testbed: &Testbed,
+    ports: [u16; 2],
+    duration: Duration,
+    gap: Duration,
+    during: impl FnOnce(Instant),
+) -> StreamResult {
+    let receivers: Vec<UdpSocket> = ports
+        .iter()
+        .map(|port| {
+            let addr = SocketAddr::new(IpAddr::V4(RX_V4), *port);
+            let socket = testbed.rx().run(|| UdpSocket::bind(addr)).expect("netns").expect("bind");
+            socket.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+            socket
+        })
+        .collect();
+    let start = Instant::now();
+    let sending = AtomicBool::new(true);
+    let done = AtomicBool::new(false);
+    let mut result = StreamResult::default();
+    thread::scope(|scope| {
+        let readers: Vec<_> = receivers
+            .iter()
+            .map(|socket| {
+                let sending = &sending;
+                scope.spawn(move || {
+                    let mut arrivals = Vec::new();
+                    let mut buf = [0u8; 16];
+                    let mut quiet_since = None;
+                    loop {
+                        match socket.recv(&mut buf) {
+                            Ok(8) => {
+                                let nanos = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
+                                arrivals.push(Duration::from_nanos(nanos));
+                                quiet_since = None;
+                            }
+                            Ok(_) => {}
+                            Err(_) if sending.load(Ordering::Relaxed) => {}
+                            // Sender done: stop after 200 ms without a datagram.
+                            Err(_) => {
+                                let since = *quiet_since.get_or_insert_with(Instant::now);
+                                if since.elapsed() > Duration::from_millis(200) {
+                                    return arrivals;
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        let sender = scope.spawn(|| {
+            testbed
+                .tx()
+                .run(|| {
+                    let socket = UdpSocket::bind("0.0.0.0:0").expect("bind in tx");
+                    let mut sent = [0u64; 2];
+                    let mut i = 0;
+                    while start.elapsed() < duration && !done.load(Ordering::Relaxed) {
+                        let stamp = (start.elapsed().as_nanos() as u64).to_be_bytes();
+                        let addr = SocketAddr::new(IpAddr::V4(RX_V4), ports[i % 2]);
+                        if socket.send_to(&stamp, addr).is_ok() {
+                            sent[i % 2] += 1;
+                        }
+                        i += 1;
+                        thread::sleep(gap);
+                    }
+                    sent
+                })
+                .expect("netns")
+        });
+        // Caught, so that a failing `during` still stops the sender and the readers
+        // before the scope joins them; re-raised after.
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| during(start)));
+        // A little traffic after the last change too.
+        thread::sleep(Duration::from_millis(100));
+        done.store(true, Ordering::Relaxed);
+        result.sent = sender.join().expect("sender");
+        sending.store(false, Ordering::Relaxed);
+        for (i, reader) in readers.into_iter().enumerate() {
+            result.arrivals[i] = reader.join().expect("reader");
+            result.received[i] = result.arrivals[i].len() as u64;
+        }
+        if let Err(payload) = outcome {
+            panic::resume_unwind(payload);
+        }
+    });
+    result
+}
+
+#[test]
+fn an_editor_saving_by_rename_is_enforced_by_itself() {
+    let Some(_serial) = serial("an_editor_saving_by_rename_is_enforced_by_itself") else { return };
+    let dir = TempDir::new("rename");
+    let policy = dir.0.join("policy.toml");
+    fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
+    let testbed = Testbed::new().expect("testbed");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpModeArg::Skb).expect("daemon");
+    assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
+
+    // Port B is open until the new file is in force: the last datagram to B that still
+    // arrives tells when that happened.
+    let mut saved_at = Duration::ZERO;
+    let result = stream(&testbed, [PORT_A, PORT_B], Duration::from_millis(1500), Duration::from_micros(500), |start| {
+        thread::sleep(Duration::from_millis(300));
+        saved_at = start.elapsed();
+        save_by_rename(&policy, &blocking(PORT_B));
+    });
+    daemon.wait_for_log("policy applied", 2, RELOAD_DEADLINE).expect("the reload");
+    let last_b = result.arrivals[1].iter().max().copied().expect("B was open at first");
+    let latency = last_b.saturating_sub(saved_at);
+    eprintln!("reload: rename -> enforced on the wire in {latency:?}");
+    assert!(latency < RELOAD_DEADLINE, "the new rule was not enforced; log:\n{}", daemon.log());
+    // Once enforced it stays enforced: no datagram to B sent later arrived.
+    assert!(result.arrivals[1].iter().all(|t| *t <= last_b));
+    assert_blocks(&testbed, &daemon, PORT_B, PORT_A);
+}
+
+#[test]
+fn a_configmap_symlink_swap_is_enforced() {
+    let Some(_serial) = serial("a_configmap_symlink_swap_is_enforced") else { return };
+    // The layout kubelet gives a ConfigMap volume.
+    let dir = TempDir::new("configmap");
+    let first = dir.0.join("..2026_11_27_08_00_00.000000001");
+    fs::create_dir(&first).expect("mkdir");
+    fs::write(first.join("policy.toml"), blocking(PORT_A)).expect("write");
+    symlink(first.file_name().expect("name"), dir.0.join("..data")).expect("symlink ..data");
+    symlink("..data/policy.toml", dir.0.join("policy.toml")).expect("symlink policy.toml");
+    let testbed = Testbed::new().expect("testbed");
+    let daemon =
+        testbed.start_daemon(Path::new(DAEMON), &dir.0.join("policy.toml"), XdpModeArg::Skb).expect("daemon");
+    assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
+
+    // The swap: a new timestamped directory, a new symlink, renamed over `..data`.
+    let second = dir.0.join("..2026_11_27_08_05_00.000000002");
+    fs::create_dir(&second).expect("mkdir");
+    fs::write(second.join("policy.toml"), blocking(PORT_B)).expect("write");
+    symlink(second.file_name().expect("name"), dir.0.join("..data_tmp")).expect("symlink");
+    fs::rename(dir.0.join("..data_tmp"), dir.0.join("..data")).expect("swap ..data");
+    fs::remove_dir_all(&first).expect("removing the old data");
+
+    daemon.wait_for_log("policy applied", 2, RELOAD_DEADLINE).expect("the reload");
+    assert_blocks(&testbed, &daemon, PORT_B, PORT_A);
+}
+
+#[test]
+fn a_broken_policy_is_rejected_and_the_old_one_stays_in_force() {
+    let Some(_serial) = serial("a_broken_policy_is_rejected_and_the_old_one_stays_in_force") else { return };
+    let dir = TempDir::new("broken");
+    let policy = dir.0.join("policy.toml");
+    fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
+    let testbed = Testbed::new().expect("testbed");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpModeArg::Skb).expect("daemon");
+
+    save_by_rename(&policy, "[[rule]]\nname = \"oops\"\naction = \"drop\"\ndst_ports = [\"90-80\"]\n");
+    daemon.wait_for_log("policy rejected", 1, RELOAD_DEADLINE).expect("the rejection");
+    let location = format!("{}:4:14: invalid port range \"90-80\"", policy.display());
+    assert!(daemon.log().contains(&location), "the log must say where; log:\n{}", daemon.log());
+    assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
+
+    // The next good version is applied.
+    save_by_rename(&policy, &blocking(PORT_B));
+    daemon.wait_for_log("policy applied", 2, RELOAD_DEADLINE).expect("the reload");
+    assert_blocks(&testbed, &daemon, PORT_B, PORT_A);
+    let output = daemon.stop().expect("stopping");
+    assert!(output.status.success(), "the daemon must keep running and stop cleanly");
+}
+
+#[test]
+fn sighup_reloads() {
+    let Some(_serial) = serial("sighup_reloads") else { return };
+    let dir = TempDir::new("sighup");
+    let policy = dir.0.join("policy.toml");
+    fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
+    let testbed = Testbed::new().expect("testbed");
+    let daemon = testbed
+        .start_daemon_with(Path::new(DAEMON), &policy, XdpModeArg::Skb, &["--no-watch"])
+        .expect("daemon");
+
+    save_by_rename(&policy, &blocking(PORT_B));
+    thread::sleep(Duration::from_millis(200));
+    // Not watched: still the old policy.
+    assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
+    daemon.signal(Signal::SIGHUP).expect("SIGHUP");
+    daemon.wait_for_log("policy applied", 2, RELOAD_DEADLINE).expect("the reload");
+    assert_blocks(&testbed, &daemon, PORT_B, PORT_A);
+}
+
+#[test]
+fn a_hundred_reloads_under_traffic_misclassify_nothing() {
+    let Some(_serial) = serial("a_hundred_reloads_under_traffic_misclassify_nothing") else { return };
+    const RELOADS: usize = 100;
+    let dir = TempDir::new("storm");
+    let policy = dir.0.join("policy.toml");
+    // Port A flips between dropped and passed; the rule for port B never changes, so
+    // its counter runs on across all the reloads.
+    let version = |i: usize| {
+        format!(
+            "[[rule]]\nname = \"flip\"\naction = \"{}\"\nprotocol = \"udp\"\ndst_ports = {PORT_A}\n\
+             [[rule]]\nname = \"steady\"\naction = \"pass\"\nprotocol = \"udp\"\ndst_ports = {PORT_B}\n",
+            if i % 2 == 0 { "drop" } else { "pass" }
+        )
+    };
+    fs::write(&policy, version(0)).expect("writing the policy");
+    let testbed = Testbed::new().expect("testbed");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpModeArg::Skb).expect("daemon");
+
+    let started = Instant::now();
+    let result = stream(&testbed, [PORT_A, PORT_B], Duration::from_secs(20), Duration::from_micros(200), |_| {
+        for i in 1..=RELOADS {
+            save_by_rename(&policy, &version(i));
+            daemon.wait_for_log("policy applied", i + 1, RELOAD_DEADLINE).expect("a reload");
+        }
+    });
+    let elapsed = started.elapsed();
+    let output = daemon.stop().expect("stopping");
+    let counters = output.counters().expect("the counter report");
+    eprintln!(
+        "reload storm: {RELOADS} reloads in {elapsed:?}; port A {} sent, {} received; port B {} sent, \
+         {} received; drop_rule {}, pass_rule {}, rule steady {}",
+        result.sent[0],
+        result.received[0],
+        result.sent[1],
+        result.received[1],
+        counters.packets(Verdict::DropRule),
+        counters.packets(Verdict::PassRule),
+        counters.rules.get("steady").copied().unwrap_or_default(),
+    );
+    assert!(output.stderr.matches("policy applied").count() == RELOADS + 1);
+    // Port B's rule never changed: every datagram arrived, and its counter, kept across
+    // 100 reloads, counted each one.
+    assert_eq!(result.received[1], result.sent[1], "datagrams to the untouched port were lost");
+    assert_eq!(counters.rules.get("steady").copied(), Some(result.sent[1]));
+    // Port A: every datagram was either dropped or passed by a rule, and the drops the
+    // kernel counted are exactly the datagrams that did not arrive.
+    assert_eq!(
+        counters.packets(Verdict::DropRule) + counters.packets(Verdict::PassRule),
+        result.sent[0] + result.sent[1]
+    );
+    assert_eq!(counters.packets(Verdict::DropRule), result.sent[0] - result.received[0]);
+    assert!(counters.packets(Verdict::DropRule) > 0 && result.received[0] > 0, "both versions were in force");
+}
