@@ -513,3 +513,105 @@ fn embedded_object_has_every_program_and_map() {
         assert!(parsed.maps.contains_key(name), "no map {name} in the object");
     }
 }
+
+/// The limits hold in the kernel: 100,000 IPv4 prefixes plus IPv6 ones in one policy,
+/// classified right at either end of the tries. Prints how long compile and apply took
+/// (figures for the record, not assertions: `cargo xtask bench` measures properly).
+#[test]
+fn a_hundred_thousand_prefixes_load_and_classify() {
+    if !support::privileged("a_hundred_thousand_prefixes_load_and_classify") {
+        return;
+    }
+    const PREFIXES: u32 = 100_000;
+    // From 198.18.0.0 up, alternately a /32 and a /31, every other address: all
+    // distinct, no host bits. (Policy contents only: no traffic goes there.)
+    let base = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0));
+    let mut nets = String::new();
+    for i in 0..PREFIXES {
+        let addr = base + i * 2;
+        let len = if i % 2 == 0 { 32 } else { 31 };
+        nets.push_str(&format!("\"{}/{len}\",", std::net::Ipv4Addr::from(addr)));
+    }
+    let text = format!(
+        "[[rule]]\nname = \"v6-lab\"\naction = \"pass\"\nsrc = [\"fd00:1::/32\", \"fd00:1:2::/48\"]\n\
+         [[rule]]\nname = \"blocklist\"\naction = \"drop\"\nsrc = [{nets}]\n"
+    );
+    let started = std::time::Instant::now();
+    let policy = policy::parse([(Path::new("big.toml"), text.as_str())]).expect("valid");
+    let parsed = started.elapsed();
+    let ruleset = policy::compile(&policy);
+    let compiled = started.elapsed() - parsed;
+    assert_eq!(ruleset.src_v4.len(), PREFIXES as usize + 1, "each prefix, and the /0");
+    let mut dataplane = Dataplane::load(&ruleset).expect("load and first apply");
+    let loaded = started.elapsed() - parsed - compiled;
+    // A second apply of a different generation: the steady-state reload cost.
+    let mut changed = policy.clone();
+    changed.rules.swap(0, 1);
+    let ruleset2 = policy::compile(&changed);
+    let before_apply = std::time::Instant::now();
+    let report = dataplane.apply(&ruleset2).expect("second apply");
+    let applied = before_apply.elapsed();
+    eprintln!(
+        "100k prefixes: parse {parsed:?}, compile {compiled:?}, load + first apply {loaded:?}, \
+         apply into the other generation {applied:?} ({} map writes)",
+        report.writes
+    );
+    let from = |addr: &str| Packet::ipv4(tcp(80)).src(addr).build();
+    for (addr, action) in [
+        ("198.18.0.0", XDP_DROP),
+        ("198.18.0.1", XDP_PASS),
+        ("198.18.0.2", XDP_DROP),
+        ("198.18.0.3", XDP_DROP),
+        ("198.21.13.62", XDP_DROP),
+        ("198.21.13.63", XDP_DROP),
+        ("198.21.13.64", XDP_PASS),
+        ("198.17.255.255", XDP_PASS),
+    ] {
+        let bytes = from(addr);
+        let expected = reference::classify(&changed, &reference::parse_packet(&bytes));
+        assert_eq!(expected.verdict.drops(), action == XDP_DROP, "the table disagrees with the reference for {addr}");
+        assert_eq!(dataplane.test_run(&bytes).expect("run"), action, "src {addr}");
+    }
+    let v6 = Packet::ipv6(tcp(80)).src("fd00:1:2::9").build();
+    assert_eq!(dataplane.test_run(&v6).expect("run"), XDP_PASS);
+}
+
+/// 1,024 rules over every field: compile and apply times, for the record.
+#[test]
+fn a_thousand_mixed_rules_apply() {
+    if !support::privileged("a_thousand_mixed_rules_apply") {
+        return;
+    }
+    let mut text = String::new();
+    for i in 0..policy_common::MAX_RULES {
+        let (proto, extra) = match i % 4 {
+            0 => ("tcp", format!("dst_ports = [{}, \"{}-{}\"]\n", 1000 + i, 20_000 + i * 10, 20_000 + i * 10 + 5)),
+            1 => ("udp", format!("src_ports = {}\ndst = \"198.18.{}.0/24\"\n", 30_000 + i, i % 256)),
+            2 => ("any", format!("src = [\"198.19.{}.0/24\", \"fd00:{:x}::/32\"]\n", i % 256, i)),
+            _ => ("icmp", format!("icmp_types = [{}]\n", i % 20)),
+        };
+        let action = if i % 3 == 0 { "pass" } else { "drop" };
+        text.push_str(&format!("[[rule]]\nname = \"r{i}\"\naction = \"{action}\"\nprotocol = \"{proto}\"\n{extra}"));
+    }
+    let started = std::time::Instant::now();
+    let policy = policy::parse([(Path::new("mixed.toml"), text.as_str())]).expect("valid");
+    let ruleset = policy::compile(&policy);
+    let compiled = started.elapsed();
+    let mut dataplane = Dataplane::load(&ruleset).expect("load");
+    let mut reordered = policy.clone();
+    reordered.rules.reverse();
+    let ruleset2 = policy::compile(&reordered);
+    let before_apply = std::time::Instant::now();
+    let report = dataplane.apply(&ruleset2).expect("apply");
+    eprintln!(
+        "1,024 mixed rules: parse + compile {compiled:?}, apply into the other generation {:?} ({} map writes)",
+        before_apply.elapsed(),
+        report.writes
+    );
+    for packet in [Packet::ipv4(tcp(1000 + 8)), Packet::ipv4(udp(53)).src_port(30_001).dst("198.18.1.9"), Packet::ipv4(icmp(3))] {
+        let bytes = packet.build();
+        let expected = reference::classify(&reordered, &reference::parse_packet(&bytes));
+        let action = dataplane.test_run(&bytes).expect("run");
+        assert_eq!(action == XDP_DROP, expected.verdict.drops(), "{packet:?}: reference says {expected:?}");
+    }
+}

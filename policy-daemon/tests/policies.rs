@@ -57,11 +57,17 @@ fn every_example_policy_is_valid() {
         let policy =
             policy::load(file).unwrap_or_else(|e| panic!("{} is invalid:\n{e}", file.display()));
         assert!(!policy.rules.is_empty(), "{} has no rules", file.display());
+        assert!(policy.warnings.is_empty(), "{}: {:?}", file.display(), policy.warnings);
     }
-    // Together, as a conf.d-style directory: rule names are unique across the files.
-    let merged =
-        policy::load(&policies_dir()).unwrap_or_else(|e| panic!("policies/ as a directory:\n{e}"));
-    assert_eq!(merged.sources, files);
+}
+
+#[test]
+fn the_conf_d_example_merges_in_file_name_order() {
+    let dir = policies_dir().join("edge.d");
+    let policy = policy::load(&dir).unwrap_or_else(|e| panic!("policies/edge.d:\n{e}"));
+    let names: Vec<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["base-block-telnet", "reflection-memcached", "reflection-ssdp"]);
+    assert_eq!(policy.sources, vec![dir.join("10-base.toml"), dir.join("20-reflection.toml")]);
 }
 
 #[test]
