@@ -147,12 +147,15 @@ pub fn describe(policy: &Policy, path: &str) -> String {
     let n = policy.rules.len();
     let mut out = format!("{path}: valid, {n} rule{}\n", if n == 1 { "" } else { "s" });
     let d = &policy.defaults;
-    out.push_str(&format!(
-        "  default: {:?}{}, fragments: {:?}\n",
-        d.action,
-        if d.mode == policy::Mode::Monitor { " (monitor)" } else { "" },
-        d.fragments
-    ).to_lowercase());
+    out.push_str(
+        &format!(
+            "  default: {:?}{}, fragments: {:?}\n",
+            d.action,
+            if d.mode == policy::Mode::Monitor { " (monitor)" } else { "" },
+            d.fragments
+        )
+        .to_lowercase(),
+    );
     if !policy.interfaces.is_empty() {
         out.push_str(&format!("  interfaces: {}\n", policy.interfaces.join(", ")));
     }

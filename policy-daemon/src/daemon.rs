@@ -41,7 +41,11 @@ struct Enforced {
     generation: u64,
 }
 
-pub async fn run(assignments: Vec<Assignment>, mode: ModeChoice, watch: bool) -> Result<(), CliError> {
+pub async fn run(
+    assignments: Vec<Assignment>,
+    mode: ModeChoice,
+    watch: bool,
+) -> Result<(), CliError> {
     // Signal handlers first: a SIGTERM during start-up must not kill us half attached.
     let mut sigterm = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
@@ -240,9 +244,66 @@ pub fn assignments(
         }
     }
     if by_policy.is_empty() {
-        return Err("nothing to enforce: give --policy PATH (with --iface IFACE, or interfaces = [...] \
+        return Err(
+            "nothing to enforce: give --policy PATH (with --iface IFACE, or interfaces = [...] \
                     in the policy), or --attach IFACE=PATH"
-            .into());
+                .into(),
+        );
     }
     Ok(by_policy.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    #[test]
+    fn ifaces_with_one_policy_share_it() {
+        let a =
+            assignments(&[], &["eth0".into(), "eth1".into()], Some(&p("web.toml"))).expect("valid");
+        assert_eq!(
+            a,
+            vec![Assignment { policy: p("web.toml"), ifaces: vec!["eth0".into(), "eth1".into()] }]
+        );
+    }
+
+    #[test]
+    fn attach_gives_each_interface_its_policy_grouped_by_path() {
+        let attach = vec![
+            ("eth0".to_string(), p("edge.toml")),
+            ("eth1".to_string(), p("mgmt.d")),
+            ("eth2".to_string(), p("edge.toml")),
+        ];
+        let a = assignments(&attach, &[], None).expect("valid");
+        assert_eq!(
+            a,
+            vec![
+                Assignment { policy: p("edge.toml"), ifaces: vec!["eth0".into(), "eth2".into()] },
+                Assignment { policy: p("mgmt.d"), ifaces: vec!["eth1".into()] },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_policy_alone_takes_its_interfaces_from_the_file() {
+        let a = assignments(&[], &[], Some(&p("host.toml"))).expect("valid");
+        assert_eq!(a, vec![Assignment { policy: p("host.toml"), ifaces: vec![] }]);
+    }
+
+    #[test]
+    fn conflicts_and_nothing_to_do_are_usage_errors() {
+        let attach = vec![("eth0".to_string(), p("b.toml"))];
+        assert_eq!(
+            assignments(&attach, &["eth0".into()], Some(&p("a.toml"))),
+            Err("interface eth0 is given two policies: a.toml and b.toml".into())
+        );
+        assert_eq!(assignments(&[], &["eth0".into()], None), Err("--iface needs --policy".into()));
+        assert!(
+            assignments(&[], &[], None).expect_err("nothing").starts_with("nothing to enforce")
+        );
+    }
 }

@@ -81,22 +81,25 @@ impl PolicyWatcher {
             by_dir.entry(target.dir.clone()).or_default().push((i, target));
         }
         let dirs: Vec<PathBuf> = by_dir.keys().cloned().collect();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            if matches!(event.kind, EventKind::Access(_)) {
-                return;
-            }
-            for path in &event.paths {
-                let Some(list) = path.parent().and_then(|dir| by_dir.get(dir)) else { continue };
-                for (i, target) in list {
-                    if target.concerns(path) {
-                        // The receiver lives as long as the daemon loop.
-                        let _ = tx.send(*i);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if matches!(event.kind, EventKind::Access(_)) {
+                    return;
+                }
+                for path in &event.paths {
+                    let Some(list) = path.parent().and_then(|dir| by_dir.get(dir)) else {
+                        continue;
+                    };
+                    for (i, target) in list {
+                        if target.concerns(path) {
+                            // The receiver lives as long as the daemon loop.
+                            let _ = tx.send(*i);
+                        }
                     }
                 }
-            }
-        })
-        .map_err(|source| WatchError { path: PathBuf::new(), source })?;
+            })
+            .map_err(|source| WatchError { path: PathBuf::new(), source })?;
         for dir in dirs {
             watcher
                 .watch(&dir, RecursiveMode::NonRecursive)

@@ -533,13 +533,21 @@ impl<'tb> Daemon<'tb> {
     pub fn signal(&self, signal: Signal) -> Result<(), TestbedError> {
         let pid = self.process.child.id();
         // Pids are at most 2^22 (pid_max), so the cast is lossless.
-        kill(Pid::from_raw(pid as i32), signal)
-            .map_err(|errno| TestbedError::Signal { signal, pid, source: errno.into() })
+        kill(Pid::from_raw(pid as i32), signal).map_err(|errno| TestbedError::Signal {
+            signal,
+            pid,
+            source: errno.into(),
+        })
     }
 
     /// Waits until the log contains `text` at least `count` times; fails with the log
     /// after `timeout`.
-    pub fn wait_for_log(&self, text: &str, count: usize, timeout: Duration) -> Result<(), TestbedError> {
+    pub fn wait_for_log(
+        &self,
+        text: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<(), TestbedError> {
         let deadline = Instant::now() + timeout;
         loop {
             let log = self.log();

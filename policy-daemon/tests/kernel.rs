@@ -569,7 +569,11 @@ fn a_hundred_thousand_prefixes_load_and_classify() {
     ] {
         let bytes = from(addr);
         let expected = reference::classify(&changed, &reference::parse_packet(&bytes));
-        assert_eq!(expected.verdict.drops(), action == XDP_DROP, "the table disagrees with the reference for {addr}");
+        assert_eq!(
+            expected.verdict.drops(),
+            action == XDP_DROP,
+            "the table disagrees with the reference for {addr}"
+        );
         assert_eq!(dataplane.test_run(&bytes).expect("run"), action, "src {addr}");
     }
     let v6 = Packet::ipv6(tcp(80)).src("fd00:1:2::9").build();
@@ -585,13 +589,25 @@ fn a_thousand_mixed_rules_apply() {
     let mut text = String::new();
     for i in 0..policy_common::MAX_RULES {
         let (proto, extra) = match i % 4 {
-            0 => ("tcp", format!("dst_ports = [{}, \"{}-{}\"]\n", 1000 + i, 20_000 + i * 10, 20_000 + i * 10 + 5)),
-            1 => ("udp", format!("src_ports = {}\ndst = \"198.18.{}.0/24\"\n", 30_000 + i, i % 256)),
+            0 => (
+                "tcp",
+                format!(
+                    "dst_ports = [{}, \"{}-{}\"]\n",
+                    1000 + i,
+                    20_000 + i * 10,
+                    20_000 + i * 10 + 5
+                ),
+            ),
+            1 => {
+                ("udp", format!("src_ports = {}\ndst = \"198.18.{}.0/24\"\n", 30_000 + i, i % 256))
+            }
             2 => ("any", format!("src = [\"198.19.{}.0/24\", \"fd00:{:x}::/32\"]\n", i % 256, i)),
             _ => ("icmp", format!("icmp_types = [{}]\n", i % 20)),
         };
         let action = if i % 3 == 0 { "pass" } else { "drop" };
-        text.push_str(&format!("[[rule]]\nname = \"r{i}\"\naction = \"{action}\"\nprotocol = \"{proto}\"\n{extra}"));
+        text.push_str(&format!(
+            "[[rule]]\nname = \"r{i}\"\naction = \"{action}\"\nprotocol = \"{proto}\"\n{extra}"
+        ));
     }
     let started = std::time::Instant::now();
     let policy = policy::parse([(Path::new("mixed.toml"), text.as_str())]).expect("valid");
@@ -608,10 +624,18 @@ fn a_thousand_mixed_rules_apply() {
         before_apply.elapsed(),
         report.writes
     );
-    for packet in [Packet::ipv4(tcp(1000 + 8)), Packet::ipv4(udp(53)).src_port(30_001).dst("198.18.1.9"), Packet::ipv4(icmp(3))] {
+    for packet in [
+        Packet::ipv4(tcp(1000 + 8)),
+        Packet::ipv4(udp(53)).src_port(30_001).dst("198.18.1.9"),
+        Packet::ipv4(icmp(3)),
+    ] {
         let bytes = packet.build();
         let expected = reference::classify(&reordered, &reference::parse_packet(&bytes));
         let action = dataplane.test_run(&bytes).expect("run");
-        assert_eq!(action == XDP_DROP, expected.verdict.drops(), "{packet:?}: reference says {expected:?}");
+        assert_eq!(
+            action == XDP_DROP,
+            expected.verdict.drops(),
+            "{packet:?}: reference says {expected:?}"
+        );
     }
 }

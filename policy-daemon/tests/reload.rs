@@ -11,9 +11,9 @@ mod support;
 
 use std::{
     fs,
-    panic::{self, AssertUnwindSafe},
     net::{IpAddr, SocketAddr, UdpSocket},
     os::unix::fs::symlink,
+    panic::{self, AssertUnwindSafe},
     path::{Path, PathBuf},
     sync::{
         Mutex, MutexGuard, PoisonError,
@@ -49,7 +49,9 @@ fn serial(test: &str) -> Option<MutexGuard<'static, ()>> {
 
 /// A policy dropping UDP to `port` (rule `block-<port>`).
 fn blocking(port: u16) -> String {
-    format!("[[rule]]\nname = \"block-{port}\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {port}\n")
+    format!(
+        "[[rule]]\nname = \"block-{port}\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {port}\n"
+    )
 }
 
 /// A temporary directory, removed on drop.
@@ -57,7 +59,8 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("xdp-policy-reload-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("xdp-policy-reload-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("creating a temp dir");
         Self(dir)
@@ -83,7 +86,12 @@ fn delivered(testbed: &Testbed, port: u16) -> u32 {
 }
 
 fn assert_blocks(testbed: &Testbed, daemon: &Daemon, blocked: u16, open: u16) {
-    assert_eq!(delivered(testbed, blocked), 0, "udp {blocked} must be dropped; log:\n{}", daemon.log());
+    assert_eq!(
+        delivered(testbed, blocked),
+        0,
+        "udp {blocked} must be dropped; log:\n{}",
+        daemon.log()
+    );
     assert_eq!(delivered(testbed, open), 10, "udp {open} must pass; log:\n{}", daemon.log());
 }
 
@@ -130,7 +138,8 @@ fn stream(
                     loop {
                         match socket.recv(&mut buf) {
                             Ok(8) => {
-                                let nanos = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
+                                let nanos =
+                                    u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
                                 arrivals.push(Duration::from_nanos(nanos));
                                 quiet_since = None;
                             }
@@ -200,11 +209,17 @@ fn an_editor_saving_by_rename_is_enforced_by_itself() {
     // Port B is open until the new file is in force: the last datagram to B that still
     // arrives tells when that happened.
     let mut saved_at = Duration::ZERO;
-    let result = stream(&testbed, [PORT_A, PORT_B], Duration::from_millis(1500), Duration::from_micros(500), |start| {
-        thread::sleep(Duration::from_millis(300));
-        saved_at = start.elapsed();
-        save_by_rename(&policy, &blocking(PORT_B));
-    });
+    let result = stream(
+        &testbed,
+        [PORT_A, PORT_B],
+        Duration::from_millis(1500),
+        Duration::from_micros(500),
+        |start| {
+            thread::sleep(Duration::from_millis(300));
+            saved_at = start.elapsed();
+            save_by_rename(&policy, &blocking(PORT_B));
+        },
+    );
     daemon.wait_for_log("policy applied", 2, RELOAD_DEADLINE).expect("the reload");
     let last_b = result.arrivals[1].iter().max().copied().expect("B was open at first");
     let latency = last_b.saturating_sub(saved_at);
@@ -226,8 +241,9 @@ fn a_configmap_symlink_swap_is_enforced() {
     symlink(first.file_name().expect("name"), dir.0.join("..data")).expect("symlink ..data");
     symlink("..data/policy.toml", dir.0.join("policy.toml")).expect("symlink policy.toml");
     let testbed = Testbed::new().expect("testbed");
-    let daemon =
-        testbed.start_daemon(Path::new(DAEMON), &dir.0.join("policy.toml"), XdpModeArg::Skb).expect("daemon");
+    let daemon = testbed
+        .start_daemon(Path::new(DAEMON), &dir.0.join("policy.toml"), XdpModeArg::Skb)
+        .expect("daemon");
     assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
 
     // The swap: a new timestamped directory, a new symlink, renamed over `..data`.
@@ -244,14 +260,19 @@ fn a_configmap_symlink_swap_is_enforced() {
 
 #[test]
 fn a_broken_policy_is_rejected_and_the_old_one_stays_in_force() {
-    let Some(_serial) = serial("a_broken_policy_is_rejected_and_the_old_one_stays_in_force") else { return };
+    let Some(_serial) = serial("a_broken_policy_is_rejected_and_the_old_one_stays_in_force") else {
+        return;
+    };
     let dir = TempDir::new("broken");
     let policy = dir.0.join("policy.toml");
     fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
     let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpModeArg::Skb).expect("daemon");
 
-    save_by_rename(&policy, "[[rule]]\nname = \"oops\"\naction = \"drop\"\ndst_ports = [\"90-80\"]\n");
+    save_by_rename(
+        &policy,
+        "[[rule]]\nname = \"oops\"\naction = \"drop\"\ndst_ports = [\"90-80\"]\n",
+    );
     daemon.wait_for_log("policy rejected", 1, RELOAD_DEADLINE).expect("the rejection");
     let location = format!("{}:4:14: invalid port range \"90-80\"", policy.display());
     assert!(daemon.log().contains(&location), "the log must say where; log:\n{}", daemon.log());
@@ -287,7 +308,9 @@ fn sighup_reloads() {
 
 #[test]
 fn a_hundred_reloads_under_traffic_misclassify_nothing() {
-    let Some(_serial) = serial("a_hundred_reloads_under_traffic_misclassify_nothing") else { return };
+    let Some(_serial) = serial("a_hundred_reloads_under_traffic_misclassify_nothing") else {
+        return;
+    };
     const RELOADS: usize = 100;
     let dir = TempDir::new("storm");
     let policy = dir.0.join("policy.toml");
@@ -297,7 +320,7 @@ fn a_hundred_reloads_under_traffic_misclassify_nothing() {
         format!(
             "[[rule]]\nname = \"flip\"\naction = \"{}\"\nprotocol = \"udp\"\ndst_ports = {PORT_A}\n\
              [[rule]]\nname = \"steady\"\naction = \"pass\"\nprotocol = \"udp\"\ndst_ports = {PORT_B}\n",
-            if i % 2 == 0 { "drop" } else { "pass" }
+            if i.is_multiple_of(2) { "drop" } else { "pass" }
         )
     };
     fs::write(&policy, version(0)).expect("writing the policy");
@@ -305,12 +328,18 @@ fn a_hundred_reloads_under_traffic_misclassify_nothing() {
     let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpModeArg::Skb).expect("daemon");
 
     let started = Instant::now();
-    let result = stream(&testbed, [PORT_A, PORT_B], Duration::from_secs(20), Duration::from_micros(200), |_| {
-        for i in 1..=RELOADS {
-            save_by_rename(&policy, &version(i));
-            daemon.wait_for_log("policy applied", i + 1, RELOAD_DEADLINE).expect("a reload");
-        }
-    });
+    let result = stream(
+        &testbed,
+        [PORT_A, PORT_B],
+        Duration::from_secs(20),
+        Duration::from_micros(200),
+        |_| {
+            for i in 1..=RELOADS {
+                save_by_rename(&policy, &version(i));
+                daemon.wait_for_log("policy applied", i + 1, RELOAD_DEADLINE).expect("a reload");
+            }
+        },
+    );
     let elapsed = started.elapsed();
     let output = daemon.stop().expect("stopping");
     let counters = output.counters().expect("the counter report");
@@ -337,5 +366,8 @@ fn a_hundred_reloads_under_traffic_misclassify_nothing() {
         result.sent[0] + result.sent[1]
     );
     assert_eq!(counters.packets(Verdict::DropRule), result.sent[0] - result.received[0]);
-    assert!(counters.packets(Verdict::DropRule) > 0 && result.received[0] > 0, "both versions were in force");
+    assert!(
+        counters.packets(Verdict::DropRule) > 0 && result.received[0] > 0,
+        "both versions were in force"
+    );
 }

@@ -12,8 +12,11 @@
 //! - Transport: TCP needs its 20-byte header and a data offset ≥ 5, UDP its 8-byte
 //!   header, ICMP (over IPv4) and ICMPv6 (over IPv6) 4 bytes (type, code, checksum).
 //!   Other protocols, and ICMP over the other IP version, are class `Other`.
-//! - A header that runs past the end of the packet makes the packet `Malformed`. A
-//!   malformed packet is never matched against a rule.
+//! - A header the classifier reads that runs past the end of the packet makes the packet
+//!   `Malformed`, and a malformed packet is never matched against a rule. Bytes it does
+//!   not read are not checked: IPv4 options of a non-first fragment or before a protocol
+//!   without ports, TCP options, the rest of the last IPv6 extension header before an
+//!   "other" protocol.
 //! - Ports are returned in host byte order; for ICMP the type stands in the destination
 //!   port, for other protocols both ports are 0.
 

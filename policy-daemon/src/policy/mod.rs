@@ -262,28 +262,32 @@ fn check_limits(rules: &[Rule], files: &[PathBuf]) -> Vec<Diagnostic> {
             snippet: String::new(),
         });
     }
-    let fields: [(&str, fn(&Rule) -> &Option<Vec<IpNet>>); 2] =
-        [("src", |r| &r.src), ("dst", |r| &r.dst)];
-    for (field, get) in fields {
-        for (family, is_family) in [
-            ("IPv4", (|n: &IpNet| matches!(n, IpNet::V4(_))) as fn(&IpNet) -> bool),
-            ("IPv6", |n| matches!(n, IpNet::V6(_))),
-        ] {
-            let mut count = 0usize;
-            for rule in rules {
-                count += get(rule).iter().flatten().filter(|n| is_family(n)).count();
-                if count > MAX_PREFIXES as usize {
-                    diagnostics.push(Diagnostic {
-                        location: rule.location.clone(),
-                        message: format!(
-                            "too many {family} {field} networks: the limit is {MAX_PREFIXES} per \
-                             policy, and this rule goes past it"
-                        ),
-                        snippet: String::new(),
-                    });
-                    break;
-                }
-            }
+    // Networks per address field and IP version: (src v4, src v6, dst v4, dst v6).
+    let mut counts = [0usize; 4];
+    let names = ["IPv4 src", "IPv6 src", "IPv4 dst", "IPv6 dst"];
+    for rule in rules {
+        let nets = rule
+            .src
+            .iter()
+            .flatten()
+            .map(|n| (0, n))
+            .chain(rule.dst.iter().flatten().map(|n| (2, n)));
+        let mut over = [false; 4];
+        for (base, net) in nets {
+            let i = base + usize::from(matches!(net, IpNet::V6(_)));
+            counts[i] += 1;
+            over[i] = counts[i] == MAX_PREFIXES as usize + 1;
+        }
+        for (i, _) in over.iter().enumerate().filter(|(_, o)| **o) {
+            diagnostics.push(Diagnostic {
+                location: rule.location.clone(),
+                message: format!(
+                    "too many {} networks: the limit is {MAX_PREFIXES} per policy, and this rule \
+                     goes past it",
+                    names[i]
+                ),
+                snippet: String::new(),
+            });
         }
     }
     for (field, values) in [

@@ -43,13 +43,28 @@ impl Maps for FakeMaps {
     fn set_field_bitmap(&mut self, index: u32, bitmap: &RuleBitmap) -> Result<(), MapWriteError> {
         self.write(format!("field/{index}"), format!("{bitmap:?}"))
     }
-    fn set_port_classes(&mut self, field: PortFieldId, index: u32, word: u64) -> Result<(), MapWriteError> {
+    fn set_port_classes(
+        &mut self,
+        field: PortFieldId,
+        index: u32,
+        word: u64,
+    ) -> Result<(), MapWriteError> {
         self.write(format!("classes/{field:?}/{index}"), word.to_string())
     }
-    fn set_port_bitmap(&mut self, field: PortFieldId, index: u32, bitmap: &RuleBitmap) -> Result<(), MapWriteError> {
+    fn set_port_bitmap(
+        &mut self,
+        field: PortFieldId,
+        index: u32,
+        bitmap: &RuleBitmap,
+    ) -> Result<(), MapWriteError> {
         self.write(format!("portmap/{field:?}/{index}"), format!("{bitmap:?}"))
     }
-    fn insert_v4(&mut self, field: AddrFieldId, key: V4Key, bitmap: &RuleBitmap) -> Result<(), MapWriteError> {
+    fn insert_v4(
+        &mut self,
+        field: AddrFieldId,
+        key: V4Key,
+        bitmap: &RuleBitmap,
+    ) -> Result<(), MapWriteError> {
         self.write(format!("v4/{field:?}/{key:?}"), format!("{bitmap:?}"))
     }
     fn remove_v4(&mut self, field: AddrFieldId, key: V4Key) -> Result<(), MapWriteError> {
@@ -58,7 +73,12 @@ impl Maps for FakeMaps {
         self.cells.remove(&k);
         Ok(())
     }
-    fn insert_v6(&mut self, field: AddrFieldId, key: V6Key, bitmap: &RuleBitmap) -> Result<(), MapWriteError> {
+    fn insert_v6(
+        &mut self,
+        field: AddrFieldId,
+        key: V6Key,
+        bitmap: &RuleBitmap,
+    ) -> Result<(), MapWriteError> {
         self.write(format!("v6/{field:?}/{key:?}"), format!("{bitmap:?}"))
     }
     fn remove_v6(&mut self, field: AddrFieldId, key: V6Key) -> Result<(), MapWriteError> {
@@ -100,7 +120,10 @@ fn the_first_apply_fills_generation_1_then_flips() {
     let gen1_rules = |maps: &FakeMaps| {
         maps.writes.iter().filter(|w| w.starts_with("rule/")).cloned().collect::<Vec<_>>()
     };
-    assert_eq!(gen1_rules(&maps), vec![format!("rule/{}", MAX_RULES), format!("rule/{}", MAX_RULES + 1)]);
+    assert_eq!(
+        gen1_rules(&maps),
+        vec![format!("rule/{}", MAX_RULES), format!("rule/{}", MAX_RULES + 1)]
+    );
     assert!(maps.writes.contains(&"config/1".to_string()));
     assert!(!maps.writes.iter().any(|w| w == "config/0"), "generation 0 is not touched");
     assert_eq!(maps.zeroed, vec![0, 1], "fresh counter slots are zeroed first");
