@@ -135,7 +135,7 @@ fn run(args: &Args, interrupted: &AtomicBool) -> Result<Outcome> {
     println!("demo: attached to {RX_IFACE} in {} mode", daemon.mode());
     println!("demo: probing from {tx} to {rx} (blocked TCP connects wait 1 s)\n");
 
-    println!("  {:<22} {:<22} {:<24} verdict", "probe", "policy says", "observed");
+    println!("  {:<22} {:<30} {:<24} verdict", "probe", "policy says", "observed");
     let mut contradictions = 0;
     for dst in [IpAddr::V4(RX_V4), IpAddr::V6(RX_V6)] {
         for probe in PROBES {
@@ -153,7 +153,7 @@ fn run(args: &Args, interrupted: &AtomicBool) -> Result<Outcome> {
                 contradictions += 1;
             }
             let verdict = if agrees { "ok" } else { "CONTRADICTS THE POLICY" };
-            println!("  {label:<22} {says:<22} {observed:<24} {verdict}");
+            println!("  {label:<22} {says:<30} {observed:<24} {verdict}");
         }
     }
 
