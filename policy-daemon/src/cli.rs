@@ -1,11 +1,15 @@
 //! The `xdp-policy` command line: `run` enforces a policy on interfaces until stopped,
 //! `check` validates policy files without touching the kernel.
 
-use std::{io, path::PathBuf};
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::{
+    config::{self, ConfigFile},
     daemon,
     dataplane::{DataplaneError, ModeChoice, VerdictCounts},
     policy::{self, Policy, PolicyError, Rule},
@@ -28,6 +32,10 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct RunArgs {
+    /// Daemon configuration file [default: /etc/xdp-policy/xdp-policy.toml, if it exists].
+    /// The flags below override it.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Interface to enforce --policy on (repeat for several). Without it, the policy's
     /// own `interfaces = [...]` are used.
     #[arg(long = "iface", value_name = "IFACE")]
@@ -38,9 +46,19 @@ pub struct RunArgs {
     /// Enforce the policy at PATH on IFACE; repeat to give interfaces policies of their own.
     #[arg(long, value_name = "IFACE=PATH", value_parser = parse_attach)]
     pub attach: Vec<(String, PathBuf)>,
-    /// XDP attach mode: `auto` tries native and falls back to skb.
-    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
-    pub xdp_mode: XdpModeArg,
+    /// XDP attach mode: `auto` tries native and falls back to skb [default: auto].
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeArg>,
+    /// bpffs directory for the pinned programs, links and maps; mounted if it is not bpffs
+    /// [default: /sys/fs/bpf/xdp-policy].
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Directory for the state files `status` and `explain` read [default: /run/xdp-policy].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Prometheus metrics address, or `off` [default: 127.0.0.1:9559].
+    #[arg(long, value_name = "ADDR|off")]
+    pub metrics: Option<String>,
     /// Reload only on SIGHUP, not when policy files change (for tools that write several
     /// files one after the other and signal when done).
     #[arg(long)]
@@ -56,12 +74,7 @@ fn parse_attach(value: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum XdpModeArg {
-    Auto,
-    Native,
-    Skb,
-}
+pub use crate::config::XdpMode as XdpModeArg;
 
 impl From<XdpModeArg> for ModeChoice {
     fn from(arg: XdpModeArg) -> Self {
@@ -70,6 +83,59 @@ impl From<XdpModeArg> for ModeChoice {
             XdpModeArg::Native => Self::Native,
             XdpModeArg::Skb => Self::Skb,
         }
+    }
+}
+
+/// Everything `run` needs, from the flags, then the configuration file, then defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub assignments: Vec<daemon::Assignment>,
+    pub mode: ModeChoice,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub metrics: config::Metrics,
+    pub watch: bool,
+}
+
+impl RunArgs {
+    pub fn settings(&self) -> Result<Settings, CliError> {
+        let file = match &self.config {
+            Some(path) => ConfigFile::load(path)?,
+            None if Path::new(config::DEFAULT_CONFIG).exists() => {
+                ConfigFile::load(Path::new(config::DEFAULT_CONFIG))?
+            }
+            None => ConfigFile::default(),
+        };
+        let from_flags =
+            self.policy.is_some() || !self.attach.is_empty() || !self.ifaces.is_empty();
+        let assignments = if from_flags || file.interfaces.is_empty() {
+            daemon::assignments(&self.attach, &self.ifaces, self.policy.as_ref())
+        } else {
+            let attach: Vec<_> =
+                file.interfaces.iter().map(|(i, p)| (i.clone(), p.clone())).collect();
+            daemon::assignments(&attach, &[], None)
+        }
+        .map_err(CliError::Usage)?;
+        let metrics = match self.metrics.as_deref().or(file.metrics.as_deref()) {
+            Some(value) => config::Metrics::parse(value).map_err(CliError::Usage)?,
+            None => config::Metrics::parse(config::DEFAULT_METRICS).map_err(CliError::Usage)?,
+        };
+        Ok(Settings {
+            assignments,
+            mode: self.xdp_mode.or(file.xdp_mode).unwrap_or_default().into(),
+            pin_dir: self
+                .pin_dir
+                .clone()
+                .or(file.pin_dir)
+                .unwrap_or_else(|| config::DEFAULT_PIN_DIR.into()),
+            state_dir: self
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| config::DEFAULT_STATE_DIR.into()),
+            metrics,
+            watch: !self.no_watch && file.watch.unwrap_or(true),
+        })
     }
 }
 
@@ -98,6 +164,8 @@ pub enum CliError {
     Usage(String),
     #[error("{}: no interface to attach to: pass --iface, or set interfaces = [...] in the policy", .0.display())]
     NoInterfaces(PathBuf),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
 }
 
 impl From<DataplaneError> for CliError {
@@ -110,7 +178,7 @@ impl CliError {
     /// sysexits.h: 64 for bad configuration, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Policy(_) | Self::Usage(_) | Self::NoInterfaces(_) => 64,
+            Self::Policy(_) | Self::Usage(_) | Self::NoInterfaces(_) | Self::Config(_) => 64,
             _ => 1,
         }
     }
@@ -195,9 +263,7 @@ fn describe_rule(rule: &Rule) -> String {
 }
 
 async fn run(args: RunArgs) -> Result<(), CliError> {
-    let assignments = daemon::assignments(&args.attach, &args.ifaces, args.policy.as_ref())
-        .map_err(CliError::Usage)?;
-    daemon::run(assignments, args.xdp_mode.into(), !args.no_watch).await
+    daemon::run(args.settings()?).await
 }
 
 /// The verdict counters as a table, then a totals line.

@@ -19,7 +19,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    cli::CliError,
+    cli::{CliError, Settings},
     dataplane::{Dataplane, ModeChoice, error_chain},
     policy::{self, Ruleset},
     reload::{DEBOUNCE, PolicyWatcher},
@@ -41,11 +41,8 @@ struct Enforced {
     generation: u64,
 }
 
-pub async fn run(
-    assignments: Vec<Assignment>,
-    mode: ModeChoice,
-    watch: bool,
-) -> Result<(), CliError> {
+pub async fn run(settings: Settings) -> Result<(), CliError> {
+    let Settings { assignments, mode, watch, .. } = settings;
     // Signal handlers first: a SIGTERM during start-up must not kill us half attached.
     let mut sigterm = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;

@@ -4,11 +4,13 @@
 //! - [`policy`]: TOML → validated policy → map contents (pure, no kernel).
 //! - [`dataplane`]: the only module that talks to the kernel (load, fill, attach, count).
 //! - [`cli`]: the `xdp-policy` subcommands.
+//! - [`config`]: the daemon's configuration file.
 //! - [`daemon`]: `run`: start-up, the reload loop, shutdown.
 //! - [`reload`]: watching policy files.
 //! - [`testbed`]: throw-away network namespaces for the demo and the end-to-end tests.
 
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod policy;
