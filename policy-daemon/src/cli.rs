@@ -12,6 +12,7 @@ use crate::{
     config::{self, ConfigFile},
     daemon,
     dataplane::{DataplaneError, ModeChoice, VerdictCounts},
+    pinned,
     policy::{self, Policy, PolicyError, Rule},
 };
 
@@ -28,6 +29,96 @@ pub enum Command {
     Run(RunArgs),
     /// Validate policy files or directories and print their rules; exit 1 if invalid.
     Check(CheckArgs),
+    /// Show what is in force on each interface, with its counters (from the pins: works
+    /// whether or not the daemon runs).
+    Status(StatusArgs),
+    /// Run a packet you describe through the live program and the reference classifier,
+    /// and say which rule decides it.
+    Explain(ExplainArgs),
+    /// Take the filter off an interface (or all): removes its pins and state.
+    Detach(DetachArgs),
+}
+
+/// Where the pins and state files are, for the commands that read them.
+#[derive(clap::Args)]
+pub struct PlacesArgs {
+    /// Daemon configuration file (for its pin_dir and state_dir)
+    /// [default: /etc/xdp-policy/xdp-policy.toml, if it exists].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// [default: /sys/fs/bpf/xdp-policy]
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// [default: /run/xdp-policy]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl PlacesArgs {
+    /// The pin and state directories: flags, then the configuration file, then defaults.
+    pub fn resolve(&self) -> Result<(PathBuf, PathBuf), CliError> {
+        let file = load_config(self.config.as_deref())?;
+        Ok((
+            self.pin_dir.clone().or(file.pin_dir).unwrap_or_else(|| config::DEFAULT_PIN_DIR.into()),
+            self.state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| config::DEFAULT_STATE_DIR.into()),
+        ))
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<ConfigFile, CliError> {
+    Ok(match path {
+        Some(path) => ConfigFile::load(path)?,
+        None if Path::new(config::DEFAULT_CONFIG).exists() => {
+            ConfigFile::load(Path::new(config::DEFAULT_CONFIG))?
+        }
+        None => ConfigFile::default(),
+    })
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub places: PlacesArgs,
+    /// Only this interface.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub places: PlacesArgs,
+    #[arg(long, value_name = "IFACE")]
+    pub iface: String,
+    /// tcp, udp, icmp, icmpv6, or an IP protocol number.
+    #[arg(long, value_name = "PROTO")]
+    pub proto: String,
+    #[arg(long, value_name = "ADDR")]
+    pub src: std::net::IpAddr,
+    #[arg(long, value_name = "ADDR")]
+    pub dst: std::net::IpAddr,
+    #[arg(long, value_name = "PORT", default_value_t = 40000)]
+    pub src_port: u16,
+    #[arg(long, value_name = "PORT")]
+    pub dst_port: Option<u16>,
+    /// ICMP or ICMPv6 type [default: echo request].
+    #[arg(long, value_name = "TYPE")]
+    pub icmp_type: Option<u8>,
+}
+
+#[derive(clap::Args)]
+pub struct DetachArgs {
+    #[command(flatten)]
+    pub places: PlacesArgs,
+    /// Only this interface [default: all].
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -99,13 +190,7 @@ pub struct Settings {
 
 impl RunArgs {
     pub fn settings(&self) -> Result<Settings, CliError> {
-        let file = match &self.config {
-            Some(path) => ConfigFile::load(path)?,
-            None if Path::new(config::DEFAULT_CONFIG).exists() => {
-                ConfigFile::load(Path::new(config::DEFAULT_CONFIG))?
-            }
-            None => ConfigFile::default(),
-        };
+        let file = load_config(self.config.as_deref())?;
         let from_flags =
             self.policy.is_some() || !self.attach.is_empty() || !self.ifaces.is_empty();
         let assignments = if from_flags || file.interfaces.is_empty() {
@@ -166,6 +251,10 @@ pub enum CliError {
     NoInterfaces(PathBuf),
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Safety(String),
+    #[error(transparent)]
+    Pinned(#[from] crate::pinned::PinnedError),
 }
 
 impl From<DataplaneError> for CliError {
@@ -178,7 +267,11 @@ impl CliError {
     /// sysexits.h: 64 for bad configuration, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Policy(_) | Self::Usage(_) | Self::NoInterfaces(_) | Self::Config(_) => 64,
+            Self::Policy(_)
+            | Self::Usage(_)
+            | Self::NoInterfaces(_)
+            | Self::Config(_)
+            | Self::Safety(_) => 64,
             _ => 1,
         }
     }
@@ -188,7 +281,57 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Check(args) => check(&args),
+        Command::Status(args) => {
+            let (pin_dir, state_dir) = args.places.resolve()?;
+            let all = pinned::status(&pin_dir, &state_dir, args.iface.as_deref())?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+            } else {
+                print!("{}", pinned::render_status(&all));
+            }
+            Ok(())
+        }
+        Command::Explain(args) => {
+            let (pin_dir, state_dir) = args.places.resolve()?;
+            let probe = explain_probe(&args)?;
+            print!("{}", pinned::explain(&pin_dir, &state_dir, &args.iface, &probe)?);
+            Ok(())
+        }
+        Command::Detach(args) => {
+            let (pin_dir, state_dir) = args.places.resolve()?;
+            for iface in pinned::detach(&pin_dir, &state_dir, args.iface.as_deref())? {
+                println!("{iface}: detached");
+            }
+            Ok(())
+        }
     }
+}
+
+fn explain_probe(args: &ExplainArgs) -> Result<pinned::Probe, CliError> {
+    use crate::policy::reference::L4;
+    let port = || {
+        args.dst_port
+            .ok_or_else(|| CliError::Usage(format!("--proto {} needs --dst-port", args.proto)))
+    };
+    let v6 = args.src.is_ipv6();
+    let l4 = match args.proto.as_str() {
+        "tcp" => L4::Tcp { src_port: args.src_port, dst_port: port()? },
+        "udp" => L4::Udp { src_port: args.src_port, dst_port: port()? },
+        "icmp" => L4::Icmp { icmp_type: args.icmp_type.unwrap_or(8) },
+        "icmpv6" => L4::Icmpv6 { icmp_type: args.icmp_type.unwrap_or(128) },
+        other => match other.parse::<u8>() {
+            Ok(proto) => L4::Other { proto },
+            Err(_) => {
+                return Err(CliError::Usage(format!(
+                    "--proto {other}: expected tcp, udp, icmp, icmpv6 or a protocol number"
+                )));
+            }
+        },
+    };
+    if matches!(l4, L4::Icmp { .. }) && v6 || matches!(l4, L4::Icmpv6 { .. }) && !v6 {
+        return Err(CliError::Usage("icmp goes with IPv4 addresses, icmpv6 with IPv6".into()));
+    }
+    Ok(pinned::Probe { src: args.src, dst: args.dst, l4 })
 }
 
 fn check(args: &CheckArgs) -> Result<(), CliError> {
@@ -199,6 +342,10 @@ fn check(args: &CheckArgs) -> Result<(), CliError> {
                 print!("{}", describe(&policy, &path.display().to_string()));
                 for w in &policy.warnings {
                     eprint!("warning: {w}");
+                }
+                if let Err(refusal) = crate::safety::check(&policy) {
+                    eprintln!("{}: {refusal}", path.display());
+                    invalid += 1;
                 }
             }
             Err(e) => {

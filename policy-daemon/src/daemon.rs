@@ -1,17 +1,22 @@
-//! `xdp-policy run`: one loaded program per policy, attached to that policy's interfaces;
-//! one loop that reloads a policy when its files change or on SIGHUP, and stops on
-//! SIGTERM or SIGINT.
+//! `xdp-policy run`: one loaded program per interface, pinned so that it stays in force
+//! when the daemon exits; one loop that reloads a policy when its files change or on
+//! SIGHUP, and stops on SIGTERM or SIGINT (leaving the filters in force).
 //!
 //! Every reload takes the same path: load and validate the files, compile, apply to the
-//! inactive generation, flip. A policy that fails is logged with file:line:column and the
-//! ruleset in force stays in force.
+//! inactive generation of each interface's maps, flip. A policy that fails is logged with
+//! file:line:column and the ruleset in force stays in force.
+//!
+//! A daemon that finds an interface's link pinned adopts it: same maps (counters kept),
+//! the current policy applied atomically, then its program swapped onto the link — no
+//! detach, no gap, also when the binary was upgraded.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::Instant,
 };
 
+use sd_notify::NotifyState;
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::sleep_until,
@@ -20,9 +25,11 @@ use tracing::{error, info, warn};
 
 use crate::{
     cli::{CliError, Settings},
-    dataplane::{Dataplane, ModeChoice, error_chain},
-    policy::{self, Ruleset},
+    dataplane::{AttachMode, Dataplane, ModeChoice, error_chain, pins::Pins},
+    policy::{self, Policy, Ruleset},
     reload::{DEBOUNCE, PolicyWatcher},
+    safety,
+    state::{self, RuleState, State},
 };
 
 /// A policy path and the interfaces it is enforced on.
@@ -32,17 +39,33 @@ pub struct Assignment {
     pub ifaces: Vec<String>,
 }
 
-/// One policy in force: its program, what it was compiled to, and how often applied.
-struct Enforced {
-    assignment: Assignment,
+/// The filter of one interface: its program and pinned maps.
+struct Instance {
+    iface: String,
     dataplane: Dataplane,
-    ruleset: Ruleset,
-    /// Applies so far (1 after start-up): logged with every apply.
+    mode: AttachMode,
+    /// Applies since the filter was first attached (an adopted filter continues the
+    /// count of the daemon before).
     generation: u64,
 }
 
+/// One policy in force on its interfaces, and what it was compiled to.
+struct Enforced {
+    assignment: Assignment,
+    instances: Vec<Instance>,
+    ruleset: Ruleset,
+    policy: Policy,
+}
+
+/// Where pins and state go.
+struct Places<'a> {
+    pin_dir: &'a Path,
+    state_dir: &'a Path,
+}
+
 pub async fn run(settings: Settings) -> Result<(), CliError> {
-    let Settings { assignments, mode, watch, .. } = settings;
+    let Settings { assignments, mode, watch, pin_dir, state_dir, .. } = settings;
+    let places = Places { pin_dir: &pin_dir, state_dir: &state_dir };
     // Signal handlers first: a SIGTERM during start-up must not kill us half attached.
     let mut sigterm = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
@@ -50,7 +73,7 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
 
     let mut enforced = Vec::new();
     for assignment in assignments {
-        enforced.push(start(assignment, mode)?);
+        enforced.push(start(assignment, mode, &places)?);
     }
     let paths: Vec<PathBuf> = if watch {
         enforced.iter().map(|e| e.assignment.policy.clone()).collect()
@@ -63,6 +86,7 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     } else {
         info!("enforcing; SIGHUP reloads (files are not watched), SIGTERM or SIGINT stops");
     }
+    notify(&[NotifyState::Ready, NotifyState::Status(&status_line(&enforced))]);
 
     // Policies with a pending reload, and when it is due.
     let mut due: HashMap<usize, Instant> = HashMap::new();
@@ -73,8 +97,8 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading every policy");
-                for e in &mut enforced {
-                    reload(e, "SIGHUP");
+                for i in 0..enforced.len() {
+                    reload(&mut enforced, i, "SIGHUP", &places);
                 }
             }
             Some(i) = watcher.changed() => {
@@ -85,24 +109,53 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
                 let ready: Vec<usize> = due.iter().filter(|(_, t)| **t <= now).map(|(i, _)| *i).collect();
                 for i in ready {
                     due.remove(&i);
-                    reload(&mut enforced[i], "file change");
+                    reload(&mut enforced, i, "file change", &places);
                 }
             }
         }
     }
+    notify(&[NotifyState::Stopping]);
     for e in &enforced {
-        print!("{}", report(e)?);
+        for instance in &e.instances {
+            print!("{}", report(e, instance)?);
+        }
     }
-    info!("stopping: detaching");
+    info!(
+        pin_dir = %pin_dir.display(),
+        "stopping; the filters stay in force (pinned): `xdp-policy detach` removes them"
+    );
     Ok(())
 }
 
-/// Loads, compiles and applies a policy, then attaches it: maps are full before the
-/// first packet reaches the program.
-fn start(mut assignment: Assignment, mode: ModeChoice) -> Result<Enforced, CliError> {
+/// Tells systemd (when it started us with Type=notify; a no-op otherwise).
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!("telling systemd failed: {e}");
+    }
+}
+
+fn status_line(enforced: &[Enforced]) -> String {
+    enforced
+        .iter()
+        .flat_map(|e| e.instances.iter().map(move |i| (e, i)))
+        .map(|(e, i)| {
+            format!("{}: {} rules, generation {}", i.iface, e.policy.rules.len(), i.generation)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Loads, checks and compiles a policy, then brings up its interfaces: maps are full
+/// before the first packet reaches a program.
+fn start(
+    mut assignment: Assignment,
+    mode: ModeChoice,
+    places: &Places,
+) -> Result<Enforced, CliError> {
     let started = Instant::now();
     let policy = policy::load(&assignment.policy)?;
     log_warnings(&policy);
+    safety::check(&policy).map_err(CliError::Safety)?;
     if assignment.ifaces.is_empty() {
         if policy.interfaces.is_empty() {
             return Err(CliError::NoInterfaces(assignment.policy));
@@ -118,20 +171,111 @@ fn start(mut assignment: Assignment, mode: ModeChoice) -> Result<Enforced, CliEr
     }
     let ruleset = policy::compile(&policy);
     let compiled = started.elapsed();
-    let mut dataplane = Dataplane::load(&ruleset)?;
-    info!(
-        policy = %assignment.policy.display(),
-        generation = 1,
-        rules = policy.rules.len(),
-        compile_us = compiled.as_micros() as u64,
-        load_us = (started.elapsed() - compiled).as_micros() as u64,
-        "policy applied"
-    );
+    let mut instances = Vec::new();
     for iface in &assignment.ifaces {
-        let attached = dataplane.attach(iface, mode)?;
-        info!(iface, mode = %attached, policy = %assignment.policy.display(), "attached");
+        let began = Instant::now();
+        let instance = start_instance(iface, mode, &ruleset, places)?;
+        info!(
+            iface,
+            policy = %assignment.policy.display(),
+            generation = instance.generation,
+            rules = policy.rules.len(),
+            compile_us = compiled.as_micros() as u64,
+            apply_us = began.elapsed().as_micros() as u64,
+            mode = %instance.mode,
+            "policy applied"
+        );
+        instances.push(instance);
     }
-    Ok(Enforced { assignment, dataplane, ruleset, generation: 1 })
+    for instance in &instances {
+        write_state(&assignment.policy, &policy, &ruleset, instance, places);
+    }
+    Ok(Enforced { assignment, instances, ruleset, policy })
+}
+
+/// Brings up one interface: adopts its pinned filter if there is one, else attaches and
+/// pins a new one.
+fn start_instance(
+    iface: &str,
+    mode: ModeChoice,
+    ruleset: &Ruleset,
+    places: &Places,
+) -> Result<Instance, CliError> {
+    let pins = Pins::new(places.pin_dir, iface);
+    pins.prepare(places.pin_dir).map_err(crate::dataplane::DataplaneError::from)?;
+    let previous = if pins.linked() {
+        State::read(places.state_dir, iface).unwrap_or_else(|e| {
+            warn!(iface, "ignoring the state file: {}", error_chain(&e));
+            None
+        })
+    } else {
+        None
+    };
+    let slots = previous
+        .iter()
+        .flat_map(|s| s.rules.iter().map(|r| (r.name.clone(), r.identity.clone(), r.slot)))
+        .collect();
+    let mut dataplane = Dataplane::open_pinned(&pins, slots)?;
+    dataplane.apply(ruleset)?;
+    let generation = previous.as_ref().map_or(0, |s| s.generation) + 1;
+    if pins.linked() {
+        match dataplane.replace_on_pinned_link(&pins) {
+            Ok(()) => {
+                let mode = match previous.as_ref().map(|s| s.attach_mode.as_str()) {
+                    Some("skb") => AttachMode::Skb,
+                    _ => AttachMode::Native,
+                };
+                info!(iface, "adopted the pinned filter: program replaced on its link, no detach");
+                return Ok(Instance { iface: iface.to_string(), dataplane, mode, generation });
+            }
+            // The interface went away since (its link is defunct): attach afresh.
+            Err(e) => {
+                warn!(
+                    iface,
+                    "the pinned link cannot be reused, attaching again: {}",
+                    error_chain(&e)
+                );
+                let _ = std::fs::remove_file(pins.link());
+            }
+        }
+    }
+    let attached = dataplane.attach_pinned(iface, mode, &pins)?;
+    Ok(Instance { iface: iface.to_string(), dataplane, mode: attached, generation })
+}
+
+fn write_state(
+    path: &Path,
+    policy: &Policy,
+    ruleset: &Ruleset,
+    instance: &Instance,
+    places: &Places,
+) {
+    let rules = ruleset
+        .rules
+        .iter()
+        .zip(&policy.rules)
+        .zip(instance.dataplane.slots())
+        .map(|((compiled, rule), slot)| RuleState {
+            name: compiled.name.clone(),
+            action: format!("{:?}", rule.action).to_lowercase(),
+            mode: format!("{:?}", rule.mode).to_lowercase(),
+            slot,
+            identity: compiled.identity.clone(),
+        })
+        .collect();
+    let state = State {
+        iface: instance.iface.clone(),
+        policy: path.to_path_buf(),
+        policy_hash: policy.hash.clone(),
+        generation: instance.generation,
+        applied_at: state::now(),
+        attach_mode: instance.mode.to_string(),
+        rules,
+    };
+    if let Err(err) = state.write(places.state_dir) {
+        // Enforcement is unaffected; `status` and a restart see less.
+        error!(iface = instance.iface, "writing the state file failed: {}", error_chain(&err));
+    }
 }
 
 fn log_warnings(policy: &policy::Policy) {
@@ -142,7 +286,13 @@ fn log_warnings(policy: &policy::Policy) {
 
 /// The one reload path. Never fails the daemon: a bad policy is logged and the one in
 /// force stays.
-fn reload(e: &mut Enforced, trigger: &str) {
+fn reload(enforced: &mut [Enforced], index: usize, trigger: &str, places: &Places) {
+    notify(&[NotifyState::Reloading]);
+    reload_one(&mut enforced[index], trigger, places);
+    notify(&[NotifyState::Ready, NotifyState::Status(&status_line(enforced))]);
+}
+
+fn reload_one(e: &mut Enforced, trigger: &str, places: &Places) {
     let path = e.assignment.policy.display().to_string();
     let started = Instant::now();
     let policy = match policy::load(&e.assignment.policy) {
@@ -153,43 +303,65 @@ fn reload(e: &mut Enforced, trigger: &str) {
         }
     };
     log_warnings(&policy);
+    if let Err(err) = safety::check(&policy) {
+        error!(policy = %path, trigger, "policy refused, the previous one stays in force: {err}");
+        return;
+    }
     let ruleset = policy::compile(&policy);
     let compiled = started.elapsed();
     if ruleset == e.ruleset {
-        info!(policy = %path, trigger, generation = e.generation, "policy unchanged");
+        info!(policy = %path, trigger, "policy unchanged");
         return;
     }
-    match e.dataplane.apply(&ruleset) {
-        Ok(report) => {
-            e.generation += 1;
-            e.ruleset = ruleset;
-            info!(
+    let mut applied = Vec::new();
+    for instance in &mut e.instances {
+        let began = Instant::now();
+        match instance.dataplane.apply(&ruleset) {
+            Ok(report) => {
+                instance.generation += 1;
+                applied.push(instance.iface.clone());
+                info!(
+                    iface = instance.iface,
+                    policy = %path,
+                    trigger,
+                    generation = instance.generation,
+                    rules = policy.rules.len(),
+                    compile_us = compiled.as_micros() as u64,
+                    apply_us = began.elapsed().as_micros() as u64,
+                    map_writes = report.writes,
+                    "policy applied"
+                );
+            }
+            Err(err) => error!(
+                iface = instance.iface,
                 policy = %path,
                 trigger,
-                generation = e.generation,
-                rules = policy.rules.len(),
-                compile_us = compiled.as_micros() as u64,
-                apply_us = (started.elapsed() - compiled).as_micros() as u64,
-                map_writes = report.writes,
-                "policy applied"
-            );
+                "applying failed, the previous policy stays in force there: {}",
+                error_chain(&err)
+            ),
         }
-        Err(err) => {
-            error!(policy = %path, trigger, "applying failed, the previous policy stays in force: {}", error_chain(&err));
-        }
+    }
+    for instance in e.instances.iter().filter(|i| applied.contains(&i.iface)) {
+        write_state(&e.assignment.policy, &policy, &ruleset, instance, places);
+    }
+    // Interfaces that did not take it keep their previous ruleset; the next reload
+    // retries them.
+    if applied.len() == e.instances.len() {
+        e.ruleset = ruleset;
+        e.policy = policy;
     }
 }
 
-/// Counters of one policy: per verdict, then per rule.
-fn report(e: &Enforced) -> Result<String, CliError> {
+/// Counters of one interface: per verdict, then per rule.
+fn report(e: &Enforced, instance: &Instance) -> Result<String, CliError> {
     let mut out = format!(
         "policy {} on {} (generation {})\n",
         e.assignment.policy.display(),
-        e.assignment.ifaces.join(", "),
-        e.generation
+        instance.iface,
+        instance.generation
     );
-    out.push_str(&crate::cli::counter_table(&e.dataplane.verdict_counts()?));
-    let rules = e.dataplane.rule_counts()?;
+    out.push_str(&crate::cli::counter_table(&instance.dataplane.verdict_counts()?));
+    let rules = instance.dataplane.rule_counts()?;
     if !rules.is_empty() {
         let width = rules.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(4);
         out.push_str(&format!("{:<width$} {:>12} {:>14}\n", "rule", "packets", "bytes"));

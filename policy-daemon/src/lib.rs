@@ -1,18 +1,24 @@
 //! xdp-policy: the daemon and CLI that load the XDP policy program, fill its maps from
 //! TOML policies and attach it to interfaces.
 //!
+//! - [`pinned`]: `status`, `explain` and `detach`, on the pinned filters.
 //! - [`policy`]: TOML → validated policy → map contents (pure, no kernel).
 //! - [`dataplane`]: the only module that talks to the kernel (load, fill, attach, count).
 //! - [`cli`]: the `xdp-policy` subcommands.
 //! - [`config`]: the daemon's configuration file.
 //! - [`daemon`]: `run`: start-up, the reload loop, shutdown.
 //! - [`reload`]: watching policy files.
+//! - [`safety`]: the SSH lock-out check before a policy is applied.
+//! - [`state`]: the per-interface state file beside the pinned maps.
 //! - [`testbed`]: throw-away network namespaces for the demo and the end-to-end tests.
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod pinned;
 pub mod policy;
 pub mod reload;
+pub mod safety;
+pub mod state;
 pub mod testbed;

@@ -182,6 +182,47 @@ static TESTBEDS: AtomicU32 = AtomicU32::new(0);
 pub struct Testbed {
     tx: NetNs,
     rx: NetNs,
+    /// The daemon's pin and state directories; dropped last, after the namespaces.
+    dirs: DaemonDirs,
+}
+
+/// A bpffs for the daemon's pins and a state directory, both under a fresh temporary
+/// directory. The bpffs is mounted here, in the host's mount namespace, before the
+/// daemon starts: `ip netns exec` gives the daemon a copy of the mount table (with /sys
+/// remounted), so a bpffs it mounted itself would vanish with it, and with it the
+/// pinned links that keep the filter in force across restarts.
+#[derive(Debug)]
+pub struct DaemonDirs {
+    root: std::path::PathBuf,
+}
+
+impl DaemonDirs {
+    fn create(name: &str) -> Result<Self, TestbedError> {
+        let root = std::env::temp_dir().join(name);
+        let dirs = Self { root };
+        std::fs::create_dir_all(dirs.pin_dir()).map_err(|source| TestbedError::Spawn {
+            command: format!("mkdir {}", dirs.pin_dir().display()),
+            source,
+        })?;
+        run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(dirs.pin_dir()))?;
+        Ok(dirs)
+    }
+
+    pub fn pin_dir(&self) -> std::path::PathBuf {
+        self.root.join("bpf")
+    }
+
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        self.root.join("state")
+    }
+}
+
+impl Drop for DaemonDirs {
+    fn drop(&mut self) {
+        // Unmounting the bpffs drops every pin on it, and with them the links.
+        let _ = Command::new("umount").arg("-l").arg(self.pin_dir()).status();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
 }
 
 impl Testbed {
@@ -208,7 +249,8 @@ impl Testbed {
             }
         };
         // From here on the guards clean up whatever the remaining steps leave behind.
-        let testbed = Self { tx: NetNs::create(&tx_name)?, rx: NetNs::create(&rx_name)? };
+        let dirs = DaemonDirs::create(&tx_name.replace("-tx", "-daemon"))?;
+        let testbed = Self { tx: NetNs::create(&tx_name)?, rx: NetNs::create(&rx_name)?, dirs };
         let (tx, rx) = (testbed.tx.name(), testbed.rx.name());
         // Created inside the namespaces directly, so the host never sees either end.
         ip(&format!("link add {TX_IFACE} netns {tx} type veth peer name {RX_IFACE} netns {rx}"))?;
@@ -237,6 +279,109 @@ impl Testbed {
         &self.rx
     }
 
+    /// Sends datagrams from tx alternately to `ports` on rx's IPv4 address, one every
+    /// `gap`, while `during` runs on this thread (it gets the stream's start time), for at
+    /// most `duration`; then says what was sent and what arrived, and when it was sent.
+    /// A panic in `during` stops the stream first and is then resumed.
+    pub fn udp_stream(
+        &self,
+        ports: [u16; 2],
+        duration: Duration,
+        gap: Duration,
+        during: impl FnOnce(Instant),
+    ) -> Result<StreamResult, TestbedError> {
+        let mut receivers = Vec::new();
+        for port in ports {
+            let addr = SocketAddr::new(IpAddr::V4(RX_V4), port);
+            let probe = format!("udp stream to {addr}");
+            let socket = self
+                .rx
+                .run(|| UdpSocket::bind(addr))?
+                .map_err(probe_err(&probe, "binding in rx"))?;
+            socket
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .map_err(probe_err(&probe, "setting a timeout"))?;
+            receivers.push(socket);
+        }
+        let start = Instant::now();
+        let sending = AtomicBool::new(true);
+        let done = AtomicBool::new(false);
+        let mut result = StreamResult::default();
+        thread::scope(|scope| -> Result<(), TestbedError> {
+            let readers: Vec<_> = receivers
+                .iter()
+                .map(|socket| {
+                    let sending = &sending;
+                    scope.spawn(move || {
+                        let mut arrivals = Vec::new();
+                        let mut buf = [0u8; 16];
+                        let mut quiet_since = None;
+                        loop {
+                            match socket.recv(&mut buf) {
+                                Ok(8) => {
+                                    let mut stamp = [0u8; 8];
+                                    stamp.copy_from_slice(&buf[..8]);
+                                    arrivals.push(Duration::from_nanos(u64::from_be_bytes(stamp)));
+                                    quiet_since = None;
+                                }
+                                Ok(_) => {}
+                                Err(_) if sending.load(Ordering::Relaxed) => {}
+                                // Sender done: stop after 200 ms without a datagram.
+                                Err(_) => {
+                                    let since = *quiet_since.get_or_insert_with(Instant::now);
+                                    if since.elapsed() > Duration::from_millis(200) {
+                                        return arrivals;
+                                    }
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let sender = scope.spawn(|| {
+                self.tx.run(|| {
+                    let mut sent = [0u64; 2];
+                    let Ok(socket) = UdpSocket::bind("0.0.0.0:0") else { return sent };
+                    let mut i = 0;
+                    while start.elapsed() < duration && !done.load(Ordering::Relaxed) {
+                        let stamp = (start.elapsed().as_nanos() as u64).to_be_bytes();
+                        let addr = SocketAddr::new(IpAddr::V4(RX_V4), ports[i % 2]);
+                        if socket.send_to(&stamp, addr).is_ok() {
+                            sent[i % 2] += 1;
+                        }
+                        i += 1;
+                        thread::sleep(gap);
+                    }
+                    sent
+                })
+            });
+            // Caught, so that a failing `during` still stops the sender and the readers
+            // before the scope joins them; resumed after.
+            let outcome = panic::catch_unwind(panic::AssertUnwindSafe(|| during(start)));
+            // A little traffic after the last change too.
+            thread::sleep(Duration::from_millis(100));
+            done.store(true, Ordering::Relaxed);
+            let sent = sender.join().unwrap_or_else(|payload| panic::resume_unwind(payload));
+            sending.store(false, Ordering::Relaxed);
+            for (i, reader) in readers.into_iter().enumerate() {
+                result.arrivals[i] =
+                    reader.join().unwrap_or_else(|payload| panic::resume_unwind(payload));
+                result.received[i] = result.arrivals[i].len() as u64;
+            }
+            if let Err(payload) = outcome {
+                panic::resume_unwind(payload);
+            }
+            result.sent = sent?;
+            Ok(())
+        })?;
+        Ok(result)
+    }
+
+    /// Where daemons started here pin their filters and keep their state.
+    pub fn dirs(&self) -> &DaemonDirs {
+        &self.dirs
+    }
+
     /// Starts `binary run` in rx on [`RX_IFACE`] with `policy` and `mode`, and waits
     /// until the program is attached. See [`Daemon::start`].
     pub fn start_daemon(
@@ -245,7 +390,7 @@ impl Testbed {
         policy: &Path,
         mode: XdpModeArg,
     ) -> Result<Daemon<'_>, TestbedError> {
-        Daemon::start(binary, &self.rx, RX_IFACE, policy, mode, &[])
+        self.start_daemon_with(binary, policy, mode, &[])
     }
 
     /// [`Self::start_daemon`] with more `run` arguments (`--no-watch`, …).
@@ -256,7 +401,20 @@ impl Testbed {
         mode: XdpModeArg,
         extra: &[&str],
     ) -> Result<Daemon<'_>, TestbedError> {
-        Daemon::start(binary, &self.rx, RX_IFACE, policy, mode, extra)
+        let (pin_dir, state_dir) = (self.dirs.pin_dir(), self.dirs.state_dir());
+        let places = [
+            // Not the host's configuration, if it has one: only what the test says.
+            "--config",
+            "/dev/null",
+            "--pin-dir",
+            pin_dir.to_str().unwrap_or_default(),
+            "--state-dir",
+            state_dir.to_str().unwrap_or_default(),
+            "--metrics",
+            "off",
+        ];
+        let args: Vec<&str> = places.iter().chain(extra).copied().collect();
+        Daemon::start(binary, &self.rx, RX_IFACE, policy, mode, &args)
     }
 
     /// Connects from tx to `dst:port` in rx, where a listener echoes what it receives.
@@ -350,6 +508,15 @@ impl Testbed {
             _ => Err(command_failed(&cmd, &output)),
         }
     }
+}
+
+/// What [`Testbed::udp_stream`] saw.
+#[derive(Debug, Default)]
+pub struct StreamResult {
+    pub sent: [u64; 2],
+    pub received: [u64; 2],
+    /// Send time (since the stream started) of every datagram that arrived, per port.
+    pub arrivals: [Vec<Duration>; 2],
 }
 
 /// What a TCP probe saw.
@@ -527,6 +694,12 @@ impl<'tb> Daemon<'tb> {
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         self.process.stderr_so_far()
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and reaps it; the filter it
+    /// pinned stays in force.
+    pub fn kill9(mut self) {
+        self.process.kill();
     }
 
     /// Sends `signal` to the daemon (SIGHUP reloads).

@@ -11,14 +11,10 @@ mod support;
 
 use std::{
     fs,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::IpAddr,
     os::unix::fs::symlink,
-    panic::{self, AssertUnwindSafe},
     path::{Path, PathBuf},
-    sync::{
-        Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Mutex, MutexGuard, PoisonError},
     thread,
     time::{Duration, Instant},
 };
@@ -95,107 +91,6 @@ fn assert_blocks(testbed: &Testbed, daemon: &Daemon, blocked: u16, open: u16) {
     assert_eq!(delivered(testbed, open), 10, "udp {open} must pass; log:\n{}", daemon.log());
 }
 
-/// What a stream of datagrams to two ports saw.
-#[derive(Debug, Default)]
-struct StreamResult {
-    sent: [u64; 2],
-    received: [u64; 2],
-    /// Send time (since the stream started) of every datagram that arrived, per port.
-    arrivals: [Vec<Duration>; 2],
-}
-
-/// Sends datagrams alternately to `ports` from tx, one every `gap`, while `during` runs
-/// on this thread (it gets the stream's start time), and at most `duration`.
-fn stream(
-    testbed: &Testbed,
-    ports: [u16; 2],
-    duration: Duration,
-    gap: Duration,
-    during: impl FnOnce(Instant),
-) -> StreamResult {
-    let receivers: Vec<UdpSocket> = ports
-        .iter()
-        .map(|port| {
-            let addr = SocketAddr::new(IpAddr::V4(RX_V4), *port);
-            let socket = testbed.rx().run(|| UdpSocket::bind(addr)).expect("netns").expect("bind");
-            socket.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
-            socket
-        })
-        .collect();
-    let start = Instant::now();
-    let sending = AtomicBool::new(true);
-    let done = AtomicBool::new(false);
-    let mut result = StreamResult::default();
-    thread::scope(|scope| {
-        let readers: Vec<_> = receivers
-            .iter()
-            .map(|socket| {
-                let sending = &sending;
-                scope.spawn(move || {
-                    let mut arrivals = Vec::new();
-                    let mut buf = [0u8; 16];
-                    let mut quiet_since = None;
-                    loop {
-                        match socket.recv(&mut buf) {
-                            Ok(8) => {
-                                let nanos =
-                                    u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
-                                arrivals.push(Duration::from_nanos(nanos));
-                                quiet_since = None;
-                            }
-                            Ok(_) => {}
-                            Err(_) if sending.load(Ordering::Relaxed) => {}
-                            // Sender done: stop after 200 ms without a datagram.
-                            Err(_) => {
-                                let since = *quiet_since.get_or_insert_with(Instant::now);
-                                if since.elapsed() > Duration::from_millis(200) {
-                                    return arrivals;
-                                }
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        let sender = scope.spawn(|| {
-            testbed
-                .tx()
-                .run(|| {
-                    let socket = UdpSocket::bind("0.0.0.0:0").expect("bind in tx");
-                    let mut sent = [0u64; 2];
-                    let mut i = 0;
-                    while start.elapsed() < duration && !done.load(Ordering::Relaxed) {
-                        let stamp = (start.elapsed().as_nanos() as u64).to_be_bytes();
-                        let addr = SocketAddr::new(IpAddr::V4(RX_V4), ports[i % 2]);
-                        if socket.send_to(&stamp, addr).is_ok() {
-                            sent[i % 2] += 1;
-                        }
-                        i += 1;
-                        thread::sleep(gap);
-                    }
-                    sent
-                })
-                .expect("netns")
-        });
-        // Caught, so that a failing `during` still stops the sender and the readers
-        // before the scope joins them; re-raised after.
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| during(start)));
-        // A little traffic after the last change too.
-        thread::sleep(Duration::from_millis(100));
-        done.store(true, Ordering::Relaxed);
-        result.sent = sender.join().expect("sender");
-        sending.store(false, Ordering::Relaxed);
-        for (i, reader) in readers.into_iter().enumerate() {
-            result.arrivals[i] = reader.join().expect("reader");
-            result.received[i] = result.arrivals[i].len() as u64;
-        }
-        if let Err(payload) = outcome {
-            panic::resume_unwind(payload);
-        }
-    });
-    result
-}
-
 #[test]
 fn an_editor_saving_by_rename_is_enforced_by_itself() {
     let Some(_serial) = serial("an_editor_saving_by_rename_is_enforced_by_itself") else { return };
@@ -209,17 +104,18 @@ fn an_editor_saving_by_rename_is_enforced_by_itself() {
     // Port B is open until the new file is in force: the last datagram to B that still
     // arrives tells when that happened.
     let mut saved_at = Duration::ZERO;
-    let result = stream(
-        &testbed,
-        [PORT_A, PORT_B],
-        Duration::from_millis(1500),
-        Duration::from_micros(500),
-        |start| {
-            thread::sleep(Duration::from_millis(300));
-            saved_at = start.elapsed();
-            save_by_rename(&policy, &blocking(PORT_B));
-        },
-    );
+    let result = testbed
+        .udp_stream(
+            [PORT_A, PORT_B],
+            Duration::from_millis(1500),
+            Duration::from_micros(500),
+            |start| {
+                thread::sleep(Duration::from_millis(300));
+                saved_at = start.elapsed();
+                save_by_rename(&policy, &blocking(PORT_B));
+            },
+        )
+        .expect("the udp stream");
     daemon.wait_for_log("policy applied", 2, RELOAD_DEADLINE).expect("the reload");
     let last_b = result.arrivals[1].iter().max().copied().expect("B was open at first");
     let latency = last_b.saturating_sub(saved_at);
@@ -328,18 +224,14 @@ fn a_hundred_reloads_under_traffic_misclassify_nothing() {
     let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpModeArg::Skb).expect("daemon");
 
     let started = Instant::now();
-    let result = stream(
-        &testbed,
-        [PORT_A, PORT_B],
-        Duration::from_secs(20),
-        Duration::from_micros(200),
-        |_| {
+    let result = testbed
+        .udp_stream([PORT_A, PORT_B], Duration::from_secs(20), Duration::from_micros(200), |_| {
             for i in 1..=RELOADS {
                 save_by_rename(&policy, &version(i));
                 daemon.wait_for_log("policy applied", i + 1, RELOAD_DEADLINE).expect("a reload");
             }
-        },
-    );
+        })
+        .expect("the udp stream");
     let elapsed = started.elapsed();
     let output = daemon.stop().expect("stopping");
     let counters = output.counters().expect("the counter report");

@@ -76,6 +76,12 @@ pub trait Maps {
         bitmap: &RuleBitmap,
     ) -> Result<(), MapWriteError>;
     fn remove_v6(&mut self, field: AddrFieldId, key: V6Key) -> Result<(), MapWriteError>;
+    /// Keys of an IPv4 trie that belong to `generation` (for a generation whose contents
+    /// this process did not write: after adopting pinned maps).
+    fn v4_keys(&mut self, field: AddrFieldId, generation: u32)
+    -> Result<Vec<V4Key>, MapWriteError>;
+    fn v6_keys(&mut self, field: AddrFieldId, generation: u32)
+    -> Result<Vec<V6Key>, MapWriteError>;
     fn zero_rule_counter(&mut self, slot: u32) -> Result<(), MapWriteError>;
     fn set_active(&mut self, generation: u32) -> Result<(), MapWriteError>;
     /// Returns once no program run that could have read the previous `ACTIVE` value is
@@ -84,8 +90,11 @@ pub trait Maps {
 }
 
 /// What one generation of the maps holds, as far as this process wrote it. Kept exact
-/// by recording each write only after it succeeded.
+/// by recording each write only after it succeeded. A generation this process has not
+/// written whole (adopted from pinned maps) is not `known`: the next apply to it writes
+/// every entry and reads the trie keys back from the kernel to remove stale ones.
 struct Shadow {
+    known: bool,
     config: GenConfig,
     rules: Vec<RuleInfo>,
     field_bitmaps: Vec<RuleBitmap>,
@@ -107,10 +116,16 @@ const ZERO_CONFIG: GenConfig = GenConfig {
 const ZERO_RULE: RuleInfo = RuleInfo { action: 0, monitor: 0, _pad: 0, counter_slot: 0 };
 
 impl Shadow {
+    /// A generation of maps someone else wrote.
+    fn unknown() -> Self {
+        Self { known: false, ..Self::zeroed() }
+    }
+
     /// A generation of freshly created maps: all zero, tries empty.
     fn zeroed() -> Self {
         let words = || vec![0u64; PORT_CLASS_WORDS as usize];
         Self {
+            known: true,
             config: ZERO_CONFIG,
             rules: vec![ZERO_RULE; MAX_RULES],
             field_bitmaps: vec![RuleBitmap::EMPTY; field_bitmap::PER_GENERATION as usize],
@@ -167,6 +182,24 @@ impl Generations {
             slots: HashMap::new(),
             active_rules: Vec::new(),
         }
+    }
+
+    /// The state of maps adopted from pins: `active` is what `ACTIVE` holds; `rules` the
+    /// rules in force with their counter slots, by identity (from the state file), so
+    /// unchanged rules keep counting into the same slots.
+    pub fn adopt(active: u32, rules: Vec<(String, String, u32)>) -> Self {
+        Self {
+            shadows: (0..GENERATIONS).map(|_| Shadow::unknown()).collect(),
+            active: active % GENERATIONS,
+            slots: rules.iter().map(|(_, identity, slot)| (identity.clone(), *slot)).collect(),
+            active_rules: rules.into_iter().map(|(name, _, slot)| (name, slot)).collect(),
+        }
+    }
+
+    /// Identity and counter slot of every rule in force, in rule order (for the state
+    /// file, so that a later daemon can [`Self::adopt`]).
+    pub fn slots(&self) -> &HashMap<String, u32> {
+        &self.slots
     }
 
     pub fn active(&self) -> u32 {
@@ -233,6 +266,17 @@ impl Generations {
         slots: &[u32],
     ) -> Result<usize, MapWriteError> {
         let shadow = &mut self.shadows[generation as usize];
+        // A generation this process did not write whole: write every entry, and remove
+        // whatever the tries hold for it that is not wanted.
+        let force = !shadow.known;
+        if force {
+            for field in [AddrFieldId::Src, AddrFieldId::Dst] {
+                let v4 = maps.v4_keys(field, generation)?;
+                shadow.v4.insert(field, v4.into_iter().map(|k| (k, RuleBitmap::EMPTY)).collect());
+                let v6 = maps.v6_keys(field, generation)?;
+                shadow.v6.insert(field, v6.into_iter().map(|k| (k, RuleBitmap::EMPTY)).collect());
+            }
+        }
         let mut writes = 0;
 
         for (i, (rule, slot)) in ruleset.rules.iter().zip(slots).enumerate() {
@@ -242,14 +286,14 @@ impl Generations {
                 _pad: 0,
                 counter_slot: *slot,
             };
-            if shadow.rules[i] != info {
+            if force || shadow.rules[i] != info {
                 maps.set_rule(generation * MAX_RULES as u32 + i as u32, &info)?;
                 shadow.rules[i] = info;
                 writes += 1;
             }
         }
         for (i, bitmap) in ruleset.field_bitmaps.iter().enumerate() {
-            if shadow.field_bitmaps[i] != *bitmap {
+            if force || shadow.field_bitmaps[i] != *bitmap {
                 maps.set_field_bitmap(
                     generation * field_bitmap::PER_GENERATION + i as u32,
                     bitmap,
@@ -260,7 +304,7 @@ impl Generations {
         }
         for (id, field) in [(PortFieldId::Dst, &ruleset.dport), (PortFieldId::Src, &ruleset.sport)]
         {
-            writes += write_port_field(maps, shadow, generation, id, field)?;
+            writes += write_port_field(maps, shadow, generation, id, field, force)?;
         }
         for (id, entries) in
             [(AddrFieldId::Src, &ruleset.src_v4), (AddrFieldId::Dst, &ruleset.dst_v4)]
@@ -268,7 +312,7 @@ impl Generations {
             let wanted: HashMap<V4Key, RuleBitmap> =
                 entries.iter().map(|(net, b)| (v4_key(generation, net), *b)).collect();
             let current = shadow.v4.get_mut(&id).expect("both fields present");
-            writes += sync_trie(current, &wanted, |k, b| maps_v4(maps, id, k, b))?;
+            writes += sync_trie(current, &wanted, force, |k, b| maps_v4(maps, id, k, b))?;
         }
         for (id, entries) in
             [(AddrFieldId::Src, &ruleset.src_v6), (AddrFieldId::Dst, &ruleset.dst_v6)]
@@ -276,14 +320,15 @@ impl Generations {
             let wanted: HashMap<V6Key, RuleBitmap> =
                 entries.iter().map(|(net, b)| (v6_key(generation, net), *b)).collect();
             let current = shadow.v6.get_mut(&id).expect("both fields present");
-            writes += sync_trie(current, &wanted, |k, b| maps_v6(maps, id, k, b))?;
+            writes += sync_trie(current, &wanted, force, |k, b| maps_v6(maps, id, k, b))?;
         }
         // Last: the config says how many rule words are in use and which fields.
-        if shadow.config != ruleset.config {
+        if force || shadow.config != ruleset.config {
             maps.set_config(generation, &ruleset.config)?;
             shadow.config = ruleset.config;
             writes += 1;
         }
+        shadow.known = true;
         Ok(writes)
     }
 }
@@ -317,11 +362,12 @@ fn maps_v6(
 fn sync_trie<K: Copy + Eq + std::hash::Hash>(
     current: &mut HashMap<K, RuleBitmap>,
     wanted: &HashMap<K, RuleBitmap>,
+    force: bool,
     mut write: impl FnMut(K, Option<&RuleBitmap>) -> Result<(), MapWriteError>,
 ) -> Result<usize, MapWriteError> {
     let mut writes = 0;
     for (key, bitmap) in wanted {
-        if current.get(key) != Some(bitmap) {
+        if force || current.get(key) != Some(bitmap) {
             write(*key, Some(bitmap))?;
             current.insert(*key, *bitmap);
             writes += 1;
@@ -342,11 +388,12 @@ fn write_port_field(
     generation: u32,
     id: PortFieldId,
     field: &PortField,
+    force: bool,
 ) -> Result<usize, MapWriteError> {
     let mut writes = 0;
     let bitmaps = shadow.port_bitmaps.get_mut(&id).expect("both fields present");
     for (class, bitmap) in field.bitmaps.iter().enumerate() {
-        if bitmaps.get(class) != Some(bitmap) {
+        if force || bitmaps.get(class) != Some(bitmap) {
             maps.set_port_bitmap(id, generation * MAX_PORT_CLASSES + class as u32, bitmap)?;
             if class >= bitmaps.len() {
                 bitmaps.resize(class + 1, RuleBitmap::EMPTY);
@@ -357,7 +404,7 @@ fn write_port_field(
     }
     let words = shadow.port_words.get_mut(&id).expect("both fields present");
     for (i, word) in field.class_words().into_iter().enumerate() {
-        if words[i] != word {
+        if force || words[i] != word {
             maps.set_port_classes(id, generation * PORT_CLASS_WORDS + i as u32, word)?;
             words[i] = word;
             writes += 1;

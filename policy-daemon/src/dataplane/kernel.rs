@@ -65,6 +65,11 @@ impl KernelMaps {
         })
     }
 
+    /// What `ACTIVE` holds: the generation the program reads.
+    pub fn active(&self) -> Result<u32, DataplaneError> {
+        self.active.get(&0, 0).map_err(|source| DataplaneError::MapRead { map: ACTIVE_MAP, source })
+    }
+
     /// A counter summed over CPUs.
     pub fn read_counter(
         map: &PerCpuArray<MapData, Counter>,
@@ -170,6 +175,44 @@ impl Maps for KernelMaps {
             AddrFieldId::Dst => (&mut self.dst_v6, DST_V6_MAP),
         };
         map.remove(&Key::new(key.0, key.1)).map_err(failed(name, format!("prefix {key:?}")))
+    }
+
+    fn v4_keys(
+        &mut self,
+        field: AddrFieldId,
+        generation: u32,
+    ) -> Result<Vec<V4Key>, MapWriteError> {
+        let (map, name) = match field {
+            AddrFieldId::Src => (&self.src_v4, SRC_V4_MAP),
+            AddrFieldId::Dst => (&self.dst_v4, DST_V4_MAP),
+        };
+        let mut keys = Vec::new();
+        for key in map.keys() {
+            let key = key.map_err(failed(name, "keys"))?;
+            if key.data()[0] == generation as u8 {
+                keys.push((key.prefix_len(), key.data()));
+            }
+        }
+        Ok(keys)
+    }
+
+    fn v6_keys(
+        &mut self,
+        field: AddrFieldId,
+        generation: u32,
+    ) -> Result<Vec<V6Key>, MapWriteError> {
+        let (map, name) = match field {
+            AddrFieldId::Src => (&self.src_v6, SRC_V6_MAP),
+            AddrFieldId::Dst => (&self.dst_v6, DST_V6_MAP),
+        };
+        let mut keys = Vec::new();
+        for key in map.keys() {
+            let key = key.map_err(failed(name, "keys"))?;
+            if key.data()[0] == generation as u8 {
+                keys.push((key.prefix_len(), key.data()));
+            }
+        }
+        Ok(keys)
     }
 
     fn zero_rule_counter(&mut self, slot: u32) -> Result<(), MapWriteError> {

@@ -7,19 +7,28 @@
 
 pub mod apply;
 mod kernel;
+pub mod pins;
 
 use std::fmt;
 
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
     maps::MapError,
-    programs::{ProgramError, Xdp, XdpMode},
+    pin::PinError as AyaPinError,
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+    },
 };
-use policy_common::{Counter, PROGRAM_NAME, RULE_COUNTERS_MAP, VERDICT_COUNTERS_MAP, Verdict};
+use policy_common::{
+    Counter, MAP_NAMES, PROGRAM_NAME, RULE_COUNTERS_MAP, VERDICT_COUNTERS_MAP, Verdict,
+};
 
 use self::{
     apply::{ApplyReport, Generations, MapWriteError},
     kernel::KernelMaps,
+    pins::Pins,
 };
 use crate::policy::Ruleset;
 
@@ -109,6 +118,37 @@ pub enum DataplaneError {
     UnknownInterface(String),
     #[error("BPF_PROG_TEST_RUN of `{PROGRAM_NAME}` failed")]
     TestRun(#[source] ProgramError),
+    #[error(
+        "the pinned maps in {} do not fit this version of xdp-policy (map `{map}`): remove them \
+         with `xdp-policy detach`, then start again",
+        dir.display()
+    )]
+    StalePins {
+        dir: std::path::PathBuf,
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("pinning {} failed", path.display())]
+    Pin {
+        path: std::path::PathBuf,
+        #[source]
+        source: AyaPinError,
+    },
+    #[error("opening the pinned link {} failed", path.display())]
+    PinnedLink {
+        path: std::path::PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("replacing the program on the pinned link {} failed", path.display())]
+    ReplaceProgram {
+        path: std::path::PathBuf,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(transparent)]
+    Pins(#[from] pins::PinError),
 }
 
 /// Per-verdict totals, summed over CPUs.
@@ -151,6 +191,93 @@ impl Dataplane {
         Ok(dataplane)
     }
 
+    /// Loads the program with its maps pinned under `pins` (reusing maps already pinned
+    /// there, with their contents and counters) and does not apply anything yet. If a link
+    /// is pinned, the maps are adopted: `rules` (name, identity, counter slot of each rule
+    /// in force, from the state file) lets unchanged rules keep counting where they were.
+    pub fn open_pinned(
+        pins: &Pins,
+        rules: Vec<(String, String, u32)>,
+    ) -> Result<Self, DataplaneError> {
+        if OBJECT.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        let map_paths: Vec<_> = MAP_NAMES.iter().map(|name| (*name, pins.map(name))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+        let maps = KernelMaps::take(&mut ebpf).map_err(|e| match e {
+            DataplaneError::MapType { map, source } => {
+                DataplaneError::StalePins { dir: pins.dir().to_path_buf(), map, source }
+            }
+            other => other,
+        })?;
+        let generations = if pins.linked() {
+            Generations::adopt(maps.active()?, rules)
+        } else {
+            Generations::new()
+        };
+        let mut dataplane = Self { ebpf, maps, generations };
+        dataplane.program()?.load().map_err(DataplaneError::ProgramLoad)?;
+        Ok(dataplane)
+    }
+
+    /// Attaches to `iface` and pins the link and the program: the filter now stays in
+    /// force when this process exits.
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        choice: ModeChoice,
+        pins: &Pins,
+    ) -> Result<AttachMode, DataplaneError> {
+        let (mode, link_id) = self.attach_link(iface, choice)?;
+        let program = self.program()?;
+        let link = program.take_link(link_id).map_err(DataplaneError::ProgramType)?;
+        let link = FdLink::try_from(link)
+            .map_err(|source| DataplaneError::PinnedLink { path: pins.link(), source })?;
+        link.pin(pins.link())
+            .map_err(|source| DataplaneError::Pin { path: pins.link(), source })?;
+        self.pin_program(pins)?;
+        Ok(mode)
+    }
+
+    /// Puts this process's program on the link pinned under `pins`, atomically (the
+    /// kernel swaps the program of the link: no packet goes unfiltered), and pins it.
+    pub fn replace_on_pinned_link(&mut self, pins: &Pins) -> Result<(), DataplaneError> {
+        let path = pins.link();
+        let pinned = PinnedLink::from_pin(&path)
+            .map_err(|source| DataplaneError::PinnedLink { path: path.clone(), source })?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|source| DataplaneError::PinnedLink { path: path.clone(), source })?;
+        let program = self.program()?;
+        let id = program
+            .attach_to_link(link)
+            .map_err(|source| DataplaneError::ReplaceProgram { path, source })?;
+        // Hold no descriptor of the link: its pin alone keeps it, so `detach` (removing
+        // the pin) takes the filter off even while a daemon runs.
+        drop(program.take_link(id).map_err(DataplaneError::ProgramType)?);
+        self.pin_program(pins)
+    }
+
+    fn pin_program(&mut self, pins: &Pins) -> Result<(), DataplaneError> {
+        let path = pins.program();
+        // The previous program's pin; the program itself goes once nothing uses it.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(pins::PinError::Io { path, source: e }.into());
+            }
+            _ => {}
+        }
+        self.program()?.pin(&path).map_err(|source| DataplaneError::Pin { path, source })
+    }
+
+    /// Counter slots of the rules in force, in rule order.
+    pub fn slots(&self) -> Vec<u32> {
+        self.generations.active_rules().iter().map(|(_, slot)| *slot).collect()
+    }
+
     /// Makes `ruleset` the one in force, atomically: packets see the previous ruleset
     /// or this one, never a mix. On error the previous ruleset stays in force.
     pub fn apply(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, DataplaneError> {
@@ -169,11 +296,20 @@ impl Dataplane {
         iface: &str,
         choice: ModeChoice,
     ) -> Result<AttachMode, DataplaneError> {
+        self.attach_link(iface, choice).map(|(mode, _)| mode)
+    }
+
+    /// Attaches like [`Self::attach`] and returns the link's id.
+    fn attach_link(
+        &mut self,
+        iface: &str,
+        choice: ModeChoice,
+    ) -> Result<(AttachMode, aya::programs::xdp::XdpLinkId), DataplaneError> {
         match choice {
             ModeChoice::Native => self.attach_in(iface, AttachMode::Native),
             ModeChoice::Skb => self.attach_in(iface, AttachMode::Skb),
             ModeChoice::Auto => match self.attach_in(iface, AttachMode::Native) {
-                Ok(mode) => Ok(mode),
+                Ok(attached) => Ok(attached),
                 Err(e @ DataplaneError::UnknownInterface(_)) => Err(e),
                 Err(e) => {
                     tracing::warn!(
@@ -187,10 +323,14 @@ impl Dataplane {
         }
     }
 
-    fn attach_in(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, DataplaneError> {
+    fn attach_in(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<(AttachMode, aya::programs::xdp::XdpLinkId), DataplaneError> {
         let result = self.program()?.attach(iface, mode.xdp_mode());
         match result {
-            Ok(_link) => Ok(mode),
+            Ok(link) => Ok((mode, link)),
             Err(ProgramError::UnknownInterface { name }) => {
                 Err(DataplaneError::UnknownInterface(name))
             }

@@ -27,6 +27,7 @@ pub use diagnostic::{Diagnostic, Location};
 use ipnet::IpNet;
 use policy_common::{L4Class, MAX_PREFIXES, MAX_RULES};
 pub use schema::{Action, Fragments, Mode, PortRange, Protocol};
+use sha2::{Digest as _, Sha256};
 
 /// A validated policy: the rules of one file, or of every `*.toml` file of a directory
 /// in file-name order.
@@ -41,6 +42,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Problems that do not stop the policy from being applied (shadowed rules).
     pub warnings: Vec<Diagnostic>,
+    /// [`content_hash`] of the files as read.
+    pub hash: String,
 }
 
 /// The `[defaults]` table.
@@ -51,6 +54,8 @@ pub struct Defaults {
     /// The mode of the default action and of rules that set none.
     pub mode: Mode,
     pub fragments: Fragments,
+    /// The operator accepts that this policy drops SSH from everywhere (see `safety`).
+    pub i_know_this_blocks_ssh: bool,
 }
 
 /// One validated rule.
@@ -102,9 +107,11 @@ impl Rule {
     }
 
     /// A key that changes whenever anything that decides what the rule counts changes:
-    /// rule counters survive reloads that keep it.
+    /// rule counters survive reloads that keep it. A SHA-256 (hex, 128 bits kept) over
+    /// everything but the rule's position and file, stable across daemon versions that
+    /// keep the policy format.
     pub fn identity(&self) -> String {
-        format!(
+        let text = format!(
             "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
             self.name,
             self.action,
@@ -115,7 +122,9 @@ impl Rule {
             self.src,
             self.dst,
             self.icmp_types
-        )
+        );
+        let digest = Sha256::digest(text.as_bytes());
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -178,11 +187,25 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     parse(sources.iter().map(|(file, text)| (file.as_path(), text.as_str())))
 }
 
+/// SHA-256 (hex) over a policy's files, names and contents in order: what `status` shows
+/// so an operator can tell which version of the files is in force.
+pub fn content_hash<'a>(sources: impl IntoIterator<Item = (&'a Path, &'a str)>) -> String {
+    let mut hasher = Sha256::new();
+    for (file, text) in sources {
+        hasher.update(file.as_os_str().as_encoded_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Parses and validates policy texts (`(file name for messages, text)`), merged in the
 /// order given.
 pub fn parse<'a>(
-    sources: impl IntoIterator<Item = (&'a Path, &'a str)>,
+    sources: impl IntoIterator<Item = (&'a Path, &'a str)> + Clone,
 ) -> Result<Policy, PolicyError> {
+    let hash = content_hash(sources.clone());
     let mut diagnostics = Vec::new();
     let mut names = HashMap::new();
     let mut files = Vec::new();
@@ -223,6 +246,7 @@ pub fn parse<'a>(
         defaults,
         rules,
         warnings,
+        hash,
     })
 }
 

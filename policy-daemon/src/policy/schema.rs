@@ -259,6 +259,8 @@ struct RawDefaults {
     mode: Mode,
     #[serde(default)]
     fragments: Fragments,
+    #[serde(default)]
+    i_know_this_blocks_ssh: bool,
 }
 
 #[derive(Deserialize)]
@@ -301,7 +303,13 @@ pub fn parse_file(
     let defaults = raw.defaults.map(|d| {
         let span = d.span();
         let d = d.into_inner();
-        (Defaults { action: d.action, mode: d.mode, fragments: d.fragments }, span)
+        let defaults = Defaults {
+            action: d.action,
+            mode: d.mode,
+            fragments: d.fragments,
+            i_know_this_blocks_ssh: d.i_know_this_blocks_ssh,
+        };
+        (defaults, span)
     });
     let interfaces = raw.interfaces.map(|i| (i.span(), i.into_inner().0)).map(|(s, i)| (i, s));
 

@@ -282,7 +282,12 @@ action = "drop"
     assert_eq!(policy.interfaces, vec!["eth0", "eth1"]);
     assert_eq!(
         policy.defaults,
-        Defaults { action: Action::Drop, mode: Mode::Monitor, fragments: Fragments::Pass }
+        Defaults {
+            action: Action::Drop,
+            mode: Mode::Monitor,
+            fragments: Fragments::Pass,
+            i_know_this_blocks_ssh: false
+        }
     );
     let web = &policy.rules[0];
     assert_eq!(web.mode, Mode::Enforce, "a rule's own mode wins over the default");

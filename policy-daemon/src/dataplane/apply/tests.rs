@@ -16,6 +16,9 @@ struct FakeMaps {
     fail_at: Option<usize>,
     zeroed: Vec<u32>,
     waits: usize,
+    /// Every trie key ever inserted, to answer `v4_keys`/`v6_keys` from `cells`.
+    v4: Vec<V4Key>,
+    v6: Vec<V6Key>,
 }
 
 impl FakeMaps {
@@ -65,6 +68,7 @@ impl Maps for FakeMaps {
         key: V4Key,
         bitmap: &RuleBitmap,
     ) -> Result<(), MapWriteError> {
+        self.v4.push(key);
         self.write(format!("v4/{field:?}/{key:?}"), format!("{bitmap:?}"))
     }
     fn remove_v4(&mut self, field: AddrFieldId, key: V4Key) -> Result<(), MapWriteError> {
@@ -79,6 +83,7 @@ impl Maps for FakeMaps {
         key: V6Key,
         bitmap: &RuleBitmap,
     ) -> Result<(), MapWriteError> {
+        self.v6.push(key);
         self.write(format!("v6/{field:?}/{key:?}"), format!("{bitmap:?}"))
     }
     fn remove_v6(&mut self, field: AddrFieldId, key: V6Key) -> Result<(), MapWriteError> {
@@ -86,6 +91,36 @@ impl Maps for FakeMaps {
         self.write(format!("remove {k}"), String::new())?;
         self.cells.remove(&k);
         Ok(())
+    }
+    fn v4_keys(
+        &mut self,
+        field: AddrFieldId,
+        generation: u32,
+    ) -> Result<Vec<V4Key>, MapWriteError> {
+        let prefix = format!("v4/{field:?}/");
+        Ok(self
+            .v4
+            .iter()
+            .filter(|k| {
+                k.1[0] == generation as u8 && self.cells.contains_key(&format!("{prefix}{k:?}"))
+            })
+            .copied()
+            .collect())
+    }
+    fn v6_keys(
+        &mut self,
+        field: AddrFieldId,
+        generation: u32,
+    ) -> Result<Vec<V6Key>, MapWriteError> {
+        let prefix = format!("v6/{field:?}/");
+        Ok(self
+            .v6
+            .iter()
+            .filter(|k| {
+                k.1[0] == generation as u8 && self.cells.contains_key(&format!("{prefix}{k:?}"))
+            })
+            .copied()
+            .collect())
     }
     fn zero_rule_counter(&mut self, slot: u32) -> Result<(), MapWriteError> {
         self.zeroed.push(slot);
@@ -222,4 +257,46 @@ fn a_failure_part_way_leaves_the_active_generation_in_force() {
             }
         }
     }
+}
+
+#[test]
+fn adopted_maps_are_rewritten_whole_and_stale_prefixes_removed() {
+    // A previous daemon applied two policies (generation 1, then 0) and died.
+    let mut maps = FakeMaps::default();
+    let mut before = Generations::new();
+    let old = ruleset("[[rule]]\nname = \"old\"\naction = \"drop\"\nsrc = \"198.51.100.0/24\"\n");
+    before.apply(&mut maps, &old).expect("first");
+    before.apply(&mut maps, &ruleset(TWO_RULES)).expect("second");
+    let slots: Vec<(String, String, u32)> = before
+        .active_rules()
+        .iter()
+        .map(|(name, slot)| {
+            let identity = before.slots().iter().find(|(_, s)| *s == slot).map(|(i, _)| i.clone());
+            (name.clone(), identity.unwrap_or_default(), *slot)
+        })
+        .collect();
+    assert_eq!(maps.active, 0);
+
+    // A new daemon adopts the maps and applies the same two rules again.
+    let mut adopted = Generations::adopt(maps.active, slots);
+    let writes_before = maps.writes.len();
+    adopted.apply(&mut maps, &ruleset(TWO_RULES)).expect("apply after adopting");
+    assert_eq!(maps.active, 1);
+    let stale = v4_key(1, &"198.51.100.0/24".parse().expect("net"));
+    assert!(
+        !maps.cells.contains_key(&format!("v4/Src/{stale:?}")),
+        "the old policy's prefix is removed: {:?}",
+        maps.writes[writes_before..].iter().filter(|w| w.contains("v4")).collect::<Vec<_>>()
+    );
+    let new_writes = &maps.writes[writes_before..];
+    assert!(
+        new_writes.iter().filter(|w| w.starts_with("classes/")).count() >= 2 * 16384,
+        "every port word"
+    );
+    assert!(new_writes.iter().any(|w| w == "config/1"));
+    assert!(
+        maps.zeroed.iter().filter(|s| **s < 2).count() == 2,
+        "only the first daemon's fresh slots"
+    );
+    assert_eq!(adopted.active_rules(), before.active_rules(), "unchanged rules keep their slots");
 }

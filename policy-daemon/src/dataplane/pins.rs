@@ -1,0 +1,132 @@
+//! Where an interface's program, XDP link and maps are pinned, so that enforcement
+//! outlives the daemon: `<pin_dir>/<iface>/{program,link,maps/<MAP>}`. A daemon that
+//! finds the link pinned adopts the maps and replaces the program on the link; only
+//! `xdp-policy detach` removes the pins (and with the last one, the filter).
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    mount::{MsFlags, mount},
+    sys::statfs::{BPF_FS_MAGIC, SYSFS_MAGIC, statfs},
+};
+
+/// The pin paths of one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pins {
+    dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{} is not on a bpffs and mounting one there failed (it needs CAP_SYS_ADMIN; or mount it \
+         first: mount -t bpf bpf {})",
+        path.display(),
+        path.display()
+    )]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
+    move |source| PinError::Io { path: path.to_path_buf(), source }
+}
+
+impl Pins {
+    pub fn new(pin_dir: &Path, iface: &str) -> Self {
+        Self { dir: pin_dir.join(iface) }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn program(&self) -> PathBuf {
+        self.dir.join("program")
+    }
+
+    pub fn link(&self) -> PathBuf {
+        self.dir.join("link")
+    }
+
+    pub fn maps(&self) -> PathBuf {
+        self.dir.join("maps")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+
+    /// Whether a link is pinned here: the filter is (or was) in force.
+    pub fn linked(&self) -> bool {
+        self.link().exists()
+    }
+
+    /// Makes sure `pin_dir` is on a bpffs (mounting one if not) and creates this
+    /// interface's directories.
+    pub fn prepare(&self, pin_dir: &Path) -> Result<(), PinError> {
+        ensure_bpffs(pin_dir)?;
+        fs::create_dir_all(self.maps()).map_err(io_err(&self.dir))
+    }
+
+    /// Removes every pin of the interface. The link goes with its pin once no process
+    /// holds it, which detaches the program.
+    pub fn remove(&self) -> Result<(), PinError> {
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&self.dir)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The interfaces with pins under `pin_dir`, sorted.
+    pub fn all(pin_dir: &Path) -> Result<Vec<(String, Self)>, PinError> {
+        let entries = match fs::read_dir(pin_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(pin_dir)(e)),
+        };
+        let mut all = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err(pin_dir))?;
+            if entry.path().is_dir() {
+                let iface = entry.file_name().to_string_lossy().into_owned();
+                all.push((iface.clone(), Self::new(pin_dir, &iface)));
+            }
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+}
+
+/// Makes sure `dir` exists on a bpffs, mounting one if needed (this machine, like many
+/// containers, has no bpffs at /sys/fs/bpf). `/sys/fs/bpf` itself is a sysfs directory
+/// where nothing can be created until a bpffs is mounted on it: then that is where it
+/// goes, as systemd would have done it.
+pub fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
+    let fs_type = |path: &Path| {
+        statfs(path)
+            .map(|s| s.filesystem_type())
+            .map_err(|e| PinError::Io { path: path.to_path_buf(), source: e.into() })
+    };
+    let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+    if fs_type(existing)? != BPF_FS_MAGIC {
+        let mount_point = if fs_type(existing)? == SYSFS_MAGIC { existing } else { dir };
+        fs::create_dir_all(mount_point).map_err(io_err(mount_point))?;
+        tracing::info!(dir = %mount_point.display(), "mounting bpffs");
+        mount(Some("bpf"), mount_point, Some("bpf"), MsFlags::empty(), None::<&str>)
+            .map_err(|source| PinError::Mount { path: mount_point.to_path_buf(), source })?;
+    }
+    fs::create_dir_all(dir).map_err(io_err(dir))
+}

@@ -1,0 +1,407 @@
+//! Commands on the pinned filters, working whether or not a daemon runs: `status`
+//! (what is in force and its counters), `explain` (why a given packet is passed or
+//! dropped, by the live program and by the reference classifier) and `detach`.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    TestRun as _, TestRunOptions,
+    maps::{Map, MapData, PerCpuArray},
+    programs::Xdp,
+};
+use aya_obj::programs::XdpAttachType;
+use policy_common::{
+    Counter, RULE_COUNTERS_MAP, VERDICT_COUNTERS_MAP, Verdict,
+    xdp_action::{XDP_DROP, XDP_PASS},
+};
+use serde::Serialize;
+
+use crate::{
+    dataplane::pins::Pins,
+    policy::{
+        self,
+        reference::{self, IpPacket, L4, Parsed},
+    },
+    state::{self, State},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedError {
+    #[error("no filter is pinned for {iface} under {}", pin_dir.display())]
+    NotPinned { iface: String, pin_dir: PathBuf },
+    #[error("reading the pinned map {} failed", path.display())]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("opening the pinned program {} failed", path.display())]
+    Program {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(transparent)]
+    Pins(#[from] crate::dataplane::pins::PinError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("{0}")]
+    Packet(String),
+}
+
+/// One interface as `status` reports it.
+#[derive(Debug, Serialize)]
+pub struct InterfaceStatus {
+    pub iface: String,
+    /// A link is pinned: the filter is in force (if the interface still exists).
+    pub attached: bool,
+    /// From the state file; `None` when there is none.
+    pub state: Option<State>,
+    pub verdicts: BTreeMap<&'static str, Count>,
+    /// Rules in force with their counters, in rule order.
+    pub rules: Vec<RuleStatus>,
+}
+
+/// Packets and bytes, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RuleStatus {
+    pub name: String,
+    pub action: String,
+    pub mode: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+fn per_cpu(pins: &Pins, name: &str) -> Result<PerCpuArray<MapData, Counter>, PinnedError> {
+    let path = pins.map(name);
+    let err = |source| PinnedError::Map { path: path.clone(), source };
+    let data = MapData::from_pin(&path).map_err(err)?;
+    PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(err)
+}
+
+fn read(
+    map: &PerCpuArray<MapData, Counter>,
+    pins: &Pins,
+    name: &str,
+    index: u32,
+) -> Result<Counter, PinnedError> {
+    let values =
+        map.get(&index, 0).map_err(|source| PinnedError::Map { path: pins.map(name), source })?;
+    Ok(values.iter().fold(Counter::default(), |a, c| Counter {
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+    }))
+}
+
+/// The status of every pinned interface, or of `only`.
+pub fn status(
+    pin_dir: &Path,
+    state_dir: &Path,
+    only: Option<&str>,
+) -> Result<Vec<InterfaceStatus>, PinnedError> {
+    let mut all = Vec::new();
+    for (iface, pins) in Pins::all(pin_dir)? {
+        if only.is_some_and(|o| o != iface) {
+            continue;
+        }
+        let state = State::read(state_dir, &iface)?;
+        let verdict_map = per_cpu(&pins, VERDICT_COUNTERS_MAP)?;
+        let mut verdicts = BTreeMap::new();
+        for verdict in Verdict::ALL {
+            let c = read(&verdict_map, &pins, VERDICT_COUNTERS_MAP, verdict as u32)?;
+            verdicts.insert(verdict.name(), Count { packets: c.packets, bytes: c.bytes });
+        }
+        let rule_map = per_cpu(&pins, RULE_COUNTERS_MAP)?;
+        let mut rules = Vec::new();
+        for rule in state.iter().flat_map(|s| &s.rules) {
+            let c = read(&rule_map, &pins, RULE_COUNTERS_MAP, rule.slot)?;
+            rules.push(RuleStatus {
+                name: rule.name.clone(),
+                action: rule.action.clone(),
+                mode: rule.mode.clone(),
+                packets: c.packets,
+                bytes: c.bytes,
+            });
+        }
+        all.push(InterfaceStatus {
+            iface: iface.clone(),
+            attached: pins.linked(),
+            state,
+            verdicts,
+            rules,
+        });
+    }
+    if let Some(iface) = only
+        && all.is_empty()
+    {
+        return Err(PinnedError::NotPinned {
+            iface: iface.to_string(),
+            pin_dir: pin_dir.to_path_buf(),
+        });
+    }
+    Ok(all)
+}
+
+/// `status` as text.
+pub fn render_status(all: &[InterfaceStatus]) -> String {
+    if all.is_empty() {
+        return "no filters are pinned\n".to_string();
+    }
+    let mut out = String::new();
+    for s in all {
+        let attached = if s.attached { "attached" } else { "not attached" };
+        match &s.state {
+            Some(st) => out.push_str(&format!(
+                "{}: {attached} ({}), policy {} (sha256 {}), generation {}, applied {} s ago\n",
+                s.iface,
+                st.attach_mode,
+                st.policy.display(),
+                &st.policy_hash[..st.policy_hash.len().min(12)],
+                st.generation,
+                state::now().saturating_sub(st.applied_at)
+            )),
+            None => out.push_str(&format!("{}: {attached}, no state file\n", s.iface)),
+        }
+        out.push_str(&format!("  {:<18} {:>12} {:>14}\n", "verdict", "packets", "bytes"));
+        for verdict in Verdict::ALL {
+            let c = s.verdicts.get(verdict.name()).copied().unwrap_or_default();
+            out.push_str(&format!("  {:<18} {:>12} {:>14}\n", verdict.name(), c.packets, c.bytes));
+        }
+        if !s.rules.is_empty() {
+            let width = s.rules.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+            out.push_str(&format!(
+                "  {:<width$} {:<6} {:<8} {:>12} {:>14}\n",
+                "rule", "action", "mode", "packets", "bytes"
+            ));
+            for r in &s.rules {
+                out.push_str(&format!(
+                    "  {:<width$} {:<6} {:<8} {:>12} {:>14}\n",
+                    r.name, r.action, r.mode, r.packets, r.bytes
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The packet `explain` builds.
+#[derive(Clone, Copy, Debug)]
+pub struct Probe {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub l4: L4,
+}
+
+/// An Ethernet frame carrying `probe` (checksums zero: the program does not check them).
+pub fn frame(probe: &Probe) -> Result<Vec<u8>, PinnedError> {
+    let l4: Vec<u8> = match probe.l4 {
+        L4::Tcp { src_port, dst_port } => {
+            let mut h = vec![0; 20];
+            h[0..2].copy_from_slice(&src_port.to_be_bytes());
+            h[2..4].copy_from_slice(&dst_port.to_be_bytes());
+            h[12] = 5 << 4;
+            h[13] = 0x02; // SYN
+            h
+        }
+        L4::Udp { src_port, dst_port } => {
+            let mut h = vec![0; 8];
+            h[0..2].copy_from_slice(&src_port.to_be_bytes());
+            h[2..4].copy_from_slice(&dst_port.to_be_bytes());
+            h[4..6].copy_from_slice(&8u16.to_be_bytes());
+            h
+        }
+        L4::Icmp { icmp_type } | L4::Icmpv6 { icmp_type } => vec![icmp_type, 0, 0, 0, 0, 0, 0, 0],
+        L4::Other { .. } => vec![0; 8],
+        L4::Fragment { .. } => {
+            return Err(PinnedError::Packet("explain builds whole packets, not fragments".into()));
+        }
+    };
+    let proto = match probe.l4 {
+        L4::Tcp { .. } => 6,
+        L4::Udp { .. } => 17,
+        L4::Icmp { .. } => 1,
+        L4::Icmpv6 { .. } => 58,
+        L4::Other { proto } => proto,
+        L4::Fragment { .. } => 0,
+    };
+    let mut out = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    match (probe.src, probe.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            out.extend_from_slice(&0x0800u16.to_be_bytes());
+            out.extend_from_slice(&[0x45, 0]);
+            out.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+            out.extend_from_slice(&[0, 0, 0, 0, 64, proto, 0, 0]);
+            out.extend_from_slice(&src.octets());
+            out.extend_from_slice(&dst.octets());
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            out.extend_from_slice(&0x86ddu16.to_be_bytes());
+            out.extend_from_slice(&[0x60, 0, 0, 0]);
+            out.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            out.extend_from_slice(&[proto, 64]);
+            out.extend_from_slice(&src.octets());
+            out.extend_from_slice(&dst.octets());
+        }
+        _ => {
+            return Err(PinnedError::Packet(
+                "--src and --dst must both be IPv4 or both IPv6".into(),
+            ));
+        }
+    }
+    out.extend_from_slice(&l4);
+    Ok(out)
+}
+
+/// Runs `probe` through the live program of `iface` and through the reference
+/// classifier over the policy files; returns the report.
+pub fn explain(
+    pin_dir: &Path,
+    state_dir: &Path,
+    iface: &str,
+    probe: &Probe,
+) -> Result<String, PinnedError> {
+    let pins = Pins::new(pin_dir, iface);
+    if !pins.program().exists() {
+        return Err(PinnedError::NotPinned {
+            iface: iface.to_string(),
+            pin_dir: pin_dir.to_path_buf(),
+        });
+    }
+    let state = State::read(state_dir, iface)?;
+    let bytes = frame(probe)?;
+    let verdict_map = per_cpu(&pins, VERDICT_COUNTERS_MAP)?;
+    let rule_map = per_cpu(&pins, RULE_COUNTERS_MAP)?;
+    let rules = state.as_ref().map(|s| s.rules.clone()).unwrap_or_default();
+    let snapshot = |pins: &Pins| -> Result<(Vec<u64>, Vec<u64>), PinnedError> {
+        let v = Verdict::ALL
+            .iter()
+            .map(|v| read(&verdict_map, pins, VERDICT_COUNTERS_MAP, *v as u32).map(|c| c.packets))
+            .collect::<Result<_, _>>()?;
+        let r = rules
+            .iter()
+            .map(|r| read(&rule_map, pins, RULE_COUNTERS_MAP, r.slot).map(|c| c.packets))
+            .collect::<Result<_, _>>()?;
+        Ok((v, r))
+    };
+    let path = pins.program();
+    let program = Xdp::from_pin(&path, XdpAttachType::Interface)
+        .map_err(|source| PinnedError::Program { path: path.clone(), source })?;
+    let before = snapshot(&pins)?;
+    let opts = TestRunOptions { data_in: Some(&bytes), ..TestRunOptions::default() };
+    let result = program.test_run(opts).map_err(|source| PinnedError::Program { path, source })?;
+    let after = snapshot(&pins)?;
+    // Traffic on the interface counts too: the verdict and rule this run added are the
+    // ones that moved, and usually the only ones.
+    let moved =
+        |b: &[u64], a: &[u64]| -> Vec<usize> { (0..a.len()).filter(|i| a[*i] > b[*i]).collect() };
+    let verdicts: Vec<&str> =
+        moved(&before.0, &after.0).iter().map(|i| Verdict::ALL[*i].name()).collect();
+    let rule_names: Vec<&str> =
+        moved(&before.1, &after.1).iter().map(|i| rules[*i].name.as_str()).collect();
+    let action = match result.return_value {
+        XDP_DROP => "DROP",
+        XDP_PASS => "PASS",
+        _ => "other",
+    };
+    let mut out = format!(
+        "packet: {} {} -> {}{}\n",
+        describe_l4(&probe.l4),
+        probe.src,
+        probe.dst,
+        ports(&probe.l4)
+    );
+    out.push_str(&format!(
+        "live program on {iface}: {action}, verdict {}, rule {}\n",
+        verdicts.join(" or "),
+        if rule_names.is_empty() {
+            "none (no rule matched)".to_string()
+        } else {
+            rule_names.join(" or ")
+        }
+    ));
+    match &state {
+        None => out.push_str("reference: no state file, so no policy to compare with\n"),
+        Some(state) => match policy::load(&state.policy) {
+            Err(e) => out.push_str(&format!(
+                "reference: the policy at {} does not load now:\n{e}\n",
+                state.policy.display()
+            )),
+            Ok(policy) => {
+                let outcome = reference::classify(
+                    &policy,
+                    &Parsed::Ip(IpPacket { src: probe.src, dst: probe.dst, l4: probe.l4 }),
+                );
+                let rule = outcome.rule.map_or("none (no rule matched)".to_string(), |i| {
+                    let r = &policy.rules[i];
+                    format!("{} ({})", r.name, r.location)
+                });
+                out.push_str(&format!(
+                    "reference ({}): {}, verdict {}, rule {rule}\n",
+                    state.policy.display(),
+                    if outcome.verdict.drops() { "DROP" } else { "PASS" },
+                    outcome.verdict.name()
+                ));
+                if policy.hash != state.policy_hash {
+                    out.push_str("note: the policy files changed since they were applied; the reference reads them as they are now\n");
+                }
+            }
+        },
+    }
+    Ok(out)
+}
+
+fn describe_l4(l4: &L4) -> String {
+    match l4 {
+        L4::Tcp { .. } => "tcp".into(),
+        L4::Udp { .. } => "udp".into(),
+        L4::Icmp { icmp_type } => format!("icmp type {icmp_type}"),
+        L4::Icmpv6 { icmp_type } => format!("icmpv6 type {icmp_type}"),
+        L4::Other { proto } => format!("ip proto {proto}"),
+        L4::Fragment { .. } => "fragment".into(),
+    }
+}
+
+fn ports(l4: &L4) -> String {
+    match l4 {
+        L4::Tcp { src_port, dst_port } | L4::Udp { src_port, dst_port } => {
+            format!(" (ports {src_port} -> {dst_port})")
+        }
+        _ => String::new(),
+    }
+}
+
+/// Removes the pins (and so the filter) and state of `only`, or of every interface.
+pub fn detach(
+    pin_dir: &Path,
+    state_dir: &Path,
+    only: Option<&str>,
+) -> Result<Vec<String>, PinnedError> {
+    let mut done = Vec::new();
+    for (iface, pins) in Pins::all(pin_dir)? {
+        if only.is_some_and(|o| o != iface) {
+            continue;
+        }
+        pins.remove()?;
+        State::remove(state_dir, &iface)?;
+        done.push(iface);
+    }
+    if let Some(iface) = only
+        && done.is_empty()
+    {
+        return Err(PinnedError::NotPinned {
+            iface: iface.to_string(),
+            pin_dir: pin_dir.to_path_buf(),
+        });
+    }
+    Ok(done)
+}

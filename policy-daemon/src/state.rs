@@ -1,0 +1,130 @@
+//! The per-interface state file, `<state_dir>/<iface>.json`: what `status`, `explain` and
+//! a restarted daemon need to know beyond the pinned maps: which policy (path, content
+//! hash, generation, when), the attach mode, and each rule's counter slot and identity.
+//! Written after every apply, atomically (a temporary file renamed over the old one).
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub iface: String,
+    pub policy: PathBuf,
+    /// SHA-256 of the policy files as applied.
+    pub policy_hash: String,
+    /// Applies since the filter was first attached (adoptions continue the count).
+    pub generation: u64,
+    /// When the ruleset in force was applied, seconds since the Unix epoch.
+    pub applied_at: u64,
+    /// `native` or `skb`.
+    pub attach_mode: String,
+    pub rules: Vec<RuleState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleState {
+    pub name: String,
+    /// `pass` or `drop`.
+    pub action: String,
+    /// `enforce` or `monitor`.
+    pub mode: String,
+    /// Index of the rule's counters in the pinned `RULE_COUNTERS` map.
+    pub slot: u32,
+    /// `policy::Rule::identity`: the slot stays with the rule while this is unchanged.
+    pub identity: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: not a state file of this version of xdp-policy", path.display())]
+    Format {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl State {
+    pub fn path(state_dir: &Path, iface: &str) -> PathBuf {
+        state_dir.join(format!("{iface}.json"))
+    }
+
+    /// The state of `iface`, or `None` if there is none.
+    pub fn read(state_dir: &Path, iface: &str) -> Result<Option<Self>, StateError> {
+        let path = Self::path(state_dir, iface);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Io { path, source }),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|source| StateError::Format { path, source })
+    }
+
+    pub fn write(&self, state_dir: &Path) -> Result<(), StateError> {
+        let path = Self::path(state_dir, &self.iface);
+        let io_err = |source| StateError::Io { path: path.clone(), source };
+        fs::create_dir_all(state_dir).map_err(io_err)?;
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|source| StateError::Format { path: path.clone(), source })?;
+        fs::write(&tmp, text).map_err(io_err)?;
+        fs::rename(&tmp, &path).map_err(io_err)
+    }
+
+    pub fn remove(state_dir: &Path, iface: &str) -> Result<(), StateError> {
+        let path = Self::path(state_dir, iface);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(StateError::Io { path, source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_the_file() {
+        let dir = std::env::temp_dir().join(format!("xdp-policy-state-{}", std::process::id()));
+        let state = State {
+            iface: "eth0".into(),
+            policy: "/etc/xdp-policy/policies.d".into(),
+            policy_hash: "ab".repeat(32),
+            generation: 7,
+            applied_at: 1_790_000_000,
+            attach_mode: "native".into(),
+            rules: vec![RuleState {
+                name: "ssh".into(),
+                action: "pass".into(),
+                mode: "enforce".into(),
+                slot: 3,
+                identity: "0123".into(),
+            }],
+        };
+        state.write(&dir).expect("write");
+        assert_eq!(State::read(&dir, "eth0").expect("read"), Some(state));
+        assert_eq!(State::read(&dir, "eth1").expect("read"), None);
+        State::remove(&dir, "eth0").expect("remove");
+        assert_eq!(State::read(&dir, "eth0").expect("read"), None);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,217 @@
+//! Enforcement outlives the daemon: the real `xdp-policy run` in a veth namespace pair,
+//! killed with SIGKILL and started again twenty times under a stream of packets to a
+//! blocked port — not one gets through, each new daemon adopts the pinned maps (the
+//! rule's counter runs on) and swaps its program onto the pinned link. Then `status`,
+//! `explain` and `detach` on the pins, with no daemon running.
+//!
+//! Needs root (see `support::privileged`); the tests share kernel state, so each holds
+//! [`SERIAL`].
+
+mod support;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use policy_daemon::{
+    cli::XdpModeArg,
+    testbed::{RX_IFACE, RX_V4, Testbed},
+};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_xdp-policy");
+const BLOCKED: u16 = 7001;
+const OPEN: u16 = 7002;
+const RESTARTS: usize = 20;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial(test: &str) -> Option<MutexGuard<'static, ()>> {
+    if !support::privileged(test) {
+        return None;
+    }
+    Some(SERIAL.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// The policy, in a temporary directory removed on drop.
+struct PolicyFile(PathBuf);
+
+impl PolicyFile {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("xdp-policy-restart-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("policy.toml");
+        fs::write(
+            &path,
+            format!(
+                "[[rule]]\nname = \"block-7001\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {BLOCKED}\n"
+            ),
+        )
+        .expect("writing the policy");
+        Self(path)
+    }
+}
+
+impl Drop for PolicyFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// `xdp-policy ARGS --pin-dir … --state-dir …` on the host (the pins are visible there).
+fn cli(testbed: &Testbed, args: &[&str]) -> Output {
+    let dirs = testbed.dirs();
+    Command::new(DAEMON)
+        .args(args)
+        .args(["--config", "/dev/null", "--pin-dir"])
+        .arg(dirs.pin_dir())
+        .arg("--state-dir")
+        .arg(dirs.state_dir())
+        .output()
+        .expect("running xdp-policy")
+}
+
+/// The id of the XDP program attached to rx's interface, from the kernel.
+fn prog_id(testbed: &Testbed) -> String {
+    let out = Command::new("ip")
+        .args(["-n", testbed.rx().name(), "-d", "link", "show", "dev", RX_IFACE])
+        .output()
+        .expect("ip link show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let after = text
+        .split("prog/xdp id ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no XDP program attached:\n{text}"));
+    after.split_whitespace().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn twenty_kill_9_restarts_under_traffic_let_nothing_through() {
+    let Some(_serial) = serial("twenty_kill_9_restarts_under_traffic_let_nothing_through") else {
+        return;
+    };
+    let policy = PolicyFile::new();
+    let testbed = Testbed::new().expect("testbed");
+    let first =
+        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    first.kill9();
+
+    let mut program_ids = vec![prog_id(&testbed)];
+    let result = testbed
+        .udp_stream([BLOCKED, OPEN], Duration::from_secs(60), Duration::from_micros(300), |_| {
+            for restart in 1..=RESTARTS {
+                let daemon = testbed
+                    .start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb)
+                    .expect("daemon");
+                daemon
+                    .wait_for_log("adopted the pinned filter", 1, Duration::from_secs(10))
+                    .unwrap_or_else(|e| panic!("restart {restart}: {e}"));
+                program_ids.push(prog_id(&testbed));
+                daemon.kill9();
+            }
+        })
+        .expect("the udp stream");
+    eprintln!(
+        "restarts: {RESTARTS} kill -9 and restart cycles; blocked port: {} sent, {} received; open \
+         port: {} sent, {} received; program ids {}",
+        result.sent[0],
+        result.received[0],
+        result.sent[1],
+        result.received[1],
+        program_ids.join(" ")
+    );
+    assert_eq!(result.received[0], 0, "packets to the blocked port got through during restarts");
+    assert_eq!(result.received[1], result.sent[1], "the open port lost packets during restarts");
+    assert!(result.sent[0] > 1000, "too little traffic to prove anything: {}", result.sent[0]);
+    let mut distinct = program_ids.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), RESTARTS + 1, "every daemon put its own program on the link");
+
+    // No daemon runs now: the pins alone keep the filter, and status reads them. The
+    // rule's counter ran on across all the restarts: it counted every blocked datagram.
+    let out = cli(&testbed, &["status", "--json"]);
+    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let iface = &status[0];
+    assert_eq!(iface["iface"], RX_IFACE);
+    assert_eq!(iface["attached"], true);
+    assert_eq!(iface["state"]["generation"], RESTARTS as u64 + 1);
+    assert_eq!(iface["rules"][0]["name"], "block-7001");
+    assert_eq!(
+        iface["rules"][0]["packets"], result.sent[0],
+        "the rule's counter survived every restart"
+    );
+}
+
+#[test]
+fn status_explain_and_detach_work_on_the_pins() {
+    let Some(_serial) = serial("status_explain_and_detach_work_on_the_pins") else { return };
+    let policy = PolicyFile::new();
+    let testbed = Testbed::new().expect("testbed");
+    let daemon =
+        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    let output = daemon.stop().expect("stopping");
+    assert!(output.stderr.contains("the filters stay in force"), "{}", output.stderr);
+    // Stopped cleanly, and still enforcing.
+    assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 10).expect("probe").received, 0);
+
+    let out = cli(&testbed, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.starts_with(&format!("{RX_IFACE}: attached (skb), policy {}", policy.0.display())),
+        "{text}"
+    );
+    assert!(text.contains("block-7001"), "{text}");
+
+    let explain = |port: &str| {
+        let out = cli(
+            &testbed,
+            &[
+                "explain",
+                "--iface",
+                RX_IFACE,
+                "--proto",
+                "udp",
+                "--src",
+                "198.18.0.1",
+                "--dst",
+                "198.18.0.2",
+                "--dst-port",
+                port,
+            ],
+        );
+        assert!(out.status.success(), "explain: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dropped = explain("7001");
+    assert!(
+        dropped.contains("live program on veth1: DROP, verdict drop_rule, rule block-7001"),
+        "{dropped}"
+    );
+    assert!(
+        dropped.contains(": DROP, verdict drop_rule, rule block-7001 ("),
+        "the reference agrees: {dropped}"
+    );
+    let passed = explain("7002");
+    assert!(
+        passed.contains("live program on veth1: PASS, verdict pass_default, rule none"),
+        "{passed}"
+    );
+
+    let out = cli(&testbed, &["detach", "--iface", RX_IFACE]);
+    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{RX_IFACE}: detached\n"));
+    assert_eq!(
+        testbed.udp_probe(RX_V4.into(), BLOCKED, 10).expect("probe").received,
+        10,
+        "detached"
+    );
+    let out = cli(&testbed, &["status"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no filters are pinned\n");
+}
