@@ -7,12 +7,14 @@
 //! - [`config`]: the daemon's configuration file.
 //! - [`daemon`]: `run`: start-up, the reload loop, shutdown.
 //! - [`reload`]: watching policy files.
+//! - [`metrics`]: the Prometheus endpoint: per-rule and per-verdict counters, reloads.
 //! - [`testbed`]: throw-away network namespaces for the demo and the end-to-end tests.
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod metrics;
 pub mod policy;
 pub mod reload;
 pub mod testbed;
