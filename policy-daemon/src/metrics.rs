@@ -1,0 +1,694 @@
+//! Prometheus metrics: the latest counters of every interface and the outcome of every
+//! policy reload, served as `GET /metrics` in the Prometheus text format (0.0.4).
+//!
+//! The kernel's counters are the source of truth, so nothing here counts packets: the
+//! daemon hands over a [`Snapshot`] per interface and the series are rendered from the
+//! latest snapshots at scrape time. A rule that leaves the policy leaves the next scrape
+//! with it. Only the reload outcomes ([`Metrics::reload`]) are kept here.
+//!
+//! Series, all prefixed `xdp_policy_`:
+//!
+//! | series | type | labels |
+//! | --- | --- | --- |
+//! | `rule_packets_total`, `rule_bytes_total` | counter | `iface`, `rule` |
+//! | `verdict_packets_total`, `verdict_bytes_total` | counter | `iface`, `verdict` |
+//! | `malformed_packets_total` (the `pass_malformed` verdict) | counter | `iface` |
+//! | `generation` | gauge | `iface`, `policy` |
+//! | `attach_mode_info` (always 1) | gauge | `iface`, `mode` |
+//! | `last_reload_successful` (1 or 0) | gauge | `policy` |
+//! | `last_reload_timestamp_seconds` | gauge | `policy` |
+//! | `reload_errors_total` | counter | `policy` |
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    convert::Infallible,
+    fmt, io,
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use policy_common::{Counter, Verdict};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, prometheus_text},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use tokio::{net::TcpListener, task::AbortHandle};
+use tracing::{debug, warn};
+
+use crate::dataplane::{AttachMode, VerdictCounts};
+
+/// Prefix of every series.
+const PREFIX: &str = "xdp_policy";
+/// The one path served.
+const PATH: &str = "/metrics";
+/// A client that has not sent its request headers by then is disconnected.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed `accept` (out of file descriptors): retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The counters of one interface, read from the kernel, and what it enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot<'a> {
+    pub iface: &'a str,
+    pub policy: &'a Path,
+    pub generation: u64,
+    pub attach_mode: AttachMode,
+    pub verdicts: &'a VerdictCounts,
+    /// Rules in force, in rule order: the names are unique.
+    pub rules: &'a [(String, Counter)],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metrics: cannot listen on {addr}: address in use")]
+    AddressInUse { addr: SocketAddr },
+    #[error("metrics: cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("metrics: serving needs a tokio runtime")]
+    NoRuntime,
+}
+
+/// The metrics endpoint and the values it serves. Dropping it stops the server.
+#[derive(Debug)]
+pub struct Metrics {
+    exposition: Arc<Exposition>,
+    local_addr: SocketAddr,
+    server: AbortHandle,
+}
+
+impl Metrics {
+    /// Listens on `addr` and serves `GET /metrics` on a task of the current tokio
+    /// runtime. Binding happens before this returns, so a taken address is an error here.
+    pub fn serve(addr: SocketAddr) -> Result<Self, MetricsError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| MetricsError::NoRuntime)?;
+        let listen_error = |source: io::Error| match source.kind() {
+            io::ErrorKind::AddrInUse => MetricsError::AddressInUse { addr },
+            _ => MetricsError::Listen { addr, source },
+        };
+        let listener = std::net::TcpListener::bind(addr).map_err(listen_error)?;
+        listener.set_nonblocking(true).map_err(listen_error)?;
+        let local_addr = listener.local_addr().map_err(listen_error)?;
+        let listener = TcpListener::from_std(listener).map_err(listen_error)?;
+        let exposition = Arc::new(Exposition::new());
+        let server = runtime.spawn(accept_loop(listener, Arc::clone(&exposition))).abort_handle();
+        Ok(Self { exposition, local_addr, server })
+    }
+
+    /// The address actually listened on (the port is chosen by the kernel for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Replaces everything known about `snapshot.iface` with `snapshot`.
+    pub fn update(&self, snapshot: &Snapshot<'_>) {
+        self.exposition.update(snapshot);
+    }
+
+    /// Records a reload attempt of `policy` at `at`: its outcome, and one more error if
+    /// it failed.
+    pub fn reload(&self, policy: &Path, ok: bool, at: SystemTime) {
+        self.exposition.reload(policy, ok, at);
+    }
+}
+
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The latest state and the registry that renders it.
+#[derive(Debug)]
+struct Exposition {
+    state: Arc<Mutex<State>>,
+    registry: Registry,
+}
+
+impl Exposition {
+    fn new() -> Self {
+        let state = Arc::new(Mutex::new(State::default()));
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register_collector(Box::new(StateCollector(Arc::clone(&state))));
+        Self { state, registry }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn update(&self, s: &Snapshot<'_>) {
+        let iface = IfaceState {
+            policy: s.policy.display().to_string(),
+            generation: s.generation,
+            mode: s.attach_mode,
+            verdicts: s.verdicts.clone(),
+            rules: s.rules.to_vec(),
+        };
+        self.lock().ifaces.insert(s.iface.to_string(), iface);
+    }
+
+    fn reload(&self, policy: &Path, ok: bool, at: SystemTime) {
+        let mut state = self.lock();
+        let reloads = state.reloads.entry(policy.display().to_string()).or_default();
+        reloads.last = Some(LastReload { ok, at });
+        if !ok {
+            reloads.errors += 1;
+        }
+    }
+
+    fn render(&self) -> Result<String, fmt::Error> {
+        let mut text = String::new();
+        prometheus_text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// Plain data, consistent after every statement: a panic elsewhere while the lock was
+/// held leaves nothing half-written worth refusing to serve.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Interface → its latest snapshot.
+    ifaces: BTreeMap<String, IfaceState>,
+    /// Policy path → its reloads.
+    reloads: BTreeMap<String, Reloads>,
+}
+
+#[derive(Debug)]
+struct IfaceState {
+    policy: String,
+    generation: u64,
+    mode: AttachMode,
+    verdicts: VerdictCounts,
+    rules: Vec<(String, Counter)>,
+}
+
+#[derive(Debug, Default)]
+struct Reloads {
+    last: Option<LastReload>,
+    errors: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LastReload {
+    ok: bool,
+    at: SystemTime,
+}
+
+/// Renders [`State`] on every scrape.
+#[derive(Debug)]
+struct StateCollector(Arc<Mutex<State>>);
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let state = lock(&self.0);
+        let ifaces = &state.ifaces;
+        let rules = || {
+            ifaces
+                .iter()
+                .flat_map(|(iface, s)| s.rules.iter().map(move |(rule, c)| (iface, rule, c)))
+        };
+        let verdicts = || {
+            ifaces.iter().flat_map(|(iface, s)| {
+                Verdict::ALL.into_iter().map(move |v| (iface, v, s.verdicts.get(v)))
+            })
+        };
+        family(
+            &mut encoder,
+            "rule_packets",
+            "Packets that matched the rule, since it was first applied unchanged.",
+            rules().map(|(i, r, c)| ([("iface", i), ("rule", r)], ConstCounter::new(c.packets))),
+        )?;
+        family(
+            &mut encoder,
+            "rule_bytes",
+            "Bytes (from the Ethernet header on) of the packets that matched the rule.",
+            rules().map(|(i, r, c)| ([("iface", i), ("rule", r)], ConstCounter::new(c.bytes))),
+        )?;
+        family(
+            &mut encoder,
+            "verdict_packets",
+            "Packets by verdict; every packet has exactly one.",
+            verdicts().map(|(i, v, c)| {
+                ([("iface", i.as_str()), ("verdict", v.name())], ConstCounter::new(c.packets))
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "verdict_bytes",
+            "Bytes (from the Ethernet header on) of the packets by verdict.",
+            verdicts().map(|(i, v, c)| {
+                ([("iface", i.as_str()), ("verdict", v.name())], ConstCounter::new(c.bytes))
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "malformed_packets",
+            "Packets with truncated or malformed headers, passed unjudged (verdict pass_malformed).",
+            ifaces.iter().map(|(i, s)| {
+                ([("iface", i)], ConstCounter::new(s.verdicts.get(Verdict::PassMalformed).packets))
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "generation",
+            "Policy applies since start-up; 1 after the first.",
+            ifaces.iter().map(|(i, s)| {
+                ([("iface", i), ("policy", &s.policy)], ConstGauge::new(s.generation))
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "attach_mode",
+            "The XDP mode the program is attached in.",
+            ifaces.iter().map(|(i, s)| ([("iface", i)], ModeInfo(s.mode))),
+        )?;
+        let reloads = || state.reloads.iter().filter_map(|(p, r)| r.last.map(|last| (p, last)));
+        family(
+            &mut encoder,
+            "last_reload_successful",
+            "Whether the last reload of the policy succeeded (1) or left the previous one in force (0).",
+            reloads().map(|(p, last)| ([("policy", p)], ConstGauge::new(i64::from(last.ok)))),
+        )?;
+        family(
+            &mut encoder,
+            "last_reload_timestamp_seconds",
+            "When the policy was last reloaded, successfully or not, in seconds since the Unix epoch.",
+            reloads().map(|(p, last)| ([("policy", p)], ConstGauge::new(unix_seconds(last.at)))),
+        )?;
+        // Every known policy, so that a first error is an increase from 0.
+        let policies: BTreeSet<&String> =
+            ifaces.values().map(|s| &s.policy).chain(state.reloads.keys()).collect();
+        family(
+            &mut encoder,
+            "reload_errors",
+            "Reloads of the policy that failed and left the previous one in force.",
+            policies.into_iter().map(|p| {
+                let errors = state.reloads.get(p).map_or(0, |r| r.errors);
+                ([("policy", p)], ConstCounter::new(errors))
+            }),
+        )?;
+        Ok(())
+    }
+}
+
+/// Encodes one metric family; a family without series is left out entirely.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (L, M)>,
+) -> Result<(), fmt::Error> {
+    let mut series = series.peekable();
+    let Some((_, first)) = series.peek() else {
+        return Ok(());
+    };
+    let mut metric = encoder.encode_descriptor(name, help, None, first.metric_type())?;
+    for (labels, value) in series {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The attach mode as an info metric: `…_info{mode="native"} 1`.
+#[derive(Debug)]
+struct ModeInfo(AttachMode);
+
+impl EncodeMetric for ModeInfo {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        encoder.encode_info(&[("mode", self.0.to_string())])
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Info
+    }
+}
+
+/// Seconds since the Unix epoch; 0 for a clock set before it.
+fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+async fn accept_loop(listener: TcpListener, exposition: Arc<Exposition>) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                warn!(error = %e, "metrics: accepting a connection failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let exposition = Arc::clone(&exposition);
+        let service = service_fn(move |request: Request<Incoming>| {
+            let response = respond(&exposition, &request);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "metrics: connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(exposition: &Exposition, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.uri().path() != PATH {
+        return plain(StatusCode::NOT_FOUND, "not found: metrics are served at /metrics\n");
+    }
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match exposition.render() {
+        Ok(text) => {
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(prometheus_text::CONTENT_TYPE),
+            );
+            response
+        }
+        Err(fmt::Error) => {
+            warn!("metrics: encoding the metrics failed");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed\n")
+        }
+    }
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+
+    use super::*;
+
+    fn counts(packets: u64, bytes: u64) -> Counter {
+        Counter { packets, bytes }
+    }
+
+    fn verdicts() -> VerdictCounts {
+        let mut v = VerdictCounts::default();
+        v.0[Verdict::PassRule as usize] = counts(10, 1_000);
+        v.0[Verdict::DropRule as usize] = counts(3, 180);
+        v.0[Verdict::PassMalformed as usize] = counts(2, 70);
+        v
+    }
+
+    fn rules(names: &[&str]) -> Vec<(String, Counter)> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), counts(i as u64 + 1, 100 * (i as u64 + 1))))
+            .collect()
+    }
+
+    fn snapshot<'a>(
+        iface: &'a str,
+        verdicts: &'a VerdictCounts,
+        rules: &'a [(String, Counter)],
+    ) -> Snapshot<'a> {
+        Snapshot {
+            iface,
+            policy: Path::new("/etc/xdp-policy/edge.toml"),
+            generation: 3,
+            attach_mode: AttachMode::Native,
+            verdicts,
+            rules,
+        }
+    }
+
+    fn at(secs: u64, millis: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis)
+    }
+
+    fn render(e: &Exposition) -> String {
+        e.render().expect("rendering cannot fail")
+    }
+
+    #[test]
+    fn renders_every_series_of_a_snapshot() {
+        let e = Exposition::new();
+        let v = verdicts();
+        let r = rules(&["ssh", "web"]);
+        e.update(&snapshot("eth0", &v, &r));
+        e.reload(Path::new("/etc/xdp-policy/edge.toml"), false, at(1_700_000_000, 250));
+
+        let expected = r#"# HELP xdp_policy_rule_packets_total Packets that matched the rule, since it was first applied unchanged.
+# TYPE xdp_policy_rule_packets_total counter
+xdp_policy_rule_packets_total{iface="eth0",rule="ssh"} 1
+xdp_policy_rule_packets_total{iface="eth0",rule="web"} 2
+# HELP xdp_policy_rule_bytes_total Bytes (from the Ethernet header on) of the packets that matched the rule.
+# TYPE xdp_policy_rule_bytes_total counter
+xdp_policy_rule_bytes_total{iface="eth0",rule="ssh"} 100
+xdp_policy_rule_bytes_total{iface="eth0",rule="web"} 200
+# HELP xdp_policy_verdict_packets_total Packets by verdict; every packet has exactly one.
+# TYPE xdp_policy_verdict_packets_total counter
+xdp_policy_verdict_packets_total{iface="eth0",verdict="pass_rule"} 10
+xdp_policy_verdict_packets_total{iface="eth0",verdict="drop_rule"} 3
+xdp_policy_verdict_packets_total{iface="eth0",verdict="monitor_rule"} 0
+xdp_policy_verdict_packets_total{iface="eth0",verdict="pass_default"} 0
+xdp_policy_verdict_packets_total{iface="eth0",verdict="drop_default"} 0
+xdp_policy_verdict_packets_total{iface="eth0",verdict="monitor_default"} 0
+xdp_policy_verdict_packets_total{iface="eth0",verdict="pass_not_ip"} 0
+xdp_policy_verdict_packets_total{iface="eth0",verdict="pass_neighbour"} 0
+xdp_policy_verdict_packets_total{iface="eth0",verdict="pass_fragment"} 0
+xdp_policy_verdict_packets_total{iface="eth0",verdict="drop_fragment"} 0
+xdp_policy_verdict_packets_total{iface="eth0",verdict="pass_malformed"} 2
+# HELP xdp_policy_verdict_bytes_total Bytes (from the Ethernet header on) of the packets by verdict.
+# TYPE xdp_policy_verdict_bytes_total counter
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_rule"} 1000
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="drop_rule"} 180
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="monitor_rule"} 0
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_default"} 0
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="drop_default"} 0
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="monitor_default"} 0
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_not_ip"} 0
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_neighbour"} 0
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_fragment"} 0
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="drop_fragment"} 0
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_malformed"} 70
+# HELP xdp_policy_malformed_packets_total Packets with truncated or malformed headers, passed unjudged (verdict pass_malformed).
+# TYPE xdp_policy_malformed_packets_total counter
+xdp_policy_malformed_packets_total{iface="eth0"} 2
+# HELP xdp_policy_generation Policy applies since start-up; 1 after the first.
+# TYPE xdp_policy_generation gauge
+xdp_policy_generation{iface="eth0",policy="/etc/xdp-policy/edge.toml"} 3
+# HELP xdp_policy_attach_mode_info The XDP mode the program is attached in.
+# TYPE xdp_policy_attach_mode_info gauge
+xdp_policy_attach_mode_info{iface="eth0",mode="native"} 1
+# HELP xdp_policy_last_reload_successful Whether the last reload of the policy succeeded (1) or left the previous one in force (0).
+# TYPE xdp_policy_last_reload_successful gauge
+xdp_policy_last_reload_successful{policy="/etc/xdp-policy/edge.toml"} 0
+# HELP xdp_policy_last_reload_timestamp_seconds When the policy was last reloaded, successfully or not, in seconds since the Unix epoch.
+# TYPE xdp_policy_last_reload_timestamp_seconds gauge
+xdp_policy_last_reload_timestamp_seconds{policy="/etc/xdp-policy/edge.toml"} 1700000000.25
+# HELP xdp_policy_reload_errors_total Reloads of the policy that failed and left the previous one in force.
+# TYPE xdp_policy_reload_errors_total counter
+xdp_policy_reload_errors_total{policy="/etc/xdp-policy/edge.toml"} 1
+"#;
+        assert_eq!(render(&e), expected);
+    }
+
+    #[test]
+    fn nothing_known_renders_nothing() {
+        assert_eq!(render(&Exposition::new()), "");
+    }
+
+    #[test]
+    fn a_removed_rule_leaves_the_output() {
+        let e = Exposition::new();
+        let v = verdicts();
+        e.update(&snapshot("eth0", &v, &rules(&["ssh", "web"])));
+        assert!(render(&e).contains(r#"rule="web""#));
+
+        e.update(&snapshot("eth0", &v, &rules(&["ssh"])));
+        let text = render(&e);
+        assert!(!text.contains(r#"rule="web""#), "the removed rule's series stayed:\n{text}");
+        assert!(text.contains(r#"xdp_policy_rule_packets_total{iface="eth0",rule="ssh"} 1"#));
+
+        // A policy without rules has no rule families at all, not empty ones.
+        e.update(&snapshot("eth0", &v, &[]));
+        let text = render(&e);
+        assert!(!text.contains("xdp_policy_rule_"), "rule families without rules:\n{text}");
+        assert!(text.contains("xdp_policy_verdict_packets_total"));
+    }
+
+    #[test]
+    fn interfaces_are_kept_apart_and_counters_are_set_not_added() {
+        let e = Exposition::new();
+        let v = verdicts();
+        let r = rules(&["ssh"]);
+        e.update(&snapshot("eth0", &v, &r));
+        e.update(&snapshot("eth0", &v, &r));
+        let mut skb = snapshot("eth1", &v, &r);
+        skb.attach_mode = AttachMode::Skb;
+        e.update(&skb);
+        let text = render(&e);
+        for line in [
+            r#"xdp_policy_rule_packets_total{iface="eth0",rule="ssh"} 1"#,
+            r#"xdp_policy_rule_packets_total{iface="eth1",rule="ssh"} 1"#,
+            r#"xdp_policy_attach_mode_info{iface="eth0",mode="native"} 1"#,
+            r#"xdp_policy_attach_mode_info{iface="eth1",mode="skb"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+        // One policy shared by both interfaces: one reload error series, at 0.
+        let errors: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("xdp_policy_reload_errors_total{")).collect();
+        assert_eq!(
+            errors,
+            [r#"xdp_policy_reload_errors_total{policy="/etc/xdp-policy/edge.toml"} 0"#]
+        );
+    }
+
+    #[test]
+    fn reload_outcomes_count_errors_and_keep_the_last() {
+        let e = Exposition::new();
+        let policy = Path::new("/etc/xdp-policy/mgmt.d");
+        e.reload(policy, false, at(100, 0));
+        e.reload(policy, false, at(200, 0));
+        e.reload(policy, true, at(300, 500));
+        let text = render(&e);
+        for line in [
+            r#"xdp_policy_last_reload_successful{policy="/etc/xdp-policy/mgmt.d"} 1"#,
+            r#"xdp_policy_last_reload_timestamp_seconds{policy="/etc/xdp-policy/mgmt.d"} 300.5"#,
+            r#"xdp_policy_reload_errors_total{policy="/etc/xdp-policy/mgmt.d"} 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let e = Exposition::new();
+        e.reload(Path::new("/etc/x\"y\\z.toml"), true, at(1, 0));
+        assert!(
+            render(&e).contains(r#"xdp_policy_reload_errors_total{policy="/etc/x\"y\\z.toml"} 0"#),
+            "{}",
+            render(&e)
+        );
+    }
+
+    /// A blocking HTTP/1.1 request: status line, headers (lowercase names), body.
+    fn request(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+    ) -> (String, Vec<(String, String)>, String) {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics server");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("set a read timeout");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read the whole response");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap_or_default().to_string();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        (status, headers, body.to_string())
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn serves_metrics_over_http_and_404_elsewhere() {
+        let metrics = Metrics::serve("127.0.0.1:0".parse().expect("addr")).expect("serve");
+        let addr = metrics.local_addr();
+        assert_ne!(addr.port(), 0);
+        let v = verdicts();
+        let r = rules(&["ssh", "web"]);
+        metrics.update(&snapshot("eth0", &v, &r));
+        metrics.reload(Path::new("/etc/xdp-policy/edge.toml"), true, at(1_700_000_000, 0));
+
+        // The runtime has one thread, which the server needs: block elsewhere.
+        let (ok, missing, post) = tokio::task::spawn_blocking(move || {
+            (
+                request(addr, "GET", "/metrics"),
+                request(addr, "GET", "/nope"),
+                request(addr, "POST", "/metrics"),
+            )
+        })
+        .await
+        .expect("the scrapes ran");
+
+        let (status, headers, body) = ok;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(
+            header(&headers, "content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        for line in [
+            r#"xdp_policy_rule_packets_total{iface="eth0",rule="web"} 2"#,
+            r#"xdp_policy_verdict_packets_total{iface="eth0",verdict="drop_rule"} 3"#,
+            r#"xdp_policy_malformed_packets_total{iface="eth0"} 2"#,
+            r#"xdp_policy_generation{iface="eth0",policy="/etc/xdp-policy/edge.toml"} 3"#,
+            r#"xdp_policy_last_reload_successful{policy="/etc/xdp-policy/edge.toml"} 1"#,
+            r#"xdp_policy_last_reload_timestamp_seconds{policy="/etc/xdp-policy/edge.toml"} 1700000000.0"#,
+        ] {
+            assert!(body.lines().any(|l| l == line), "missing {line:?} in:\n{body}");
+        }
+
+        let (status, _, body) = missing;
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        assert_eq!(body, "not found: metrics are served at /metrics\n");
+
+        let (status, headers, _) = post;
+        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+        assert_eq!(header(&headers, "allow"), Some("GET, HEAD"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_taken_address_is_a_clear_error() {
+        let first = Metrics::serve("127.0.0.1:0".parse().expect("addr")).expect("serve");
+        let addr = first.local_addr();
+        let err = Metrics::serve(addr).expect_err("the address is taken");
+        assert_eq!(err.to_string(), format!("metrics: cannot listen on {addr}: address in use"));
+    }
+
+    #[test]
+    fn serving_outside_a_runtime_is_an_error() {
+        let err = Metrics::serve("127.0.0.1:0".parse().expect("addr")).expect_err("no runtime");
+        assert!(matches!(err, MetricsError::NoRuntime), "{err}");
+    }
+}
