@@ -255,6 +255,8 @@ pub enum CliError {
     Safety(String),
     #[error(transparent)]
     Pinned(#[from] crate::pinned::PinnedError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 impl From<DataplaneError> for CliError {

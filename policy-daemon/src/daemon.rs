@@ -13,19 +13,21 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant, SystemTime},
 };
 
 use sd_notify::NotifyState;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    time::sleep_until,
+    time::{MissedTickBehavior, sleep_until},
 };
 use tracing::{error, info, warn};
 
 use crate::{
     cli::{CliError, Settings},
+    config,
     dataplane::{AttachMode, Dataplane, ModeChoice, error_chain, pins::Pins},
+    metrics::{Metrics, Snapshot},
     policy::{self, Policy, Ruleset},
     reload::{DEBOUNCE, PolicyWatcher},
     safety,
@@ -64,8 +66,17 @@ struct Places<'a> {
 }
 
 pub async fn run(settings: Settings) -> Result<(), CliError> {
-    let Settings { assignments, mode, watch, pin_dir, state_dir, .. } = settings;
+    let Settings { assignments, mode, watch, pin_dir, state_dir, metrics } = settings;
     let places = Places { pin_dir: &pin_dir, state_dir: &state_dir };
+    // Before anything is attached: a taken port stops start-up while nothing changed.
+    let metrics = match metrics {
+        config::Metrics::Off => None,
+        config::Metrics::On(addr) => {
+            let served = Metrics::serve(addr)?;
+            info!(addr = %served.local_addr(), "serving Prometheus metrics at /metrics");
+            Some(served)
+        }
+    };
     // Signal handlers first: a SIGTERM during start-up must not kill us half attached.
     let mut sigterm = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
@@ -73,8 +84,15 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
 
     let mut enforced = Vec::new();
     for assignment in assignments {
-        enforced.push(start(assignment, mode, &places)?);
+        let e = start(assignment, mode, &places)?;
+        if let Some(m) = &metrics {
+            m.reload(&e.assignment.policy, true, SystemTime::now());
+        }
+        enforced.push(e);
     }
+    publish(metrics.as_ref(), &enforced);
+    let mut tick = tokio::time::interval(METRICS_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let paths: Vec<PathBuf> = if watch {
         enforced.iter().map(|e| e.assignment.policy.clone()).collect()
     } else {
@@ -98,9 +116,11 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading every policy");
                 for i in 0..enforced.len() {
-                    reload(&mut enforced, i, "SIGHUP", &places);
+                    reload(&mut enforced, i, "SIGHUP", &places, metrics.as_ref());
                 }
+                publish(metrics.as_ref(), &enforced);
             }
+            _ = tick.tick(), if metrics.is_some() => publish(metrics.as_ref(), &enforced),
             Some(i) = watcher.changed() => {
                 due.insert(i, Instant::now() + DEBOUNCE);
             }
@@ -109,8 +129,9 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
                 let ready: Vec<usize> = due.iter().filter(|(_, t)| **t <= now).map(|(i, _)| *i).collect();
                 for i in ready {
                     due.remove(&i);
-                    reload(&mut enforced, i, "file change", &places);
+                    reload(&mut enforced, i, "file change", &places, metrics.as_ref());
                 }
+                publish(metrics.as_ref(), &enforced);
             }
         }
     }
@@ -125,6 +146,35 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         "stopping; the filters stay in force (pinned): `xdp-policy detach` removes them"
     );
     Ok(())
+}
+
+/// How often the metrics are refreshed from the kernel's counters.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Hands every interface's counters to the metrics endpoint, if there is one.
+fn publish(metrics: Option<&Metrics>, enforced: &[Enforced]) {
+    let Some(metrics) = metrics else { return };
+    for e in enforced {
+        for i in &e.instances {
+            let counts =
+                i.dataplane.verdict_counts().and_then(|v| Ok((v, i.dataplane.rule_counts()?)));
+            match counts {
+                Ok((verdicts, rules)) => metrics.update(&Snapshot {
+                    iface: &i.iface,
+                    policy: &e.assignment.policy,
+                    generation: i.generation,
+                    attach_mode: i.mode,
+                    verdicts: &verdicts,
+                    rules: &rules,
+                }),
+                Err(err) => warn!(
+                    iface = i.iface,
+                    "reading counters for metrics failed: {}",
+                    error_chain(&err)
+                ),
+            }
+        }
+    }
 }
 
 /// Tells systemd (when it started us with Type=notify; a no-op otherwise).
@@ -286,32 +336,42 @@ fn log_warnings(policy: &policy::Policy) {
 
 /// The one reload path. Never fails the daemon: a bad policy is logged and the one in
 /// force stays.
-fn reload(enforced: &mut [Enforced], index: usize, trigger: &str, places: &Places) {
+fn reload(
+    enforced: &mut [Enforced],
+    index: usize,
+    trigger: &str,
+    places: &Places,
+    metrics: Option<&Metrics>,
+) {
     notify(&[NotifyState::Reloading]);
-    reload_one(&mut enforced[index], trigger, places);
+    let ok = reload_one(&mut enforced[index], trigger, places);
+    if let Some(m) = metrics {
+        m.reload(&enforced[index].assignment.policy, ok, SystemTime::now());
+    }
     notify(&[NotifyState::Ready, NotifyState::Status(&status_line(enforced))]);
 }
 
-fn reload_one(e: &mut Enforced, trigger: &str, places: &Places) {
+/// Whether the policy in its current version is now in force everywhere.
+fn reload_one(e: &mut Enforced, trigger: &str, places: &Places) -> bool {
     let path = e.assignment.policy.display().to_string();
     let started = Instant::now();
     let policy = match policy::load(&e.assignment.policy) {
         Ok(policy) => policy,
         Err(err) => {
             error!(policy = %path, trigger, "policy rejected, the previous one stays in force:\n{err}");
-            return;
+            return false;
         }
     };
     log_warnings(&policy);
     if let Err(err) = safety::check(&policy) {
         error!(policy = %path, trigger, "policy refused, the previous one stays in force: {err}");
-        return;
+        return false;
     }
     let ruleset = policy::compile(&policy);
     let compiled = started.elapsed();
     if ruleset == e.ruleset {
         info!(policy = %path, trigger, "policy unchanged");
-        return;
+        return true;
     }
     let mut applied = Vec::new();
     for instance in &mut e.instances {
@@ -346,10 +406,12 @@ fn reload_one(e: &mut Enforced, trigger: &str, places: &Places) {
     }
     // Interfaces that did not take it keep their previous ruleset; the next reload
     // retries them.
-    if applied.len() == e.instances.len() {
+    let all = applied.len() == e.instances.len();
+    if all {
         e.ruleset = ruleset;
         e.policy = policy;
     }
+    all
 }
 
 /// Counters of one interface: per verdict, then per rule.

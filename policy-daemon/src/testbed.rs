@@ -402,7 +402,7 @@ impl Testbed {
         extra: &[&str],
     ) -> Result<Daemon<'_>, TestbedError> {
         let (pin_dir, state_dir) = (self.dirs.pin_dir(), self.dirs.state_dir());
-        let places = [
+        let mut args = vec![
             // Not the host's configuration, if it has one: only what the test says.
             "--config",
             "/dev/null",
@@ -410,10 +410,11 @@ impl Testbed {
             pin_dir.to_str().unwrap_or_default(),
             "--state-dir",
             state_dir.to_str().unwrap_or_default(),
-            "--metrics",
-            "off",
         ];
-        let args: Vec<&str> = places.iter().chain(extra).copied().collect();
+        if !extra.contains(&"--metrics") {
+            args.extend(["--metrics", "off"]);
+        }
+        args.extend(extra);
         Daemon::start(binary, &self.rx, RX_IFACE, policy, mode, &args)
     }
 

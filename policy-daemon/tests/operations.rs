@@ -1,8 +1,9 @@
-//! Enforcement outlives the daemon: the real `xdp-policy run` in a veth namespace pair,
-//! killed with SIGKILL and started again twenty times under a stream of packets to a
-//! blocked port — not one gets through, each new daemon adopts the pinned maps (the
-//! rule's counter runs on) and swaps its program onto the pinned link. Then `status`,
-//! `explain` and `detach` on the pins, with no daemon running.
+//! Operating it, end to end with the real `xdp-policy` in a veth namespace pair.
+//! Enforcement outlives the daemon: killed with SIGKILL and started again twenty times
+//! under a stream of packets to a blocked port, not one gets through; each new daemon
+//! adopts the pinned maps (the rule's counter runs on) and swaps its program onto the
+//! pinned link. `status`, `explain` and `detach` work on the pins with no daemon running.
+//! The Prometheus endpoint is scraped.
 //!
 //! Needs root (see `support::privileged`); the tests share kernel state, so each holds
 //! [`SERIAL`].
@@ -11,6 +12,8 @@ mod support;
 
 use std::{
     fs,
+    io::{Read as _, Write as _},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::{Mutex, MutexGuard, PoisonError},
@@ -214,4 +217,57 @@ fn status_explain_and_detach_work_on_the_pins() {
     );
     let out = cli(&testbed, &["status"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "no filters are pinned\n");
+}
+
+#[test]
+fn metrics_are_scraped() {
+    let Some(_serial) = serial("metrics_are_scraped") else { return };
+    let policy = PolicyFile::new();
+    let testbed = Testbed::new().expect("testbed");
+    // In rx's own network namespace, where the daemon runs: its loopback is its own.
+    let addr = "127.0.0.1:9559";
+    let daemon = testbed
+        .start_daemon_with(Path::new(DAEMON), &policy.0, XdpModeArg::Skb, &["--metrics", addr])
+        .expect("daemon");
+    assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 10).expect("probe").received, 0);
+    // The counters reach the endpoint on the daemon's next one-second tick.
+    std::thread::sleep(Duration::from_millis(1500));
+    let scrape = |path: &str| {
+        testbed
+            .rx()
+            .run(|| -> std::io::Result<String> {
+                let mut stream = TcpStream::connect(addr)?;
+                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                write!(
+                    stream,
+                    "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response)?;
+                Ok(response)
+            })
+            .expect("netns")
+            .expect("scraping the metrics")
+    };
+    let body = scrape("/metrics");
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    for line in [
+        "xdp_policy_rule_packets_total{iface=\"veth1\",rule=\"block-7001\"} 10",
+        "xdp_policy_verdict_packets_total{iface=\"veth1\",verdict=\"drop_rule\"} 10",
+        "xdp_policy_malformed_packets_total{iface=\"veth1\"} 0",
+        "xdp_policy_attach_mode_info{iface=\"veth1\",mode=\"skb\"} 1",
+        "xdp_policy_reload_errors_total{policy=",
+        "xdp_policy_last_reload_successful{policy=",
+    ] {
+        assert!(body.contains(line), "no `{line}` in the scrape:\n{body}");
+    }
+    assert!(
+        body.contains(&format!(
+            "xdp_policy_generation{{iface=\"veth1\",policy=\"{}\"}} 1",
+            policy.0.display()
+        )),
+        "{body}"
+    );
+    assert!(scrape("/nope").starts_with("HTTP/1.1 404"), "other paths are 404");
+    drop(daemon);
 }
