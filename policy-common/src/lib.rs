@@ -52,8 +52,18 @@ pub const RULE_COUNTERS_MAP: &str = "RULE_COUNTERS";
 /// `PerCpuArray<Counter>` indexed by [`Verdict`].
 pub const VERDICT_COUNTERS_MAP: &str = "VERDICTS";
 
+/// `RingBuf` of [`DropEvent`]s: sampled summaries of dropped (and would-be-dropped)
+/// packets, for `xdp-policy events`. Bounded: when nobody reads, new events are lost.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// `Array<EventSettings>` of one entry; all zero (the default) means no events.
+pub const EVENT_SETTINGS_MAP: &str = "EVENT_SETTINGS";
+/// `PerCpuArray<u64>` of one entry: when this CPU last emitted an event (ns).
+pub const EVENT_CLOCK_MAP: &str = "EVENT_CLOCK";
+/// Size of the event ring buffer.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
 /// Every map the program declares, for checks that the built object carries them all.
-pub const MAP_NAMES: [&str; 14] = [
+pub const MAP_NAMES: [&str; 17] = [
     ACTIVE_MAP,
     CONFIG_MAP,
     RULES_MAP,
@@ -68,6 +78,9 @@ pub const MAP_NAMES: [&str; 14] = [
     DST_V6_MAP,
     RULE_COUNTERS_MAP,
     VERDICT_COUNTERS_MAP,
+    EVENTS_MAP,
+    EVENT_SETTINGS_MAP,
+    EVENT_CLOCK_MAP,
 ];
 
 /// Rules per policy: one bit each in a [`RuleBitmap`].
@@ -281,6 +294,43 @@ pub const fn ipv6_key(generation: u8, addr: [u8; 16]) -> [u8; IPV6_KEY_LEN] {
 /// Bits of the generation byte at the start of every trie key.
 pub const GENERATION_PREFIX_BITS: u32 = 8;
 
+/// How drop events are sampled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventSettings {
+    /// At most one event per this many nanoseconds per CPU; 0 turns events off.
+    pub interval_ns: u64,
+}
+
+const _: () = assert!(size_of::<EventSettings>() == 8);
+
+/// A dropped (or, in monitor mode, would-be-dropped) packet, as sampled into
+/// [`EVENTS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropEvent {
+    /// `bpf_ktime_get_ns()`: nanoseconds since boot.
+    pub time_ns: u64,
+    /// The deciding rule's counter slot, or `u32::MAX` for a default or fragment verdict.
+    pub counter_slot: u32,
+    /// A [`Verdict`] as `u8`.
+    pub verdict: u8,
+    /// An [`L4Class`] as `u8`.
+    pub l4_class: u8,
+    /// 4 or 6.
+    pub ip_version: u8,
+    pub _pad: u8,
+    /// Host byte order; 0 when the packet has no ports (ICMP type in `dst_port`).
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub _pad2: u32,
+    /// Network byte order; IPv4 in the first 4 bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+const _: () = assert!(size_of::<DropEvent>() == 56);
+
 /// Why the program passed or dropped a packet: the index into the verdict counters.
 ///
 /// Every packet is counted under exactly one verdict.
@@ -381,6 +431,7 @@ mod pod {
     unsafe impl aya::Pod for super::GenConfig {}
     unsafe impl aya::Pod for super::RuleInfo {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::EventSettings {}
 }
 
 #[cfg(test)]

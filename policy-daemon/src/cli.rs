@@ -37,6 +37,27 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Take the filter off an interface (or all): removes its pins and state.
     Detach(DetachArgs),
+    /// Sample dropped (and would-be-dropped) packets and print a line for each; sampling
+    /// is on only while this runs.
+    Events(EventsArgs),
+}
+
+#[derive(clap::Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub places: PlacesArgs,
+    /// The interface [default: the only pinned one].
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+    /// Events per second per CPU at most.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate: u32,
+    /// Stop after this many events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<usize>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "S")]
+    pub seconds: Option<u64>,
 }
 
 /// Where the pins and state files are, for the commands that read them.
@@ -299,6 +320,7 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
             print!("{}", pinned::explain(&pin_dir, &state_dir, &args.iface, &probe)?);
             Ok(())
         }
+        Command::Events(args) => events(&args).await,
         Command::Detach(args) => {
             let (pin_dir, state_dir) = args.places.resolve()?;
             for iface in pinned::detach(&pin_dir, &state_dir, args.iface.as_deref())? {
@@ -307,6 +329,40 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+async fn events(args: &EventsArgs) -> Result<(), CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (pin_dir, state_dir) = args.places.resolve()?;
+    let mut source = pinned::EventSource::open(&pin_dir, &state_dir, args.iface.as_deref())?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
+    let deadline = args.seconds.map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs(s));
+    source.set_rate(args.rate)?;
+    eprintln!("sampling drops on {} at up to {}/s per CPU; Ctrl-C stops", source.iface, args.rate);
+    let mut seen = 0;
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(20));
+    'outer: loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = poll.tick() => {
+                for line in source.drain() {
+                    println!("{line}");
+                    seen += 1;
+                    if args.count.is_some_and(|n| seen >= n) {
+                        break 'outer;
+                    }
+                }
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    break;
+                }
+            }
+        }
+    }
+    // Off again: sampling is for while someone watches.
+    source.set_rate(0)?;
+    Ok(())
 }
 
 fn explain_probe(args: &ExplainArgs) -> Result<pinned::Probe, CliError> {

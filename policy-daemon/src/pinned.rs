@@ -405,3 +405,95 @@ pub fn detach(
     }
     Ok(done)
 }
+
+/// What `events` reads: one interface's ring buffer and sampling switch.
+pub struct EventSource {
+    pub iface: String,
+    ring: aya::maps::RingBuf<MapData>,
+    settings: aya::maps::Array<MapData, policy_common::EventSettings>,
+    slot_names: BTreeMap<u32, String>,
+}
+
+impl EventSource {
+    /// Opens the pinned event maps of `iface` (the only pinned interface if `None`).
+    pub fn open(pin_dir: &Path, state_dir: &Path, iface: Option<&str>) -> Result<Self, PinnedError> {
+        let all = Pins::all(pin_dir)?;
+        let (iface, pins) = match (iface, all.as_slice()) {
+            (Some(iface), _) => (iface.to_string(), Pins::new(pin_dir, iface)),
+            (None, [(iface, pins)]) => (iface.clone(), pins.clone()),
+            (None, _) => {
+                return Err(PinnedError::Packet(format!(
+                    "{} interfaces are pinned: name one with --iface",
+                    all.len()
+                )));
+            }
+        };
+        if !pins.linked() {
+            return Err(PinnedError::NotPinned { iface, pin_dir: pin_dir.to_path_buf() });
+        }
+        let open = |name: &str| {
+            let path = pins.map(name);
+            MapData::from_pin(&path).map_err(|source| PinnedError::Map { path, source })
+        };
+        let err = |name: &str| {
+            let path = pins.map(name);
+            move |source| PinnedError::Map { path, source }
+        };
+        let ring = aya::maps::RingBuf::try_from(Map::RingBuf(open(policy_common::EVENTS_MAP)?))
+            .map_err(err(policy_common::EVENTS_MAP))?;
+        let settings =
+            aya::maps::Array::try_from(Map::Array(open(policy_common::EVENT_SETTINGS_MAP)?))
+                .map_err(err(policy_common::EVENT_SETTINGS_MAP))?;
+        let slot_names = State::read(state_dir, &iface)?
+            .map(|s| s.rules.into_iter().map(|r| (r.slot, r.name)).collect())
+            .unwrap_or_default();
+        Ok(Self { iface, ring, settings, slot_names })
+    }
+
+    /// Turns sampling on at `per_second` events per second per CPU, or off with 0.
+    pub fn set_rate(&mut self, per_second: u32) -> Result<(), PinnedError> {
+        let interval_ns = if per_second == 0 { 0 } else { 1_000_000_000 / u64::from(per_second) };
+        let value = policy_common::EventSettings { interval_ns };
+        self.settings.set(0, value, 0).map_err(|source| PinnedError::Map {
+            path: PathBuf::from(policy_common::EVENT_SETTINGS_MAP),
+            source,
+        })
+    }
+
+    /// The events waiting in the ring buffer, rendered one per line.
+    pub fn drain(&mut self) -> Vec<String> {
+        let mut events = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() < std::mem::size_of::<policy_common::DropEvent>() {
+                continue;
+            }
+            // SAFETY: the program writes whole `DropEvent`s, a plain `repr(C)` type for
+            // which every bit pattern is valid; read unaligned from the ring's bytes.
+            events.push(unsafe { std::ptr::read_unaligned::<policy_common::DropEvent>(item.as_ptr().cast()) });
+        }
+        events.iter().map(|e| self.render(e)).collect()
+    }
+
+    fn render(&self, e: &policy_common::DropEvent) -> String {
+        let addr = |bytes: [u8; 16]| -> IpAddr {
+            if e.ip_version == 6 {
+                IpAddr::from(bytes)
+            } else {
+                IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+            }
+        };
+        let verdict = Verdict::try_from(u32::from(e.verdict)).map_or("unknown", Verdict::name);
+        let rule = match e.counter_slot {
+            u32::MAX => "-".to_string(),
+            slot => self.slot_names.get(&slot).cloned().unwrap_or_else(|| format!("slot {slot}")),
+        };
+        let proto = ["tcp", "udp", "icmp", "icmpv6", "other"].get(usize::from(e.l4_class)).copied().unwrap_or("?");
+        let (src, dst) = (addr(e.src), addr(e.dst));
+        let endpoints = match proto {
+            "tcp" | "udp" => format!("{src} port {} -> {dst} port {}", e.src_port, e.dst_port),
+            "icmp" | "icmpv6" => format!("{src} -> {dst} type {}", e.dst_port),
+            _ => format!("{src} -> {dst}"),
+        };
+        format!("{} {verdict} rule {rule} {proto} {endpoints}", self.iface)
+    }
+}

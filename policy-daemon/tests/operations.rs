@@ -271,3 +271,45 @@ fn metrics_are_scraped() {
     assert!(scrape("/nope").starts_with("HTTP/1.1 404"), "other paths are 404");
     drop(daemon);
 }
+
+#[test]
+fn drop_events_are_sampled_while_someone_watches() {
+    let Some(_serial) = serial("drop_events_are_sampled_while_someone_watches") else { return };
+    let policy = PolicyFile::new();
+    let testbed = Testbed::new().expect("testbed");
+    let _daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    // Off by default: drops before anyone watches leave no events behind.
+    assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 10).expect("probe").received, 0);
+    let dirs = testbed.dirs();
+    let watcher = Command::new(DAEMON)
+        .args(["events", "--rate", "1000", "--count", "3", "--seconds", "10", "--config", "/dev/null"])
+        .arg("--pin-dir")
+        .arg(dirs.pin_dir())
+        .arg("--state-dir")
+        .arg(dirs.state_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("xdp-policy events");
+    let mut watcher = watcher;
+    // Keep dropping until the watcher has its three events (it stops by itself).
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..20 {
+        if watcher.try_wait().expect("watcher").is_some() {
+            break;
+        }
+        testbed.udp_probe(RX_V4.into(), BLOCKED, 5).expect("probe");
+    }
+    let out = watcher.wait_with_output().expect("events output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "events: {}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for line in lines {
+        assert!(
+            line.starts_with(&format!("{RX_IFACE} drop_rule rule block-7001 udp 198.18.0.1 port "))
+                && line.ends_with(&format!("-> 198.18.0.2 port {BLOCKED}")),
+            "{line}"
+        );
+    }
+}

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod classify;
+mod events;
 mod maps;
 mod parse;
 
@@ -21,16 +22,20 @@ const _: () = assert!(
 
 #[xdp]
 pub fn policy_xdp(ctx: XdpContext) -> u32 {
-    let decision = match parse::parse(&ctx) {
-        Ok(packet) => classify::classify(&packet),
+    let parsed = parse::parse(&ctx);
+    let (decision, packet) = match &parsed {
+        Ok(packet) => (classify::classify(packet), Some(packet)),
         Err(parse::Malformed) => {
-            classify::Decision { verdict: Verdict::PassMalformed, counter_slot: None }
+            (classify::Decision { verdict: Verdict::PassMalformed, counter_slot: None }, None)
         }
     };
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     maps::count(&maps::VERDICT_COUNTERS, decision.verdict as u32, bytes);
     if let Some(slot) = decision.counter_slot {
         maps::count(&maps::RULE_COUNTERS, slot, bytes);
+    }
+    if let Some(packet) = packet {
+        events::sample(&decision, packet);
     }
     if decision.verdict.drops() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }

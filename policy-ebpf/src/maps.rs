@@ -3,10 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray},
+    maps::{Array, LpmTrie, PerCpuArray, RingBuf},
 };
 use policy_common::{
-    BITMAP_WORDS, Counter, GENERATIONS, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN, MAX_PORT_CLASSES,
+    BITMAP_WORDS, Counter, EVENTS_BYTES, EventSettings, GENERATIONS, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN, MAX_PORT_CLASSES,
     MAX_PREFIXES, MAX_RULES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS, RuleBitmap, RuleInfo, Verdict,
     field_bitmap,
 };
@@ -66,6 +66,15 @@ pub static RULE_COUNTERS: PerCpuArray<Counter> =
 #[map(name = "VERDICTS")]
 pub static VERDICT_COUNTERS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(Verdict::COUNT, 0);
+
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map(name = "EVENT_SETTINGS")]
+pub static EVENT_SETTINGS: Array<EventSettings> = Array::with_max_entries(1, 0);
+
+#[map(name = "EVENT_CLOCK")]
+pub static EVENT_CLOCK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Adds one packet of `bytes` bytes to a per-CPU counter.
 #[inline(always)]
