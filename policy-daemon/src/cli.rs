@@ -337,7 +337,8 @@ async fn events(args: &EventsArgs) -> Result<(), CliError> {
     let mut source = pinned::EventSource::open(&pin_dir, &state_dir, args.iface.as_deref())?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
-    let deadline = args.seconds.map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs(s));
+    let deadline =
+        args.seconds.map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs(s));
     source.set_rate(args.rate)?;
     eprintln!("sampling drops on {} at up to {}/s per CPU; Ctrl-C stops", source.iface, args.rate);
     let mut seen = 0;

@@ -416,7 +416,11 @@ pub struct EventSource {
 
 impl EventSource {
     /// Opens the pinned event maps of `iface` (the only pinned interface if `None`).
-    pub fn open(pin_dir: &Path, state_dir: &Path, iface: Option<&str>) -> Result<Self, PinnedError> {
+    pub fn open(
+        pin_dir: &Path,
+        state_dir: &Path,
+        iface: Option<&str>,
+    ) -> Result<Self, PinnedError> {
         let all = Pins::all(pin_dir)?;
         let (iface, pins) = match (iface, all.as_slice()) {
             (Some(iface), _) => (iface.to_string(), Pins::new(pin_dir, iface)),
@@ -469,7 +473,9 @@ impl EventSource {
             }
             // SAFETY: the program writes whole `DropEvent`s, a plain `repr(C)` type for
             // which every bit pattern is valid; read unaligned from the ring's bytes.
-            events.push(unsafe { std::ptr::read_unaligned::<policy_common::DropEvent>(item.as_ptr().cast()) });
+            events.push(unsafe {
+                std::ptr::read_unaligned::<policy_common::DropEvent>(item.as_ptr().cast())
+            });
         }
         events.iter().map(|e| self.render(e)).collect()
     }
@@ -487,7 +493,10 @@ impl EventSource {
             u32::MAX => "-".to_string(),
             slot => self.slot_names.get(&slot).cloned().unwrap_or_else(|| format!("slot {slot}")),
         };
-        let proto = ["tcp", "udp", "icmp", "icmpv6", "other"].get(usize::from(e.l4_class)).copied().unwrap_or("?");
+        let proto = ["tcp", "udp", "icmp", "icmpv6", "other"]
+            .get(usize::from(e.l4_class))
+            .copied()
+            .unwrap_or("?");
         let (src, dst) = (addr(e.src), addr(e.dst));
         let endpoints = match proto {
             "tcp" | "udp" => format!("{src} port {} -> {dst} port {}", e.src_port, e.dst_port),

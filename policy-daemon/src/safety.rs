@@ -110,12 +110,9 @@ fn listening_ports_of(name: &str) -> BTreeSet<u16> {
             else {
                 continue;
             };
-            if *state == "0A" && inodes.contains(*inode) {
-                if let Some(port) =
-                    local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok())
-                {
-                    ports.insert(port);
-                }
+            let port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if let (true, Some(port)) = (*state == "0A" && inodes.contains(*inode), port) {
+                ports.insert(port);
             }
         }
     }

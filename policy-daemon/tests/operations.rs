@@ -277,12 +277,23 @@ fn drop_events_are_sampled_while_someone_watches() {
     let Some(_serial) = serial("drop_events_are_sampled_while_someone_watches") else { return };
     let policy = PolicyFile::new();
     let testbed = Testbed::new().expect("testbed");
-    let _daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    let _daemon =
+        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
     // Off by default: drops before anyone watches leave no events behind.
     assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 10).expect("probe").received, 0);
     let dirs = testbed.dirs();
     let watcher = Command::new(DAEMON)
-        .args(["events", "--rate", "1000", "--count", "3", "--seconds", "10", "--config", "/dev/null"])
+        .args([
+            "events",
+            "--rate",
+            "1000",
+            "--count",
+            "3",
+            "--seconds",
+            "10",
+            "--config",
+            "/dev/null",
+        ])
         .arg("--pin-dir")
         .arg(dirs.pin_dir())
         .arg("--state-dir")

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, PerCpuArray, RingBuf},
 };
 use policy_common::{
-    BITMAP_WORDS, Counter, EVENTS_BYTES, EventSettings, GENERATIONS, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN, MAX_PORT_CLASSES,
-    MAX_PREFIXES, MAX_RULES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS, RuleBitmap, RuleInfo, Verdict,
-    field_bitmap,
+    BITMAP_WORDS, Counter, EVENTS_BYTES, EventSettings, GENERATIONS, GenConfig, IPV4_KEY_LEN,
+    IPV6_KEY_LEN, MAX_PORT_CLASSES, MAX_PREFIXES, MAX_RULES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS,
+    RuleBitmap, RuleInfo, Verdict, field_bitmap,
 };
 
 const _: () = assert!(BITMAP_WORDS == 16, "classify::first_match unrolls 16 words");
