@@ -25,7 +25,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Load the policy, attach to the interfaces and enforce until SIGTERM or SIGINT.
+    /// Load the policies, attach to the interfaces and keep them up to date until SIGTERM
+    /// or SIGINT; the filters stay in force (pinned) after it stops.
     Run(RunArgs),
     /// Validate policy files or directories and print their rules; exit 1 if invalid.
     Check(CheckArgs),
@@ -60,17 +61,17 @@ pub struct EventsArgs {
     pub seconds: Option<u64>,
 }
 
-/// Where the pins and state files are, for the commands that read them.
+/// The configuration file and where pins and state files are.
 #[derive(clap::Args)]
 pub struct PlacesArgs {
-    /// Daemon configuration file (for its pin_dir and state_dir)
-    /// [default: /etc/xdp-policy/xdp-policy.toml, if it exists].
+    /// Daemon configuration file [default: /etc/xdp-policy/xdp-policy.toml, if it exists].
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// [default: /sys/fs/bpf/xdp-policy]
+    /// bpffs directory for the pinned programs, links and maps; `run` mounts a bpffs if
+    /// there is none [default: /sys/fs/bpf/xdp-policy].
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
-    /// [default: /run/xdp-policy]
+    /// Directory of the per-interface state files [default: /run/xdp-policy].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }
@@ -78,14 +79,16 @@ pub struct PlacesArgs {
 impl PlacesArgs {
     /// The pin and state directories: flags, then the configuration file, then defaults.
     pub fn resolve(&self) -> Result<(PathBuf, PathBuf), CliError> {
-        let file = load_config(self.config.as_deref())?;
-        Ok((
-            self.pin_dir.clone().or(file.pin_dir).unwrap_or_else(|| config::DEFAULT_PIN_DIR.into()),
-            self.state_dir
-                .clone()
-                .or(file.state_dir)
-                .unwrap_or_else(|| config::DEFAULT_STATE_DIR.into()),
-        ))
+        Ok(self.resolve_with(&load_config(self.config.as_deref())?))
+    }
+
+    fn resolve_with(&self, file: &ConfigFile) -> (PathBuf, PathBuf) {
+        let pin_dir = self.pin_dir.clone().or(file.pin_dir.clone());
+        let state_dir = self.state_dir.clone().or(file.state_dir.clone());
+        (
+            pin_dir.unwrap_or_else(|| config::DEFAULT_PIN_DIR.into()),
+            state_dir.unwrap_or_else(|| config::DEFAULT_STATE_DIR.into()),
+        )
     }
 }
 
@@ -144,10 +147,9 @@ pub struct DetachArgs {
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Daemon configuration file [default: /etc/xdp-policy/xdp-policy.toml, if it exists].
-    /// The flags below override it.
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    /// The configuration file, pin and state directories (flags override the file).
+    #[command(flatten)]
+    pub places: PlacesArgs,
     /// Interface to enforce --policy on (repeat for several). Without it, the policy's
     /// own `interfaces = [...]` are used.
     #[arg(long = "iface", value_name = "IFACE")]
@@ -161,13 +163,6 @@ pub struct RunArgs {
     /// XDP attach mode: `auto` tries native and falls back to skb [default: auto].
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpModeArg>,
-    /// bpffs directory for the pinned programs, links and maps; mounted if it is not bpffs
-    /// [default: /sys/fs/bpf/xdp-policy].
-    #[arg(long, value_name = "DIR")]
-    pub pin_dir: Option<PathBuf>,
-    /// Directory for the state files `status` and `explain` read [default: /run/xdp-policy].
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
     /// Prometheus metrics address, or `off` [default: 127.0.0.1:9559].
     #[arg(long, value_name = "ADDR|off")]
     pub metrics: Option<String>,
@@ -211,7 +206,8 @@ pub struct Settings {
 
 impl RunArgs {
     pub fn settings(&self) -> Result<Settings, CliError> {
-        let file = load_config(self.config.as_deref())?;
+        let file = load_config(self.places.config.as_deref())?;
+        let (pin_dir, state_dir) = self.places.resolve_with(&file);
         let from_flags =
             self.policy.is_some() || !self.attach.is_empty() || !self.ifaces.is_empty();
         let assignments = if from_flags || file.interfaces.is_empty() {
@@ -229,16 +225,8 @@ impl RunArgs {
         Ok(Settings {
             assignments,
             mode: self.xdp_mode.or(file.xdp_mode).unwrap_or_default().into(),
-            pin_dir: self
-                .pin_dir
-                .clone()
-                .or(file.pin_dir)
-                .unwrap_or_else(|| config::DEFAULT_PIN_DIR.into()),
-            state_dir: self
-                .state_dir
-                .clone()
-                .or(file.state_dir)
-                .unwrap_or_else(|| config::DEFAULT_STATE_DIR.into()),
+            pin_dir,
+            state_dir,
             metrics,
             watch: !self.no_watch && file.watch.unwrap_or(true),
         })

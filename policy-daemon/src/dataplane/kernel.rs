@@ -85,6 +85,22 @@ impl KernelMaps {
     }
 }
 
+/// The keys of a trie that belong to `generation` (its first data byte).
+fn trie_keys<const N: usize>(
+    map: &LpmTrie<MapData, [u8; N], RuleBitmap>,
+    name: &'static str,
+    generation: u32,
+) -> Result<Vec<(u32, [u8; N])>, MapWriteError> {
+    let mut keys = Vec::new();
+    for key in map.keys() {
+        let key = key.map_err(failed(name, "keys"))?;
+        if key.data()[0] == generation as u8 {
+            keys.push((key.prefix_len(), key.data()));
+        }
+    }
+    Ok(keys)
+}
+
 fn failed(map: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> MapWriteError {
     let what = what.into();
     move |source| MapWriteError { map, what, source: Box::new(source) }
@@ -182,18 +198,10 @@ impl Maps for KernelMaps {
         field: AddrFieldId,
         generation: u32,
     ) -> Result<Vec<V4Key>, MapWriteError> {
-        let (map, name) = match field {
-            AddrFieldId::Src => (&self.src_v4, SRC_V4_MAP),
-            AddrFieldId::Dst => (&self.dst_v4, DST_V4_MAP),
-        };
-        let mut keys = Vec::new();
-        for key in map.keys() {
-            let key = key.map_err(failed(name, "keys"))?;
-            if key.data()[0] == generation as u8 {
-                keys.push((key.prefix_len(), key.data()));
-            }
+        match field {
+            AddrFieldId::Src => trie_keys(&self.src_v4, SRC_V4_MAP, generation),
+            AddrFieldId::Dst => trie_keys(&self.dst_v4, DST_V4_MAP, generation),
         }
-        Ok(keys)
     }
 
     fn v6_keys(
@@ -201,18 +209,10 @@ impl Maps for KernelMaps {
         field: AddrFieldId,
         generation: u32,
     ) -> Result<Vec<V6Key>, MapWriteError> {
-        let (map, name) = match field {
-            AddrFieldId::Src => (&self.src_v6, SRC_V6_MAP),
-            AddrFieldId::Dst => (&self.dst_v6, DST_V6_MAP),
-        };
-        let mut keys = Vec::new();
-        for key in map.keys() {
-            let key = key.map_err(failed(name, "keys"))?;
-            if key.data()[0] == generation as u8 {
-                keys.push((key.prefix_len(), key.data()));
-            }
+        match field {
+            AddrFieldId::Src => trie_keys(&self.src_v6, SRC_V6_MAP, generation),
+            AddrFieldId::Dst => trie_keys(&self.dst_v6, DST_V6_MAP, generation),
         }
-        Ok(keys)
     }
 
     fn zero_rule_counter(&mut self, slot: u32) -> Result<(), MapWriteError> {
