@@ -4,6 +4,7 @@
 //! `setup` checks; the daemon embeds the object it produced (`policy-daemon/build.rs`).
 
 mod build;
+mod package;
 mod setup;
 
 use std::process::ExitCode;
@@ -39,6 +40,12 @@ enum Command {
     },
     /// Run xdp-policy between two throw-away network namespaces with real traffic.
     Demo,
+    /// Build the Debian package (release build, eBPF object embedded); print its path.
+    Package {
+        /// Then, as root, install it on this machine, check it, and purge it again.
+        #[arg(long)]
+        verify: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +80,12 @@ fn run(command: Command) -> Result<()> {
         Command::Demo => {
             let toolchain = setup::ensure()?;
             build::demo(&toolchain)
+        }
+        Command::Package { verify } => {
+            let toolchain = setup::ensure()?;
+            let deb = package::build(&toolchain)?;
+            println!("{}", deb.display());
+            if verify { package::verify(&deb) } else { Ok(()) }
         }
     }
 }

@@ -1,6 +1,7 @@
-//! `cargo xtask setup`: installs what building the eBPF program and running the tests
-//! need on a fresh Debian machine, step by step, each step checked first so a second run
-//! changes nothing. A failing step is named together with the command to run by hand.
+//! `cargo xtask setup`: installs what building the eBPF program, running the tests and
+//! making the Debian package need on a fresh Debian machine, step by step, each step
+//! checked first so a second run changes nothing. A failing step is named together with
+//! the command to run by hand.
 
 use std::{
     env,
@@ -22,6 +23,11 @@ const NIGHTLY_CANDIDATES: [&str; 2] = ["nightly", "nightly-2026-07-01"];
 const NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
 /// Debian packages: the LLVM bpf-linker links against, and the tools the tests use.
 const DEBIAN_PACKAGES: [&str; 4] = ["llvm-22-dev", "iproute2", "iputils-ping", "procps"];
+/// Debian packages `cargo xtask package` needs: dpkg-shlibdeps (the package's `Depends`),
+/// strip, and systemd-analyze to verify the unit.
+const PACKAGING_DEBIAN_PACKAGES: [&str; 3] = ["dpkg-dev", "binutils", "systemd"];
+/// cargo-deb release line; 3.x builds with rustc 1.85 and later.
+const CARGO_DEB_VERSION: &str = "3.8";
 
 /// A nightly toolchain that builds the eBPF crate.
 pub struct Toolchain {
@@ -40,7 +46,7 @@ pub fn ensure() -> Result<Toolchain> {
 }
 
 fn check_all() -> Result<Toolchain> {
-    let missing = missing_debian_packages()?;
+    let missing = missing_debian_packages(&DEBIAN_PACKAGES)?;
     if !missing.is_empty() {
         bail!("missing Debian packages: {}", missing.join(" "));
     }
@@ -55,12 +61,26 @@ fn check_all() -> Result<Toolchain> {
 }
 
 pub fn run() -> Result<Toolchain> {
-    step("Debian packages", install_debian_packages)?;
+    step("Debian packages", || install_debian_packages(&DEBIAN_PACKAGES))?;
     let toolchain = step("nightly toolchain on LLVM 22", install_nightly)?;
     step("nightly components (rust-src, clippy)", || install_components(&toolchain.name))?;
     step("bpf-linker", install_bpf_linker)?;
+    step("Debian packages for packaging", || install_debian_packages(&PACKAGING_DEBIAN_PACKAGES))?;
+    step("cargo-deb", install_cargo_deb)?;
     eprintln!("xtask: setup complete (eBPF toolchain: {})", toolchain.name);
     Ok(toolchain)
+}
+
+/// What `cargo xtask package` needs beyond the build: checked quietly, installed when
+/// something is missing. The build's own needs are `ensure`'s.
+pub fn ensure_packaging() -> Result<()> {
+    if missing_debian_packages(&PACKAGING_DEBIAN_PACKAGES)?.is_empty() && check_cargo_deb().is_ok()
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: the packaging tools are incomplete; installing them");
+    step("Debian packages for packaging", || install_debian_packages(&PACKAGING_DEBIAN_PACKAGES))?;
+    step("cargo-deb", install_cargo_deb)
 }
 
 fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -68,9 +88,9 @@ fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     f().with_context(|| format!("setup step `{name}` failed"))
 }
 
-fn missing_debian_packages() -> Result<Vec<&'static str>> {
+fn missing_debian_packages(packages: &[&'static str]) -> Result<Vec<&'static str>> {
     let mut missing = Vec::new();
-    for package in DEBIAN_PACKAGES {
+    for &package in packages {
         let output = Command::new("dpkg-query")
             .args(["-W", "-f=${Status}", package])
             .stderr(Stdio::null())
@@ -83,10 +103,10 @@ fn missing_debian_packages() -> Result<Vec<&'static str>> {
     Ok(missing)
 }
 
-fn install_debian_packages() -> Result<()> {
-    let missing = missing_debian_packages()?;
+fn install_debian_packages(packages: &[&'static str]) -> Result<()> {
+    let missing = missing_debian_packages(packages)?;
     if missing.is_empty() {
-        eprintln!("xtask:   already installed: {}", DEBIAN_PACKAGES.join(" "));
+        eprintln!("xtask:   already installed: {}", packages.join(" "));
         return Ok(());
     }
     let hint = format!("apt-get update && apt-get install -y {}", missing.join(" "));
@@ -105,7 +125,7 @@ fn install_debian_packages() -> Result<()> {
     .with_context(|| format!("apt-get install failed; try by hand: {hint}"))
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -264,6 +284,43 @@ fn install_bpf_linker() -> Result<()> {
     )
     .with_context(|| format!("try by hand: {hint}"))?;
     check_bpf_linker()
+}
+
+/// Checks that `cargo deb` runs and is the expected release.
+fn check_cargo_deb() -> Result<()> {
+    let output = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["deb", "--version"])
+        .stderr(Stdio::null())
+        .output()
+        .context("running cargo deb --version")?;
+    let version = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("cargo-deb is not installed");
+    }
+    if !version.contains(&format!("cargo-deb {CARGO_DEB_VERSION}.")) {
+        bail!("cargo deb is `{}`, not {CARGO_DEB_VERSION}.x", version.trim());
+    }
+    Ok(())
+}
+
+fn install_cargo_deb() -> Result<()> {
+    match check_cargo_deb() {
+        Ok(()) => {
+            eprintln!("xtask:   cargo-deb {CARGO_DEB_VERSION} already installed");
+            return Ok(());
+        }
+        Err(e) => eprintln!("xtask:   {e:#}: installing"),
+    }
+    run_cmd(
+        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["install", "cargo-deb", "--locked", "--force"])
+            .arg(format!("--version=^{CARGO_DEB_VERSION}"))
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )
+    .with_context(|| {
+        format!("try by hand: cargo install cargo-deb --locked --version ^{CARGO_DEB_VERSION}")
+    })?;
+    check_cargo_deb()
 }
 
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
