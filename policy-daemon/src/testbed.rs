@@ -401,6 +401,19 @@ impl Testbed {
         mode: XdpModeArg,
         extra: &[&str],
     ) -> Result<Daemon<'_>, TestbedError> {
+        self.start_daemon_with_env(binary, policy, mode, extra, &[])
+    }
+
+    /// [`Self::start_daemon_with`], with environment variables for the daemon (such as
+    /// `NOTIFY_SOCKET`, to stand in for systemd).
+    pub fn start_daemon_with_env(
+        &self,
+        binary: &Path,
+        policy: &Path,
+        mode: XdpModeArg,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon<'_>, TestbedError> {
         let (pin_dir, state_dir) = (self.dirs.pin_dir(), self.dirs.state_dir());
         let mut args = vec![
             // Not the host's configuration, if it has one: only what the test says.
@@ -415,7 +428,7 @@ impl Testbed {
             args.extend(["--metrics", "off"]);
         }
         args.extend(extra);
-        Daemon::start(binary, &self.rx, RX_IFACE, policy, mode, &args)
+        Daemon::start(binary, &self.rx, RX_IFACE, policy, mode, &args, env)
     }
 
     /// Connects from tx to `dst:port` in rx, where a listener echoes what it receives.
@@ -653,8 +666,10 @@ impl<'tb> Daemon<'tb> {
         policy: &Path,
         mode: XdpModeArg,
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<Self, TestbedError> {
         let mut cmd = Command::new("ip");
+        cmd.envs(env.iter().copied());
         cmd.args(["netns", "exec", netns.name()])
             .arg(binary)
             .args(["run", "--iface", iface, "--policy"])

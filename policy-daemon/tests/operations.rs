@@ -324,3 +324,40 @@ fn drop_events_are_sampled_while_someone_watches() {
         );
     }
 }
+
+/// systemd's side of `Type=notify`, played by a datagram socket: READY=1 once the policy
+/// is applied and attached, STATUS= with the generation, RELOADING=1 then READY=1 around
+/// a reload, STOPPING=1 at the end.
+#[test]
+fn the_daemon_tells_systemd_when_it_is_ready_and_reloading() {
+    use std::os::unix::net::UnixDatagram;
+    let Some(_serial) = serial("the_daemon_tells_systemd_when_it_is_ready_and_reloading") else {
+        return;
+    };
+    let policy = PolicyFile::new();
+    let testbed = Testbed::new().expect("testbed");
+    let socket_path = testbed.dirs().state_dir().with_file_name("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("binding the notify socket");
+    socket.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let daemon = testbed
+        .start_daemon_with_env(
+            Path::new(DAEMON),
+            &policy.0,
+            XdpModeArg::Skb,
+            &[],
+            &[("NOTIFY_SOCKET", socket_path.to_str().expect("utf-8"))],
+        )
+        .expect("daemon");
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1\nSTATUS=veth1: 1 rules, generation 1\n");
+    daemon.signal(nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    assert_eq!(next(), "RELOADING=1\n");
+    assert_eq!(next(), "READY=1\nSTATUS=veth1: 1 rules, generation 1\n", "unchanged policy");
+    let output = daemon.stop().expect("stop");
+    assert!(output.status.success());
+    assert_eq!(next(), "STOPPING=1\n");
+}
