@@ -290,6 +290,7 @@ fn start_instance(
         }
     }
     let attached = dataplane.attach_pinned(iface, mode, &pins)?;
+    info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
     Ok(Instance { iface: iface.to_string(), dataplane, mode: attached, generation })
 }
 
