@@ -82,6 +82,11 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(CliError::Signals)?;
 
+    // Watching starts before the policies are first read, so that a change made while
+    // the daemon starts up is not missed: it is applied right after.
+    let paths: Vec<PathBuf> =
+        if watch { assignments.iter().map(|a| a.policy.clone()).collect() } else { Vec::new() };
+    let mut watcher = PolicyWatcher::new(&paths).map_err(CliError::Watch)?;
     let mut enforced = Vec::new();
     for assignment in assignments {
         let e = start(assignment, mode, &places)?;
@@ -93,12 +98,6 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     publish(metrics.as_ref(), &enforced);
     let mut tick = tokio::time::interval(METRICS_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let paths: Vec<PathBuf> = if watch {
-        enforced.iter().map(|e| e.assignment.policy.clone()).collect()
-    } else {
-        Vec::new()
-    };
-    let mut watcher = PolicyWatcher::new(&paths).map_err(CliError::Watch)?;
     if watch {
         info!("enforcing; SIGHUP or a change to a policy file reloads, SIGTERM or SIGINT stops");
     } else {
