@@ -49,6 +49,8 @@ struct Instance {
     /// Applies since the filter was first attached (an adopted filter continues the
     /// count of the daemon before).
     generation: u64,
+    /// The interface's index when attached; 0 while it is gone.
+    ifindex: u32,
 }
 
 /// One policy in force on its interfaces, and what it was compiled to.
@@ -119,7 +121,10 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
                 }
                 publish(metrics.as_ref(), &enforced);
             }
-            _ = tick.tick(), if metrics.is_some() => publish(metrics.as_ref(), &enforced),
+            _ = tick.tick() => {
+                watch_interfaces(&mut enforced, mode, &places);
+                publish(metrics.as_ref(), &enforced);
+            }
             Some(i) = watcher.changed() => {
                 due.insert(i, Instant::now() + DEBOUNCE);
             }
@@ -145,6 +150,48 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         "stopping; the filters stay in force (pinned): `xdp-policy detach` removes them"
     );
     Ok(())
+}
+
+/// The index of `iface`, 0 if there is no such interface (in this network namespace).
+fn ifindex(iface: &str) -> u32 {
+    nix::net::if_::if_nametoindex(iface).unwrap_or(0)
+}
+
+/// Notices interfaces that went away (a veth deleted, a NIC unplugged) and attaches
+/// again, with the policy in force, when they come back: the maps outlive the interface,
+/// the link does not.
+fn watch_interfaces(enforced: &mut [Enforced], mode: ModeChoice, places: &Places) {
+    for e in enforced.iter_mut() {
+        for i in &mut e.instances {
+            let now = ifindex(&i.iface);
+            if now == i.ifindex {
+                continue;
+            }
+            if now == 0 {
+                warn!(
+                    iface = i.iface,
+                    "the interface went away; the filter is attached again when it is back"
+                );
+                i.ifindex = 0;
+                write_state(&e.assignment.policy, &e.policy, &e.ruleset, i, places);
+                continue;
+            }
+            // Back (or replaced by a new interface of the same name): the old link is
+            // defunct; attach afresh.
+            let pins = Pins::new(places.pin_dir, &i.iface);
+            let _ = std::fs::remove_file(pins.link());
+            match i.dataplane.attach_pinned(&i.iface, mode, &pins) {
+                Ok(attached) => {
+                    i.mode = attached;
+                    i.ifindex = now;
+                    info!(iface = i.iface, mode = %attached, generation = i.generation, "the interface is back: re-attached");
+                    write_state(&e.assignment.policy, &e.policy, &e.ruleset, i, places);
+                }
+                // Tried again on the next tick.
+                Err(err) => warn!(iface = i.iface, "re-attaching failed: {}", error_chain(&err)),
+            }
+        }
+    }
 }
 
 /// How often the metrics are refreshed from the kernel's counters.
@@ -275,7 +322,14 @@ fn start_instance(
                     _ => AttachMode::Native,
                 };
                 info!(iface, "adopted the pinned filter: program replaced on its link, no detach");
-                return Ok(Instance { iface: iface.to_string(), dataplane, mode, generation });
+                let ifindex = ifindex(iface);
+                return Ok(Instance {
+                    iface: iface.to_string(),
+                    dataplane,
+                    mode,
+                    generation,
+                    ifindex,
+                });
             }
             // The interface went away since (its link is defunct): attach afresh.
             Err(e) => {
@@ -290,7 +344,8 @@ fn start_instance(
     }
     let attached = dataplane.attach_pinned(iface, mode, &pins)?;
     info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
-    Ok(Instance { iface: iface.to_string(), dataplane, mode: attached, generation })
+    let ifindex = ifindex(iface);
+    Ok(Instance { iface: iface.to_string(), dataplane, mode: attached, generation, ifindex })
 }
 
 fn write_state(
@@ -320,6 +375,7 @@ fn write_state(
         generation: instance.generation,
         applied_at: state::now(),
         attach_mode: instance.mode.to_string(),
+        interface_present: instance.ifindex != 0,
         rules,
     };
     if let Err(err) = state.write(places.state_dir) {

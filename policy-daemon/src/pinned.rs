@@ -159,7 +159,11 @@ pub fn render_status(all: &[InterfaceStatus]) -> String {
     }
     let mut out = String::new();
     for s in all {
-        let attached = if s.attached { "attached" } else { "not attached" };
+        let attached = match (s.attached, s.state.as_ref().is_none_or(|st| st.interface_present)) {
+            (true, true) => "attached",
+            (true, false) => "interface gone, attached again when it is back",
+            (false, _) => "not attached",
+        };
         match &s.state {
             Some(st) => out.push_str(&format!(
                 "{}: {attached} ({}), policy {} (sha256 {}), generation {}, applied {} s ago\n",

@@ -23,6 +23,10 @@ pub struct State {
     pub applied_at: u64,
     /// `native` or `skb`.
     pub attach_mode: String,
+    /// Whether the interface existed at the last update (the daemon re-attaches when a
+    /// vanished interface comes back).
+    #[serde(default = "present")]
+    pub interface_present: bool,
     pub rules: Vec<RuleState>,
 }
 
@@ -93,6 +97,10 @@ impl State {
     }
 }
 
+fn present() -> bool {
+    true
+}
+
 /// Seconds since the Unix epoch, now.
 pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -112,6 +120,7 @@ mod tests {
             generation: 7,
             applied_at: 1_790_000_000,
             attach_mode: "native".into(),
+            interface_present: true,
             rules: vec![RuleState {
                 name: "ssh".into(),
                 action: "pass".into(),

@@ -251,7 +251,14 @@ impl Testbed {
         // From here on the guards clean up whatever the remaining steps leave behind.
         let dirs = DaemonDirs::create(&tx_name.replace("-tx", "-daemon"))?;
         let testbed = Self { tx: NetNs::create(&tx_name)?, rx: NetNs::create(&rx_name)?, dirs };
-        let (tx, rx) = (testbed.tx.name(), testbed.rx.name());
+        testbed.add_veth(tx_mtu)?;
+        Ok(testbed)
+    }
+
+    /// Creates the veth pair, with addresses, up (done by [`Self::new`]; again after
+    /// [`Self::remove_veth`], to bring an interface back).
+    pub fn add_veth(&self, tx_mtu: Option<u32>) -> Result<(), TestbedError> {
+        let (tx, rx) = (self.tx.name(), self.rx.name());
         // Created inside the namespaces directly, so the host never sees either end.
         ip(&format!("link add {TX_IFACE} netns {tx} type veth peer name {RX_IFACE} netns {rx}"))?;
         ip(&format!("-n {tx} link set lo up"))?;
@@ -268,7 +275,12 @@ impl Testbed {
             // after a second or more of being tentative, and nothing else is on the link.
             ip(&format!("-n {ns} addr add {v6}/{PREFIX_V6} dev {iface} nodad"))?;
         }
-        Ok(testbed)
+        Ok(())
+    }
+
+    /// Deletes the veth pair: the interface the daemon is attached to goes away.
+    pub fn remove_veth(&self) -> Result<(), TestbedError> {
+        ip(&format!("-n {} link del {RX_IFACE}", self.rx.name()))
     }
 
     pub fn tx(&self) -> &NetNs {
@@ -710,6 +722,11 @@ impl<'tb> Daemon<'tb> {
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         self.process.stderr_so_far()
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
     }
 
     /// Kills the daemon with SIGKILL, as a crash would, and reaps it; the filter it

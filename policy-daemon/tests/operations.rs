@@ -361,3 +361,97 @@ fn the_daemon_tells_systemd_when_it_is_ready_and_reloading() {
     assert!(output.status.success());
     assert_eq!(next(), "STOPPING=1\n");
 }
+
+#[test]
+fn an_interface_that_goes_away_is_filtered_again_when_it_comes_back() {
+    let Some(_serial) = serial("an_interface_that_goes_away_is_filtered_again_when_it_comes_back")
+    else {
+        return;
+    };
+    let policy = PolicyFile::new();
+    let testbed = Testbed::new().expect("testbed");
+    let daemon =
+        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    testbed.remove_veth().expect("deleting the veth pair");
+    daemon.wait_for_log("the interface went away", 1, Duration::from_secs(5)).expect("noticed");
+    let out = cli(&testbed, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("{RX_IFACE}: interface gone, attached again when it is back")),
+        "{text}"
+    );
+
+    testbed.add_veth(None).expect("the veth pair again");
+    daemon
+        .wait_for_log("the interface is back: re-attached", 1, Duration::from_secs(5))
+        .expect("re-attached");
+    assert_eq!(
+        testbed.udp_probe(RX_V4.into(), BLOCKED, 10).expect("probe").received,
+        0,
+        "filtered again"
+    );
+    assert_eq!(testbed.udp_probe(RX_V4.into(), OPEN, 10).expect("probe").received, 10);
+    let out = cli(&testbed, &["status"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(&format!("{RX_IFACE}: attached (skb)"))
+    );
+    let output = daemon.stop().expect("stop");
+    assert!(output.status.success(), "the daemon kept running: {}", output.stderr);
+}
+
+/// A daemon killed while it applies a changed policy: the next one starts from the
+/// pinned maps in whatever state the kill left them and applies the file as it is now.
+#[test]
+fn a_kill_during_a_reload_leaves_nothing_half_applied() {
+    let Some(_serial) = serial("a_kill_during_a_reload_leaves_nothing_half_applied") else {
+        return;
+    };
+    const CYCLES: u64 = 10;
+    let policy = PolicyFile::new();
+    let version = |port: u16| {
+        format!(
+            "[[rule]]\nname = \"block-{port}\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {port}\n"
+        )
+    };
+    let testbed = Testbed::new().expect("testbed");
+    testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon").kill9();
+    for cycle in 0..CYCLES {
+        let (blocked, open) = if cycle % 2 == 0 { (OPEN, BLOCKED) } else { (BLOCKED, OPEN) };
+        let daemon =
+            testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+        daemon
+            .wait_for_log("adopted the pinned filter", 1, Duration::from_secs(10))
+            .expect("adopted");
+        let tmp = policy.0.with_extension("tmp");
+        fs::write(&tmp, version(blocked)).expect("write");
+        fs::rename(&tmp, &policy.0).expect("rename");
+        // Somewhere between the rename and the end of the apply (25 ms debounce, then
+        // the apply): a different moment each cycle.
+        std::thread::sleep(Duration::from_millis(10 + cycle * 4));
+        daemon.kill9();
+        // The filter in force is one whole policy or the other...
+        let a = testbed.udp_probe(RX_V4.into(), BLOCKED, 5).expect("probe").received;
+        let b = testbed.udp_probe(RX_V4.into(), OPEN, 5).expect("probe").received;
+        assert!(
+            matches!((a, b), (0, 5) | (5, 0)),
+            "cycle {cycle}: a mix or nothing in force: {a}, {b}"
+        );
+        // ... and the next daemon applies the file as it is.
+        let daemon =
+            testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+        daemon
+            .wait_for_log("adopted the pinned filter", 1, Duration::from_secs(10))
+            .expect("adopted");
+        assert_eq!(
+            testbed.udp_probe(RX_V4.into(), blocked, 5).expect("probe").received,
+            0,
+            "cycle {cycle}"
+        );
+        assert_eq!(
+            testbed.udp_probe(RX_V4.into(), open, 5).expect("probe").received,
+            5,
+            "cycle {cycle}"
+        );
+        daemon.kill9();
+    }
+}

@@ -263,3 +263,118 @@ fn a_hundred_reloads_under_traffic_misclassify_nothing() {
         "both versions were in force"
     );
 }
+
+/// The daemon's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// How many reloads the daemon has finished, whatever their outcome.
+fn reloads_done(log: &str) -> usize {
+    log.lines()
+        .filter(|l| {
+            l.contains("policy applied")
+                || l.contains("policy rejected")
+                || l.contains("policy unchanged")
+        })
+        .count()
+}
+
+#[test]
+fn a_storm_of_a_thousand_good_bad_and_changed_reloads_misclassifies_nothing() {
+    let Some(_serial) =
+        serial("a_storm_of_a_thousand_good_bad_and_changed_reloads_misclassifies_nothing")
+    else {
+        return;
+    };
+    const RELOADS: usize = 1000;
+    /// Resident memory the daemon may gain over the storm.
+    const RSS_BOUND_KIB: u64 = 8 * 1024;
+    let dir = TempDir::new("storm1000");
+    let policy = dir.0.join("policy.toml");
+    let steady = format!(
+        "[[rule]]\nname = \"steady\"\naction = \"pass\"\nprotocol = \"udp\"\ndst_ports = {PORT_B}\n"
+    );
+    let version = |i: usize| match i % 3 {
+        // Changed: port A dropped, with a changing neighbour range so every good version differs.
+        0 => format!(
+            "[[rule]]\nname = \"flip\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = [{PORT_A}, \"{}-{}\"]\n{steady}",
+            10_000 + i,
+            10_000 + i + 5
+        ),
+        // Bad: rejected, the previous version stays.
+        1 => format!(
+            "[[rule]]\nname = \"flip\"\naction = \"drop\"\ndst_ports = [\"{}-1\"]\n{steady}",
+            i + 2
+        ),
+        // Good: port A passed.
+        _ => format!(
+            "[[rule]]\nname = \"flip\"\naction = \"pass\"\nprotocol = \"udp\"\ndst_ports = {PORT_A}\n{steady}"
+        ),
+    };
+    fs::write(&policy, version(2)).expect("writing the policy");
+    let testbed = Testbed::new().expect("testbed");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpModeArg::Skb).expect("daemon");
+    // Warm up (allocator, maps' userspace shadows for both generations) before measuring.
+    for i in 0..6 {
+        save_by_rename(&policy, &version(i));
+        let deadline = Instant::now() + RELOAD_DEADLINE;
+        while reloads_done(&daemon.log()) < i + 2 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let rss_before = rss_kib(daemon.pid());
+    let done_before = reloads_done(&daemon.log());
+    let started = Instant::now();
+    let result = testbed
+        .udp_stream([PORT_A, PORT_B], Duration::from_secs(120), Duration::from_micros(300), |_| {
+            for i in 0..RELOADS {
+                save_by_rename(&policy, &version(i));
+                let deadline = Instant::now() + RELOAD_DEADLINE;
+                while reloads_done(&daemon.log()) < done_before + i + 1 {
+                    assert!(
+                        Instant::now() < deadline,
+                        "reload {i} was not taken:\n{}",
+                        daemon.log()
+                    );
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+        })
+        .expect("the udp stream");
+    let elapsed = started.elapsed();
+    let rss_after = rss_kib(daemon.pid());
+    let log = daemon.log();
+    let rejected = log.matches("policy rejected").count();
+    let output = daemon.stop().expect("stopping");
+    let counters = output.counters().expect("the counter report");
+    eprintln!(
+        "reload storm: {RELOADS} reloads ({rejected} rejected) in {elapsed:?}; RSS {rss_before} KiB before, \
+         {rss_after} KiB after; port A {} sent, {} received; port B {} sent, {} received; drop_rule {}, \
+         pass_rule {}",
+        result.sent[0],
+        result.received[0],
+        result.sent[1],
+        result.received[1],
+        counters.packets(Verdict::DropRule),
+        counters.packets(Verdict::PassRule),
+    );
+    assert!(output.status.success(), "the daemon stopped cleanly after the storm");
+    assert!(rejected >= RELOADS / 3, "the bad versions were rejected: {rejected}");
+    assert!(
+        rss_after <= rss_before + RSS_BOUND_KIB,
+        "resident memory grew from {rss_before} KiB to {rss_after} KiB (bound {RSS_BOUND_KIB} KiB)"
+    );
+    assert_eq!(result.received[1], result.sent[1], "datagrams to the untouched port were lost");
+    assert_eq!(counters.rules.get("steady").copied(), Some(result.sent[1]));
+    assert_eq!(
+        counters.packets(Verdict::DropRule) + counters.packets(Verdict::PassRule),
+        result.sent[0] + result.sent[1]
+    );
+    assert_eq!(counters.packets(Verdict::DropRule), result.sent[0] - result.received[0]);
+}
