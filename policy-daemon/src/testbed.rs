@@ -431,11 +431,13 @@ impl Testbed {
             // Not the host's configuration, if it has one: only what the test says.
             "--config",
             "/dev/null",
-            "--pin-dir",
-            pin_dir.to_str().unwrap_or_default(),
             "--state-dir",
             state_dir.to_str().unwrap_or_default(),
         ];
+        // The testbed's choices, unless the test makes its own.
+        if !extra.contains(&"--pin-dir") {
+            args.extend(["--pin-dir", pin_dir.to_str().unwrap_or_default()]);
+        }
         if !extra.contains(&"--metrics") {
             args.extend(["--metrics", "off"]);
         }

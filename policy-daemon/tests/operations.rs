@@ -455,3 +455,62 @@ fn a_kill_during_a_reload_leaves_nothing_half_applied() {
         daemon.kill9();
     }
 }
+
+/// Pins left by a different version (here: a map of another type where `RULES` should
+/// be) stop the start-up with a message saying what to do, and `detach` clears them.
+#[test]
+fn stale_pins_are_refused_with_a_clear_message() {
+    let Some(_serial) = serial("stale_pins_are_refused_with_a_clear_message") else { return };
+    let policy = PolicyFile::new();
+    let testbed = Testbed::new().expect("testbed");
+    testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon").kill9();
+    let maps = testbed.dirs().pin_dir().join(RX_IFACE).join("maps");
+    fs::remove_file(maps.join("RULES")).expect("unpinning RULES");
+    let other = aya::maps::MapData::from_pin(maps.join("VERDICTS")).expect("VERDICTS");
+    other.pin(maps.join("RULES")).expect("pinning VERDICTS as RULES");
+
+    // The old program is still attached (that is the point of pinning), so the testbed
+    // sees a program at once; the new daemon must then give up with a clear message.
+    let daemon =
+        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("spawn");
+    daemon
+        .wait_for_log(
+            "do not fit this version of xdp-policy (map `RULES`: pinned (type, key bytes, value \
+             bytes, entries) (6, 4, 16, 11), this version needs (2, 4, 8, 2048))",
+            1,
+            Duration::from_secs(10),
+        )
+        .expect("the refusal");
+    let output = daemon.stop().expect("stop");
+    assert!(!output.status.success(), "a daemon on stale pins must not run");
+    assert!(output.stderr.contains("remove them with `xdp-policy detach`"), "{}", output.stderr);
+    // Refused, but the old filter still enforces.
+    assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 5).expect("probe").received, 0);
+
+    let out = cli(&testbed, &["detach"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let daemon =
+        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 5).expect("probe").received, 0);
+    drop(daemon);
+}
+
+/// A pin directory that is not on a bpffs gets one mounted.
+#[test]
+fn a_pin_dir_without_bpffs_gets_one() {
+    let Some(_serial) = serial("a_pin_dir_without_bpffs_gets_one") else { return };
+    let policy = PolicyFile::new();
+    let testbed = Testbed::new().expect("testbed");
+    let plain = testbed.dirs().state_dir().with_file_name("plain").join("xdp-policy");
+    let daemon = testbed
+        .start_daemon_with(
+            Path::new(DAEMON),
+            &policy.0,
+            XdpModeArg::Skb,
+            &["--pin-dir", plain.to_str().expect("utf-8")],
+        )
+        .expect("daemon");
+    daemon.wait_for_log("mounting bpffs", 1, Duration::from_secs(5)).expect("the mount");
+    assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 5).expect("probe").received, 0);
+    drop(daemon);
+}

@@ -119,16 +119,11 @@ pub enum DataplaneError {
     #[error("BPF_PROG_TEST_RUN of `{PROGRAM_NAME}` failed")]
     TestRun(#[source] ProgramError),
     #[error(
-        "the pinned maps in {} do not fit this version of xdp-policy (map `{map}`): remove them \
-         with `xdp-policy detach`, then start again",
+        "the pinned maps in {} do not fit this version of xdp-policy (map `{map}`: {detail}): \
+         remove them with `xdp-policy detach`, then start again",
         dir.display()
     )]
-    StalePins {
-        dir: std::path::PathBuf,
-        map: &'static str,
-        #[source]
-        source: MapError,
-    },
+    StalePins { dir: std::path::PathBuf, map: &'static str, detail: String },
     #[error("pinning {} failed", path.display())]
     Pin {
         path: std::path::PathBuf,
@@ -149,6 +144,8 @@ pub enum DataplaneError {
     },
     #[error(transparent)]
     Pins(#[from] pins::PinError),
+    #[error("the embedded eBPF object does not parse: {0}")]
+    Object(String),
 }
 
 /// Per-verdict totals, summed over CPUs.
@@ -203,15 +200,18 @@ impl Dataplane {
             return Err(DataplaneError::NoObject);
         }
         let map_paths: Vec<_> = MAP_NAMES.iter().map(|name| (*name, pins.map(name))).collect();
+        check_pinned_maps(pins, &map_paths)?;
         let mut loader = EbpfLoader::new();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         let maps = KernelMaps::take(&mut ebpf).map_err(|e| match e {
-            DataplaneError::MapType { map, source } => {
-                DataplaneError::StalePins { dir: pins.dir().to_path_buf(), map, source }
-            }
+            DataplaneError::MapType { map, source } => DataplaneError::StalePins {
+                dir: pins.dir().to_path_buf(),
+                map,
+                detail: error_chain(&source),
+            },
             other => other,
         })?;
         let generations = if pins.linked() {
@@ -390,6 +390,39 @@ impl Dataplane {
         let result = self.program()?.test_run(opts).map_err(DataplaneError::TestRun)?;
         Ok(result.return_value)
     }
+}
+
+/// Pinned maps are reused as they are, so each must be exactly what this version of the
+/// program declares (type, key and value size, entries): a map left by another version
+/// would be read with the wrong layout.
+fn check_pinned_maps(
+    pins: &Pins,
+    map_paths: &[(&'static str, std::path::PathBuf)],
+) -> Result<(), DataplaneError> {
+    let object =
+        aya_obj::Object::parse(OBJECT).map_err(|e| DataplaneError::Object(e.to_string()))?;
+    for (name, path) in map_paths {
+        if !path.exists() {
+            continue;
+        }
+        let stale = |detail: String| DataplaneError::StalePins {
+            dir: pins.dir().to_path_buf(),
+            map: name,
+            detail,
+        };
+        let info = aya::maps::MapInfo::from_pin(path).map_err(|e| stale(error_chain(&e)))?;
+        let Some(wanted) = object.maps.get(*name) else { continue };
+        let pinned_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        let found = (pinned_type, info.key_size(), info.value_size(), info.max_entries());
+        let expected =
+            (wanted.map_type(), wanted.key_size(), wanted.value_size(), wanted.max_entries());
+        if found != expected {
+            return Err(stale(format!(
+                "pinned (type, key bytes, value bytes, entries) {found:?}, this version needs {expected:?}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A hint for attach errors the kernel reports with nothing but an errno.
