@@ -170,6 +170,10 @@ pub struct RunArgs {
     /// files one after the other and signal when done).
     #[arg(long)]
     pub no_watch: bool,
+    /// Read policy files even if someone other than root could change them (for test
+    /// setups; config `insecure_policy_files = true`).
+    #[arg(long)]
+    pub allow_insecure_policy_files: bool,
 }
 
 fn parse_attach(value: &str) -> Result<(String, PathBuf), String> {
@@ -202,6 +206,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub metrics: config::Metrics,
     pub watch: bool,
+    /// How policy files are read: the same for the first load and every reload.
+    pub load: policy::LoadOptions,
 }
 
 impl RunArgs {
@@ -229,7 +235,15 @@ impl RunArgs {
             state_dir,
             metrics,
             watch: !self.no_watch && file.watch.unwrap_or(true),
+            load: load_options(self.allow_insecure_policy_files, &file),
         })
+    }
+}
+
+/// The flag, then the configuration file: `check` reads policies as `run` does.
+fn load_options(allow_insecure: bool, file: &ConfigFile) -> policy::LoadOptions {
+    policy::LoadOptions {
+        allow_insecure_files: allow_insecure || file.insecure_policy_files.unwrap_or(false),
     }
 }
 
@@ -238,6 +252,14 @@ pub struct CheckArgs {
     /// Policy files or directories.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+    /// Daemon configuration file, for `insecure_policy_files` [default:
+    /// /etc/xdp-policy/xdp-policy.toml, if it exists].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Read policy files even if someone other than root could change them, as `run
+    /// --allow-insecure-policy-files` does.
+    #[arg(long)]
+    pub allow_insecure_policy_files: bool,
 }
 
 /// Why a command failed; `main` turns it into an exit status.
@@ -382,13 +404,22 @@ fn explain_probe(args: &ExplainArgs) -> Result<pinned::Probe, CliError> {
 }
 
 fn check(args: &CheckArgs) -> Result<(), CliError> {
+    let file = load_config(args.config.as_deref())?;
+    let options = load_options(args.allow_insecure_policy_files, &file);
     let mut invalid = 0;
     for path in &args.paths {
-        match policy::load(path) {
+        match policy::load_with(path, options) {
             Ok(policy) => {
                 print!("{}", describe(&policy, &path.display().to_string()));
                 for w in &policy.warnings {
                     eprint!("warning: {w}");
+                }
+                if policy.rules.is_empty() {
+                    eprintln!(
+                        "warning: {}: the policy has no rules: every packet gets the default \
+                         action",
+                        path.display()
+                    );
                 }
                 if let Err(refusal) = crate::safety::check(&policy) {
                     eprintln!("{}: {refusal}", path.display());

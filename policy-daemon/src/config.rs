@@ -47,6 +47,9 @@ pub struct ConfigFile {
     pub metrics: Option<String>,
     /// Reload when policy files change (SIGHUP always reloads).
     pub watch: Option<bool>,
+    /// Read policy files even if someone other than root could change them (for test
+    /// setups).
+    pub insecure_policy_files: Option<bool>,
 }
 
 /// Where metrics are served, if at all.
@@ -125,6 +128,7 @@ pin_dir = "/sys/fs/bpf/edge"
 state_dir = "/run/edge"
 metrics = "127.0.0.1:9600"
 watch = false
+insecure_policy_files = true
 
 [interfaces]
 eth0 = "/etc/xdp-policy/policies.d"
@@ -135,6 +139,7 @@ eth1 = "/etc/xdp-policy/mgmt.toml"
         assert_eq!(config.interfaces.len(), 2);
         assert_eq!(config.interfaces["eth1"], PathBuf::from("/etc/xdp-policy/mgmt.toml"));
         assert_eq!(config.watch, Some(false));
+        assert_eq!(config.insecure_policy_files, Some(true));
         assert_eq!(
             Metrics::parse(config.metrics.as_deref().unwrap_or_default()),
             Ok(Metrics::On("127.0.0.1:9600".parse().expect("addr")))

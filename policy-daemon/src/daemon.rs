@@ -61,15 +61,16 @@ struct Enforced {
     policy: Policy,
 }
 
-/// Where pins and state go.
+/// Where pins and state go, and how policy files are read.
 struct Places<'a> {
     pin_dir: &'a Path,
     state_dir: &'a Path,
+    load: policy::LoadOptions,
 }
 
 pub async fn run(settings: Settings) -> Result<(), CliError> {
-    let Settings { assignments, mode, watch, pin_dir, state_dir, metrics } = settings;
-    let places = Places { pin_dir: &pin_dir, state_dir: &state_dir };
+    let Settings { assignments, mode, watch, pin_dir, state_dir, metrics, load } = settings;
+    let places = Places { pin_dir: &pin_dir, state_dir: &state_dir, load };
     // Before anything is attached: a taken port stops start-up while nothing changed.
     let metrics = match metrics {
         config::Metrics::Off => None,
@@ -249,7 +250,7 @@ fn start(
     places: &Places,
 ) -> Result<Enforced, CliError> {
     let started = Instant::now();
-    let policy = policy::load(&assignment.policy)?;
+    let policy = policy::load_with(&assignment.policy, places.load)?;
     log_warnings(&policy);
     safety::check(&policy).map_err(CliError::Safety)?;
     if assignment.ifaces.is_empty() {
@@ -411,7 +412,7 @@ fn reload(
 fn reload_one(e: &mut Enforced, trigger: &str, places: &Places) -> bool {
     let path = e.assignment.policy.display().to_string();
     let started = Instant::now();
-    let policy = match policy::load(&e.assignment.policy) {
+    let policy = match policy::load_with(&e.assignment.policy, places.load) {
         Ok(policy) => policy,
         Err(err) => {
             error!(policy = %path, trigger, "policy rejected, the previous one stays in force:\n{err}");

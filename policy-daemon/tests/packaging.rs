@@ -90,12 +90,21 @@ fn every_setting_is_documented_with_its_true_default() {
     let config = ConfigFile::parse(&path, &live)
         .unwrap_or_else(|e| panic!("{} with its settings uncommented: {e}", path.display()));
     // Exhaustive: a new setting fails to compile here until it is documented.
-    let ConfigFile { interfaces, xdp_mode, pin_dir, state_dir, metrics, watch } = config;
+    let ConfigFile {
+        interfaces,
+        xdp_mode,
+        pin_dir,
+        state_dir,
+        metrics,
+        watch,
+        insecure_policy_files,
+    } = config;
     assert_eq!(xdp_mode, Some(XdpMode::default()), "xdp_mode");
     assert_eq!(pin_dir.as_deref(), Some(Path::new(config::DEFAULT_PIN_DIR)), "pin_dir");
     assert_eq!(state_dir.as_deref(), Some(Path::new(config::DEFAULT_STATE_DIR)), "state_dir");
     assert_eq!(metrics.as_deref(), Some(config::DEFAULT_METRICS), "metrics");
     assert_eq!(watch, Some(true), "watch");
+    assert_eq!(insecure_policy_files, Some(false), "insecure_policy_files");
     assert_eq!(
         interfaces,
         BTreeMap::from([("eth0".to_string(), PathBuf::from("/etc/xdp-policy/policies.d"))]),

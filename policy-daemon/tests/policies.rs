@@ -129,3 +129,29 @@ fn check_reports_a_missing_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_refuses_a_world_writable_policy_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let policy = TempPolicy::new("insecure", "[[rule]]\nname = \"a\"\naction = \"pass\"\n");
+    fs::set_permissions(&policy.0, fs::Permissions::from_mode(0o666)).expect("chmod");
+    let path = policy.0.to_str().expect("utf-8 path");
+    let out = xdp_policy(&["check", path]);
+    assert_eq!(out.status.code(), Some(1), "a world-writable policy must fail check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "{path}: refusing the policy file: it is writable by its group or others (mode 666), \
+             and only root may be able to change a policy; fix it with `chown root: {path} && \
+             chmod go-w {path}`"
+        )),
+        "unexpected stderr: {stderr}"
+    );
+    let out = xdp_policy(&["check", "--allow-insecure-policy-files", path]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The configuration file's setting, as `run` reads it.
+    let config = policy.0.with_file_name("xdp-policy.toml");
+    fs::write(&config, "insecure_policy_files = true\n").expect("writing the config");
+    let out = xdp_policy(&["check", "--config", config.to_str().expect("utf-8"), path]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

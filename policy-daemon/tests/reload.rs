@@ -378,3 +378,60 @@ fn a_storm_of_a_thousand_good_bad_and_changed_reloads_misclassifies_nothing() {
     );
     assert_eq!(counters.packets(Verdict::DropRule), result.sent[0] - result.received[0]);
 }
+
+#[test]
+fn every_bad_policy_of_the_corpus_is_rejected_and_the_rule_in_force_stays() {
+    let Some(_serial) =
+        serial("every_bad_policy_of_the_corpus_is_rejected_and_the_rule_in_force_stays")
+    else {
+        return;
+    };
+    const PROBE_EVERY: usize = 10;
+    let corpus = support::corpus::Corpus::new("daemon");
+    let dir = TempDir::new("corpus");
+    let policy = dir.0.join("policy.toml");
+    fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
+    let testbed = Testbed::new().expect("testbed");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpModeArg::Skb).expect("daemon");
+    assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
+
+    let started = Instant::now();
+    let files: Vec<_> = corpus.entries.iter().filter(|e| e.path.is_file()).collect();
+    for (i, entry) in files.iter().enumerate() {
+        // The corpus copy is on the same file system: a rename, as editors and tools do,
+        // and the 100 MB sparse file is never copied.
+        fs::rename(&entry.path, &policy).expect("renaming the bad policy over the good one");
+        daemon
+            .wait_for_log("policy rejected", i + 1, RELOAD_DEADLINE)
+            .unwrap_or_else(|e| panic!("{} was not rejected: {e}", entry.name));
+        let first_line = corpus.expected(entry);
+        let first_line = first_line
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .replace(&entry.path.display().to_string(), &policy.display().to_string());
+        assert!(
+            daemon.log().contains(&first_line),
+            "{}: the log must say {first_line:?}; log:\n{}",
+            entry.name,
+            daemon.log()
+        );
+        if (i + 1) % PROBE_EVERY == 0 || i + 1 == files.len() {
+            assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
+        }
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "bad-policy corpus: {} files rejected by the running daemon in {elapsed:?}",
+        files.len()
+    );
+    assert!(files.len() >= 50, "only {} single-file entries", files.len());
+    assert_eq!(daemon.log().matches("policy applied").count(), 1, "nothing bad was applied");
+
+    // And the next good version is applied.
+    save_by_rename(&policy, &blocking(PORT_B));
+    daemon.wait_for_log("policy applied", 2, RELOAD_DEADLINE).expect("the good policy");
+    assert_blocks(&testbed, &daemon, PORT_B, PORT_A);
+    let output = daemon.stop().expect("stopping");
+    assert!(output.status.success(), "the daemon must keep running and stop cleanly");
+}

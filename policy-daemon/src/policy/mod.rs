@@ -11,19 +11,20 @@
 
 mod compile;
 mod diagnostic;
+pub mod files;
 pub mod reference;
 mod schema;
 mod shadow;
 
 use std::{
     collections::HashMap,
-    fs,
     ops::Range,
     path::{Path, PathBuf},
 };
 
 pub use compile::{PortField, Ruleset, compile};
 pub use diagnostic::{Diagnostic, Location};
+pub use files::{LoadOptions, MAX_POLICY_FILE_BYTES, policy_files};
 use ipnet::IpNet;
 use policy_common::{L4Class, MAX_PREFIXES, MAX_RULES};
 pub use schema::{Action, Fragments, Mode, PortRange, Protocol};
@@ -141,6 +142,30 @@ pub enum PolicyError {
     EmptyDirectory { path: PathBuf },
     #[error("{}", render_all(.0))]
     Invalid(Vec<Diagnostic>),
+    #[error(
+        "{}: the file is {size} bytes, over the limit of {MAX_POLICY_FILE_BYTES} bytes (16 MiB) \
+         for a policy file",
+        path.display()
+    )]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("{location}: not UTF-8 text at byte {offset}")]
+    NotUtf8 { location: Location, offset: usize },
+    #[error(
+        "{}: refusing the policy {what}: it {problem}, and only root may be able to change a \
+         policy; fix it with `chown root: {real} && chmod go-w {real}`, or allow it with \
+         --allow-insecure-policy-files (insecure_policy_files = true in the configuration)",
+        path.display(),
+        real = real.display()
+    )]
+    Insecure { path: PathBuf, real: PathBuf, what: &'static str, problem: String },
+    #[error(
+        "{}: a symlink to {}, outside the policy directory {}: symlinks are followed only \
+         inside it; move or copy the file there",
+        path.display(),
+        target.display(),
+        dir.display()
+    )]
+    SymlinkOutside { path: PathBuf, target: PathBuf, dir: PathBuf },
 }
 
 fn render_all(diagnostics: &[Diagnostic]) -> String {
@@ -153,37 +178,16 @@ fn render_all(diagnostics: &[Diagnostic]) -> String {
     out
 }
 
-/// The files a policy path stands for: the file itself, or the `*.toml` files of a
-/// directory in file-name order.
-pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
-    let read_err = |source| PolicyError::Read { path: path.to_path_buf(), source };
-    if !fs::metadata(path).map_err(read_err)?.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files = Vec::new();
-    for entry in fs::read_dir(path).map_err(read_err)? {
-        let file = entry.map_err(read_err)?.path();
-        let hidden = file.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        if !hidden && file.extension().is_some_and(|ext| ext == "toml") && file.is_file() {
-            files.push(file);
-        }
-    }
-    if files.is_empty() {
-        return Err(PolicyError::EmptyDirectory { path: path.to_path_buf() });
-    }
-    files.sort();
-    Ok(files)
-}
-
 /// Reads and validates the policy at `path`: a file, or a directory whose `*.toml`
 /// files are merged in file-name order. All problems of all files are reported at once.
+/// Files that someone other than root could change are refused (see [`files`]).
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let mut sources = Vec::new();
-    for file in policy_files(path)? {
-        let text = fs::read_to_string(&file)
-            .map_err(|source| PolicyError::Read { path: file.clone(), source })?;
-        sources.push((file, text));
-    }
+    load_with(path, LoadOptions::default())
+}
+
+/// [`load`], with the checks on the files set by `options`.
+pub fn load_with(path: &Path, options: LoadOptions) -> Result<Policy, PolicyError> {
+    let sources = files::read_policy(path, options)?;
     parse(sources.iter().map(|(file, text)| (file.as_path(), text.as_str())))
 }
 

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod corpus;
 pub mod packet;
 
 /// Whether this process may run tests that need root (bpf(), netlink, namespaces).

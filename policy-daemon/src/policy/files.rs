@@ -1,0 +1,366 @@
+//! Reading policy files safely: which files a policy path stands for, who may have
+//! written them (like sshd's StrictModes), where their symlinks may lead, how big they may
+//! be, and that they are UTF-8 text.
+//!
+//! A policy decides what reaches the host, so a file that someone other than root (or the
+//! user the daemon runs as) can change is refused, and so is a directory through which
+//! such a user could swap the file: the policy directory, and the directory of each file
+//! unless it is sticky (like /tmp). Anything on a read-only mount (a Kubernetes ConfigMap
+//! volume) cannot be changed from here whatever its mode says, so it passes.
+
+use std::{
+    fs::{self, File, Metadata},
+    io::Read as _,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use nix::sys::statvfs::{FsFlags, statvfs};
+
+use super::{Location, PolicyError};
+
+/// Largest policy file read, checked from the file's metadata before it is read: the
+/// biggest policy the kernel maps hold is well under 1 MiB.
+pub const MAX_POLICY_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How policy files are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Skip the ownership and permission checks (config `insecure_policy_files = true`,
+    /// flag `--allow-insecure-policy-files`): for test setups only.
+    pub allow_insecure_files: bool,
+}
+
+const SETGID_STICKY: u32 = 0o1000;
+const GROUP_OR_OTHER_WRITE: u32 = 0o022;
+
+/// The files a policy path stands for: the file itself, or the `*.toml` files of a
+/// directory in file-name order.
+pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+    let read_err = |source| PolicyError::Read { path: path.to_path_buf(), source };
+    if !fs::metadata(path).map_err(read_err)?.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in fs::read_dir(path).map_err(read_err)? {
+        let file = entry.map_err(read_err)?.path();
+        let hidden = file.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if !hidden && file.extension().is_some_and(|ext| ext == "toml") && file.is_file() {
+            files.push(file);
+        }
+    }
+    if files.is_empty() {
+        return Err(PolicyError::EmptyDirectory { path: path.to_path_buf() });
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads every file of the policy at `path`, after checking where it is and who can
+/// change it.
+pub fn read_policy(
+    path: &Path,
+    options: LoadOptions,
+) -> Result<Vec<(PathBuf, String)>, PolicyError> {
+    let files = policy_files(path)?;
+    let is_dir = files.len() != 1 || files[0] != path;
+    let base = if is_dir { path } else { path.parent().unwrap_or(Path::new(".")) };
+    let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
+    let read_err = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| PolicyError::Read { path: p, source }
+    };
+    let real_base = fs::canonicalize(base).map_err(read_err(base))?;
+    let mut sources = Vec::new();
+    for file in files {
+        let real = fs::canonicalize(&file).map_err(read_err(&file))?;
+        if !real.starts_with(&real_base) {
+            return Err(PolicyError::SymlinkOutside {
+                path: file,
+                target: real,
+                dir: base.to_path_buf(),
+            });
+        }
+        let mut handle = File::open(&file).map_err(read_err(&file))?;
+        let meta = handle.metadata().map_err(read_err(&file))?;
+        if !options.allow_insecure_files {
+            check_metadata(&file, &real, &meta, false)?;
+            // The directories from the file up to the policy's: through any of them the
+            // file could be swapped. A file policy's own directory may be sticky (like
+            // /tmp); a policy directory may not, since anyone could add a file to it.
+            let mut dir = real.parent();
+            while let Some(d) = dir {
+                let sticky_ok = !is_dir && d == real_base;
+                check_owner_and_mode(d, d, sticky_ok)?;
+                if d == real_base {
+                    break;
+                }
+                dir = d.parent();
+            }
+        }
+        if meta.len() > MAX_POLICY_FILE_BYTES {
+            return Err(PolicyError::TooLarge { path: file, size: meta.len() });
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        // The file may grow after the metadata was read: never read past the limit.
+        (&mut handle)
+            .take(MAX_POLICY_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err(&file))?;
+        if bytes.len() as u64 > MAX_POLICY_FILE_BYTES {
+            return Err(PolicyError::TooLarge { path: file, size: bytes.len() as u64 });
+        }
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                let offset = e.utf8_error().valid_up_to();
+                let valid = std::str::from_utf8(&e.as_bytes()[..offset]).unwrap_or_default();
+                let location = Location::of(file.clone(), valid, offset);
+                return Err(PolicyError::NotUtf8 { location, offset });
+            }
+        };
+        sources.push((file, text));
+    }
+    Ok(sources)
+}
+
+fn check_owner_and_mode(shown: &Path, real: &Path, sticky_ok: bool) -> Result<(), PolicyError> {
+    let meta = fs::metadata(real)
+        .map_err(|source| PolicyError::Read { path: shown.to_path_buf(), source })?;
+    check_metadata(shown, real, &meta, sticky_ok)
+}
+
+fn check_metadata(
+    shown: &Path,
+    real: &Path,
+    meta: &Metadata,
+    sticky_ok: bool,
+) -> Result<(), PolicyError> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let owner_ok = meta.uid() == 0 || meta.uid() == euid;
+    let writable = meta.mode() & GROUP_OR_OTHER_WRITE != 0;
+    let sticky = meta.is_dir() && meta.mode() & SETGID_STICKY != 0;
+    if owner_ok && (!writable || sticky && sticky_ok) {
+        return Ok(());
+    }
+    if read_only_mount(real) {
+        return Ok(());
+    }
+    let what = if meta.is_dir() { "directory" } else { "file" };
+    let problem = match (owner_ok, writable) {
+        (false, true) => format!(
+            "is owned by uid {} and writable by its group or others (mode {:o})",
+            meta.uid(),
+            meta.mode() & 0o7777
+        ),
+        (false, false) => format!("is owned by uid {}, not root", meta.uid()),
+        _ => format!("is writable by its group or others (mode {:o})", meta.mode() & 0o7777),
+    };
+    Err(PolicyError::Insecure {
+        path: shown.to_path_buf(),
+        real: real.to_path_buf(),
+        what,
+        problem,
+    })
+}
+
+fn read_only_mount(path: &Path) -> bool {
+    statvfs(path).is_ok_and(|s| s.flags().contains(FsFlags::ST_RDONLY))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{PermissionsExt as _, symlink};
+
+    use super::*;
+
+    const POLICY: &str = "[[rule]]\nname = \"r\"\naction = \"drop\"\n";
+    const STRICT: LoadOptions = LoadOptions { allow_insecure_files: false };
+    const INSECURE: LoadOptions = LoadOptions { allow_insecure_files: true };
+
+    /// A fresh directory (mode 0755) under the temporary directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("xdp-policy-files-{}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).expect("mkdir");
+            chmod(&dir, 0o755);
+            Self(dir)
+        }
+
+        fn file(&self, name: &str, mode: u32) -> PathBuf {
+            let path = self.0.join(name);
+            fs::write(&path, POLICY).expect("writing");
+            chmod(&path, mode);
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    fn error(path: &Path, options: LoadOptions) -> String {
+        match read_policy(path, options) {
+            Ok(_) => panic!("{} must be refused", path.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn fix(path: &Path) -> String {
+        format!(
+            "only root may be able to change a policy; fix it with `chown root: {p} && chmod \
+             go-w {p}`, or allow it with --allow-insecure-policy-files (insecure_policy_files = \
+             true in the configuration)",
+            p = path.display()
+        )
+    }
+
+    fn root(test: &str) -> bool {
+        let root = nix::unistd::geteuid().is_root();
+        if !root {
+            eprintln!("skipping {test}: chown needs root");
+        }
+        root
+    }
+
+    #[test]
+    fn a_file_of_root_with_mode_644_is_read() {
+        let dir = TempDir::new("ok");
+        let file = dir.file("p.toml", 0o644);
+        assert_eq!(read_policy(&file, STRICT).expect("readable")[0].1, POLICY);
+        assert_eq!(read_policy(&dir.0, STRICT).expect("readable").len(), 1);
+    }
+
+    #[test]
+    fn a_group_or_world_writable_file_is_refused_unless_allowed() {
+        let dir = TempDir::new("writable");
+        for mode in [0o664, 0o646] {
+            let file = dir.file("p.toml", mode);
+            assert_eq!(
+                error(&file, STRICT),
+                format!(
+                    "{}: refusing the policy file: it is writable by its group or others (mode \
+                     {mode:o}), and {}",
+                    file.display(),
+                    fix(&file)
+                )
+            );
+            // The same in a directory policy.
+            assert!(error(&dir.0, STRICT).contains("is writable by its group or others"));
+            assert!(read_policy(&file, INSECURE).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_file_of_another_user_is_refused_unless_allowed() {
+        if !root("a_file_of_another_user_is_refused_unless_allowed") {
+            return;
+        }
+        let dir = TempDir::new("owner");
+        let file = dir.file("p.toml", 0o644);
+        std::os::unix::fs::chown(&file, Some(65534), None).expect("chown");
+        assert_eq!(
+            error(&file, STRICT),
+            format!(
+                "{}: refusing the policy file: it is owned by uid 65534, not root, and {}",
+                file.display(),
+                fix(&file)
+            )
+        );
+        assert!(read_policy(&file, INSECURE).is_ok());
+        chmod(&file, 0o666);
+        assert!(
+            error(&file, STRICT)
+                .contains("is owned by uid 65534 and writable by its group or others (mode 666)")
+        );
+    }
+
+    #[test]
+    fn the_directory_must_not_be_writable_by_others_unless_sticky_for_a_file() {
+        let dir = TempDir::new("dir");
+        let file = dir.file("p.toml", 0o644);
+        chmod(&dir.0, 0o777);
+        let refused = error(&file, STRICT);
+        assert_eq!(
+            refused,
+            format!(
+                "{}: refusing the policy directory: it is writable by its group or others (mode \
+                 777), and {}",
+                dir.0.display(),
+                fix(&dir.0)
+            )
+        );
+        // Sticky, like /tmp: nobody else can remove or replace the file.
+        chmod(&dir.0, 0o1777);
+        assert!(read_policy(&file, STRICT).is_ok());
+        // But anyone could add a file to a directory policy.
+        assert!(error(&dir.0, STRICT).contains("refusing the policy directory"));
+        assert!(read_policy(&dir.0, INSECURE).is_ok());
+        if root("the_directory_of_another_user") {
+            chmod(&dir.0, 0o755);
+            std::os::unix::fs::chown(&dir.0, Some(65534), None).expect("chown");
+            assert!(error(&file, STRICT).contains("is owned by uid 65534, not root"));
+        }
+    }
+
+    #[test]
+    fn symlinks_are_followed_inside_the_policy_directory_only() {
+        let dir = TempDir::new("symlinks");
+        let elsewhere = TempDir::new("symlinks-elsewhere");
+        let target = elsewhere.file("other.toml", 0o644);
+        let link = dir.0.join("p.toml");
+        symlink(&target, &link).expect("symlink");
+        assert_eq!(
+            error(&link, STRICT),
+            format!(
+                "{}: a symlink to {}, outside the policy directory {}: symlinks are followed \
+                 only inside it; move or copy the file there",
+                link.display(),
+                target.display(),
+                dir.0.display()
+            )
+        );
+        assert!(error(&dir.0, STRICT).contains("outside the policy directory"));
+        // Not even with the insecure option: it is about where, not who.
+        assert!(read_policy(&link, INSECURE).is_err());
+
+        // Inside, relative or not, is fine.
+        fs::remove_file(&link).expect("rm");
+        fs::create_dir(dir.0.join("sub")).expect("mkdir");
+        chmod(&dir.0.join("sub"), 0o755);
+        dir.file("sub/real.toml", 0o644);
+        symlink("sub/real.toml", &link).expect("symlink");
+        assert!(read_policy(&link, STRICT).is_ok());
+        assert!(read_policy(&dir.0, STRICT).is_ok());
+    }
+
+    #[test]
+    fn the_kubernetes_configmap_layout_is_followed() {
+        let dir = TempDir::new("configmap");
+        let data = dir.0.join("..2026_11_27_08_00_00.000000001");
+        fs::create_dir(&data).expect("mkdir");
+        chmod(&data, 0o755);
+        dir.file("..2026_11_27_08_00_00.000000001/policy.toml", 0o644);
+        symlink("..2026_11_27_08_00_00.000000001", dir.0.join("..data")).expect("symlink");
+        symlink("..data/policy.toml", dir.0.join("policy.toml")).expect("symlink");
+        let files = read_policy(&dir.0, STRICT).expect("the ConfigMap directory");
+        assert_eq!(files[0].0, dir.0.join("policy.toml"));
+        assert!(read_policy(&dir.0.join("policy.toml"), STRICT).is_ok());
+        // The data directory is checked too.
+        chmod(&data, 0o777);
+        assert!(error(&dir.0, STRICT).contains(&format!(
+            "{}: refusing the policy directory: it is writable",
+            data.display()
+        )));
+    }
+}

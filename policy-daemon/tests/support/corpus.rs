@@ -1,0 +1,136 @@
+//! The corpus of bad policies in `tests/bad-policies/`, copied (and the entries too big or
+//! too silly to commit generated) into a fresh directory for a test.
+
+use std::{
+    fs::{self, File},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+pub fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-policies")
+}
+
+/// Writes a generated entry's file at the path given.
+pub type Generator = fn(&Path);
+
+/// Entries written by the test: name and what writes `NAME.toml` into the directory.
+pub const GENERATED: &[(&str, Generator)] = &[
+    ("huge-file", |path| {
+        // Sparse: 100 MB that cost no disk, and must not be read.
+        let file = File::create(path).expect("creating the big file");
+        file.set_len(100 * 1024 * 1024).expect("growing the big file");
+    }),
+    ("deeply-nested-arrays", |path| {
+        let depth = 100_000;
+        fs::write(path, format!("a = {}{}\n", "[".repeat(depth), "]".repeat(depth)))
+            .expect("writing");
+    }),
+    ("deeply-nested-inline-tables", |path| {
+        let depth = 100_000;
+        fs::write(path, format!("a = {}{}\n", "{ a = ".repeat(depth), "}".repeat(depth)))
+            .expect("writing");
+    }),
+    ("deeply-nested-dotted-keys", |path| {
+        fs::write(path, format!("{} = 1\n", vec!["a"; 100_000].join("."))).expect("writing");
+    }),
+    ("deeply-nested-table-headers", |path| {
+        fs::write(path, format!("{}rule{}\n", "[".repeat(100_000), "]".repeat(100_000)))
+            .expect("writing");
+    }),
+    ("too-many-prefixes", |path| {
+        let mut text =
+            String::from("[[rule]]\nname = \"many-networks\"\naction = \"drop\"\nsrc = [\n");
+        for i in 0..=policy_common::MAX_PREFIXES {
+            let [_, a, b, c] = i.to_be_bytes();
+            text.push_str(&format!("  \"10.{a}.{b}.{c}\",\n"));
+        }
+        text.push_str("]\n");
+        fs::write(path, text).expect("writing");
+    }),
+];
+
+/// One entry of the corpus, copied (or generated) into a fresh directory.
+pub struct Entry {
+    pub name: String,
+    pub path: PathBuf,
+    pub expected: String,
+}
+
+/// The corpus, copied into a fresh temporary directory owned by the test with modes
+/// 0755/0644, so the ownership checks pass whoever runs the test; removed on drop.
+pub struct Corpus {
+    pub dir: PathBuf,
+    pub entries: Vec<Entry>,
+}
+
+impl Corpus {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir()
+            .join(format!("xdp-policy-bad-policies-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("creating the corpus copy");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut entries = Vec::new();
+        let mut names: Vec<PathBuf> = fs::read_dir(corpus_dir())
+            .expect("tests/bad-policies exists")
+            .map(|e| e.expect("readable entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "expected"))
+            .collect();
+        names.sort();
+        for expected_file in names {
+            let name = expected_file.file_stem().expect("stem").to_string_lossy().into_owned();
+            let expected = fs::read_to_string(&expected_file).expect("reading .expected");
+            let file = corpus_dir().join(format!("{name}.toml"));
+            let d = corpus_dir().join(format!("{name}.d"));
+            let path = if let Some((_, generate)) = GENERATED.iter().find(|(n, _)| *n == name) {
+                let path = dir.join(format!("{name}.toml"));
+                generate(&path);
+                path
+            } else if file.is_file() {
+                let path = dir.join(format!("{name}.toml"));
+                fs::copy(&file, &path).expect("copying");
+                path
+            } else if d.is_dir() {
+                let path = dir.join(format!("{name}.d"));
+                fs::create_dir(&path).expect("mkdir");
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+                for f in fs::read_dir(&d).expect("reading the .d") {
+                    let f = f.expect("entry").path();
+                    fs::copy(&f, path.join(f.file_name().expect("name"))).expect("copying");
+                }
+                path
+            } else {
+                panic!("{name}.expected has neither {name}.toml nor {name}.d nor a generator");
+            };
+            entries.push(Entry { name, path, expected });
+        }
+        for (name, _) in GENERATED {
+            assert!(
+                entries.iter().any(|e| e.name == *name),
+                "generated entry {name} has no {name}.expected"
+            );
+        }
+        for p in fs::read_dir(corpus_dir()).expect("corpus").map(|e| e.expect("entry").path()) {
+            let stem = p.file_stem().expect("stem").to_string_lossy().into_owned();
+            let stem = stem.strip_suffix(".d").unwrap_or(&stem).to_string();
+            assert!(
+                entries.iter().any(|e| e.name == stem),
+                "{} has no .expected file",
+                p.display()
+            );
+        }
+        Self { dir, entries }
+    }
+
+    /// The text an entry's rejection is expected to render as.
+    pub fn expected(&self, entry: &Entry) -> String {
+        entry.expected.replace("{dir}", &self.dir.display().to_string())
+    }
+}
+
+impl Drop for Corpus {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
