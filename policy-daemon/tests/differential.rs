@@ -46,16 +46,14 @@ mod support;
 use std::{fmt::Write as _, time::Instant};
 
 use generator::{ETH_HLEN, FrameSpec, PolicySpec, Rng, random_frame, random_policy};
-use std::net::IpAddr;
-
 use policy_common::{
-    Counter, RuleBitmap, Verdict, field, field_bitmap,
+    Counter, Verdict,
     xdp_action::{XDP_DROP, XDP_PASS},
 };
 use policy_daemon::{
     dataplane::{Dataplane, error_chain},
     policy::{
-        self, Policy, Ruleset,
+        self, Policy,
         reference::{self, IpPacket, L4, Outcome, Parsed},
     },
 };
@@ -173,61 +171,6 @@ fn generated_policies_are_valid() {
 // ---------------------------------------------------------------------------------------
 // The compiled maps on their own (no root)
 
-/// The classifier the kernel runs, over the compiled map contents: port class → bitmap,
-/// longest-prefix match → bitmap, AND, lowest bit. Compared with the reference below.
-fn bitmap_classify(ruleset: &Ruleset, packet: &IpPacket) -> Option<usize> {
-    let fb = |i: u32| ruleset.field_bitmaps[i as usize];
-    let all = fb(field_bitmap::ALL_RULES);
-    let fields = ruleset.config.fields;
-    let class = packet.l4.class();
-    let fragment = matches!(packet.l4, L4::Fragment { .. });
-    let (dport, sport) = match packet.l4 {
-        L4::Tcp { src_port, dst_port } | L4::Udp { src_port, dst_port } => (dst_port, src_port),
-        L4::Icmp { icmp_type } | L4::Icmpv6 { icmp_type } => (u16::from(icmp_type), 0),
-        L4::Other { .. } | L4::Fragment { .. } => (0, 0),
-    };
-    let l4 = if fields & field::L4 != 0 { fb(class as u32) } else { all };
-    let dp = match (fields & field::DPORT != 0, fragment) {
-        (false, _) => all,
-        (true, true) => fb(field_bitmap::DPORT_UNCONSTRAINED),
-        (true, false) => *ruleset.dport.lookup(dport),
-    };
-    let sp = match (fields & field::SPORT != 0, fragment) {
-        (false, _) => all,
-        (true, true) => fb(field_bitmap::SPORT_UNCONSTRAINED),
-        (true, false) => *ruleset.sport.lookup(sport),
-    };
-    fn lpm<N: Copy>(
-        entries: &[(N, RuleBitmap)],
-        contains: impl Fn(&N) -> Option<u8>,
-    ) -> RuleBitmap {
-        entries
-            .iter()
-            .filter_map(|(n, b)| contains(n).map(|len| (len, *b)))
-            .max_by_key(|(len, _)| *len)
-            .map(|(_, b)| b)
-            .expect("the /0 entry matches everything")
-    }
-    let (src, dst) = match (packet.src, packet.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => (
-            lpm(&ruleset.src_v4, |n| n.contains(&s).then(|| n.prefix_len())),
-            lpm(&ruleset.dst_v4, |n| n.contains(&d).then(|| n.prefix_len())),
-        ),
-        (IpAddr::V6(s), IpAddr::V6(d)) => (
-            lpm(&ruleset.src_v6, |n| n.contains(&s).then(|| n.prefix_len())),
-            lpm(&ruleset.dst_v6, |n| n.contains(&d).then(|| n.prefix_len())),
-        ),
-        _ => unreachable!("the generator keeps families consistent"),
-    };
-    let src = if fields & field::SRC != 0 { src } else { all };
-    let dst = if fields & field::DST != 0 { dst } else { all };
-    let words = ruleset.config.words as usize;
-    (0..words).find_map(|w| {
-        let x = l4.words[w] & dp.words[w] & sp.words[w] & src.words[w] & dst.words[w];
-        (x != 0).then(|| w * 64 + x.trailing_zeros() as usize)
-    })
-}
-
 /// Compiled maps, read the way the kernel reads them, agree with the reference
 /// classifier on the generated policies and packets.
 #[test]
@@ -242,13 +185,8 @@ fn compiled_maps_agree_with_the_reference() {
         for n in 0..500 {
             let frame = random_frame(&mut rng, &policy);
             let Parsed::Ip(packet) = reference::parse_packet(&frame.build()) else { continue };
-            // Fragments decided by `fragments = "pass" | "drop"` never meet the bitmaps.
-            let fragment = matches!(packet.l4, L4::Fragment { .. });
-            if fragment && policy.defaults.fragments != policy::Fragments::Rules {
-                continue;
-            }
             let expected = reference::classify(&policy, &Parsed::Ip(packet)).rule;
-            let got = bitmap_classify(&ruleset, &packet);
+            let got = ruleset.first_match(&packet);
             assert_eq!(
                 got,
                 expected,

@@ -87,6 +87,15 @@ pub fn ebpf(toolchain: &Toolchain) -> Result<PathBuf> {
 pub fn lint(toolchain: &Toolchain) -> Result<()> {
     run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))
         .context("rustfmt: run `cargo fmt --all`")?;
+    // The fuzz crate is a workspace of its own (cargo-fuzz's layout), out of `--all`.
+    let fuzz_targets = crate::fuzz::fuzz_dir().join("fuzz_targets");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&fuzz_targets)
+        .with_context(|| format!("reading {}", fuzz_targets.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    sources.sort();
+    run_cmd(Command::new("rustfmt").args(["--check", "--edition", "2024"]).args(&sources))
+        .context("rustfmt (fuzz targets): run `cargo fmt` in policy-daemon/fuzz")?;
     let object = ebpf(toolchain)?;
     run_cmd(
         cargo()

@@ -4,6 +4,7 @@
 //! `setup` checks; the daemon embeds the object it produced (`policy-daemon/build.rs`).
 
 mod build;
+mod fuzz;
 mod package;
 mod setup;
 
@@ -37,6 +38,16 @@ enum Command {
         /// Extra arguments for `cargo test` (a test name filter, `--nocapture`, …).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Fuzz the policy parser and compiler, the configuration parser and the reference
+    /// packet parser (libFuzzer, nightly); fails on any crash, panic, hang or OOM.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Run only this target (policy, config, reference_parser).
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Run xdp-policy between two throw-away network namespaces with real traffic.
     Demo,
@@ -76,6 +87,11 @@ fn run(command: Command) -> Result<()> {
         Command::Test { args } => {
             let toolchain = setup::ensure()?;
             build::test(&toolchain, &args)
+        }
+        Command::Fuzz { seconds, target } => {
+            let toolchain = setup::ensure()?;
+            setup::ensure_fuzzing()?;
+            fuzz::run(&toolchain, seconds, target.as_deref())
         }
         Command::Demo => {
             let toolchain = setup::ensure()?;

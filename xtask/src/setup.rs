@@ -28,6 +28,9 @@ const DEBIAN_PACKAGES: [&str; 4] = ["llvm-22-dev", "iproute2", "iputils-ping", "
 const PACKAGING_DEBIAN_PACKAGES: [&str; 3] = ["dpkg-dev", "binutils", "systemd"];
 /// cargo-deb release line; 3.x builds with rustc 1.85 and later.
 const CARGO_DEB_VERSION: &str = "3.8";
+/// cargo-fuzz release line for `cargo xtask fuzz`; 0.13 builds with rustc 1.95 (it is
+/// installed with the stable toolchain, and runs the fuzz builds on the nightly one).
+const CARGO_FUZZ_VERSION: &str = "0.13";
 
 /// A nightly toolchain that builds the eBPF crate.
 pub struct Toolchain {
@@ -67,6 +70,7 @@ pub fn run() -> Result<Toolchain> {
     step("bpf-linker", install_bpf_linker)?;
     step("Debian packages for packaging", || install_debian_packages(&PACKAGING_DEBIAN_PACKAGES))?;
     step("cargo-deb", install_cargo_deb)?;
+    step("cargo-fuzz", install_cargo_fuzz)?;
     eprintln!("xtask: setup complete (eBPF toolchain: {})", toolchain.name);
     Ok(toolchain)
 }
@@ -81,6 +85,15 @@ pub fn ensure_packaging() -> Result<()> {
     eprintln!("xtask: the packaging tools are incomplete; installing them");
     step("Debian packages for packaging", || install_debian_packages(&PACKAGING_DEBIAN_PACKAGES))?;
     step("cargo-deb", install_cargo_deb)
+}
+
+/// What `cargo xtask fuzz` needs beyond the build: cargo-fuzz, installed when missing.
+pub fn ensure_fuzzing() -> Result<()> {
+    if check_cargo_fuzz().is_ok() {
+        return Ok(());
+    }
+    eprintln!("xtask: cargo-fuzz is missing; installing it");
+    step("cargo-fuzz", install_cargo_fuzz)
 }
 
 fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -321,6 +334,43 @@ fn install_cargo_deb() -> Result<()> {
         format!("try by hand: cargo install cargo-deb --locked --version ^{CARGO_DEB_VERSION}")
     })?;
     check_cargo_deb()
+}
+
+/// Checks that `cargo fuzz` runs and is the expected release.
+fn check_cargo_fuzz() -> Result<()> {
+    let output = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["fuzz", "--version"])
+        .stderr(Stdio::null())
+        .output()
+        .context("running cargo fuzz --version")?;
+    let version = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("cargo-fuzz is not installed");
+    }
+    if !version.contains(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}.")) {
+        bail!("cargo fuzz is `{}`, not {CARGO_FUZZ_VERSION}.x", version.trim());
+    }
+    Ok(())
+}
+
+fn install_cargo_fuzz() -> Result<()> {
+    match check_cargo_fuzz() {
+        Ok(()) => {
+            eprintln!("xtask:   cargo-fuzz {CARGO_FUZZ_VERSION} already installed");
+            return Ok(());
+        }
+        Err(e) => eprintln!("xtask:   {e:#}: installing"),
+    }
+    run_cmd(
+        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["install", "cargo-fuzz", "--locked", "--force"])
+            .arg(format!("--version=^{CARGO_FUZZ_VERSION}"))
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )
+    .with_context(|| {
+        format!("try by hand: cargo install cargo-fuzz --locked --version ^{CARGO_FUZZ_VERSION}")
+    })?;
+    check_cargo_fuzz()
 }
 
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {

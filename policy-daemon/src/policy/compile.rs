@@ -7,14 +7,20 @@
 //! bitmap) because N rules cut the port space into at most 2N + 1 classes; address fields
 //! are longest-prefix tries whose entries carry the rules of every covering prefix.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use policy_common::{
     self as common, BITMAP_WORDS, FragmentAction, L4Class, RuleBitmap, field, field_bitmap,
 };
 
-use super::{Action, Fragments, Mode, Policy, PortRange, Rule};
+use super::{
+    Action, Fragments, Mode, Policy, PortRange, Rule,
+    reference::{IpPacket, L4},
+};
 
 /// What a generation of the kernel maps holds for one policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +36,74 @@ pub struct Ruleset {
     pub dst_v4: Vec<(Ipv4Net, RuleBitmap)>,
     pub src_v6: Vec<(Ipv6Net, RuleBitmap)>,
     pub dst_v6: Vec<(Ipv6Net, RuleBitmap)>,
+}
+
+impl Ruleset {
+    /// The rule the XDP program's bitmap search picks for `packet`, read from these map
+    /// contents the way the kernel reads them: the L4 class bitmap, port → class →
+    /// bitmap, longest-prefix match → bitmap for each address, skipping the fields
+    /// `config.fields` leaves out, then AND over `config.words` words and the lowest set
+    /// bit. `None` when no rule decides: the default applies, or a non-first fragment is
+    /// passed or dropped by `fragments` before the rules are looked at.
+    ///
+    /// It must always agree with `reference::classify(..).rule`; the differential tests
+    /// and the `policy` fuzz target check that.
+    ///
+    /// Panics if an address trie lacks its `/0` entry, which [`compile`] always adds.
+    pub fn first_match(&self, packet: &IpPacket) -> Option<usize> {
+        let fb = |i: u32| self.field_bitmaps[i as usize];
+        let all = fb(field_bitmap::ALL_RULES);
+        let fields = self.config.fields;
+        let fragment = matches!(packet.l4, L4::Fragment { .. });
+        if fragment && self.config.fragments != FragmentAction::Rules as u8 {
+            return None;
+        }
+        let (dport, sport) = match packet.l4 {
+            L4::Tcp { src_port, dst_port } | L4::Udp { src_port, dst_port } => (dst_port, src_port),
+            L4::Icmp { icmp_type } | L4::Icmpv6 { icmp_type } => (u16::from(icmp_type), 0),
+            L4::Other { .. } | L4::Fragment { .. } => (0, 0),
+        };
+        let l4 = if fields & field::L4 != 0 { fb(packet.l4.class() as u32) } else { all };
+        let dp = match (fields & field::DPORT != 0, fragment) {
+            (false, _) => all,
+            (true, true) => fb(field_bitmap::DPORT_UNCONSTRAINED),
+            (true, false) => *self.dport.lookup(dport),
+        };
+        let sp = match (fields & field::SPORT != 0, fragment) {
+            (false, _) => all,
+            (true, true) => fb(field_bitmap::SPORT_UNCONSTRAINED),
+            (true, false) => *self.sport.lookup(sport),
+        };
+        let src = if fields & field::SRC != 0 { self.lpm(packet.src, true) } else { all };
+        let dst = if fields & field::DST != 0 { self.lpm(packet.dst, false) } else { all };
+        (0..self.config.words as usize).find_map(|w| {
+            let x = l4.words[w] & dp.words[w] & sp.words[w] & src.words[w] & dst.words[w];
+            (x != 0).then(|| w * 64 + x.trailing_zeros() as usize)
+        })
+    }
+
+    /// The bitmap of the longest prefix of the source (or destination) trie holding `addr`.
+    fn lpm(&self, addr: IpAddr, src: bool) -> RuleBitmap {
+        let best = match (addr, src) {
+            (IpAddr::V4(a), true) => longest(&self.src_v4, |n| n.contains(&a), Ipv4Net::prefix_len),
+            (IpAddr::V4(a), false) => {
+                longest(&self.dst_v4, |n| n.contains(&a), Ipv4Net::prefix_len)
+            }
+            (IpAddr::V6(a), true) => longest(&self.src_v6, |n| n.contains(&a), Ipv6Net::prefix_len),
+            (IpAddr::V6(a), false) => {
+                longest(&self.dst_v6, |n| n.contains(&a), Ipv6Net::prefix_len)
+            }
+        };
+        best.expect("compile adds a /0 entry to every trie")
+    }
+}
+
+fn longest<N>(
+    entries: &[(N, RuleBitmap)],
+    contains: impl Fn(&N) -> bool,
+    len: fn(&N) -> u8,
+) -> Option<RuleBitmap> {
+    entries.iter().filter(|(n, _)| contains(n)).max_by_key(|(n, _)| len(n)).map(|(_, b)| *b)
 }
 
 /// What the kernel needs to know about a rule once it has won, plus its identity.
