@@ -33,7 +33,8 @@ enum Command {
     },
     /// rustfmt check and clippy (userspace and eBPF), warnings denied.
     Lint,
-    /// Set up if needed, build, and run every test layer (unit, policies, kernel, veth).
+    /// Set up if needed, build, and run every test layer (unit, policies, kernel, veth),
+    /// then a short fuzz run of each target (unless test arguments are given).
     Test {
         /// Extra arguments for `cargo test` (a test name filter, `--nocapture`, …).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -58,6 +59,9 @@ enum Command {
         verify: bool,
     },
 }
+
+/// Seconds each fuzz target runs at the end of `cargo xtask test`.
+const TEST_FUZZ_SECONDS: u32 = 20;
 
 fn main() -> ExitCode {
     match run(Cli::parse().command) {
@@ -86,7 +90,14 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Test { args } => {
             let toolchain = setup::ensure()?;
-            build::test(&toolchain, &args)
+            build::test(&toolchain, &args)?;
+            // The whole suite ends with a short fuzz run; a filtered run (test names,
+            // flags) is about those tests only.
+            if args.is_empty() {
+                setup::ensure_fuzzing()?;
+                fuzz::run(&toolchain, TEST_FUZZ_SECONDS, None)?;
+            }
+            Ok(())
         }
         Command::Fuzz { seconds, target } => {
             let toolchain = setup::ensure()?;
