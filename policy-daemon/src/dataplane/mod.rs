@@ -289,17 +289,9 @@ impl Dataplane {
         program.try_into().map_err(DataplaneError::ProgramType)
     }
 
-    /// Attaches the program to `iface`. With [`ModeChoice::Auto`], native mode is tried
-    /// first and generic mode used when the driver refuses, with the reason logged.
-    pub fn attach(
-        &mut self,
-        iface: &str,
-        choice: ModeChoice,
-    ) -> Result<AttachMode, DataplaneError> {
-        self.attach_link(iface, choice).map(|(mode, _)| mode)
-    }
-
-    /// Attaches like [`Self::attach`] and returns the link's id.
+    /// Attaches the program to `iface` and returns the mode and the link's id. With
+    /// [`ModeChoice::Auto`], native mode is tried first and generic mode used when the
+    /// driver refuses, with the reason logged.
     fn attach_link(
         &mut self,
         iface: &str,
