@@ -140,3 +140,25 @@ pub fn demo(toolchain: &Toolchain) -> Result<()> {
         Command::new(&demo).arg("--daemon").arg(&daemon).arg("--policy").arg(&policy).exec();
     Err(error).with_context(|| format!("could not run {}", demo.display()))
 }
+
+/// Builds the daemon and the bench (release, eBPF object embedded), then becomes the
+/// bench, so that Ctrl-C reaches it and it removes its namespaces before exiting.
+pub fn bench(toolchain: &Toolchain, args: &[String]) -> Result<()> {
+    let object = ebpf(toolchain)?;
+    run_cmd(
+        cargo()
+            .args(["build", "--release", "--package", "policy-daemon", "--bins"])
+            .args(["--example", "bench"])
+            .env(EBPF_OBJECT_ENV, &object),
+    )
+    .context("building the bench failed")?;
+    let release = target_dir().join("release");
+    let bench = release.join("examples").join("bench");
+    let error = Command::new(&bench)
+        .arg("--daemon")
+        .arg(release.join("xdp-policy"))
+        .args(args)
+        .current_dir(workspace_root())
+        .exec();
+    Err(error).with_context(|| format!("could not run {}", bench.display()))
+}

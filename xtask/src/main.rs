@@ -52,6 +52,13 @@ enum Command {
     },
     /// Run xdp-policy between two throw-away network namespaces with real traffic.
     Demo,
+    /// Benchmarks: per-packet program cost, drop rate on veth, control plane, against a
+    /// baseline and xdp-filter, iptables and nftables; writes bench/results/<date>.md.
+    Bench {
+        /// Arguments for the bench (`--quick`, `--only prog,drop,control`, `--help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Build the Debian package (release build, eBPF object embedded); print its path.
     Package {
         /// Then, as root, install it on this machine, check it, and purge it again.
@@ -107,6 +114,11 @@ fn run(command: Command) -> Result<()> {
         Command::Demo => {
             let toolchain = setup::ensure()?;
             build::demo(&toolchain)
+        }
+        Command::Bench { args } => {
+            let toolchain = setup::ensure()?;
+            setup::ensure_bench()?;
+            build::bench(&toolchain, &args)
         }
         Command::Package { verify } => {
             let toolchain = setup::ensure()?;

@@ -26,6 +26,10 @@ const DEBIAN_PACKAGES: [&str; 4] = ["llvm-22-dev", "iproute2", "iputils-ping", "
 /// Debian packages `cargo xtask package` needs: dpkg-shlibdeps (the package's `Depends`),
 /// strip, and systemd-analyze to verify the unit.
 const PACKAGING_DEBIAN_PACKAGES: [&str; 3] = ["dpkg-dev", "binutils", "systemd"];
+/// What `cargo xtask bench` compares with and measures through: xdp-filter, iptables,
+/// nftables, ethtool (veth statistics, GRO) and a font for the plots' text.
+const BENCH_DEBIAN_PACKAGES: [&str; 5] =
+    ["xdp-tools", "iptables", "nftables", "ethtool", "fonts-dejavu-core"];
 /// cargo-deb release line; 3.x builds with rustc 1.85 and later.
 const CARGO_DEB_VERSION: &str = "3.8";
 /// cargo-fuzz release line for `cargo xtask fuzz`; 0.13 builds with rustc 1.95 (it is
@@ -71,6 +75,7 @@ pub fn run() -> Result<Toolchain> {
     step("Debian packages for packaging", || install_debian_packages(&PACKAGING_DEBIAN_PACKAGES))?;
     step("cargo-deb", install_cargo_deb)?;
     step("cargo-fuzz", install_cargo_fuzz)?;
+    step("Debian packages for the benchmarks", || install_debian_packages(&BENCH_DEBIAN_PACKAGES))?;
     eprintln!("xtask: setup complete (eBPF toolchain: {})", toolchain.name);
     Ok(toolchain)
 }
@@ -94,6 +99,15 @@ pub fn ensure_fuzzing() -> Result<()> {
     }
     eprintln!("xtask: cargo-fuzz is missing; installing it");
     step("cargo-fuzz", install_cargo_fuzz)
+}
+
+/// What `cargo xtask bench` needs beyond the build: the incumbents and tools it runs.
+pub fn ensure_bench() -> Result<()> {
+    if missing_debian_packages(&BENCH_DEBIAN_PACKAGES)?.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: the benchmarks' tools are incomplete; installing them");
+    step("Debian packages for the benchmarks", || install_debian_packages(&BENCH_DEBIAN_PACKAGES))
 }
 
 fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {

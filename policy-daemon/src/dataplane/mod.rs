@@ -375,6 +375,12 @@ impl Dataplane {
             .collect()
     }
 
+    /// The loaded program's descriptor, for benchmarks that test-run it many times.
+    pub fn program_fd(&mut self) -> Result<std::os::fd::BorrowedFd<'_>, DataplaneError> {
+        use std::os::fd::AsFd as _;
+        Ok(self.program()?.fd().map_err(DataplaneError::TestRun)?.as_fd())
+    }
+
     /// Runs the loaded program once on `packet` (BPF_PROG_TEST_RUN) and returns its XDP
     /// action. Counters are updated as for a real packet.
     pub fn test_run(&mut self, packet: &[u8]) -> Result<u32, DataplaneError> {

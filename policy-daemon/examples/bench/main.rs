@@ -1,0 +1,148 @@
+//! `cargo xtask bench`: where xdp-policy stands against the floor and the incumbents,
+//! measured side by side in one run on this machine.
+//!
+//! Three benchmarks, each a section of the result file `bench/results/<date>.md`:
+//! - `prog`: the program's cost per packet (BPF_PROG_TEST_RUN), against a trivial XDP
+//!   program and xdp-filter, for rule sets from port-only to 100,000 prefixes;
+//! - `drop`: drop rate on a veth pair fed by a live-frames XDP_TX generator, against no
+//!   filter, iptables, nftables, xdp-filter and a trivial XDP_DROP;
+//! - `control`: reload latency, compile and apply times, memory and idle CPU.
+//!
+//! The machine's speed drifts, so every figure is a ratio to (or difference from) a
+//! baseline measured in the same run, the variants interleaved, with median, IQR and
+//! the number of repetitions. Nothing here is a pass/fail test: figures are reported
+//! next to their targets.
+//!
+//! Needs root (namespaces, XDP, BPF_PROG_TEST_RUN). Creates namespaces named
+//! `xdpp-<pid>-…` with veth pairs on 198.18.0.0/15 only, and removes them.
+
+mod control;
+mod drop_rate;
+mod plot;
+mod prog_cost;
+mod raw;
+mod report;
+mod stats;
+mod xdpfilter;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Bench {
+    Prog,
+    Drop,
+    Control,
+}
+
+#[derive(Parser)]
+#[command(about = "xdp-policy benchmarks: program cost, drop rate, control plane")]
+struct Args {
+    /// A short pass (fewer repetitions, shorter runs): checks the bench works, not a
+    /// result to quote. Writes `<date>-quick.md`.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these benchmarks (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Bench>,
+    /// The xdp-policy binary (release build) for the benchmarks that run the daemon.
+    #[arg(long, default_value = "target/release/xdp-policy")]
+    daemon: PathBuf,
+    /// Directory for the result file and its plots.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+}
+
+/// What every benchmark gets: how long to run, and where its plots go.
+pub struct Opts {
+    pub quick: bool,
+    pub daemon: PathBuf,
+    pub out_dir: PathBuf,
+    /// File-name stem of this run (`2026-11-27` or `2026-11-27-quick`).
+    pub stem: String,
+}
+
+impl Opts {
+    /// Repetitions: `full` normally, `quick` with `--quick`.
+    pub fn reps(&self, full: usize, quick: usize) -> usize {
+        if self.quick { quick } else { full }
+    }
+
+    /// Where plot `name` goes, and the link to it from the result file.
+    pub fn plot_path(&self, name: &str) -> (PathBuf, String) {
+        let file = format!("{}-{name}.png", self.stem);
+        (self.out_dir.join(&file), file)
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !policy_daemon::testbed::is_root() {
+        bail!("the benchmarks need root (namespaces, XDP, BPF_PROG_TEST_RUN)");
+    }
+    let benches = if args.only.is_empty() {
+        vec![Bench::Prog, Bench::Drop, Bench::Control]
+    } else {
+        args.only.clone()
+    };
+    let date = command_output("date", &["+%F"])?;
+    let stem = if args.quick { format!("{date}-quick") } else { date.clone() };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let opts =
+        Opts { quick: args.quick, daemon: args.daemon.clone(), out_dir: args.out.clone(), stem };
+    let conditions = conditions(&opts)?;
+    eprintln!("{conditions}\n");
+
+    let mut sections = Vec::new();
+    for bench in benches {
+        let section = match bench {
+            Bench::Prog => prog_cost::run(&opts),
+            Bench::Drop => drop_rate::run(&opts),
+            Bench::Control => control::run(&opts),
+        }
+        .with_context(|| format!("benchmark `{bench:?}`"))?;
+        eprintln!("\n{}\n{}", section.title, report::summary_table(std::slice::from_ref(&section)));
+        sections.push(section);
+    }
+    let path = opts.out_dir.join(format!("{}.md", opts.stem));
+    let title =
+        format!("xdp-policy benchmarks, {date}{}", if opts.quick { " (quick pass)" } else { "" });
+    report::write(&path, &title, &conditions, &sections)?;
+    println!("{}", report::summary_table(&sections));
+    println!("written: {}", path.display());
+    Ok(())
+}
+
+fn command_output(program: &str, args: &[&str]) -> Result<String> {
+    let output =
+        Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// The machine and software the figures come from.
+fn conditions(opts: &Opts) -> Result<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':'])))
+        .unwrap_or("unknown CPU")
+        .to_string();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let kernel = command_output("uname", &["-r"])?;
+    let commit = command_output("git", &["describe", "--always", "--dirty"])
+        .unwrap_or_else(|_| "unknown".into());
+    let xdp_tools = command_output("dpkg-query", &["-W", "-f", "${Version}", "xdp-tools"])
+        .unwrap_or_else(|_| "not installed".into());
+    Ok(format!(
+        "- Machine: {cpus} vCPU ({model}), kernel {kernel}; a shared VM whose speed drifts, so \
+         every figure is compared with a baseline measured in the same run, interleaved.\n\
+         - xdp-policy {version} at commit {commit}, release build; xdp-filter from Debian's \
+         xdp-tools {xdp_tools}.\n\
+         - Run: `cargo xtask bench{quick}`.",
+        version = env!("CARGO_PKG_VERSION"),
+        quick = if opts.quick { " --quick" } else { "" },
+    ))
+}
