@@ -15,7 +15,7 @@ use crate::{
         ACTIVE, CONFIG, DPORT_BITMAPS, DPORT_CLASSES, DST_V4, DST_V6, FIELD_BITMAPS, RULES,
         SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6,
     },
-    parse::{Family, Packet, Transport},
+    parse::{Family, Packet, Transport, address_bytes},
 };
 
 /// ICMPv6 router solicitation .. redirect: neighbour discovery, never dropped by the
@@ -143,7 +143,7 @@ fn first_match(
     let prefix_v4 = GENERATION_PREFIX_BITS + 32;
     let prefix_v6 = GENERATION_PREFIX_BITS + 128;
     let gen_byte = generation as u8;
-    let v4 = |a: &[u8; 16]| ipv4_key(gen_byte, [a[0], a[1], a[2], a[3]]);
+    let v4 = |a: &[u32; 4]| ipv4_key(gen_byte, a[0].to_ne_bytes());
     let (src_rules, dst_rules) = if packet.family == Family::V4 {
         (
             if fields & field::SRC != 0 {
@@ -160,12 +160,12 @@ fn first_match(
     } else {
         (
             if fields & field::SRC != 0 {
-                SRC_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, packet.src)))?
+                SRC_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, address_bytes(packet.src))))?
             } else {
                 all
             },
             if fields & field::DST != 0 {
-                DST_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, packet.dst)))?
+                DST_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, address_bytes(packet.dst))))?
             } else {
                 all
             },

@@ -9,7 +9,7 @@ use policy_common::{DropEvent, Verdict};
 use crate::{
     classify::Decision,
     maps::{EVENT_CLOCK, EVENT_SETTINGS, EVENTS},
-    parse::{Family, Packet},
+    parse::{Family, Packet, address_bytes},
 };
 
 #[inline(always)]
@@ -50,8 +50,8 @@ pub fn sample(decision: &Decision, packet: &Packet) {
             src_port: packet.l4.sport,
             dst_port: packet.l4.dport,
             _pad2: 0,
-            src: packet.src,
-            dst: packet.dst,
+            src: address_bytes(packet.src),
+            dst: address_bytes(packet.dst),
         });
         entry.submit(0);
     }

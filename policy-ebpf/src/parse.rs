@@ -40,9 +40,12 @@ pub struct Malformed;
 /// the verifier rightly rejects (`R0 !read_ok`).
 pub struct Packet {
     pub family: Family,
-    /// Source address: IPv4 in the first 4 bytes, network byte order; zero if not IP.
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    /// Source address as four 32-bit words holding the address bytes in network order
+    /// (as in the packet); IPv4 in the first word, the rest zero; all zero if not IP.
+    /// Words, not bytes: a `[u8; 16]` was zeroed through a `memset` subprogram call
+    /// and copied byte by byte.
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
     pub l4: Transport,
 }
 
@@ -56,18 +59,30 @@ pub enum Family {
 impl Packet {
     const NOT_IP: Self = Self {
         family: Family::NotIp,
-        src: [0; 16],
-        dst: [0; 16],
+        src: [0; 4],
+        dst: [0; 4],
         l4: Transport { class: L4Class::Other, dport: 0, sport: 0, fragment: false },
     };
 
     #[inline(always)]
     fn v4(src: [u8; 4], dst: [u8; 4], l4: Transport) -> Self {
-        let (mut s, mut d) = ([0; 16], [0; 16]);
-        s[..4].copy_from_slice(&src);
-        d[..4].copy_from_slice(&dst);
-        Self { family: Family::V4, src: s, dst: d, l4 }
+        let (src, dst) = (u32::from_ne_bytes(src), u32::from_ne_bytes(dst));
+        Self { family: Family::V4, src: [src, 0, 0, 0], dst: [dst, 0, 0, 0], l4 }
     }
+}
+
+/// An address's bytes, in network order, from its words (see [`Packet::src`]).
+#[inline(always)]
+pub fn address_bytes(words: [u32; 4]) -> [u8; 16] {
+    let [a, b, c, d] = words.map(u32::to_ne_bytes);
+    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
+}
+
+/// An IPv6 address from the packet as words (see [`Packet::src`]).
+#[inline(always)]
+fn words(bytes: &[u8; 16]) -> [u32; 4] {
+    // SAFETY: 16 readable bytes; read_unaligned allows any alignment.
+    unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<[u32; 4]>()) }
 }
 
 /// What the classifier needs of the transport header.
@@ -220,8 +235,9 @@ fn parse_ipv4(mut cursor: Cursor) -> Result<Packet, Malformed> {
 fn parse_ipv6(mut cursor: Cursor) -> Result<Packet, Malformed> {
     let ip = cursor.read::<Ipv6Hdr>()?;
     // SAFETY: bounds checked by `read`.
-    let (version, mut next_hdr, src, dst) =
-        unsafe { ((*ip).version(), (*ip).next_hdr, (*ip).src_addr, (*ip).dst_addr) };
+    let (version, mut next_hdr, src, dst) = unsafe {
+        ((*ip).version(), (*ip).next_hdr, words(&(*ip).src_addr), words(&(*ip).dst_addr))
+    };
     if version != 6 {
         return Err(Malformed);
     }
