@@ -18,7 +18,12 @@
 
 mod control;
 mod drop_rate;
+// The tests' packet builder: the same crafted frames the kernel tests use.
+#[allow(dead_code)]
+#[path = "../../tests/support/packet.rs"]
+mod packet;
 mod plot;
+mod policies;
 mod prog_cost;
 mod raw;
 mod report;
@@ -77,8 +82,25 @@ impl Opts {
     }
 }
 
+/// Set by SIGINT or SIGTERM: the benchmarks stop at their next measurement and their
+/// guards remove what they created.
+static INTERRUPTED: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::OnceLock::new();
+
+/// Fails once the bench was interrupted; called between measurements.
+pub fn check_interrupted() -> Result<()> {
+    match INTERRUPTED.get() {
+        Some(flag) if flag.load(std::sync::atomic::Ordering::Relaxed) => bail!("interrupted"),
+        _ => Ok(()),
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    let flag = INTERRUPTED.get_or_init(Default::default);
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, flag.clone()).context("installing a signal handler")?;
+    }
     if !policy_daemon::testbed::is_root() {
         bail!("the benchmarks need root (namespaces, XDP, BPF_PROG_TEST_RUN)");
     }

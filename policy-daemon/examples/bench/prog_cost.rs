@@ -1,9 +1,411 @@
-//! (being written)
+//! Per-packet cost of the XDP program, through BPF_PROG_TEST_RUN.
+//!
+//! Every variant runs the same eight probe packets (IPv4/IPv6 × TCP/UDP × hit/miss, see
+//! `policies`), each measurement `repeat` runs of one packet timed around the syscall.
+//! Rounds interleave every variant and packet; what is reported is a variant's time
+//! minus the floor's (a trivial `return XDP_PASS` program, i.e. the test-run overhead)
+//! measured in the same round, summarised over the rounds.
 
-use anyhow::{Result, bail};
+use std::{
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    path::Path,
+    time::Instant,
+};
 
-use crate::{Opts, report::Section};
+use anyhow::{Context as _, Result, bail};
+use policy_common::xdp_action::{XDP_DROP, XDP_PASS};
+use policy_daemon::{
+    dataplane::Dataplane,
+    policy::{self, Ruleset},
+    testbed::{RX_IFACE, TX_IFACE, Testbed},
+};
 
-pub fn run(_opts: &Opts) -> Result<Section> {
-    bail!("not written yet")
+use crate::{
+    Opts,
+    packet::{Packet, tcp, udp},
+    plot::{self, Series},
+    policies::{self, HIT_PORT, HIT_V4, HIT_V6, MISS_PORT, MISS_V4, MISS_V6},
+    raw,
+    report::{Mark, Section, SummaryRow, Table},
+    stats::Summary,
+    xdpfilter::{Features, XdpFilter, xdp_prog_id},
+};
+
+/// Rule counts of the mixed-rules curve.
+const MIXED_RULES: [usize; 5] = [1, 10, 100, 300, 1000];
+/// Networks in the block-list variant.
+const PREFIXES: usize = 100_000;
+/// Targets (ns per packet above the floor).
+const PORT_ONLY_TARGET_NS: f64 = 4.0;
+const MIXED_TARGET_NS: f64 = 40.0;
+
+/// One probe packet.
+struct Probe {
+    label: &'static str,
+    bytes: Vec<u8>,
+    hit: bool,
+}
+
+fn probes() -> Vec<Probe> {
+    let mut probes = Vec::new();
+    for (hit, v4, v6, port) in
+        [(true, HIT_V4, HIT_V6, HIT_PORT), (false, MISS_V4, MISS_V6, MISS_PORT)]
+    {
+        let kind = if hit { "hit" } else { "miss" };
+        let cases = [
+            ("IPv4 TCP", Packet::ipv4(tcp(port)).src(v4).dst("198.18.0.2")),
+            ("IPv4 UDP", Packet::ipv4(udp(port)).src(v4).dst("198.18.0.2")),
+            ("IPv6 TCP", Packet::ipv6(tcp(port)).src(v6).dst("fd00::2")),
+            ("IPv6 UDP", Packet::ipv6(udp(port)).src(v6).dst("fd00::2")),
+        ];
+        for (name, packet) in cases {
+            let label = Box::leak(format!("{name} {kind}").into_boxed_str());
+            probes.push(Probe { label, bytes: packet.build(), hit });
+        }
+    }
+    probes
+}
+
+/// What a variant's program is, so it stays loaded while measured.
+enum Program {
+    Raw(OwnedFd),
+    Policy(Box<Dataplane>),
+    XdpFilter(OwnedFd),
+}
+
+struct Variant {
+    name: String,
+    program: Program,
+    /// Whether it drops hits (the floor passes everything; xdp-filter udp-only passes TCP).
+    judges: fn(&Probe) -> Option<u32>,
+    /// Rule count, for the cost-against-rules plot.
+    rules: Option<usize>,
+}
+
+impl Variant {
+    fn fd(&mut self) -> Result<BorrowedFd<'_>> {
+        Ok(match &mut self.program {
+            Program::Raw(fd) | Program::XdpFilter(fd) => OwnedFd::as_fd(fd),
+            Program::Policy(dataplane) => dataplane.program_fd()?,
+        })
+    }
+}
+
+fn drops_hits(probe: &Probe) -> Option<u32> {
+    Some(if probe.hit { XDP_DROP } else { XDP_PASS })
+}
+
+fn drops_udp_hits(probe: &Probe) -> Option<u32> {
+    Some(if probe.hit && probe.label.contains("UDP") { XDP_DROP } else { XDP_PASS })
+}
+
+fn passes_all(_: &Probe) -> Option<u32> {
+    Some(XDP_PASS)
+}
+
+fn compile(text: &str) -> Result<Ruleset> {
+    let policy = policy::parse([(Path::new("bench.toml"), text)])
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("a generated bench policy was rejected")?;
+    Ok(policy::compile(&policy))
+}
+
+fn policy_variant(name: String, text: &str, rules: Option<usize>) -> Result<Variant> {
+    let dataplane = Dataplane::load(&compile(text)?).context("loading xdp-policy's program")?;
+    Ok(Variant { name, program: Program::Policy(Box::new(dataplane)), judges: drops_hits, rules })
+}
+
+/// Pins this thread to the last CPU, so measurements do not migrate between CPUs.
+fn pin_to_last_cpu() {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpus - 1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// `BENCH_SPIN=VARIANT,PACKET,SECONDS` (indices in the order of the result table, the
+/// floor being variant 0): runs that one variant on that one packet for that long and
+/// stops, so that `perf record -C <last CPU>` can see where its time goes.
+fn spin_for_profiling(spec: &str, variants: &mut [Variant], probes: &[Probe]) -> Result<Section> {
+    let parts: Vec<usize> = spec.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+    let [v, p, secs] = parts[..] else { bail!("BENCH_SPIN wants VARIANT,PACKET,SECONDS") };
+    let (Some(variant), Some(probe)) = (variants.get_mut(v), probes.get(p)) else {
+        bail!("BENCH_SPIN: no variant {v} or packet {p}");
+    };
+    eprintln!("prog: spinning {} on {} for {secs} s", variant.name, probe.label);
+    let name = variant.name.clone();
+    let fd = variant.fd()?;
+    let start = Instant::now();
+    while start.elapsed().as_secs() < secs as u64 {
+        crate::check_interrupted()?;
+        let run = raw::TestRun {
+            data: &probe.bytes,
+            ctx: None,
+            repeat: 1_000_000,
+            flags: 0,
+            batch_size: 0,
+        };
+        let (_, ns) = raw::test_run(fd, &run)?;
+        eprintln!("{name}: {ns} ns per run");
+    }
+    bail!("BENCH_SPIN: done (no result file)")
+}
+
+pub fn run(opts: &Opts) -> Result<Section> {
+    let reps = opts.reps(21, 3);
+    let repeat: u32 = if opts.quick { 20_000 } else { 200_000 };
+    let probes = probes();
+
+    eprintln!("prog: loading the variants");
+    // xdp-filter lives on interfaces: both ends of a throw-away veth pair, one variant on
+    // each (its port list is shared between them).
+    let testbed = Testbed::new().context("creating the bench namespaces")?;
+    let xf_udp = XdpFilter::load(testbed.rx().name(), RX_IFACE, "skb", Features::UdpOnly)?;
+    let xf_all = XdpFilter::load(testbed.tx().name(), TX_IFACE, "skb", Features::All)?;
+    xf_udp.deny_port("udp", HIT_PORT)?;
+    xf_udp.deny_port("tcp", HIT_PORT)?;
+
+    let mut variants = vec![Variant {
+        name: "floor (return XDP_PASS)".into(),
+        program: Program::Raw(raw::load_constant_xdp(XDP_PASS, "bench_floor")?),
+        judges: passes_all,
+        rules: None,
+    }];
+    variants.push(policy_variant(
+        "xdp-policy port-only (10 rules)".into(),
+        &policies::port_only(10),
+        None,
+    )?);
+    for n in MIXED_RULES {
+        variants.push(policy_variant(
+            format!("xdp-policy {n} mixed rule{}", if n == 1 { "" } else { "s" }),
+            &policies::mixed(n),
+            Some(n),
+        )?);
+    }
+    variants.push(policy_variant(
+        format!("xdp-policy {PREFIXES} IPv4 prefixes"),
+        &policies::prefixes(PREFIXES),
+        None,
+    )?);
+    for (filter, netns, iface, judges) in [
+        (&xf_udp, testbed.rx().name(), RX_IFACE, drops_udp_hits as fn(&Probe) -> Option<u32>),
+        (&xf_all, testbed.tx().name(), TX_IFACE, drops_hits),
+    ] {
+        let _ = filter;
+        let id = xdp_prog_id(netns, iface)?;
+        variants.push(Variant {
+            name: format!(
+                "xdp-filter {}",
+                if iface == RX_IFACE { Features::UdpOnly.label() } else { Features::All.label() }
+            ),
+            program: Program::XdpFilter(
+                raw::prog_fd_by_id(id).context("opening xdp-filter's program")?,
+            ),
+            judges,
+            rules: None,
+        });
+    }
+
+    // Every program attached somewhere (generic mode, a veth of its own: this kernel
+    // has no dummy driver): see `raw::attach_generic`. xdp-filter's are attached already.
+    let netns = testbed.rx();
+    let mut links = Vec::new();
+    for (i, variant) in variants.iter_mut().enumerate() {
+        if matches!(variant.program, Program::XdpFilter(_)) {
+            continue;
+        }
+        let dummy = format!("bench{i}");
+        let peer = format!("bench{i}p");
+        for args in [
+            vec!["-n", netns.name(), "link", "add", &dummy, "type", "veth", "peer", "name", &peer],
+            vec!["-n", netns.name(), "link", "set", &dummy, "up"],
+        ] {
+            crate::command_output("ip", &args)?;
+        }
+        let fd = variant.fd()?;
+        let link = netns
+            .run(|| {
+                let name = std::ffi::CString::new(dummy.clone()).expect("no NUL");
+                // SAFETY: a valid NUL-terminated name.
+                let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                if ifindex == 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                raw::attach_generic(fd, ifindex)
+            })?
+            .with_context(|| format!("attaching {} to {dummy}", variant.name))?;
+        links.push(link);
+    }
+
+    // Each variant decides each probe as it should, or its figures mean nothing.
+    for variant in &mut variants {
+        let judges = variant.judges;
+        let name = variant.name.clone();
+        let fd = variant.fd()?;
+        for probe in &probes {
+            let run =
+                raw::TestRun { data: &probe.bytes, ctx: None, repeat: 1, flags: 0, batch_size: 0 };
+            let (action, _) = raw::test_run(fd, &run)?;
+            if let Some(expected) = judges(probe) {
+                if action != expected {
+                    bail!("{name} returned {action} for {} (expected {expected})", probe.label);
+                }
+            }
+        }
+    }
+
+    pin_to_last_cpu();
+    if let Ok(spin) = std::env::var("BENCH_SPIN") {
+        return spin_for_profiling(&spin, &mut variants, &probes);
+    }
+    eprintln!(
+        "prog: {reps} rounds × {} variants × {} packets × {repeat} runs",
+        variants.len(),
+        probes.len()
+    );
+    // samples[variant][probe] = ns per run, round by round.
+    let mut samples = vec![vec![Vec::with_capacity(reps); probes.len()]; variants.len()];
+    for round in 0..reps {
+        for (p, probe) in probes.iter().enumerate() {
+            // Rotate the order each round so no variant always runs first.
+            for k in 0..variants.len() {
+                let v = (k + round + p) % variants.len();
+                let fd = variants[v].fd()?;
+                let run =
+                    raw::TestRun { data: &probe.bytes, ctx: None, repeat, flags: 0, batch_size: 0 };
+                let start = Instant::now();
+                raw::test_run(fd, &run).context("BPF_PROG_TEST_RUN")?;
+                samples[v][p].push(start.elapsed().as_nanos() as f64 / f64::from(repeat));
+            }
+        }
+        eprint!("\rprog: round {}/{reps}", round + 1);
+        crate::check_interrupted()?;
+    }
+    eprintln!();
+    drop(links);
+    drop((xf_udp, xf_all));
+    drop(testbed);
+
+    // Cost above the floor, round by round.
+    let floor = &samples[0];
+    let above = |v: usize, p: usize| -> Summary {
+        let deltas: Vec<f64> = samples[v][p].iter().zip(&floor[p]).map(|(x, f)| x - f).collect();
+        Summary::of(&deltas).expect("at least one round")
+    };
+    // A variant's figure: all its probes' deltas pooled (per round, the mean over probes).
+    let overall = |v: usize| -> Summary {
+        let per_round: Vec<f64> = (0..reps)
+            .map(|r| {
+                (0..probes.len()).map(|p| samples[v][p][r] - floor[p][r]).sum::<f64>()
+                    / probes.len() as f64
+            })
+            .collect();
+        Summary::of(&per_round).expect("at least one round")
+    };
+
+    let mut body = format!(
+        "BPF_PROG_TEST_RUN, {repeat} runs per measurement, timed around the syscall on one \
+         pinned CPU; {reps} rounds, each running every variant on every packet, the order \
+         rotated each round. Figures are ns per packet **above the floor** (a program that \
+         only returns XDP_PASS: the test-run overhead, {floor_ns:.1} ns median here), median \
+         (IQR) over the rounds of the difference to the floor measured in the same round. \
+         *hit* packets are dropped by the policy's last rule (the worst case for a \
+         first-match list); *miss* packets match no rule. xdp-filter is loaded with \
+         `LIBXDP_SKIP_DISPATCHER=1`, denying destination port {HIT_PORT} (TCP and UDP); \
+         its udp-only program passes TCP without looking.\n\n",
+        floor_ns = Summary::of(&floor.iter().flatten().copied().collect::<Vec<_>>())
+            .expect("rounds")
+            .median,
+    );
+    let mut header = vec!["variant", "all packets"];
+    header.extend(probes.iter().map(|p| p.label));
+    let mut table = Table::new(&header);
+    for v in 1..variants.len() {
+        let mut cells = vec![variants[v].name.clone(), format!("**{}**", overall(v).cell(1))];
+        cells.extend((0..probes.len()).map(|p| format!("{:+.1}", above(v, p).median)));
+        table.row(&cells);
+    }
+    body.push_str(&table.render());
+
+    // Cost against rule count.
+    let (png, link) = opts.plot_path("prog-cost-rules");
+    let mixed: Vec<usize> = (0..variants.len()).filter(|v| variants[*v].rules.is_some()).collect();
+    let series = |label: &str, pick: &dyn Fn(&Probe) -> bool| Series {
+        name: label.to_string(),
+        points: mixed
+            .iter()
+            .map(|&v| {
+                let per_round: Vec<f64> = (0..reps)
+                    .map(|r| {
+                        let chosen: Vec<usize> =
+                            (0..probes.len()).filter(|&p| pick(&probes[p])).collect();
+                        chosen.iter().map(|&p| samples[v][p][r] - floor[p][r]).sum::<f64>()
+                            / chosen.len() as f64
+                    })
+                    .collect();
+                (variants[v].rules.unwrap_or(1) as f64, Summary::of(&per_round).expect("rounds"))
+            })
+            .collect(),
+    };
+    plot::lines_log_x(
+        &png,
+        "xdp-policy: cost per packet against rule count (BPF_PROG_TEST_RUN)",
+        "mixed rules (log scale)",
+        "ns per packet above the floor",
+        &[
+            series("hit (dropped by the last rule)", &|p| p.hit),
+            series("miss (no rule matches)", &|p| !p.hit),
+        ],
+    )?;
+    body.push_str(&format!("\n![cost against rule count]({link})\n"));
+
+    // Summary rows.
+    let find = |prefix: &str| variants.iter().position(|v| v.name.starts_with(prefix));
+    let mut summary = Vec::new();
+    if let Some(v) = find("xdp-policy port-only") {
+        let s = overall(v);
+        summary.push(SummaryRow::new(
+            "program cost, port-only rules (ns/pkt above floor)",
+            s.cell(1),
+            format!("≤ +{PORT_ONLY_TARGET_NS:.0} ns"),
+            Mark::of(s.median <= PORT_ONLY_TARGET_NS),
+        ));
+    }
+    let mixed_medians: Vec<(usize, f64)> =
+        mixed.iter().map(|&v| (variants[v].rules.unwrap_or(0), overall(v).median)).collect();
+    if let Some(&(n, worst)) = mixed_medians.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
+        let (_, first) = mixed_medians[0];
+        summary.push(SummaryRow::new(
+            "program cost, 1–1,000 mixed rules (ns/pkt above floor)",
+            format!(
+                "{} (worst: {n} rules {worst:+.1}, 1 rule {first:+.1})",
+                mixed_medians
+                    .iter()
+                    .map(|(n, m)| format!("{n}: {m:+.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            format!("≤ +{MIXED_TARGET_NS:.0} ns, flat"),
+            Mark::of(worst <= MIXED_TARGET_NS),
+        ));
+    }
+    for (prefix, label) in [
+        ("xdp-policy 100000", "program cost, 100,000 IPv4 prefixes"),
+        ("xdp-filter udp-only", "xdp-filter udp-only"),
+        ("xdp-filter all", "xdp-filter all features"),
+    ] {
+        if let Some(v) = find(prefix) {
+            summary.push(SummaryRow::new(
+                format!("{label} (ns/pkt above floor)"),
+                overall(v).cell(1),
+                "",
+                Mark::Info,
+            ));
+        }
+    }
+    Ok(Section { title: "Per-packet program cost (BPF_PROG_TEST_RUN)".into(), body, summary })
 }

@@ -7,7 +7,9 @@ use std::{
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type};
+use aya_obj::generated::{
+    XDP_FLAGS_SKB_MODE, bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type,
+};
 
 /// `BPF_F_TEST_XDP_LIVE_FRAMES`: frames the program returns XDP_TX for are really sent.
 pub const TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
@@ -104,4 +106,20 @@ pub fn test_run(prog: BorrowedFd<'_>, run: &TestRun<'_>) -> io::Result<(u32, u32
     sys_bpf(bpf_cmd::BPF_PROG_TEST_RUN, &mut attr)?;
     // SAFETY: reading back integer fields the kernel filled in.
     Ok(unsafe { (attr.test.retval, attr.test.duration) })
+}
+
+/// Attaches the XDP program to interface `ifindex` of the calling thread's namespace in
+/// generic (skb) mode, through a link this descriptor owns (closing it detaches).
+///
+/// An XDP program attached anywhere stays in the kernel's XDP dispatcher, so test runs
+/// of it no longer add and remove it there, which costs two RCU grace periods per call.
+pub fn attach_generic(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    attr.link_create.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+    attr.link_create.__bindgen_anon_2.target_ifindex = ifindex;
+    attr.link_create.attach_type = bpf_attach_type::BPF_XDP as u32;
+    attr.link_create.flags = XDP_FLAGS_SKB_MODE;
+    let fd = sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
