@@ -122,23 +122,24 @@ fn first_match(
     l4: &Transport,
 ) -> Option<u32> {
     let fields = config.fields;
-    let all = field_bitmap(generation, field_bitmap::ALL_RULES)?;
-    // A field no rule constrains admits every rule: skip its lookup.
+    // A field no rule constrains admits every rule: no lookup for it. Its place in the
+    // AND is taken by a bitmap already fetched for another field (x & x == x); only a
+    // policy constraining no field at all looks up the all-rules bitmap.
     let l4_rules =
-        if fields & field::L4 != 0 { field_bitmap(generation, l4.class as u32)? } else { all };
+        if fields & field::L4 != 0 { Some(field_bitmap(generation, l4.class as u32)?) } else { None };
     let dport_rules = if fields & field::DPORT == 0 {
-        all
+        None
     } else if l4.fragment {
-        field_bitmap(generation, field_bitmap::DPORT_UNCONSTRAINED)?
+        Some(field_bitmap(generation, field_bitmap::DPORT_UNCONSTRAINED)?)
     } else {
-        port_bitmap(&DPORT_CLASSES, &DPORT_BITMAPS, generation, l4.dport)?
+        Some(port_bitmap(&DPORT_CLASSES, &DPORT_BITMAPS, generation, l4.dport)?)
     };
     let sport_rules = if fields & field::SPORT == 0 {
-        all
+        None
     } else if l4.fragment {
-        field_bitmap(generation, field_bitmap::SPORT_UNCONSTRAINED)?
+        Some(field_bitmap(generation, field_bitmap::SPORT_UNCONSTRAINED)?)
     } else {
-        port_bitmap(&SPORT_CLASSES, &SPORT_BITMAPS, generation, l4.sport)?
+        Some(port_bitmap(&SPORT_CLASSES, &SPORT_BITMAPS, generation, l4.sport)?)
     };
     let prefix_v4 = GENERATION_PREFIX_BITS + 32;
     let prefix_v6 = GENERATION_PREFIX_BITS + 128;
@@ -147,31 +148,42 @@ fn first_match(
     let (src_rules, dst_rules) = if packet.family == Family::V4 {
         (
             if fields & field::SRC != 0 {
-                SRC_V4.get(Key::new(prefix_v4, v4(&packet.src)))?
+                Some(SRC_V4.get(Key::new(prefix_v4, v4(&packet.src)))?)
             } else {
-                all
+                None
             },
             if fields & field::DST != 0 {
-                DST_V4.get(Key::new(prefix_v4, v4(&packet.dst)))?
+                Some(DST_V4.get(Key::new(prefix_v4, v4(&packet.dst)))?)
             } else {
-                all
+                None
             },
         )
     } else {
         (
             if fields & field::SRC != 0 {
-                SRC_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, address_bytes(packet.src))))?
+                Some(SRC_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, address_bytes(packet.src))))?)
             } else {
-                all
+                None
             },
             if fields & field::DST != 0 {
-                DST_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, address_bytes(packet.dst))))?
+                Some(DST_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, address_bytes(packet.dst))))?)
             } else {
-                all
+                None
             },
         )
     };
-    lowest_common(config.words, l4_rules, dport_rules, sport_rules, src_rules, dst_rules)
+    let any = match l4_rules.or(dport_rules).or(sport_rules).or(src_rules).or(dst_rules) {
+        Some(bitmap) => bitmap,
+        None => field_bitmap(generation, field_bitmap::ALL_RULES)?,
+    };
+    lowest_common(
+        config.words,
+        l4_rules.unwrap_or(any),
+        dport_rules.unwrap_or(any),
+        sport_rules.unwrap_or(any),
+        src_rules.unwrap_or(any),
+        dst_rules.unwrap_or(any),
+    )
 }
 
 /// The lowest bit set in all five bitmaps, looking at the first `words` words. Written out

@@ -128,7 +128,8 @@ fn pin_to_last_cpu() {
 
 /// `BENCH_SPIN=VARIANT,PACKET,SECONDS` (indices in the order of the result table, the
 /// floor being variant 0): runs that one variant on that one packet for that long and
-/// stops, so that `perf record -C <last CPU>` can see where its time goes.
+/// stops, so that `perf record -C <last CPU>` can see where its time goes; its JITed
+/// code is written out to read the profile's offsets against.
 fn spin_for_profiling(spec: &str, variants: &mut [Variant], probes: &[Probe]) -> Result<Section> {
     let parts: Vec<usize> = spec.split(',').filter_map(|x| x.trim().parse().ok()).collect();
     let [v, p, secs] = parts[..] else { bail!("BENCH_SPIN wants VARIANT,PACKET,SECONDS") };
@@ -138,6 +139,12 @@ fn spin_for_profiling(spec: &str, variants: &mut [Variant], probes: &[Probe]) ->
     eprintln!("prog: spinning {} on {} for {secs} s", variant.name, probe.label);
     let name = variant.name.clone();
     let fd = variant.fd()?;
+    let image = std::env::temp_dir().join("xdp-policy-bench-jited.bin");
+    std::fs::write(&image, raw::jited_image(fd)?)?;
+    eprintln!(
+        "prog: its machine code is in {} (objdump -b binary -m i386:x86-64 -D)",
+        image.display()
+    );
     let start = Instant::now();
     while start.elapsed().as_secs() < secs as u64 {
         crate::check_interrupted()?;

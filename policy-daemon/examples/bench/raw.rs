@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya_obj::generated::{
-    XDP_FLAGS_SKB_MODE, bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type,
+    XDP_FLAGS_SKB_MODE, bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_info, bpf_prog_type,
 };
 
 /// `BPF_F_TEST_XDP_LIVE_FRAMES`: frames the program returns XDP_TX for are really sent.
@@ -122,4 +122,27 @@ pub fn attach_generic(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd>
     let fd = sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: BPF_LINK_CREATE returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The program's machine code as the JIT produced it (for `objdump -b binary
+/// -m i386:x86-64 -D`), to read a `perf` profile of it by offset.
+pub fn jited_image(prog: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let info_of = |buffer: Option<&mut Vec<u8>>| -> io::Result<bpf_prog_info> {
+        // SAFETY: bpf_prog_info is plain integers; zero asks for nothing.
+        let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+        if let Some(buffer) = buffer {
+            info.jited_prog_len = buffer.len() as u32;
+            info.jited_prog_insns = buffer.as_mut_ptr() as u64;
+        }
+        let mut attr = zeroed_attr();
+        attr.info.bpf_fd = prog.as_raw_fd() as u32;
+        attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
+        attr.info.info = &mut info as *mut bpf_prog_info as u64;
+        sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        Ok(info)
+    };
+    let len = info_of(None)?.jited_prog_len;
+    let mut image = vec![0u8; len as usize];
+    info_of(Some(&mut image))?;
+    Ok(image)
 }
