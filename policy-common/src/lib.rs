@@ -20,8 +20,14 @@ use core::mem::size_of;
 /// every name here is at most 15 bytes long.
 pub const PROGRAM_NAME: &str = "policy_xdp";
 
-/// `Array<u32>` of one entry: the generation the program reads.
+/// `Array<u32>` of one entry: the generation the program reads (`value % GENERATIONS`),
+/// with [`active::PORT_TABLE`] set when that generation has a port table.
 pub const ACTIVE_MAP: &str = "ACTIVE";
+/// `Array<u32>`, index [`port_table::index`]: for a generation whose rules constrain
+/// nothing but the protocol and the destination port (or ICMP type), the decision for
+/// each (transport class, destination port), so that such a policy costs one lookup per
+/// packet instead of one per field. Entry values: [`port_table::entry`], 0 = no rule.
+pub const PORT_TABLE_MAP: &str = "PORT_TABLE";
 /// `Array<GenConfig>`, one entry per generation.
 pub const CONFIG_MAP: &str = "CONFIG";
 /// `Array<RuleInfo>`, index `generation * MAX_RULES + rule`.
@@ -63,8 +69,9 @@ pub const EVENT_CLOCK_MAP: &str = "EVENT_CLOCK";
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 /// Every map the program declares, for checks that the built object carries them all.
-pub const MAP_NAMES: [&str; 17] = [
+pub const MAP_NAMES: [&str; 18] = [
     ACTIVE_MAP,
+    PORT_TABLE_MAP,
     CONFIG_MAP,
     RULES_MAP,
     FIELD_BITMAPS_MAP,
@@ -177,6 +184,44 @@ pub mod field_bitmap {
     /// Entries per generation.
     pub const PER_GENERATION: u32 = L4Class::COUNT + 3;
 }
+
+/// Bits of the [`ACTIVE_MAP`] value besides the generation. They are multiples of
+/// [`GENERATIONS`], so `value % GENERATIONS` stays the generation.
+pub mod active {
+    /// The active generation has a port table ([`super::PORT_TABLE_MAP`]) and the
+    /// program decides non-fragments with it.
+    pub const PORT_TABLE: u32 = 1 << 8;
+}
+
+/// Layout of [`PORT_TABLE_MAP`].
+pub mod port_table {
+    use super::{L4Class, Verdict};
+
+    /// Destination ports (or ICMP types) per transport class.
+    pub const PORTS: u32 = 1 << 16;
+    /// Entries per generation.
+    pub const PER_GENERATION: u32 = L4Class::COUNT * PORTS;
+
+    /// Index of (generation, class, port).
+    pub const fn index(generation: u32, class: u32, port: u16) -> u32 {
+        generation * PER_GENERATION + class * PORTS + port as u32
+    }
+
+    /// Marks an entry as a rule's decision (0 means no rule matches).
+    pub const DECIDED: u32 = 1 << 31;
+
+    /// The entry of a packet that rule with counter slot `slot` decides as `verdict`.
+    pub const fn entry(verdict: Verdict, slot: u16) -> u32 {
+        DECIDED | (verdict as u32) << 16 | slot as u32
+    }
+
+    /// Verdict and counter slot of a non-zero entry.
+    pub const fn decode(entry: u32) -> (u32, u32) {
+        ((entry >> 16) & 0xff, entry & 0xffff)
+    }
+}
+
+const _: () = assert!(RULE_COUNTER_SLOTS <= 1 << 16, "port table entries hold 16-bit slots");
 
 /// Bits of [`GenConfig::fields`]: the fields at least one rule constrains. The program
 /// skips the lookups of the others.

@@ -45,7 +45,9 @@ mod support;
 
 use std::{fmt::Write as _, time::Instant};
 
-use generator::{ETH_HLEN, FrameSpec, PolicySpec, Rng, random_frame, random_policy};
+use generator::{
+    ETH_HLEN, FrameSpec, PolicySpec, Rng, random_frame, random_policy, random_policy_both_paths,
+};
 use policy_common::{
     Counter, Verdict,
     xdp_action::{XDP_DROP, XDP_PASS},
@@ -176,10 +178,10 @@ fn generated_policies_are_valid() {
 #[test]
 fn compiled_maps_agree_with_the_reference() {
     let seed = Config::from_env().seed;
-    let mut checked = 0;
+    let (mut checked, mut table_checked) = (0, 0);
     for index in 0..100 {
         let mut rng = Rng::for_policy(seed, STREAM_COMPILE, index);
-        let spec = random_policy(&mut rng, index);
+        let spec = random_policy_both_paths(&mut rng, index);
         let Ok(policy) = spec.parse() else { continue };
         let ruleset = policy::compile(&policy);
         for n in 0..500 {
@@ -193,11 +195,34 @@ fn compiled_maps_agree_with_the_reference() {
                 "seed {seed:#x} policy {index} packet {n} {packet:?}:\n{}",
                 spec.toml()
             );
+            if let Some(decided) = port_table_rule(&ruleset, &packet) {
+                assert_eq!(
+                    decided,
+                    expected,
+                    "port table: seed {seed:#x} policy {index} packet {n} {packet:?}:\n{}",
+                    spec.toml()
+                );
+                table_checked += 1;
+            }
             checked += 1;
         }
     }
-    eprintln!("compiled maps: {checked} packets agree with the reference");
+    eprintln!(
+        "compiled maps: {checked} packets agree with the reference, {table_checked} of them \
+         also through a port table"
+    );
     assert!(checked > 20_000, "too few IP packets were generated: {checked}");
+}
+
+/// The rule the ruleset's port table (if it has one) gives a non-fragment.
+fn port_table_rule(ruleset: &policy::Ruleset, packet: &IpPacket) -> Option<Option<usize>> {
+    let port = match packet.l4 {
+        L4::Tcp { dst_port, .. } | L4::Udp { dst_port, .. } => dst_port,
+        L4::Icmp { icmp_type } | L4::Icmpv6 { icmp_type } => u16::from(icmp_type),
+        L4::Other { .. } => 0,
+        L4::Fragment { .. } => return None,
+    };
+    ruleset.port_table_rule(packet.l4.class(), port)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -455,7 +480,7 @@ fn kernel_agrees_with_the_reference() {
     let mut run = Run::default();
     for index in config.policy_indices(config.policies) {
         let mut rng = Rng::for_policy(config.seed, STREAM_KERNEL, index);
-        let spec = random_policy(&mut rng, index);
+        let spec = random_policy_both_paths(&mut rng, index);
         let policy = match spec.parse() {
             Ok(policy) => policy,
             Err(e) => {
@@ -489,7 +514,7 @@ fn kernel_agrees_with_the_reference_across_reloads() {
     let mut history: Vec<PolicySpec> = Vec::new();
     for index in config.policy_indices(config.reloads) {
         let mut rng = Rng::for_policy(config.seed, STREAM_RELOADS, index);
-        let spec = random_policy(&mut rng, index);
+        let spec = random_policy_both_paths(&mut rng, index);
         let policy = match spec.parse() {
             Ok(policy) => policy,
             Err(e) => {

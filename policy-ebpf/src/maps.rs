@@ -8,13 +8,17 @@ use aya_ebpf::{
 use policy_common::{
     BITMAP_WORDS, Counter, EVENTS_BYTES, EventSettings, GENERATIONS, GenConfig, IPV4_KEY_LEN,
     IPV6_KEY_LEN, MAX_PORT_CLASSES, MAX_PREFIXES, MAX_RULES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS,
-    RuleBitmap, RuleInfo, Verdict, field_bitmap,
+    RuleBitmap, RuleInfo, Verdict, field_bitmap, port_table,
 };
 
 const _: () = assert!(BITMAP_WORDS == 16, "classify::first_match unrolls 16 words");
 
 #[map(name = "ACTIVE")]
 pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "PORT_TABLE")]
+pub static PORT_TABLE: Array<u32> =
+    Array::with_max_entries(GENERATIONS * port_table::PER_GENERATION, 0);
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);

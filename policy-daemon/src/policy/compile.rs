@@ -36,9 +36,24 @@ pub struct Ruleset {
     pub dst_v4: Vec<(Ipv4Net, RuleBitmap)>,
     pub src_v6: Vec<(Ipv6Net, RuleBitmap)>,
     pub dst_v6: Vec<(Ipv6Net, RuleBitmap)>,
+    /// `PORT_TABLE` of one generation, when the rules constrain nothing but the protocol
+    /// and the destination port (or ICMP type): for each (transport class, port), at
+    /// index `class * 65,536 + port`, the first matching rule + 1, or 0 for none. The
+    /// program then decides a non-fragment with this one lookup (see
+    /// `policy_common::port_table`).
+    pub port_table: Option<Vec<u16>>,
 }
 
 impl Ruleset {
+    /// [`Self::port_table`] read the way the kernel reads it: the rule that decides a
+    /// non-fragment of `class` to `port`, `Some(None)` when none does, `None` when this
+    /// ruleset has no port table.
+    pub fn port_table_rule(&self, class: L4Class, port: u16) -> Option<Option<usize>> {
+        let table = self.port_table.as_ref()?;
+        let entry = table[class as usize * common::port_table::PORTS as usize + usize::from(port)];
+        Some(entry.checked_sub(1).map(usize::from))
+    }
+
     /// The rule the XDP program's bitmap search picks for `packet`, read from these map
     /// contents the way the kernel reads them: the L4 class bitmap, port → class →
     /// bitmap, longest-prefix match → bitmap for each address, skipping the fields
@@ -209,7 +224,7 @@ pub fn compile(policy: &Policy) -> Ruleset {
 
     let src: Vec<_> = rules.iter().map(|r| r.src.as_deref()).collect();
     let dst: Vec<_> = rules.iter().map(|r| r.dst.as_deref()).collect();
-    Ruleset {
+    let mut ruleset = Ruleset {
         config,
         rules: rules
             .iter()
@@ -227,7 +242,42 @@ pub fn compile(policy: &Policy) -> Ruleset {
         dst_v4: prefixes(&dst, v4),
         src_v6: prefixes(&src, v6),
         dst_v6: prefixes(&dst, v6),
+        port_table: None,
+    };
+    ruleset.port_table = port_table(&ruleset);
+    ruleset
+}
+
+/// The port table of a ruleset whose rules constrain only the protocol and the
+/// destination port (see [`Ruleset::port_table`]); `None` for any other ruleset or an
+/// empty one. Each (class, port class) is decided once, from the same bitmaps the
+/// general path ANDs, then spread over the ports of that port class.
+fn port_table(ruleset: &Ruleset) -> Option<Vec<u16>> {
+    let fields = ruleset.config.fields;
+    if ruleset.rules.is_empty() || fields & !(field::L4 | field::DPORT) != 0 {
+        return None;
     }
+    let all = ruleset.field_bitmaps[field_bitmap::ALL_RULES as usize];
+    let ports = common::port_table::PORTS as usize;
+    let mut table = vec![0u16; L4Class::COUNT as usize * ports];
+    for class in 0..L4Class::COUNT as usize {
+        let l4 = if fields & field::L4 != 0 { ruleset.field_bitmaps[class] } else { all };
+        let first: Vec<u16> = if fields & field::DPORT != 0 {
+            ruleset.dport.bitmaps.iter().map(|b| first_plus_one(&l4, b)).collect()
+        } else {
+            vec![first_plus_one(&l4, &all)]
+        };
+        for (port, entry) in table[class * ports..(class + 1) * ports].iter_mut().enumerate() {
+            let port_class =
+                if fields & field::DPORT != 0 { usize::from(ruleset.dport.classes[port]) } else { 0 };
+            *entry = first[port_class];
+        }
+    }
+    Some(table)
+}
+
+fn first_plus_one(a: &RuleBitmap, b: &RuleBitmap) -> u16 {
+    a.first_common(b).map_or(0, |rule| rule as u16 + 1)
 }
 
 fn kernel_action(action: Action) -> common::Action {

@@ -249,6 +249,24 @@ impl PolicySpec {
 /// exactly 64 and 128; most have 0–40, some up to 200. Half of the long ones are
 /// "narrow": every rule names one destination host, so that few rules shadow the ones
 /// after them and rules past the first bitmap word win.
+impl PolicySpec {
+    /// The same policy with every field but `dst_ports` and `icmp_types` removed: a
+    /// policy the kernel decides through its port table.
+    pub fn port_only(mut self) -> Self {
+        for rule in &mut self.rules {
+            rule.fields.retain(|(key, _)| matches!(*key, "dst_ports" | "icmp_types"));
+        }
+        self
+    }
+}
+
+/// [`random_policy`], made port-only ([`PolicySpec::port_only`]) for every third index,
+/// so that both of the kernel's classification paths are compared.
+pub fn random_policy_both_paths(rng: &mut Rng, index: usize) -> PolicySpec {
+    let spec = random_policy(rng, index);
+    if index % 3 == 2 { spec.port_only() } else { spec }
+}
+
 pub fn random_policy(rng: &mut Rng, index: usize) -> PolicySpec {
     let rules = if index == 0 {
         rng.between(65, 200)
