@@ -6,6 +6,7 @@
 //! is already judged by the full policy.
 
 pub mod apply;
+mod batch;
 mod kernel;
 pub mod pins;
 
