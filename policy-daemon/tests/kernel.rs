@@ -550,6 +550,8 @@ fn a_hundred_thousand_prefixes_load_and_classify() {
     let mut changed = policy.clone();
     changed.rules.swap(0, 1);
     let ruleset2 = policy::compile(&changed);
+    // As a reload would come later: the grace period after the load's flip has ended.
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let before_apply = std::time::Instant::now();
     let report = dataplane.apply(&ruleset2).expect("second apply");
     let applied = before_apply.elapsed();
@@ -619,6 +621,8 @@ fn a_thousand_mixed_rules_apply() {
     let mut reordered = policy.clone();
     reordered.rules.reverse();
     let ruleset2 = policy::compile(&reordered);
+    // As a reload would come later: the grace period after the load's flip has ended.
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let before_apply = std::time::Instant::now();
     let report = dataplane.apply(&ruleset2).expect("apply");
     eprintln!(
@@ -681,6 +685,7 @@ fn replace_a_large_prefix_set(prefixes: u32) {
     let mut dataplane = Dataplane::load(&ruleset_a).expect("load and apply the first set");
     let (_, ruleset_b, ..) = compile(&b);
     let (policy_c, ruleset_c, ..) = compile(&c);
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let started = Instant::now();
     let report_b = dataplane.apply(&ruleset_b).expect("apply the second set");
     let applied_b = started.elapsed();

@@ -409,32 +409,33 @@ fn sync_array<V: Copy + PartialEq>(
     result.map(|()| indices.len())
 }
 
-/// Makes a trie generation hold `wanted`: inserts new and changed entries in one batch,
-/// in the order given (compile sorts them, so that consecutive inserts walk the same
-/// part of the trie), then removes the ones no longer wanted in another.
-/// `write(keys, Some(bitmaps))` inserts, `write(keys, None)` removes. Records in
+/// Makes a trie generation hold `wanted`: removes the entries no longer wanted in one
+/// batch, then inserts new and changed ones in another, in the order given (compile
+/// sorts them, so consecutive inserts walk the same part of the trie). Removing first
+/// keeps the generation within its share of the trie's entries at any time. Records in
 /// `current` what was written, also when a batch stopped part-way.
+/// `write(keys, None)` removes, `write(keys, Some(bitmaps))` inserts.
 fn sync_trie<'a, K: Copy + Ord + std::hash::Hash>(
     current: &mut HashMap<K, RuleBitmap>,
-    wanted: impl ExactSizeIterator<Item = (K, &'a RuleBitmap)> + Clone,
+    wanted: impl Iterator<Item = (K, &'a RuleBitmap)> + Clone,
     force: bool,
     mut write: impl FnMut(&[K], Option<&[RuleBitmap]>) -> Result<(), MapWriteError>,
 ) -> Result<usize, MapWriteError> {
-    let wanted_len = wanted.len();
+    let mut kept = 0;
     let (keys, bitmaps): (Vec<K>, Vec<RuleBitmap>) = wanted
         .clone()
-        .filter(|(key, bitmap)| force || current.get(key) != Some(*bitmap))
+        .filter(|(key, bitmap)| match current.get(key) {
+            Some(held) => {
+                kept += 1;
+                force || held != *bitmap
+            }
+            None => true,
+        })
         .map(|(key, bitmap)| (key, *bitmap))
         .unzip();
-    let mut writes = keys.len();
-    if !keys.is_empty() {
-        let result = write(&keys, Some(&bitmaps));
-        let written = result.as_ref().map_or_else(|e| e.written.min(keys.len()), |()| keys.len());
-        current.extend(keys[..written].iter().copied().zip(bitmaps[..written].iter().copied()));
-        result?;
-    }
-    // Every wanted key is in `current` now: anything more is stale.
-    if current.len() > wanted_len {
+    let mut writes = 0;
+    // Some entries held are not wanted: find and remove them.
+    if kept < current.len() {
         let keep: HashSet<K> = wanted.map(|(key, _)| key).collect();
         let mut stale: Vec<K> = current.keys().filter(|k| !keep.contains(k)).copied().collect();
         stale.sort_unstable();
@@ -445,6 +446,13 @@ fn sync_trie<'a, K: Copy + Ord + std::hash::Hash>(
         }
         result?;
         writes += stale.len();
+    }
+    if !keys.is_empty() {
+        let result = write(&keys, Some(&bitmaps));
+        let written = result.as_ref().map_or_else(|e| e.written.min(keys.len()), |()| keys.len());
+        current.extend(keys[..written].iter().copied().zip(bitmaps[..written].iter().copied()));
+        result?;
+        writes += keys.len();
     }
     Ok(writes)
 }

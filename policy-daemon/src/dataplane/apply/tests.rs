@@ -297,6 +297,24 @@ fn removed_prefixes_are_deleted_from_the_generation() {
 }
 
 #[test]
+fn stale_prefixes_are_removed_before_new_ones_are_inserted() {
+    // A generation at its limit must not have to hold the old and the new prefixes at once.
+    let mut maps = FakeMaps::default();
+    let mut generations = Generations::new();
+    generations.apply(&mut maps, &ruleset(TWO_RULES)).expect("first");
+    generations.apply(&mut maps, &ruleset(TWO_RULES)).expect("second");
+    let other = TWO_RULES.replace("192.0.2.0/24", "198.51.100.0/24");
+    let before = maps.writes.len();
+    generations.apply(&mut maps, &ruleset(&other)).expect("third, generation 1 again");
+    let position = |net: &str, prefix: &str| {
+        let key = v4_key(1, &net.parse().expect("net"));
+        let write = format!("{prefix}v4/Src/{key:?}");
+        maps.writes[before..].iter().position(|w| *w == write).expect("written")
+    };
+    assert!(position("192.0.2.0/24", "remove ") < position("198.51.100.0/24", ""));
+}
+
+#[test]
 fn a_failure_part_way_leaves_the_active_generation_in_force() {
     let rules = ruleset(TWO_RULES);
     for fail_at in 0..40 {
