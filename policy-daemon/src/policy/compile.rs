@@ -303,73 +303,73 @@ fn port_field(values: &[Option<Vec<PortRange>>]) -> PortField {
 /// plus the /0 that catches everything else. An entry's bitmap holds the rules without
 /// this field and the rules naming the entry's prefix or a shorter one that contains it,
 /// so the longest-prefix match alone gives the answer.
+///
+/// Sorted by network then length, a prefix comes after every prefix containing it, so
+/// one pass with a stack of the prefixes containing the current one computes every
+/// bitmap from its nearest container's.
 fn prefixes<N>(field: &[Option<&[IpNet]>], family: fn(&IpNet) -> Option<N>) -> Vec<(N, RuleBitmap)>
 where
-    N: Copy + Ord + std::hash::Hash + Prefix,
+    N: Copy + Ord + Prefix,
 {
     let mut unconstrained = RuleBitmap::EMPTY;
-    let mut owners: HashMap<N, RuleBitmap> = HashMap::new();
+    // Every (prefix, rule naming it), and the /0 (named by no rule: `None`).
+    let mut named: Vec<(N, Option<u32>)> = vec![(N::default_route(), None)];
     for (rule, nets) in field.iter().enumerate() {
         match nets {
             None => unconstrained.set(rule),
             Some(nets) => {
-                for net in nets.iter().filter_map(family) {
-                    owners.entry(net).or_insert(RuleBitmap::EMPTY).set(rule);
-                }
+                named.extend(nets.iter().filter_map(family).map(|n| (n, Some(rule as u32))))
             }
         }
     }
-    owners.entry(N::default_route()).or_insert(RuleBitmap::EMPTY);
-    let lengths: BTreeSet<u8> = owners.keys().map(|n| n.len()).collect();
-    let mut entries: Vec<(N, RuleBitmap)> = owners
-        .keys()
-        .map(|net| {
-            let mut bitmap = unconstrained;
-            for len in lengths.iter().take_while(|l| **l <= net.len()) {
-                if let Some(owner) = owners.get(&net.truncate(*len)) {
-                    for (w, o) in bitmap.words.iter_mut().zip(owner.words) {
-                        *w |= o;
-                    }
+    named.sort_unstable();
+    let mut entries: Vec<(N, RuleBitmap)> = Vec::with_capacity(named.len());
+    // Indices into `entries` of the prefixes containing the current one, innermost last.
+    let mut containers: Vec<usize> = Vec::new();
+    for (net, rule) in named {
+        let same = entries.last().is_some_and(|(last, _)| *last == net);
+        if !same {
+            while let Some(&i) = containers.last() {
+                if entries[i].0.covers(&net) {
+                    break;
                 }
+                containers.pop();
             }
-            (*net, bitmap)
-        })
-        .collect();
-    entries.sort_by_key(|(net, _)| *net);
+            let inherited = containers.last().map_or(unconstrained, |&i| entries[i].1);
+            containers.push(entries.len());
+            entries.push((net, inherited));
+        }
+        if let Some(rule) = rule {
+            let last = entries.len() - 1;
+            entries[last].1.set(rule as usize);
+        }
+    }
     entries
 }
 
 /// What [`prefixes`] needs of a network type.
 pub trait Prefix: Sized {
-    fn len(&self) -> u8;
-    fn truncate(&self, len: u8) -> Self;
     fn default_route() -> Self;
+    /// Whether `other` lies within this prefix (or is it).
+    fn covers(&self, other: &Self) -> bool;
 }
 
 impl Prefix for Ipv4Net {
-    fn len(&self) -> u8 {
-        self.prefix_len()
-    }
-
-    fn truncate(&self, len: u8) -> Self {
-        Ipv4Net::new_assert(self.addr(), len).trunc()
-    }
-
     fn default_route() -> Self {
         Ipv4Net::default()
+    }
+
+    fn covers(&self, other: &Self) -> bool {
+        self.contains(other)
     }
 }
 
 impl Prefix for Ipv6Net {
-    fn len(&self) -> u8 {
-        self.prefix_len()
-    }
-
-    fn truncate(&self, len: u8) -> Self {
-        Ipv6Net::new_assert(self.addr(), len).trunc()
-    }
-
     fn default_route() -> Self {
         Ipv6Net::default()
+    }
+
+    fn covers(&self, other: &Self) -> bool {
+        self.contains(other)
     }
 }
