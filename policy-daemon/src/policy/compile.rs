@@ -272,24 +272,42 @@ pub fn count_port_classes(values: &[Option<Vec<PortRange>>]) -> usize {
     port_field(values).bitmaps.len()
 }
 
+/// One sweep over the ports: at each cut, the rules whose ranges start or end there
+/// change, so each segment's bitmap follows from the previous one.
 fn port_field(values: &[Option<Vec<PortRange>>]) -> PortField {
     let cuts: Vec<u32> = boundaries(values).into_iter().collect();
+    // (port, rule, +1 where a range starts, -1 just past where it ends).
+    let mut events: Vec<(u32, usize, i32)> = Vec::new();
+    let mut bitmap = RuleBitmap::EMPTY;
+    for (rule, ranges) in values.iter().enumerate() {
+        match ranges {
+            None => bitmap.set(rule),
+            Some(ranges) => {
+                for r in ranges {
+                    events.push((u32::from(r.low), rule, 1));
+                    events.push((u32::from(r.high) + 1, rule, -1));
+                }
+            }
+        }
+    }
+    events.sort_unstable();
+    // How many of its ranges cover the current segment, per rule.
+    let mut covering = vec![0i32; values.len()];
+    let mut events = events.into_iter().peekable();
     let mut classes = vec![0u16; 1 << 16];
     let mut bitmaps = Vec::new();
     let mut class_of: HashMap<RuleBitmap, u16> = HashMap::new();
     for (i, start) in cuts.iter().enumerate() {
-        let end = cuts.get(i + 1).copied().unwrap_or(1 << 16);
-        let port = *start as u16;
-        let mut bitmap = RuleBitmap::EMPTY;
-        for (rule, ranges) in values.iter().enumerate() {
-            let admits = match ranges {
-                None => true,
-                Some(ranges) => ranges.iter().any(|r| r.contains(port)),
-            };
-            if admits {
-                bitmap.set(rule);
+        while let Some((_, rule, delta)) = events.next_if(|(port, ..)| port <= start) {
+            covering[rule] += delta;
+            let bit = 1u64 << (rule % 64);
+            if covering[rule] > 0 {
+                bitmap.words[rule / 64] |= bit;
+            } else {
+                bitmap.words[rule / 64] &= !bit;
             }
         }
+        let end = cuts.get(i + 1).copied().unwrap_or(1 << 16);
         let class = *class_of.entry(bitmap).or_insert_with(|| {
             bitmaps.push(bitmap);
             (bitmaps.len() - 1) as u16
