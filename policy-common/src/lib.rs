@@ -102,7 +102,9 @@ pub const MAX_PORT_CLASSES: u32 = 4096;
 /// Entries of a port-class map per generation (four ports per entry).
 pub const PORT_CLASS_WORDS: u32 = (1 << 16) / 4;
 /// Prefixes per address field and IP version (src IPv4, dst IPv4, src IPv6, dst IPv6).
-pub const MAX_PREFIXES: u32 = 131_072;
+/// The tries allocate entries as they are inserted (BPF_F_NO_PREALLOC), so the limit
+/// costs no memory until it is used.
+pub const MAX_PREFIXES: u32 = 1_048_576;
 /// Counter slots: a rule keeps its slot across reloads while it is unchanged, and the
 /// old and the new generation may use different slots at once.
 pub const RULE_COUNTER_SLOTS: u32 = 2 * MAX_RULES as u32;

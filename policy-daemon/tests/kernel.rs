@@ -3,14 +3,16 @@
 
 mod support;
 
-use std::path::Path;
+use std::{fmt::Write as _, net::Ipv4Addr, path::Path, time::Instant};
+
+use ipnet::Ipv4Net;
 
 use policy_common::{
     MAP_NAMES, PROGRAM_NAME, Verdict,
     xdp_action::{XDP_DROP, XDP_PASS},
 };
 use policy_daemon::{
-    dataplane::{Dataplane, embedded_object},
+    dataplane::{Dataplane, apply::AddrFieldId, embedded_object},
     policy::{self, Policy, reference},
 };
 use support::packet::*;
@@ -548,6 +550,8 @@ fn a_hundred_thousand_prefixes_load_and_classify() {
     let mut changed = policy.clone();
     changed.rules.swap(0, 1);
     let ruleset2 = policy::compile(&changed);
+    // As a reload would come later: the grace period after the load's flip has ended.
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let before_apply = std::time::Instant::now();
     let report = dataplane.apply(&ruleset2).expect("second apply");
     let applied = before_apply.elapsed();
@@ -617,6 +621,8 @@ fn a_thousand_mixed_rules_apply() {
     let mut reordered = policy.clone();
     reordered.rules.reverse();
     let ruleset2 = policy::compile(&reordered);
+    // As a reload would come later: the grace period after the load's flip has ended.
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let before_apply = std::time::Instant::now();
     let report = dataplane.apply(&ruleset2).expect("apply");
     eprintln!(
@@ -638,4 +644,105 @@ fn a_thousand_mixed_rules_apply() {
             "{packet:?}: reference says {expected:?}"
         );
     }
+}
+
+/// `count` /32 networks from 198.18.0.0 up, `step` addresses apart, from the `first`-th.
+fn host_nets(first: u32, count: u32, step: u32) -> Vec<Ipv4Net> {
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+    (first..first + count)
+        .map(|i| Ipv4Net::new_assert(Ipv4Addr::from(base + i * step), 32))
+        .collect()
+}
+
+/// A policy dropping packets from `nets`, passing the rest.
+fn blocklist(nets: &[Ipv4Net]) -> String {
+    let mut text = String::from("[[rule]]\nname = \"blocklist\"\naction = \"drop\"\nsrc = [");
+    for net in nets {
+        write!(text, "\"{net}\",").expect("writing to a string");
+    }
+    text.push_str("]\n");
+    text
+}
+
+/// Applies three large prefix sets in turn, so that the third is written over the first
+/// in the same generation (inserting the new prefixes, deleting the stale ones, each in
+/// one batch), then reads the trie back and sends packets: exactly the third set is in
+/// force. Prints how long each stage took (figures for the record, not assertions).
+fn replace_a_large_prefix_set(prefixes: u32) {
+    let a = host_nets(0, prefixes, 2);
+    let b = host_nets(0, prefixes, 3);
+    // Overlaps the second half of `a`: its first half is stale, and as many are new.
+    let c = host_nets(prefixes / 2, prefixes, 2);
+    let compile = |nets: &[Ipv4Net]| {
+        let text = blocklist(nets);
+        let started = Instant::now();
+        let policy = policy::parse([(Path::new("big.toml"), text.as_str())]).expect("valid");
+        let parsed = started.elapsed();
+        let ruleset = policy::compile(&policy);
+        (policy, ruleset, parsed, started.elapsed() - parsed)
+    };
+    let (_, ruleset_a, parsed, compiled) = compile(&a);
+    let mut dataplane = Dataplane::load(&ruleset_a).expect("load and apply the first set");
+    let (_, ruleset_b, ..) = compile(&b);
+    let (policy_c, ruleset_c, ..) = compile(&c);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let started = Instant::now();
+    let report_b = dataplane.apply(&ruleset_b).expect("apply the second set");
+    let applied_b = started.elapsed();
+    // As after a reload some time later: the grace period after the flip has ended.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let started = Instant::now();
+    let report_c = dataplane.apply(&ruleset_c).expect("apply the third set");
+    let applied_c = started.elapsed();
+    eprintln!(
+        "{prefixes} prefixes: parse {parsed:?}, compile {compiled:?}; apply into an empty \
+         generation {applied_b:?} ({} writes); replace half of a generation's prefixes \
+         {applied_c:?} ({} writes)",
+        report_b.writes, report_c.writes
+    );
+    // Half inserted, half deleted; then the rule's entry and counter slot, and the flip.
+    let writes = report_c.writes - prefixes as usize;
+    assert!(writes <= 4, "only the differences are written: {} writes", report_c.writes);
+
+    let started = Instant::now();
+    let in_force = dataplane.v4_prefixes(AddrFieldId::Src).expect("reading the trie back");
+    eprintln!("{prefixes} prefixes: read back in {:?}", started.elapsed());
+    let mut wanted = c.clone();
+    wanted.push(Ipv4Net::default());
+    wanted.sort_unstable();
+    assert!(in_force == wanted, "the trie holds exactly the third set and the /0");
+    assert!(dataplane.v4_prefixes(AddrFieldId::Dst).expect("reading").len() == 1, "only /0");
+
+    let from = |net: &Ipv4Net| Packet::ipv4(tcp(80)).src(&net.addr().to_string()).build();
+    let stale = &a[..prefixes as usize / 2];
+    let samples = [0, 1, stale.len() / 2, stale.len() - 1];
+    for net in samples.iter().map(|i| &stale[*i]) {
+        assert_eq!(dataplane.test_run(&from(net)).expect("run"), XDP_PASS, "stale {net} passes");
+    }
+    for net in [0, 1, c.len() / 2, c.len() - 1].iter().map(|i| &c[*i]) {
+        assert_eq!(dataplane.test_run(&from(net)).expect("run"), XDP_DROP, "{net} is dropped");
+        let expected = reference::classify(&policy_c, &reference::parse_packet(&from(net)));
+        assert!(expected.verdict.drops(), "the reference agrees for {net}");
+    }
+    let between = Ipv4Net::new_assert(Ipv4Addr::from(u32::from(c[0].addr()) + 1), 32);
+    assert_eq!(dataplane.test_run(&from(&between)).expect("run"), XDP_PASS, "{between} passes");
+}
+
+#[test]
+fn a_large_prefix_set_is_replaced_exactly() {
+    if !support::privileged("a_large_prefix_set_is_replaced_exactly") {
+        return;
+    }
+    replace_a_large_prefix_set(65_536);
+}
+
+/// The same at the limit: a million prefixes (slow in a debug build, so run on demand:
+/// `cargo xtask test -- --release --test kernel -- --ignored --nocapture`).
+#[test]
+#[ignore = "a million prefixes: seconds of work, run on demand"]
+fn a_million_prefixes_are_replaced_exactly() {
+    if !support::privileged("a_million_prefixes_are_replaced_exactly") {
+        return;
+    }
+    replace_a_large_prefix_set(policy_common::MAX_PREFIXES);
 }

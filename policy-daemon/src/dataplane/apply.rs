@@ -16,7 +16,7 @@ use policy_common::{
     ipv6_key,
 };
 
-use crate::policy::{PortField, Ruleset};
+use crate::policy::Ruleset;
 
 /// The two port fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,57 +35,72 @@ pub enum AddrFieldId {
 pub type V4Key = (u32, [u8; IPV4_KEY_LEN]);
 pub type V6Key = (u32, [u8; IPV6_KEY_LEN]);
 
-/// A map write the kernel refused.
+/// A map write the kernel refused. A batch stops at the first element the kernel
+/// refuses: the `written` elements before it took effect, it and the rest did not.
 #[derive(Debug, thiserror::Error)]
 #[error("writing {what} of map `{map}` failed")]
 pub struct MapWriteError {
     pub map: &'static str,
     pub what: String,
+    /// Elements of the batch that were written before the failure.
+    pub written: usize,
     #[source]
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// The map operations an apply needs; indices are absolute (generation folded in).
+/// The map operations an apply needs. Each write hands over the whole batch for one map
+/// (`keys[i]` → `values[i]`, written in order); indices are absolute (generation folded
+/// in). A failing write reports in [`MapWriteError::written`] how many of its elements
+/// took effect.
 pub trait Maps {
     fn set_config(&mut self, generation: u32, config: &GenConfig) -> Result<(), MapWriteError>;
-    fn set_rule(&mut self, index: u32, info: &RuleInfo) -> Result<(), MapWriteError>;
-    fn set_field_bitmap(&mut self, index: u32, bitmap: &RuleBitmap) -> Result<(), MapWriteError>;
+    fn set_rules(&mut self, indices: &[u32], infos: &[RuleInfo]) -> Result<(), MapWriteError>;
+    fn set_field_bitmaps(
+        &mut self,
+        indices: &[u32],
+        bitmaps: &[RuleBitmap],
+    ) -> Result<(), MapWriteError>;
     fn set_port_classes(
         &mut self,
         field: PortFieldId,
-        index: u32,
-        word: u64,
+        indices: &[u32],
+        words: &[u64],
     ) -> Result<(), MapWriteError>;
-    fn set_port_bitmap(
+    fn set_port_bitmaps(
         &mut self,
         field: PortFieldId,
-        index: u32,
-        bitmap: &RuleBitmap,
+        indices: &[u32],
+        bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError>;
     fn insert_v4(
         &mut self,
         field: AddrFieldId,
-        key: V4Key,
-        bitmap: &RuleBitmap,
+        keys: &[V4Key],
+        bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError>;
-    fn remove_v4(&mut self, field: AddrFieldId, key: V4Key) -> Result<(), MapWriteError>;
+    fn remove_v4(&mut self, field: AddrFieldId, keys: &[V4Key]) -> Result<(), MapWriteError>;
     fn insert_v6(
         &mut self,
         field: AddrFieldId,
-        key: V6Key,
-        bitmap: &RuleBitmap,
+        keys: &[V6Key],
+        bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError>;
-    fn remove_v6(&mut self, field: AddrFieldId, key: V6Key) -> Result<(), MapWriteError>;
+    fn remove_v6(&mut self, field: AddrFieldId, keys: &[V6Key]) -> Result<(), MapWriteError>;
     /// Keys of an IPv4 trie that belong to `generation` (for a generation whose contents
     /// this process did not write: after adopting pinned maps).
     fn v4_keys(&mut self, field: AddrFieldId, generation: u32)
     -> Result<Vec<V4Key>, MapWriteError>;
     fn v6_keys(&mut self, field: AddrFieldId, generation: u32)
     -> Result<Vec<V6Key>, MapWriteError>;
-    fn zero_rule_counter(&mut self, slot: u32) -> Result<(), MapWriteError>;
+    fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), MapWriteError>;
     fn set_active(&mut self, generation: u32) -> Result<(), MapWriteError>;
+    /// Starts an RCU grace period after a flip of `ACTIVE`, without waiting for it to
+    /// end: the apply that flipped need not wait for packets still reading the
+    /// generation it left, only the next apply, which rewrites that generation.
+    fn start_grace_period(&mut self);
     /// Returns once no program run that could have read the previous `ACTIVE` value is
-    /// still running (an RCU grace period).
+    /// still running: when the grace period started last has ended, or (when none was
+    /// started here, as after adopting pinned maps) after a full one.
     fn wait_for_readers(&mut self);
 }
 
@@ -164,6 +179,9 @@ pub struct Generations {
     slots: HashMap<String, u32>,
     /// Rule names of the active generation, in rule order, with their slots.
     active_rules: Vec<(String, u32)>,
+    /// Packets may still be reading the inactive generation (`ACTIVE` was flipped away
+    /// from it, or by another process): wait before writing it.
+    readers_pending: bool,
 }
 
 impl Default for Generations {
@@ -181,6 +199,7 @@ impl Generations {
             active: 0,
             slots: HashMap::new(),
             active_rules: Vec::new(),
+            readers_pending: false,
         }
     }
 
@@ -193,6 +212,8 @@ impl Generations {
             active: active % GENERATIONS,
             slots: rules.iter().map(|(_, identity, slot)| (identity.clone(), *slot)).collect(),
             active_rules: rules.into_iter().map(|(name, _, slot)| (name, slot)).collect(),
+            // The previous daemon may have flipped `ACTIVE` a moment ago.
+            readers_pending: true,
         }
     }
 
@@ -213,23 +234,32 @@ impl Generations {
 
     /// Writes `ruleset` into the inactive generation and makes it active. On error the
     /// active generation is untouched and still in force.
+    ///
+    /// Returns once the new generation is in force. The grace period after the flip
+    /// runs on: the next apply waits for it before it rewrites the generation left here.
     pub fn apply(
         &mut self,
         maps: &mut impl Maps,
         ruleset: &Ruleset,
     ) -> Result<ApplyReport, MapWriteError> {
+        if self.readers_pending {
+            // Also before zeroing counter slots: the old generation's rules count into
+            // them until its last packet is judged.
+            maps.wait_for_readers();
+            self.readers_pending = false;
+        }
         let target = (self.active + 1) % GENERATIONS;
         let slots = self.plan_slots(ruleset);
-        let mut writes = 0;
         let used: HashSet<u32> = self.slots.values().copied().collect();
-        for slot in slots.iter().filter(|s| !used.contains(s)) {
-            // A slot the active generation does not use: no packet counts into it now.
-            maps.zero_rule_counter(*slot)?;
-            writes += 1;
+        // Slots the active generation does not use: no packet counts into them now.
+        let fresh: Vec<u32> = slots.iter().copied().filter(|s| !used.contains(s)).collect();
+        if !fresh.is_empty() {
+            maps.zero_rule_counters(&fresh)?;
         }
-        writes += self.write_generation(maps, target, ruleset, &slots)?;
+        let writes = fresh.len() + self.write_generation(maps, target, ruleset, &slots)?;
         maps.set_active(target)?;
-        maps.wait_for_readers();
+        maps.start_grace_period();
+        self.readers_pending = true;
         self.active = target;
         self.slots =
             ruleset.rules.iter().map(|r| r.identity.clone()).zip(slots.iter().copied()).collect();
@@ -277,50 +307,60 @@ impl Generations {
                 shadow.v6.insert(field, v6.into_iter().map(|k| (k, RuleBitmap::EMPTY)).collect());
             }
         }
-        let mut writes = 0;
-
-        for (i, (rule, slot)) in ruleset.rules.iter().zip(slots).enumerate() {
-            let info = RuleInfo {
+        let infos: Vec<RuleInfo> = ruleset
+            .rules
+            .iter()
+            .zip(slots)
+            .map(|(rule, slot)| RuleInfo {
                 action: rule.action as u8,
                 monitor: u8::from(rule.monitor),
                 _pad: 0,
                 counter_slot: *slot,
-            };
-            if force || shadow.rules[i] != info {
-                maps.set_rule(generation * MAX_RULES as u32 + i as u32, &info)?;
-                shadow.rules[i] = info;
-                writes += 1;
-            }
-        }
-        for (i, bitmap) in ruleset.field_bitmaps.iter().enumerate() {
-            if force || shadow.field_bitmaps[i] != *bitmap {
-                maps.set_field_bitmap(
-                    generation * field_bitmap::PER_GENERATION + i as u32,
-                    bitmap,
-                )?;
-                shadow.field_bitmaps[i] = *bitmap;
-                writes += 1;
-            }
-        }
+            })
+            .collect();
+        let rules_base = generation * MAX_RULES as u32;
+        let mut writes =
+            sync_array(&mut shadow.rules, &infos, rules_base, force, |i, v| maps.set_rules(i, v))?;
+        let fields_base = generation * field_bitmap::PER_GENERATION;
+        writes += sync_array(
+            &mut shadow.field_bitmaps,
+            &ruleset.field_bitmaps,
+            fields_base,
+            force,
+            |i, v| maps.set_field_bitmaps(i, v),
+        )?;
         for (id, field) in [(PortFieldId::Dst, &ruleset.dport), (PortFieldId::Src, &ruleset.sport)]
         {
-            writes += write_port_field(maps, shadow, generation, id, field, force)?;
+            let bitmaps = shadow.port_bitmaps.get_mut(&id).expect("both fields present");
+            let base = generation * MAX_PORT_CLASSES;
+            writes += sync_array(bitmaps, &field.bitmaps, base, force, |i, v| {
+                maps.set_port_bitmaps(id, i, v)
+            })?;
+            let words = shadow.port_words.get_mut(&id).expect("both fields present");
+            let base = generation * PORT_CLASS_WORDS;
+            writes += sync_array(words, &field.class_words(), base, force, |i, v| {
+                maps.set_port_classes(id, i, v)
+            })?;
         }
         for (id, entries) in
             [(AddrFieldId::Src, &ruleset.src_v4), (AddrFieldId::Dst, &ruleset.dst_v4)]
         {
-            let wanted: HashMap<V4Key, RuleBitmap> =
-                entries.iter().map(|(net, b)| (v4_key(generation, net), *b)).collect();
             let current = shadow.v4.get_mut(&id).expect("both fields present");
-            writes += sync_trie(current, &wanted, force, |k, b| maps_v4(maps, id, k, b))?;
+            let wanted = entries.iter().map(|(net, b)| (v4_key(generation, net), b));
+            writes += sync_trie(current, wanted, force, |keys, bitmaps| match bitmaps {
+                Some(bitmaps) => maps.insert_v4(id, keys, bitmaps),
+                None => maps.remove_v4(id, keys),
+            })?;
         }
         for (id, entries) in
             [(AddrFieldId::Src, &ruleset.src_v6), (AddrFieldId::Dst, &ruleset.dst_v6)]
         {
-            let wanted: HashMap<V6Key, RuleBitmap> =
-                entries.iter().map(|(net, b)| (v6_key(generation, net), *b)).collect();
             let current = shadow.v6.get_mut(&id).expect("both fields present");
-            writes += sync_trie(current, &wanted, force, |k, b| maps_v6(maps, id, k, b))?;
+            let wanted = entries.iter().map(|(net, b)| (v6_key(generation, net), b));
+            writes += sync_trie(current, wanted, force, |keys, bitmaps| match bitmaps {
+                Some(bitmaps) => maps.insert_v6(id, keys, bitmaps),
+                None => maps.remove_v6(id, keys),
+            })?;
         }
         // Last: the config says how many rule words are in use and which fields.
         if force || shadow.config != ruleset.config {
@@ -333,82 +373,86 @@ impl Generations {
     }
 }
 
-fn maps_v4(
-    maps: &mut impl Maps,
-    id: AddrFieldId,
-    key: V4Key,
-    bitmap: Option<&RuleBitmap>,
-) -> Result<(), MapWriteError> {
-    match bitmap {
-        Some(b) => maps.insert_v4(id, key, b),
-        None => maps.remove_v4(id, key),
+/// Writes, in one batch, the entries of `wanted` that differ from what `current` (one
+/// generation of an array map, from index `base`) holds, or all of them if `force`;
+/// then records in `current` what was written, also when the batch stopped part-way.
+fn sync_array<V: Copy + PartialEq>(
+    current: &mut Vec<V>,
+    wanted: &[V],
+    base: u32,
+    force: bool,
+    write: impl FnOnce(&[u32], &[V]) -> Result<(), MapWriteError>,
+) -> Result<usize, MapWriteError> {
+    let (indices, values): (Vec<u32>, Vec<V>) = wanted
+        .iter()
+        .enumerate()
+        .filter(|(i, v)| force || current.get(*i) != Some(*v))
+        .map(|(i, v)| (base + i as u32, *v))
+        .unzip();
+    if indices.is_empty() {
+        return Ok(0);
     }
+    let result = write(&indices, &values);
+    let written = result.as_ref().map_or_else(|e| e.written.min(indices.len()), |()| indices.len());
+    if let Some(last) = indices[..written].last() {
+        let needed = (last - base) as usize + 1;
+        if current.len() < needed {
+            // Only the port bitmaps grow (they are as long as the classes ever used).
+            // Every index past the old end is in the batch, so the loop below
+            // overwrites each placeholder up to `needed`.
+            current.resize(needed, values[0]);
+        }
+    }
+    for (index, value) in indices.iter().zip(&values).take(written) {
+        current[(index - base) as usize] = *value;
+    }
+    result.map(|()| indices.len())
 }
 
-fn maps_v6(
-    maps: &mut impl Maps,
-    id: AddrFieldId,
-    key: V6Key,
-    bitmap: Option<&RuleBitmap>,
-) -> Result<(), MapWriteError> {
-    match bitmap {
-        Some(b) => maps.insert_v6(id, key, b),
-        None => maps.remove_v6(id, key),
-    }
-}
-
-/// Makes a trie generation hold `wanted`: inserts new and changed entries, then removes
-/// the ones no longer wanted. `write(key, Some(bitmap))` inserts, `None` removes.
-fn sync_trie<K: Copy + Eq + std::hash::Hash>(
+/// Makes a trie generation hold `wanted`: removes the entries no longer wanted in one
+/// batch, then inserts new and changed ones in another, in the order given (compile
+/// sorts them, so consecutive inserts walk the same part of the trie). Removing first
+/// keeps the generation within its share of the trie's entries at any time. Records in
+/// `current` what was written, also when a batch stopped part-way.
+/// `write(keys, None)` removes, `write(keys, Some(bitmaps))` inserts.
+fn sync_trie<'a, K: Copy + Ord + std::hash::Hash>(
     current: &mut HashMap<K, RuleBitmap>,
-    wanted: &HashMap<K, RuleBitmap>,
+    wanted: impl Iterator<Item = (K, &'a RuleBitmap)> + Clone,
     force: bool,
-    mut write: impl FnMut(K, Option<&RuleBitmap>) -> Result<(), MapWriteError>,
+    mut write: impl FnMut(&[K], Option<&[RuleBitmap]>) -> Result<(), MapWriteError>,
 ) -> Result<usize, MapWriteError> {
-    let mut writes = 0;
-    for (key, bitmap) in wanted {
-        if force || current.get(key) != Some(bitmap) {
-            write(*key, Some(bitmap))?;
-            current.insert(*key, *bitmap);
-            writes += 1;
-        }
-    }
-    let stale: Vec<K> = current.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
-    for key in stale {
-        write(key, None)?;
-        current.remove(&key);
-        writes += 1;
-    }
-    Ok(writes)
-}
-
-fn write_port_field(
-    maps: &mut impl Maps,
-    shadow: &mut Shadow,
-    generation: u32,
-    id: PortFieldId,
-    field: &PortField,
-    force: bool,
-) -> Result<usize, MapWriteError> {
-    let mut writes = 0;
-    let bitmaps = shadow.port_bitmaps.get_mut(&id).expect("both fields present");
-    for (class, bitmap) in field.bitmaps.iter().enumerate() {
-        if force || bitmaps.get(class) != Some(bitmap) {
-            maps.set_port_bitmap(id, generation * MAX_PORT_CLASSES + class as u32, bitmap)?;
-            if class >= bitmaps.len() {
-                bitmaps.resize(class + 1, RuleBitmap::EMPTY);
+    let mut kept = 0;
+    let (keys, bitmaps): (Vec<K>, Vec<RuleBitmap>) = wanted
+        .clone()
+        .filter(|(key, bitmap)| match current.get(key) {
+            Some(held) => {
+                kept += 1;
+                force || held != *bitmap
             }
-            bitmaps[class] = *bitmap;
-            writes += 1;
+            None => true,
+        })
+        .map(|(key, bitmap)| (key, *bitmap))
+        .unzip();
+    let mut writes = 0;
+    // Some entries held are not wanted: find and remove them.
+    if kept < current.len() {
+        let keep: HashSet<K> = wanted.map(|(key, _)| key).collect();
+        let mut stale: Vec<K> = current.keys().filter(|k| !keep.contains(k)).copied().collect();
+        stale.sort_unstable();
+        let result = write(&stale, None);
+        let written = result.as_ref().map_or_else(|e| e.written.min(stale.len()), |()| stale.len());
+        for key in &stale[..written] {
+            current.remove(key);
         }
+        result?;
+        writes += stale.len();
     }
-    let words = shadow.port_words.get_mut(&id).expect("both fields present");
-    for (i, word) in field.class_words().into_iter().enumerate() {
-        if force || words[i] != word {
-            maps.set_port_classes(id, generation * PORT_CLASS_WORDS + i as u32, word)?;
-            words[i] = word;
-            writes += 1;
-        }
+    if !keys.is_empty() {
+        let result = write(&keys, Some(&bitmaps));
+        let written = result.as_ref().map_or_else(|e| e.written.min(keys.len()), |()| keys.len());
+        current.extend(keys[..written].iter().copied().zip(bitmaps[..written].iter().copied()));
+        result?;
+        writes += keys.len();
     }
     Ok(writes)
 }

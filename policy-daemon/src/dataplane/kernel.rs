@@ -1,8 +1,11 @@
-//! The [`Maps`] implementation over the loaded program's real maps.
+//! The [`Maps`] implementation over the loaded program's real maps: each write is one
+//! batch (`super::batch`), and the grace period after a flip runs on a thread of its own.
+
+use std::thread::JoinHandle;
 
 use aya::{
     Ebpf,
-    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{Array, IterableMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
     util::nr_cpus,
 };
 use policy_common::{
@@ -15,25 +18,43 @@ use policy_common::{
 use super::{
     DataplaneError,
     apply::{AddrFieldId, MapWriteError, Maps, PortFieldId, V4Key, V6Key},
+    batch::{BatchError, BatchMap},
 };
 
-/// Every map of the program, taken out of the [`Ebpf`] object with its type checked.
+/// Every map of the program, taken out of the [`Ebpf`] object with its type checked,
+/// and a batch handle on each map an apply writes.
 pub struct KernelMaps {
     active: Array<MapData, u32>,
-    config: Array<MapData, GenConfig>,
-    rules: Array<MapData, RuleInfo>,
-    field_bitmaps: Array<MapData, RuleBitmap>,
-    dport_classes: Array<MapData, u64>,
-    sport_classes: Array<MapData, u64>,
-    dport_bitmaps: Array<MapData, RuleBitmap>,
-    sport_bitmaps: Array<MapData, RuleBitmap>,
-    src_v4: LpmTrie<MapData, [u8; IPV4_KEY_LEN], RuleBitmap>,
-    dst_v4: LpmTrie<MapData, [u8; IPV4_KEY_LEN], RuleBitmap>,
-    src_v6: LpmTrie<MapData, [u8; IPV6_KEY_LEN], RuleBitmap>,
-    dst_v6: LpmTrie<MapData, [u8; IPV6_KEY_LEN], RuleBitmap>,
     pub rule_counters: PerCpuArray<MapData, Counter>,
     pub verdict_counters: PerCpuArray<MapData, Counter>,
     cpus: usize,
+    config: Batched<Array<MapData, GenConfig>>,
+    rules: Batched<Array<MapData, RuleInfo>>,
+    field_bitmaps: Batched<Array<MapData, RuleBitmap>>,
+    dport_classes: Batched<Array<MapData, u64>>,
+    sport_classes: Batched<Array<MapData, u64>>,
+    dport_bitmaps: Batched<Array<MapData, RuleBitmap>>,
+    sport_bitmaps: Batched<Array<MapData, RuleBitmap>>,
+    src_v4: Trie<IPV4_KEY_LEN>,
+    dst_v4: Trie<IPV4_KEY_LEN>,
+    src_v6: Trie<IPV6_KEY_LEN>,
+    dst_v6: Trie<IPV6_KEY_LEN>,
+    counters: BatchMap,
+    /// The grace period started after the last flip, running on its own thread.
+    grace_period: Option<JoinHandle<()>>,
+}
+
+/// A map as aya took it, with a batch handle on it. The aya handle stays open: the
+/// program's instructions name the map by that descriptor's number until it is loaded.
+struct Batched<T> {
+    _map: T,
+    batch: BatchMap,
+}
+
+/// An LPM trie: aya's handle to read keys one by one, the batch handle for the rest.
+struct Trie<const N: usize> {
+    map: LpmTrie<MapData, [u8; N], RuleBitmap>,
+    batch: BatchMap,
 }
 
 fn take<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, DataplaneError>
@@ -44,24 +65,85 @@ where
     T::try_from(raw).map_err(|source| DataplaneError::MapType { map, source })
 }
 
+/// A map whose type and layout aya checked (as `T`), with a batch handle.
+fn take_batch<T>(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    cpus: usize,
+) -> Result<Batched<T>, DataplaneError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError> + IterableMapData,
+{
+    let typed: T = take(ebpf, map)?;
+    let batch = batch_of(&typed, map, cpus)?;
+    Ok(Batched { _map: typed, batch })
+}
+
+fn batch_of<T: IterableMapData>(
+    typed: &T,
+    map: &'static str,
+    cpus: usize,
+) -> Result<BatchMap, DataplaneError> {
+    BatchMap::new(map, typed.map_data(), cpus)
+        .map_err(|source| DataplaneError::MapRead { map, source })
+}
+
+/// The [`MapData`] under a typed aya map.
+trait IterableMapData {
+    fn map_data(&self) -> &MapData;
+}
+
+impl<V: aya::Pod> IterableMapData for Array<MapData, V> {
+    fn map_data(&self) -> &MapData {
+        IterableMap::map(self)
+    }
+}
+
+impl<V: aya::Pod> IterableMapData for PerCpuArray<MapData, V> {
+    fn map_data(&self) -> &MapData {
+        IterableMap::map(self)
+    }
+}
+
+impl<const N: usize> IterableMapData for LpmTrie<MapData, [u8; N], RuleBitmap> {
+    fn map_data(&self) -> &MapData {
+        IterableMap::map(self)
+    }
+}
+
+fn take_trie<const N: usize>(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    cpus: usize,
+) -> Result<Trie<N>, DataplaneError> {
+    let typed: LpmTrie<MapData, [u8; N], RuleBitmap> = take(ebpf, map)?;
+    let batch = batch_of(&typed, map, cpus)?;
+    Ok(Trie { map: typed, batch })
+}
+
 impl KernelMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        let cpus = nr_cpus().map_err(|(_, source)| DataplaneError::Cpus(source))?;
+        let rule_counters: PerCpuArray<MapData, Counter> = take(ebpf, RULE_COUNTERS_MAP)?;
+        let counters = batch_of(&rule_counters, RULE_COUNTERS_MAP, cpus)?;
         Ok(Self {
             active: take(ebpf, ACTIVE_MAP)?,
-            config: take(ebpf, CONFIG_MAP)?,
-            rules: take(ebpf, RULES_MAP)?,
-            field_bitmaps: take(ebpf, FIELD_BITMAPS_MAP)?,
-            dport_classes: take(ebpf, DPORT_CLASSES_MAP)?,
-            sport_classes: take(ebpf, SPORT_CLASSES_MAP)?,
-            dport_bitmaps: take(ebpf, DPORT_BITMAPS_MAP)?,
-            sport_bitmaps: take(ebpf, SPORT_BITMAPS_MAP)?,
-            src_v4: take(ebpf, SRC_V4_MAP)?,
-            dst_v4: take(ebpf, DST_V4_MAP)?,
-            src_v6: take(ebpf, SRC_V6_MAP)?,
-            dst_v6: take(ebpf, DST_V6_MAP)?,
-            rule_counters: take(ebpf, RULE_COUNTERS_MAP)?,
+            config: take_batch::<Array<MapData, GenConfig>>(ebpf, CONFIG_MAP, cpus)?,
+            rules: take_batch::<Array<MapData, RuleInfo>>(ebpf, RULES_MAP, cpus)?,
+            field_bitmaps: take_batch::<Array<MapData, RuleBitmap>>(ebpf, FIELD_BITMAPS_MAP, cpus)?,
+            dport_classes: take_batch::<Array<MapData, u64>>(ebpf, DPORT_CLASSES_MAP, cpus)?,
+            sport_classes: take_batch::<Array<MapData, u64>>(ebpf, SPORT_CLASSES_MAP, cpus)?,
+            dport_bitmaps: take_batch::<Array<MapData, RuleBitmap>>(ebpf, DPORT_BITMAPS_MAP, cpus)?,
+            sport_bitmaps: take_batch::<Array<MapData, RuleBitmap>>(ebpf, SPORT_BITMAPS_MAP, cpus)?,
+            src_v4: take_trie(ebpf, SRC_V4_MAP, cpus)?,
+            dst_v4: take_trie(ebpf, DST_V4_MAP, cpus)?,
+            src_v6: take_trie(ebpf, SRC_V6_MAP, cpus)?,
+            dst_v6: take_trie(ebpf, DST_V6_MAP, cpus)?,
+            rule_counters,
+            counters,
             verdict_counters: take(ebpf, VERDICT_COUNTERS_MAP)?,
-            cpus: nr_cpus().map_err(|(_, source)| DataplaneError::Cpus(source))?,
+            cpus,
+            grace_period: None,
         })
     }
 
@@ -85,112 +167,163 @@ impl KernelMaps {
     }
 }
 
-/// The keys of a trie that belong to `generation` (its first data byte).
+/// The keys of a trie that belong to `generation` (its first data byte): all keys in a
+/// few BPF_MAP_LOOKUP_BATCH calls, or one by one where the kernel lacks it.
 fn trie_keys<const N: usize>(
-    map: &LpmTrie<MapData, [u8; N], RuleBitmap>,
-    name: &'static str,
+    trie: &mut Trie<N>,
     generation: u32,
 ) -> Result<Vec<(u32, [u8; N])>, MapWriteError> {
-    let mut keys = Vec::new();
-    for key in map.keys() {
-        let key = key.map_err(failed(name, "keys"))?;
-        if key.data()[0] == generation as u8 {
-            keys.push((key.prefix_len(), key.data()));
-        }
-    }
-    Ok(keys)
+    let name = trie.batch.name();
+    let keys: Vec<Key<[u8; N]>> = match trie.batch.keys() {
+        Some(keys) => keys.map_err(|e| batch_failed(name, "keys".into(), e))?,
+        None => trie.map.keys().collect::<Result<_, _>>().map_err(|source| MapWriteError {
+            map: name,
+            what: "keys".into(),
+            written: 0,
+            source: Box::new(source),
+        })?,
+    };
+    Ok(keys
+        .into_iter()
+        .filter(|key| key.data()[0] == generation as u8)
+        .map(|key| (key.prefix_len(), key.data()))
+        .collect())
 }
 
-fn failed(map: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> MapWriteError {
-    let what = what.into();
-    move |source| MapWriteError { map, what, source: Box::new(source) }
+/// A batch the kernel stopped at element `e.done`, named by `element`.
+fn batch_failed(map: &'static str, what: String, e: BatchError) -> MapWriteError {
+    MapWriteError { map, what, written: e.done, source: Box::new(e.source) }
+}
+
+/// Writes an array batch; on failure names the index the kernel refused.
+fn write_array<V: aya::Pod>(
+    map: &mut BatchMap,
+    indices: &[u32],
+    values: &[V],
+) -> Result<(), MapWriteError> {
+    map.update(indices, values).map_err(|e| {
+        let what =
+            element(indices.get(e.done).map(|i| format!("entry {i}")), e.done, indices.len());
+        batch_failed(map.name(), what, e)
+    })
+}
+
+/// "entry 7 (element 3 of a batch of 10)".
+fn element(name: Option<String>, done: usize, len: usize) -> String {
+    let name = name.unwrap_or_else(|| "a batch".into());
+    if len == 1 { name } else { format!("{name} (element {done} of a batch of {len})") }
+}
+
+fn trie_keys_of<const N: usize>(keys: &[(u32, [u8; N])]) -> Vec<Key<[u8; N]>> {
+    keys.iter().map(|(len, data)| Key::new(*len, *data)).collect()
+}
+
+fn insert_trie<const N: usize>(
+    trie: &mut Trie<N>,
+    keys: &[(u32, [u8; N])],
+    bitmaps: &[RuleBitmap],
+) -> Result<(), MapWriteError> {
+    let name = trie.batch.name();
+    trie.batch.update(&trie_keys_of(keys), bitmaps).map_err(|e| {
+        let what = element(keys.get(e.done).map(|k| format!("prefix {k:?}")), e.done, keys.len());
+        batch_failed(name, what, e)
+    })
+}
+
+fn remove_trie<const N: usize>(
+    trie: &mut Trie<N>,
+    keys: &[(u32, [u8; N])],
+) -> Result<(), MapWriteError> {
+    let name = trie.batch.name();
+    trie.batch.delete(&trie_keys_of(keys)).map_err(|e| {
+        let what = element(keys.get(e.done).map(|k| format!("prefix {k:?}")), e.done, keys.len());
+        batch_failed(name, what, e)
+    })
+}
+
+impl KernelMaps {
+    fn v4(&mut self, field: AddrFieldId) -> &mut Trie<IPV4_KEY_LEN> {
+        match field {
+            AddrFieldId::Src => &mut self.src_v4,
+            AddrFieldId::Dst => &mut self.dst_v4,
+        }
+    }
+
+    fn v6(&mut self, field: AddrFieldId) -> &mut Trie<IPV6_KEY_LEN> {
+        match field {
+            AddrFieldId::Src => &mut self.src_v6,
+            AddrFieldId::Dst => &mut self.dst_v6,
+        }
+    }
 }
 
 impl Maps for KernelMaps {
     fn set_config(&mut self, generation: u32, config: &GenConfig) -> Result<(), MapWriteError> {
-        self.config
-            .set(generation, config, 0)
-            .map_err(failed(CONFIG_MAP, format!("entry {generation}")))
+        write_array(&mut self.config.batch, &[generation], std::slice::from_ref(config))
     }
 
-    fn set_rule(&mut self, index: u32, info: &RuleInfo) -> Result<(), MapWriteError> {
-        self.rules.set(index, info, 0).map_err(failed(RULES_MAP, format!("entry {index}")))
+    fn set_rules(&mut self, indices: &[u32], infos: &[RuleInfo]) -> Result<(), MapWriteError> {
+        write_array(&mut self.rules.batch, indices, infos)
     }
 
-    fn set_field_bitmap(&mut self, index: u32, bitmap: &RuleBitmap) -> Result<(), MapWriteError> {
-        self.field_bitmaps
-            .set(index, bitmap, 0)
-            .map_err(failed(FIELD_BITMAPS_MAP, format!("entry {index}")))
+    fn set_field_bitmaps(
+        &mut self,
+        indices: &[u32],
+        bitmaps: &[RuleBitmap],
+    ) -> Result<(), MapWriteError> {
+        write_array(&mut self.field_bitmaps.batch, indices, bitmaps)
     }
 
     fn set_port_classes(
         &mut self,
         field: PortFieldId,
-        index: u32,
-        word: u64,
+        indices: &[u32],
+        words: &[u64],
     ) -> Result<(), MapWriteError> {
-        let (map, name) = match field {
-            PortFieldId::Dst => (&mut self.dport_classes, DPORT_CLASSES_MAP),
-            PortFieldId::Src => (&mut self.sport_classes, SPORT_CLASSES_MAP),
+        let map = match field {
+            PortFieldId::Dst => &mut self.dport_classes,
+            PortFieldId::Src => &mut self.sport_classes,
         };
-        map.set(index, word, 0).map_err(failed(name, format!("entry {index}")))
+        write_array(&mut map.batch, indices, words)
     }
 
-    fn set_port_bitmap(
+    fn set_port_bitmaps(
         &mut self,
         field: PortFieldId,
-        index: u32,
-        bitmap: &RuleBitmap,
+        indices: &[u32],
+        bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError> {
-        let (map, name) = match field {
-            PortFieldId::Dst => (&mut self.dport_bitmaps, DPORT_BITMAPS_MAP),
-            PortFieldId::Src => (&mut self.sport_bitmaps, SPORT_BITMAPS_MAP),
+        let map = match field {
+            PortFieldId::Dst => &mut self.dport_bitmaps,
+            PortFieldId::Src => &mut self.sport_bitmaps,
         };
-        map.set(index, bitmap, 0).map_err(failed(name, format!("entry {index}")))
+        write_array(&mut map.batch, indices, bitmaps)
     }
 
     fn insert_v4(
         &mut self,
         field: AddrFieldId,
-        key: V4Key,
-        bitmap: &RuleBitmap,
+        keys: &[V4Key],
+        bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError> {
-        let (map, name) = match field {
-            AddrFieldId::Src => (&mut self.src_v4, SRC_V4_MAP),
-            AddrFieldId::Dst => (&mut self.dst_v4, DST_V4_MAP),
-        };
-        map.insert(&Key::new(key.0, key.1), bitmap, 0)
-            .map_err(failed(name, format!("prefix {key:?}")))
+        insert_trie(self.v4(field), keys, bitmaps)
     }
 
-    fn remove_v4(&mut self, field: AddrFieldId, key: V4Key) -> Result<(), MapWriteError> {
-        let (map, name) = match field {
-            AddrFieldId::Src => (&mut self.src_v4, SRC_V4_MAP),
-            AddrFieldId::Dst => (&mut self.dst_v4, DST_V4_MAP),
-        };
-        map.remove(&Key::new(key.0, key.1)).map_err(failed(name, format!("prefix {key:?}")))
+    fn remove_v4(&mut self, field: AddrFieldId, keys: &[V4Key]) -> Result<(), MapWriteError> {
+        remove_trie(self.v4(field), keys)
     }
 
     fn insert_v6(
         &mut self,
         field: AddrFieldId,
-        key: V6Key,
-        bitmap: &RuleBitmap,
+        keys: &[V6Key],
+        bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError> {
-        let (map, name) = match field {
-            AddrFieldId::Src => (&mut self.src_v6, SRC_V6_MAP),
-            AddrFieldId::Dst => (&mut self.dst_v6, DST_V6_MAP),
-        };
-        map.insert(&Key::new(key.0, key.1), bitmap, 0)
-            .map_err(failed(name, format!("prefix {key:?}")))
+        insert_trie(self.v6(field), keys, bitmaps)
     }
 
-    fn remove_v6(&mut self, field: AddrFieldId, key: V6Key) -> Result<(), MapWriteError> {
-        let (map, name) = match field {
-            AddrFieldId::Src => (&mut self.src_v6, SRC_V6_MAP),
-            AddrFieldId::Dst => (&mut self.dst_v6, DST_V6_MAP),
-        };
-        map.remove(&Key::new(key.0, key.1)).map_err(failed(name, format!("prefix {key:?}")))
+    fn remove_v6(&mut self, field: AddrFieldId, keys: &[V6Key]) -> Result<(), MapWriteError> {
+        remove_trie(self.v6(field), keys)
     }
 
     fn v4_keys(
@@ -198,10 +331,7 @@ impl Maps for KernelMaps {
         field: AddrFieldId,
         generation: u32,
     ) -> Result<Vec<V4Key>, MapWriteError> {
-        match field {
-            AddrFieldId::Src => trie_keys(&self.src_v4, SRC_V4_MAP, generation),
-            AddrFieldId::Dst => trie_keys(&self.dst_v4, DST_V4_MAP, generation),
-        }
+        trie_keys(self.v4(field), generation)
     }
 
     fn v6_keys(
@@ -209,40 +339,56 @@ impl Maps for KernelMaps {
         field: AddrFieldId,
         generation: u32,
     ) -> Result<Vec<V6Key>, MapWriteError> {
-        match field {
-            AddrFieldId::Src => trie_keys(&self.src_v6, SRC_V6_MAP, generation),
-            AddrFieldId::Dst => trie_keys(&self.dst_v6, DST_V6_MAP, generation),
-        }
+        trie_keys(self.v6(field), generation)
     }
 
-    fn zero_rule_counter(&mut self, slot: u32) -> Result<(), MapWriteError> {
-        let zeros = PerCpuValues::try_from(vec![Counter::default(); self.cpus]).map_err(|e| {
-            MapWriteError {
-                map: RULE_COUNTERS_MAP,
-                what: format!("slot {slot}"),
-                source: Box::new(e),
-            }
-        })?;
-        self.rule_counters
-            .set(slot, zeros, 0)
-            .map_err(failed(RULE_COUNTERS_MAP, format!("slot {slot}")))
+    fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), MapWriteError> {
+        let zeros = vec![Counter::default(); slots.len() * self.cpus];
+        self.counters.update(slots, &zeros).map_err(|e| {
+            let what = element(slots.get(e.done).map(|s| format!("slot {s}")), e.done, slots.len());
+            batch_failed(RULE_COUNTERS_MAP, what, e)
+        })
     }
 
     fn set_active(&mut self, generation: u32) -> Result<(), MapWriteError> {
-        self.active.set(0, generation, 0).map_err(failed(ACTIVE_MAP, "entry 0"))
+        self.active.set(0, generation, 0).map_err(|source| MapWriteError {
+            map: ACTIVE_MAP,
+            what: "entry 0".into(),
+            written: 0,
+            source: Box::new(source),
+        })
+    }
+
+    fn start_grace_period(&mut self) {
+        // A grace period takes 10-30 ms; no need to hold the apply that long.
+        match std::thread::Builder::new()
+            .name("grace-period".into())
+            .spawn(wait_for_rcu_grace_period)
+        {
+            Ok(handle) => self.grace_period = Some(handle),
+            // No thread: the next apply waits a full grace period instead.
+            Err(_) => self.grace_period = None,
+        }
     }
 
     fn wait_for_readers(&mut self) {
-        // XDP programs run inside RCU read-side critical sections, and
-        // membarrier(MEMBARRIER_CMD_GLOBAL) returns after synchronize_rcu(): once it
-        // returns, no packet is still being judged by the generation we left.
-        const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
-        // SAFETY: membarrier takes no pointers; the arguments are plain integers.
-        let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-        if rc != 0 {
-            // Not available (nohz_full kernels refuse it): a program run takes
-            // microseconds, so this is a generous bound.
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        match self.grace_period.take().map(JoinHandle::join) {
+            Some(Ok(())) => {}
+            None | Some(Err(_)) => wait_for_rcu_grace_period(),
         }
+    }
+}
+
+/// Returns after an RCU grace period. XDP programs run inside RCU read-side critical
+/// sections, and membarrier(MEMBARRIER_CMD_GLOBAL) returns after synchronize_rcu(): once
+/// it returns, no packet is still being judged by a generation `ACTIVE` no longer names.
+fn wait_for_rcu_grace_period() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+    // SAFETY: membarrier takes no pointers; the arguments are plain integers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        // Not available (nohz_full kernels refuse it): a program run takes
+        // microseconds, so this is a generous bound.
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

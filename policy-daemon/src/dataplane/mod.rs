@@ -6,10 +6,11 @@
 //! is already judged by the full policy.
 
 pub mod apply;
+mod batch;
 mod kernel;
 pub mod pins;
 
-use std::fmt;
+use std::{fmt, net::Ipv4Addr};
 
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
@@ -21,12 +22,14 @@ use aya::{
         xdp::XdpLink,
     },
 };
+use ipnet::Ipv4Net;
 use policy_common::{
-    Counter, MAP_NAMES, PROGRAM_NAME, RULE_COUNTERS_MAP, VERDICT_COUNTERS_MAP, Verdict,
+    Counter, GENERATION_PREFIX_BITS, MAP_NAMES, PROGRAM_NAME, RULE_COUNTERS_MAP,
+    VERDICT_COUNTERS_MAP, Verdict,
 };
 
 use self::{
-    apply::{ApplyReport, Generations, MapWriteError},
+    apply::{AddrFieldId, ApplyReport, Generations, MapWriteError, Maps as _},
     kernel::KernelMaps,
     pins::Pins,
 };
@@ -98,6 +101,8 @@ pub enum DataplaneError {
     },
     #[error("applying the ruleset failed; the ruleset in force stays in force")]
     Apply(#[source] MapWriteError),
+    #[error("reading the prefixes of an address trie failed")]
+    TrieRead(#[source] MapWriteError),
     #[error("reading the number of possible CPUs failed")]
     Cpus(#[source] std::io::Error),
     #[error("reading map `{map}` failed")]
@@ -351,6 +356,23 @@ impl Dataplane {
     /// One verdict's counter (cheaper than [`Self::verdict_counts`]).
     pub fn verdict_count(&self, verdict: Verdict) -> Result<Counter, DataplaneError> {
         KernelMaps::read_counter(&self.maps.verdict_counters, VERDICT_COUNTERS_MAP, verdict as u32)
+    }
+
+    /// The IPv4 prefixes of the source or destination trie in the generation in force,
+    /// read back from the kernel, in key order.
+    pub fn v4_prefixes(&mut self, field: AddrFieldId) -> Result<Vec<Ipv4Net>, DataplaneError> {
+        let generation = self.generations.active();
+        let keys = self.maps.v4_keys(field, generation).map_err(DataplaneError::TrieRead)?;
+        let mut nets: Vec<Ipv4Net> = keys
+            .into_iter()
+            .map(|(len, data)| {
+                let [_, a, b, c, d, ..] = data;
+                let len = (len - GENERATION_PREFIX_BITS) as u8;
+                Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), len)
+            })
+            .collect();
+        nets.sort_unstable();
+        Ok(nets)
     }
 
     /// The counter of the rule at `index` (rule order) of the ruleset in force.

@@ -322,24 +322,42 @@ pub fn count_port_classes(values: &[Option<Vec<PortRange>>]) -> usize {
     port_field(values).bitmaps.len()
 }
 
+/// One sweep over the ports: at each cut, the rules whose ranges start or end there
+/// change, so each segment's bitmap follows from the previous one.
 fn port_field(values: &[Option<Vec<PortRange>>]) -> PortField {
     let cuts: Vec<u32> = boundaries(values).into_iter().collect();
+    // (port, rule, +1 where a range starts, -1 just past where it ends).
+    let mut events: Vec<(u32, usize, i32)> = Vec::new();
+    let mut bitmap = RuleBitmap::EMPTY;
+    for (rule, ranges) in values.iter().enumerate() {
+        match ranges {
+            None => bitmap.set(rule),
+            Some(ranges) => {
+                for r in ranges {
+                    events.push((u32::from(r.low), rule, 1));
+                    events.push((u32::from(r.high) + 1, rule, -1));
+                }
+            }
+        }
+    }
+    events.sort_unstable();
+    // How many of its ranges cover the current segment, per rule.
+    let mut covering = vec![0i32; values.len()];
+    let mut events = events.into_iter().peekable();
     let mut classes = vec![0u16; 1 << 16];
     let mut bitmaps = Vec::new();
     let mut class_of: HashMap<RuleBitmap, u16> = HashMap::new();
     for (i, start) in cuts.iter().enumerate() {
-        let end = cuts.get(i + 1).copied().unwrap_or(1 << 16);
-        let port = *start as u16;
-        let mut bitmap = RuleBitmap::EMPTY;
-        for (rule, ranges) in values.iter().enumerate() {
-            let admits = match ranges {
-                None => true,
-                Some(ranges) => ranges.iter().any(|r| r.contains(port)),
-            };
-            if admits {
-                bitmap.set(rule);
+        while let Some((_, rule, delta)) = events.next_if(|(port, ..)| port <= start) {
+            covering[rule] += delta;
+            let bit = 1u64 << (rule % 64);
+            if covering[rule] > 0 {
+                bitmap.words[rule / 64] |= bit;
+            } else {
+                bitmap.words[rule / 64] &= !bit;
             }
         }
+        let end = cuts.get(i + 1).copied().unwrap_or(1 << 16);
         let class = *class_of.entry(bitmap).or_insert_with(|| {
             bitmaps.push(bitmap);
             (bitmaps.len() - 1) as u16
@@ -353,73 +371,73 @@ fn port_field(values: &[Option<Vec<PortRange>>]) -> PortField {
 /// plus the /0 that catches everything else. An entry's bitmap holds the rules without
 /// this field and the rules naming the entry's prefix or a shorter one that contains it,
 /// so the longest-prefix match alone gives the answer.
+///
+/// Sorted by network then length, a prefix comes after every prefix containing it, so
+/// one pass with a stack of the prefixes containing the current one computes every
+/// bitmap from its nearest container's.
 fn prefixes<N>(field: &[Option<&[IpNet]>], family: fn(&IpNet) -> Option<N>) -> Vec<(N, RuleBitmap)>
 where
-    N: Copy + Ord + std::hash::Hash + Prefix,
+    N: Copy + Ord + Prefix,
 {
     let mut unconstrained = RuleBitmap::EMPTY;
-    let mut owners: HashMap<N, RuleBitmap> = HashMap::new();
+    // Every (prefix, rule naming it), and the /0 (named by no rule: `None`).
+    let mut named: Vec<(N, Option<u32>)> = vec![(N::default_route(), None)];
     for (rule, nets) in field.iter().enumerate() {
         match nets {
             None => unconstrained.set(rule),
             Some(nets) => {
-                for net in nets.iter().filter_map(family) {
-                    owners.entry(net).or_insert(RuleBitmap::EMPTY).set(rule);
-                }
+                named.extend(nets.iter().filter_map(family).map(|n| (n, Some(rule as u32))))
             }
         }
     }
-    owners.entry(N::default_route()).or_insert(RuleBitmap::EMPTY);
-    let lengths: BTreeSet<u8> = owners.keys().map(|n| n.len()).collect();
-    let mut entries: Vec<(N, RuleBitmap)> = owners
-        .keys()
-        .map(|net| {
-            let mut bitmap = unconstrained;
-            for len in lengths.iter().take_while(|l| **l <= net.len()) {
-                if let Some(owner) = owners.get(&net.truncate(*len)) {
-                    for (w, o) in bitmap.words.iter_mut().zip(owner.words) {
-                        *w |= o;
-                    }
+    named.sort_unstable();
+    let mut entries: Vec<(N, RuleBitmap)> = Vec::with_capacity(named.len());
+    // Indices into `entries` of the prefixes containing the current one, innermost last.
+    let mut containers: Vec<usize> = Vec::new();
+    for (net, rule) in named {
+        let same = entries.last().is_some_and(|(last, _)| *last == net);
+        if !same {
+            while let Some(&i) = containers.last() {
+                if entries[i].0.covers(&net) {
+                    break;
                 }
+                containers.pop();
             }
-            (*net, bitmap)
-        })
-        .collect();
-    entries.sort_by_key(|(net, _)| *net);
+            let inherited = containers.last().map_or(unconstrained, |&i| entries[i].1);
+            containers.push(entries.len());
+            entries.push((net, inherited));
+        }
+        if let Some(rule) = rule {
+            let last = entries.len() - 1;
+            entries[last].1.set(rule as usize);
+        }
+    }
     entries
 }
 
 /// What [`prefixes`] needs of a network type.
 pub trait Prefix: Sized {
-    fn len(&self) -> u8;
-    fn truncate(&self, len: u8) -> Self;
     fn default_route() -> Self;
+    /// Whether `other` lies within this prefix (or is it).
+    fn covers(&self, other: &Self) -> bool;
 }
 
 impl Prefix for Ipv4Net {
-    fn len(&self) -> u8 {
-        self.prefix_len()
-    }
-
-    fn truncate(&self, len: u8) -> Self {
-        Ipv4Net::new_assert(self.addr(), len).trunc()
-    }
-
     fn default_route() -> Self {
         Ipv4Net::default()
+    }
+
+    fn covers(&self, other: &Self) -> bool {
+        self.contains(other)
     }
 }
 
 impl Prefix for Ipv6Net {
-    fn len(&self) -> u8 {
-        self.prefix_len()
-    }
-
-    fn truncate(&self, len: u8) -> Self {
-        Ipv6Net::new_assert(self.addr(), len).trunc()
-    }
-
     fn default_route() -> Self {
         Ipv6Net::default()
+    }
+
+    fn covers(&self, other: &Self) -> bool {
+        self.contains(other)
     }
 }

@@ -25,6 +25,33 @@ impl Location {
     }
 }
 
+/// Where the lines of a text start, to find the [`Location`] of many offsets without
+/// scanning the text from the start for each ([`Location::of`] does that).
+pub struct LineIndex<'a> {
+    text: &'a str,
+    /// Byte offset of the start of every line.
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    pub fn new(text: &'a str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1))
+            .collect();
+        Self { text, starts }
+    }
+
+    /// The same as `Location::of(file, text, offset)`.
+    pub fn location(&self, file: PathBuf, offset: usize) -> Location {
+        let offset = floor_char_boundary(self.text, offset);
+        // Lines starting at or before `offset`; a line starting exactly at `offset`
+        // follows a newline before it.
+        let line = self.starts.partition_point(|start| *start <= offset);
+        let line_start = self.starts[line - 1];
+        Location { file, line, column: self.text[line_start..offset].chars().count() + 1 }
+    }
+}
+
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
@@ -81,4 +108,23 @@ fn snippet(text: &str, location: &Location, span: Range<usize>) -> String {
         " ".repeat(start),
         "^".repeat(width)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_index_finds_what_location_of_finds() {
+        let text = "a = 1\n\nname = \"é→x\"\n  [[rule]]\r\nlast";
+        let lines = LineIndex::new(text);
+        for offset in 0..=text.len() + 2 {
+            let file = PathBuf::from("t.toml");
+            assert_eq!(
+                lines.location(file.clone(), offset),
+                Location::of(file, text, offset),
+                "offset {offset}"
+            );
+        }
+    }
 }

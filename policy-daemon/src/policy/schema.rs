@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
 
-use super::{Defaults, Diagnostic, Location, Rule};
+use super::{Defaults, Diagnostic, Location, Rule, diagnostic::LineIndex};
 
 /// Longest accepted rule name; names end up in logs and metric labels.
 const MAX_NAME_LEN: usize = 64;
@@ -298,7 +298,8 @@ pub fn parse_file(
         vec![diag(span, e.message().trim_end().to_string())]
     })?;
     let mut diagnostics = Vec::new();
-    let location = |span: Range<usize>| Location::of(file.to_path_buf(), text, span.start);
+    let lines = LineIndex::new(text);
+    let location = |span: Range<usize>| lines.location(file.to_path_buf(), span.start);
 
     let defaults = raw.defaults.map(|d| {
         let span = d.span();

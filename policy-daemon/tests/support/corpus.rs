@@ -2,6 +2,7 @@
 //! too silly to commit generated) into a fresh directory for a test.
 
 use std::{
+    fmt::Write as _,
     fs::{self, File},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -39,13 +40,16 @@ pub const GENERATED: &[(&str, Generator)] = &[
             .expect("writing");
     }),
     ("too-many-prefixes", |path| {
+        // One line, no spaces: a million and one addresses must stay under the file
+        // size limit (MAX_POLICY_FILE_BYTES) for the prefix limit to be what trips.
         let mut text =
-            String::from("[[rule]]\nname = \"many-networks\"\naction = \"drop\"\nsrc = [\n");
+            String::from("[[rule]]\nname = \"many-networks\"\naction = \"drop\"\nsrc = [");
         for i in 0..=policy_common::MAX_PREFIXES {
             let [_, a, b, c] = i.to_be_bytes();
-            text.push_str(&format!("  \"10.{a}.{b}.{c}\",\n"));
+            write!(text, "\"10.{a}.{b}.{c}\",").expect("writing to a string");
         }
         text.push_str("]\n");
+        assert!(text.len() as u64 <= policy_daemon::policy::MAX_POLICY_FILE_BYTES);
         fs::write(path, text).expect("writing");
     }),
 ];

@@ -7,7 +7,8 @@ use std::{collections::BTreeMap, path::Path};
 use super::*;
 use crate::policy::{self, compile};
 
-/// The kernel maps as plain data, with an optional failure on the n-th write.
+/// The kernel maps as plain data, with an optional failure on the n-th element written
+/// (counted over all batches, so a batch can fail after any number of its elements).
 #[derive(Default)]
 struct FakeMaps {
     active: u32,
@@ -15,82 +16,118 @@ struct FakeMaps {
     cells: BTreeMap<String, String>,
     fail_at: Option<usize>,
     zeroed: Vec<u32>,
-    waits: usize,
+    /// The map and size of every batch.
+    batches: Vec<(String, usize)>,
+    grace_periods: usize,
+    /// `writes.len()` at each wait for readers.
+    waits: Vec<usize>,
     /// Every trie key ever inserted, to answer `v4_keys`/`v6_keys` from `cells`.
     v4: Vec<V4Key>,
     v6: Vec<V6Key>,
 }
 
 impl FakeMaps {
-    fn write(&mut self, key: String, value: String) -> Result<(), MapWriteError> {
-        if self.fail_at == Some(self.writes.len()) {
-            return Err(MapWriteError {
-                map: "FAKE",
-                what: key,
-                source: "injected failure".into(),
-            });
+    /// One batch: element by element, stopping at the injected failure like the kernel.
+    fn batch<T>(
+        &mut self,
+        map: &str,
+        elements: &[T],
+        mut cell: impl FnMut(&mut Self, &T) -> (String, Option<String>),
+    ) -> Result<(), MapWriteError> {
+        self.batches.push((map.to_string(), elements.len()));
+        for (written, element) in elements.iter().enumerate() {
+            let (key, value) = cell(self, element);
+            if self.fail_at == Some(self.writes.len()) {
+                return Err(MapWriteError {
+                    map: "FAKE",
+                    what: key,
+                    written,
+                    source: "injected failure".into(),
+                });
+            }
+            self.writes.push(key.clone());
+            match value {
+                Some(value) => self.cells.insert(key, value),
+                None => self.cells.remove(key.trim_start_matches("remove ")),
+            };
         }
-        self.writes.push(key.clone());
-        self.cells.insert(key, value);
         Ok(())
     }
 }
 
 impl Maps for FakeMaps {
     fn set_config(&mut self, generation: u32, config: &GenConfig) -> Result<(), MapWriteError> {
-        self.write(format!("config/{generation}"), format!("{config:?}"))
+        self.batch("config", &[(generation, *config)], |_, (g, c)| {
+            (format!("config/{g}"), Some(format!("{c:?}")))
+        })
     }
-    fn set_rule(&mut self, index: u32, info: &RuleInfo) -> Result<(), MapWriteError> {
-        self.write(format!("rule/{index}"), format!("{info:?}"))
+    fn set_rules(&mut self, indices: &[u32], infos: &[RuleInfo]) -> Result<(), MapWriteError> {
+        let entries: Vec<_> = indices.iter().zip(infos).collect();
+        self.batch("rules", &entries, |_, (i, v)| (format!("rule/{i}"), Some(format!("{v:?}"))))
     }
-    fn set_field_bitmap(&mut self, index: u32, bitmap: &RuleBitmap) -> Result<(), MapWriteError> {
-        self.write(format!("field/{index}"), format!("{bitmap:?}"))
+    fn set_field_bitmaps(
+        &mut self,
+        indices: &[u32],
+        bitmaps: &[RuleBitmap],
+    ) -> Result<(), MapWriteError> {
+        let entries: Vec<_> = indices.iter().zip(bitmaps).collect();
+        self.batch("field", &entries, |_, (i, v)| (format!("field/{i}"), Some(format!("{v:?}"))))
     }
     fn set_port_classes(
         &mut self,
         field: PortFieldId,
-        index: u32,
-        word: u64,
+        indices: &[u32],
+        words: &[u64],
     ) -> Result<(), MapWriteError> {
-        self.write(format!("classes/{field:?}/{index}"), word.to_string())
+        let entries: Vec<_> = indices.iter().zip(words).collect();
+        self.batch(&format!("classes/{field:?}"), &entries, |_, (i, w)| {
+            (format!("classes/{field:?}/{i}"), Some(w.to_string()))
+        })
     }
-    fn set_port_bitmap(
+    fn set_port_bitmaps(
         &mut self,
         field: PortFieldId,
-        index: u32,
-        bitmap: &RuleBitmap,
+        indices: &[u32],
+        bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError> {
-        self.write(format!("portmap/{field:?}/{index}"), format!("{bitmap:?}"))
+        let entries: Vec<_> = indices.iter().zip(bitmaps).collect();
+        self.batch(&format!("portmap/{field:?}"), &entries, |_, (i, v)| {
+            (format!("portmap/{field:?}/{i}"), Some(format!("{v:?}")))
+        })
     }
     fn insert_v4(
         &mut self,
         field: AddrFieldId,
-        key: V4Key,
-        bitmap: &RuleBitmap,
+        keys: &[V4Key],
+        bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError> {
-        self.v4.push(key);
-        self.write(format!("v4/{field:?}/{key:?}"), format!("{bitmap:?}"))
+        let entries: Vec<_> = keys.iter().zip(bitmaps).collect();
+        self.batch(&format!("v4/{field:?}"), &entries, |m, (k, v)| {
+            m.v4.push(**k);
+            (format!("v4/{field:?}/{k:?}"), Some(format!("{v:?}")))
+        })
     }
-    fn remove_v4(&mut self, field: AddrFieldId, key: V4Key) -> Result<(), MapWriteError> {
-        let k = format!("v4/{field:?}/{key:?}");
-        self.write(format!("remove {k}"), String::new())?;
-        self.cells.remove(&k);
-        Ok(())
+    fn remove_v4(&mut self, field: AddrFieldId, keys: &[V4Key]) -> Result<(), MapWriteError> {
+        self.batch(&format!("remove v4/{field:?}"), keys, |_, k| {
+            (format!("remove v4/{field:?}/{k:?}"), None)
+        })
     }
     fn insert_v6(
         &mut self,
         field: AddrFieldId,
-        key: V6Key,
-        bitmap: &RuleBitmap,
+        keys: &[V6Key],
+        bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError> {
-        self.v6.push(key);
-        self.write(format!("v6/{field:?}/{key:?}"), format!("{bitmap:?}"))
+        let entries: Vec<_> = keys.iter().zip(bitmaps).collect();
+        self.batch(&format!("v6/{field:?}"), &entries, |m, (k, v)| {
+            m.v6.push(**k);
+            (format!("v6/{field:?}/{k:?}"), Some(format!("{v:?}")))
+        })
     }
-    fn remove_v6(&mut self, field: AddrFieldId, key: V6Key) -> Result<(), MapWriteError> {
-        let k = format!("v6/{field:?}/{key:?}");
-        self.write(format!("remove {k}"), String::new())?;
-        self.cells.remove(&k);
-        Ok(())
+    fn remove_v6(&mut self, field: AddrFieldId, keys: &[V6Key]) -> Result<(), MapWriteError> {
+        self.batch(&format!("remove v6/{field:?}"), keys, |_, k| {
+            (format!("remove v6/{field:?}/{k:?}"), None)
+        })
     }
     fn v4_keys(
         &mut self,
@@ -98,14 +135,17 @@ impl Maps for FakeMaps {
         generation: u32,
     ) -> Result<Vec<V4Key>, MapWriteError> {
         let prefix = format!("v4/{field:?}/");
-        Ok(self
+        let mut keys: Vec<V4Key> = self
             .v4
             .iter()
             .filter(|k| {
                 k.1[0] == generation as u8 && self.cells.contains_key(&format!("{prefix}{k:?}"))
             })
             .copied()
-            .collect())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
     }
     fn v6_keys(
         &mut self,
@@ -113,26 +153,34 @@ impl Maps for FakeMaps {
         generation: u32,
     ) -> Result<Vec<V6Key>, MapWriteError> {
         let prefix = format!("v6/{field:?}/");
-        Ok(self
+        let mut keys: Vec<V6Key> = self
             .v6
             .iter()
             .filter(|k| {
                 k.1[0] == generation as u8 && self.cells.contains_key(&format!("{prefix}{k:?}"))
             })
             .copied()
-            .collect())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
     }
-    fn zero_rule_counter(&mut self, slot: u32) -> Result<(), MapWriteError> {
-        self.zeroed.push(slot);
-        self.write(format!("zero/{slot}"), String::new())
+    fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), MapWriteError> {
+        self.batch("zero", slots, |m, slot| {
+            m.zeroed.push(*slot);
+            (format!("zero/{slot}"), Some(String::new()))
+        })
     }
     fn set_active(&mut self, generation: u32) -> Result<(), MapWriteError> {
-        self.write("active".into(), generation.to_string())?;
+        self.batch("active", &[generation], |_, g| ("active".into(), Some(g.to_string())))?;
         self.active = generation;
         Ok(())
     }
+    fn start_grace_period(&mut self) {
+        self.grace_periods += 1;
+    }
     fn wait_for_readers(&mut self) {
-        self.waits += 1;
+        self.waits.push(self.writes.len());
     }
 }
 
@@ -151,7 +199,8 @@ fn the_first_apply_fills_generation_1_then_flips() {
     assert_eq!(report.kernel_generation, 1);
     assert_eq!(maps.active, 1);
     assert_eq!(maps.writes.last().map(String::as_str), Some("active"), "the flip comes last");
-    assert_eq!(maps.waits, 1, "the old generation is waited for after the flip");
+    assert_eq!(maps.grace_periods, 1, "a grace period starts after the flip");
+    assert!(maps.waits.is_empty(), "fresh maps: nobody reads generation 1 before the flip");
     let gen1_rules = |maps: &FakeMaps| {
         maps.writes.iter().filter(|w| w.starts_with("rule/")).cloned().collect::<Vec<_>>()
     };
@@ -179,6 +228,36 @@ fn applying_the_same_ruleset_twice_writes_each_generation_once() {
     assert!(second > 2, "generation 0 had to be written");
     assert_eq!(third, 1, "only the flip: generation 1 still holds exactly this ruleset");
     assert_eq!(maps.active, 1);
+}
+
+#[test]
+fn the_next_apply_waits_for_the_grace_period_before_writing() {
+    let mut maps = FakeMaps::default();
+    let mut generations = Generations::new();
+    generations.apply(&mut maps, &ruleset(TWO_RULES)).expect("first");
+    let before = maps.writes.len();
+    generations.apply(&mut maps, &ruleset(TWO_RULES)).expect("second");
+    assert_eq!(maps.waits, vec![before], "one wait, before the first write into generation 0");
+    assert_eq!(maps.grace_periods, 2);
+}
+
+#[test]
+fn each_map_is_written_in_one_batch() {
+    let mut maps = FakeMaps::default();
+    let text = format!(
+        "{TWO_RULES}[[rule]]\nname = \"c\"\naction = \"drop\"\nsrc = [\"198.51.100.0/24\", \"2001:db8::/32\"]\nsrc_ports = [1, 5, \"10-20\"]\n"
+    );
+    Generations::new().apply(&mut maps, &ruleset(&text)).expect("apply");
+    let mut seen = std::collections::HashSet::new();
+    for (map, _) in &maps.batches {
+        assert!(
+            seen.insert(map.clone()),
+            "map {map} written in more than one batch: {:?}",
+            maps.batches
+        );
+    }
+    let v4 = maps.batches.iter().find(|(m, _)| m == "v4/Src").expect("v4 source prefixes");
+    assert_eq!(v4.1, 3, "198.51.100.0/24, 192.0.2.0/24 and the /0");
 }
 
 #[test]
@@ -215,6 +294,24 @@ fn removed_prefixes_are_deleted_from_the_generation() {
     let removed = format!("remove v4/Src/{key:?}");
     assert!(maps.writes.contains(&removed), "{:?}", maps.writes);
     assert!(!maps.cells.contains_key(&format!("v4/Src/{key:?}")));
+}
+
+#[test]
+fn stale_prefixes_are_removed_before_new_ones_are_inserted() {
+    // A generation at its limit must not have to hold the old and the new prefixes at once.
+    let mut maps = FakeMaps::default();
+    let mut generations = Generations::new();
+    generations.apply(&mut maps, &ruleset(TWO_RULES)).expect("first");
+    generations.apply(&mut maps, &ruleset(TWO_RULES)).expect("second");
+    let other = TWO_RULES.replace("192.0.2.0/24", "198.51.100.0/24");
+    let before = maps.writes.len();
+    generations.apply(&mut maps, &ruleset(&other)).expect("third, generation 1 again");
+    let position = |net: &str, prefix: &str| {
+        let key = v4_key(1, &net.parse().expect("net"));
+        let write = format!("{prefix}v4/Src/{key:?}");
+        maps.writes[before..].iter().position(|w| *w == write).expect("written")
+    };
+    assert!(position("192.0.2.0/24", "remove ") < position("198.51.100.0/24", ""));
 }
 
 #[test]
@@ -282,6 +379,11 @@ fn adopted_maps_are_rewritten_whole_and_stale_prefixes_removed() {
     let writes_before = maps.writes.len();
     adopted.apply(&mut maps, &ruleset(TWO_RULES)).expect("apply after adopting");
     assert_eq!(maps.active, 1);
+    assert_eq!(
+        maps.waits.last(),
+        Some(&writes_before),
+        "the previous daemon's flip may be recent: wait before writing"
+    );
     let stale = v4_key(1, &"198.51.100.0/24".parse().expect("net"));
     assert!(
         !maps.cells.contains_key(&format!("v4/Src/{stale:?}")),
@@ -292,6 +394,11 @@ fn adopted_maps_are_rewritten_whole_and_stale_prefixes_removed() {
     assert!(
         new_writes.iter().filter(|w| w.starts_with("classes/")).count() >= 2 * 16384,
         "every port word"
+    );
+    assert!(
+        maps.batches.iter().any(|b| *b == ("classes/Src".to_string(), 16384)),
+        "a generation's port words in one batch: {:?}",
+        maps.batches
     );
     assert!(new_writes.iter().any(|w| w == "config/1"));
     assert!(

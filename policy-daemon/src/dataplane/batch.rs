@@ -1,0 +1,333 @@
+//! Whole batches of map operations in one `bpf()` call each: BPF_MAP_UPDATE_BATCH,
+//! BPF_MAP_DELETE_BATCH and BPF_MAP_LOOKUP_BATCH, which aya 0.14 does not offer.
+//!
+//! A single-element update costs a syscall and, for arrays, more than the write itself;
+//! a batch pays the syscall once. (An LPM trie insert is dominated by the trie walk in
+//! the kernel, so there the gain is smaller.) Arrays and LPM tries implement the
+//! kernel's generic batch operations; a kernel that refuses them (EINVAL from one that
+//! predates the commands, ENOTSUPP/EOPNOTSUPP from a map type without them) is detected
+//! once per map and operation, remembered, and served one element per call instead.
+//!
+//! The one `unsafe` function, [`bpf`], issues the syscall. Every caller goes through
+//! [`BatchMap`], which checks buffer sizes against the key and value sizes the kernel
+//! reported for the map, so the kernel never reads or writes past a buffer.
+
+use std::{
+    io,
+    mem::{size_of, size_of_val},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    ptr,
+};
+
+use aya::{
+    Pod,
+    maps::{MapData, MapError, MapType},
+};
+use aya_obj::generated::{BPF_ANY, bpf_attr, bpf_cmd};
+
+/// The kernel's ENOTSUPP (not in libc: it is kernel-internal, yet `bpf()` returns it).
+const ENOTSUPP: i32 = 524;
+
+/// A batch the kernel stopped part-way: the first `done` elements took effect, the
+/// element at index `done` failed with `source`, and the rest were not attempted.
+#[derive(Debug)]
+pub struct BatchError {
+    pub done: usize,
+    pub source: io::Error,
+}
+
+/// Whether a map takes one batch operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Support {
+    Unknown,
+    Yes,
+    No,
+}
+
+/// One map's descriptor with the sizes the kernel holds for it, and what it is known
+/// to support.
+#[derive(Debug)]
+pub struct BatchMap {
+    name: &'static str,
+    fd: OwnedFd,
+    key_size: usize,
+    /// For per-CPU maps: the value of every possible CPU, each rounded up to 8 bytes.
+    value_size: usize,
+    updates: Support,
+    deletes: Support,
+    lookups: Support,
+}
+
+/// Elements per BPF_MAP_LOOKUP_BATCH call when reading a map back.
+const LOOKUP_CHUNK: usize = 4096;
+
+impl BatchMap {
+    /// A second descriptor of `map` (so this handle is independent of aya's), with its
+    /// sizes as the kernel reports them.
+    pub fn new(name: &'static str, map: &MapData, cpus: usize) -> Result<Self, MapError> {
+        let info = map.info()?;
+        let fd = map.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
+            MapError::SyscallError(aya::sys::SyscallError { call: "dup", io_error })
+        })?;
+        let per_cpu = matches!(
+            info.map_type()?,
+            MapType::PerCpuArray | MapType::PerCpuHash | MapType::LruPerCpuHash
+        );
+        let value_size = info.value_size() as usize;
+        let value_size = if per_cpu { value_size.next_multiple_of(8) * cpus } else { value_size };
+        Ok(Self {
+            name,
+            fd,
+            key_size: info.key_size() as usize,
+            value_size,
+            updates: Support::Unknown,
+            deletes: Support::Unknown,
+            lookups: Support::Unknown,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Sets `keys[i]` to `values[i]` for every `i`, in order. `values` holds one map
+    /// value per key (for per-CPU maps: one per possible CPU, per key).
+    pub fn update<K: Pod, V: Pod>(&mut self, keys: &[K], values: &[V]) -> Result<(), BatchError> {
+        self.check::<K>(size_of_val(values) == keys.len() * self.value_size)?;
+        let (keys_ptr, values_ptr) = (keys.as_ptr().cast::<u8>(), values.as_ptr().cast::<u8>());
+        self.run(Op::Update, keys.len(), keys_ptr, values_ptr)
+    }
+
+    /// Deletes every key of `keys`, in order; a missing key is an error (ENOENT).
+    pub fn delete<K: Pod>(&mut self, keys: &[K]) -> Result<(), BatchError> {
+        self.check::<K>(true)?;
+        let keys_ptr = keys.as_ptr().cast::<u8>();
+        self.run(Op::Delete, keys.len(), keys_ptr, ptr::null())
+    }
+
+    /// One batch of `count` elements, or `count` single-element calls if the kernel
+    /// does not offer the batch. `keys` and `values` (null for a delete) are buffers the
+    /// callers checked against the map's key and value sizes.
+    fn run(
+        &mut self,
+        op: Op,
+        count: usize,
+        keys: *const u8,
+        values: *const u8,
+    ) -> Result<(), BatchError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let (batch_cmd, elem_cmd) = match op {
+            Op::Update => (bpf_cmd::BPF_MAP_UPDATE_BATCH, bpf_cmd::BPF_MAP_UPDATE_ELEM),
+            Op::Delete => (bpf_cmd::BPF_MAP_DELETE_BATCH, bpf_cmd::BPF_MAP_DELETE_ELEM),
+            Op::Lookup => unreachable!("lookups go through `keys`"),
+        };
+        if *self.support(op) != Support::No {
+            let Ok(count32) = u32::try_from(count) else {
+                return Err(BatchError { done: 0, source: io::ErrorKind::InvalidInput.into() });
+            };
+            let mut attr = batch_attr(&self.fd, keys, values, count32);
+            // SAFETY: the callers checked that the buffers hold `count` keys and values
+            // of the map's sizes; for update and delete the kernel only reads them.
+            let result = unsafe { sys_bpf(batch_cmd, &mut attr) };
+            let done = batch_done(&attr, count);
+            match self.settle(op, done, result) {
+                Settled::Done(result) => return result,
+                Settled::Unsupported => {}
+            }
+        }
+        for i in 0..count {
+            let key = keys.wrapping_add(i * self.key_size);
+            let value =
+                if values.is_null() { values } else { values.wrapping_add(i * self.value_size) };
+            let mut attr = elem_attr(&self.fd, key, value);
+            // SAFETY: element `i` of the checked buffers: one key and (for an update) one
+            // value of the map's sizes.
+            unsafe { sys_bpf(elem_cmd, &mut attr) }
+                .map_err(|source| BatchError { done: i, source })?;
+        }
+        Ok(())
+    }
+
+    /// Every key of the map, through BPF_MAP_LOOKUP_BATCH; `None` if the kernel does not
+    /// offer it for this map (read the keys one by one then).
+    pub fn keys<K: Pod>(&mut self) -> Option<Result<Vec<K>, BatchError>> {
+        if self.lookups == Support::No {
+            return None;
+        }
+        if let Err(e) = self.check::<K>(true) {
+            return Some(Err(e));
+        }
+        let mut keys: Vec<K> = Vec::new();
+        let mut chunk: Vec<K> = Vec::with_capacity(LOOKUP_CHUNK);
+        let mut values = vec![0u8; LOOKUP_CHUNK * self.value_size];
+        // Where the previous call stopped (a key of the map), and where this one stops.
+        let (mut cursor, mut next) = (vec![0u8; self.key_size], vec![0u8; self.key_size]);
+        let mut first = true;
+        loop {
+            let mut attr = batch_attr(
+                &self.fd,
+                chunk.as_mut_ptr().cast::<u8>(),
+                values.as_mut_ptr(),
+                LOOKUP_CHUNK as u32,
+            );
+            attr.batch.in_batch = if first { 0 } else { cursor.as_ptr() as u64 };
+            attr.batch.out_batch = next.as_mut_ptr() as u64;
+            // SAFETY: `chunk` has room for LOOKUP_CHUNK keys and `values` for as many
+            // values, of the sizes `check` verified; `cursor` and `next` hold one key
+            // each.
+            let result = unsafe { sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
+            let done = batch_done(&attr, LOOKUP_CHUNK);
+            // SAFETY: the kernel wrote the first `done` keys (`batch_done` caps it at the
+            // capacity), and every bit pattern is a valid `K: Pod`.
+            unsafe { chunk.set_len(done) };
+            keys.append(&mut chunk);
+            match result {
+                Ok(()) => {}
+                // The end of the map.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    self.lookups = Support::Yes;
+                    return Some(Ok(keys));
+                }
+                Err(e) => match self.settle(Op::Lookup, keys.len(), Err(e)) {
+                    Settled::Unsupported => return None,
+                    Settled::Done(result) => return Some(result.map(|()| keys)),
+                },
+            }
+            self.lookups = Support::Yes;
+            std::mem::swap(&mut cursor, &mut next);
+            first = false;
+        }
+    }
+
+    fn support(&mut self, op: Op) -> &mut Support {
+        match op {
+            Op::Update => &mut self.updates,
+            Op::Delete => &mut self.deletes,
+            Op::Lookup => &mut self.lookups,
+        }
+    }
+
+    fn check<K>(&self, values_fit: bool) -> Result<(), BatchError> {
+        if size_of::<K>() == self.key_size && values_fit {
+            return Ok(());
+        }
+        let message = format!(
+            "buffers do not fit map `{}` (key {} bytes, value {} bytes)",
+            self.name, self.key_size, self.value_size
+        );
+        Err(BatchError { done: 0, source: io::Error::new(io::ErrorKind::InvalidInput, message) })
+    }
+
+    /// What a batch call's result means: done (well or not), or the kernel does not
+    /// offer the operation for this map, which is remembered so that it is asked once.
+    fn settle(&mut self, op: Op, done: usize, result: io::Result<()>) -> Settled {
+        match result {
+            Ok(()) => {
+                *self.support(op) = Support::Yes;
+                Settled::Done(Ok(()))
+            }
+            // EINVAL can also mean a bad first element: only if the kernel refuses an
+            // empty batch too is the operation itself missing.
+            Err(e) if *self.support(op) == Support::Unknown && done == 0 && refused(&e) => {
+                if self.refuses_empty_batch(op) {
+                    *self.support(op) = Support::No;
+                    tracing::debug!(
+                        map = self.name,
+                        ?op,
+                        "no batch operation: one element per call"
+                    );
+                    Settled::Unsupported
+                } else {
+                    Settled::Done(Err(BatchError { done, source: e }))
+                }
+            }
+            Err(source) => Settled::Done(Err(BatchError { done, source })),
+        }
+    }
+
+    fn refuses_empty_batch(&self, op: Op) -> bool {
+        let cmd = match op {
+            Op::Update => bpf_cmd::BPF_MAP_UPDATE_BATCH,
+            Op::Delete => bpf_cmd::BPF_MAP_DELETE_BATCH,
+            Op::Lookup => bpf_cmd::BPF_MAP_LOOKUP_BATCH,
+        };
+        let mut attr = batch_attr(&self.fd, ptr::null(), ptr::null(), 0);
+        // SAFETY: a count of 0: the kernel reads and writes no element.
+        let result = unsafe { sys_bpf(cmd, &mut attr) };
+        matches!(result, Err(e) if refused(&e))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Update,
+    Delete,
+    Lookup,
+}
+
+enum Settled {
+    Done(Result<(), BatchError>),
+    Unsupported,
+}
+
+/// The errors of a kernel without the operation.
+fn refused(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP))
+}
+
+/// A bpf_attr for a batch command on `fd`; the kernel writes back `batch.count`.
+fn batch_attr(fd: &OwnedFd, keys: *const u8, values: *const u8, count: u32) -> bpf_attr {
+    let mut attr = zeroed_attr();
+    attr.batch.keys = keys as u64;
+    attr.batch.values = values as u64;
+    attr.batch.count = count;
+    attr.batch.map_fd = fd.as_raw_fd() as u32;
+    attr.batch.elem_flags = u64::from(BPF_ANY);
+    attr
+}
+
+/// A bpf_attr for a single-element update (`value` set) or delete (`value` null).
+fn elem_attr(fd: &OwnedFd, key: *const u8, value: *const u8) -> bpf_attr {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_2.map_fd = fd.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.key = key as u64;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = value as u64;
+    attr.__bindgen_anon_2.flags = u64::from(BPF_ANY);
+    attr
+}
+
+fn zeroed_attr() -> bpf_attr {
+    // SAFETY: bpf_attr is a union of structs of integers: all zero is a valid value, and
+    // the kernel requires the bytes a command does not use to be zero.
+    unsafe { std::mem::zeroed() }
+}
+
+/// How many elements the kernel reports it processed (also when it stopped at an error).
+fn batch_done(attr: &bpf_attr, count: usize) -> usize {
+    // SAFETY: only the `batch` member was written, by `batch_attr` and the kernel.
+    let done = unsafe { attr.batch.count } as usize;
+    done.min(count)
+}
+
+/// The `bpf()` syscall.
+///
+/// # Safety
+/// `attr` must be set up for `cmd`, and every pointer in it valid for what `cmd` does
+/// with it: for the element and batch commands, the key, value and batch-cursor
+/// pointers must hold (or, for lookups, have room for) as many keys and values as the
+/// command names, of the key and value sizes the kernel holds for the map.
+unsafe fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid bpf_attr that outlives the call; the buffers it points
+    // to are valid as the caller guarantees.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            ptr::from_mut(attr),
+            size_of::<bpf_attr>(),
+        )
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
