@@ -5,15 +5,15 @@
 
 use aya_ebpf::maps::{Array, lpm_trie::Key};
 use policy_common::{
-    Action, FragmentAction, active, port_table, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, L4Class,
-    MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS, RuleBitmap, Verdict, field, field_bitmap,
-    ipv4_key, ipv6_key,
+    Action, FragmentAction, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, L4Class,
+    MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS, RuleBitmap, Verdict, active, field,
+    field_bitmap, ipv4_key, ipv6_key, port_table,
 };
 
 use crate::{
     maps::{
-        ACTIVE, CONFIG, DPORT_BITMAPS, PORT_TABLE, DPORT_CLASSES, DST_V4, DST_V6, FIELD_BITMAPS, RULES,
-        SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6,
+        ACTIVE, CONFIG, DPORT_BITMAPS, DPORT_CLASSES, DST_V4, DST_V6, FIELD_BITMAPS, PORT_TABLE,
+        RULES, SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6,
     },
     parse::{Family, Packet, Transport, address_bytes},
 };
@@ -147,8 +147,11 @@ fn first_match(
     // A field no rule constrains admits every rule: no lookup for it. Its place in the
     // AND is taken by a bitmap already fetched for another field (x & x == x); only a
     // policy constraining no field at all looks up the all-rules bitmap.
-    let l4_rules =
-        if fields & field::L4 != 0 { Some(field_bitmap(generation, l4.class as u32)?) } else { None };
+    let l4_rules = if fields & field::L4 != 0 {
+        Some(field_bitmap(generation, l4.class as u32)?)
+    } else {
+        None
+    };
     let dport_rules = if fields & field::DPORT == 0 {
         None
     } else if l4.fragment {
@@ -183,12 +186,18 @@ fn first_match(
     } else {
         (
             if fields & field::SRC != 0 {
-                Some(SRC_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, address_bytes(packet.src))))?)
+                Some(
+                    SRC_V6
+                        .get(Key::new(prefix_v6, ipv6_key(gen_byte, address_bytes(packet.src))))?,
+                )
             } else {
                 None
             },
             if fields & field::DST != 0 {
-                Some(DST_V6.get(Key::new(prefix_v6, ipv6_key(gen_byte, address_bytes(packet.dst))))?)
+                Some(
+                    DST_V6
+                        .get(Key::new(prefix_v6, ipv6_key(gen_byte, address_bytes(packet.dst))))?,
+                )
             } else {
                 None
             },

@@ -11,9 +11,9 @@ use std::collections::{HashMap, HashSet};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use policy_common::{
-    GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN, MAX_PORT_CLASSES,
-    MAX_RULES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS, RuleBitmap, RuleInfo, field_bitmap, ipv4_key,
-    ipv6_key,
+    Action, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN,
+    MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS, RuleBitmap, RuleInfo,
+    Verdict, field_bitmap, ipv4_key, ipv6_key, port_table,
 };
 
 use crate::policy::Ruleset;
@@ -92,8 +92,12 @@ pub trait Maps {
     -> Result<Vec<V4Key>, MapWriteError>;
     fn v6_keys(&mut self, field: AddrFieldId, generation: u32)
     -> Result<Vec<V6Key>, MapWriteError>;
+    /// Entries of `PORT_TABLE` (absolute indices, see `policy_common::port_table`).
+    fn set_port_table(&mut self, indices: &[u32], entries: &[u32]) -> Result<(), MapWriteError>;
     fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), MapWriteError>;
-    fn set_active(&mut self, generation: u32) -> Result<(), MapWriteError>;
+    /// Makes `generation` the one the program reads, with its port table if `port_table`
+    /// (one write of `ACTIVE`: the generation and the flag change together).
+    fn set_active(&mut self, generation: u32, port_table: bool) -> Result<(), MapWriteError>;
     /// Starts an RCU grace period after a flip of `ACTIVE`, without waiting for it to
     /// end: the apply that flipped need not wait for packets still reading the
     /// generation it left, only the next apply, which rewrites that generation.
@@ -117,6 +121,9 @@ struct Shadow {
     port_bitmaps: HashMap<PortFieldId, Vec<RuleBitmap>>,
     v4: HashMap<AddrFieldId, HashMap<V4Key, RuleBitmap>>,
     v6: HashMap<AddrFieldId, HashMap<V6Key, RuleBitmap>>,
+    /// The generation's `PORT_TABLE` entries; `None` while unknown (adopted maps, until
+    /// a ruleset with a port table writes it whole).
+    port_table: Option<Vec<u32>>,
 }
 
 const ZERO_CONFIG: GenConfig = GenConfig {
@@ -133,7 +140,7 @@ const ZERO_RULE: RuleInfo = RuleInfo { action: 0, monitor: 0, _pad: 0, counter_s
 impl Shadow {
     /// A generation of maps someone else wrote.
     fn unknown() -> Self {
-        Self { known: false, ..Self::zeroed() }
+        Self { known: false, port_table: None, ..Self::zeroed() }
     }
 
     /// A generation of freshly created maps: all zero, tries empty.
@@ -157,6 +164,7 @@ impl Shadow {
                 (AddrFieldId::Src, HashMap::new()),
                 (AddrFieldId::Dst, HashMap::new()),
             ]),
+            port_table: Some(vec![0; port_table::PER_GENERATION as usize]),
         }
     }
 }
@@ -257,7 +265,7 @@ impl Generations {
             maps.zero_rule_counters(&fresh)?;
         }
         let writes = fresh.len() + self.write_generation(maps, target, ruleset, &slots)?;
-        maps.set_active(target)?;
+        maps.set_active(target, ruleset.port_table.is_some())?;
         maps.start_grace_period();
         self.readers_pending = true;
         self.active = target;
@@ -361,6 +369,35 @@ impl Generations {
                 Some(bitmaps) => maps.insert_v6(id, keys, bitmaps),
                 None => maps.remove_v6(id, keys),
             })?;
+        }
+        if let Some(table) = &ruleset.port_table {
+            let entries: Vec<u32> = table
+                .iter()
+                .map(|&rule| match rule.checked_sub(1) {
+                    None => 0,
+                    Some(rule) => {
+                        let (info, slot) = (&infos[usize::from(rule)], slots[usize::from(rule)]);
+                        let verdict = match (info.action, info.monitor) {
+                            (a, 0) if a == Action::Drop as u8 => Verdict::DropRule,
+                            (a, _) if a == Action::Drop as u8 => Verdict::MonitorRule,
+                            _ => Verdict::PassRule,
+                        };
+                        port_table::entry(verdict, slot as u16)
+                    }
+                })
+                .collect();
+            // Unknown contents (adopted maps): written whole, from a blank record.
+            let whole = shadow.port_table.is_none();
+            let current = shadow
+                .port_table
+                .get_or_insert_with(|| vec![0; port_table::PER_GENERATION as usize]);
+            let base = generation * port_table::PER_GENERATION;
+            let result =
+                sync_array(current, &entries, base, whole, |i, v| maps.set_port_table(i, v));
+            if whole && result.is_err() {
+                shadow.port_table = None;
+            }
+            writes += result?;
         }
         // Last: the config says how many rule words are in use and which fields.
         if force || shadow.config != ruleset.config {

@@ -10,9 +10,9 @@ use aya::{
 };
 use policy_common::{
     ACTIVE_MAP, CONFIG_MAP, Counter, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, DST_V4_MAP, DST_V6_MAP,
-    FIELD_BITMAPS_MAP, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN, RULE_COUNTERS_MAP, RULES_MAP,
-    RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP,
-    VERDICT_COUNTERS_MAP,
+    FIELD_BITMAPS_MAP, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN, PORT_TABLE_MAP, RULE_COUNTERS_MAP,
+    RULES_MAP, RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP,
+    VERDICT_COUNTERS_MAP, active,
 };
 
 use super::{
@@ -30,6 +30,7 @@ pub struct KernelMaps {
     cpus: usize,
     config: Batched<Array<MapData, GenConfig>>,
     rules: Batched<Array<MapData, RuleInfo>>,
+    port_table: Batched<Array<MapData, u32>>,
     field_bitmaps: Batched<Array<MapData, RuleBitmap>>,
     dport_classes: Batched<Array<MapData, u64>>,
     sport_classes: Batched<Array<MapData, u64>>,
@@ -130,6 +131,7 @@ impl KernelMaps {
             active: take(ebpf, ACTIVE_MAP)?,
             config: take_batch::<Array<MapData, GenConfig>>(ebpf, CONFIG_MAP, cpus)?,
             rules: take_batch::<Array<MapData, RuleInfo>>(ebpf, RULES_MAP, cpus)?,
+            port_table: take_batch::<Array<MapData, u32>>(ebpf, PORT_TABLE_MAP, cpus)?,
             field_bitmaps: take_batch::<Array<MapData, RuleBitmap>>(ebpf, FIELD_BITMAPS_MAP, cpus)?,
             dport_classes: take_batch::<Array<MapData, u64>>(ebpf, DPORT_CLASSES_MAP, cpus)?,
             sport_classes: take_batch::<Array<MapData, u64>>(ebpf, SPORT_CLASSES_MAP, cpus)?,
@@ -149,7 +151,11 @@ impl KernelMaps {
 
     /// What `ACTIVE` holds: the generation the program reads.
     pub fn active(&self) -> Result<u32, DataplaneError> {
-        self.active.get(&0, 0).map_err(|source| DataplaneError::MapRead { map: ACTIVE_MAP, source })
+        // The value also carries flags (`policy_common::active`), multiples of GENERATIONS.
+        self.active
+            .get(&0, 0)
+            .map(|value| value % policy_common::GENERATIONS)
+            .map_err(|source| DataplaneError::MapRead { map: ACTIVE_MAP, source })
     }
 
     /// A counter summed over CPUs.
@@ -350,8 +356,13 @@ impl Maps for KernelMaps {
         })
     }
 
-    fn set_active(&mut self, generation: u32) -> Result<(), MapWriteError> {
-        self.active.set(0, generation, 0).map_err(|source| MapWriteError {
+    fn set_port_table(&mut self, indices: &[u32], entries: &[u32]) -> Result<(), MapWriteError> {
+        write_array(&mut self.port_table.batch, indices, entries)
+    }
+
+    fn set_active(&mut self, generation: u32, port_table: bool) -> Result<(), MapWriteError> {
+        let value = generation | if port_table { active::PORT_TABLE } else { 0 };
+        self.active.set(0, value, 0).map_err(|source| MapWriteError {
             map: ACTIVE_MAP,
             what: "entry 0".into(),
             written: 0,

@@ -268,8 +268,11 @@ fn port_table(ruleset: &Ruleset) -> Option<Vec<u16>> {
             vec![first_plus_one(&l4, &all)]
         };
         for (port, entry) in table[class * ports..(class + 1) * ports].iter_mut().enumerate() {
-            let port_class =
-                if fields & field::DPORT != 0 { usize::from(ruleset.dport.classes[port]) } else { 0 };
+            let port_class = if fields & field::DPORT != 0 {
+                usize::from(ruleset.dport.classes[port])
+            } else {
+                0
+            };
             *entry = first[port_class];
         }
     }

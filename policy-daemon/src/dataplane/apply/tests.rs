@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use super::*;
 use crate::policy::{self, compile};
+use policy_common::L4Class;
 
 /// The kernel maps as plain data, with an optional failure on the n-th element written
 /// (counted over all batches, so a batch can fail after any number of its elements).
@@ -171,8 +172,16 @@ impl Maps for FakeMaps {
             (format!("zero/{slot}"), Some(String::new()))
         })
     }
-    fn set_active(&mut self, generation: u32) -> Result<(), MapWriteError> {
-        self.batch("active", &[generation], |_, g| ("active".into(), Some(g.to_string())))?;
+    fn set_port_table(&mut self, indices: &[u32], entries: &[u32]) -> Result<(), MapWriteError> {
+        let entries: Vec<_> = indices.iter().zip(entries).collect();
+        self.batch("port_table", &entries, |_, (i, e)| {
+            (format!("port_table/{i}"), Some(e.to_string()))
+        })
+    }
+    fn set_active(&mut self, generation: u32, port_table: bool) -> Result<(), MapWriteError> {
+        self.batch("active", &[generation], |_, g| {
+            ("active".into(), Some(format!("{g}{}", if port_table { "+table" } else { "" })))
+        })?;
         self.active = generation;
         Ok(())
     }
@@ -406,4 +415,79 @@ fn adopted_maps_are_rewritten_whole_and_stale_prefixes_removed() {
         "only the first daemon's fresh slots"
     );
     assert_eq!(adopted.active_rules(), before.active_rules(), "unchanged rules keep their slots");
+}
+
+const PORT_ONLY: &str = "[[rule]]\nname = \"ssh\"\naction = \"pass\"\nprotocol = \"tcp\"\ndst_ports = 22\n\
+                         [[rule]]\nname = \"low-udp\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = \"1-10\"\n";
+/// [`PORT_ONLY`] without its first rule.
+const PORT_ONLY_NARROWER: &str =
+    "[[rule]]\nname = \"low-udp\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = \"1-10\"\n";
+
+fn table_cell(maps: &FakeMaps, generation: u32, class: L4Class, port: u16) -> Option<&String> {
+    maps.cells.get(&format!("port_table/{}", port_table::index(generation, class as u32, port)))
+}
+
+#[test]
+fn port_only_rulesets_are_written_to_the_port_table_and_flagged_in_active() {
+    let mut maps = FakeMaps::default();
+    let mut generations = Generations::new();
+    generations.apply(&mut maps, &ruleset(PORT_ONLY)).expect("port-only");
+    assert_eq!(maps.cells.get("active").map(String::as_str), Some("1+table"));
+    // Slots 0 and 1 (fresh maps); the TCP rule passes, the UDP one drops.
+    let ssh = port_table::entry(Verdict::PassRule, 0).to_string();
+    let low = port_table::entry(Verdict::DropRule, 1).to_string();
+    assert_eq!(table_cell(&maps, 1, L4Class::Tcp, 22), Some(&ssh));
+    for port in 1..=10 {
+        assert_eq!(table_cell(&maps, 1, L4Class::Udp, port), Some(&low));
+    }
+    let table_writes = maps.writes.iter().filter(|w| w.starts_with("port_table/")).count();
+    assert_eq!(table_writes, 11, "only the decided (class, port) pairs are written");
+
+    // The UDP rule alone, into generation 0: it keeps its slot; tcp/22 is undecided.
+    generations.apply(&mut maps, &ruleset(PORT_ONLY_NARROWER)).expect("narrower");
+    assert_eq!(maps.cells.get("active").map(String::as_str), Some("0+table"));
+    assert_eq!(table_cell(&maps, 0, L4Class::Udp, 5), Some(&low));
+    assert_eq!(table_cell(&maps, 0, L4Class::Tcp, 22), None);
+
+    // A ruleset with addresses has no table: ACTIVE says so.
+    generations.apply(&mut maps, &ruleset(TWO_RULES)).expect("addresses");
+    assert_eq!(maps.cells.get("active").map(String::as_str), Some("1"));
+
+    // Back to a port-only ruleset in generation 0: only what differs is written.
+    let before = maps.writes.len();
+    generations.apply(&mut maps, &ruleset(PORT_ONLY_NARROWER)).expect("again");
+    assert_eq!(maps.cells.get("active").map(String::as_str), Some("0+table"));
+    let written: Vec<_> =
+        maps.writes[before..].iter().filter(|w| w.starts_with("port_table/")).collect();
+    // Generation 0 still holds this table (the rule got slot 1 again): nothing to write.
+    assert!(written.is_empty(), "{written:?}");
+    assert_eq!(table_cell(&maps, 0, L4Class::Udp, 5), Some(&low));
+}
+
+#[test]
+fn a_failure_in_the_port_table_leaves_the_active_generation_in_force() {
+    for fail_at in 0..12 {
+        let mut maps = FakeMaps::default();
+        let mut generations = Generations::new();
+        generations.apply(&mut maps, &ruleset(TWO_RULES)).expect("first apply");
+        let table_start = maps.writes.len()
+            + 2 // fresh counter slots
+            + 2; // two rules
+        maps.fail_at = Some(table_start + fail_at);
+        let result = generations.apply(&mut maps, &ruleset(PORT_ONLY));
+        if result.is_ok() {
+            continue;
+        }
+        assert_eq!(maps.cells.get("active").map(String::as_str), Some("1"), "at {fail_at}");
+        maps.fail_at = None;
+        generations.apply(&mut maps, &ruleset(PORT_ONLY)).expect("retry");
+        let mut fresh = FakeMaps::default();
+        let mut g = Generations::new();
+        g.apply(&mut fresh, &ruleset(TWO_RULES)).expect("fresh 1");
+        g.apply(&mut fresh, &ruleset(PORT_ONLY)).expect("fresh 2");
+        let table =
+            |m: &FakeMaps| m.cells.iter().filter(|(k, _)| k.starts_with("port_table/")).count();
+        assert_eq!(table(&maps), table(&fresh), "after a failure at write {fail_at}");
+        assert_eq!(maps.cells.get("active"), fresh.cells.get("active"));
+    }
 }
