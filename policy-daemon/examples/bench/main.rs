@@ -18,11 +18,17 @@
 
 mod control;
 mod drop_rate;
+// Shared helpers, some of them for the `prog` and `control` benchmarks, which are
+// still stubs here: not dead code, only not called yet.
+#[allow(dead_code)]
 mod plot;
 mod prog_cost;
+#[allow(dead_code)]
 mod raw;
 mod report;
+#[allow(dead_code)]
 mod stats;
+#[allow(dead_code)]
 mod xdpfilter;
 
 use std::{path::PathBuf, process::Command};
