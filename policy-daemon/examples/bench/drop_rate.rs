@@ -147,6 +147,17 @@ fn ratios(samples: &BTreeMap<usize, Vec<(usize, Sample)>>, num: Variant, den: Va
         .collect()
 }
 
+/// `nft backend` or `legacy backend`, from `iptables -V` (`iptables v1.8.9 (nf_tables)`).
+fn iptables_backend(version: &str) -> &'static str {
+    if version.contains("nf_tables") {
+        "nft backend"
+    } else if version.contains("legacy") {
+        "legacy backend"
+    } else {
+        "backend unknown"
+    }
+}
+
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
@@ -176,18 +187,24 @@ fn report(
         "× XDP_DROP floor",
         "Mpps dropped",
         "packets processed (window, median)",
+        "NAPI busy",
         "counter cross-check",
         "n",
     ]);
     let mut bars = Vec::new();
     let mut mismatches = 0;
     for variant in Variant::ALL {
+        let label = match variant {
+            Variant::Iptables => format!("{} ({})", variant.label(), iptables_backend(iptables)),
+            _ => variant.label().to_owned(),
+        };
         let runs = by_round(samples, variant);
         let ns: Vec<f64> = runs.values().map(|s| s.ns_per_packet).collect();
         let Some(ns_summary) = Summary::of(&ns) else {
             table.row(&[
-                variant.label().into(),
+                label,
                 "failed".into(),
+                "".into(),
                 "".into(),
                 "".into(),
                 "".into(),
@@ -196,7 +213,7 @@ fn report(
             ]);
             continue;
         };
-        bars.push((variant.label().to_owned(), ns_summary));
+        bars.push((label.clone(), ns_summary));
         let floor = Summary::of(&ratios(samples, variant, Variant::XdpDrop))
             .map_or("–".to_owned(), |s| format!("{}×", s.cell(2)));
         let mpps = Summary::of(&runs.values().map(|s| s.processed_mpps).collect::<Vec<_>>())
@@ -210,6 +227,8 @@ fn report(
         let window =
             Summary::of(&runs.values().map(|s| s.window_packets as f64).collect::<Vec<_>>())
                 .map_or("–".to_owned(), |s| thousands(s.median as u64));
+        let busy = Summary::of(&runs.values().map(|s| 100.0 * s.napi_busy).collect::<Vec<_>>())
+            .map_or("–".to_owned(), |s| format!("{:.0} %", s.median));
         let wrong: Vec<String> = runs
             .iter()
             .flat_map(|(round, s)| {
@@ -234,11 +253,12 @@ fn report(
             format!("**{}**", wrong.join("; "))
         };
         table.row(&[
-            variant.label().into(),
+            label,
             ns_summary.cell(1),
             floor,
             mpps,
             window,
+            busy,
             check,
             ns.len().to_string(),
         ]);
@@ -324,23 +344,28 @@ fn report(
          pair, the traffic coming in as from a NIC.\n\n\
          - **Traffic**: 60-byte UDP/IPv4 frames 198.18.0.1:{src} → 198.18.0.2:{PORT}, sent by \
          BPF_PROG_RUN with live frames of a two-instruction XDP_TX program on veth0 (tx \
-         namespace; batch 64), on CPU {gen}; the same program is attached to tx's `lo` in \
+         namespace; batch 64), on CPU {gen}{gen_fifo}; the same program is attached to tx's `lo` in \
          generic mode so the runs don't wait for RCU grace periods. Generator rate: {gen_rate} \
          Mpps (median, IQR); what veth1 cannot take is dropped at its ring and not counted.\n\
          - **Receiver**: veth1 (rx namespace) with GRO on and threaded NAPI; its kthread \
          `napi/veth1-*` bound to CPU {napi}{fifo}. IPv6 is off on veth0, so nothing but the \
-         generated frames arrives. A UDP socket is bound to port {PORT} in every variant.\n\
+         generated frames arrives. A UDP socket is bound to port {PORT} in every variant; nothing reads it \
+         during the run (without a filter, its buffer fills and the rest count as \
+         RcvbufErrors).\n\
          - **Metric**: CPU time of the NAPI thread (`/proc/PID/schedstat`) per packet veth1 \
          processed (`ethtool -S veth1` `{processed}`, which counts every frame taken off the \
          ring, with or without XDP), over a {window:?} window after {warmup:?} of warm-up; \
          \"Mpps dropped\" is the processed packets per wall-clock second in the window (all \
          of them are dropped by the filter, as the cross-check shows). Lower ns/pkt is \
-         better; 1000 ÷ ns/pkt is the rate one core sustains.\n\
+         better; 1000 ÷ ns/pkt is the rate one core sustains. \"NAPI busy\" is the share \
+         of the window the NAPI thread ran: below ~90 % the generator did not keep it \
+         saturated (a loaded machine slows the generator), so it slept between bursts and \
+         ns/pkt includes the cost of waking it.\n\
          - **Cross-check** over the whole run (counters read before the generator starts \
          and after the ring drained): the filter's own counter (xdp-policy: `status --json` \
          drop_rule, and all verdicts; xdp-filter: `status` XDP_DROP; iptables/nft: rule \
          counters), veth's XDP drop counter for native XDP, and rx's `/proc/net/snmp` Udp \
-         InDatagrams + RcvbufErrors must all equal the processed count (or zero reaching \
+         InDatagrams + RcvbufErrors (after reading what waits on the socket) must all equal the processed count (or zero reaching \
          the socket, for the filters).\n\
          - **Variants**: {reps} rounds, each a fresh testbed per variant, in round-robin order \
          rotated every round; ratios to the floor are taken per round against the XDP_DROP \
@@ -355,7 +380,15 @@ fn report(
         gen = plan.gen_cpu,
         napi = plan.napi_cpu,
         gen_rate = gen_rate.map_or("–".to_owned(), |s| s.cell(1)),
-        fifo = if fifo { ", SCHED_FIFO priority 50" } else { " (SCHED_FIFO was refused: normal priority)" },
+        fifo = if fifo { ", SCHED_FIFO priority 50" } else { " (SCHED_FIFO refused in some runs)" },
+        gen_fifo = if fifo {
+            " at SCHED_FIFO priority 40 (any pause of the generator longer than the 256-frame \
+             ring lasts puts the NAPI thread to sleep, and its cost per packet would then \
+             include being woken: so nothing else runs on these two CPUs during the window \
+             but the kernel's share for normal tasks)"
+        } else {
+            ""
+        },
         processed = rig::PROCESSED,
         window = plan.window,
         warmup = plan.warmup,
@@ -374,6 +407,13 @@ fn report(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_the_iptables_backend() {
+        assert_eq!(super::iptables_backend("iptables v1.8.9 (nf_tables)"), "nft backend");
+        assert_eq!(super::iptables_backend("iptables v1.8.9 (legacy)"), "legacy backend");
+        assert_eq!(super::iptables_backend("unknown (no iptables)"), "backend unknown");
+    }
+
     #[test]
     fn thousands_separators() {
         assert_eq!(super::thousands(0), "0");

@@ -29,6 +29,8 @@ const REPEAT: u32 = 1 << 18;
 /// Frames per batch the kernel transmits at once.
 const BATCH_SIZE: u32 = 64;
 const XDP_TX: u32 = 3;
+/// SCHED_FIFO priority of the generator thread (below the NAPI thread's, on another CPU).
+const GEN_PRIORITY: i32 = 40;
 
 /// A UDP/IPv4 frame of [`FRAME_LEN`] bytes, with a valid IPv4 header checksum and no
 /// UDP checksum (optional over IPv4).
@@ -103,6 +105,8 @@ pub struct Sent {
     /// Frames the program transmitted (some are dropped when veth1's ring is full).
     pub frames: u64,
     pub elapsed: Duration,
+    /// Whether the thread got SCHED_FIFO (else nice -20).
+    pub realtime: bool,
 }
 
 /// The loaded generator: its program (also attached to tx's `lo`), the frame and the
@@ -150,13 +154,17 @@ impl Generator {
     ) -> Result<Sent> {
         tx.run(|| {
             crate::drop_rate::rig::pin_to_cpu(0, cpu).context("pinning the generator thread")?;
-            // Ahead of whatever else runs on its CPU (a build, say), so that it outpaces
-            // the receiver; nice rather than real-time, so the bench's own thread still
-            // gets to read the counters on time. Best effort: without it, it is slower.
-            // SAFETY: plain syscalls on the calling thread.
-            unsafe {
-                let tid = libc::gettid();
-                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, -20);
+            // Ahead of whatever else runs on its CPU (a build, say): every pause of more
+            // than a few microseconds empties veth1's 256-frame ring, the NAPI thread
+            // goes to sleep, and its cost per packet then includes being woken.
+            // Real-time if permitted, else the highest nice.
+            let realtime = crate::drop_rate::rig::make_realtime(0, GEN_PRIORITY);
+            if !realtime {
+                // SAFETY: plain syscalls on the calling thread.
+                unsafe {
+                    let tid = libc::gettid();
+                    libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, -20);
+                }
             }
             let start = Instant::now();
             let mut frames = 0u64;
@@ -174,7 +182,7 @@ impl Generator {
                     .context("BPF_PROG_RUN with live frames (the generator)")?;
                 frames += u64::from(REPEAT);
             }
-            Ok(Sent { frames, elapsed: start.elapsed() })
+            Ok(Sent { frames, elapsed: start.elapsed(), realtime })
         })?
     }
 }
