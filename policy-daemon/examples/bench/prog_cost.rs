@@ -28,7 +28,7 @@ use crate::{
     raw,
     report::{Mark, Section, SummaryRow, Table},
     stats::Summary,
-    xdpfilter::{Features, XdpFilter, xdp_prog_id},
+    xdpfilter::{Features, XdpFilter},
 };
 
 /// Rule counts of the mixed-rules curve.
@@ -198,17 +198,13 @@ pub fn run(opts: &Opts) -> Result<Section> {
         &policies::prefixes(PREFIXES),
         None,
     )?);
-    for (filter, netns, iface, judges) in [
-        (&xf_udp, testbed.rx().name(), RX_IFACE, drops_udp_hits as fn(&Probe) -> Option<u32>),
-        (&xf_all, testbed.tx().name(), TX_IFACE, drops_hits),
+    for (filter, features, judges) in [
+        (&xf_udp, Features::UdpOnly, drops_udp_hits as fn(&Probe) -> Option<u32>),
+        (&xf_all, Features::All, drops_hits),
     ] {
-        let _ = filter;
-        let id = xdp_prog_id(netns, iface)?;
+        let id = filter.prog_id()?;
         variants.push(Variant {
-            name: format!(
-                "xdp-filter {}",
-                if iface == RX_IFACE { Features::UdpOnly.label() } else { Features::All.label() }
-            ),
+            name: format!("xdp-filter {}", features.label()),
             program: Program::XdpFilter(
                 raw::prog_fd_by_id(id).context("opening xdp-filter's program")?,
             ),
@@ -217,8 +213,10 @@ pub fn run(opts: &Opts) -> Result<Section> {
         });
     }
 
-    // Every program attached somewhere (generic mode, a veth of its own: this kernel
-    // has no dummy driver): see `raw::attach_generic`. xdp-filter's are attached already.
+    // Every program attached somewhere (generic mode, a veth of its own: this kernel has
+    // no dummy driver). A program attached anywhere stays in the kernel's XDP dispatcher,
+    // so test runs do not add and remove it there, which costs two RCU grace periods per
+    // call. xdp-filter's are attached already.
     let netns = testbed.rx();
     let mut links = Vec::new();
     for (i, variant) in variants.iter_mut().enumerate() {
@@ -242,7 +240,7 @@ pub fn run(opts: &Opts) -> Result<Section> {
                 if ifindex == 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                raw::attach_generic(fd, ifindex)
+                raw::xdp_link(fd, ifindex, raw::XDP_FLAGS_SKB_MODE)
             })?
             .with_context(|| format!("attaching {} to {dummy}", variant.name))?;
         links.push(link);

@@ -1,6 +1,7 @@
 //! The few bpf() commands the bench needs that aya 0.14 does not offer on a bare file
 //! descriptor: loading a two-instruction XDP program, opening a program someone else
-//! loaded (xdp-filter's) by id, and BPF_PROG_TEST_RUN on any program descriptor.
+//! loaded (xdp-filter's) by id, BPF_PROG_TEST_RUN on any program descriptor, and
+//! attaching a program to an interface with a bpf_link.
 
 use std::{
     io,
@@ -8,7 +9,7 @@ use std::{
 };
 
 use aya_obj::generated::{
-    XDP_FLAGS_SKB_MODE, bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_info, bpf_prog_type,
+    bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_info, bpf_prog_type,
 };
 
 /// `BPF_F_TEST_XDP_LIVE_FRAMES`: frames the program returns XDP_TX for are really sent.
@@ -74,6 +75,29 @@ pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// `XDP_FLAGS_SKB_MODE`: generic XDP, run on the skb.
+pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+/// `XDP_FLAGS_DRV_MODE`: native XDP, run by the driver.
+pub const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
+/// Attaches the XDP program to the interface with index `ifindex` in the calling
+/// thread's network namespace (BPF_LINK_CREATE), in the mode `flags` says. The program
+/// stays attached while the returned link descriptor is open.
+pub fn xdp_link(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    // SAFETY: plain integer fields of the link-create member of the union.
+    unsafe {
+        let link = &mut attr.link_create;
+        link.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+        link.__bindgen_anon_2.target_ifindex = ifindex;
+        link.attach_type = bpf_attach_type::BPF_XDP as u32;
+        link.flags = flags;
+    }
+    let fd = sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// One BPF_PROG_TEST_RUN call.
 pub struct TestRun<'a> {
     pub data: &'a [u8],
@@ -106,22 +130,6 @@ pub fn test_run(prog: BorrowedFd<'_>, run: &TestRun<'_>) -> io::Result<(u32, u32
     sys_bpf(bpf_cmd::BPF_PROG_TEST_RUN, &mut attr)?;
     // SAFETY: reading back integer fields the kernel filled in.
     Ok(unsafe { (attr.test.retval, attr.test.duration) })
-}
-
-/// Attaches the XDP program to interface `ifindex` of the calling thread's namespace in
-/// generic (skb) mode, through a link this descriptor owns (closing it detaches).
-///
-/// An XDP program attached anywhere stays in the kernel's XDP dispatcher, so test runs
-/// of it no longer add and remove it there, which costs two RCU grace periods per call.
-pub fn attach_generic(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
-    let mut attr = zeroed_attr();
-    attr.link_create.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
-    attr.link_create.__bindgen_anon_2.target_ifindex = ifindex;
-    attr.link_create.attach_type = bpf_attach_type::BPF_XDP as u32;
-    attr.link_create.flags = XDP_FLAGS_SKB_MODE;
-    let fd = sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
-    // SAFETY: BPF_LINK_CREATE returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// The program's machine code as the JIT produced it (for `objdump -b binary

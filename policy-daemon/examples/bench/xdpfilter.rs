@@ -34,13 +34,17 @@ pub struct XdpFilter {
     iface: String,
 }
 
-fn xdp_filter(netns: &str, args: &[&str]) -> Result<String> {
-    let output = Command::new("nsenter")
+fn xdp_filter_output(netns: &str, args: &[&str]) -> Result<std::process::Output> {
+    Command::new("nsenter")
         .arg(format!("--net=/run/netns/{netns}"))
         .args(["env", "LIBXDP_SKIP_DISPATCHER=1", "xdp-filter"])
         .args(args)
         .output()
-        .context("running xdp-filter (install Debian's xdp-tools: `cargo xtask setup`)")?;
+        .context("running xdp-filter (install Debian's xdp-tools: `cargo xtask setup`)")
+}
+
+fn xdp_filter(netns: &str, args: &[&str]) -> Result<String> {
+    let output = xdp_filter_output(netns, args)?;
     if !output.status.success() {
         bail!(
             "`xdp-filter {}` in {netns} failed: {}",
@@ -76,8 +80,17 @@ impl XdpFilter {
 
     /// xdp-filter's own count of dropped packets (its per-action statistics).
     pub fn dropped(&self) -> Result<u64> {
-        let status = xdp_filter(&self.netns, &["status"])?;
-        parse_dropped(&status).context("no XDP_DROP line in `xdp-filter status`")
+        // With `-f udp`, `status` prints the statistics, then fails to list the address
+        // maps that program has none of and exits non-zero: read what it printed.
+        let output = xdp_filter_output(&self.netns, &["status"])?;
+        parse_dropped(&String::from_utf8_lossy(&output.stdout)).with_context(|| {
+            format!(
+                "no XDP_DROP line in `xdp-filter status` in {} ({}): {}",
+                self.netns,
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )
+        })
     }
 }
 
