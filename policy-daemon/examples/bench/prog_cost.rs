@@ -115,14 +115,30 @@ fn policy_variant(name: String, text: &str, rules: Option<usize>) -> Result<Vari
     Ok(Variant { name, program: Program::Policy(Box::new(dataplane)), judges: drops_hits, rules })
 }
 
-/// Pins this thread to the last CPU, so measurements do not migrate between CPUs.
-fn pin_to_last_cpu() {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpus - 1, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+/// Pins this thread to the last CPU while it lives, so measurements do not migrate
+/// between CPUs; the thread's previous CPUs are restored when it is dropped.
+struct PinnedToLastCpu(libc::cpu_set_t);
+
+impl PinnedToLastCpu {
+    fn new() -> Self {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it, and
+        // sched_{get,set}affinity read or write exactly one cpu_set_t.
+        unsafe {
+            let mut previous: libc::cpu_set_t = std::mem::zeroed();
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut previous);
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpus - 1, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            Self(previous)
+        }
+    }
+}
+
+impl Drop for PinnedToLastCpu {
+    fn drop(&mut self) {
+        // SAFETY: writes back the set read in `new`.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
     }
 }
 
@@ -263,7 +279,7 @@ pub fn run(opts: &Opts) -> Result<Section> {
         }
     }
 
-    pin_to_last_cpu();
+    let pinned = PinnedToLastCpu::new();
     if let Ok(spin) = std::env::var("BENCH_SPIN") {
         return spin_for_profiling(&spin, &mut variants, &probes);
     }
@@ -291,6 +307,7 @@ pub fn run(opts: &Opts) -> Result<Section> {
         crate::check_interrupted()?;
     }
     eprintln!();
+    drop(pinned);
     drop(links);
     drop((xf_udp, xf_all));
     drop(testbed);
