@@ -107,7 +107,7 @@ pub fn bars(path: &Path, title: &str, x_desc: &str, bars: &[(String, Summary)]) 
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(260)
-        .build_cartesian_2d(0f64..x_max, (0..n).into_segmented())?;
+        .build_cartesian_2d(0f64..x_max, (0..n - 1).into_segmented())?;
     chart
         .configure_mesh()
         .disable_y_mesh()
