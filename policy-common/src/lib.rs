@@ -23,6 +23,15 @@ pub const PROGRAM_NAME: &str = "policy_xdp";
 /// `Array<u32>` of one entry: the generation the program reads (`value % GENERATIONS`),
 /// with [`active::PORT_TABLE`] set when that generation has a port table.
 pub const ACTIVE_MAP: &str = "ACTIVE";
+/// `Array<u32>`, index [`v4_table::l1_index`]: the first level of the IPv4 address
+/// tables (see [`v4_table`]), by the address's top 16 bits.
+pub const V4_L1_MAP: &str = "V4_L1";
+/// `Array<u32>`, index [`v4_table::block_index`]: second-level blocks, by the third byte.
+pub const V4_L2_MAP: &str = "V4_L2";
+/// `Array<u32>`, index [`v4_table::block_index`]: third-level blocks, by the last byte.
+pub const V4_L3_MAP: &str = "V4_L3";
+/// `Array<RuleBitmap>`, index [`v4_table::class_index`]: address class → rules.
+pub const V4_CLASSES_MAP: &str = "V4_CLASSES";
 /// `Array<u32>`, index [`port_table::index`]: for a generation whose rules constrain
 /// nothing but the protocol and the destination port (or ICMP type), the decision for
 /// each (transport class, destination port), so that such a policy costs one lookup per
@@ -69,9 +78,13 @@ pub const EVENT_CLOCK_MAP: &str = "EVENT_CLOCK";
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 /// Every map the program declares, for checks that the built object carries them all.
-pub const MAP_NAMES: [&str; 18] = [
+pub const MAP_NAMES: [&str; 22] = [
     ACTIVE_MAP,
     PORT_TABLE_MAP,
+    V4_L1_MAP,
+    V4_L2_MAP,
+    V4_L3_MAP,
+    V4_CLASSES_MAP,
     CONFIG_MAP,
     RULES_MAP,
     FIELD_BITMAPS_MAP,
@@ -233,6 +246,45 @@ pub mod field {
     pub const SPORT: u32 = 1 << 2;
     pub const SRC: u32 = 1 << 3;
     pub const DST: u32 = 1 << 4;
+    /// IPv4 source addresses are looked up in the address tables ([`super::v4_table`]),
+    /// not in the `SRC_V4` trie.
+    pub const SRC_V4_TABLE: u32 = 1 << 5;
+    /// The same for destination addresses.
+    pub const DST_V4_TABLE: u32 = 1 << 6;
+}
+
+/// IPv4 address tables: a three-level array lookup (16, 8 and 8 bits of the address)
+/// that ends in an address class, whose bitmap holds the rules the address's longest
+/// matching prefix admits; what the LPM trie gives, in two to four array loads instead
+/// of a trie walk. Used for a field whose prefixes fit in [`BLOCKS`] blocks per level
+/// and [`CLASSES`] classes; larger sets stay in the tries.
+///
+/// An entry of the first two levels is a class, or [`BLOCK`] | the index of a block of
+/// the next level; a third-level entry is a class. Fields: 0 = source, 1 = destination.
+pub mod v4_table {
+    /// Blocks of 256 entries per level, field and generation.
+    pub const BLOCKS: u32 = 1024;
+    /// Address classes per field and generation.
+    pub const CLASSES: u32 = 4096;
+    /// An entry that refers to a block of the next level.
+    pub const BLOCK: u32 = 1 << 31;
+    /// First-level entries per field and generation.
+    pub const L1_ENTRIES: u32 = 1 << 16;
+
+    /// Index of (generation, field, top 16 bits) in `V4_L1`.
+    pub const fn l1_index(generation: u32, field: u32, top: u32) -> u32 {
+        (generation * 2 + field) * L1_ENTRIES + top
+    }
+
+    /// Index of (generation, field, block, byte) in `V4_L2` or `V4_L3`.
+    pub const fn block_index(generation: u32, field: u32, block: u32, byte: u32) -> u32 {
+        ((generation * 2 + field) * BLOCKS + block) * 256 + byte
+    }
+
+    /// Index of (generation, field, class) in `V4_CLASSES`.
+    pub const fn class_index(generation: u32, field: u32, class: u32) -> u32 {
+        (generation * 2 + field) * CLASSES + class
+    }
 }
 
 /// What a verdict-deciding entry does with the packet.

@@ -7,13 +7,13 @@ use aya_ebpf::maps::{Array, lpm_trie::Key};
 use policy_common::{
     Action, FragmentAction, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, L4Class,
     MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS, RuleBitmap, Verdict, active, field,
-    field_bitmap, ipv4_key, ipv6_key, port_table,
+    field_bitmap, ipv4_key, ipv6_key, port_table, v4_table,
 };
 
 use crate::{
     maps::{
         ACTIVE, CONFIG, DPORT_BITMAPS, DPORT_CLASSES, DST_V4, DST_V6, FIELD_BITMAPS, PORT_TABLE,
-        RULES, SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6,
+        RULES, SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6, V4_CLASSES, V4_L1, V4_L2, V4_L3,
     },
     parse::{Family, Packet, Transport, address_bytes},
 };
@@ -135,6 +135,24 @@ fn port_bitmap(
     bitmaps.get(generation * MAX_PORT_CLASSES + class)
 }
 
+/// The rules the longest prefix matching `addr` (network byte order, as in the packet)
+/// admits, through the IPv4 address tables of `field` (0 source, 1 destination).
+#[inline(always)]
+fn v4_table_lookup(generation: u32, field: u32, addr: u32) -> Option<&'static RuleBitmap> {
+    let addr = u32::from_be(addr);
+    let mut entry = *V4_L1.get(v4_table::l1_index(generation, field, addr >> 16))?;
+    if entry & v4_table::BLOCK != 0 {
+        let block = entry & !v4_table::BLOCK;
+        let byte = (addr >> 8) & 0xff;
+        entry = *V4_L2.get(v4_table::block_index(generation, field, block, byte))?;
+        if entry & v4_table::BLOCK != 0 {
+            let block = entry & !v4_table::BLOCK;
+            entry = *V4_L3.get(v4_table::block_index(generation, field, block, addr & 0xff))?;
+        }
+    }
+    V4_CLASSES.get(v4_table::class_index(generation, field, entry))
+}
+
 /// The lowest rule every field admits, if any.
 #[inline(always)]
 fn first_match(
@@ -172,12 +190,16 @@ fn first_match(
     let v4 = |a: &[u32; 4]| ipv4_key(gen_byte, a[0].to_ne_bytes());
     let (src_rules, dst_rules) = if packet.family == Family::V4 {
         (
-            if fields & field::SRC != 0 {
+            if fields & field::SRC_V4_TABLE != 0 {
+                Some(v4_table_lookup(generation, 0, packet.src[0])?)
+            } else if fields & field::SRC != 0 {
                 Some(SRC_V4.get(Key::new(prefix_v4, v4(&packet.src)))?)
             } else {
                 None
             },
-            if fields & field::DST != 0 {
+            if fields & field::DST_V4_TABLE != 0 {
+                Some(v4_table_lookup(generation, 1, packet.dst[0])?)
+            } else if fields & field::DST != 0 {
                 Some(DST_V4.get(Key::new(prefix_v4, v4(&packet.dst)))?)
             } else {
                 None

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use policy_common::{
     BITMAP_WORDS, Counter, EVENTS_BYTES, EventSettings, GENERATIONS, GenConfig, IPV4_KEY_LEN,
     IPV6_KEY_LEN, MAX_PORT_CLASSES, MAX_PREFIXES, MAX_RULES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS,
-    RuleBitmap, RuleInfo, Verdict, field_bitmap, port_table,
+    RuleBitmap, RuleInfo, Verdict, field_bitmap, port_table, v4_table,
 };
 
 const _: () = assert!(BITMAP_WORDS == 16, "classify::first_match unrolls 16 words");
@@ -19,6 +19,19 @@ pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "PORT_TABLE")]
 pub static PORT_TABLE: Array<u32> =
     Array::with_max_entries(GENERATIONS * port_table::PER_GENERATION, 0);
+
+#[map(name = "V4_L1")]
+pub static V4_L1: Array<u32> = Array::with_max_entries(GENERATIONS * 2 * v4_table::L1_ENTRIES, 0);
+
+#[map(name = "V4_L2")]
+pub static V4_L2: Array<u32> = Array::with_max_entries(GENERATIONS * 2 * v4_table::BLOCKS * 256, 0);
+
+#[map(name = "V4_L3")]
+pub static V4_L3: Array<u32> = Array::with_max_entries(GENERATIONS * 2 * v4_table::BLOCKS * 256, 0);
+
+#[map(name = "V4_CLASSES")]
+pub static V4_CLASSES: Array<RuleBitmap> =
+    Array::with_max_entries(GENERATIONS * 2 * v4_table::CLASSES, 0);
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);

@@ -13,7 +13,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use policy_common::{
     Action, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN,
     MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS, RuleBitmap, RuleInfo,
-    Verdict, field_bitmap, ipv4_key, ipv6_key, port_table,
+    Verdict, field_bitmap, ipv4_key, ipv6_key, port_table, v4_table,
 };
 
 use crate::policy::Ruleset;
@@ -30,6 +30,14 @@ pub enum PortFieldId {
 pub enum AddrFieldId {
     Src,
     Dst,
+}
+
+/// The levels of the IPv4 address tables (`V4_L1`, `V4_L2`, `V4_L3`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum V4Level {
+    L1,
+    L2,
+    L3,
 }
 
 pub type V4Key = (u32, [u8; IPV4_KEY_LEN]);
@@ -92,6 +100,20 @@ pub trait Maps {
     -> Result<Vec<V4Key>, MapWriteError>;
     fn v6_keys(&mut self, field: AddrFieldId, generation: u32)
     -> Result<Vec<V6Key>, MapWriteError>;
+    /// Entries of one level of the IPv4 address tables (absolute indices, see
+    /// `policy_common::v4_table`).
+    fn set_v4_table(
+        &mut self,
+        level: V4Level,
+        indices: &[u32],
+        entries: &[u32],
+    ) -> Result<(), MapWriteError>;
+    /// Address classes of the IPv4 address tables.
+    fn set_v4_classes(
+        &mut self,
+        indices: &[u32],
+        bitmaps: &[RuleBitmap],
+    ) -> Result<(), MapWriteError>;
     /// Entries of `PORT_TABLE` (absolute indices, see `policy_common::port_table`).
     fn set_port_table(&mut self, indices: &[u32], entries: &[u32]) -> Result<(), MapWriteError>;
     fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), MapWriteError>;
@@ -124,6 +146,29 @@ struct Shadow {
     /// The generation's `PORT_TABLE` entries; `None` while unknown (adopted maps, until
     /// a ruleset with a port table writes it whole).
     port_table: Option<Vec<u32>>,
+    /// The IPv4 address tables of the source and the destination field.
+    v4_tables: [V4TableShadow; 2],
+}
+
+/// What one field's IPv4 address tables hold in one generation. Blocks and classes past
+/// what a ruleset uses are left as they are: no first-level entry refers to them.
+#[derive(Clone)]
+struct V4TableShadow {
+    l1: Vec<u32>,
+    l2: Vec<u32>,
+    l3: Vec<u32>,
+    classes: Vec<RuleBitmap>,
+}
+
+impl V4TableShadow {
+    fn zeroed() -> Self {
+        Self {
+            l1: vec![0; v4_table::L1_ENTRIES as usize],
+            l2: Vec::new(),
+            l3: Vec::new(),
+            classes: Vec::new(),
+        }
+    }
 }
 
 const ZERO_CONFIG: GenConfig = GenConfig {
@@ -165,6 +210,7 @@ impl Shadow {
                 (AddrFieldId::Dst, HashMap::new()),
             ]),
             port_table: Some(vec![0; port_table::PER_GENERATION as usize]),
+            v4_tables: [V4TableShadow::zeroed(), V4TableShadow::zeroed()],
         }
     }
 }
@@ -350,9 +396,44 @@ impl Generations {
                 maps.set_port_classes(id, i, v)
             })?;
         }
-        for (id, entries) in
+        for (field, table) in ruleset.v4_tables.iter().enumerate() {
+            let Some(table) = table else { continue };
+            let current = &mut shadow.v4_tables[field];
+            let f = field as u32;
+            // Blocks and classes before the first level that refers to them.
+            writes += sync_array(
+                &mut current.classes,
+                &table.classes,
+                v4_table::class_index(generation, f, 0),
+                force,
+                |i, v| maps.set_v4_classes(i, v),
+            )?;
+            for (level, wanted, held) in [
+                (V4Level::L3, &table.l3, &mut current.l3),
+                (V4Level::L2, &table.l2, &mut current.l2),
+            ] {
+                let base = v4_table::block_index(generation, f, 0, 0);
+                writes +=
+                    sync_array(held, wanted, base, force, |i, v| maps.set_v4_table(level, i, v))?;
+            }
+            writes += sync_array(
+                &mut current.l1,
+                &table.l1,
+                v4_table::l1_index(generation, f, 0),
+                force,
+                |i, v| maps.set_v4_table(V4Level::L1, i, v),
+            )?;
+        }
+        for (index, (id, entries)) in
             [(AddrFieldId::Src, &ruleset.src_v4), (AddrFieldId::Dst, &ruleset.dst_v4)]
+                .into_iter()
+                .enumerate()
         {
+            if ruleset.v4_tables[index].is_some() {
+                // The program reads the tables for this field: its IPv4 trie is left as
+                // it is (what it holds stays recorded, for when it is used again).
+                continue;
+            }
             let current = shadow.v4.get_mut(&id).expect("both fields present");
             let wanted = entries.iter().map(|(net, b)| (v4_key(generation, net), b));
             writes += sync_trie(current, wanted, force, |keys, bitmaps| match bitmaps {

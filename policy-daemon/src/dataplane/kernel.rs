@@ -12,12 +12,12 @@ use policy_common::{
     ACTIVE_MAP, CONFIG_MAP, Counter, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, DST_V4_MAP, DST_V6_MAP,
     FIELD_BITMAPS_MAP, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN, PORT_TABLE_MAP, RULE_COUNTERS_MAP,
     RULES_MAP, RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP,
-    VERDICT_COUNTERS_MAP, active,
+    V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP, active,
 };
 
 use super::{
     DataplaneError,
-    apply::{AddrFieldId, MapWriteError, Maps, PortFieldId, V4Key, V6Key},
+    apply::{AddrFieldId, MapWriteError, Maps, PortFieldId, V4Key, V4Level, V6Key},
     batch::{BatchError, BatchMap},
 };
 
@@ -31,6 +31,10 @@ pub struct KernelMaps {
     config: Batched<Array<MapData, GenConfig>>,
     rules: Batched<Array<MapData, RuleInfo>>,
     port_table: Batched<Array<MapData, u32>>,
+    v4_l1: Batched<Array<MapData, u32>>,
+    v4_l2: Batched<Array<MapData, u32>>,
+    v4_l3: Batched<Array<MapData, u32>>,
+    v4_classes: Batched<Array<MapData, RuleBitmap>>,
     field_bitmaps: Batched<Array<MapData, RuleBitmap>>,
     dport_classes: Batched<Array<MapData, u64>>,
     sport_classes: Batched<Array<MapData, u64>>,
@@ -132,6 +136,10 @@ impl KernelMaps {
             config: take_batch::<Array<MapData, GenConfig>>(ebpf, CONFIG_MAP, cpus)?,
             rules: take_batch::<Array<MapData, RuleInfo>>(ebpf, RULES_MAP, cpus)?,
             port_table: take_batch::<Array<MapData, u32>>(ebpf, PORT_TABLE_MAP, cpus)?,
+            v4_l1: take_batch::<Array<MapData, u32>>(ebpf, V4_L1_MAP, cpus)?,
+            v4_l2: take_batch::<Array<MapData, u32>>(ebpf, V4_L2_MAP, cpus)?,
+            v4_l3: take_batch::<Array<MapData, u32>>(ebpf, V4_L3_MAP, cpus)?,
+            v4_classes: take_batch::<Array<MapData, RuleBitmap>>(ebpf, V4_CLASSES_MAP, cpus)?,
             field_bitmaps: take_batch::<Array<MapData, RuleBitmap>>(ebpf, FIELD_BITMAPS_MAP, cpus)?,
             dport_classes: take_batch::<Array<MapData, u64>>(ebpf, DPORT_CLASSES_MAP, cpus)?,
             sport_classes: take_batch::<Array<MapData, u64>>(ebpf, SPORT_CLASSES_MAP, cpus)?,
@@ -354,6 +362,28 @@ impl Maps for KernelMaps {
             let what = element(slots.get(e.done).map(|s| format!("slot {s}")), e.done, slots.len());
             batch_failed(RULE_COUNTERS_MAP, what, e)
         })
+    }
+
+    fn set_v4_table(
+        &mut self,
+        level: V4Level,
+        indices: &[u32],
+        entries: &[u32],
+    ) -> Result<(), MapWriteError> {
+        let map = match level {
+            V4Level::L1 => &mut self.v4_l1,
+            V4Level::L2 => &mut self.v4_l2,
+            V4Level::L3 => &mut self.v4_l3,
+        };
+        write_array(&mut map.batch, indices, entries)
+    }
+
+    fn set_v4_classes(
+        &mut self,
+        indices: &[u32],
+        bitmaps: &[RuleBitmap],
+    ) -> Result<(), MapWriteError> {
+        write_array(&mut self.v4_classes.batch, indices, bitmaps)
     }
 
     fn set_port_table(&mut self, indices: &[u32], entries: &[u32]) -> Result<(), MapWriteError> {

@@ -18,7 +18,7 @@ use policy_common::{
 };
 
 use super::{
-    Action, Fragments, Mode, Policy, PortRange, Rule,
+    Action, Fragments, Mode, Policy, PortRange, Rule, V4Table,
     reference::{IpPacket, L4},
 };
 
@@ -42,6 +42,10 @@ pub struct Ruleset {
     /// program then decides a non-fragment with this one lookup (see
     /// `policy_common::port_table`).
     pub port_table: Option<Vec<u16>>,
+    /// The IPv4 address tables of the source and the destination field, for a field
+    /// whose prefixes fit (`config.fields` then has `SRC_V4_TABLE` / `DST_V4_TABLE`):
+    /// the program reads them instead of the field's IPv4 trie.
+    pub v4_tables: [Option<V4Table>; 2],
 }
 
 impl Ruleset {
@@ -89,8 +93,15 @@ impl Ruleset {
             (true, true) => fb(field_bitmap::SPORT_UNCONSTRAINED),
             (true, false) => *self.sport.lookup(sport),
         };
-        let src = if fields & field::SRC != 0 { self.lpm(packet.src, true) } else { all };
-        let dst = if fields & field::DST != 0 { self.lpm(packet.dst, false) } else { all };
+        let address = |addr: IpAddr, field: usize, table_bit: u32, used_bit: u32| match addr {
+            IpAddr::V4(a) if fields & table_bit != 0 => {
+                *self.v4_tables[field].as_ref().expect("a table for its bit").lookup(a)
+            }
+            _ if fields & used_bit != 0 => self.lpm(addr, field == 0),
+            _ => all,
+        };
+        let src = address(packet.src, 0, field::SRC_V4_TABLE, field::SRC);
+        let dst = address(packet.dst, 1, field::DST_V4_TABLE, field::DST);
         (0..self.config.words as usize).find_map(|w| {
             let x = l4.words[w] & dp.words[w] & sp.words[w] & src.words[w] & dst.words[w];
             (x != 0).then(|| w * 64 + x.trailing_zeros() as usize)
@@ -224,6 +235,18 @@ pub fn compile(policy: &Policy) -> Ruleset {
 
     let src: Vec<_> = rules.iter().map(|r| r.src.as_deref()).collect();
     let dst: Vec<_> = rules.iter().map(|r| r.dst.as_deref()).collect();
+    let (src_v4, dst_v4) = (prefixes(&src, v4), prefixes(&dst, v4));
+    let table_of = |used: u32, entries: &[(Ipv4Net, RuleBitmap)]| {
+        if fields & used != 0 { V4Table::build(entries) } else { None }
+    };
+    let v4_tables = [table_of(field::SRC, &src_v4), table_of(field::DST, &dst_v4)];
+    let mut config = config;
+    if v4_tables[0].is_some() {
+        config.fields |= field::SRC_V4_TABLE;
+    }
+    if v4_tables[1].is_some() {
+        config.fields |= field::DST_V4_TABLE;
+    }
     let mut ruleset = Ruleset {
         config,
         rules: rules
@@ -238,11 +261,12 @@ pub fn compile(policy: &Policy) -> Ruleset {
         field_bitmaps,
         dport: port_field(&dport_values),
         sport: port_field(&sport_values),
-        src_v4: prefixes(&src, v4),
-        dst_v4: prefixes(&dst, v4),
+        src_v4,
+        dst_v4,
         src_v6: prefixes(&src, v6),
         dst_v6: prefixes(&dst, v6),
         port_table: None,
+        v4_tables,
     };
     ruleset.port_table = port_table(&ruleset);
     ruleset

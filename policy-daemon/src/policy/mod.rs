@@ -15,6 +15,7 @@ pub mod files;
 pub mod reference;
 mod schema;
 mod shadow;
+mod v4_table;
 
 use std::{
     collections::HashMap,
@@ -29,6 +30,7 @@ use ipnet::IpNet;
 use policy_common::{L4Class, MAX_PREFIXES, MAX_RULES};
 pub use schema::{Action, Fragments, Mode, PortRange, Protocol};
 use sha2::{Digest as _, Sha256};
+pub use v4_table::V4Table;
 
 /// A validated policy: the rules of one file, or of every `*.toml` file of a directory
 /// in file-name order.

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use super::*;
 use crate::policy::{self, compile};
-use policy_common::L4Class;
+use policy_common::{L4Class, field};
 
 /// The kernel maps as plain data, with an optional failure on the n-th element written
 /// (counted over all batches, so a batch can fail after any number of its elements).
@@ -172,6 +172,27 @@ impl Maps for FakeMaps {
             (format!("zero/{slot}"), Some(String::new()))
         })
     }
+    fn set_v4_table(
+        &mut self,
+        level: V4Level,
+        indices: &[u32],
+        entries: &[u32],
+    ) -> Result<(), MapWriteError> {
+        let entries: Vec<_> = indices.iter().zip(entries).collect();
+        self.batch(&format!("v4table/{level:?}"), &entries, |_, (i, e)| {
+            (format!("v4table/{level:?}/{i}"), Some(e.to_string()))
+        })
+    }
+    fn set_v4_classes(
+        &mut self,
+        indices: &[u32],
+        bitmaps: &[RuleBitmap],
+    ) -> Result<(), MapWriteError> {
+        let entries: Vec<_> = indices.iter().zip(bitmaps).collect();
+        self.batch("v4class", &entries, |_, (i, b)| {
+            (format!("v4class/{i}"), Some(format!("{b:?}")))
+        })
+    }
     fn set_port_table(&mut self, indices: &[u32], entries: &[u32]) -> Result<(), MapWriteError> {
         let entries: Vec<_> = indices.iter().zip(entries).collect();
         self.batch("port_table", &entries, |_, (i, e)| {
@@ -193,7 +214,17 @@ impl Maps for FakeMaps {
     }
 }
 
+/// The compiled ruleset of `text`, its IPv4 addresses in the tries (as a policy with
+/// more prefixes than the address tables hold): most tests here are about the tries.
 fn ruleset(text: &str) -> Ruleset {
+    let mut ruleset = ruleset_with_tables(text);
+    ruleset.v4_tables = [None, None];
+    ruleset.config.fields &= !(field::SRC_V4_TABLE | field::DST_V4_TABLE);
+    ruleset
+}
+
+/// The compiled ruleset of `text` as `compile` makes it.
+fn ruleset_with_tables(text: &str) -> Ruleset {
     compile(&policy::parse([(Path::new("t.toml"), text)]).expect("valid test policy"))
 }
 
@@ -490,4 +521,35 @@ fn a_failure_in_the_port_table_leaves_the_active_generation_in_force() {
         assert_eq!(table(&maps), table(&fresh), "after a failure at write {fail_at}");
         assert_eq!(maps.cells.get("active"), fresh.cells.get("active"));
     }
+}
+
+#[test]
+fn small_ipv4_prefix_sets_go_to_the_address_tables_not_the_trie() {
+    let mut maps = FakeMaps::default();
+    let mut generations = Generations::new();
+    let tables = ruleset_with_tables(TWO_RULES);
+    assert_ne!(tables.config.fields & field::SRC_V4_TABLE, 0);
+    generations.apply(&mut maps, &tables).expect("tables");
+    assert!(!maps.writes.iter().any(|w| w.starts_with("v4/Src/")), "the trie is left alone");
+    // 192.0.2.0/24: one second-level block under 192.0; classes: the /0's and the /24's.
+    let l1 = format!("v4table/L1/{}", v4_table::l1_index(1, 0, 0xc000));
+    assert_eq!(maps.cells.get(&l1), Some(&(v4_table::BLOCK).to_string()));
+    let l2 = format!("v4table/L2/{}", v4_table::block_index(1, 0, 0, 2));
+    assert_eq!(maps.cells.get(&l2).map(String::as_str), Some("1"));
+    assert_eq!(maps.writes.iter().filter(|w| w.starts_with("v4class/")).count(), 2);
+
+    // The same rules in the trie (as if the prefixes did not fit): generation 0.
+    generations.apply(&mut maps, &ruleset(TWO_RULES)).expect("trie");
+    let key = v4_key(0, &"192.0.2.0/24".parse().expect("net"));
+    assert!(maps.cells.contains_key(&format!("v4/Src/{key:?}")));
+    // Back to the tables in generation 1: they hold this already, nothing is rewritten.
+    let before = maps.writes.len();
+    generations.apply(&mut maps, &tables).expect("tables again");
+    assert!(
+        !maps.writes[before..]
+            .iter()
+            .any(|w| w.starts_with("v4table/") || w.starts_with("v4class/")),
+        "{:?}",
+        &maps.writes[before..]
+    );
 }

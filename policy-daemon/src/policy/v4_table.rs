@@ -1,0 +1,159 @@
+//! IPv4 address tables: the longest-prefix match of an address field compiled to three
+//! levels of arrays (16, 8 and 8 bits of the address) ending in an address class, which
+//! the program reads with two to four array loads instead of walking an LPM trie. Only
+//! for prefix sets that fit (`policy_common::v4_table`'s block and class limits); larger
+//! ones stay in the tries.
+
+use std::collections::HashMap;
+
+use ipnet::Ipv4Net;
+use policy_common::{
+    RuleBitmap,
+    v4_table::{BLOCK, BLOCKS, CLASSES, L1_ENTRIES},
+};
+
+/// One address field's tables for one generation, as the kernel maps hold them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct V4Table {
+    /// By the top 16 bits: a class, or `BLOCK | block` of `l2`.
+    pub l1: Vec<u32>,
+    /// 256 entries per block, by the third byte: a class, or `BLOCK | block` of `l3`.
+    pub l2: Vec<u32>,
+    /// 256 entries per block, by the last byte: a class.
+    pub l3: Vec<u32>,
+    /// Class → the rules the address's longest matching prefix admits.
+    pub classes: Vec<RuleBitmap>,
+}
+
+impl V4Table {
+    /// The tables of a field's trie entries (as `compile` makes them: every bitmap
+    /// already holds the rules of its covering prefixes, the `/0` first, a prefix after
+    /// every prefix containing it). `None` when they do not fit.
+    pub fn build(entries: &[(Ipv4Net, RuleBitmap)]) -> Option<Self> {
+        let (default_route, rest) = entries.split_first()?;
+        debug_assert_eq!(default_route.0.prefix_len(), 0);
+        let mut table =
+            Self { l1: Vec::new(), l2: Vec::new(), l3: Vec::new(), classes: Vec::new() };
+        let mut ids: HashMap<RuleBitmap, u32> = HashMap::new();
+        let default_class = table.class(&mut ids, &default_route.1)?;
+        table.l1 = vec![default_class; L1_ENTRIES as usize];
+        // Containers come first, so painting in order leaves each address with the class
+        // of its longest prefix.
+        for (net, bitmap) in rest {
+            let class = table.class(&mut ids, bitmap)?;
+            let start = u32::from(net.network());
+            let len = u32::from(net.prefix_len());
+            let top = (start >> 16) as usize;
+            if len <= 16 {
+                table.l1[top..top + (1 << (16 - len))].fill(class);
+                continue;
+            }
+            let block2 = Self::block(&mut table.l1[top], &mut table.l2)?;
+            let third = block2 * 256 + ((start >> 8) & 0xff) as usize;
+            if len <= 24 {
+                table.l2[third..third + (1 << (24 - len))].fill(class);
+                continue;
+            }
+            let block3 = Self::block(&mut table.l2[third], &mut table.l3)?;
+            let last = block3 * 256 + (start & 0xff) as usize;
+            table.l3[last..last + (1 << (32 - len))].fill(class);
+        }
+        Some(table)
+    }
+
+    /// The class of `bitmap`, a new one if it has none yet; `None` past the limit.
+    fn class(&mut self, ids: &mut HashMap<RuleBitmap, u32>, bitmap: &RuleBitmap) -> Option<u32> {
+        if let Some(id) = ids.get(bitmap) {
+            return Some(*id);
+        }
+        let id = self.classes.len() as u32;
+        if id >= CLASSES {
+            return None;
+        }
+        self.classes.push(*bitmap);
+        ids.insert(*bitmap, id);
+        Some(id)
+    }
+
+    /// The block `entry` refers to, making one (filled with the class `entry` held)
+    /// if it holds a class; `None` past the limit.
+    fn block(entry: &mut u32, level: &mut Vec<u32>) -> Option<usize> {
+        if *entry & BLOCK != 0 {
+            return Some((*entry & !BLOCK) as usize);
+        }
+        let block = level.len() / 256;
+        if block as u32 >= BLOCKS {
+            return None;
+        }
+        level.extend(std::iter::repeat_n(*entry, 256));
+        *entry = BLOCK | block as u32;
+        Some(block)
+    }
+
+    /// The rules of the longest prefix holding `addr`, read the way the program reads
+    /// the tables.
+    pub fn lookup(&self, addr: std::net::Ipv4Addr) -> &RuleBitmap {
+        let addr = u32::from(addr);
+        let mut entry = self.l1[(addr >> 16) as usize];
+        if entry & BLOCK != 0 {
+            entry = self.l2[(entry & !BLOCK) as usize * 256 + ((addr >> 8) & 0xff) as usize];
+            if entry & BLOCK != 0 {
+                entry = self.l3[(entry & !BLOCK) as usize * 256 + (addr & 0xff) as usize];
+            }
+        }
+        &self.classes[entry as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bitmap(rules: &[usize]) -> RuleBitmap {
+        let mut b = RuleBitmap::EMPTY;
+        for r in rules {
+            b.set(*r);
+        }
+        b
+    }
+
+    #[test]
+    fn every_address_gets_its_longest_prefix() {
+        let net = |s: &str| s.parse::<Ipv4Net>().expect("test net");
+        let entries = vec![
+            (net("0.0.0.0/0"), bitmap(&[9])),
+            (net("10.0.0.0/8"), bitmap(&[1, 9])),
+            (net("10.1.0.0/16"), bitmap(&[1, 2, 9])),
+            (net("10.1.2.0/23"), bitmap(&[1, 2, 3, 9])),
+            (net("10.1.2.128/25"), bitmap(&[1, 2, 3, 4, 9])),
+            (net("10.1.2.200/32"), bitmap(&[1, 2, 3, 4, 5, 9])),
+            (net("192.0.2.7/32"), bitmap(&[6, 9])),
+        ];
+        let table = V4Table::build(&entries).expect("fits");
+        let at = |a: &str| table.lookup(a.parse().expect("test address")).clone();
+        assert_eq!(at("9.255.255.255"), bitmap(&[9]));
+        assert_eq!(at("10.0.0.1"), bitmap(&[1, 9]));
+        assert_eq!(at("10.1.0.1"), bitmap(&[1, 2, 9]));
+        assert_eq!(at("10.1.3.255"), bitmap(&[1, 2, 3, 9]));
+        assert_eq!(at("10.1.2.127"), bitmap(&[1, 2, 3, 9]));
+        assert_eq!(at("10.1.2.128"), bitmap(&[1, 2, 3, 4, 9]));
+        assert_eq!(at("10.1.2.200"), bitmap(&[1, 2, 3, 4, 5, 9]));
+        assert_eq!(at("10.1.2.201"), bitmap(&[1, 2, 3, 4, 9]));
+        assert_eq!(at("10.1.4.0"), bitmap(&[1, 2, 9]));
+        assert_eq!(at("192.0.2.7"), bitmap(&[6, 9]));
+        assert_eq!(at("192.0.2.8"), bitmap(&[9]));
+        assert_eq!((table.l2.len() / 256, table.l3.len() / 256), (2, 2));
+    }
+
+    #[test]
+    fn too_many_blocks_do_not_fit() {
+        let mut entries = vec![("0.0.0.0/0".parse().expect("net"), RuleBitmap::EMPTY)];
+        for i in 0..=BLOCKS {
+            let net = Ipv4Net::new(std::net::Ipv4Addr::from(i << 16), 24).expect("net");
+            entries.push((net, bitmap(&[0])));
+        }
+        assert!(V4Table::build(&entries).is_none());
+        entries.pop();
+        assert!(V4Table::build(&entries).is_some());
+    }
+}
