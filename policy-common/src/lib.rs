@@ -196,8 +196,13 @@ pub mod field_bitmap {
     pub const DPORT_UNCONSTRAINED: u32 = L4Class::COUNT + 1;
     /// Rules without a source port constraint.
     pub const SPORT_UNCONSTRAINED: u32 = L4Class::COUNT + 2;
+    /// What the `SRC_V6` trie's `/0` holds: every IPv6 source gets it when the trie holds
+    /// nothing else (see `field::SRC_V6_DEFAULT_ONLY`).
+    pub const SRC_V6_DEFAULT: u32 = L4Class::COUNT + 3;
+    /// The same for destinations.
+    pub const DST_V6_DEFAULT: u32 = L4Class::COUNT + 4;
     /// Entries per generation.
-    pub const PER_GENERATION: u32 = L4Class::COUNT + 3;
+    pub const PER_GENERATION: u32 = L4Class::COUNT + 5;
 }
 
 /// Bits of the [`ACTIVE_MAP`] value besides the generation. They are multiples of
@@ -251,6 +256,11 @@ pub mod field {
     pub const SRC_V4_TABLE: u32 = 1 << 5;
     /// The same for destination addresses.
     pub const DST_V4_TABLE: u32 = 1 << 6;
+    /// No rule names an IPv6 source network: every IPv6 source admits the rules of
+    /// `field_bitmap::SRC_V6_DEFAULT`, no trie walk needed.
+    pub const SRC_V6_DEFAULT_ONLY: u32 = 1 << 7;
+    /// The same for IPv6 destinations.
+    pub const DST_V6_DEFAULT_ONLY: u32 = 1 << 8;
 }
 
 /// IPv4 address tables: a three-level array lookup (16, 8 and 8 bits of the address)

@@ -207,7 +207,9 @@ fn first_match(
         )
     } else {
         (
-            if fields & field::SRC != 0 {
+            if fields & field::SRC_V6_DEFAULT_ONLY != 0 {
+                Some(field_bitmap(generation, field_bitmap::SRC_V6_DEFAULT)?)
+            } else if fields & field::SRC != 0 {
                 Some(
                     SRC_V6
                         .get(Key::new(prefix_v6, ipv6_key(gen_byte, address_bytes(packet.src))))?,
@@ -215,7 +217,9 @@ fn first_match(
             } else {
                 None
             },
-            if fields & field::DST != 0 {
+            if fields & field::DST_V6_DEFAULT_ONLY != 0 {
+                Some(field_bitmap(generation, field_bitmap::DST_V6_DEFAULT)?)
+            } else if fields & field::DST != 0 {
                 Some(
                     DST_V6
                         .get(Key::new(prefix_v6, ipv6_key(gen_byte, address_bytes(packet.dst))))?,

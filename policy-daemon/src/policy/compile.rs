@@ -93,15 +93,23 @@ impl Ruleset {
             (true, true) => fb(field_bitmap::SPORT_UNCONSTRAINED),
             (true, false) => *self.sport.lookup(sport),
         };
-        let address = |addr: IpAddr, field: usize, table_bit: u32, used_bit: u32| match addr {
-            IpAddr::V4(a) if fields & table_bit != 0 => {
-                *self.v4_tables[field].as_ref().expect("a table for its bit").lookup(a)
-            }
-            _ if fields & used_bit != 0 => self.lpm(addr, field == 0),
-            _ => all,
-        };
-        let src = address(packet.src, 0, field::SRC_V4_TABLE, field::SRC);
-        let dst = address(packet.dst, 1, field::DST_V4_TABLE, field::DST);
+        let address =
+            |addr: IpAddr, field: usize, [table_bit, v6_bit, used_bit]: [u32; 3]| match addr {
+                _ if fields & used_bit == 0 => all,
+                IpAddr::V4(a) if fields & table_bit != 0 => {
+                    *self.v4_tables[field].as_ref().expect("a table for its bit").lookup(a)
+                }
+                IpAddr::V6(_) if fields & v6_bit != 0 => fb(if field == 0 {
+                    field_bitmap::SRC_V6_DEFAULT
+                } else {
+                    field_bitmap::DST_V6_DEFAULT
+                }),
+                _ => self.lpm(addr, field == 0),
+            };
+        let src =
+            address(packet.src, 0, [field::SRC_V4_TABLE, field::SRC_V6_DEFAULT_ONLY, field::SRC]);
+        let dst =
+            address(packet.dst, 1, [field::DST_V4_TABLE, field::DST_V6_DEFAULT_ONLY, field::DST]);
         (0..self.config.words as usize).find_map(|w| {
             let x = l4.words[w] & dp.words[w] & sp.words[w] & src.words[w] & dst.words[w];
             (x != 0).then(|| w * 64 + x.trailing_zeros() as usize)
@@ -197,7 +205,6 @@ pub fn compile(policy: &Policy) -> Ruleset {
     field_bitmaps.push(all);
     field_bitmaps.push(bitmap_of(&|r: &Rule| r.dport_values().is_none()));
     field_bitmaps.push(bitmap_of(&|r: &Rule| r.src_ports.is_none()));
-    debug_assert_eq!(field_bitmaps.len(), field_bitmap::PER_GENERATION as usize);
 
     let mut fields = 0;
     if L4Class::ALL.iter().any(|c| field_bitmaps[*c as usize] != all) {
@@ -240,7 +247,20 @@ pub fn compile(policy: &Policy) -> Ruleset {
         if fields & used != 0 { V4Table::build(entries) } else { None }
     };
     let v4_tables = [table_of(field::SRC, &src_v4), table_of(field::DST, &dst_v4)];
+    let (src_v6, dst_v6) = (prefixes(&src, v6), prefixes(&dst, v6));
     let mut config = config;
+    // An IPv6 trie with nothing but its /0 gives every address the same rules: those
+    // go in a field bitmap, and the program skips the walk.
+    for (entries, used, only) in [
+        (&src_v6, field::SRC, field::SRC_V6_DEFAULT_ONLY),
+        (&dst_v6, field::DST, field::DST_V6_DEFAULT_ONLY),
+    ] {
+        field_bitmaps.push(entries[0].1);
+        if config.fields & used != 0 && entries.len() == 1 {
+            config.fields |= only;
+        }
+    }
+    debug_assert_eq!(field_bitmaps.len(), field_bitmap::PER_GENERATION as usize);
     if v4_tables[0].is_some() {
         config.fields |= field::SRC_V4_TABLE;
     }
@@ -263,8 +283,8 @@ pub fn compile(policy: &Policy) -> Ruleset {
         sport: port_field(&sport_values),
         src_v4,
         dst_v4,
-        src_v6: prefixes(&src, v6),
-        dst_v6: prefixes(&dst, v6),
+        src_v6,
+        dst_v6,
         port_table: None,
         v4_tables,
     };

@@ -486,7 +486,10 @@ fn a_nested_prefix_carries_the_rules_of_its_covering_prefixes() {
     assert_eq!(bits(entry("198.18.1.0/24")), vec![0, 1, 2]);
     assert!(ruleset.src_v6.len() == 1 && bits(ruleset.src_v6[0].1) == vec![2]);
     // Few prefixes: IPv4 source addresses are looked up in the address tables.
-    assert_eq!(ruleset.config.fields, field::SRC | field::SRC_V4_TABLE);
+    assert_eq!(
+        ruleset.config.fields,
+        field::SRC | field::SRC_V4_TABLE | field::SRC_V6_DEFAULT_ONLY
+    );
     let table = ruleset.v4_tables[0].as_ref().expect("a source table");
     assert_eq!(bits(*table.lookup("198.18.1.7".parse().expect("addr"))), vec![0, 1, 2]);
     assert_eq!(bits(*table.lookup("198.19.1.7".parse().expect("addr"))), vec![0, 2]);
