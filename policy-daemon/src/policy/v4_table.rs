@@ -130,7 +130,7 @@ mod tests {
             (net("192.0.2.7/32"), bitmap(&[6, 9])),
         ];
         let table = V4Table::build(&entries).expect("fits");
-        let at = |a: &str| table.lookup(a.parse().expect("test address")).clone();
+        let at = |a: &str| *table.lookup(a.parse().expect("test address"));
         assert_eq!(at("9.255.255.255"), bitmap(&[9]));
         assert_eq!(at("10.0.0.1"), bitmap(&[1, 9]));
         assert_eq!(at("10.1.0.1"), bitmap(&[1, 2, 9]));
