@@ -270,7 +270,8 @@ pub mod field {
 /// and [`CLASSES`] classes; larger sets stay in the tries.
 ///
 /// An entry of the first two levels is a class, or [`BLOCK`] | the index of a block of
-/// the next level; a third-level entry is a class. Fields: 0 = source, 1 = destination.
+/// the next level, or (second level only) a [`HOST`] entry; a third-level entry is a
+/// class. Fields: 0 = source, 1 = destination.
 pub mod v4_table {
     /// Blocks of 256 entries per level, field and generation.
     pub const BLOCKS: u32 = 1024;
@@ -278,6 +279,22 @@ pub mod v4_table {
     pub const CLASSES: u32 = 4096;
     /// An entry that refers to a block of the next level.
     pub const BLOCK: u32 = 1 << 31;
+    /// A second-level entry for a /24 that holds one address of its own class (a host
+    /// route) and one class for the rest: [`host`] packs both, so a host route costs one
+    /// entry instead of a third-level block of 256.
+    pub const HOST: u32 = 1 << 30;
+    /// Classes a [`HOST`] entry can name (11 bits each).
+    pub const HOST_CLASSES: u32 = 1 << 11;
+
+    /// A [`HOST`] entry: address byte `byte` has class `host`, the others `rest`.
+    pub const fn host(byte: u32, host: u32, rest: u32) -> u32 {
+        HOST | byte << 22 | host << 11 | rest
+    }
+
+    /// The class of last byte `byte` under a [`HOST`] entry.
+    pub const fn host_class(entry: u32, byte: u32) -> u32 {
+        if (entry >> 22) & 0xff == byte { (entry >> 11) & 0x7ff } else { entry & 0x7ff }
+    }
     /// First-level entries per field and generation.
     pub const L1_ENTRIES: u32 = 1 << 16;
 

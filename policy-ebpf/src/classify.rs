@@ -148,6 +148,8 @@ fn v4_table_lookup(generation: u32, field: u32, addr: u32) -> Option<&'static Ru
         if entry & v4_table::BLOCK != 0 {
             let block = entry & !v4_table::BLOCK;
             entry = *V4_L3.get(v4_table::block_index(generation, field, block, addr & 0xff))?;
+        } else if entry & v4_table::HOST != 0 {
+            entry = v4_table::host_class(entry, addr & 0xff);
         }
     }
     V4_CLASSES.get(v4_table::class_index(generation, field, entry))

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use ipnet::Ipv4Net;
 use policy_common::{
     RuleBitmap,
-    v4_table::{BLOCK, BLOCKS, CLASSES, L1_ENTRIES},
+    v4_table::{
+        BLOCK, BLOCKS, CLASSES, HOST, HOST_CLASSES, L1_ENTRIES, host as host_pack, host_class,
+    },
 };
 
 /// One address field's tables for one generation, as the kernel maps hold them.
@@ -58,7 +60,34 @@ impl V4Table {
             let last = block3 * 256 + (start & 0xff) as usize;
             table.l3[last..last + (1 << (32 - len))].fill(class);
         }
+        table.fold_host_blocks();
         Some(table)
+    }
+
+    /// Replaces every third-level block that is one class but for a single address (a
+    /// host route in an otherwise uniform /24) by a `HOST` entry in the second level,
+    /// and renumbers the blocks that stay: far fewer entries to write.
+    fn fold_host_blocks(&mut self) {
+        let mut kept = Vec::with_capacity(self.l3.len());
+        let mut renumbered = vec![None; self.l3.len() / 256];
+        for (old, block) in self.l3.chunks(256).enumerate() {
+            if let Some(entry) = host_entry(block) {
+                renumbered[old] = Some(Err(entry));
+            } else {
+                renumbered[old] = Some(Ok((kept.len() / 256) as u32));
+                kept.extend_from_slice(block);
+            }
+        }
+        for entry in &mut self.l2 {
+            if *entry & BLOCK != 0 {
+                *entry = match renumbered[(*entry & !BLOCK) as usize] {
+                    Some(Ok(block)) => BLOCK | block,
+                    Some(Err(host)) => host,
+                    None => unreachable!("every block was classified"),
+                };
+            }
+        }
+        self.l3 = kept;
     }
 
     /// The class of `bitmap`, a new one if it has none yet; `None` past the limit.
@@ -99,10 +128,28 @@ impl V4Table {
             entry = self.l2[(entry & !BLOCK) as usize * 256 + ((addr >> 8) & 0xff) as usize];
             if entry & BLOCK != 0 {
                 entry = self.l3[(entry & !BLOCK) as usize * 256 + (addr & 0xff) as usize];
+            } else if entry & HOST != 0 {
+                entry = host_class(entry, addr & 0xff);
             }
         }
         &self.classes[entry as usize]
     }
+}
+
+/// The second-level entry a third-level block folds into: a `HOST` entry when it is all
+/// one class but one address (both classes small enough to pack), the class itself when
+/// it is all one class; `None` otherwise.
+fn host_entry(block: &[u32]) -> Option<u32> {
+    let rest = if block[0] == block[1] { block[0] } else { block[2] };
+    let mut odd = block.iter().enumerate().filter(|(_, class)| **class != rest);
+    let Some((byte, host)) = odd.next() else {
+        // One class throughout: the entry is that class.
+        return Some(rest);
+    };
+    if odd.next().is_some() || *host >= HOST_CLASSES || rest >= HOST_CLASSES {
+        return None;
+    }
+    Some(host_pack(byte as u32, *host, rest))
 }
 
 #[cfg(test)]
@@ -142,7 +189,9 @@ mod tests {
         assert_eq!(at("10.1.4.0"), bitmap(&[1, 2, 9]));
         assert_eq!(at("192.0.2.7"), bitmap(&[6, 9]));
         assert_eq!(at("192.0.2.8"), bitmap(&[9]));
-        assert_eq!((table.l2.len() / 256, table.l3.len() / 256), (2, 2));
+        // 10.1.2.0/24 holds /25 and /32 (a block of its own); 192.0.2.7 alone in its /24
+        // folds into a HOST entry.
+        assert_eq!((table.l2.len() / 256, table.l3.len() / 256), (2, 1));
     }
 
     #[test]
@@ -155,5 +204,58 @@ mod tests {
         assert!(V4Table::build(&entries).is_none());
         entries.pop();
         assert!(V4Table::build(&entries).is_some());
+    }
+
+    #[test]
+    fn host_routes_fold_and_agree_with_a_longest_prefix_match() {
+        // Host routes alone in their /24, two in one /24, and inside /24 and /28 rules.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u32
+        };
+        let mut nets: Vec<Ipv4Net> = vec!["0.0.0.0/0".parse().expect("net")];
+        for i in 0..600 {
+            let base = 0x0a00_0000 | (next() & 0x00ff_ffff); // 10.0.0.0/8
+            let len = [32, 32, 32, 24, 28, 16][i % 6];
+            nets.push(Ipv4Net::new(std::net::Ipv4Addr::from(base), len).expect("net").trunc());
+            if i % 50 == 0 {
+                // A second host in the same /24.
+                nets.push(Ipv4Net::new(std::net::Ipv4Addr::from(base ^ 1), 32).expect("net"));
+            }
+        }
+        nets.sort();
+        nets.dedup();
+        // Each prefix its own rule, the bitmap holding every covering prefix's rule, as
+        // `compile` builds them.
+        let entries: Vec<(Ipv4Net, RuleBitmap)> = nets
+            .iter()
+            .map(|net| {
+                let covering: Vec<usize> = nets
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| n.contains(net))
+                    .map(|(i, _)| i % 1000)
+                    .collect();
+                (*net, bitmap(&covering))
+            })
+            .collect();
+        let table = V4Table::build(&entries).expect("fits");
+        assert!(table.l2.iter().any(|e| e & HOST != 0), "some host routes fold");
+        let mut probes: Vec<u32> = nets.iter().map(|n| u32::from(n.network())).collect();
+        probes.extend(nets.iter().map(|n| u32::from(n.network()) ^ 1));
+        probes.extend((0..20_000).map(|_| 0x0a00_0000 | (next() & 0x00ff_ffff)));
+        for addr in probes {
+            let addr = std::net::Ipv4Addr::from(addr);
+            let expected = entries
+                .iter()
+                .filter(|(n, _)| n.contains(&addr))
+                .max_by_key(|(n, _)| n.prefix_len())
+                .map(|(_, b)| *b)
+                .expect("the /0");
+            assert_eq!(*table.lookup(addr), expected, "{addr}");
+        }
     }
 }
