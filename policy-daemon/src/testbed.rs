@@ -118,6 +118,24 @@ pub enum TestbedError {
     LogTimeout { text: String, count: usize, log: String },
 }
 
+/// Saves `text` at `path` the way editors and config management do: a temporary file
+/// beside it, then a rename over it.
+pub fn save_by_rename(path: &Path, text: &str) -> io::Result<()> {
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of /proc/PID/status).
+pub fn rss_kib(pid: u32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS in /proc/PID/status"))
+}
+
 /// Whether this process runs with root's effective uid, which everything here needs.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

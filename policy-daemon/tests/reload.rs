@@ -71,9 +71,7 @@ impl Drop for TempDir {
 
 /// Saves `text` at `path` the way editors do: a temporary file, then a rename over.
 fn save_by_rename(path: &Path, text: &str) {
-    let tmp = path.with_extension("toml.tmp");
-    fs::write(&tmp, text).expect("writing the temporary file");
-    fs::rename(&tmp, path).expect("renaming over the policy");
+    policy_daemon::testbed::save_by_rename(path, text).expect("saving the policy by rename");
 }
 
 /// Datagrams to `port` that arrive (10 sent, 300 ms to arrive).
@@ -274,12 +272,7 @@ fn assert_nothing_misclassified(result: &StreamResult, counters: &CounterTable) 
 
 /// The daemon's resident memory, from /proc.
 fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    policy_daemon::testbed::rss_kib(pid).expect("VmRSS of the daemon")
 }
 
 /// How many reloads the daemon has finished, whatever their outcome.

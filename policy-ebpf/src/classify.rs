@@ -54,8 +54,8 @@ pub fn classify(packet: &Packet) -> Decision {
             if entry != 0 {
                 let (verdict, slot) = port_table::decode(entry);
                 let verdict = match verdict {
-                    1 => Verdict::DropRule,
-                    2 => Verdict::MonitorRule,
+                    v if v == Verdict::DropRule as u32 => Verdict::DropRule,
+                    v if v == Verdict::MonitorRule as u32 => Verdict::MonitorRule,
                     _ => Verdict::PassRule,
                 };
                 return Decision { verdict, counter_slot: Some(slot) };

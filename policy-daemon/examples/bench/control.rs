@@ -12,7 +12,7 @@ use policy_daemon::{
     cli::XdpModeArg,
     dataplane::Dataplane,
     policy::{self, Ruleset},
-    testbed::Testbed,
+    testbed::{Testbed, rss_kib, save_by_rename},
 };
 
 use crate::{
@@ -151,22 +151,6 @@ fn blocking(port: u16) -> String {
     )
 }
 
-fn save_by_rename(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming over {}", path.display()))
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")
-}
-
 /// User + system CPU time of a process.
 fn cpu_time(pid: u32) -> Result<Duration> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -226,7 +210,9 @@ fn daemon(opts: &Opts) -> Result<(String, Vec<SummaryRow>)> {
                 }
                 let port = if i % 2 == 0 { PORT_B } else { PORT_A };
                 let at = start.elapsed();
-                if let Err(e) = save_by_rename(&policy, &blocking(port)) {
+                if let Err(e) =
+                    save_by_rename(&policy, &blocking(port)).map_err(anyhow::Error::from)
+                {
                     error = Some(e);
                     return;
                 }

@@ -138,6 +138,14 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Binds `pid` (0: the calling thread) to `cpu`.
+pub fn pin_to_cpu(pid: u32, cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).with_context(|| format!("CPU {cpu} is out of range"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid as i32), &set)
+        .with_context(|| format!("binding thread {pid} to CPU {cpu}"))
+}
+
 fn command_output(program: &str, args: &[&str]) -> Result<String> {
     let output =
         Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;

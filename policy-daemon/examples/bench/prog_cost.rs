@@ -117,28 +117,22 @@ fn policy_variant(name: String, text: &str, rules: Option<usize>) -> Result<Vari
 
 /// Pins this thread to the last CPU while it lives, so measurements do not migrate
 /// between CPUs; the thread's previous CPUs are restored when it is dropped.
-struct PinnedToLastCpu(libc::cpu_set_t);
+struct PinnedToLastCpu(nix::sched::CpuSet);
 
 impl PinnedToLastCpu {
-    fn new() -> Self {
+    fn new() -> Result<Self> {
+        let this_thread = nix::unistd::Pid::from_raw(0);
+        let previous =
+            nix::sched::sched_getaffinity(this_thread).context("reading CPU affinity")?;
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it, and
-        // sched_{get,set}affinity read or write exactly one cpu_set_t.
-        unsafe {
-            let mut previous: libc::cpu_set_t = std::mem::zeroed();
-            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut previous);
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpus - 1, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-            Self(previous)
-        }
+        crate::pin_to_cpu(0, cpus - 1)?;
+        Ok(Self(previous))
     }
 }
 
 impl Drop for PinnedToLastCpu {
     fn drop(&mut self) {
-        // SAFETY: writes back the set read in `new`.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &self.0);
     }
 }
 
@@ -279,7 +273,7 @@ pub fn run(opts: &Opts) -> Result<Section> {
         }
     }
 
-    let pinned = PinnedToLastCpu::new();
+    let pinned = PinnedToLastCpu::new()?;
     if let Ok(spin) = std::env::var("BENCH_SPIN") {
         return spin_for_profiling(&spin, &mut variants, &probes);
     }

@@ -226,7 +226,7 @@ pub fn compile(policy: &Policy) -> Ruleset {
     }
 
     let d = &policy.defaults;
-    let config = common::GenConfig {
+    let mut config = common::GenConfig {
         words: rules.len().div_ceil(64).min(BITMAP_WORDS) as u32,
         fields,
         default_action: kernel_action(d.action) as u8,
@@ -248,7 +248,6 @@ pub fn compile(policy: &Policy) -> Ruleset {
     };
     let v4_tables = [table_of(field::SRC, &src_v4), table_of(field::DST, &dst_v4)];
     let (src_v6, dst_v6) = (prefixes(&src, v6), prefixes(&dst, v6));
-    let mut config = config;
     // An IPv6 trie with nothing but its /0 gives every address the same rules: those
     // go in a field bitmap, and the program skips the walk.
     for (entries, used, only) in [
@@ -261,11 +260,10 @@ pub fn compile(policy: &Policy) -> Ruleset {
         }
     }
     debug_assert_eq!(field_bitmaps.len(), field_bitmap::PER_GENERATION as usize);
-    if v4_tables[0].is_some() {
-        config.fields |= field::SRC_V4_TABLE;
-    }
-    if v4_tables[1].is_some() {
-        config.fields |= field::DST_V4_TABLE;
+    for (table, bit) in v4_tables.iter().zip([field::SRC_V4_TABLE, field::DST_V4_TABLE]) {
+        if table.is_some() {
+            config.fields |= bit;
+        }
     }
     let mut ruleset = Ruleset {
         config,

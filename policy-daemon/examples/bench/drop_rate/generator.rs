@@ -153,7 +153,7 @@ impl Generator {
         max_frames: u64,
     ) -> Result<Sent> {
         tx.run(|| {
-            crate::drop_rate::rig::pin_to_cpu(0, cpu).context("pinning the generator thread")?;
+            crate::pin_to_cpu(0, cpu).context("pinning the generator thread")?;
             // Ahead of whatever else runs on its CPU (a build, say): every pause of more
             // than a few microseconds empties veth1's 256-frame ring, the NAPI thread
             // goes to sleep, and its cost per packet then includes being woken.

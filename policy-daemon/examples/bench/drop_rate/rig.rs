@@ -119,14 +119,6 @@ impl Check {
     }
 }
 
-/// Binds `pid` (0: the calling thread) to `cpu`.
-pub fn pin_to_cpu(pid: u32, cpu: usize) -> Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu).with_context(|| format!("CPU {cpu} is out of range"))?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid as i32), &set)
-        .with_context(|| format!("binding thread {pid} to CPU {cpu}"))
-}
-
 /// Gives thread `pid` (0: the calling thread) SCHED_FIFO `priority`; false if not
 /// permitted.
 pub fn make_realtime(pid: u32, priority: i32) -> bool {
@@ -207,7 +199,7 @@ pub fn measure(
     let installed = variants::install(variant, &testbed, daemon, policies)
         .with_context(|| format!("installing {}", variant.label()))?;
     let napi = threaded_napi(&testbed)?;
-    pin_to_cpu(napi, plan.napi_cpu).context("pinning the NAPI thread")?;
+    crate::pin_to_cpu(napi, plan.napi_cpu).context("pinning the NAPI thread")?;
     let fifo = make_realtime(napi, NAPI_PRIORITY);
 
     let ethtool = counters::EthtoolReader::open(testbed.rx(), RX_IFACE)?;
