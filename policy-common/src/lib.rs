@@ -64,8 +64,11 @@ pub const SRC_V6_MAP: &str = "SRC_V6";
 pub const DST_V6_MAP: &str = "DST_V6";
 /// `PerCpuArray<Counter>` indexed by a rule's counter slot ([`RuleInfo::counter_slot`]).
 pub const RULE_COUNTERS_MAP: &str = "RULE_COUNTERS";
-/// `PerCpuArray<Counter>` indexed by [`Verdict`].
+/// `PerCpuArray<Counter>` indexed by [`Verdict`], [`VERDICT_SLOTS`] entries.
 pub const VERDICT_COUNTERS_MAP: &str = "VERDICTS";
+/// Entries of [`VERDICT_COUNTERS_MAP`]: room for verdicts to come, so that adding one
+/// does not change the map's layout.
+pub const VERDICT_SLOTS: u32 = 32;
 
 /// `RingBuf` of [`DropEvent`]s: sampled summaries of dropped (and would-be-dropped)
 /// packets, for `xdp-policy events`. Bounded: when nobody reads, new events are lost.
@@ -122,9 +125,20 @@ pub const MAX_PREFIXES: u32 = 1_048_576;
 /// old and the new generation may use different slots at once.
 pub const RULE_COUNTER_SLOTS: u32 = 2 * MAX_RULES as u32;
 
-/// IPv6 extension headers the parser walks before it gives up on finding the transport
-/// header; a packet with more is counted as [`Verdict::PassMalformed`] and passed.
-pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// The parser's bounds (see `policy-ebpf/src/parse.rs`): a packet whose headers go past
+/// one of them is unparsable ([`Verdict::DropUnparsable`] / [`Verdict::PassUnparsable`],
+/// by the policy's `unparsable` setting), never passed unjudged. Real traffic stays far
+/// inside them: QinQ has two tags, IPv6 packets seldom carry more than three extension
+/// headers.
+///
+/// VLAN tags (802.1Q or 802.1ad, any VID, in any order) walked before the EtherType.
+pub const MAX_VLAN_TAGS: usize = 8;
+/// IPv6 extension headers walked before the transport header.
+pub const MAX_IPV6_EXT_HEADERS: usize = 32;
+/// Bytes from the start of the IPv6 header to the start of the transport header: the
+/// IPv6 minimum MTU, the most a first fragment is sure to carry, and every first
+/// fragment must carry the whole header chain (RFC 8200 §5, RFC 7112).
+pub const MAX_IPV6_HEADER_CHAIN: usize = 1280;
 
 /// XDP return codes (`enum xdp_action` of the kernel UAPI), for userspace that reads
 /// them back from BPF_PROG_TEST_RUN. The kernel program uses aya's bindings and asserts
@@ -372,7 +386,9 @@ pub struct GenConfig {
     pub default_monitor: u8,
     /// [`FragmentAction`].
     pub fragments: u8,
-    pub _pad: u8,
+    /// [`Action`] for an IP packet whose transport header cannot be located and read
+    /// whole (see [`Verdict::DropUnparsable`]). Not affected by `default_monitor`.
+    pub unparsable: u8,
     pub _pad2: u32,
 }
 
@@ -475,7 +491,8 @@ pub enum Verdict {
     DropDefault = 4,
     /// No rule matched; the default `drop` is in monitor mode: counted, passed.
     MonitorDefault = 5,
-    /// Not IPv4 or IPv6 (ARP, LLDP, …), or more than two VLAN tags.
+    /// Not IPv4 or IPv6 (ARP, LLDP, …): the EtherType after the last VLAN tag is neither
+    /// IPv4, IPv6 nor a VLAN TPID.
     PassNotIp = 6,
     /// IPv6 neighbour discovery (ICMPv6 133–137) that no rule matched: never dropped by
     /// the default action, or a default-deny host would lose its neighbours.
@@ -484,14 +501,19 @@ pub enum Verdict {
     PassFragment = 8,
     /// A non-first fragment, dropped by `fragments = "drop"`.
     DropFragment = 9,
-    /// Truncated or malformed headers (or too many IPv6 extension headers): never
-    /// matched against a rule, passed for the kernel stack to judge.
-    PassMalformed = 10,
+    /// An IPv4 or IPv6 packet (after however many VLAN tags) whose transport header
+    /// cannot be located and read whole: truncated or inconsistent headers, lengths that
+    /// do not add up, a first fragment that splits the header chain, more than the
+    /// parser's bounds of tags or extension headers. Never matched against a rule;
+    /// passed by `unparsable = "pass"`.
+    PassUnparsable = 10,
+    /// The same, dropped by `unparsable = "drop"` (the default).
+    DropUnparsable = 11,
 }
 
 impl Verdict {
     /// Number of verdicts, the size of the verdict counter map.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::PassRule,
@@ -504,7 +526,8 @@ impl Verdict {
         Self::PassNeighbour,
         Self::PassFragment,
         Self::DropFragment,
-        Self::PassMalformed,
+        Self::PassUnparsable,
+        Self::DropUnparsable,
     ];
 
     /// Stable name used in logs and output.
@@ -520,13 +543,17 @@ impl Verdict {
             Self::PassNeighbour => "pass_neighbour",
             Self::PassFragment => "pass_fragment",
             Self::DropFragment => "drop_fragment",
-            Self::PassMalformed => "pass_malformed",
+            Self::PassUnparsable => "pass_unparsable",
+            Self::DropUnparsable => "drop_unparsable",
         }
     }
 
     /// Whether the program drops packets with this verdict.
     pub const fn drops(self) -> bool {
-        matches!(self, Self::DropRule | Self::DropDefault | Self::DropFragment)
+        matches!(
+            self,
+            Self::DropRule | Self::DropDefault | Self::DropFragment | Self::DropUnparsable
+        )
     }
 }
 
@@ -549,6 +576,7 @@ pub struct Counter {
 }
 
 const _: () = assert!(size_of::<Counter>() == 16);
+const _: () = assert!(Verdict::COUNT <= VERDICT_SLOTS);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -442,10 +442,11 @@ pub fn describe(policy: &Policy, path: &str) -> String {
     let d = &policy.defaults;
     out.push_str(
         &format!(
-            "  default: {:?}{}, fragments: {:?}\n",
+            "  default: {:?}{}, fragments: {:?}, unparsable: {:?}\n",
             d.action,
             if d.mode == policy::Mode::Monitor { " (monitor)" } else { "" },
-            d.fragments
+            d.fragments,
+            d.unparsable
         )
         .to_lowercase(),
     );

@@ -12,7 +12,7 @@
 //! | --- | --- | --- |
 //! | `rule_packets_total`, `rule_bytes_total` | counter | `iface`, `rule` |
 //! | `verdict_packets_total`, `verdict_bytes_total` | counter | `iface`, `verdict` |
-//! | `malformed_packets_total` (the `pass_malformed` verdict) | counter | `iface` |
+//! | `unparsable_packets_total` (`drop_unparsable` and `pass_unparsable`) | counter | `iface` |
 //! | `generation` | gauge | `iface`, `policy` |
 //! | `attach_mode_info` (always 1) | gauge | `iface`, `mode` |
 //! | `last_reload_successful` (1 or 0) | gauge | `policy` |
@@ -263,10 +263,13 @@ impl Collector for StateCollector {
         )?;
         family(
             &mut encoder,
-            "malformed_packets",
-            "Packets with truncated or malformed headers, passed unjudged (verdict pass_malformed).",
+            "unparsable_packets",
+            "IP packets whose transport header could not be located and read whole, decided by the policy's unparsable action (verdicts drop_unparsable and pass_unparsable).",
             ifaces.iter().map(|(i, s)| {
-                ([("iface", i)], ConstCounter::new(s.verdicts.get(Verdict::PassMalformed).packets))
+                let v = &s.verdicts;
+                let n =
+                    v.get(Verdict::DropUnparsable).packets + v.get(Verdict::PassUnparsable).packets;
+                ([("iface", i)], ConstCounter::new(n))
             }),
         )?;
         family(
@@ -423,7 +426,7 @@ mod tests {
         let mut v = VerdictCounts::default();
         v.0[Verdict::PassRule as usize] = counts(10, 1_000);
         v.0[Verdict::DropRule as usize] = counts(3, 180);
-        v.0[Verdict::PassMalformed as usize] = counts(2, 70);
+        v.0[Verdict::DropUnparsable as usize] = counts(2, 70);
         v
     }
 
@@ -486,7 +489,8 @@ xdp_policy_verdict_packets_total{iface="eth0",verdict="pass_not_ip"} 0
 xdp_policy_verdict_packets_total{iface="eth0",verdict="pass_neighbour"} 0
 xdp_policy_verdict_packets_total{iface="eth0",verdict="pass_fragment"} 0
 xdp_policy_verdict_packets_total{iface="eth0",verdict="drop_fragment"} 0
-xdp_policy_verdict_packets_total{iface="eth0",verdict="pass_malformed"} 2
+xdp_policy_verdict_packets_total{iface="eth0",verdict="pass_unparsable"} 0
+xdp_policy_verdict_packets_total{iface="eth0",verdict="drop_unparsable"} 2
 # HELP xdp_policy_verdict_bytes_total Bytes (from the Ethernet header on) of the packets by verdict.
 # TYPE xdp_policy_verdict_bytes_total counter
 xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_rule"} 1000
@@ -499,10 +503,11 @@ xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_not_ip"} 0
 xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_neighbour"} 0
 xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_fragment"} 0
 xdp_policy_verdict_bytes_total{iface="eth0",verdict="drop_fragment"} 0
-xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_malformed"} 70
-# HELP xdp_policy_malformed_packets_total Packets with truncated or malformed headers, passed unjudged (verdict pass_malformed).
-# TYPE xdp_policy_malformed_packets_total counter
-xdp_policy_malformed_packets_total{iface="eth0"} 2
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_unparsable"} 0
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="drop_unparsable"} 70
+# HELP xdp_policy_unparsable_packets_total IP packets whose transport header could not be located and read whole, decided by the policy's unparsable action (verdicts drop_unparsable and pass_unparsable).
+# TYPE xdp_policy_unparsable_packets_total counter
+xdp_policy_unparsable_packets_total{iface="eth0"} 2
 # HELP xdp_policy_generation Policy applies since start-up; 1 after the first.
 # TYPE xdp_policy_generation gauge
 xdp_policy_generation{iface="eth0",policy="/etc/xdp-policy/edge.toml"} 3
@@ -661,7 +666,7 @@ xdp_policy_reload_errors_total{policy="/etc/xdp-policy/edge.toml"} 1
         for line in [
             r#"xdp_policy_rule_packets_total{iface="eth0",rule="web"} 2"#,
             r#"xdp_policy_verdict_packets_total{iface="eth0",verdict="drop_rule"} 3"#,
-            r#"xdp_policy_malformed_packets_total{iface="eth0"} 2"#,
+            r#"xdp_policy_unparsable_packets_total{iface="eth0"} 2"#,
             r#"xdp_policy_generation{iface="eth0",policy="/etc/xdp-policy/edge.toml"} 3"#,
             r#"xdp_policy_last_reload_successful{policy="/etc/xdp-policy/edge.toml"} 1"#,
             r#"xdp_policy_last_reload_timestamp_seconds{policy="/etc/xdp-policy/edge.toml"} 1700000000.0"#,

@@ -111,7 +111,7 @@ const STREAM_COMPILE: u64 = 4;
 #[test]
 fn reference_parser_reads_what_the_generator_built() {
     let seed = Config::from_env().seed;
-    let (mut checked, mut truncated) = (0, 0);
+    let (mut checked, mut truncated, mut cut) = (0, 0, 0);
     let mut kinds = [0usize; 4];
     let mut failures = Vec::new();
     for index in 0..20 {
@@ -124,9 +124,10 @@ fn reference_parser_reads_what_the_generator_built() {
             let parsed = reference::parse_packet(&bytes);
             checked += 1;
             truncated += usize::from(frame.truncate.is_some());
+            cut += usize::from(frame.ip_len.is_some());
             kinds[match expected {
                 Parsed::NotIp => 0,
-                Parsed::Malformed => 1,
+                Parsed::Unparsable => 1,
                 Parsed::Ip(IpPacket { l4: L4::Fragment { .. }, .. }) => 2,
                 Parsed::Ip(_) => 3,
             }] += 1;
@@ -140,7 +141,8 @@ fn reference_parser_reads_what_the_generator_built() {
         }
     }
     eprintln!(
-        "reference parser: {checked} frames ({truncated} truncated): {} not IP, {} malformed, \
+        "reference parser: {checked} frames ({truncated} truncated, {cut} cut by their IP \
+         length): {} not IP, {} unparsable, \
          {} non-first fragments, {} classified, {} disagreements",
         kinds[0],
         kinds[1],

@@ -220,15 +220,27 @@ fn deny_list_cases() -> Vec<Case> {
             Packet::ipv6(tcp(23)).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q),
             DropRule,
         ),
-        case(
-            "three VLAN tags are not parsed",
+        by(
+            "drop-telnet",
+            "three VLAN tags are walked",
             Packet::ipv4(tcp(23)).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q).vlan(ETH_P_8021Q),
-            PassNotIp,
+            DropRule,
+        ),
+        by(
+            "drop-telnet",
+            "eight VLAN tags (the bound) are walked",
+            (0..8).fold(Packet::ipv6(tcp(23)), |p, _| p.vlan(ETH_P_8021Q)),
+            DropRule,
+        ),
+        case(
+            "nine VLAN tags are past the bound",
+            (0..9).fold(Packet::ipv4(tcp(24)), |p, _| p.vlan(ETH_P_8021AD)),
+            DropUnparsable,
         ),
         case(
             "VLAN tag cut short",
             Packet::ipv4(tcp(23)).vlan(ETH_P_8021Q).truncate(16),
-            PassMalformed,
+            DropUnparsable,
         ),
         // IPv4 header length and options.
         by(
@@ -242,9 +254,49 @@ fn deny_list_cases() -> Vec<Case> {
             Packet::ipv4(tcp(24)).ipv4_options(40),
             PassDefault,
         ),
-        case("ipv4 IHL below 5", Packet::ipv4(tcp(23)).ipv4_ihl(4), PassMalformed),
-        case("ipv4 IHL past the packet's end", Packet::ipv4(tcp(23)).ipv4_ihl(15), PassMalformed),
-        case("version 6 in an IPv4 frame", Packet::ipv4(tcp(23)).ip_version(6), PassMalformed),
+        case("ipv4 IHL below 5", Packet::ipv4(tcp(23)).ipv4_ihl(4), DropUnparsable),
+        case("ipv4 IHL past the packet's end", Packet::ipv4(tcp(23)).ipv4_ihl(15), DropUnparsable),
+        case("version 6 in an IPv4 frame", Packet::ipv4(tcp(23)).ip_version(6), DropUnparsable),
+        // Lengths: the IP length decides where the packet ends, not the frame.
+        by(
+            "drop-low-udp",
+            "an Ethernet trailer past the IP total length is not read",
+            Packet::ipv4(udp(54)).trailer(18),
+            DropRule,
+        ),
+        case(
+            "ipv4 total length shorter than the header",
+            Packet::ipv4(tcp(24)).ip_len(19),
+            DropUnparsable,
+        ),
+        case(
+            "ipv4 total length past the frame",
+            Packet::ipv4(udp(5000)).ip_len(20 + 8 + 1),
+            DropUnparsable,
+        ),
+        case(
+            "tcp header split by the total length, the rest a trailer",
+            Packet::ipv4(tcp(24)).ip_len(20 + 8),
+            DropUnparsable,
+        ),
+        by(
+            "drop-telnet",
+            "ipv4 total length 0: up to the frame's end",
+            Packet::ipv4(tcp(23)).ip_len(0),
+            DropRule,
+        ),
+        by(
+            "drop-telnet",
+            "ipv6 payload length 0: up to the frame's end",
+            Packet::ipv6(tcp(23)).ip_len(0),
+            DropRule,
+        ),
+        case("ipv6 payload length past the frame", Packet::ipv6(udp(9)).ip_len(9), DropUnparsable),
+        case(
+            "ipv6 udp header split by the payload length",
+            Packet::ipv6(udp(5000)).ip_len(4).trailer(8),
+            DropUnparsable,
+        ),
         // Fragments (fragments = "rules", the default): only the first carries ports;
         // later ones meet only the rules that look at no port.
         by(
@@ -252,6 +304,16 @@ fn deny_list_cases() -> Vec<Case> {
             "ipv4 first fragment",
             Packet::ipv4(tcp(23)).ipv4_fragment(0, true),
             DropRule,
+        ),
+        case(
+            "ipv4 first fragment with 8 bytes of tcp",
+            Packet::ipv4(tcp(24)).ipv4_fragment(0, true).ip_len(20 + 8).trailer(12),
+            DropUnparsable,
+        ),
+        case(
+            "ipv4 first fragment with 16 bytes of tcp and options",
+            Packet::ipv4(tcp(24)).ipv4_options(8).ipv4_fragment(0, true).ip_len(28 + 16),
+            DropUnparsable,
         ),
         case(
             "ipv4 non-first fragment that looks like port 23",
@@ -266,6 +328,20 @@ fn deny_list_cases() -> Vec<Case> {
         ),
         by("drop-telnet", "ipv6 first fragment", Packet::ipv6(tcp(23)).ipv6_fragment(0), DropRule),
         case("ipv6 non-first fragment", Packet::ipv6(tcp(23)).ipv6_fragment(100), PassDefault),
+        case(
+            "ipv6 first fragment that splits the extension-header chain",
+            Packet::ipv6(tcp(24))
+                .ipv6_fragment(0)
+                .ipv6_ext_sized(IPPROTO_DSTOPTS, 2)
+                .ip_len(8 + 16)
+                .trailer(28),
+            DropUnparsable,
+        ),
+        case(
+            "ipv6 first fragment with the chain but 8 bytes of tcp",
+            Packet::ipv6(tcp(24)).ipv6_fragment(0).ipv6_ext(IPPROTO_DSTOPTS).ip_len(8 + 8 + 8),
+            DropUnparsable,
+        ),
         // IPv6 extension headers.
         by(
             "drop-telnet",
@@ -279,32 +355,73 @@ fn deny_list_cases() -> Vec<Case> {
         by("drop-low-udp", "ipv6 authentication header", Packet::ipv6(udp(54)).ipv6_ah(), DropRule),
         by(
             "drop-telnet",
-            "six extension headers (the limit)",
-            (0..6).fold(Packet::ipv6(tcp(23)), |p, _| p.ipv6_ext(IPPROTO_DSTOPTS)),
+            "seven extension headers",
+            (0..7).fold(Packet::ipv6(tcp(23)), |p, _| p.ipv6_ext(IPPROTO_DSTOPTS)),
+            DropRule,
+        ),
+        by(
+            "drop-telnet",
+            "32 extension headers (the bound)",
+            (0..32).fold(Packet::ipv6(tcp(23)), |p, i| {
+                p.ipv6_ext([IPPROTO_DSTOPTS, IPPROTO_ROUTING][i % 2])
+            }),
             DropRule,
         ),
         case(
-            "seven extension headers",
-            (0..7).fold(Packet::ipv6(tcp(23)), |p, _| p.ipv6_ext(IPPROTO_DSTOPTS)),
-            PassMalformed,
+            "33 extension headers are past the bound",
+            (0..33).fold(Packet::ipv6(tcp(24)), |p, _| p.ipv6_ext(IPPROTO_DSTOPTS)),
+            DropUnparsable,
+        ),
+        case(
+            "a header chain longer than 1,280 bytes is past the bound",
+            Packet::ipv6(udp(5000)).ipv6_ext_sized(IPPROTO_DSTOPTS, 255).ipv6_ext(IPPROTO_DSTOPTS),
+            DropUnparsable,
+        ),
+        by(
+            "drop-low-udp",
+            "a long header that ends inside the bound",
+            Packet::ipv6(udp(54)).ipv6_ext_sized(IPPROTO_DSTOPTS, 150),
+            DropRule,
         ),
         case(
             "extension header cut short",
             Packet::ipv6(tcp(23)).ipv6_ext(IPPROTO_DSTOPTS).truncate(14 + 40 + 1),
-            PassMalformed,
+            DropUnparsable,
+        ),
+        case(
+            "extension header longer than the payload",
+            Packet::ipv6(udp(5000)).ipv6_ext_sized(IPPROTO_DSTOPTS, 3).ip_len(24),
+            DropUnparsable,
         ),
         case("ESP is opaque", Packet::ipv6(L4::Other { proto: IPPROTO_ESP }), PassDefault),
         // Truncated headers are never matched.
-        case("ethernet header only", Packet::ipv4(tcp(23)).truncate(14), PassMalformed),
-        case("ipv4 header cut short", Packet::ipv4(tcp(23)).truncate(14 + 19), PassMalformed),
-        case("ipv6 header cut short", Packet::ipv6(tcp(23)).truncate(14 + 39), PassMalformed),
-        case("tcp header cut short", Packet::ipv4(tcp(23)).truncate(14 + 20 + 19), PassMalformed),
-        case("udp header cut short", Packet::ipv4(udp(54)).truncate(14 + 20 + 7), PassMalformed),
-        case("icmp header cut short", Packet::ipv4(icmp(8)).truncate(14 + 20 + 3), PassMalformed),
+        case("ethernet header only", Packet::ipv4(tcp(23)).truncate(14), DropUnparsable),
+        case("ipv4 header cut short", Packet::ipv4(tcp(23)).truncate(14 + 19), DropUnparsable),
+        case("ipv6 header cut short", Packet::ipv6(tcp(23)).truncate(14 + 39), DropUnparsable),
+        case(
+            "tcp header cut short",
+            Packet::ipv4(tcp(23)).truncate(14 + 20 + 19).ip_len(20 + 19),
+            DropUnparsable,
+        ),
+        case(
+            "udp header cut short",
+            Packet::ipv4(udp(54)).truncate(14 + 20 + 7).ip_len(20 + 7),
+            DropUnparsable,
+        ),
+        case(
+            "icmp header cut short",
+            Packet::ipv4(icmp(8)).truncate(14 + 20 + 7).ip_len(20 + 7),
+            DropUnparsable,
+        ),
         case(
             "tcp data offset below 5",
             Packet::ipv4(L4::Tcp { dst_port: 23, data_offset: 4 }),
-            PassMalformed,
+            DropUnparsable,
+        ),
+        case(
+            "tcp options past the segment",
+            Packet::ipv4(L4::Tcp { dst_port: 24, data_offset: 6 }),
+            DropUnparsable,
         ),
         case("arp", Packet::arp(), PassNotIp),
     ]
@@ -346,7 +463,7 @@ fn default_deny_cases() -> Vec<Case> {
             Packet::ipv4(tcp(22)).ipv4_fragment(0, true),
             PassRule,
         ),
-        case("malformed still passes", Packet::ipv4(tcp(22)).truncate(30), PassMalformed),
+        case("unparsable is dropped", Packet::ipv4(tcp(22)).truncate(30), DropUnparsable),
     ]
 }
 
@@ -355,6 +472,7 @@ const MONITOR_DEFAULT: &str = r#"
 action = "drop"
 mode = "monitor"
 fragments = "pass"
+unparsable = "pass"
 
 [[rule]]
 name = "drop-telnet"
@@ -382,6 +500,7 @@ fn monitor_cases() -> Vec<Case> {
         ),
         case("the default drop only counts", Packet::ipv4(tcp(24)), MonitorDefault),
         case("fragments = pass", Packet::ipv6(tcp(23)).ipv6_fragment(3), PassFragment),
+        case("unparsable = pass", Packet::ipv6(tcp(23)).truncate(60), PassUnparsable),
     ]
 }
 

@@ -254,7 +254,7 @@ fn metrics_are_scraped() {
     for line in [
         "xdp_policy_rule_packets_total{iface=\"veth1\",rule=\"block-7001\"} 10",
         "xdp_policy_verdict_packets_total{iface=\"veth1\",verdict=\"drop_rule\"} 10",
-        "xdp_policy_malformed_packets_total{iface=\"veth1\"} 0",
+        "xdp_policy_unparsable_packets_total{iface=\"veth1\"} 0",
         "xdp_policy_attach_mode_info{iface=\"veth1\",mode=\"skb\"} 1",
         "xdp_policy_reload_errors_total{policy=",
         "xdp_policy_last_reload_successful{policy=",

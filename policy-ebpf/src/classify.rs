@@ -82,6 +82,18 @@ pub fn classify(packet: &Packet) -> Decision {
     }
 }
 
+/// The decision for an IP packet the parser could not read whole: the policy's
+/// `unparsable` action. Without a readable configuration, drop: fail closed.
+#[inline(always)]
+pub fn unparsable() -> Decision {
+    let active = ACTIVE.get(0).copied().unwrap_or(0);
+    let verdict = match CONFIG.get(active % GENERATIONS).map(|c| Action::try_from(c.unparsable)) {
+        Some(Ok(Action::Pass)) => Verdict::PassUnparsable,
+        Some(Ok(Action::Drop) | Err(_)) | None => Verdict::DropUnparsable,
+    };
+    Decision::of(verdict)
+}
+
 #[inline(always)]
 fn decide_rule(generation: u32, rule: u32) -> Decision {
     let Some(info) = RULES.get(generation * MAX_RULES as u32 + rule) else {

@@ -12,7 +12,6 @@ mod maps;
 mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use policy_common::Verdict;
 
 const _: () = assert!(
     xdp_action::XDP_DROP == policy_common::xdp_action::XDP_DROP
@@ -25,9 +24,7 @@ pub fn policy_xdp(ctx: XdpContext) -> u32 {
     let parsed = parse::parse(&ctx);
     let (decision, packet) = match &parsed {
         Ok(packet) => (classify::classify(packet), Some(packet)),
-        Err(parse::Malformed) => {
-            (classify::Decision { verdict: Verdict::PassMalformed, counter_slot: None }, None)
-        }
+        Err(parse::Unparsable) => (classify::unparsable(), None),
     };
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     maps::count(&maps::VERDICT_COUNTERS, decision.verdict as u32, bytes);

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use policy_common::{
     BITMAP_WORDS, Counter, EVENTS_BYTES, EventSettings, GENERATIONS, GenConfig, IPV4_KEY_LEN,
     IPV6_KEY_LEN, MAX_PORT_CLASSES, MAX_PREFIXES, MAX_RULES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS,
-    RuleBitmap, RuleInfo, Verdict, field_bitmap, port_table, v4_table,
+    RuleBitmap, RuleInfo, VERDICT_SLOTS, field_bitmap, port_table, v4_table,
 };
 
 const _: () = assert!(BITMAP_WORDS == 16, "classify::first_match unrolls 16 words");
@@ -81,8 +81,7 @@ pub static RULE_COUNTERS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(RULE_COUNTER_SLOTS, 0);
 
 #[map(name = "VERDICTS")]
-pub static VERDICT_COUNTERS: PerCpuArray<Counter> =
-    PerCpuArray::with_max_entries(Verdict::COUNT, 0);
+pub static VERDICT_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(VERDICT_SLOTS, 0);
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

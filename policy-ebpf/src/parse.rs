@@ -1,22 +1,34 @@
 //! Header parsing with one bounds-checked cursor.
 //!
 //! Contract (the userspace reference parser, `policy::reference::parse_packet`, follows
-//! it byte for byte, and the differential tests hold the two to it):
-//! - Ethernet, then at most two VLAN tags (802.1Q `0x8100` or 802.1ad `0x88a8`, in any
-//!   order). A third tag, or any EtherType other than IPv4/IPv6, is `NotIp`.
-//! - IPv4: version 4, header length from IHL (options skipped); IHL < 5 is malformed.
-//!   A non-zero fragment offset is a non-first fragment: it has no transport header.
-//! - IPv6: version 6; hop-by-hop, routing, destination-options, mobility, HIP, shim6 and
-//!   AH headers are skipped (at most `MAX_IPV6_EXT_HEADERS`, more is malformed); a
-//!   fragment header with a non-zero offset makes a non-first fragment.
-//! - Transport: TCP needs its 20-byte header and a data offset ≥ 5, UDP its 8-byte
-//!   header, ICMP (over IPv4) and ICMPv6 (over IPv6) 4 bytes (type, code, checksum).
-//!   Other protocols, and ICMP over the other IP version, are class `Other`.
-//! - A header the classifier reads that runs past the end of the packet makes the packet
-//!   `Malformed`, and a malformed packet is never matched against a rule. Bytes it does
-//!   not read are not checked: IPv4 options of a non-first fragment or before a protocol
-//!   without ports, TCP options, the rest of the last IPv6 extension header before an
-//!   "other" protocol.
+//! it byte for byte, and the differential and evasion tests hold the two to it). The
+//! rule behind it: a packet Linux could deliver is either classified from exactly the
+//! headers Linux will read, or it is `Unparsable` (and the policy's `unparsable` action,
+//! drop by default, decides it); it is never passed because the parser gave up.
+//! - Ethernet, then VLAN tags (802.1Q `0x8100` or 802.1ad `0x88a8`, any VID, in any
+//!   order; Linux strips priority tags, VID 0, that no VLAN device claims) up to
+//!   `MAX_VLAN_TAGS`. An EtherType other than IPv4, IPv6 or a VLAN TPID after the last
+//!   tag is `NotIp`; a frame too short for its Ethernet header or tags, or a further tag
+//!   past the bound, is `Unparsable`.
+//! - IPv4: version 4, IHL ≥ 5, and a total length that holds the header and fits in the
+//!   frame; bytes past it (an Ethernet trailer) are not the packet's, as for Linux. A
+//!   total length of 0 means "up to the end of the frame" (the kernel's own large GRO
+//!   packets; Linux drops such a packet from the wire anyway). Options are skipped. A
+//!   non-zero fragment offset is a non-first fragment: it has no transport header.
+//! - IPv6: version 6 and a payload length that fits in the frame (0: up to its end, as
+//!   for jumbograms). Hop-by-hop, routing, destination-options, mobility, HIP, shim6,
+//!   AH and fragment headers are walked, each of which must lie whole inside the
+//!   packet, at most `MAX_IPV6_EXT_HEADERS` of them and within `MAX_IPV6_HEADER_CHAIN`
+//!   bytes of the IPv6 header's start; a fragment header with a non-zero offset makes a
+//!   non-first fragment.
+//! - Transport: TCP needs its whole header (data offset ≥ 5, all `4 × doff` bytes), UDP
+//!   its 8-byte header, ICMP (over IPv4) and ICMPv6 (over IPv6) their 8-byte header,
+//!   all inside the IP packet: a first fragment that does not hold them (or, for IPv6,
+//!   the whole extension-header chain) is `Unparsable` (RFC 1858, RFC 7112, RFC 9098).
+//!   Other protocols, and ICMP over the other IP version, are class `Other`, with no
+//!   header read.
+//! - Bytes the classifier does not need are not checked: IPv4 options, checksums, the
+//!   TCP options' contents, the payload.
 //! - Ports are returned in host byte order; for ICMP the type stands in the destination
 //!   port, for other protocols both ports are 0.
 
@@ -30,10 +42,11 @@ use network_types::{
     udp::UdpHdr,
     vlan::VlanHdr,
 };
-use policy_common::{L4Class, MAX_IPV6_EXT_HEADERS};
+use policy_common::{L4Class, MAX_IPV6_EXT_HEADERS, MAX_IPV6_HEADER_CHAIN, MAX_VLAN_TAGS};
 
-/// The packet is truncated or its headers contradict themselves.
-pub struct Malformed;
+/// An IP packet whose transport header cannot be located and read whole, or a frame
+/// too short to say what it carries.
+pub struct Unparsable;
 
 /// A parsed packet. A struct with every field always initialised rather than an enum
 /// with data: LLVM assembled the enum's unused fields from uninitialised registers, which
@@ -95,9 +108,6 @@ pub struct Transport {
     pub fragment: bool,
 }
 
-/// VLAN tags parsed before the EtherType is taken as final.
-const MAX_VLAN_TAGS: usize = 2;
-
 const ETHER_TYPE_VLAN: u16 = EtherType::Ieee8021q as u16;
 const ETHER_TYPE_QINQ: u16 = EtherType::Ieee8021ad as u16;
 const ETHER_TYPE_IPV4: u16 = EtherType::Ipv4 as u16;
@@ -133,43 +143,72 @@ struct Ipv6ExtHdr {
     hdr_ext_len: u8,
 }
 
-/// Type, code and checksum: the part of an ICMP header every message has.
+/// The ICMP and ICMPv6 header: type, code, checksum and four bytes that depend on the
+/// type. Linux reads all eight before it looks at a message.
 #[repr(C)]
 struct IcmpHdr {
     icmp_type: u8,
     _code: u8,
     _checksum: [u8; 2],
+    _rest: [u8; 4],
 }
 
-/// A position in the packet; every read is checked against the packet's end.
+/// A position in the packet. Every read is checked against the end of the frame (for
+/// the verifier) and against `end`, the end of the IP packet once its length is known
+/// (for the contract: nothing past the IP length is the packet's).
 struct Cursor<'a> {
     ctx: &'a XdpContext,
     offset: usize,
+    end: usize,
 }
 
 impl Cursor<'_> {
     /// Returns a pointer to a `T` at the cursor, if all of it lies inside the packet.
     #[inline(always)]
-    fn peek<T>(&self) -> Result<*const T, Malformed> {
+    fn peek<T>(&self) -> Result<*const T, Unparsable> {
         let start = self.ctx.data() + self.offset;
-        if start + size_of::<T>() > self.ctx.data_end() {
-            return Err(Malformed);
+        if self.offset + size_of::<T>() > self.end || start + size_of::<T>() > self.ctx.data_end() {
+            return Err(Unparsable);
         }
         Ok(start as *const T)
     }
 
     /// Returns the `T` at the cursor and moves past it.
     #[inline(always)]
-    fn read<T>(&mut self) -> Result<*const T, Malformed> {
+    fn read<T>(&mut self) -> Result<*const T, Unparsable> {
         let ptr = self.peek::<T>()?;
         self.offset += size_of::<T>();
         Ok(ptr)
     }
+
+    /// Moves past `len` bytes, all of which must lie inside the IP packet.
+    #[inline(always)]
+    fn skip(&mut self, len: usize) -> Result<(), Unparsable> {
+        if self.offset + len > self.end {
+            return Err(Unparsable);
+        }
+        self.offset += len;
+        Ok(())
+    }
+
+    /// The IP packet at `start` is `len` bytes long (0: up to the end of the frame),
+    /// which must fit in the frame.
+    #[inline(always)]
+    fn limit(&mut self, start: usize, len: u16) -> Result<(), Unparsable> {
+        if len != 0 {
+            let end = start + usize::from(len);
+            if end > self.end {
+                return Err(Unparsable);
+            }
+            self.end = end;
+        }
+        Ok(())
+    }
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Malformed> {
-    let mut cursor = Cursor { ctx, offset: 0 };
+pub fn parse(ctx: &XdpContext) -> Result<Packet, Unparsable> {
+    let mut cursor = Cursor { ctx, offset: 0, end: ctx.data_end() - ctx.data() };
     let eth = cursor.read::<EthHdr>()?;
     // SAFETY: `read` checked that the header lies inside the packet.
     let mut ether_type = unsafe { (*eth).ether_type };
@@ -184,6 +223,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Malformed> {
     match ether_type {
         ETHER_TYPE_IPV4 => parse_ipv4(cursor),
         ETHER_TYPE_IPV6 => parse_ipv6(cursor),
+        // More tags than the bound: whatever is inside may well be IP.
+        ETHER_TYPE_VLAN | ETHER_TYPE_QINQ => Err(Unparsable),
         _ => Ok(Packet::NOT_IP),
     }
 }
@@ -205,13 +246,14 @@ fn fragment(proto: u8, v6: bool) -> Transport {
 }
 
 #[inline(always)]
-fn parse_ipv4(mut cursor: Cursor) -> Result<Packet, Malformed> {
+fn parse_ipv4(mut cursor: Cursor) -> Result<Packet, Unparsable> {
     let ip = cursor.peek::<Ipv4Hdr>()?;
     // SAFETY: bounds checked by `peek`.
-    let (version, header_len, frag_offset, proto, src, dst) = unsafe {
+    let (version, header_len, total_len, frag_offset, proto, src, dst) = unsafe {
         (
             (*ip).version(),
             (*ip).ihl(),
+            (*ip).tot_len(),
             (*ip).frag_offset(),
             (*ip).proto,
             (*ip).src_addr,
@@ -219,10 +261,12 @@ fn parse_ipv4(mut cursor: Cursor) -> Result<Packet, Malformed> {
         )
     };
     if version != 4 || usize::from(header_len) < Ipv4Hdr::LEN {
-        return Err(Malformed);
+        return Err(Unparsable);
     }
-    // `ihl()` is at most 60: the verifier sees a bounded offset.
-    cursor.offset += usize::from(header_len);
+    cursor.limit(cursor.offset, total_len)?;
+    // `ihl()` is at most 60: the verifier sees a bounded offset. A total length shorter
+    // than the header fails here.
+    cursor.skip(usize::from(header_len))?;
     let l4 = if frag_offset != 0 {
         fragment(proto, false)
     } else {
@@ -232,17 +276,30 @@ fn parse_ipv4(mut cursor: Cursor) -> Result<Packet, Malformed> {
 }
 
 #[inline(always)]
-fn parse_ipv6(mut cursor: Cursor) -> Result<Packet, Malformed> {
+fn parse_ipv6(mut cursor: Cursor) -> Result<Packet, Unparsable> {
+    let start = cursor.offset;
     let ip = cursor.read::<Ipv6Hdr>()?;
     // SAFETY: bounds checked by `read`.
-    let (version, mut next_hdr, src, dst) = unsafe {
-        ((*ip).version(), (*ip).next_hdr, words(&(*ip).src_addr), words(&(*ip).dst_addr))
+    let (version, payload_len, mut next_hdr, src, dst) = unsafe {
+        (
+            (*ip).version(),
+            (*ip).payload_len(),
+            (*ip).next_hdr,
+            words(&(*ip).src_addr),
+            words(&(*ip).dst_addr),
+        )
     };
     if version != 6 {
-        return Err(Malformed);
+        return Err(Unparsable);
     }
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
-        match next_hdr {
+    cursor.limit(cursor.offset, payload_len)?;
+    // One more round than headers: the last one can only find the transport header.
+    for _ in 0..=MAX_IPV6_EXT_HEADERS {
+        // Also what keeps packet offsets bounded for the verifier.
+        if cursor.offset - start > MAX_IPV6_HEADER_CHAIN {
+            return Err(Unparsable);
+        }
+        let len = match next_hdr {
             PROTO_FRAGMENT => {
                 let frag = cursor.read::<Ipv6FragHdr>()?;
                 // SAFETY: bounds checked by `read`.
@@ -251,51 +308,47 @@ fn parse_ipv6(mut cursor: Cursor) -> Result<Packet, Malformed> {
                     return Ok(Packet { family: Family::V6, src, dst, l4: fragment(next, true) });
                 }
                 next_hdr = next;
+                continue;
             }
             PROTO_HOP_OPTS | PROTO_ROUTING | PROTO_DEST_OPTS | PROTO_MOBILITY | PROTO_HIP
             | PROTO_SHIM6 => {
                 let ext = cursor.peek::<Ipv6ExtHdr>()?;
                 // SAFETY: bounds checked by `peek`.
                 let (next, len) = unsafe { ((*ext).next_hdr, (*ext).hdr_ext_len) };
-                // RFC 8200: length in 8-octet units, not counting the first 8 octets.
-                cursor.offset += (usize::from(len) + 1) * 8;
                 next_hdr = next;
+                // RFC 8200: length in 8-octet units, not counting the first 8 octets.
+                (usize::from(len) + 1) * 8
             }
             PROTO_AH => {
                 let ext = cursor.peek::<Ipv6ExtHdr>()?;
                 // SAFETY: bounds checked by `peek`.
                 let (next, len) = unsafe { ((*ext).next_hdr, (*ext).hdr_ext_len) };
-                // RFC 4302: length in 4-octet units, minus 2.
-                cursor.offset += (usize::from(len) + 2) * 4;
                 next_hdr = next;
+                // RFC 4302: length in 4-octet units, minus 2.
+                (usize::from(len) + 2) * 4
             }
             _ => {
                 let l4 = parse_transport(cursor, next_hdr, true)?;
                 return Ok(Packet { family: Family::V6, src, dst, l4 });
             }
-        }
+        };
+        cursor.skip(len)?;
     }
-    // Still an extension header after the last one we walk: we cannot find the ports.
-    match next_hdr {
-        PROTO_FRAGMENT | PROTO_HOP_OPTS | PROTO_ROUTING | PROTO_DEST_OPTS | PROTO_MOBILITY
-        | PROTO_HIP | PROTO_SHIM6 | PROTO_AH => Err(Malformed),
-        _ => {
-            let l4 = parse_transport(cursor, next_hdr, true)?;
-            Ok(Packet { family: Family::V6, src, dst, l4 })
-        }
-    }
+    // Still an extension header after the last one we walk: past the bound.
+    Err(Unparsable)
 }
 
 #[inline(always)]
-fn parse_transport(cursor: Cursor, proto: u8, v6: bool) -> Result<Transport, Malformed> {
+fn parse_transport(cursor: Cursor, proto: u8, v6: bool) -> Result<Transport, Unparsable> {
     let class = class_of(proto, v6);
     let (dport, sport) = match class {
         L4Class::Tcp => {
             let tcp = cursor.peek::<TcpHdr>()?;
             // SAFETY: bounds checked by `peek`.
             let (source, dest, doff) = unsafe { ((*tcp).source, (*tcp).dest, (*tcp).doff()) };
-            if doff < 5 {
-                return Err(Malformed);
+            // The options too: Linux drops a segment whose header runs past its end.
+            if doff < 5 || cursor.offset + 4 * usize::from(doff) > cursor.end {
+                return Err(Unparsable);
             }
             (u16::from_be_bytes(dest), u16::from_be_bytes(source))
         }

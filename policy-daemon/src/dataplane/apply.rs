@@ -177,7 +177,7 @@ const ZERO_CONFIG: GenConfig = GenConfig {
     default_action: 0,
     default_monitor: 0,
     fragments: 0,
-    _pad: 0,
+    unparsable: 0,
     _pad2: 0,
 };
 const ZERO_RULE: RuleInfo = RuleInfo { action: 0, monitor: 0, _pad: 0, counter_slot: 0 };

@@ -236,7 +236,7 @@ pub fn compile(policy: &Policy) -> Ruleset {
             Fragments::Pass => FragmentAction::Pass,
             Fragments::Drop => FragmentAction::Drop,
         } as u8,
-        _pad: 0,
+        unparsable: kernel_action(d.unparsable) as u8,
         _pad2: 0,
     };
 

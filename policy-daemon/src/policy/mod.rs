@@ -50,15 +50,31 @@ pub struct Policy {
 }
 
 /// The `[defaults]` table.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Defaults {
     /// What happens to a packet no rule matches.
     pub action: Action,
     /// The mode of the default action and of rules that set none.
     pub mode: Mode,
     pub fragments: Fragments,
+    /// What happens to an IP packet whose transport header cannot be located and read
+    /// whole; drop unless the policy says otherwise (fail closed). Monitor mode does not
+    /// change it.
+    pub unparsable: Action,
     /// The operator accepts that this policy drops SSH from everywhere (see `safety`).
     pub i_know_this_blocks_ssh: bool,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            action: Action::Pass,
+            mode: Mode::Enforce,
+            fragments: Fragments::Rules,
+            unparsable: Action::Drop,
+            i_know_this_blocks_ssh: false,
+        }
+    }
 }
 
 /// One validated rule.

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use policy_common::{L4Class, MAX_IPV6_EXT_HEADERS, Verdict};
+use policy_common::{L4Class, MAX_IPV6_EXT_HEADERS, MAX_IPV6_HEADER_CHAIN, MAX_VLAN_TAGS, Verdict};
 
 use super::{Action, Fragments, Mode, Policy, Rule};
 
@@ -77,7 +77,8 @@ pub struct IpPacket {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parsed {
     NotIp,
-    Malformed,
+    /// An IP packet whose transport header cannot be located and read whole.
+    Unparsable,
     Ip(IpPacket),
 }
 
@@ -114,7 +115,13 @@ fn is_neighbour_discovery(l4: &L4) -> bool {
 pub fn classify(policy: &Policy, packet: &Parsed) -> Outcome {
     let packet = match packet {
         Parsed::NotIp => return Outcome { verdict: Verdict::PassNotIp, rule: None },
-        Parsed::Malformed => return Outcome { verdict: Verdict::PassMalformed, rule: None },
+        Parsed::Unparsable => {
+            let verdict = match policy.defaults.unparsable {
+                Action::Pass => Verdict::PassUnparsable,
+                Action::Drop => Verdict::DropUnparsable,
+            };
+            return Outcome { verdict, rule: None };
+        }
         Parsed::Ip(packet) => packet,
     };
     let defaults = &policy.defaults;
@@ -149,7 +156,6 @@ const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-const MAX_VLAN_TAGS: usize = 2;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -159,37 +165,48 @@ const IPPROTO_AH: u8 = 51;
 /// Extension headers with the generic (next header, length in 8-octet units) layout:
 /// hop-by-hop, routing, destination options, mobility, HIP, shim6.
 const GENERIC_EXT: [u8; 6] = [0, 43, 60, 135, 139, 140];
-/// Bytes of an ICMP header the parser requires (type, code, checksum).
-const ICMP_MIN_LEN: usize = 4;
+/// Bytes of an ICMP or ICMPv6 header (type, code, checksum, four more).
+const ICMP_HLEN: usize = 8;
 
 /// Parses a frame the way the XDP program does.
 pub fn parse_packet(frame: &[u8]) -> Parsed {
-    parse(frame).unwrap_or(Parsed::Malformed)
+    parse(frame).unwrap_or(Parsed::Unparsable)
 }
 
 fn be16(frame: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn need(frame: &[u8], at: usize, len: usize) -> Option<()> {
-    (at + len <= frame.len()).then_some(())
+/// `len` bytes at `at` lie inside the first `end` bytes of the frame.
+fn need(end: usize, at: usize, len: usize) -> Option<()> {
+    (at + len <= end).then_some(())
+}
+
+/// The end of an IP packet starting at `start` whose length field says `len` (0: up
+/// to the end of the frame), if it fits in the frame.
+fn ip_end(frame: &[u8], start: usize, len: u16) -> Option<usize> {
+    match len {
+        0 => Some(frame.len()),
+        len => (start + usize::from(len) <= frame.len()).then(|| start + usize::from(len)),
+    }
 }
 
 fn parse(frame: &[u8]) -> Option<Parsed> {
-    need(frame, 0, ETH_HLEN)?;
+    need(frame.len(), 0, ETH_HLEN)?;
     let mut ether_type = be16(frame, 12)?;
     let mut at = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
         }
-        need(frame, at, 4)?;
+        need(frame.len(), at, 4)?;
         ether_type = be16(frame, at + 2)?;
         at += 4;
     }
     match ether_type {
         ETH_P_IPV4 => parse_ipv4(frame, at).map(Parsed::Ip),
         ETH_P_IPV6 => parse_ipv6(frame, at).map(Parsed::Ip),
+        ETH_P_8021Q | ETH_P_8021AD => None,
         _ => Some(Parsed::NotIp),
     }
 }
@@ -205,11 +222,13 @@ fn class_of(proto: u8, v6: bool) -> L4Class {
 }
 
 fn parse_ipv4(frame: &[u8], at: usize) -> Option<IpPacket> {
-    need(frame, at, 20)?;
+    need(frame.len(), at, 20)?;
     let (version, ihl) = (frame[at] >> 4, usize::from(frame[at] & 0xf) * 4);
     if version != 4 || ihl < 20 {
         return None;
     }
+    let end = ip_end(frame, at, be16(frame, at + 2)?)?;
+    need(end, at, ihl)?;
     let frag_offset = be16(frame, at + 6)? & 0x1fff;
     let proto = frame[at + 9];
     let src = IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&frame[at + 12..at + 16]).ok()?));
@@ -217,65 +236,72 @@ fn parse_ipv4(frame: &[u8], at: usize) -> Option<IpPacket> {
     let l4 = if frag_offset != 0 {
         L4::Fragment { class: class_of(proto, false) }
     } else {
-        parse_l4(frame, at + ihl, proto, false)?
+        parse_l4(frame, end, at + ihl, proto, false)?
     };
     Some(IpPacket { src, dst, l4 })
 }
 
-fn parse_ipv6(frame: &[u8], at: usize) -> Option<IpPacket> {
-    need(frame, at, 40)?;
-    if frame[at] >> 4 != 6 {
+fn parse_ipv6(frame: &[u8], start: usize) -> Option<IpPacket> {
+    need(frame.len(), start, 40)?;
+    if frame[start] >> 4 != 6 {
         return None;
     }
-    let mut next = frame[at + 6];
-    let src = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&frame[at + 8..at + 24]).ok()?));
-    let dst = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&frame[at + 24..at + 40]).ok()?));
-    let mut at = at + 40;
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
-        if next == IPPROTO_FRAGMENT {
-            need(frame, at, 8)?;
-            let offset = be16(frame, at + 2)? >> 3;
-            if offset != 0 {
+    let end = ip_end(frame, start + 40, be16(frame, start + 4)?)?;
+    let mut next = frame[start + 6];
+    let src = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&frame[start + 8..start + 24]).ok()?));
+    let dst =
+        IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&frame[start + 24..start + 40]).ok()?));
+    let mut at = start + 40;
+    // One more round than headers: the last one can only find the transport header.
+    for _ in 0..=MAX_IPV6_EXT_HEADERS {
+        if at - start > MAX_IPV6_HEADER_CHAIN {
+            return None;
+        }
+        let len = if next == IPPROTO_FRAGMENT {
+            need(end, at, 8)?;
+            if be16(frame, at + 2)? >> 3 != 0 {
                 let class = class_of(frame[at], true);
                 return Some(IpPacket { src, dst, l4: L4::Fragment { class } });
             }
-            next = frame[at];
-            at += 8;
+            8
         } else if GENERIC_EXT.contains(&next) {
-            need(frame, at, 2)?;
-            (next, at) = (frame[at], at + (usize::from(frame[at + 1]) + 1) * 8);
+            need(end, at, 2)?;
+            (usize::from(frame[at + 1]) + 1) * 8
         } else if next == IPPROTO_AH {
-            need(frame, at, 2)?;
-            (next, at) = (frame[at], at + (usize::from(frame[at + 1]) + 2) * 4);
+            need(end, at, 2)?;
+            (usize::from(frame[at + 1]) + 2) * 4
         } else {
-            return Some(IpPacket { src, dst, l4: parse_l4(frame, at, next, true)? });
-        }
+            return Some(IpPacket { src, dst, l4: parse_l4(frame, end, at, next, true)? });
+        };
+        need(end, at, len)?;
+        (next, at) = (frame[at], at + len);
     }
-    if next == IPPROTO_FRAGMENT || next == IPPROTO_AH || GENERIC_EXT.contains(&next) {
-        return None;
-    }
-    Some(IpPacket { src, dst, l4: parse_l4(frame, at, next, true)? })
+    // Still an extension header after the last one walked: past the bound.
+    None
 }
 
-fn parse_l4(frame: &[u8], at: usize, proto: u8, v6: bool) -> Option<L4> {
+/// The transport header at `at` of an IP packet that ends at `end`.
+fn parse_l4(frame: &[u8], end: usize, at: usize, proto: u8, v6: bool) -> Option<L4> {
     Some(match class_of(proto, v6) {
         L4Class::Tcp => {
-            need(frame, at, 20)?;
-            if frame[at + 12] >> 4 < 5 {
+            need(end, at, 20)?;
+            let doff = usize::from(frame[at + 12] >> 4);
+            if doff < 5 {
                 return None;
             }
+            need(end, at, 4 * doff)?;
             L4::Tcp { src_port: be16(frame, at)?, dst_port: be16(frame, at + 2)? }
         }
         L4Class::Udp => {
-            need(frame, at, 8)?;
+            need(end, at, 8)?;
             L4::Udp { src_port: be16(frame, at)?, dst_port: be16(frame, at + 2)? }
         }
         L4Class::Icmp => {
-            need(frame, at, ICMP_MIN_LEN)?;
+            need(end, at, ICMP_HLEN)?;
             L4::Icmp { icmp_type: frame[at] }
         }
         L4Class::Icmpv6 => {
-            need(frame, at, ICMP_MIN_LEN)?;
+            need(end, at, ICMP_HLEN)?;
             L4::Icmpv6 { icmp_type: frame[at] }
         }
         L4Class::Other => L4::Other { proto },

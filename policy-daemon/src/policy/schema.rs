@@ -259,8 +259,15 @@ struct RawDefaults {
     mode: Mode,
     #[serde(default)]
     fragments: Fragments,
+    #[serde(default = "drop_action")]
+    unparsable: Action,
     #[serde(default)]
     i_know_this_blocks_ssh: bool,
+}
+
+/// Unparsable packets are dropped unless a policy says otherwise.
+fn drop_action() -> Action {
+    Action::Drop
 }
 
 #[derive(Deserialize)]
@@ -308,6 +315,7 @@ pub fn parse_file(
             action: d.action,
             mode: d.mode,
             fragments: d.fragments,
+            unparsable: d.unparsable,
             i_know_this_blocks_ssh: d.i_know_this_blocks_ssh,
         };
         (defaults, span)

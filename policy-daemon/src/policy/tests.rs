@@ -257,6 +257,7 @@ interfaces = ["eth0", "eth1"]
 action = "drop"
 mode = "monitor"
 fragments = "pass"
+unparsable = "pass"
 
 [[rule]]
 name = "web"
@@ -286,6 +287,7 @@ action = "drop"
             action: Action::Drop,
             mode: Mode::Monitor,
             fragments: Fragments::Pass,
+            unparsable: Action::Pass,
             i_know_this_blocks_ssh: false
         }
     );
@@ -516,4 +518,29 @@ fn reference_semantics_of_defaults_monitor_and_neighbour_discovery() {
     assert_eq!(verdict(v6(reference::L4::Icmpv6 { icmp_type: 135 })), Verdict::PassNeighbour);
     assert_eq!(verdict(v6(reference::L4::Icmpv6 { icmp_type: 128 })), Verdict::DropDefault);
     assert_eq!(verdict(reference::Parsed::NotIp), Verdict::PassNotIp);
+}
+
+#[test]
+fn unparsable_packets_are_dropped_unless_the_policy_says_pass() {
+    let unparsable = reference::Parsed::Unparsable;
+    for (text, action, verdict) in [
+        ("", Action::Drop, Verdict::DropUnparsable),
+        (
+            "[defaults]\naction = \"pass\"\nmode = \"monitor\"\n",
+            Action::Drop,
+            Verdict::DropUnparsable,
+        ),
+        ("[defaults]\nunparsable = \"pass\"\n", Action::Pass, Verdict::PassUnparsable),
+        ("[defaults]\nunparsable = \"drop\"\n", Action::Drop, Verdict::DropUnparsable),
+    ] {
+        let kernel = match action {
+            Action::Pass => policy_common::Action::Pass,
+            Action::Drop => policy_common::Action::Drop,
+        };
+        let policy = valid(text);
+        assert_eq!(policy.defaults.unparsable, action, "{text:?}");
+        assert_eq!(reference::classify(&policy, &unparsable).verdict, verdict, "{text:?}");
+        let config = compile(&policy).config;
+        assert_eq!(config.unparsable, kernel as u8, "{text:?}: compiled for the kernel");
+    }
 }

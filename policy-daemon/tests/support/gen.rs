@@ -18,7 +18,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use policy_common::{L4Class, MAX_IPV6_EXT_HEADERS};
+use policy_common::{L4Class, MAX_IPV6_EXT_HEADERS, MAX_IPV6_HEADER_CHAIN, MAX_VLAN_TAGS};
 use policy_daemon::policy::{
     self, Policy, PortRange, Protocol, Rule,
     reference::{IpPacket, L4, Parsed},
@@ -173,6 +173,7 @@ pub struct DefaultsSpec {
     pub action: Option<&'static str>,
     pub mode: Option<&'static str>,
     pub fragments: Option<&'static str>,
+    pub unparsable: Option<&'static str>,
 }
 
 #[derive(Clone, Debug)]
@@ -231,7 +232,13 @@ impl PolicySpec {
     fn write_defaults(&self, out: &mut String) {
         let Some(d) = &self.defaults else { return };
         out.push_str("[defaults]\n");
-        for (key, value) in [("action", d.action), ("mode", d.mode), ("fragments", d.fragments)] {
+        let settings = [
+            ("action", d.action),
+            ("mode", d.mode),
+            ("fragments", d.fragments),
+            ("unparsable", d.unparsable),
+        ];
+        for (key, value) in settings {
             if let Some(value) = value {
                 let _ = writeln!(out, "{key} = \"{value}\"");
             }
@@ -283,6 +290,7 @@ pub fn random_policy(rng: &mut Rng, index: usize) -> PolicySpec {
         action: rng.percent(80).then(|| rng.pick(&["pass", "drop"])),
         mode: rng.percent(80).then(|| rng.pick(&["enforce", "monitor"])),
         fragments: rng.percent(80).then(|| rng.pick(&["rules", "pass", "drop"])),
+        unparsable: rng.percent(50).then(|| rng.pick(&["pass", "drop"])),
     });
     PolicySpec {
         defaults,
@@ -409,6 +417,11 @@ pub struct FrameSpec {
     pub l3: L3Spec,
     /// Bytes after the transport header.
     pub payload: usize,
+    /// Bytes after the IP packet (an Ethernet trailer, outside the IP length).
+    pub trailer: usize,
+    /// Write this IP length (IPv4 total length, IPv6 payload length) instead of the
+    /// packet's real length: the bytes after the end it gives become a trailer.
+    pub ip_len: Option<u16>,
     /// Cut the frame to this many bytes.
     pub truncate: Option<usize>,
 }
@@ -585,7 +598,8 @@ impl FrameSpec {
                 out.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
                 let options = 4 * usize::from(ihl.saturating_sub(5));
                 let transport = l4.bytes(&mut rng);
-                let total = 20 + options + transport.len() + self.payload;
+                let total =
+                    self.ip_len.map_or(20 + options + transport.len() + self.payload, usize::from);
                 out.push((version << 4) | (ihl & 0x0f));
                 out.push(0);
                 out.extend_from_slice(&(total as u16).to_be_bytes());
@@ -603,9 +617,9 @@ impl FrameSpec {
                 let transport = l4.bytes(&mut rng);
                 let ext_len: usize = ext.iter().map(|e| e.size()).sum();
                 out.extend_from_slice(&[version << 4, 0, 0, 0]);
-                out.extend_from_slice(
-                    &((ext_len + transport.len() + self.payload) as u16).to_be_bytes(),
-                );
+                let payload =
+                    self.ip_len.map_or(ext_len + transport.len() + self.payload, usize::from);
+                out.extend_from_slice(&(payload as u16).to_be_bytes());
                 out.push(ext.first().map_or(l4.proto(), |e| e.code()));
                 out.push(64);
                 out.extend_from_slice(&src.octets());
@@ -627,74 +641,91 @@ impl FrameSpec {
                 out.extend(transport);
             }
         }
-        out.extend(rng.bytes(self.payload));
+        out.extend(rng.bytes(self.payload + self.trailer));
         if let Some(len) = self.truncate {
             out.truncate(len);
         }
         out
     }
 
-    /// What the contract makes of the whole (untruncated) frame, and how many bytes the
-    /// parser reads on the way to that answer: a frame cut shorter is malformed.
-    fn intent(&self) -> (Parsed, usize) {
-        // Two tags are parsed; a third TPID is then taken as a non-IP EtherType.
-        if self.vlans.len() > 2 {
-            return (Parsed::NotIp, ETH_HLEN + 8);
-        }
+    /// Where the IP packet starts in the frame, and where it ends by its length field
+    /// (a length of 0: at the end of the frame).
+    fn ip_bounds(&self) -> (usize, usize) {
         let at = ETH_HLEN + 4 * self.vlans.len();
+        let header = if matches!(self.l3, L3Spec::V6 { .. }) { 40 } else { 0 };
+        match self.ip_len {
+            Some(0) => (at, self.build().len()),
+            Some(len) => (at, at + header + usize::from(len)),
+            None => (at, self.full_len() - self.trailer),
+        }
+    }
+
+    /// What the contract makes of the frame as built, truncation included, worked out
+    /// from the description; and the offset up to which the parser reads to get there
+    /// (where a cut of the IP length or of the frame starts to matter).
+    fn walk(&self) -> (Parsed, usize) {
+        if self.vlans.len() > MAX_VLAN_TAGS {
+            return (Parsed::Unparsable, ETH_HLEN + 4 * MAX_VLAN_TAGS + 2);
+        }
+        let frame = self.build().len();
+        let (at, ip_end) = self.ip_bounds();
+        if frame < at {
+            return (Parsed::Unparsable, at);
+        }
         let ip = |src: IpAddr, dst: IpAddr, l4| Parsed::Ip(IpPacket { src, dst, l4 });
+        // Within the IP packet, as its length field says; that must fit in the frame.
+        let fits = |needed: usize| needed <= ip_end && ip_end <= frame;
         match &self.l3 {
             L3Spec::NotIp { .. } => (Parsed::NotIp, at),
             L3Spec::V4 { version, ihl, frag_offset, src, dst, l4, .. } => {
-                if *version != 4 || *ihl < 5 {
-                    return (Parsed::Malformed, 0);
+                let header = at + 4 * usize::from(*ihl);
+                if frame < at + 20 || *version != 4 || *ihl < 5 || !fits(header) {
+                    return (Parsed::Unparsable, header.max(at + 20));
                 }
                 let (src, dst) = (IpAddr::V4(*src), IpAddr::V4(*dst));
                 if *frag_offset != 0 {
                     let class = class_of(l4.proto(), false);
-                    return (ip(src, dst, L4::Fragment { class }), at + 20);
+                    return (ip(src, dst, L4::Fragment { class }), header);
                 }
-                match transport_intent(*l4, at + 4 * usize::from(*ihl), false) {
-                    (Some(l4), needed) => (ip(src, dst, l4), needed.max(at + 20)),
-                    (None, _) => (Parsed::Malformed, 0),
+                match transport(*l4, header, false) {
+                    (Some(l4), needed) if fits(needed) => (ip(src, dst, l4), needed),
+                    (_, needed) => (Parsed::Unparsable, needed),
                 }
             }
             L3Spec::V6 { version, ext, src, dst, l4 } => {
-                if *version != 6 {
-                    return (Parsed::Malformed, 0);
+                if frame < at + 40 || *version != 6 || !fits(at + 40) {
+                    return (Parsed::Unparsable, at + 40);
                 }
                 let (src, dst) = (IpAddr::V6(*src), IpAddr::V6(*dst));
-                let (mut offset, mut needed) = (at + 40, at + 40);
-                for (i, e) in ext.iter().enumerate().take(MAX_IPV6_EXT_HEADERS) {
-                    let next = ext.get(i + 1).map_or(l4.proto(), |e| e.code());
-                    match *e {
-                        ExtSpec::Fragment { offset: frag_offset, .. } => {
-                            needed = offset + 8;
-                            if frag_offset != 0 {
-                                let class = class_of(next, true);
-                                return (ip(src, dst, L4::Fragment { class }), needed);
-                            }
-                        }
-                        // Only next-header and length are read before skipping.
-                        ExtSpec::Generic { .. } | ExtSpec::Ah { .. } => needed = offset + 2,
+                let mut offset = at + 40;
+                for (i, e) in ext.iter().enumerate() {
+                    if i == MAX_IPV6_EXT_HEADERS + 1 || offset - at > MAX_IPV6_HEADER_CHAIN {
+                        return (Parsed::Unparsable, offset);
                     }
+                    let next = ext.get(i + 1).map_or(l4.proto(), |e| e.code());
                     offset += e.size();
+                    if !fits(offset) {
+                        return (Parsed::Unparsable, offset);
+                    }
+                    if let ExtSpec::Fragment { offset: 1.., .. } = e {
+                        let class = class_of(next, true);
+                        return (ip(src, dst, L4::Fragment { class }), offset);
+                    }
                 }
-                if ext.len() > MAX_IPV6_EXT_HEADERS {
-                    return (Parsed::Malformed, 0);
+                if ext.len() > MAX_IPV6_EXT_HEADERS || offset - at > MAX_IPV6_HEADER_CHAIN {
+                    return (Parsed::Unparsable, offset);
                 }
-                match transport_intent(*l4, offset, true) {
-                    (Some(l4), n) => (ip(src, dst, l4), needed.max(n)),
-                    (None, _) => (Parsed::Malformed, 0),
+                match transport(*l4, offset, true) {
+                    (Some(l4), needed) if fits(needed) => (ip(src, dst, l4), needed),
+                    (_, needed) => (Parsed::Unparsable, needed),
                 }
             }
         }
     }
 
-    /// What the contract makes of the frame as built, truncation included.
+    /// What the contract makes of the frame as built.
     pub fn expected(&self) -> Parsed {
-        let (parsed, needed) = self.intent();
-        if self.build().len() < needed { Parsed::Malformed } else { parsed }
+        self.walk().0
     }
 
     fn full_len(&self) -> usize {
@@ -702,19 +733,21 @@ impl FrameSpec {
     }
 }
 
-/// The transport header at `at`: what it parses to (`None`: malformed) and the bytes
-/// needed to read it. Other protocols need nothing: no transport header is read.
-fn transport_intent(l4: L4Spec, at: usize, v6: bool) -> (Option<L4>, usize) {
+/// The transport header at `at`: what it parses to (`None`: unparsable) and where the
+/// bytes needed to read it end. Other protocols need nothing: no transport header is
+/// read.
+fn transport(l4: L4Spec, at: usize, v6: bool) -> (Option<L4>, usize) {
     match l4 {
-        L4Spec::Tcp { sport, dport, doff } => {
-            ((doff >= 5).then_some(L4::Tcp { src_port: sport, dst_port: dport }), at + 20)
-        }
+        L4Spec::Tcp { sport, dport, doff } => (
+            (doff >= 5).then_some(L4::Tcp { src_port: sport, dst_port: dport }),
+            at + 20.max(4 * usize::from(doff)),
+        ),
         L4Spec::Udp { sport, dport } => {
             (Some(L4::Udp { src_port: sport, dst_port: dport }), at + 8)
         }
-        L4Spec::Icmp { v6: false, icmp_type } if !v6 => (Some(L4::Icmp { icmp_type }), at + 4),
-        L4Spec::Icmp { v6: true, icmp_type } if v6 => (Some(L4::Icmpv6 { icmp_type }), at + 4),
-        L4Spec::Icmp { .. } | L4Spec::Other { .. } => (Some(L4::Other { proto: l4.proto() }), 0),
+        L4Spec::Icmp { v6: false, icmp_type } if !v6 => (Some(L4::Icmp { icmp_type }), at + 8),
+        L4Spec::Icmp { v6: true, icmp_type } if v6 => (Some(L4::Icmpv6 { icmp_type }), at + 8),
+        L4Spec::Icmp { .. } | L4Spec::Other { .. } => (Some(L4::Other { proto: l4.proto() }), at),
     }
 }
 
@@ -725,8 +758,9 @@ pub fn random_frame(rng: &mut Rng, policy: &Policy) -> FrameSpec {
     let tags = match rng.below(100) {
         0..70 => 0,
         70..85 => 1,
-        85..95 => 2,
-        _ => 3,
+        85..93 => 2,
+        93..98 => rng.between(3, 6),
+        _ => rng.between(7, MAX_VLAN_TAGS + 1),
     };
     let vlans = (0..tags).map(|_| rng.pick(&[ETH_P_8021Q, ETH_P_8021AD])).collect();
     let v6 = match target {
@@ -734,7 +768,9 @@ pub fn random_frame(rng: &mut Rng, policy: &Policy) -> FrameSpec {
         None if rng.percent(8) => {
             let ether_type = rng.pick(&[ETH_P_ARP, ETH_P_ARP, 0x88cc, 0x9100, 0x0842, 0x1234]);
             let l3 = L3Spec::NotIp { ether_type };
-            return finish(rng, FrameSpec { vlans, l3, payload: 0, truncate: None });
+            let frame =
+                FrameSpec { vlans, l3, payload: 0, trailer: 0, ip_len: None, truncate: None };
+            return finish(rng, frame);
         }
         None => rng.percent(50),
     };
@@ -751,7 +787,8 @@ pub fn random_frame(rng: &mut Rng, policy: &Policy) -> FrameSpec {
         let count = match rng.below(100) {
             0..50 => 0,
             50..80 => rng.between(1, 3),
-            _ => rng.between(4, 8),
+            80..96 => rng.between(4, 8),
+            _ => rng.between(9, MAX_IPV6_EXT_HEADERS + 2),
         };
         let ext = (0..count).map(|_| random_ext(rng)).collect();
         L3Spec::V6 { version, ext, src, dst, l4 }
@@ -774,21 +811,38 @@ pub fn random_frame(rng: &mut Rng, policy: &Policy) -> FrameSpec {
         L3Spec::V4 { version, ihl, flags: rng.below(8) as u8, frag_offset, src, dst, l4 }
     };
     let payload = if rng.percent(70) { rng.below(9) } else { rng.below(33) };
-    finish(rng, FrameSpec { vlans, l3, payload, truncate: None })
+    finish(rng, FrameSpec { vlans, l3, payload, trailer: 0, ip_len: None, truncate: None })
 }
 
-/// Cuts one frame in five: often just short of, or exactly at, what the parser needs.
+/// Cuts one frame in five, by its length: often just short of, or exactly at, what the
+/// parser needs; half of those by the IP length field, the rest of the frame left as a
+/// trailer (the split headers of crafted first fragments), the other half by cutting
+/// the frame itself. Gives one in ten a trailer past the IP packet.
 fn finish(rng: &mut Rng, mut frame: FrameSpec) -> FrameSpec {
+    if rng.percent(10) {
+        frame.trailer = rng.between(1, 24);
+    }
     if rng.percent(20) {
         let full = frame.full_len();
-        let (_, needed) = frame.intent();
+        let (_, needed) = frame.walk();
         let len = match rng.below(3) {
             0 => needed.saturating_sub(1),
             1 => needed,
             _ => rng.between(ETH_HLEN, full),
         };
-        let len = len.max(ETH_HLEN);
-        frame.truncate = (len < full).then_some(len);
+        let (at, ip_end) = frame.ip_bounds();
+        let header = match frame.l3 {
+            L3Spec::V4 { .. } => Some(at),
+            L3Spec::V6 { .. } => Some(at + 40),
+            L3Spec::NotIp { .. } => None,
+        };
+        if let Some(start) = header.filter(|s| rng.percent(50) && (*s + 1..ip_end).contains(&len)) {
+            frame.ip_len = u16::try_from(len - start).ok();
+            frame.trailer += ip_end - len;
+        } else {
+            let len = len.max(ETH_HLEN);
+            frame.truncate = (len < full).then_some(len);
+        }
     }
     frame
 }
@@ -975,6 +1029,9 @@ impl PolicySpec {
             if d.fragments.is_some() {
                 out.push(with_defaults(&|d| d.fragments = None));
             }
+            if d.unparsable.is_some() {
+                out.push(with_defaults(&|d| d.unparsable = None));
+            }
         }
         if self.defaults_last {
             out.push(Self { defaults_last: false, ..self.clone() });
@@ -995,6 +1052,12 @@ impl FrameSpec {
         };
         if self.truncate.is_some() {
             out.push(with(&|f| f.truncate = None));
+        }
+        if self.ip_len.is_some() {
+            out.push(with(&|f| f.ip_len = None));
+        }
+        if self.trailer > 0 {
+            out.push(with(&|f| f.trailer = 0));
         }
         if self.payload > 0 {
             out.push(with(&|f| f.payload = 0));

@@ -62,6 +62,10 @@ pub struct Packet {
     src: Option<IpAddr>,
     dst: Option<IpAddr>,
     src_port: u16,
+    /// Overrides the IPv4 total length or the IPv6 payload length.
+    ip_len: Option<u16>,
+    /// Bytes after the IP packet (an Ethernet trailer).
+    trailer: usize,
 }
 
 pub fn tcp(dst_port: u16) -> L4 {
@@ -96,7 +100,17 @@ impl Packet {
     }
 
     fn with(l3: L3, l4: L4) -> Self {
-        Self { vlans: vec![], l3, l4, truncate_to: None, src: None, dst: None, src_port: 40000 }
+        Self {
+            vlans: vec![],
+            l3,
+            l4,
+            truncate_to: None,
+            src: None,
+            dst: None,
+            src_port: 40000,
+            ip_len: None,
+            trailer: 0,
+        }
     }
 
     /// Source address (the family must match the packet's).
@@ -164,6 +178,14 @@ impl Packet {
         self
     }
 
+    /// An IPv6 extension header of the generic layout, `(units + 1) * 8` bytes long.
+    pub fn ipv6_ext_sized(mut self, proto: u8, units: u8) -> Self {
+        if let L3::V6 { ext } = &mut self.l3 {
+            ext.push((proto, vec![0; (usize::from(units) + 1) * 8 - 2]));
+        }
+        self
+    }
+
     /// An IPv6 fragment header with this offset (8-byte units) and the M flag set.
     pub fn ipv6_fragment(mut self, offset: u16) -> Self {
         if let L3::V6 { ext } = &mut self.l3 {
@@ -180,6 +202,19 @@ impl Packet {
         if let L3::V6 { ext } = &mut self.l3 {
             ext.push((IPPROTO_AH, vec![0; 10]));
         }
+        self
+    }
+
+    /// Writes `len` into the IPv4 total length or IPv6 payload length field instead of
+    /// the packet's real length.
+    pub fn ip_len(mut self, len: u16) -> Self {
+        self.ip_len = Some(len);
+        self
+    }
+
+    /// Appends `len` bytes (0x5a) after the IP packet, as an Ethernet trailer.
+    pub fn trailer(mut self, len: usize) -> Self {
+        self.trailer = len;
         self
     }
 
@@ -209,7 +244,7 @@ impl Packet {
             }
             L3::V4 { ihl, options, frag_offset, more_fragments, version } => {
                 out.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
-                let total = 20 + options.len() + l4.len();
+                let total = self.ip_len.map_or(20 + options.len() + l4.len(), usize::from);
                 out.push((version << 4) | (ihl & 0xf));
                 out.push(0);
                 out.extend_from_slice(&(total as u16).to_be_bytes());
@@ -226,7 +261,8 @@ impl Packet {
                 out.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
                 let ext_len: usize = ext.iter().map(|(_, body)| 2 + body.len()).sum();
                 out.extend_from_slice(&[0x60, 0, 0, 0]);
-                out.extend_from_slice(&((ext_len + l4.len()) as u16).to_be_bytes());
+                let payload = self.ip_len.map_or(ext_len + l4.len(), usize::from);
+                out.extend_from_slice(&(payload as u16).to_be_bytes());
                 let first = ext.first().map_or(self.proto(), |(p, _)| *p);
                 out.extend_from_slice(&[first, 64]);
                 out.extend_from_slice(&self.v6(self.src, SRC6).octets());
@@ -244,6 +280,7 @@ impl Packet {
                 out.extend_from_slice(&l4);
             }
         }
+        out.resize(out.len() + self.trailer, 0x5a);
         if let Some(len) = self.truncate_to {
             out.truncate(len);
         }
