@@ -476,7 +476,7 @@ fn stale_pins_are_refused_with_a_clear_message() {
     daemon
         .wait_for_log(
             "do not fit this version of xdp-policy (map `RULES`: pinned (type, key bytes, value \
-             bytes, entries) (6, 4, 16, 11), this version needs (2, 4, 8, 2048))",
+             bytes, entries) (6, 4, 16, 32), this version needs (2, 4, 8, 2048))",
             1,
             Duration::from_secs(10),
         )

@@ -1,22 +1,32 @@
 //! Applying a compiled [`Ruleset`] atomically: write the inactive generation whole (only
-//! what differs from what that generation already holds), flip `ACTIVE`, wait until no
-//! packet can still be reading the old generation, then commit.
+//! what differs from what that generation is known to hold), flip `ACTIVE`, wait until
+//! no packet can still be reading the old generation, then commit. And checking that the
+//! kernel still holds it: [`Generations::audit`] reads the active generation back and
+//! compares it with the ruleset, [`Generations::repair`] rewrites the other generation
+//! whole and flips to it.
 //!
 //! Pure logic: it drives a [`Maps`] implementation, the kernel's
 //! (`dataplane::kernel::KernelMaps`) or an in-memory one in tests, which is how a failure
 //! in the middle of an apply is tested. A write that fails leaves `ACTIVE` untouched, so
 //! the ruleset in force stays in force.
+//!
+//! Nothing is trusted that this process did not write: a generation of maps it adopted
+//! (pinned by an earlier daemon) is unknown until written, entry by entry: every entry a
+//! ruleset needs is written the first time, whatever the map is thought to hold.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use policy_common::{
-    Action, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN,
-    MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS, RuleBitmap, RuleInfo,
-    Verdict, field_bitmap, ipv4_key, ipv6_key, port_table, v4_table,
+    ACTIVE_MAP, Action, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, DST_V4_MAP, DST_V6_MAP,
+    FIELD_BITMAPS_MAP, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN,
+    MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS, PORT_TABLE_MAP, RULE_COUNTER_SLOTS, RULES_MAP,
+    RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP,
+    V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, Verdict, active, field_bitmap, ipv4_key,
+    ipv6_key, port_table, v4_table,
 };
 
-use crate::policy::Ruleset;
+use crate::policy::{Ruleset, V4Table};
 
 /// The two port fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -40,6 +50,68 @@ pub enum V4Level {
     L3,
 }
 
+/// The array maps of `u32` entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryMap {
+    V4Table(V4Level),
+    PortTable,
+}
+
+/// The array maps of [`RuleBitmap`]s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BitmapMap {
+    Fields,
+    Ports(PortFieldId),
+    V4Classes,
+}
+
+impl PortFieldId {
+    fn classes_map(self) -> &'static str {
+        match self {
+            Self::Dst => DPORT_CLASSES_MAP,
+            Self::Src => SPORT_CLASSES_MAP,
+        }
+    }
+}
+
+impl AddrFieldId {
+    fn v4_map(self) -> &'static str {
+        match self {
+            Self::Src => SRC_V4_MAP,
+            Self::Dst => DST_V4_MAP,
+        }
+    }
+
+    fn v6_map(self) -> &'static str {
+        match self {
+            Self::Src => SRC_V6_MAP,
+            Self::Dst => DST_V6_MAP,
+        }
+    }
+}
+
+impl EntryMap {
+    fn name(self) -> &'static str {
+        match self {
+            Self::V4Table(V4Level::L1) => V4_L1_MAP,
+            Self::V4Table(V4Level::L2) => V4_L2_MAP,
+            Self::V4Table(V4Level::L3) => V4_L3_MAP,
+            Self::PortTable => PORT_TABLE_MAP,
+        }
+    }
+}
+
+impl BitmapMap {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Fields => FIELD_BITMAPS_MAP,
+            Self::Ports(PortFieldId::Dst) => DPORT_BITMAPS_MAP,
+            Self::Ports(PortFieldId::Src) => SPORT_BITMAPS_MAP,
+            Self::V4Classes => V4_CLASSES_MAP,
+        }
+    }
+}
+
 pub type V4Key = (u32, [u8; IPV4_KEY_LEN]);
 pub type V6Key = (u32, [u8; IPV6_KEY_LEN]);
 
@@ -56,15 +128,37 @@ pub struct MapWriteError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// The map operations an apply needs. Each write hands over the whole batch for one map
-/// (`keys[i]` → `values[i]`, written in order); indices are absolute (generation folded
-/// in). A failing write reports in [`MapWriteError::written`] how many of its elements
-/// took effect.
+/// A map read the kernel refused.
+#[derive(Debug, thiserror::Error)]
+#[error("reading map `{map}` failed")]
+pub struct MapReadError {
+    pub map: &'static str,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl From<MapReadError> for MapWriteError {
+    fn from(e: MapReadError) -> Self {
+        Self {
+            map: e.map,
+            what: "the entries (read back first)".into(),
+            written: 0,
+            source: e.source,
+        }
+    }
+}
+
+/// The map operations an apply and an audit need. Each write hands over the whole batch
+/// for one map (`keys[i]` → `values[i]`, written in order); indices are absolute
+/// (generation folded in). A failing write reports in [`MapWriteError::written`] how
+/// many of its elements took effect. Reads of array maps return `count` entries from
+/// index `start`.
 pub trait Maps {
     fn set_config(&mut self, generation: u32, config: &GenConfig) -> Result<(), MapWriteError>;
     fn set_rules(&mut self, indices: &[u32], infos: &[RuleInfo]) -> Result<(), MapWriteError>;
-    fn set_field_bitmaps(
+    fn set_bitmaps(
         &mut self,
+        map: BitmapMap,
         indices: &[u32],
         bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError>;
@@ -74,11 +168,12 @@ pub trait Maps {
         indices: &[u32],
         words: &[u64],
     ) -> Result<(), MapWriteError>;
-    fn set_port_bitmaps(
+    /// Entries of `V4_L1`, `V4_L2`, `V4_L3` or `PORT_TABLE` (see `policy_common`).
+    fn set_entries(
         &mut self,
-        field: PortFieldId,
+        map: EntryMap,
         indices: &[u32],
-        bitmaps: &[RuleBitmap],
+        entries: &[u32],
     ) -> Result<(), MapWriteError>;
     fn insert_v4(
         &mut self,
@@ -94,28 +189,6 @@ pub trait Maps {
         bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError>;
     fn remove_v6(&mut self, field: AddrFieldId, keys: &[V6Key]) -> Result<(), MapWriteError>;
-    /// Keys of an IPv4 trie that belong to `generation` (for a generation whose contents
-    /// this process did not write: after adopting pinned maps).
-    fn v4_keys(&mut self, field: AddrFieldId, generation: u32)
-    -> Result<Vec<V4Key>, MapWriteError>;
-    fn v6_keys(&mut self, field: AddrFieldId, generation: u32)
-    -> Result<Vec<V6Key>, MapWriteError>;
-    /// Entries of one level of the IPv4 address tables (absolute indices, see
-    /// `policy_common::v4_table`).
-    fn set_v4_table(
-        &mut self,
-        level: V4Level,
-        indices: &[u32],
-        entries: &[u32],
-    ) -> Result<(), MapWriteError>;
-    /// Address classes of the IPv4 address tables.
-    fn set_v4_classes(
-        &mut self,
-        indices: &[u32],
-        bitmaps: &[RuleBitmap],
-    ) -> Result<(), MapWriteError>;
-    /// Entries of `PORT_TABLE` (absolute indices, see `policy_common::port_table`).
-    fn set_port_table(&mut self, indices: &[u32], entries: &[u32]) -> Result<(), MapWriteError>;
     fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), MapWriteError>;
     /// Makes `generation` the one the program reads, with its port table if `port_table`
     /// (one write of `ACTIVE`: the generation and the flag change together).
@@ -128,47 +201,67 @@ pub trait Maps {
     /// still running: when the grace period started last has ended, or (when none was
     /// started here, as after adopting pinned maps) after a full one.
     fn wait_for_readers(&mut self);
+
+    /// What `ACTIVE` holds, flags included.
+    fn active(&mut self) -> Result<u32, MapReadError>;
+    fn config(&mut self, generation: u32) -> Result<GenConfig, MapReadError>;
+    fn rules(&mut self, start: u32, count: u32) -> Result<Vec<RuleInfo>, MapReadError>;
+    fn bitmaps(
+        &mut self,
+        map: BitmapMap,
+        start: u32,
+        count: u32,
+    ) -> Result<Vec<RuleBitmap>, MapReadError>;
+    fn port_classes(
+        &mut self,
+        field: PortFieldId,
+        start: u32,
+        count: u32,
+    ) -> Result<Vec<u64>, MapReadError>;
+    fn entries(&mut self, map: EntryMap, start: u32, count: u32) -> Result<Vec<u32>, MapReadError>;
+    /// Calls `visit` with every entry of an IPv4 trie, of every generation.
+    fn visit_v4(
+        &mut self,
+        field: AddrFieldId,
+        visit: &mut dyn FnMut(V4Key, &RuleBitmap),
+    ) -> Result<(), MapReadError>;
+    fn visit_v6(
+        &mut self,
+        field: AddrFieldId,
+        visit: &mut dyn FnMut(V6Key, &RuleBitmap),
+    ) -> Result<(), MapReadError>;
 }
 
 /// What one generation of the maps holds, as far as this process wrote it. Kept exact
-/// by recording each write only after it succeeded. A generation this process has not
-/// written whole (adopted from pinned maps) is not `known`: the next apply to it writes
-/// every entry and reads the trie keys back from the kernel to remove stale ones.
+/// by recording each write only after it succeeded. An array entry past the end of its
+/// record is unknown and written whenever a ruleset needs it; a generation this process
+/// has not written (adopted from pinned maps) starts with empty records, and with
+/// tries whose keys are read back from the kernel on the first write, to remove the
+/// stale ones.
 struct Shadow {
-    known: bool,
-    config: GenConfig,
+    /// The tries' records hold every key of the generation (a fresh map, or keys read
+    /// back), so a key not in them is not in the kernel either.
+    tries_known: bool,
+    config: Option<GenConfig>,
     rules: Vec<RuleInfo>,
     field_bitmaps: Vec<RuleBitmap>,
     port_words: HashMap<PortFieldId, Vec<u64>>,
     port_bitmaps: HashMap<PortFieldId, Vec<RuleBitmap>>,
     v4: HashMap<AddrFieldId, HashMap<V4Key, RuleBitmap>>,
     v6: HashMap<AddrFieldId, HashMap<V6Key, RuleBitmap>>,
-    /// The generation's `PORT_TABLE` entries; `None` while unknown (adopted maps, until
-    /// a ruleset with a port table writes it whole).
-    port_table: Option<Vec<u32>>,
+    port_table: Vec<u32>,
     /// The IPv4 address tables of the source and the destination field.
     v4_tables: [V4TableShadow; 2],
 }
 
 /// What one field's IPv4 address tables hold in one generation. Blocks and classes past
 /// what a ruleset uses are left as they are: no first-level entry refers to them.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct V4TableShadow {
     l1: Vec<u32>,
     l2: Vec<u32>,
     l3: Vec<u32>,
     classes: Vec<RuleBitmap>,
-}
-
-impl V4TableShadow {
-    fn zeroed() -> Self {
-        Self {
-            l1: vec![0; v4_table::L1_ENTRIES as usize],
-            l2: Vec::new(),
-            l3: Vec::new(),
-            classes: Vec::new(),
-        }
-    }
 }
 
 const ZERO_CONFIG: GenConfig = GenConfig {
@@ -183,35 +276,139 @@ const ZERO_CONFIG: GenConfig = GenConfig {
 const ZERO_RULE: RuleInfo = RuleInfo { action: 0, monitor: 0, _pad: 0, counter_slot: 0 };
 
 impl Shadow {
-    /// A generation of maps someone else wrote.
+    /// A generation of maps someone else wrote: nothing known.
     fn unknown() -> Self {
-        Self { known: false, port_table: None, ..Self::zeroed() }
+        fn ports<T>() -> HashMap<PortFieldId, Vec<T>> {
+            HashMap::from([(PortFieldId::Dst, Vec::new()), (PortFieldId::Src, Vec::new())])
+        }
+        fn tries<K>() -> HashMap<AddrFieldId, HashMap<K, RuleBitmap>> {
+            HashMap::from([(AddrFieldId::Src, HashMap::new()), (AddrFieldId::Dst, HashMap::new())])
+        }
+        Self {
+            tries_known: false,
+            config: None,
+            rules: Vec::new(),
+            field_bitmaps: Vec::new(),
+            port_words: ports(),
+            port_bitmaps: ports(),
+            v4: tries(),
+            v6: tries(),
+            port_table: Vec::new(),
+            v4_tables: Default::default(),
+        }
     }
 
     /// A generation of freshly created maps: all zero, tries empty.
     fn zeroed() -> Self {
         let words = || vec![0u64; PORT_CLASS_WORDS as usize];
+        let zero_table =
+            || V4TableShadow { l1: vec![0; v4_table::L1_ENTRIES as usize], ..Default::default() };
         Self {
-            known: true,
-            config: ZERO_CONFIG,
+            tries_known: true,
+            config: Some(ZERO_CONFIG),
             rules: vec![ZERO_RULE; MAX_RULES],
             field_bitmaps: vec![RuleBitmap::EMPTY; field_bitmap::PER_GENERATION as usize],
             port_words: HashMap::from([(PortFieldId::Dst, words()), (PortFieldId::Src, words())]),
-            port_bitmaps: HashMap::from([
-                (PortFieldId::Dst, Vec::new()),
-                (PortFieldId::Src, Vec::new()),
-            ]),
-            v4: HashMap::from([
-                (AddrFieldId::Src, HashMap::new()),
-                (AddrFieldId::Dst, HashMap::new()),
-            ]),
-            v6: HashMap::from([
-                (AddrFieldId::Src, HashMap::new()),
-                (AddrFieldId::Dst, HashMap::new()),
-            ]),
-            port_table: Some(vec![0; port_table::PER_GENERATION as usize]),
-            v4_tables: [V4TableShadow::zeroed(), V4TableShadow::zeroed()],
+            port_table: vec![0; port_table::PER_GENERATION as usize],
+            v4_tables: [zero_table(), zero_table()],
+            ..Self::unknown()
         }
+    }
+}
+
+/// Everything one generation must hold for a ruleset, at absolute indices: the entries
+/// the program can read when that generation is active. Tries are given by the
+/// ruleset's networks, keyed with the generation as they are written.
+struct Image<'a> {
+    generation: u32,
+    ruleset: &'a Ruleset,
+    rules: Vec<RuleInfo>,
+    port_words: [(PortFieldId, Vec<u64>); 2],
+    port_table: Option<Vec<u32>>,
+}
+
+impl<'a> Image<'a> {
+    fn new(ruleset: &'a Ruleset, slots: &[u32], generation: u32) -> Self {
+        let rules: Vec<RuleInfo> = ruleset
+            .rules
+            .iter()
+            .zip(slots)
+            .map(|(rule, slot)| RuleInfo {
+                action: rule.action as u8,
+                monitor: u8::from(rule.monitor),
+                _pad: 0,
+                counter_slot: *slot,
+            })
+            .collect();
+        let port_table = ruleset.port_table.as_ref().map(|table| {
+            table
+                .iter()
+                .map(|&rule| match rule.checked_sub(1) {
+                    None => 0,
+                    Some(rule) => {
+                        let info = &rules[usize::from(rule)];
+                        let verdict = match (info.action, info.monitor) {
+                            (a, 0) if a == Action::Drop as u8 => Verdict::DropRule,
+                            (a, _) if a == Action::Drop as u8 => Verdict::MonitorRule,
+                            _ => Verdict::PassRule,
+                        };
+                        port_table::entry(verdict, info.counter_slot as u16)
+                    }
+                })
+                .collect()
+        });
+        Self {
+            generation,
+            ruleset,
+            rules,
+            port_words: [
+                (PortFieldId::Dst, ruleset.dport.class_words()),
+                (PortFieldId::Src, ruleset.sport.class_words()),
+            ],
+            port_table,
+        }
+    }
+
+    fn port_bitmaps(&self, field: PortFieldId) -> &'a [RuleBitmap] {
+        match field {
+            PortFieldId::Dst => &self.ruleset.dport.bitmaps,
+            PortFieldId::Src => &self.ruleset.sport.bitmaps,
+        }
+    }
+
+    /// The address tables of field `index` (0 source, 1 destination), if it has them.
+    fn v4_table(&self, index: usize) -> Option<&'a V4Table> {
+        self.ruleset.v4_tables[index].as_ref()
+    }
+
+    /// The IPv4 trie entries of a field, `None` when the field is read from the address
+    /// tables instead (its trie is then left as it is).
+    fn v4(
+        &self,
+        field: AddrFieldId,
+    ) -> Option<impl Iterator<Item = (V4Key, &'a RuleBitmap)> + Clone> {
+        let (index, entries) = match field {
+            AddrFieldId::Src => (0, &self.ruleset.src_v4),
+            AddrFieldId::Dst => (1, &self.ruleset.dst_v4),
+        };
+        let generation = self.generation;
+        self.ruleset.v4_tables[index]
+            .is_none()
+            .then(|| entries.iter().map(move |(net, b)| (v4_key(generation, net), b)))
+    }
+
+    fn v6(&self, field: AddrFieldId) -> impl Iterator<Item = (V6Key, &'a RuleBitmap)> + Clone {
+        let entries = match field {
+            AddrFieldId::Src => &self.ruleset.src_v6,
+            AddrFieldId::Dst => &self.ruleset.dst_v6,
+        };
+        let generation = self.generation;
+        entries.iter().map(move |(net, b)| (v6_key(generation, net), b))
+    }
+
+    /// `ACTIVE` with this generation in force.
+    fn active(&self) -> u32 {
+        self.generation | if self.port_table.is_some() { active::PORT_TABLE } else { 0 }
     }
 }
 
@@ -222,6 +419,59 @@ pub struct ApplyReport {
     pub kernel_generation: u32,
     /// Map entries written or removed.
     pub writes: usize,
+}
+
+/// Where the kernel's maps differ from the ruleset in force: per map, the entries that
+/// do (an entry missing, one too many, or one with another value).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drift {
+    pub maps: BTreeMap<&'static str, u64>,
+}
+
+impl Drift {
+    /// Entries that differ, over every map.
+    pub fn entries(&self) -> u64 {
+        self.maps.values().sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.maps.is_empty()
+    }
+
+    fn add(&mut self, map: &'static str, entries: u64) {
+        if entries > 0 {
+            *self.maps.entry(map).or_default() += entries;
+        }
+    }
+
+    /// Compares what an array map holds from some index on with what it should.
+    fn compare<V: PartialEq>(&mut self, map: &'static str, wanted: &[V], held: &[V]) {
+        let differ = wanted.iter().zip(held).filter(|(w, h)| w != h).count();
+        self.add(map, (differ + wanted.len().abs_diff(held.len())) as u64);
+    }
+
+    /// Compares the entries of one generation of a trie with `wanted`.
+    fn compare_trie<K: Eq + std::hash::Hash>(
+        &mut self,
+        map: &'static str,
+        wanted: HashMap<K, &RuleBitmap>,
+        held: Vec<(K, RuleBitmap)>,
+    ) {
+        let (mut present, mut differ) = (0, 0);
+        for (key, bitmap) in &held {
+            match wanted.get(key) {
+                Some(w) => {
+                    present += 1;
+                    differ += usize::from(**w != *bitmap);
+                }
+                // A key that should not be there.
+                None => differ += 1,
+            }
+        }
+        // Keys that should be there and are not.
+        let missing = wanted.len() - present;
+        self.add(map, (differ + missing) as u64);
+    }
 }
 
 /// The apply state of one loaded program: what each generation holds, which one is
@@ -259,7 +509,7 @@ impl Generations {
 
     /// The state of maps adopted from pins: `active` is what `ACTIVE` holds; `rules` the
     /// rules in force with their counter slots, by identity (from the state file), so
-    /// unchanged rules keep counting into the same slots.
+    /// unchanged rules keep counting into the same slots. Both generations are unknown.
     pub fn adopt(active: u32, rules: Vec<(String, String, u32)>) -> Self {
         Self {
             shadows: (0..GENERATIONS).map(|_| Shadow::unknown()).collect(),
@@ -310,8 +560,10 @@ impl Generations {
         if !fresh.is_empty() {
             maps.zero_rule_counters(&fresh)?;
         }
-        let writes = fresh.len() + self.write_generation(maps, target, ruleset, &slots)?;
-        maps.set_active(target, ruleset.port_table.is_some())?;
+        let image = Image::new(ruleset, &slots, target);
+        let writes =
+            fresh.len() + write_generation(&mut self.shadows[target as usize], maps, &image)?;
+        maps.set_active(target, image.port_table.is_some())?;
         maps.start_grace_period();
         self.readers_pending = true;
         self.active = target;
@@ -319,6 +571,37 @@ impl Generations {
             ruleset.rules.iter().map(|r| r.identity.clone()).zip(slots.iter().copied()).collect();
         self.active_rules = ruleset.rules.iter().map(|r| r.name.clone()).zip(slots).collect();
         Ok(ApplyReport { kernel_generation: target, writes: writes + 1 })
+    }
+
+    /// Reads back what the kernel holds for `ruleset`, the ruleset in force (the last
+    /// one applied): `ACTIVE`, and every entry of the active generation the program can
+    /// read. Counters and event settings are not part of it.
+    pub fn audit(&self, maps: &mut impl Maps, ruleset: &Ruleset) -> Result<Drift, MapReadError> {
+        let slots: Vec<u32> = self.active_rules.iter().map(|(_, slot)| *slot).collect();
+        let image = Image::new(ruleset, &slots, self.active);
+        let mut drift = Drift::default();
+        drift.add(ACTIVE_MAP, u64::from(maps.active()? != image.active()));
+        audit_generation(&mut drift, maps, &image)?;
+        Ok(drift)
+    }
+
+    /// Puts `ruleset` back in force after an audit found the kernel holding something
+    /// else: forgets what either generation was thought to hold, writes the generation
+    /// `ACTIVE` does not name whole, and flips to it. Atomic like every apply: packets
+    /// see the drifted generation or the repaired one.
+    pub fn repair(
+        &mut self,
+        maps: &mut impl Maps,
+        ruleset: &Ruleset,
+    ) -> Result<ApplyReport, MapWriteError> {
+        // Whatever ACTIVE says now is what packets read: write the other one.
+        self.active = maps.active()? % GENERATIONS;
+        for shadow in &mut self.shadows {
+            *shadow = Shadow::unknown();
+        }
+        // ACTIVE may have been changed by someone else at any moment.
+        self.readers_pending = true;
+        self.apply(maps, ruleset)
     }
 
     /// A counter slot per rule: its current one if the rule is unchanged, else the lowest
@@ -341,170 +624,201 @@ impl Generations {
             })
             .collect()
     }
+}
 
-    fn write_generation(
-        &mut self,
-        maps: &mut impl Maps,
-        generation: u32,
-        ruleset: &Ruleset,
-        slots: &[u32],
-    ) -> Result<usize, MapWriteError> {
-        let shadow = &mut self.shadows[generation as usize];
-        // A generation this process did not write whole: write every entry, and remove
-        // whatever the tries hold for it that is not wanted.
-        let force = !shadow.known;
-        if force {
-            for field in [AddrFieldId::Src, AddrFieldId::Dst] {
-                let v4 = maps.v4_keys(field, generation)?;
-                shadow.v4.insert(field, v4.into_iter().map(|k| (k, RuleBitmap::EMPTY)).collect());
-                let v6 = maps.v6_keys(field, generation)?;
-                shadow.v6.insert(field, v6.into_iter().map(|k| (k, RuleBitmap::EMPTY)).collect());
-            }
-        }
-        let infos: Vec<RuleInfo> = ruleset
-            .rules
-            .iter()
-            .zip(slots)
-            .map(|(rule, slot)| RuleInfo {
-                action: rule.action as u8,
-                monitor: u8::from(rule.monitor),
-                _pad: 0,
-                counter_slot: *slot,
-            })
-            .collect();
-        let rules_base = generation * MAX_RULES as u32;
-        let mut writes =
-            sync_array(&mut shadow.rules, &infos, rules_base, force, |i, v| maps.set_rules(i, v))?;
-        let fields_base = generation * field_bitmap::PER_GENERATION;
-        writes += sync_array(
-            &mut shadow.field_bitmaps,
-            &ruleset.field_bitmaps,
-            fields_base,
-            force,
-            |i, v| maps.set_field_bitmaps(i, v),
-        )?;
-        for (id, field) in [(PortFieldId::Dst, &ruleset.dport), (PortFieldId::Src, &ruleset.sport)]
-        {
-            let bitmaps = shadow.port_bitmaps.get_mut(&id).expect("both fields present");
-            let base = generation * MAX_PORT_CLASSES;
-            writes += sync_array(bitmaps, &field.bitmaps, base, force, |i, v| {
-                maps.set_port_bitmaps(id, i, v)
+/// Makes generation `image.generation` hold `image`, writing what `shadow` does not
+/// record it holding; the config last, since it says which words and fields are in use.
+fn write_generation(
+    shadow: &mut Shadow,
+    maps: &mut impl Maps,
+    image: &Image,
+) -> Result<usize, MapWriteError> {
+    let generation = image.generation;
+    let ruleset = image.ruleset;
+    // A generation whose trie keys this process does not know: read them back, so that
+    // stale ones are removed, and write every wanted entry.
+    let force_tries = !shadow.tries_known;
+    if force_tries {
+        for field in [AddrFieldId::Src, AddrFieldId::Dst] {
+            let mut v4 = HashMap::new();
+            maps.visit_v4(field, &mut |key, _| {
+                if key.1[0] == generation as u8 {
+                    v4.insert(key, RuleBitmap::EMPTY);
+                }
             })?;
-            let words = shadow.port_words.get_mut(&id).expect("both fields present");
-            let base = generation * PORT_CLASS_WORDS;
-            writes += sync_array(words, &field.class_words(), base, force, |i, v| {
-                maps.set_port_classes(id, i, v)
+            shadow.v4.insert(field, v4);
+            let mut v6 = HashMap::new();
+            maps.visit_v6(field, &mut |key, _| {
+                if key.1[0] == generation as u8 {
+                    v6.insert(key, RuleBitmap::EMPTY);
+                }
             })?;
+            shadow.v6.insert(field, v6);
         }
-        for (field, table) in ruleset.v4_tables.iter().enumerate() {
-            let Some(table) = table else { continue };
-            let current = &mut shadow.v4_tables[field];
-            let f = field as u32;
-            // Blocks and classes before the first level that refers to them.
-            writes += sync_array(
-                &mut current.classes,
-                &table.classes,
-                v4_table::class_index(generation, f, 0),
-                force,
-                |i, v| maps.set_v4_classes(i, v),
-            )?;
-            for (level, wanted, held) in [
-                (V4Level::L3, &table.l3, &mut current.l3),
-                (V4Level::L2, &table.l2, &mut current.l2),
-            ] {
-                let base = v4_table::block_index(generation, f, 0, 0);
-                writes +=
-                    sync_array(held, wanted, base, force, |i, v| maps.set_v4_table(level, i, v))?;
-            }
-            writes += sync_array(
-                &mut current.l1,
-                &table.l1,
-                v4_table::l1_index(generation, f, 0),
-                force,
-                |i, v| maps.set_v4_table(V4Level::L1, i, v),
-            )?;
-        }
-        for (index, (id, entries)) in
-            [(AddrFieldId::Src, &ruleset.src_v4), (AddrFieldId::Dst, &ruleset.dst_v4)]
-                .into_iter()
-                .enumerate()
-        {
-            if ruleset.v4_tables[index].is_some() {
-                // The program reads the tables for this field: its IPv4 trie is left as
-                // it is (what it holds stays recorded, for when it is used again).
-                continue;
-            }
-            let current = shadow.v4.get_mut(&id).expect("both fields present");
-            let wanted = entries.iter().map(|(net, b)| (v4_key(generation, net), b));
-            writes += sync_trie(current, wanted, force, |keys, bitmaps| match bitmaps {
-                Some(bitmaps) => maps.insert_v4(id, keys, bitmaps),
-                None => maps.remove_v4(id, keys),
-            })?;
-        }
-        for (id, entries) in
-            [(AddrFieldId::Src, &ruleset.src_v6), (AddrFieldId::Dst, &ruleset.dst_v6)]
-        {
-            let current = shadow.v6.get_mut(&id).expect("both fields present");
-            let wanted = entries.iter().map(|(net, b)| (v6_key(generation, net), b));
-            writes += sync_trie(current, wanted, force, |keys, bitmaps| match bitmaps {
-                Some(bitmaps) => maps.insert_v6(id, keys, bitmaps),
-                None => maps.remove_v6(id, keys),
-            })?;
-        }
-        if let Some(table) = &ruleset.port_table {
-            let entries: Vec<u32> = table
-                .iter()
-                .map(|&rule| match rule.checked_sub(1) {
-                    None => 0,
-                    Some(rule) => {
-                        let (info, slot) = (&infos[usize::from(rule)], slots[usize::from(rule)]);
-                        let verdict = match (info.action, info.monitor) {
-                            (a, 0) if a == Action::Drop as u8 => Verdict::DropRule,
-                            (a, _) if a == Action::Drop as u8 => Verdict::MonitorRule,
-                            _ => Verdict::PassRule,
-                        };
-                        port_table::entry(verdict, slot as u16)
-                    }
-                })
-                .collect();
-            // Unknown contents (adopted maps): written whole, from a blank record.
-            let whole = shadow.port_table.is_none();
-            let current = shadow
-                .port_table
-                .get_or_insert_with(|| vec![0; port_table::PER_GENERATION as usize]);
-            let base = generation * port_table::PER_GENERATION;
-            let result =
-                sync_array(current, &entries, base, whole, |i, v| maps.set_port_table(i, v));
-            if whole && result.is_err() {
-                shadow.port_table = None;
-            }
-            writes += result?;
-        }
-        // Last: the config says how many rule words are in use and which fields.
-        if force || shadow.config != ruleset.config {
-            maps.set_config(generation, &ruleset.config)?;
-            shadow.config = ruleset.config;
-            writes += 1;
-        }
-        shadow.known = true;
-        Ok(writes)
+        shadow.tries_known = true;
     }
+    let rules_base = generation * MAX_RULES as u32;
+    let mut writes =
+        sync_array(&mut shadow.rules, &image.rules, rules_base, |i, v| maps.set_rules(i, v))?;
+    let fields_base = generation * field_bitmap::PER_GENERATION;
+    writes +=
+        sync_array(&mut shadow.field_bitmaps, &ruleset.field_bitmaps, fields_base, |i, v| {
+            maps.set_bitmaps(BitmapMap::Fields, i, v)
+        })?;
+    for (id, words) in &image.port_words {
+        let id = *id;
+        let bitmaps = shadow.port_bitmaps.get_mut(&id).expect("both fields present");
+        let base = generation * MAX_PORT_CLASSES;
+        writes += sync_array(bitmaps, image.port_bitmaps(id), base, |i, v| {
+            maps.set_bitmaps(BitmapMap::Ports(id), i, v)
+        })?;
+        let held = shadow.port_words.get_mut(&id).expect("both fields present");
+        let base = generation * PORT_CLASS_WORDS;
+        writes += sync_array(held, words, base, |i, v| maps.set_port_classes(id, i, v))?;
+    }
+    for (field, held) in shadow.v4_tables.iter_mut().enumerate() {
+        let Some(table) = image.v4_table(field) else { continue };
+        let f = field as u32;
+        // Blocks and classes before the first level that refers to them.
+        writes += sync_array(
+            &mut held.classes,
+            &table.classes,
+            v4_table::class_index(generation, f, 0),
+            |i, v| maps.set_bitmaps(BitmapMap::V4Classes, i, v),
+        )?;
+        for (level, wanted, held) in
+            [(V4Level::L3, &table.l3, &mut held.l3), (V4Level::L2, &table.l2, &mut held.l2)]
+        {
+            let base = v4_table::block_index(generation, f, 0, 0);
+            writes += sync_array(held, wanted, base, |i, v| {
+                maps.set_entries(EntryMap::V4Table(level), i, v)
+            })?;
+        }
+        writes +=
+            sync_array(&mut held.l1, &table.l1, v4_table::l1_index(generation, f, 0), |i, v| {
+                maps.set_entries(EntryMap::V4Table(V4Level::L1), i, v)
+            })?;
+    }
+    for id in [AddrFieldId::Src, AddrFieldId::Dst] {
+        // A field read from the address tables: its IPv4 trie is left as it is (what it
+        // holds stays recorded, for when it is used again).
+        let Some(wanted) = image.v4(id) else { continue };
+        let held = shadow.v4.get_mut(&id).expect("both fields present");
+        writes += sync_trie(held, wanted, force_tries, |keys, bitmaps| match bitmaps {
+            Some(bitmaps) => maps.insert_v4(id, keys, bitmaps),
+            None => maps.remove_v4(id, keys),
+        })?;
+    }
+    for id in [AddrFieldId::Src, AddrFieldId::Dst] {
+        let held = shadow.v6.get_mut(&id).expect("both fields present");
+        writes += sync_trie(held, image.v6(id), force_tries, |keys, bitmaps| match bitmaps {
+            Some(bitmaps) => maps.insert_v6(id, keys, bitmaps),
+            None => maps.remove_v6(id, keys),
+        })?;
+    }
+    if let Some(entries) = &image.port_table {
+        let base = generation * port_table::PER_GENERATION;
+        writes += sync_array(&mut shadow.port_table, entries, base, |i, v| {
+            maps.set_entries(EntryMap::PortTable, i, v)
+        })?;
+    }
+    // Last: the config says how many rule words are in use and which fields.
+    if shadow.config != Some(ruleset.config) {
+        maps.set_config(generation, &ruleset.config)?;
+        shadow.config = Some(ruleset.config);
+        writes += 1;
+    }
+    Ok(writes)
+}
+
+/// Compares generation `image.generation` of the kernel's maps with `image`.
+fn audit_generation(
+    drift: &mut Drift,
+    maps: &mut impl Maps,
+    image: &Image,
+) -> Result<(), MapReadError> {
+    let generation = image.generation;
+    let ruleset = image.ruleset;
+    let len = |v: usize| v as u32;
+    drift.compare(CONFIG_MAP, &[ruleset.config], &[maps.config(generation)?]);
+    let rules = maps.rules(generation * MAX_RULES as u32, len(image.rules.len()))?;
+    drift.compare(RULES_MAP, &image.rules, &rules);
+    let fields = maps.bitmaps(
+        BitmapMap::Fields,
+        generation * field_bitmap::PER_GENERATION,
+        len(ruleset.field_bitmaps.len()),
+    )?;
+    drift.compare(FIELD_BITMAPS_MAP, &ruleset.field_bitmaps, &fields);
+    for (id, words) in &image.port_words {
+        let held = maps.port_classes(*id, generation * PORT_CLASS_WORDS, len(words.len()))?;
+        drift.compare(id.classes_map(), words, &held);
+        let wanted = image.port_bitmaps(*id);
+        let held =
+            maps.bitmaps(BitmapMap::Ports(*id), generation * MAX_PORT_CLASSES, len(wanted.len()))?;
+        drift.compare(BitmapMap::Ports(*id).name(), wanted, &held);
+    }
+    for field in 0..2 {
+        let Some(table) = image.v4_table(field) else { continue };
+        let f = field as u32;
+        let held = maps.bitmaps(
+            BitmapMap::V4Classes,
+            v4_table::class_index(generation, f, 0),
+            len(table.classes.len()),
+        )?;
+        drift.compare(V4_CLASSES_MAP, &table.classes, &held);
+        for (level, wanted, start) in [
+            (V4Level::L1, &table.l1, v4_table::l1_index(generation, f, 0)),
+            (V4Level::L2, &table.l2, v4_table::block_index(generation, f, 0, 0)),
+            (V4Level::L3, &table.l3, v4_table::block_index(generation, f, 0, 0)),
+        ] {
+            let map = EntryMap::V4Table(level);
+            let held = maps.entries(map, start, len(wanted.len()))?;
+            drift.compare(map.name(), wanted, &held);
+        }
+    }
+    for id in [AddrFieldId::Src, AddrFieldId::Dst] {
+        if let Some(wanted) = image.v4(id) {
+            let mut held = Vec::new();
+            maps.visit_v4(id, &mut |key, bitmap| {
+                if key.1[0] == generation as u8 {
+                    held.push((key, *bitmap));
+                }
+            })?;
+            drift.compare_trie(id.v4_map(), wanted.collect(), held);
+        }
+        let mut held = Vec::new();
+        maps.visit_v6(id, &mut |key, bitmap| {
+            if key.1[0] == generation as u8 {
+                held.push((key, *bitmap));
+            }
+        })?;
+        drift.compare_trie(id.v6_map(), image.v6(id).collect(), held);
+    }
+    if let Some(entries) = &image.port_table {
+        let held = maps.entries(
+            EntryMap::PortTable,
+            generation * port_table::PER_GENERATION,
+            len(entries.len()),
+        )?;
+        drift.compare(PORT_TABLE_MAP, entries, &held);
+    }
+    Ok(())
 }
 
 /// Writes, in one batch, the entries of `wanted` that differ from what `current` (one
-/// generation of an array map, from index `base`) holds, or all of them if `force`;
-/// then records in `current` what was written, also when the batch stopped part-way.
+/// generation of an array map, from index `base`) records, and those past its end
+/// (unknown); then records in `current` what was written, also when the batch stopped
+/// part-way.
 fn sync_array<V: Copy + PartialEq>(
     current: &mut Vec<V>,
     wanted: &[V],
     base: u32,
-    force: bool,
     write: impl FnOnce(&[u32], &[V]) -> Result<(), MapWriteError>,
 ) -> Result<usize, MapWriteError> {
     let (indices, values): (Vec<u32>, Vec<V>) = wanted
         .iter()
         .enumerate()
-        .filter(|(i, v)| force || current.get(*i) != Some(*v))
+        .filter(|(i, v)| current.get(*i) != Some(*v))
         .map(|(i, v)| (base + i as u32, *v))
         .unzip();
     if indices.is_empty() {
@@ -515,9 +829,8 @@ fn sync_array<V: Copy + PartialEq>(
     if let Some(last) = indices[..written].last() {
         let needed = (last - base) as usize + 1;
         if current.len() < needed {
-            // Only the port bitmaps grow (they are as long as the classes ever used).
-            // Every index past the old end is in the batch, so the loop below
-            // overwrites each placeholder up to `needed`.
+            // Every index past the record's end is unknown, so in the batch: the loop
+            // below overwrites each placeholder up to `needed`.
             current.resize(needed, values[0]);
         }
     }
@@ -529,10 +842,10 @@ fn sync_array<V: Copy + PartialEq>(
 
 /// Makes a trie generation hold `wanted`: removes the entries no longer wanted in one
 /// batch, then inserts new and changed ones in another, in the order given (compile
-/// sorts them, so consecutive inserts walk the same part of the trie). Removing first
-/// keeps the generation within its share of the trie's entries at any time. Records in
-/// `current` what was written, also when a batch stopped part-way.
-/// `write(keys, None)` removes, `write(keys, Some(bitmaps))` inserts.
+/// sorts them, so consecutive inserts walk the same part of the trie), or every wanted
+/// one if `force`. Removing first keeps the generation within its share of the trie's
+/// entries at any time. Records in `current` what was written, also when a batch
+/// stopped part-way. `write(keys, None)` removes, `write(keys, Some(bitmaps))` inserts.
 fn sync_trie<'a, K: Copy + Ord + std::hash::Hash>(
     current: &mut HashMap<K, RuleBitmap>,
     wanted: impl Iterator<Item = (K, &'a RuleBitmap)> + Clone,

@@ -150,55 +150,125 @@ impl BatchMap {
         Ok(())
     }
 
-    /// Every key of the map, through BPF_MAP_LOOKUP_BATCH; `None` if the kernel does not
-    /// offer it for this map (read the keys one by one then).
-    pub fn keys<K: Pod>(&mut self) -> Option<Result<Vec<K>, BatchError>> {
+    /// Calls `visit` with every entry of the map, read through BPF_MAP_LOOKUP_BATCH a
+    /// chunk at a time; `None` if the kernel does not offer it for this map (read the
+    /// entries one by one then).
+    pub fn entries<K: Pod, V: Pod>(
+        &mut self,
+        visit: &mut dyn FnMut(&K, &V),
+    ) -> Option<Result<(), BatchError>> {
         if self.lookups == Support::No {
             return None;
         }
-        if let Err(e) = self.check::<K>(true) {
+        if let Err(e) = self.check::<K>(size_of::<V>() == self.value_size) {
             return Some(Err(e));
         }
-        let mut keys: Vec<K> = Vec::new();
-        let mut chunk: Vec<K> = Vec::with_capacity(LOOKUP_CHUNK);
-        let mut values = vec![0u8; LOOKUP_CHUNK * self.value_size];
+        let mut keys: Vec<K> = Vec::with_capacity(LOOKUP_CHUNK);
+        let mut values: Vec<V> = Vec::with_capacity(LOOKUP_CHUNK);
         // Where the previous call stopped (a key of the map), and where this one stops.
         let (mut cursor, mut next) = (vec![0u8; self.key_size], vec![0u8; self.key_size]);
         let mut first = true;
         loop {
             let mut attr = batch_attr(
                 &self.fd,
-                chunk.as_mut_ptr().cast::<u8>(),
-                values.as_mut_ptr(),
+                keys.as_mut_ptr().cast::<u8>(),
+                values.as_mut_ptr().cast::<u8>(),
                 LOOKUP_CHUNK as u32,
             );
             attr.batch.in_batch = if first { 0 } else { cursor.as_ptr() as u64 };
             attr.batch.out_batch = next.as_mut_ptr() as u64;
-            // SAFETY: `chunk` has room for LOOKUP_CHUNK keys and `values` for as many
-            // values, of the sizes `check` verified; `cursor` and `next` hold one key
-            // each.
+            // SAFETY: `keys` and `values` have room for LOOKUP_CHUNK keys and values of
+            // the sizes `check` verified; `cursor` and `next` hold one key each.
             let result = unsafe { sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
             let done = batch_done(&attr, LOOKUP_CHUNK);
-            // SAFETY: the kernel wrote the first `done` keys (`batch_done` caps it at the
-            // capacity), and every bit pattern is a valid `K: Pod`.
-            unsafe { chunk.set_len(done) };
-            keys.append(&mut chunk);
+            // SAFETY: the kernel wrote the first `done` keys and values (`batch_done`
+            // caps it at the capacity), and every bit pattern is a valid `Pod`.
+            unsafe {
+                keys.set_len(done);
+                values.set_len(done);
+            }
+            for (key, value) in keys.iter().zip(&values) {
+                visit(key, value);
+            }
+            let seen = done;
+            keys.clear();
+            values.clear();
             match result {
                 Ok(()) => {}
                 // The end of the map.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     self.lookups = Support::Yes;
-                    return Some(Ok(keys));
+                    return Some(Ok(()));
                 }
-                Err(e) => match self.settle(Op::Lookup, keys.len(), Err(e)) {
+                Err(e) => match self.settle(Op::Lookup, seen, Err(e)) {
                     Settled::Unsupported => return None,
-                    Settled::Done(result) => return Some(result.map(|()| keys)),
+                    Settled::Done(result) => return Some(result),
                 },
             }
             self.lookups = Support::Yes;
             std::mem::swap(&mut cursor, &mut next);
             first = false;
         }
+    }
+
+    /// `count` values of an array map from index `start`, through BPF_MAP_LOOKUP_BATCH
+    /// (its cursor is the index before the first one wanted), or one element per call
+    /// where the kernel does not offer it.
+    pub fn range<V: Pod>(&mut self, start: u32, count: u32) -> Result<Vec<V>, BatchError> {
+        self.check::<u32>(size_of::<V>() == self.value_size)?;
+        let count = count as usize;
+        let mut out: Vec<V> = Vec::with_capacity(count);
+        let mut keys = vec![0u32; count.min(LOOKUP_CHUNK)];
+        let mut next = 0u32;
+        while self.lookups != Support::No && out.len() < count {
+            let chunk = (count - out.len()).min(LOOKUP_CHUNK);
+            let index = start + out.len() as u32;
+            // The cursor is the last index already read: the kernel goes on after it.
+            let cursor = index.wrapping_sub(1);
+            let mut attr = batch_attr(
+                &self.fd,
+                keys.as_mut_ptr().cast::<u8>(),
+                out.spare_capacity_mut().as_mut_ptr().cast::<u8>(),
+                chunk as u32,
+            );
+            attr.batch.in_batch = if index == 0 { 0 } else { ptr::from_ref(&cursor) as u64 };
+            attr.batch.out_batch = ptr::from_mut(&mut next) as u64;
+            // SAFETY: `keys` has room for `chunk` keys of 4 bytes (the map's key size,
+            // checked) and `out` spare capacity for `chunk` values of the map's value
+            // size; the cursors hold one key each.
+            let result = unsafe { sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
+            let done = batch_done(&attr, chunk);
+            // SAFETY: the kernel wrote `done` values after the ones already there.
+            unsafe { out.set_len(out.len() + done) };
+            match result {
+                Ok(()) => self.lookups = Support::Yes,
+                // The end of the map: fewer entries than asked for.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    self.lookups = Support::Yes;
+                    return Err(BatchError { done: out.len(), source: e });
+                }
+                Err(e) => match self.settle(Op::Lookup, done, Err(e)) {
+                    Settled::Unsupported => {}
+                    Settled::Done(result) => {
+                        result.map_err(|e| BatchError { done: out.len(), source: e.source })?;
+                    }
+                },
+            }
+        }
+        while out.len() < count {
+            let index = start + out.len() as u32;
+            let mut attr = elem_attr(
+                &self.fd,
+                ptr::from_ref(&index).cast::<u8>(),
+                out.spare_capacity_mut().as_mut_ptr().cast::<u8>(),
+            );
+            // SAFETY: one key of 4 bytes and room for one value of the map's size.
+            unsafe { sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr) }
+                .map_err(|source| BatchError { done: out.len(), source })?;
+            // SAFETY: the kernel wrote one more value.
+            unsafe { out.set_len(out.len() + 1) };
+        }
+        Ok(out)
     }
 
     fn support(&mut self, op: Op) -> &mut Support {

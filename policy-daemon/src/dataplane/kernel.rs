@@ -17,7 +17,10 @@ use policy_common::{
 
 use super::{
     DataplaneError,
-    apply::{AddrFieldId, MapWriteError, Maps, PortFieldId, V4Key, V4Level, V6Key},
+    apply::{
+        AddrFieldId, BitmapMap, EntryMap, MapReadError, MapWriteError, Maps, PortFieldId, V4Key,
+        V4Level, V6Key,
+    },
     batch::{BatchError, BatchMap},
 };
 
@@ -158,7 +161,7 @@ impl KernelMaps {
     }
 
     /// What `ACTIVE` holds: the generation the program reads.
-    pub fn active(&self) -> Result<u32, DataplaneError> {
+    pub fn active_generation(&self) -> Result<u32, DataplaneError> {
         // The value also carries flags (`policy_common::active`), multiples of GENERATIONS.
         self.active
             .get(&0, 0)
@@ -181,27 +184,37 @@ impl KernelMaps {
     }
 }
 
-/// The keys of a trie that belong to `generation` (its first data byte): all keys in a
-/// few BPF_MAP_LOOKUP_BATCH calls, or one by one where the kernel lacks it.
-fn trie_keys<const N: usize>(
+/// Calls `visit` with every entry of a trie: in a few BPF_MAP_LOOKUP_BATCH calls, or one
+/// by one where the kernel lacks it.
+fn visit_trie<const N: usize>(
     trie: &mut Trie<N>,
-    generation: u32,
-) -> Result<Vec<(u32, [u8; N])>, MapWriteError> {
-    let name = trie.batch.name();
-    let keys: Vec<Key<[u8; N]>> = match trie.batch.keys() {
-        Some(keys) => keys.map_err(|e| batch_failed(name, "keys".into(), e))?,
-        None => trie.map.keys().collect::<Result<_, _>>().map_err(|source| MapWriteError {
-            map: name,
-            what: "keys".into(),
-            written: 0,
-            source: Box::new(source),
-        })?,
-    };
-    Ok(keys
-        .into_iter()
-        .filter(|key| key.data()[0] == generation as u8)
-        .map(|key| (key.prefix_len(), key.data()))
-        .collect())
+    visit: &mut dyn FnMut((u32, [u8; N]), &RuleBitmap),
+) -> Result<(), MapReadError> {
+    let map = trie.batch.name();
+    let read_failed =
+        |source: Box<dyn std::error::Error + Send + Sync>| MapReadError { map, source };
+    let mut each =
+        |key: &Key<[u8; N]>, bitmap: &RuleBitmap| visit((key.prefix_len(), key.data()), bitmap);
+    match trie.batch.entries(&mut each) {
+        Some(result) => result.map_err(|e| read_failed(Box::new(e.source))),
+        None => {
+            for entry in trie.map.iter() {
+                let (key, bitmap) = entry.map_err(|e| read_failed(Box::new(e)))?;
+                each(&key, &bitmap);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `count` entries of an array from `start`.
+fn read_array<V: aya::Pod>(
+    map: &mut BatchMap,
+    start: u32,
+    count: u32,
+) -> Result<Vec<V>, MapReadError> {
+    map.range(start, count)
+        .map_err(|e| MapReadError { map: map.name(), source: Box::new(e.source) })
 }
 
 /// A batch the kernel stopped at element `e.done`, named by `element`.
@@ -256,6 +269,24 @@ fn remove_trie<const N: usize>(
 }
 
 impl KernelMaps {
+    fn bitmap_map(&mut self, map: BitmapMap) -> &mut BatchMap {
+        match map {
+            BitmapMap::Fields => &mut self.field_bitmaps.batch,
+            BitmapMap::Ports(PortFieldId::Dst) => &mut self.dport_bitmaps.batch,
+            BitmapMap::Ports(PortFieldId::Src) => &mut self.sport_bitmaps.batch,
+            BitmapMap::V4Classes => &mut self.v4_classes.batch,
+        }
+    }
+
+    fn entry_map(&mut self, map: EntryMap) -> &mut BatchMap {
+        match map {
+            EntryMap::V4Table(V4Level::L1) => &mut self.v4_l1.batch,
+            EntryMap::V4Table(V4Level::L2) => &mut self.v4_l2.batch,
+            EntryMap::V4Table(V4Level::L3) => &mut self.v4_l3.batch,
+            EntryMap::PortTable => &mut self.port_table.batch,
+        }
+    }
+
     fn v4(&mut self, field: AddrFieldId) -> &mut Trie<IPV4_KEY_LEN> {
         match field {
             AddrFieldId::Src => &mut self.src_v4,
@@ -280,12 +311,13 @@ impl Maps for KernelMaps {
         write_array(&mut self.rules.batch, indices, infos)
     }
 
-    fn set_field_bitmaps(
+    fn set_bitmaps(
         &mut self,
+        map: BitmapMap,
         indices: &[u32],
         bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError> {
-        write_array(&mut self.field_bitmaps.batch, indices, bitmaps)
+        write_array(self.bitmap_map(map), indices, bitmaps)
     }
 
     fn set_port_classes(
@@ -299,19 +331,6 @@ impl Maps for KernelMaps {
             PortFieldId::Src => &mut self.sport_classes,
         };
         write_array(&mut map.batch, indices, words)
-    }
-
-    fn set_port_bitmaps(
-        &mut self,
-        field: PortFieldId,
-        indices: &[u32],
-        bitmaps: &[RuleBitmap],
-    ) -> Result<(), MapWriteError> {
-        let map = match field {
-            PortFieldId::Dst => &mut self.dport_bitmaps,
-            PortFieldId::Src => &mut self.sport_bitmaps,
-        };
-        write_array(&mut map.batch, indices, bitmaps)
     }
 
     fn insert_v4(
@@ -340,22 +359,6 @@ impl Maps for KernelMaps {
         remove_trie(self.v6(field), keys)
     }
 
-    fn v4_keys(
-        &mut self,
-        field: AddrFieldId,
-        generation: u32,
-    ) -> Result<Vec<V4Key>, MapWriteError> {
-        trie_keys(self.v4(field), generation)
-    }
-
-    fn v6_keys(
-        &mut self,
-        field: AddrFieldId,
-        generation: u32,
-    ) -> Result<Vec<V6Key>, MapWriteError> {
-        trie_keys(self.v6(field), generation)
-    }
-
     fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), MapWriteError> {
         let zeros = vec![Counter::default(); slots.len() * self.cpus];
         self.counters.update(slots, &zeros).map_err(|e| {
@@ -364,30 +367,13 @@ impl Maps for KernelMaps {
         })
     }
 
-    fn set_v4_table(
+    fn set_entries(
         &mut self,
-        level: V4Level,
+        map: EntryMap,
         indices: &[u32],
         entries: &[u32],
     ) -> Result<(), MapWriteError> {
-        let map = match level {
-            V4Level::L1 => &mut self.v4_l1,
-            V4Level::L2 => &mut self.v4_l2,
-            V4Level::L3 => &mut self.v4_l3,
-        };
-        write_array(&mut map.batch, indices, entries)
-    }
-
-    fn set_v4_classes(
-        &mut self,
-        indices: &[u32],
-        bitmaps: &[RuleBitmap],
-    ) -> Result<(), MapWriteError> {
-        write_array(&mut self.v4_classes.batch, indices, bitmaps)
-    }
-
-    fn set_port_table(&mut self, indices: &[u32], entries: &[u32]) -> Result<(), MapWriteError> {
-        write_array(&mut self.port_table.batch, indices, entries)
+        write_array(self.entry_map(map), indices, entries)
     }
 
     fn set_active(&mut self, generation: u32, port_table: bool) -> Result<(), MapWriteError> {
@@ -417,6 +403,61 @@ impl Maps for KernelMaps {
             Some(Ok(())) => {}
             None | Some(Err(_)) => wait_for_rcu_grace_period(),
         }
+    }
+
+    fn active(&mut self) -> Result<u32, MapReadError> {
+        self.active.get(&0, 0).map_err(|e| MapReadError { map: ACTIVE_MAP, source: Box::new(e) })
+    }
+
+    fn config(&mut self, generation: u32) -> Result<GenConfig, MapReadError> {
+        let mut one = read_array(&mut self.config.batch, generation, 1)?;
+        Ok(one.remove(0))
+    }
+
+    fn rules(&mut self, start: u32, count: u32) -> Result<Vec<RuleInfo>, MapReadError> {
+        read_array(&mut self.rules.batch, start, count)
+    }
+
+    fn bitmaps(
+        &mut self,
+        map: BitmapMap,
+        start: u32,
+        count: u32,
+    ) -> Result<Vec<RuleBitmap>, MapReadError> {
+        read_array(self.bitmap_map(map), start, count)
+    }
+
+    fn port_classes(
+        &mut self,
+        field: PortFieldId,
+        start: u32,
+        count: u32,
+    ) -> Result<Vec<u64>, MapReadError> {
+        let map = match field {
+            PortFieldId::Dst => &mut self.dport_classes,
+            PortFieldId::Src => &mut self.sport_classes,
+        };
+        read_array(&mut map.batch, start, count)
+    }
+
+    fn entries(&mut self, map: EntryMap, start: u32, count: u32) -> Result<Vec<u32>, MapReadError> {
+        read_array(self.entry_map(map), start, count)
+    }
+
+    fn visit_v4(
+        &mut self,
+        field: AddrFieldId,
+        visit: &mut dyn FnMut(V4Key, &RuleBitmap),
+    ) -> Result<(), MapReadError> {
+        visit_trie(self.v4(field), visit)
+    }
+
+    fn visit_v6(
+        &mut self,
+        field: AddrFieldId,
+        visit: &mut dyn FnMut(V6Key, &RuleBitmap),
+    ) -> Result<(), MapReadError> {
+        visit_trie(self.v6(field), visit)
     }
 }
 

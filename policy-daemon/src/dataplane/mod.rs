@@ -102,7 +102,7 @@ pub enum DataplaneError {
     #[error("applying the ruleset failed; the ruleset in force stays in force")]
     Apply(#[source] MapWriteError),
     #[error("reading the prefixes of an address trie failed")]
-    TrieRead(#[source] MapWriteError),
+    TrieRead(#[source] apply::MapReadError),
     #[error("reading the number of possible CPUs failed")]
     Cpus(#[source] std::io::Error),
     #[error("reading map `{map}` failed")]
@@ -220,7 +220,7 @@ impl Dataplane {
             other => other,
         })?;
         let generations = if pins.linked() {
-            Generations::adopt(maps.active()?, rules)
+            Generations::adopt(maps.active_generation()?, rules)
         } else {
             Generations::new()
         };
@@ -361,16 +361,17 @@ impl Dataplane {
     /// The IPv4 prefixes of the source or destination trie in the generation in force,
     /// read back from the kernel, in key order.
     pub fn v4_prefixes(&mut self, field: AddrFieldId) -> Result<Vec<Ipv4Net>, DataplaneError> {
-        let generation = self.generations.active();
-        let keys = self.maps.v4_keys(field, generation).map_err(DataplaneError::TrieRead)?;
-        let mut nets: Vec<Ipv4Net> = keys
-            .into_iter()
-            .map(|(len, data)| {
-                let [_, a, b, c, d, ..] = data;
-                let len = (len - GENERATION_PREFIX_BITS) as u8;
-                Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), len)
+        let generation = self.generations.active() as u8;
+        let mut nets = Vec::new();
+        self.maps
+            .visit_v4(field, &mut |(len, data), _| {
+                if data[0] == generation {
+                    let [_, a, b, c, d, ..] = data;
+                    let len = (len - GENERATION_PREFIX_BITS) as u8;
+                    nets.push(Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), len));
+                }
             })
-            .collect();
+            .map_err(DataplaneError::TrieRead)?;
         nets.sort_unstable();
         Ok(nets)
     }

@@ -8,13 +8,44 @@ use super::*;
 use crate::policy::{self, compile};
 use policy_common::{L4Class, field};
 
+/// A value the fake maps hold; rendered as the tests compare it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Value {
+    Config(GenConfig),
+    Rule(RuleInfo),
+    Bitmap(RuleBitmap),
+    Word(u64),
+    Entry(u32),
+    Zeroed,
+}
+
+impl Value {
+    fn render(&self) -> String {
+        match self {
+            Self::Config(c) => format!("{c:?}"),
+            Self::Rule(r) => format!("{r:?}"),
+            Self::Bitmap(b) => format!("{b:?}"),
+            Self::Word(w) => w.to_string(),
+            Self::Entry(e) => e.to_string(),
+            Self::Zeroed => String::new(),
+        }
+    }
+}
+
 /// The kernel maps as plain data, with an optional failure on the n-th element written
 /// (counted over all batches, so a batch can fail after any number of its elements).
+/// Array entries never written read as zero, as in the kernel.
 #[derive(Default)]
 struct FakeMaps {
     active: u32,
+    /// What `ACTIVE` holds, flag included.
+    active_raw: u32,
     writes: Vec<String>,
+    /// Every cell's value as the tests compare it, by `map/index` or `map/key`.
     cells: BTreeMap<String, String>,
+    values: BTreeMap<String, Value>,
+    /// The array cells of `values` again, by map and index, for reading ranges.
+    arrays: BTreeMap<(String, u32), Value>,
     fail_at: Option<usize>,
     zeroed: Vec<u32>,
     /// The map and size of every batch.
@@ -22,9 +53,24 @@ struct FakeMaps {
     grace_periods: usize,
     /// `writes.len()` at each wait for readers.
     waits: Vec<usize>,
-    /// Every trie key ever inserted, to answer `v4_keys`/`v6_keys` from `cells`.
+    /// Every trie key ever inserted, to answer `visit_v4`/`visit_v6` from `values`.
     v4: Vec<V4Key>,
     v6: Vec<V6Key>,
+}
+
+fn bitmap_cell(map: BitmapMap, index: u32) -> String {
+    match map {
+        BitmapMap::Fields => format!("field/{index}"),
+        BitmapMap::Ports(field) => format!("portmap/{field:?}/{index}"),
+        BitmapMap::V4Classes => format!("v4class/{index}"),
+    }
+}
+
+fn entry_cell(map: EntryMap, index: u32) -> String {
+    match map {
+        EntryMap::V4Table(level) => format!("v4table/{level:?}/{index}"),
+        EntryMap::PortTable => format!("port_table/{index}"),
+    }
 }
 
 impl FakeMaps {
@@ -33,7 +79,7 @@ impl FakeMaps {
         &mut self,
         map: &str,
         elements: &[T],
-        mut cell: impl FnMut(&mut Self, &T) -> (String, Option<String>),
+        mut cell: impl FnMut(&mut Self, &T) -> (String, Option<Value>),
     ) -> Result<(), MapWriteError> {
         self.batches.push((map.to_string(), elements.len()));
         for (written, element) in elements.iter().enumerate() {
@@ -47,32 +93,80 @@ impl FakeMaps {
                 });
             }
             self.writes.push(key.clone());
-            match value {
-                Some(value) => self.cells.insert(key, value),
-                None => self.cells.remove(key.trim_start_matches("remove ")),
-            };
+            self.set(key, value);
         }
         Ok(())
+    }
+
+    /// Sets a cell (or removes it, for `None`) without counting a write, as another
+    /// program writing the maps would.
+    fn set(&mut self, key: String, value: Option<Value>) {
+        let key = key.trim_start_matches("remove ").to_string();
+        let array = key
+            .rsplit_once('/')
+            .and_then(|(map, index)| Some((map.to_string(), index.parse::<u32>().ok()?)));
+        match value {
+            Some(value) => {
+                self.cells.insert(key.clone(), value.render());
+                self.values.insert(key, value);
+                if let Some(cell) = array {
+                    self.arrays.insert(cell, value);
+                }
+            }
+            None => {
+                self.cells.remove(&key);
+                self.values.remove(&key);
+                if let Some(cell) = array {
+                    self.arrays.remove(&cell);
+                }
+            }
+        }
+    }
+
+    /// `count` cells of array `map` from `start`, zero where nothing was written.
+    fn read<T: Clone>(
+        &self,
+        map: &str,
+        start: u32,
+        count: u32,
+        value: impl Fn(Option<&Value>) -> T,
+    ) -> Vec<T> {
+        let mut out = vec![value(None); count as usize];
+        let range = (map.to_string(), start)..(map.to_string(), start + count);
+        for ((_, index), cell) in self.arrays.range(range) {
+            out[(index - start) as usize] = value(Some(cell));
+        }
+        out
+    }
+
+    fn bitmap_of(value: Option<&Value>) -> RuleBitmap {
+        match value {
+            Some(Value::Bitmap(b)) => *b,
+            _ => RuleBitmap::EMPTY,
+        }
     }
 }
 
 impl Maps for FakeMaps {
     fn set_config(&mut self, generation: u32, config: &GenConfig) -> Result<(), MapWriteError> {
         self.batch("config", &[(generation, *config)], |_, (g, c)| {
-            (format!("config/{g}"), Some(format!("{c:?}")))
+            (format!("config/{g}"), Some(Value::Config(*c)))
         })
     }
     fn set_rules(&mut self, indices: &[u32], infos: &[RuleInfo]) -> Result<(), MapWriteError> {
         let entries: Vec<_> = indices.iter().zip(infos).collect();
-        self.batch("rules", &entries, |_, (i, v)| (format!("rule/{i}"), Some(format!("{v:?}"))))
+        self.batch("rules", &entries, |_, (i, v)| (format!("rule/{i}"), Some(Value::Rule(**v))))
     }
-    fn set_field_bitmaps(
+    fn set_bitmaps(
         &mut self,
+        map: BitmapMap,
         indices: &[u32],
         bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError> {
         let entries: Vec<_> = indices.iter().zip(bitmaps).collect();
-        self.batch("field", &entries, |_, (i, v)| (format!("field/{i}"), Some(format!("{v:?}"))))
+        let name = bitmap_cell(map, 0);
+        let name = name.trim_end_matches("/0");
+        self.batch(name, &entries, |_, (i, v)| (bitmap_cell(map, **i), Some(Value::Bitmap(**v))))
     }
     fn set_port_classes(
         &mut self,
@@ -82,19 +176,19 @@ impl Maps for FakeMaps {
     ) -> Result<(), MapWriteError> {
         let entries: Vec<_> = indices.iter().zip(words).collect();
         self.batch(&format!("classes/{field:?}"), &entries, |_, (i, w)| {
-            (format!("classes/{field:?}/{i}"), Some(w.to_string()))
+            (format!("classes/{field:?}/{i}"), Some(Value::Word(**w)))
         })
     }
-    fn set_port_bitmaps(
+    fn set_entries(
         &mut self,
-        field: PortFieldId,
+        map: EntryMap,
         indices: &[u32],
-        bitmaps: &[RuleBitmap],
+        entries: &[u32],
     ) -> Result<(), MapWriteError> {
-        let entries: Vec<_> = indices.iter().zip(bitmaps).collect();
-        self.batch(&format!("portmap/{field:?}"), &entries, |_, (i, v)| {
-            (format!("portmap/{field:?}/{i}"), Some(format!("{v:?}")))
-        })
+        let pairs: Vec<_> = indices.iter().zip(entries).collect();
+        let name = entry_cell(map, 0);
+        let name = name.trim_end_matches("/0");
+        self.batch(name, &pairs, |_, (i, e)| (entry_cell(map, **i), Some(Value::Entry(**e))))
     }
     fn insert_v4(
         &mut self,
@@ -105,7 +199,7 @@ impl Maps for FakeMaps {
         let entries: Vec<_> = keys.iter().zip(bitmaps).collect();
         self.batch(&format!("v4/{field:?}"), &entries, |m, (k, v)| {
             m.v4.push(**k);
-            (format!("v4/{field:?}/{k:?}"), Some(format!("{v:?}")))
+            (format!("v4/{field:?}/{k:?}"), Some(Value::Bitmap(**v)))
         })
     }
     fn remove_v4(&mut self, field: AddrFieldId, keys: &[V4Key]) -> Result<(), MapWriteError> {
@@ -122,7 +216,7 @@ impl Maps for FakeMaps {
         let entries: Vec<_> = keys.iter().zip(bitmaps).collect();
         self.batch(&format!("v6/{field:?}"), &entries, |m, (k, v)| {
             m.v6.push(**k);
-            (format!("v6/{field:?}/{k:?}"), Some(format!("{v:?}")))
+            (format!("v6/{field:?}/{k:?}"), Some(Value::Bitmap(**v)))
         })
     }
     fn remove_v6(&mut self, field: AddrFieldId, keys: &[V6Key]) -> Result<(), MapWriteError> {
@@ -130,80 +224,22 @@ impl Maps for FakeMaps {
             (format!("remove v6/{field:?}/{k:?}"), None)
         })
     }
-    fn v4_keys(
-        &mut self,
-        field: AddrFieldId,
-        generation: u32,
-    ) -> Result<Vec<V4Key>, MapWriteError> {
-        let prefix = format!("v4/{field:?}/");
-        let mut keys: Vec<V4Key> = self
-            .v4
-            .iter()
-            .filter(|k| {
-                k.1[0] == generation as u8 && self.cells.contains_key(&format!("{prefix}{k:?}"))
-            })
-            .copied()
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        Ok(keys)
-    }
-    fn v6_keys(
-        &mut self,
-        field: AddrFieldId,
-        generation: u32,
-    ) -> Result<Vec<V6Key>, MapWriteError> {
-        let prefix = format!("v6/{field:?}/");
-        let mut keys: Vec<V6Key> = self
-            .v6
-            .iter()
-            .filter(|k| {
-                k.1[0] == generation as u8 && self.cells.contains_key(&format!("{prefix}{k:?}"))
-            })
-            .copied()
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        Ok(keys)
-    }
     fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), MapWriteError> {
         self.batch("zero", slots, |m, slot| {
             m.zeroed.push(*slot);
-            (format!("zero/{slot}"), Some(String::new()))
-        })
-    }
-    fn set_v4_table(
-        &mut self,
-        level: V4Level,
-        indices: &[u32],
-        entries: &[u32],
-    ) -> Result<(), MapWriteError> {
-        let entries: Vec<_> = indices.iter().zip(entries).collect();
-        self.batch(&format!("v4table/{level:?}"), &entries, |_, (i, e)| {
-            (format!("v4table/{level:?}/{i}"), Some(e.to_string()))
-        })
-    }
-    fn set_v4_classes(
-        &mut self,
-        indices: &[u32],
-        bitmaps: &[RuleBitmap],
-    ) -> Result<(), MapWriteError> {
-        let entries: Vec<_> = indices.iter().zip(bitmaps).collect();
-        self.batch("v4class", &entries, |_, (i, b)| {
-            (format!("v4class/{i}"), Some(format!("{b:?}")))
-        })
-    }
-    fn set_port_table(&mut self, indices: &[u32], entries: &[u32]) -> Result<(), MapWriteError> {
-        let entries: Vec<_> = indices.iter().zip(entries).collect();
-        self.batch("port_table", &entries, |_, (i, e)| {
-            (format!("port_table/{i}"), Some(e.to_string()))
+            (format!("zero/{slot}"), Some(Value::Zeroed))
         })
     }
     fn set_active(&mut self, generation: u32, port_table: bool) -> Result<(), MapWriteError> {
         self.batch("active", &[generation], |_, g| {
-            ("active".into(), Some(format!("{g}{}", if port_table { "+table" } else { "" })))
+            let value = g | if port_table { active::PORT_TABLE } else { 0 };
+            ("active".into(), Some(Value::Entry(value)))
         })?;
+        // Rendered as the tests compare it.
+        let shown = format!("{generation}{}", if port_table { "+table" } else { "" });
+        self.cells.insert("active".into(), shown);
         self.active = generation;
+        self.active_raw = generation | if port_table { active::PORT_TABLE } else { 0 };
         Ok(())
     }
     fn start_grace_period(&mut self) {
@@ -211,6 +247,78 @@ impl Maps for FakeMaps {
     }
     fn wait_for_readers(&mut self) {
         self.waits.push(self.writes.len());
+    }
+    fn active(&mut self) -> Result<u32, MapReadError> {
+        Ok(self.active_raw)
+    }
+    fn config(&mut self, generation: u32) -> Result<GenConfig, MapReadError> {
+        Ok(match self.values.get(&format!("config/{generation}")) {
+            Some(Value::Config(c)) => *c,
+            _ => ZERO_CONFIG,
+        })
+    }
+    fn rules(&mut self, start: u32, count: u32) -> Result<Vec<RuleInfo>, MapReadError> {
+        Ok(self.read("rule", start, count, |v| match v {
+            Some(Value::Rule(r)) => *r,
+            _ => ZERO_RULE,
+        }))
+    }
+    fn bitmaps(
+        &mut self,
+        map: BitmapMap,
+        start: u32,
+        count: u32,
+    ) -> Result<Vec<RuleBitmap>, MapReadError> {
+        let name = bitmap_cell(map, 0);
+        Ok(self.read(name.trim_end_matches("/0"), start, count, Self::bitmap_of))
+    }
+    fn port_classes(
+        &mut self,
+        field: PortFieldId,
+        start: u32,
+        count: u32,
+    ) -> Result<Vec<u64>, MapReadError> {
+        Ok(self.read(&format!("classes/{field:?}"), start, count, |v| match v {
+            Some(Value::Word(w)) => *w,
+            _ => 0,
+        }))
+    }
+    fn entries(&mut self, map: EntryMap, start: u32, count: u32) -> Result<Vec<u32>, MapReadError> {
+        let name = entry_cell(map, 0);
+        Ok(self.read(name.trim_end_matches("/0"), start, count, |v| match v {
+            Some(Value::Entry(e)) => *e,
+            _ => 0,
+        }))
+    }
+    fn visit_v4(
+        &mut self,
+        field: AddrFieldId,
+        visit: &mut dyn FnMut(V4Key, &RuleBitmap),
+    ) -> Result<(), MapReadError> {
+        let mut keys = self.v4.clone();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            if let Some(Value::Bitmap(b)) = self.values.get(&format!("v4/{field:?}/{key:?}")) {
+                visit(key, b);
+            }
+        }
+        Ok(())
+    }
+    fn visit_v6(
+        &mut self,
+        field: AddrFieldId,
+        visit: &mut dyn FnMut(V6Key, &RuleBitmap),
+    ) -> Result<(), MapReadError> {
+        let mut keys = self.v6.clone();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            if let Some(Value::Bitmap(b)) = self.values.get(&format!("v6/{field:?}/{key:?}")) {
+                visit(key, b);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -552,4 +660,238 @@ fn small_ipv4_prefix_sets_go_to_the_address_tables_not_the_trie() {
         "{:?}",
         &maps.writes[before..]
     );
+}
+
+/// A policy whose source networks fit the IPv4 address tables.
+fn table_policy(src: &str, extra_rules: usize) -> String {
+    let mut text = format!("[[rule]]\nname = \"net\"\naction = \"drop\"\nsrc = \"{src}\"\n");
+    for i in 0..extra_rules {
+        text.push_str(&format!(
+            "[[rule]]\nname = \"r{i}\"\naction = \"pass\"\nprotocol = \"udp\"\ndst_ports = {}\n",
+            100 + i
+        ));
+    }
+    text
+}
+
+/// The audit as the test oracle: after every apply the active generation must hold
+/// exactly the ruleset, as read back.
+fn assert_in_force(generations: &Generations, maps: &mut FakeMaps, ruleset: &Ruleset, step: &str) {
+    let drift = generations.audit(maps, ruleset).expect("reading the fake maps");
+    assert!(drift.is_empty(), "{step}: the maps differ from the ruleset in force: {drift:?}");
+}
+
+#[test]
+fn an_adopted_generation_is_written_whole_before_it_is_trusted() {
+    // A previous daemon: a /16 in the source address tables of generation 1, then a
+    // policy without address tables in generation 0; it dies.
+    let mut maps = FakeMaps::default();
+    let mut before = Generations::new();
+    let old = ruleset_with_tables(&table_policy("198.18.0.0/16", 3));
+    before.apply(&mut maps, &old).expect("old policy");
+    before.apply(&mut maps, &ruleset(PORT_ONLY)).expect("port-only");
+    let stale_l1 = format!("v4table/L1/{}", v4_table::l1_index(1, 0, 0xc612));
+    assert!(maps.cells.contains_key(&stale_l1), "the old /16 is in generation 1's tables");
+
+    // The next daemon adopts the maps and applies three policies in turn: the third
+    // writes generation 1's tables again, now for 198.19.0.0/16.
+    let mut adopted = Generations::adopt(maps.active, Vec::new());
+    let steps = [
+        ruleset(PORT_ONLY_NARROWER),
+        ruleset_with_tables(&table_policy("198.19.0.0/16", 0)),
+        ruleset_with_tables(&table_policy("198.19.0.0/16", 1)),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        adopted.apply(&mut maps, step).expect("apply");
+        assert_in_force(&adopted, &mut maps, step, &format!("apply {i} after adopting"));
+    }
+    assert_eq!(maps.active, 1);
+    // 198.18.0.0/16 belongs to no network of the policy now: the /0's class.
+    let held = maps.values.get(&stale_l1);
+    assert!(
+        !matches!(held, Some(Value::Entry(e)) if e & v4_table::BLOCK != 0 || *e != 0),
+        "198.18/16 still maps to the old class or block: {held:?}"
+    );
+}
+
+#[test]
+fn adopted_rule_entries_are_written_even_when_they_look_like_zeros() {
+    // The previous daemon left drop rules in both generations' first entries.
+    let mut maps = FakeMaps::default();
+    let mut before = Generations::new();
+    let drops = "[[rule]]\nname = \"d0\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = 53\n\
+                 [[rule]]\nname = \"d1\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = 54\n";
+    before.apply(&mut maps, &ruleset(drops)).expect("first");
+    before.apply(&mut maps, &ruleset(drops)).expect("second");
+    // A new daemon without a state file: every slot is free, so its pass rule takes
+    // slot 0 and its entry is all zeros (pass, enforce, slot 0).
+    let mut adopted = Generations::adopt(maps.active, Vec::new());
+    let pass = ruleset(
+        "[[rule]]\nname = \"dns\"\naction = \"pass\"\nprotocol = \"udp\"\ndst_ports = 53\n",
+    );
+    for round in 0..3 {
+        adopted.apply(&mut maps, &pass).expect("apply");
+        assert_eq!(adopted.active_rules(), &[("dns".to_string(), 0)]);
+        let entry = format!("rule/{}", maps.active * MAX_RULES as u32);
+        assert_eq!(maps.values.get(&entry), Some(&Value::Rule(ZERO_RULE)), "round {round}");
+        assert_in_force(&adopted, &mut maps, &pass, &format!("round {round}"));
+    }
+}
+
+/// Every cell of the fake maps (and `ACTIVE`) changed to something else, and a few
+/// trie keys added, as a stray program writing the maps would.
+fn scribble(maps: &mut FakeMaps, seed: u64) {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let cells: Vec<(String, Value)> = maps.values.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    for (key, value) in cells {
+        let mut bits = [0u64; 16];
+        bits.iter_mut().for_each(|w| *w = next());
+        let other = match value {
+            Value::Config(mut c) => {
+                c.fields ^= next() as u32 | 1;
+                Value::Config(c)
+            }
+            Value::Rule(mut r) => {
+                r.action ^= 1;
+                Value::Rule(r)
+            }
+            Value::Bitmap(_) => Value::Bitmap(RuleBitmap { words: bits }),
+            Value::Word(w) => Value::Word(w ^ (next() | 1)),
+            Value::Entry(e) => Value::Entry(e ^ (next() as u32 | 1)),
+            Value::Zeroed => Value::Zeroed,
+        };
+        maps.set(key, Some(other));
+    }
+    for generation in 0..2u8 {
+        let key = (8 + 24, ipv4_key(generation, [198, 51, 100, next() as u8]));
+        maps.v4.push(key);
+        maps.set(format!("v4/Src/{key:?}"), Some(Value::Bitmap(RuleBitmap { words: [!0; 16] })));
+    }
+    maps.active_raw ^= 1;
+}
+
+#[test]
+fn the_audit_finds_one_changed_entry_in_any_map() {
+    use policy_common::{
+        CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, FIELD_BITMAPS_MAP, PORT_TABLE_MAP,
+        RULES_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP,
+    };
+    let common = [CONFIG_MAP, RULES_MAP, FIELD_BITMAPS_MAP, DPORT_CLASSES_MAP, SPORT_CLASSES_MAP];
+    let v6 = "[[rule]]\nname = \"v6\"\naction = \"drop\"\nsrc = \"2001:db8::/32\"\n";
+    let policies = [
+        (
+            ruleset_with_tables(&table_policy("198.18.0.0/24", 2)),
+            vec![DPORT_BITMAPS_MAP, V4_L1_MAP, V4_L2_MAP, V4_CLASSES_MAP],
+        ),
+        (ruleset(TWO_RULES), vec![DPORT_BITMAPS_MAP, SRC_V4_MAP]),
+        (ruleset(PORT_ONLY), vec![DPORT_BITMAPS_MAP, PORT_TABLE_MAP]),
+        (ruleset(&format!("{TWO_RULES}{v6}")), vec![SRC_V4_MAP, SRC_V6_MAP]),
+    ];
+    for (p, (rules, maps_used)) in policies.iter().enumerate() {
+        let mut maps = FakeMaps::default();
+        let mut generations = Generations::new();
+        generations.apply(&mut maps, rules).expect("apply");
+        assert_in_force(&generations, &mut maps, rules, "after the apply");
+        // Cells of every map, one at a time: up to 16 of those written per map, and
+        // some never written (zero) of the big arrays.
+        let mut per_map: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+        for (key, value) in &maps.values {
+            let map = key.rsplit_once('/').map_or(key.as_str(), |(m, _)| m).to_string();
+            per_map.entry(map).or_default().push((key.clone(), *value));
+        }
+        let mut cells: Vec<(String, Value)> = per_map
+            .into_iter()
+            .filter(|(map, _)| map != "zero" && map != "active")
+            .flat_map(|(_, cells)| {
+                let step = cells.len().div_ceil(16);
+                cells.into_iter().step_by(step)
+            })
+            .collect();
+        let g = generations.active();
+        for k in (0..PORT_CLASS_WORDS).step_by(1021) {
+            for field in ["Dst", "Src"] {
+                cells.push((
+                    format!("classes/{field}/{}", g * PORT_CLASS_WORDS + k),
+                    Value::Word(0),
+                ));
+            }
+        }
+        for k in (0..v4_table::L1_ENTRIES).step_by(4099) {
+            let index = v4_table::l1_index(g, 0, k);
+            cells.push((format!("v4table/L1/{index}"), Value::Entry(0)));
+        }
+        for k in (0..port_table::PER_GENERATION).step_by(10_007) {
+            let index = g * port_table::PER_GENERATION + k;
+            cells.push((format!("port_table/{index}"), Value::Entry(0)));
+        }
+        let mut found = std::collections::BTreeSet::new();
+        for (key, value) in cells {
+            let changed = match value {
+                Value::Config(mut c) => {
+                    c.default_action ^= 1;
+                    Value::Config(c)
+                }
+                Value::Rule(mut r) => {
+                    r.counter_slot += 1;
+                    Value::Rule(r)
+                }
+                Value::Bitmap(mut b) => {
+                    b.words[15] ^= 1 << 63;
+                    Value::Bitmap(b)
+                }
+                Value::Word(w) => Value::Word(w ^ 1),
+                Value::Entry(e) => Value::Entry(e ^ 1),
+                Value::Zeroed => continue,
+            };
+            let before = maps.values.get(&key).copied();
+            maps.set(key.clone(), Some(changed));
+            let drift = generations.audit(&mut maps, rules).expect("audit");
+            maps.set(key.clone(), before);
+            // One entry of the active generation, or nothing for the other one (which
+            // no packet reads).
+            assert!(drift.entries() <= 1, "policy {p}: {key} changed: {drift:?}");
+            found.extend(drift.maps.keys().copied());
+        }
+        for map in common.iter().chain(maps_used) {
+            assert!(found.contains(map), "policy {p}: no change found in {map}: {found:?}");
+        }
+        maps.active_raw ^= active::PORT_TABLE;
+        let drift = generations.audit(&mut maps, rules).expect("audit");
+        assert_eq!(drift.maps.get(policy_common::ACTIVE_MAP), Some(&1), "policy {p}: {drift:?}");
+        maps.active_raw ^= active::PORT_TABLE;
+    }
+}
+
+#[test]
+fn a_scribbled_generation_is_found_and_repaired() {
+    for seed in 1..5 {
+        let rules = ruleset_with_tables(&format!(
+            "{}{TWO_RULES}[[rule]]\nname = \"v6\"\naction = \"drop\"\nsrc = \"2001:db8::/32\"\n",
+            table_policy("198.18.0.0/16", 2)
+        ));
+        let mut maps = FakeMaps::default();
+        let mut generations = Generations::new();
+        generations.apply(&mut maps, &rules).expect("apply");
+        generations.apply(&mut maps, &rules).expect("apply again: both generations hold it");
+        scribble(&mut maps, seed);
+        let drift = generations.audit(&mut maps, &rules).expect("audit");
+        assert!(drift.entries() > 10, "seed {seed}: {drift:?}");
+        for map in [policy_common::ACTIVE_MAP, policy_common::RULES_MAP, policy_common::CONFIG_MAP]
+        {
+            assert!(drift.maps.contains_key(map), "seed {seed}: {map} in {drift:?}");
+        }
+        let waits = maps.waits.len();
+        generations.repair(&mut maps, &rules).expect("repair");
+        assert_eq!(maps.waits.len(), waits + 1, "a grace period before rewriting: ACTIVE moved");
+        assert_in_force(&generations, &mut maps, &rules, &format!("seed {seed}, repaired"));
+        // The other generation was scribbled too: the next apply writes it whole.
+        generations.apply(&mut maps, &rules).expect("apply after the repair");
+        assert_in_force(&generations, &mut maps, &rules, &format!("seed {seed}, then applied"));
+    }
 }
