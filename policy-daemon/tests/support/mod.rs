@@ -2,6 +2,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod corpus;
+pub mod crafted;
 pub mod packet;
 
 /// Whether this process may run tests that need root (bpf(), netlink, namespaces).
