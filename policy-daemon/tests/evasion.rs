@@ -110,18 +110,7 @@ impl Policies {
         let policies = Self { dir };
         fs::set_permissions(&policies.dir, fs::Permissions::from_mode(0o755))
             .expect("setting the policy directory's mode");
-        let allow = format!(
-            "[defaults]\naction = \"drop\"\ni_know_this_blocks_ssh = true\n\n\
-             [[rule]]\nname = \"open-tcp\"\naction = \"pass\"\nprotocol = \"tcp\"\ndst_ports = {OPEN_PORT}\n\n\
-             [[rule]]\nname = \"open-udp\"\naction = \"pass\"\nprotocol = \"udp\"\ndst_ports = {OPEN_PORT}\n\n\
-             [[rule]]\nname = \"echo\"\naction = \"pass\"\nprotocol = \"icmp\"\nicmp_types = 8\n\n\
-             [[rule]]\nname = \"echo6\"\naction = \"pass\"\nprotocol = \"icmpv6\"\nicmp_types = 128\n"
-        );
-        let deny = format!(
-            "[defaults]\naction = \"pass\"\n\n\
-             [[rule]]\nname = \"blocked-tcp\"\naction = \"drop\"\nprotocol = \"tcp\"\ndst_ports = {BLOCKED_PORT}\n\n\
-             [[rule]]\nname = \"blocked-udp\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {BLOCKED_PORT}\n"
-        );
+        let (allow, deny) = (crafted::allow_list(), crafted::deny_list());
         for (phase, text) in [(Phase::AllowList, allow), (Phase::DenyList, deny)] {
             let path = policies.path(phase);
             fs::write(&path, text).expect("writing a policy");

@@ -869,3 +869,54 @@ fn a_million_prefixes_are_replaced_exactly() {
     }
     replace_a_large_prefix_set(policy_common::MAX_PREFIXES);
 }
+
+/// The evasion corpus (`support::crafted`, which `tests/evasion.rs` sends through the
+/// Linux stack) through BPF_PROG_TEST_RUN under its allow-list and deny-list: every frame
+/// gets the verdict the reference classifier gives it, and of every attack the Linux
+/// stack delivers, at least one frame is dropped (a datagram is delivered only if all
+/// its fragments are).
+#[test]
+fn the_evasion_corpus_gets_the_reference_verdict_and_every_attack_a_drop() {
+    if !support::privileged("the_evasion_corpus_gets_the_reference_verdict_and_every_attack_a_drop")
+    {
+        return;
+    }
+    use support::crafted::{self, Kind};
+    let corpus = crafted::corpus(&crafted::Params::default());
+    for (name, text) in [("allow-list", crafted::allow_list()), ("deny-list", crafted::deny_list())]
+    {
+        let (policy, mut dataplane) = load(&text);
+        let mut failures = Vec::new();
+        let mut verdicts = std::collections::BTreeMap::<&str, usize>::new();
+        for shot in &corpus {
+            let mut dropped = false;
+            for (i, frame) in shot.frames.iter().enumerate() {
+                let expected = reference::classify(&policy, &reference::parse_packet(frame));
+                let before = dataplane.verdict_counts().expect("reading the counters");
+                let action = dataplane.test_run(frame).expect("BPF_PROG_TEST_RUN");
+                let after = dataplane.verdict_counts().expect("reading the counters");
+                let counted: Vec<Verdict> = Verdict::ALL
+                    .into_iter()
+                    .filter(|v| after.get(*v).packets != before.get(*v).packets)
+                    .collect();
+                if counted != [expected.verdict] || (action == XDP_DROP) != expected.verdict.drops()
+                {
+                    failures.push(format!(
+                        "{name}: {} frame {i}: the reference says {:?}, the kernel {action} {counted:?}",
+                        shot.name, expected.verdict
+                    ));
+                }
+                *verdicts.entry(expected.verdict.name()).or_default() += 1;
+                dropped |= action == XDP_DROP;
+            }
+            if shot.kind == Kind::Attack && shot.linux_delivers && !dropped {
+                failures.push(format!("{name}: {}: no frame is dropped", shot.name));
+            }
+            if shot.kind == Kind::Control && dropped {
+                failures.push(format!("{name}: control {} has a frame dropped", shot.name));
+            }
+        }
+        eprintln!("{name}: {} shots, frame verdicts {verdicts:?}", corpus.len());
+        assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    }
+}

@@ -160,6 +160,28 @@ impl Default for Params {
     }
 }
 
+/// The allow-list every attack must not get through: default drop; TCP and UDP to
+/// [`OPEN_PORT`], ICMP and ICMPv6 echo requests pass (neighbour discovery passes by itself).
+pub fn allow_list() -> String {
+    format!(
+        "[defaults]\naction = \"drop\"\ni_know_this_blocks_ssh = true\n\n\
+         [[rule]]\nname = \"open-tcp\"\naction = \"pass\"\nprotocol = \"tcp\"\ndst_ports = {OPEN_PORT}\n\n\
+         [[rule]]\nname = \"open-udp\"\naction = \"pass\"\nprotocol = \"udp\"\ndst_ports = {OPEN_PORT}\n\n\
+         [[rule]]\nname = \"echo\"\naction = \"pass\"\nprotocol = \"icmp\"\nicmp_types = 8\n\n\
+         [[rule]]\nname = \"echo6\"\naction = \"pass\"\nprotocol = \"icmpv6\"\nicmp_types = 128\n"
+    )
+}
+
+/// The deny-list every attack must not get through: default pass; TCP and UDP to
+/// [`BLOCKED_PORT`] dropped.
+pub fn deny_list() -> String {
+    format!(
+        "[defaults]\naction = \"pass\"\n\n\
+         [[rule]]\nname = \"blocked-tcp\"\naction = \"drop\"\nprotocol = \"tcp\"\ndst_ports = {BLOCKED_PORT}\n\n\
+         [[rule]]\nname = \"blocked-udp\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {BLOCKED_PORT}\n"
+    )
+}
+
 /// Every shot, in the order they are to be sent.
 pub fn corpus(params: &Params) -> Vec<Shot> {
     assert!(params.epoch < MAX_EPOCHS, "epoch {} is not below {MAX_EPOCHS}", params.epoch);
