@@ -184,11 +184,14 @@ impl KernelMaps {
     }
 }
 
+/// A trie key as the apply logic holds it: prefix length and data.
+type TrieKey<const N: usize> = (u32, [u8; N]);
+
 /// Calls `visit` with every entry of a trie: in a few BPF_MAP_LOOKUP_BATCH calls, or one
 /// by one where the kernel lacks it.
 fn visit_trie<const N: usize>(
     trie: &mut Trie<N>,
-    visit: &mut dyn FnMut((u32, [u8; N]), &RuleBitmap),
+    visit: &mut dyn FnMut(TrieKey<N>, &RuleBitmap),
 ) -> Result<(), MapReadError> {
     let map = trie.batch.name();
     let read_failed =
