@@ -112,6 +112,11 @@ pub struct StatusArgs {
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Have the running daemon read the kernel's maps back now and compare them with the
+    /// policy it compiled (repairing any difference), then show the result; exit 1 if
+    /// they differed.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(clap::Args)]
@@ -170,6 +175,10 @@ pub struct RunArgs {
     /// files one after the other and signal when done).
     #[arg(long)]
     pub no_watch: bool,
+    /// Read the kernel's maps back and compare them with the policy in force every this
+    /// many seconds, repairing any difference; 0 turns it off [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub audit_interval: Option<u64>,
     /// Read policy files even if someone other than root could change them (for test
     /// setups; config `insecure_policy_files = true`).
     #[arg(long)]
@@ -206,6 +215,9 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub metrics: config::Metrics,
     pub watch: bool,
+    /// How often the maps are audited; `None`: never (SIGUSR1 and `status --verify`
+    /// still audit).
+    pub audit_interval: Option<std::time::Duration>,
     /// How policy files are read: the same for the first load and every reload.
     pub load: policy::LoadOptions,
 }
@@ -235,6 +247,14 @@ impl RunArgs {
             state_dir,
             metrics,
             watch: !self.no_watch && file.watch.unwrap_or(true),
+            audit_interval: match self
+                .audit_interval
+                .or(file.audit_interval)
+                .unwrap_or(config::DEFAULT_AUDIT_INTERVAL)
+            {
+                0 => None,
+                seconds => Some(std::time::Duration::from_secs(seconds)),
+            },
             load: load_options(self.allow_insecure_policy_files, &file),
         })
     }
@@ -288,6 +308,11 @@ pub enum CliError {
     Pinned(#[from] crate::pinned::PinnedError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("the kernel's maps differed from the policy in force on {}", .0.join(", "))]
+    Drift(Vec<String>),
+    /// Another daemon enforces on the interface (exit 64: starting again cannot help).
+    #[error(transparent)]
+    InUse(crate::dataplane::pins::PinError),
 }
 
 impl From<DataplaneError> for CliError {
@@ -304,7 +329,8 @@ impl CliError {
             | Self::Usage(_)
             | Self::NoInterfaces(_)
             | Self::Config(_)
-            | Self::Safety(_) => 64,
+            | Self::Safety(_)
+            | Self::InUse(_) => 64,
             _ => 1,
         }
     }
@@ -316,11 +342,29 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Check(args) => check(&args),
         Command::Status(args) => {
             let (pin_dir, state_dir) = args.places.resolve()?;
-            let all = pinned::status(&pin_dir, &state_dir, args.iface.as_deref())?;
+            let only = args.iface.as_deref();
+            let all = if args.verify {
+                pinned::verify(&pin_dir, &state_dir, only)?
+            } else {
+                pinned::status(&pin_dir, &state_dir, only)?
+            };
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
             } else {
                 print!("{}", pinned::render_status(&all));
+            }
+            let drifted: Vec<String> = all
+                .iter()
+                .filter(|s| {
+                    s.state
+                        .as_ref()
+                        .and_then(|st| st.audit.as_ref())
+                        .is_some_and(|a| !a.drift.is_empty() || a.error.is_some())
+                })
+                .map(|s| s.iface.clone())
+                .collect();
+            if args.verify && !drifted.is_empty() {
+                return Err(CliError::Drift(drifted));
             }
             Ok(())
         }

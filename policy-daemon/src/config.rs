@@ -21,6 +21,8 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdp-policy";
 pub const DEFAULT_STATE_DIR: &str = "/run/xdp-policy";
 /// Prometheus metrics, on loopback only.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9559";
+/// Seconds between audits of the kernel's maps against the policy in force.
+pub const DEFAULT_AUDIT_INTERVAL: u64 = 60;
 
 /// XDP attach mode as written in the file and on the command line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -47,6 +49,8 @@ pub struct ConfigFile {
     pub metrics: Option<String>,
     /// Reload when policy files change (SIGHUP always reloads).
     pub watch: Option<bool>,
+    /// Seconds between audits of the kernel's maps; 0 turns them off.
+    pub audit_interval: Option<u64>,
     /// Read policy files even if someone other than root could change them (for test
     /// setups).
     pub insecure_policy_files: Option<bool>,
@@ -128,6 +132,7 @@ pin_dir = "/sys/fs/bpf/edge"
 state_dir = "/run/edge"
 metrics = "127.0.0.1:9600"
 watch = false
+audit_interval = 300
 insecure_policy_files = true
 
 [interfaces]
@@ -139,6 +144,7 @@ eth1 = "/etc/xdp-policy/mgmt.toml"
         assert_eq!(config.interfaces.len(), 2);
         assert_eq!(config.interfaces["eth1"], PathBuf::from("/etc/xdp-policy/mgmt.toml"));
         assert_eq!(config.watch, Some(false));
+        assert_eq!(config.audit_interval, Some(300));
         assert_eq!(config.insecure_policy_files, Some(true));
         assert_eq!(
             Metrics::parse(config.metrics.as_deref().unwrap_or_default()),

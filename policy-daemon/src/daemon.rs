@@ -8,7 +8,14 @@
 //!
 //! A daemon that finds an interface's link pinned adopts it: same maps (counters kept),
 //! the current policy applied atomically, then its program swapped onto the link — no
-//! detach, no gap, also when the binary was upgraded.
+//! detach, no gap, also when the binary was upgraded. Nothing else pinned is trusted:
+//! maps without a link are left from a start that failed and are removed, and adopted
+//! maps are written whole. One daemon per interface (a lock on its pin directory).
+//!
+//! The daemon audits what it enforces: regularly, on SIGUSR1 and for `status --verify`
+//! it reads the active generation back, compares it with the compiled policy, and
+//! repairs a difference atomically. A filter detached under it (its pins removed) is
+//! reported as not enforcing and left detached until SIGHUP.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -26,12 +33,15 @@ use tracing::{error, info, warn};
 use crate::{
     cli::{CliError, Settings},
     config,
-    dataplane::{AttachMode, Dataplane, ModeChoice, error_chain, pins::Pins},
+    dataplane::{
+        AttachMode, Dataplane, DataplaneError, ModeChoice, error_chain,
+        pins::{InterfaceLock, PinError, Pins},
+    },
     metrics::{Metrics, Snapshot},
     policy::{self, Policy, Ruleset},
     reload::{DEBOUNCE, PolicyWatcher},
     safety,
-    state::{self, RuleState, State},
+    state::{self, Audit, RuleState, State},
 };
 
 /// A policy path and the interfaces it is enforced on.
@@ -44,6 +54,9 @@ pub struct Assignment {
 /// The filter of one interface: its program and pinned maps.
 struct Instance {
     iface: String,
+    pins: Pins,
+    /// This daemon's hold on the interface; given up when the filter is detached.
+    lock: Option<InterfaceLock>,
     dataplane: Dataplane,
     mode: AttachMode,
     /// Applies since the filter was first attached (an adopted filter continues the
@@ -51,6 +64,15 @@ struct Instance {
     generation: u64,
     /// The interface's index when attached; 0 while it is gone.
     ifindex: u32,
+    /// The audits so far; the last one's record.
+    audit: Option<Audit>,
+}
+
+impl Instance {
+    /// Someone took the filter off (its pins are gone): not enforcing until SIGHUP.
+    fn detached(&self) -> bool {
+        self.lock.is_none()
+    }
 }
 
 /// One policy in force on its interfaces, and what it was compiled to.
@@ -69,7 +91,8 @@ struct Places<'a> {
 }
 
 pub async fn run(settings: Settings) -> Result<(), CliError> {
-    let Settings { assignments, mode, watch, pin_dir, state_dir, metrics, load } = settings;
+    let Settings { assignments, mode, watch, pin_dir, state_dir, metrics, audit_interval, load } =
+        settings;
     let places = Places { pin_dir: &pin_dir, state_dir: &state_dir, load };
     // Before anything is attached: a taken port stops start-up while nothing changed.
     let metrics = match metrics {
@@ -84,6 +107,7 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(CliError::Signals)?;
+    let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(CliError::Signals)?;
 
     // Watching starts before the policies are first read, so that a change made while
     // the daemon starts up is not missed: it is applied right after.
@@ -101,6 +125,11 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     publish(metrics.as_ref(), &enforced);
     let mut tick = tokio::time::interval(METRICS_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // The first audit one interval after start-up: what was just written is known.
+    let audit_every = audit_interval.unwrap_or(Duration::MAX);
+    let mut audit_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + audit_every, audit_every);
+    audit_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     if watch {
         info!("enforcing; SIGHUP or a change to a policy file reloads, SIGTERM or SIGINT stops");
     } else {
@@ -116,14 +145,26 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
-                info!("SIGHUP: reloading every policy");
+                info!("SIGHUP: reloading every policy, attaching detached filters again");
                 for i in 0..enforced.len() {
                     reload(&mut enforced, i, "SIGHUP", &places, metrics.as_ref());
+                    reattach(&mut enforced[i], mode, &places);
                 }
+                notify(&[NotifyState::Status(&status_line(&enforced))]);
+                publish(metrics.as_ref(), &enforced);
+            }
+            _ = sigusr1.recv() => {
+                audit(&mut enforced, "SIGUSR1", &places);
+                publish(metrics.as_ref(), &enforced);
+            }
+            _ = audit_tick.tick(), if audit_interval.is_some() => {
+                audit(&mut enforced, "interval", &places);
                 publish(metrics.as_ref(), &enforced);
             }
             _ = tick.tick() => {
-                watch_interfaces(&mut enforced, mode, &places);
+                if watch_interfaces(&mut enforced, mode, &places) {
+                    notify(&[NotifyState::Status(&status_line(&enforced))]);
+                }
                 publish(metrics.as_ref(), &enforced);
             }
             Some(i) = watcher.changed() => {
@@ -160,14 +201,35 @@ fn ifindex(iface: &str) -> u32 {
 
 /// Notices interfaces that went away (a veth deleted, a NIC unplugged) and attaches
 /// again, with the policy in force, when they come back: the maps outlive the interface,
-/// the link does not.
-fn watch_interfaces(enforced: &mut [Enforced], mode: ModeChoice, places: &Places) {
+/// the link does not. Notices filters detached under the daemon (their pins removed, as
+/// `xdp-policy detach` does) and stops treating them as in force. Returns whether
+/// anything changed.
+fn watch_interfaces(enforced: &mut [Enforced], mode: ModeChoice, places: &Places) -> bool {
+    let mut changed = false;
     for e in enforced.iter_mut() {
         for i in &mut e.instances {
+            if i.detached() {
+                continue;
+            }
             let now = ifindex(&i.iface);
+            // The pin directory gone, or the link pin gone under a live interface.
+            let pins_gone = !i.pins.dir().exists() || (now != 0 && !i.pins.linked());
+            if pins_gone {
+                error!(
+                    iface = i.iface,
+                    pins = %i.pins.dir().display(),
+                    "the filter was detached (its pins were removed, as `xdp-policy detach` \
+                     does): not enforcing; SIGHUP (`systemctl reload xdp-policy`) or a \
+                     restart attaches it again"
+                );
+                i.lock = None;
+                changed = true;
+                continue;
+            }
             if now == i.ifindex {
                 continue;
             }
+            changed = true;
             if now == 0 {
                 warn!(
                     iface = i.iface,
@@ -179,9 +241,12 @@ fn watch_interfaces(enforced: &mut [Enforced], mode: ModeChoice, places: &Places
             }
             // Back (or replaced by a new interface of the same name): the old link is
             // defunct; attach afresh.
-            let pins = Pins::new(places.pin_dir, &i.iface);
-            let _ = std::fs::remove_file(pins.link());
-            match i.dataplane.attach_pinned(&i.iface, mode, &pins) {
+            let attached = i
+                .pins
+                .unpin_link()
+                .map_err(DataplaneError::from)
+                .and_then(|()| i.dataplane.attach_pinned(&i.iface, mode, &i.pins));
+            match attached {
                 Ok(attached) => {
                     i.mode = attached;
                     i.ifindex = now;
@@ -191,6 +256,98 @@ fn watch_interfaces(enforced: &mut [Enforced], mode: ModeChoice, places: &Places
                 // Tried again on the next tick.
                 Err(err) => warn!(iface = i.iface, "re-attaching failed: {}", error_chain(&err)),
             }
+        }
+    }
+    changed
+}
+
+/// Attaches the detached filters of `e` again, afresh (new maps, the policy in force).
+fn reattach(e: &mut Enforced, mode: ModeChoice, places: &Places) {
+    for i in e.instances.iter_mut().filter(|i| i.detached()) {
+        match start_instance(&i.iface, mode, &e.ruleset, places) {
+            Ok(fresh) => {
+                *i = fresh;
+                info!(iface = i.iface, mode = %i.mode, "the detached filter is attached again");
+                write_state(&e.assignment.policy, &e.policy, &e.ruleset, i, places);
+            }
+            Err(err) => error!(
+                iface = i.iface,
+                "attaching the detached filter again failed, it stays detached: {err:#}"
+            ),
+        }
+    }
+}
+
+/// Audits every filter in force: reads the kernel's maps back, compares them with the
+/// compiled policy, and repairs a difference (the policy written whole into the other
+/// generation, then flipped to). Also checks that the pinned link runs this daemon's
+/// program, and puts it back if not.
+fn audit(enforced: &mut [Enforced], trigger: &str, places: &Places) {
+    for e in enforced.iter_mut() {
+        for i in e.instances.iter_mut().filter(|i| !i.detached()) {
+            let last = i.audit.take().unwrap_or_default();
+            let mut record = Audit {
+                at_ms: state::now_ms(),
+                count: last.count + 1,
+                drift_total: last.drift_total,
+                ..Audit::default()
+            };
+            audit_instance(&e.ruleset, i, trigger, &mut record);
+            record.drift_total += record.drift_entries();
+            i.audit = Some(record);
+            write_state(&e.assignment.policy, &e.policy, &e.ruleset, i, places);
+        }
+    }
+}
+
+fn audit_instance(ruleset: &Ruleset, i: &mut Instance, trigger: &str, record: &mut Audit) {
+    let began = Instant::now();
+    let mut drift = match i.dataplane.audit(ruleset) {
+        Ok(drift) => drift,
+        Err(err) => {
+            error!(iface = i.iface, trigger, "auditing the maps failed: {}", error_chain(&err));
+            record.error = Some(error_chain(&err));
+            return;
+        }
+    };
+    let foreign_program =
+        i.ifindex != 0 && matches!(i.dataplane.link_runs_this_program(&i.pins), Ok(false));
+    if foreign_program {
+        drift.maps.insert("link", 1);
+    }
+    record.drift = drift.maps.iter().map(|(map, n)| (map.to_string(), *n)).collect();
+    if drift.is_empty() {
+        info!(
+            iface = i.iface,
+            trigger,
+            audit_us = began.elapsed().as_micros() as u64,
+            "audit: the kernel holds the policy in force"
+        );
+        return;
+    }
+    let maps: Vec<String> = drift.maps.iter().map(|(m, n)| format!("{m} {n}")).collect();
+    error!(
+        iface = i.iface,
+        trigger,
+        entries = drift.entries(),
+        maps = maps.join(", "),
+        "audit: the kernel's maps differ from the policy in force; repairing"
+    );
+    let mut repaired = i.dataplane.repair(ruleset).map(drop);
+    if foreign_program && repaired.is_ok() {
+        repaired = i.dataplane.replace_on_pinned_link(&i.pins);
+    }
+    match repaired {
+        Ok(()) => {
+            record.repaired = true;
+            warn!(
+                iface = i.iface,
+                trigger, "audit: repaired, the policy in force is written whole and active"
+            );
+        }
+        Err(err) => {
+            error!(iface = i.iface, trigger, "audit: repairing failed: {}", error_chain(&err));
+            record.error = Some(error_chain(&err));
         }
     }
 }
@@ -205,6 +362,7 @@ fn publish(metrics: Option<&Metrics>, enforced: &[Enforced]) {
         for i in &e.instances {
             let counts =
                 i.dataplane.verdict_counts().and_then(|v| Ok((v, i.dataplane.rule_counts()?)));
+            let audit = i.audit.as_ref();
             match counts {
                 Ok((verdicts, rules)) => metrics.update(&Snapshot {
                     iface: &i.iface,
@@ -213,6 +371,10 @@ fn publish(metrics: Option<&Metrics>, enforced: &[Enforced]) {
                     attach_mode: i.mode,
                     verdicts: &verdicts,
                     rules: &rules,
+                    enforcing: !i.detached() && i.ifindex != 0,
+                    drift_entries: audit.map_or(0, |a| a.drift_total),
+                    last_audit: audit
+                        .map(|a| SystemTime::UNIX_EPOCH + Duration::from_millis(a.at_ms)),
                 }),
                 Err(err) => warn!(
                     iface = i.iface,
@@ -235,8 +397,12 @@ fn status_line(enforced: &[Enforced]) -> String {
     enforced
         .iter()
         .flat_map(|e| e.instances.iter().map(move |i| (e, i)))
-        .map(|(e, i)| {
-            format!("{}: {} rules, generation {}", i.iface, e.policy.rules.len(), i.generation)
+        .map(|(e, i)| match (i.detached(), i.ifindex) {
+            (true, _) => format!("{}: detached, not enforcing (SIGHUP attaches it again)", i.iface),
+            (false, 0) => format!("{}: interface gone, not enforcing", i.iface),
+            (false, _) => {
+                format!("{}: {} rules, generation {}", i.iface, e.policy.rules.len(), i.generation)
+            }
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -290,8 +456,8 @@ fn start(
     Ok(Enforced { assignment, instances, ruleset, policy })
 }
 
-/// Brings up one interface: adopts its pinned filter if there is one, else attaches and
-/// pins a new one.
+/// Brings up one interface: takes its lock, adopts its pinned filter if there is one,
+/// else attaches a new one and pins it.
 fn start_instance(
     iface: &str,
     mode: ModeChoice,
@@ -299,54 +465,62 @@ fn start_instance(
     places: &Places,
 ) -> Result<Instance, CliError> {
     let pins = Pins::new(places.pin_dir, iface);
-    pins.prepare(places.pin_dir).map_err(crate::dataplane::DataplaneError::from)?;
-    let previous = if pins.linked() {
-        State::read(places.state_dir, iface).unwrap_or_else(|e| {
-            warn!(iface, "ignoring the state file: {}", error_chain(&e));
-            None
-        })
-    } else {
-        None
+    pins.prepare(places.pin_dir).map_err(DataplaneError::from)?;
+    let lock = pins.lock().map_err(|e| match e {
+        e @ PinError::Locked { .. } => CliError::InUse(e),
+        e => DataplaneError::from(e).into(),
+    })?;
+    let instance = |dataplane, mode, generation, pins| Instance {
+        iface: iface.to_string(),
+        pins,
+        lock: Some(lock),
+        dataplane,
+        mode,
+        generation,
+        ifindex: ifindex(iface),
+        audit: None,
     };
+    if !pins.linked() {
+        // No filter in force: whatever is pinned is left from a start that failed
+        // before it attached. Nothing of it is trusted.
+        let removed = pins.remove_unlinked().map_err(DataplaneError::from)?;
+        if removed > 0 {
+            warn!(iface, pins = removed, "removed pins of a filter that was never attached");
+        }
+        let mut dataplane = Dataplane::load(ruleset)?;
+        let attached = dataplane.attach_pinned(iface, mode, &pins)?;
+        info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
+        return Ok(instance(dataplane, attached, 1, pins));
+    }
+    let previous = State::read(places.state_dir, iface).unwrap_or_else(|e| {
+        warn!(iface, "ignoring the state file: {}", error_chain(&e));
+        None
+    });
     let slots = previous
         .iter()
         .flat_map(|s| s.rules.iter().map(|r| (r.name.clone(), r.identity.clone(), r.slot)))
         .collect();
-    let mut dataplane = Dataplane::open_pinned(&pins, slots)?;
+    let mut dataplane = Dataplane::adopt(&pins, slots)?;
     dataplane.apply(ruleset)?;
     let generation = previous.as_ref().map_or(0, |s| s.generation) + 1;
-    if pins.linked() {
-        match dataplane.replace_on_pinned_link(&pins) {
-            Ok(()) => {
-                let mode = match previous.as_ref().map(|s| s.attach_mode.as_str()) {
-                    Some("skb") => AttachMode::Skb,
-                    _ => AttachMode::Native,
-                };
-                info!(iface, "adopted the pinned filter: program replaced on its link, no detach");
-                let ifindex = ifindex(iface);
-                return Ok(Instance {
-                    iface: iface.to_string(),
-                    dataplane,
-                    mode,
-                    generation,
-                    ifindex,
-                });
-            }
-            // The interface went away since (its link is defunct): attach afresh.
-            Err(e) => {
-                warn!(
-                    iface,
-                    "the pinned link cannot be reused, attaching again: {}",
-                    error_chain(&e)
-                );
-                let _ = std::fs::remove_file(pins.link());
-            }
+    match dataplane.replace_on_pinned_link(&pins) {
+        Ok(()) => {
+            let mode = match previous.as_ref().map(|s| s.attach_mode.as_str()) {
+                Some("skb") => AttachMode::Skb,
+                _ => AttachMode::Native,
+            };
+            info!(iface, "adopted the pinned filter: program replaced on its link, no detach");
+            Ok(instance(dataplane, mode, generation, pins))
+        }
+        // The interface went away since (its link is defunct): attach afresh.
+        Err(e) => {
+            warn!(iface, "the pinned link cannot be reused, attaching again: {}", error_chain(&e));
+            pins.unpin_link().map_err(DataplaneError::from)?;
+            let attached = dataplane.attach_pinned(iface, mode, &pins)?;
+            info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
+            Ok(instance(dataplane, attached, generation, pins))
         }
     }
-    let attached = dataplane.attach_pinned(iface, mode, &pins)?;
-    info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
-    let ifindex = ifindex(iface);
-    Ok(Instance { iface: iface.to_string(), dataplane, mode: attached, generation, ifindex })
 }
 
 fn write_state(
@@ -356,6 +530,10 @@ fn write_state(
     instance: &Instance,
     places: &Places,
 ) {
+    if instance.detached() {
+        // Detaching removed the state file with the pins; nothing is in force to describe.
+        return;
+    }
     let rules = ruleset
         .rules
         .iter()
@@ -378,6 +556,8 @@ fn write_state(
         attach_mode: instance.mode.to_string(),
         interface_present: instance.ifindex != 0,
         rules,
+        pid: std::process::id(),
+        audit: instance.audit.clone(),
     };
     if let Err(err) = state.write(places.state_dir) {
         // Enforcement is unaffected; `status` and a restart see less.
@@ -432,6 +612,15 @@ fn reload_one(e: &mut Enforced, trigger: &str, places: &Places) -> bool {
     }
     let mut applied = Vec::new();
     for instance in &mut e.instances {
+        if instance.detached() {
+            info!(
+                iface = instance.iface,
+                policy = %path,
+                trigger,
+                "not applied there: the filter was detached (SIGHUP attaches it again)"
+            );
+            continue;
+        }
         let began = Instant::now();
         match instance.dataplane.apply(&ruleset) {
             Ok(report) => {
@@ -463,7 +652,7 @@ fn reload_one(e: &mut Enforced, trigger: &str, places: &Places) -> bool {
     }
     // Interfaces that did not take it keep their previous ruleset; the next reload
     // retries them.
-    let all = applied.len() == e.instances.len();
+    let all = applied.len() == e.instances.iter().filter(|i| !i.detached()).count();
     if all {
         e.ruleset = ruleset;
         e.policy = policy;

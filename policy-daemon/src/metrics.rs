@@ -15,6 +15,9 @@
 //! | `unparsable_packets_total` (`drop_unparsable` and `pass_unparsable`) | counter | `iface` |
 //! | `generation` | gauge | `iface`, `policy` |
 //! | `attach_mode_info` (always 1) | gauge | `iface`, `mode` |
+//! | `enforcing` (1: attached; 0: detached, or the interface is gone) | gauge | `iface` |
+//! | `drift_entries_total` (map entries an audit found differing, then repaired) | counter | `iface` |
+//! | `last_audit_timestamp_seconds` | gauge | `iface` |
 //! | `last_reload_successful` (1 or 0) | gauge | `policy` |
 //! | `last_reload_timestamp_seconds` | gauge | `policy` |
 //! | `reload_errors_total` | counter | `policy` |
@@ -69,6 +72,12 @@ pub struct Snapshot<'a> {
     pub verdicts: &'a VerdictCounts,
     /// Rules in force, in rule order: the names are unique.
     pub rules: &'a [(String, Counter)],
+    /// The filter is attached to the interface, as far as the daemon knows.
+    pub enforcing: bool,
+    /// Map entries the audits found differing from the policy, since the daemon started.
+    pub drift_entries: u64,
+    /// When the maps were last audited.
+    pub last_audit: Option<SystemTime>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +169,9 @@ impl Exposition {
             mode: s.attach_mode,
             verdicts: s.verdicts.clone(),
             rules: s.rules.to_vec(),
+            enforcing: s.enforcing,
+            drift_entries: s.drift_entries,
+            last_audit: s.last_audit,
         };
         self.lock().ifaces.insert(s.iface.to_string(), iface);
     }
@@ -201,6 +213,9 @@ struct IfaceState {
     mode: AttachMode,
     verdicts: VerdictCounts,
     rules: Vec<(String, Counter)>,
+    enforcing: bool,
+    drift_entries: u64,
+    last_audit: Option<SystemTime>,
 }
 
 #[derive(Debug, Default)]
@@ -285,6 +300,26 @@ impl Collector for StateCollector {
             "attach_mode",
             "The XDP mode the program is attached in.",
             ifaces.iter().map(|(i, s)| ([("iface", i)], ModeInfo(s.mode))),
+        )?;
+        family(
+            &mut encoder,
+            "enforcing",
+            "Whether the filter is attached to the interface (1), or not: detached, or the interface is gone (0).",
+            ifaces.iter().map(|(i, s)| ([("iface", i)], ConstGauge::new(i64::from(s.enforcing)))),
+        )?;
+        family(
+            &mut encoder,
+            "drift_entries",
+            "Map entries the audits found differing from the policy in force (then repaired), since the daemon started.",
+            ifaces.iter().map(|(i, s)| ([("iface", i)], ConstCounter::new(s.drift_entries))),
+        )?;
+        family(
+            &mut encoder,
+            "last_audit_timestamp_seconds",
+            "When the kernel's maps were last read back and compared with the policy, in seconds since the Unix epoch.",
+            ifaces.iter().filter_map(|(i, s)| {
+                Some(([("iface", i)], ConstGauge::new(unix_seconds(s.last_audit?))))
+            }),
         )?;
         let reloads = || state.reloads.iter().filter_map(|(p, r)| r.last.map(|last| (p, last)));
         family(
@@ -450,6 +485,9 @@ mod tests {
             attach_mode: AttachMode::Native,
             verdicts,
             rules,
+            enforcing: true,
+            drift_entries: 7,
+            last_audit: Some(at(1_700_000_100, 500)),
         }
     }
 
@@ -514,6 +552,15 @@ xdp_policy_generation{iface="eth0",policy="/etc/xdp-policy/edge.toml"} 3
 # HELP xdp_policy_attach_mode_info The XDP mode the program is attached in.
 # TYPE xdp_policy_attach_mode_info gauge
 xdp_policy_attach_mode_info{iface="eth0",mode="native"} 1
+# HELP xdp_policy_enforcing Whether the filter is attached to the interface (1), or not: detached, or the interface is gone (0).
+# TYPE xdp_policy_enforcing gauge
+xdp_policy_enforcing{iface="eth0"} 1
+# HELP xdp_policy_drift_entries_total Map entries the audits found differing from the policy in force (then repaired), since the daemon started.
+# TYPE xdp_policy_drift_entries_total counter
+xdp_policy_drift_entries_total{iface="eth0"} 7
+# HELP xdp_policy_last_audit_timestamp_seconds When the kernel's maps were last read back and compared with the policy, in seconds since the Unix epoch.
+# TYPE xdp_policy_last_audit_timestamp_seconds gauge
+xdp_policy_last_audit_timestamp_seconds{iface="eth0"} 1700000100.5
 # HELP xdp_policy_last_reload_successful Whether the last reload of the policy succeeded (1) or left the previous one in force (0).
 # TYPE xdp_policy_last_reload_successful gauge
 xdp_policy_last_reload_successful{policy="/etc/xdp-policy/edge.toml"} 0

@@ -51,6 +51,58 @@ pub enum PinnedError {
     State(#[from] state::StateError),
     #[error("{0}")]
     Packet(String),
+    #[error(
+        "no xdp-policy daemon holds the filter of {iface}, so nothing holds the compiled \
+         policy to compare its maps with: start the daemon (`xdp-policy run`; it writes the \
+         policy whole when it adopts the pins)"
+    )]
+    NoDaemon { iface: String },
+    #[error("telling the daemon (pid {pid}) to audit failed")]
+    Signal {
+        pid: u32,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("the daemon (pid {pid}) did not audit {iface} within {timeout:?}")]
+    AuditTimeout { iface: String, pid: u32, timeout: std::time::Duration },
+}
+
+/// How long `status --verify` waits for a daemon's audit.
+pub const VERIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Has the daemon holding each pinned interface (or only `only`) audit its maps now
+/// (SIGUSR1), and waits until it has recorded the result in the state file; then
+/// returns the status, whose `state.audit` says what the audit found.
+pub fn verify(
+    pin_dir: &Path,
+    state_dir: &Path,
+    only: Option<&str>,
+) -> Result<Vec<InterfaceStatus>, PinnedError> {
+    let audits = |iface: &str| -> Result<u64, PinnedError> {
+        Ok(State::read(state_dir, iface)?.and_then(|s| s.audit).map_or(0, |a| a.count))
+    };
+    let mut asked = Vec::new();
+    for (iface, pins) in Pins::all(pin_dir)? {
+        if only.is_some_and(|o| o != iface) {
+            continue;
+        }
+        let pid =
+            pins.lock_holder().ok_or_else(|| PinnedError::NoDaemon { iface: iface.clone() })?;
+        let before = audits(&iface)?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGUSR1)
+            .map_err(|source| PinnedError::Signal { pid, source })?;
+        asked.push((iface, pid, before));
+    }
+    let deadline = std::time::Instant::now() + VERIFY_TIMEOUT;
+    for (iface, pid, before) in asked {
+        while audits(&iface)? <= before {
+            if std::time::Instant::now() >= deadline {
+                return Err(PinnedError::AuditTimeout { iface, pid, timeout: VERIFY_TIMEOUT });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    status(pin_dir, state_dir, only)
 }
 
 /// One interface as `status` reports it.
@@ -176,6 +228,9 @@ pub fn render_status(all: &[InterfaceStatus]) -> String {
             )),
             None => out.push_str(&format!("{}: {attached}, no state file\n", s.iface)),
         }
+        if let Some(audit) = s.state.as_ref().and_then(|st| st.audit.as_ref()) {
+            out.push_str(&format!("  {}\n", describe_audit(audit)));
+        }
         out.push_str(&format!("  {:<18} {:>12} {:>14}\n", "verdict", "packets", "bytes"));
         for verdict in Verdict::ALL {
             let c = s.verdicts.get(verdict.name()).copied().unwrap_or_default();
@@ -196,6 +251,27 @@ pub fn render_status(all: &[InterfaceStatus]) -> String {
         }
     }
     out
+}
+
+/// One line on what the last audit found.
+pub fn describe_audit(audit: &state::Audit) -> String {
+    let ago = state::now_ms().saturating_sub(audit.at_ms) / 1000;
+    let found = if audit.drift.is_empty() {
+        "the kernel held the policy in force".to_string()
+    } else {
+        let maps: Vec<String> = audit.drift.iter().map(|(m, n)| format!("{m} {n}")).collect();
+        format!(
+            "{} map entries differed from the policy ({}), {}",
+            audit.drift_entries(),
+            maps.join(", "),
+            if audit.repaired { "repaired" } else { "NOT repaired" }
+        )
+    };
+    let error = audit.error.as_ref().map(|e| format!("; error: {e}")).unwrap_or_default();
+    format!(
+        "audit {ago} s ago: {found}{error} ({} entries drifted since the daemon started)",
+        audit.drift_total
+    )
 }
 
 /// The packet `explain` builds.

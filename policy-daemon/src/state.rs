@@ -4,6 +4,7 @@
 //! Written after every apply, atomically (a temporary file renamed over the old one).
 
 use std::{
+    collections::BTreeMap,
     fs, io,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -28,6 +29,36 @@ pub struct State {
     #[serde(default = "present")]
     pub interface_present: bool,
     pub rules: Vec<RuleState>,
+    /// The daemon that wrote this (0: unknown, from an older version).
+    #[serde(default)]
+    pub pid: u32,
+    /// The last audit of the kernel's maps against the policy, if any ran yet.
+    #[serde(default)]
+    pub audit: Option<Audit>,
+}
+
+/// What the daemon's last audit found (see `dataplane::apply::Generations::audit`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    /// When it ran, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Audits since the daemon started; `status --verify` waits for this to grow.
+    pub count: u64,
+    /// Map → entries that differed from the policy in force (empty: none did).
+    pub drift: BTreeMap<String, u64>,
+    /// Whether the drift was repaired (the policy written whole and flipped to).
+    pub repaired: bool,
+    /// Why the audit or the repair failed, if it did.
+    pub error: Option<String>,
+    /// Entries found differing by every audit since the daemon started.
+    pub drift_total: u64,
+}
+
+impl Audit {
+    /// Entries that differed in this audit.
+    pub fn drift_entries(&self) -> u64 {
+        self.drift.values().sum()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +137,11 @@ pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +157,15 @@ mod tests {
             applied_at: 1_790_000_000,
             attach_mode: "native".into(),
             interface_present: true,
+            pid: 4242,
+            audit: Some(Audit {
+                at_ms: 1_790_000_000_250,
+                count: 3,
+                drift: BTreeMap::from([("RULES".to_string(), 2)]),
+                repaired: true,
+                error: None,
+                drift_total: 2,
+            }),
             rules: vec![RuleState {
                 name: "ssh".into(),
                 action: "pass".into(),

@@ -97,6 +97,7 @@ fn every_setting_is_documented_with_its_true_default() {
         state_dir,
         metrics,
         watch,
+        audit_interval,
         insecure_policy_files,
     } = config;
     assert_eq!(xdp_mode, Some(XdpMode::default()), "xdp_mode");
@@ -104,6 +105,7 @@ fn every_setting_is_documented_with_its_true_default() {
     assert_eq!(state_dir.as_deref(), Some(Path::new(config::DEFAULT_STATE_DIR)), "state_dir");
     assert_eq!(metrics.as_deref(), Some(config::DEFAULT_METRICS), "metrics");
     assert_eq!(watch, Some(true), "watch");
+    assert_eq!(audit_interval, Some(config::DEFAULT_AUDIT_INTERVAL), "audit_interval");
     assert_eq!(insecure_policy_files, Some(false), "insecure_policy_files");
     assert_eq!(
         interfaces,

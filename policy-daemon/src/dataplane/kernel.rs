@@ -272,6 +272,33 @@ fn remove_trie<const N: usize>(
 }
 
 impl KernelMaps {
+    /// The map `name` as aya holds it, if it is one of these.
+    pub fn data(&self, name: &str) -> Option<&MapData> {
+        let map: &MapData = match name {
+            ACTIVE_MAP => IterableMap::map(&self.active),
+            CONFIG_MAP => self.config._map.map_data(),
+            RULES_MAP => self.rules._map.map_data(),
+            PORT_TABLE_MAP => self.port_table._map.map_data(),
+            V4_L1_MAP => self.v4_l1._map.map_data(),
+            V4_L2_MAP => self.v4_l2._map.map_data(),
+            V4_L3_MAP => self.v4_l3._map.map_data(),
+            V4_CLASSES_MAP => self.v4_classes._map.map_data(),
+            FIELD_BITMAPS_MAP => self.field_bitmaps._map.map_data(),
+            DPORT_CLASSES_MAP => self.dport_classes._map.map_data(),
+            SPORT_CLASSES_MAP => self.sport_classes._map.map_data(),
+            DPORT_BITMAPS_MAP => self.dport_bitmaps._map.map_data(),
+            SPORT_BITMAPS_MAP => self.sport_bitmaps._map.map_data(),
+            SRC_V4_MAP => self.src_v4.map.map_data(),
+            DST_V4_MAP => self.dst_v4.map.map_data(),
+            SRC_V6_MAP => self.src_v6.map.map_data(),
+            DST_V6_MAP => self.dst_v6.map.map_data(),
+            RULE_COUNTERS_MAP => self.rule_counters.map_data(),
+            VERDICT_COUNTERS_MAP => self.verdict_counters.map_data(),
+            _ => return None,
+        };
+        Some(map)
+    }
+
     fn bitmap_map(&mut self, map: BitmapMap) -> &mut BatchMap {
         match map {
             BitmapMap::Fields => &mut self.field_bitmaps.batch,

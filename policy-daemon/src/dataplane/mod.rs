@@ -29,7 +29,7 @@ use policy_common::{
 };
 
 use self::{
-    apply::{AddrFieldId, ApplyReport, Generations, MapWriteError, Maps as _},
+    apply::{AddrFieldId, ApplyReport, Drift, Generations, MapWriteError, Maps as _},
     kernel::KernelMaps,
     pins::Pins,
 };
@@ -101,6 +101,8 @@ pub enum DataplaneError {
     },
     #[error("applying the ruleset failed; the ruleset in force stays in force")]
     Apply(#[source] MapWriteError),
+    #[error("reading the maps back failed")]
+    Audit(#[source] apply::MapReadError),
     #[error("reading the prefixes of an address trie failed")]
     TrieRead(#[source] apply::MapReadError),
     #[error("reading the number of possible CPUs failed")]
@@ -176,6 +178,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     maps: KernelMaps,
     generations: Generations,
+    /// The maps are pinned (adopted from pins, or pinned once attached).
+    maps_pinned: bool,
 }
 
 impl Dataplane {
@@ -187,20 +191,19 @@ impl Dataplane {
         }
         let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?;
         let maps = KernelMaps::take(&mut ebpf)?;
-        let mut dataplane = Self { ebpf, maps, generations: Generations::new() };
+        let mut dataplane =
+            Self { ebpf, maps, generations: Generations::new(), maps_pinned: false };
         dataplane.program()?.load().map_err(DataplaneError::ProgramLoad)?;
         dataplane.apply(ruleset)?;
         Ok(dataplane)
     }
 
-    /// Loads the program with its maps pinned under `pins` (reusing maps already pinned
-    /// there, with their contents and counters) and does not apply anything yet. If a link
-    /// is pinned, the maps are adopted: `rules` (name, identity, counter slot of each rule
-    /// in force, from the state file) lets unchanged rules keep counting where they were.
-    pub fn open_pinned(
-        pins: &Pins,
-        rules: Vec<(String, String, u32)>,
-    ) -> Result<Self, DataplaneError> {
+    /// Loads the program on the maps of the filter pinned under `pins` (its link is
+    /// pinned: it is in force), with their counters, and applies nothing yet. Neither
+    /// generation's contents are trusted: each is written whole by its first apply.
+    /// `rules` (name, identity, counter slot of each rule in force, from the state file)
+    /// lets unchanged rules keep counting where they were.
+    pub fn adopt(pins: &Pins, rules: Vec<(String, String, u32)>) -> Result<Self, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -219,18 +222,30 @@ impl Dataplane {
             },
             other => other,
         })?;
-        let generations = if pins.linked() {
-            Generations::adopt(maps.active_generation()?, rules)
-        } else {
-            Generations::new()
-        };
-        let mut dataplane = Self { ebpf, maps, generations };
+        let generations = Generations::adopt(maps.active_generation()?, rules);
+        let mut dataplane = Self { ebpf, maps, generations, maps_pinned: true };
         dataplane.program()?.load().map_err(DataplaneError::ProgramLoad)?;
         Ok(dataplane)
     }
 
-    /// Attaches to `iface` and pins the link and the program: the filter now stays in
-    /// force when this process exits.
+    /// Pins every map under `pins` (for maps this process created: only once the
+    /// program is attached, so that no pinned maps exist without a filter in force).
+    fn pin_maps(&mut self, pins: &Pins) -> Result<(), DataplaneError> {
+        for name in MAP_NAMES {
+            let path = pins.map(name);
+            let pinned = match self.maps.data(name) {
+                Some(map) => map.pin(&path),
+                None => self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?.pin(&path),
+            };
+            pinned.map_err(|source| DataplaneError::Pin { path, source })?;
+        }
+        self.maps_pinned = true;
+        Ok(())
+    }
+
+    /// Attaches to `iface` and pins the maps (if this process created them), the link
+    /// and the program: the filter now stays in force when this process exits. A failure
+    /// after the attach drops the link again (it is owned by this process until pinned).
     pub fn attach_pinned(
         &mut self,
         iface: &str,
@@ -238,6 +253,9 @@ impl Dataplane {
         pins: &Pins,
     ) -> Result<AttachMode, DataplaneError> {
         let (mode, link_id) = self.attach_link(iface, choice)?;
+        if !self.maps_pinned {
+            self.pin_maps(pins)?;
+        }
         let program = self.program()?;
         let link = program.take_link(link_id).map_err(DataplaneError::ProgramType)?;
         let link = FdLink::try_from(link)
@@ -266,6 +284,20 @@ impl Dataplane {
         self.pin_program(pins)
     }
 
+    /// Whether the link pinned under `pins` runs this process's program (not one that
+    /// something else put on it).
+    pub fn link_runs_this_program(&mut self, pins: &Pins) -> Result<bool, DataplaneError> {
+        let path = pins.link();
+        let link = PinnedLink::from_pin(&path)
+            .map_err(|source| DataplaneError::PinnedLink { path: path.clone(), source })?;
+        let on_link = FdLink::from(link)
+            .info()
+            .map_err(|source| DataplaneError::PinnedLink { path, source })?
+            .program_id();
+        let ours = self.program()?.info().map_err(DataplaneError::ProgramType)?.id();
+        Ok(on_link == ours)
+    }
+
     fn pin_program(&mut self, pins: &Pins) -> Result<(), DataplaneError> {
         let path = pins.program();
         // The previous program's pin; the program itself goes once nothing uses it.
@@ -287,6 +319,18 @@ impl Dataplane {
     /// or this one, never a mix. On error the previous ruleset stays in force.
     pub fn apply(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, DataplaneError> {
         self.generations.apply(&mut self.maps, ruleset).map_err(DataplaneError::Apply)
+    }
+
+    /// Reads back what the kernel holds for `ruleset`, the ruleset last applied, and
+    /// says where it differs (see [`Generations::audit`]).
+    pub fn audit(&mut self, ruleset: &Ruleset) -> Result<Drift, DataplaneError> {
+        self.generations.audit(&mut self.maps, ruleset).map_err(DataplaneError::Audit)
+    }
+
+    /// Puts `ruleset` back in force whole after an audit found drift (see
+    /// [`Generations::repair`]).
+    pub fn repair(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, DataplaneError> {
+        self.generations.repair(&mut self.maps, ruleset).map_err(DataplaneError::Apply)
     }
 
     fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {

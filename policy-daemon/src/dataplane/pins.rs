@@ -9,6 +9,8 @@ use std::{
 };
 
 use nix::{
+    errno::Errno,
+    fcntl::{Flock, FlockArg},
     mount::{MsFlags, mount},
     sys::statfs::{BPF_FS_MAGIC, SYSFS_MAGIC, statfs},
 };
@@ -27,6 +29,13 @@ pub enum PinError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "another xdp-policy daemon{} holds {}: one daemon per interface (stop it, or give \
+         this one other interfaces)",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        dir.display()
+    )]
+    Locked { dir: PathBuf, pid: Option<u32> },
     #[error(
         "{} is not on a bpffs and mounting one there failed (it needs CAP_SYS_ADMIN; or mount it \
          first: mount -t bpf bpf {})",
@@ -81,6 +90,46 @@ impl Pins {
         fs::create_dir_all(self.maps()).map_err(io_err(&self.dir))
     }
 
+    /// Takes the interface's lock for as long as the returned guard lives: one daemon
+    /// per interface. A second one gets [`PinError::Locked`], with the holder's pid.
+    pub fn lock(&self) -> Result<InterfaceLock, PinError> {
+        let dir = fs::File::open(&self.dir).map_err(io_err(&self.dir))?;
+        match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(InterfaceLock { _lock: lock }),
+            Err((_, Errno::EWOULDBLOCK)) => {
+                Err(PinError::Locked { dir: self.dir.clone(), pid: self.lock_holder() })
+            }
+            Err((_, errno)) => Err(PinError::Io { path: self.dir.clone(), source: errno.into() }),
+        }
+    }
+
+    /// The process holding the interface's lock (a running daemon), if any.
+    pub fn lock_holder(&self) -> Option<u32> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = fs::metadata(&self.dir).ok()?;
+        let locks = fs::read_to_string("/proc/locks").ok()?;
+        holder(&locks, meta.dev(), meta.ino())
+    }
+
+    /// Removes the pins of a filter that is not attached: maps and a program left by a
+    /// start that failed before its link was pinned. Nothing of theirs is trusted.
+    /// Returns how many there were.
+    pub fn remove_unlinked(&self) -> Result<usize, PinError> {
+        let maps = self.maps();
+        let mut removed = 0;
+        for entry in fs::read_dir(&maps).map_err(io_err(&maps))? {
+            let path = entry.map_err(io_err(&maps))?.path();
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            removed += 1;
+        }
+        Ok(removed + usize::from(remove_if_there(&self.program())?))
+    }
+
+    /// Removes the link's pin (a link whose interface went away, to attach afresh).
+    pub fn unpin_link(&self) -> Result<(), PinError> {
+        remove_if_there(&self.link()).map(drop)
+    }
+
     /// Removes every pin of the interface. The link goes with its pin once no process
     /// holds it, which detaches the program.
     pub fn remove(&self) -> Result<(), PinError> {
@@ -110,6 +159,33 @@ impl Pins {
     }
 }
 
+/// Removes the file at `path`; whether there was one.
+fn remove_if_there(path: &Path) -> Result<bool, PinError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Held for as long as a daemon enforces on the interface (see [`Pins::lock`]).
+#[derive(Debug)]
+pub struct InterfaceLock {
+    _lock: Flock<fs::File>,
+}
+
+/// The pid holding an exclusive flock on the inode `ino` of device `dev`, from the text
+/// of /proc/locks (`1: FLOCK  ADVISORY  WRITE 1234 00:2d:5678 0 EOF`: pid, then
+/// major:minor in hex and the inode).
+fn holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
+    let wanted = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let at = fields.iter().position(|f| *f == wanted)?;
+        (fields.get(1) == Some(&"FLOCK")).then(|| fields.get(at - 1)?.parse().ok())?
+    })
+}
+
 /// Makes sure `dir` exists on a bpffs, mounting one if needed (this machine, like many
 /// containers, has no bpffs at /sys/fs/bpf). `/sys/fs/bpf` itself is a sysfs directory
 /// where nothing can be created until a bpffs is mounted on it: then that is where it
@@ -129,4 +205,17 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
             .map_err(|source| PinError::Mount { path: mount_point.to_path_buf(), source })?;
     }
     fs::create_dir_all(dir).map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_lock_holder_is_read_from_proc_locks() {
+        let dev = libc::makedev(0, 0x2d);
+        let locks = "1: POSIX  ADVISORY  WRITE 999 00:2d:77 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 4242 00:2d:77 0 EOF\n\
+                     3: FLOCK  ADVISORY  WRITE 17 00:2e:77 0 EOF\n";
+        assert_eq!(super::holder(locks, dev, 77), Some(4242));
+        assert_eq!(super::holder(locks, dev, 78), None);
+    }
 }
