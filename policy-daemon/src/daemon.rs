@@ -146,11 +146,14 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading every policy, attaching detached filters again");
+                let mut reattached = false;
                 for i in 0..enforced.len() {
                     reload(&mut enforced, i, "SIGHUP", &places, metrics.as_ref());
-                    reattach(&mut enforced[i], mode, &places);
+                    reattached |= reattach(&mut enforced[i], mode, &places);
                 }
-                notify(&[NotifyState::Status(&status_line(&enforced))]);
+                if reattached {
+                    notify(&[NotifyState::Status(&status_line(&enforced))]);
+                }
                 publish(metrics.as_ref(), &enforced);
             }
             _ = sigusr1.recv() => {
@@ -261,12 +264,15 @@ fn watch_interfaces(enforced: &mut [Enforced], mode: ModeChoice, places: &Places
     changed
 }
 
-/// Attaches the detached filters of `e` again, afresh (new maps, the policy in force).
-fn reattach(e: &mut Enforced, mode: ModeChoice, places: &Places) {
+/// Attaches the detached filters of `e` again, afresh (new maps, the policy in force);
+/// whether any was.
+fn reattach(e: &mut Enforced, mode: ModeChoice, places: &Places) -> bool {
+    let mut any = false;
     for i in e.instances.iter_mut().filter(|i| i.detached()) {
         match start_instance(&i.iface, mode, &e.ruleset, places) {
             Ok(fresh) => {
                 *i = fresh;
+                any = true;
                 info!(iface = i.iface, mode = %i.mode, "the detached filter is attached again");
                 write_state(&e.assignment.policy, &e.policy, &e.ruleset, i, places);
             }
@@ -276,6 +282,7 @@ fn reattach(e: &mut Enforced, mode: ModeChoice, places: &Places) {
             ),
         }
     }
+    any
 }
 
 /// Audits every filter in force: reads the kernel's maps back, compares them with the
@@ -487,10 +494,23 @@ fn start_instance(
         if removed > 0 {
             warn!(iface, pins = removed, "removed pins of a filter that was never attached");
         }
-        let mut dataplane = Dataplane::load(ruleset)?;
-        let attached = dataplane.attach_pinned(iface, mode, &pins)?;
-        info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
-        return Ok(instance(dataplane, attached, 1, pins));
+        let attached = Dataplane::load(ruleset).and_then(|mut dataplane| {
+            let mode = dataplane.attach_pinned(iface, mode, &pins)?;
+            Ok((dataplane, mode))
+        });
+        return match attached {
+            Ok((dataplane, attached)) => {
+                info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
+                Ok(instance(dataplane, attached, 1, pins))
+            }
+            Err(e) => {
+                // Nothing is attached: leave nothing pinned either.
+                if let Err(removing) = pins.remove() {
+                    warn!(iface, "removing the pins of the failed start: {removing}");
+                }
+                Err(e.into())
+            }
+        };
     }
     let previous = State::read(places.state_dir, iface).unwrap_or_else(|e| {
         warn!(iface, "ignoring the state file: {}", error_chain(&e));

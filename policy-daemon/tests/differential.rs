@@ -102,6 +102,9 @@ fn env_number(name: &str) -> Option<u64> {
 /// Independent random streams of one seed, so the tests do not shift each other.
 const STREAM_KERNEL: u64 = 1;
 const STREAM_RELOADS: u64 = 2;
+const STREAM_SCRIBBLE: u64 = 5;
+/// Policies whose maps are scribbled over, audited and repaired.
+const SCRIBBLED_POLICIES: usize = 8;
 const STREAM_PARSER: u64 = 3;
 const STREAM_COMPILE: u64 = 4;
 
@@ -547,6 +550,53 @@ fn kernel_agrees_with_the_reference_across_reloads() {
         }
     }
     finish_run("differential across reloads", &config, STREAM_RELOADS, packets, &run, started);
+}
+
+/// Another program (or a bug) scribbles over both generations of every map the program
+/// reads: the audit finds it, the repair puts the policy back whole, the audit then
+/// finds nothing, and the kernel agrees with the reference on every packet again.
+#[test]
+fn kernel_agrees_with_the_reference_after_scribbling_and_repair() {
+    if !support::privileged("kernel_agrees_with_the_reference_after_scribbling_and_repair") {
+        return;
+    }
+    let config = Config::from_env();
+    let started = Instant::now();
+    let packets = config.packets.div_ceil(2);
+    let mut run = Run::default();
+    let mut scribbled = 0;
+    let mut drifted = 0;
+    for index in config.policy_indices(SCRIBBLED_POLICIES) {
+        let mut rng = Rng::for_policy(config.seed, STREAM_SCRIBBLE, index);
+        let spec = random_policy_both_paths(&mut rng, index);
+        let Ok(policy) = spec.parse() else { continue };
+        run.policies += 1;
+        run.max_rules = run.max_rules.max(policy.rules.len());
+        let frames: Vec<FrameSpec> =
+            (0..packets).map(|_| random_frame(&mut rng, &policy)).collect();
+        let ruleset = policy::compile(&policy);
+        let mut dataplane = load(&policy);
+        // Both generations hold the policy before they are scribbled over.
+        dataplane.apply(&ruleset).expect("the second apply");
+        let ids = dataplane.map_ids().expect("the program's maps");
+        let written = support::scribble::by_ids(&ids, config.seed ^ index as u64);
+        scribbled += written.iter().map(|(_, n)| n).sum::<usize>();
+        let drift = dataplane.audit(&ruleset).expect("audit");
+        assert!(
+            drift.entries() > 0,
+            "policy {index}: nothing found after scribbling over {written:?}"
+        );
+        drifted += drift.entries();
+        dataplane.repair(&ruleset).expect("repair");
+        let after = dataplane.audit(&ruleset).expect("audit after the repair");
+        assert!(after.is_empty(), "policy {index}: still differs after the repair: {after:?}");
+        check_policy(&mut dataplane, index, &spec, &[], &policy, &frames, &mut run);
+    }
+    eprintln!(
+        "scribbled {scribbled} entries over {} policies; the audits found {drifted} differing",
+        run.policies
+    );
+    finish_run("differential after scribbling", &config, STREAM_SCRIBBLE, packets, &run, started);
 }
 
 /// Prints the summary; on mismatches, shrinks the first one with a packet and panics

@@ -12,8 +12,6 @@ mod support;
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::{Mutex, MutexGuard, PoisonError},
@@ -25,7 +23,8 @@ use policy_daemon::{
     testbed::{RX_IFACE, RX_V4, Testbed},
 };
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_xdp-policy");
+use support::DAEMON;
+
 const BLOCKED: u16 = 7001;
 const OPEN: u16 = 7002;
 const RESTARTS: usize = 20;
@@ -66,31 +65,13 @@ impl Drop for PolicyFile {
     }
 }
 
-/// `xdp-policy ARGS --pin-dir … --state-dir …` on the host (the pins are visible there).
 fn cli(testbed: &Testbed, args: &[&str]) -> Output {
-    let dirs = testbed.dirs();
-    Command::new(DAEMON)
-        .args(args)
-        .args(["--config", "/dev/null", "--pin-dir"])
-        .arg(dirs.pin_dir())
-        .arg("--state-dir")
-        .arg(dirs.state_dir())
-        .output()
-        .expect("running xdp-policy")
+    support::xdp_policy(testbed, args)
 }
 
 /// The id of the XDP program attached to rx's interface, from the kernel.
 fn prog_id(testbed: &Testbed) -> String {
-    let out = Command::new("ip")
-        .args(["-n", testbed.rx().name(), "-d", "link", "show", "dev", RX_IFACE])
-        .output()
-        .expect("ip link show");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let after = text
-        .split("prog/xdp id ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no XDP program attached:\n{text}"));
-    after.split_whitespace().next().unwrap_or_default().to_string()
+    support::attached_program(testbed).expect("an XDP program attached")
 }
 
 #[test]
@@ -232,23 +213,7 @@ fn metrics_are_scraped() {
     assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 10).expect("probe").received, 0);
     // The counters reach the endpoint on the daemon's next one-second tick.
     std::thread::sleep(Duration::from_millis(1500));
-    let scrape = |path: &str| {
-        testbed
-            .rx()
-            .run(|| -> std::io::Result<String> {
-                let mut stream = TcpStream::connect(addr)?;
-                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-                write!(
-                    stream,
-                    "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-                )?;
-                let mut response = String::new();
-                stream.read_to_string(&mut response)?;
-                Ok(response)
-            })
-            .expect("netns")
-            .expect("scraping the metrics")
-    };
+    let scrape = |path: &str| support::scrape(&testbed, addr, path);
     let body = scrape("/metrics");
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     for line in [
@@ -256,6 +221,8 @@ fn metrics_are_scraped() {
         "xdp_policy_verdict_packets_total{iface=\"veth1\",verdict=\"drop_rule\"} 10",
         "xdp_policy_unparsable_packets_total{iface=\"veth1\"} 0",
         "xdp_policy_attach_mode_info{iface=\"veth1\",mode=\"skb\"} 1",
+        "xdp_policy_enforcing{iface=\"veth1\"} 1",
+        "xdp_policy_drift_entries_total{iface=\"veth1\"} 0",
         "xdp_policy_reload_errors_total{policy=",
         "xdp_policy_last_reload_successful{policy=",
     ] {

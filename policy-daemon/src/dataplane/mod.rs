@@ -442,6 +442,13 @@ impl Dataplane {
             .collect()
     }
 
+    /// The ids of the loaded program's maps (for tools and tests that open them as
+    /// another process would).
+    pub fn map_ids(&mut self) -> Result<Vec<u32>, DataplaneError> {
+        let info = self.program()?.info().map_err(DataplaneError::ProgramType)?;
+        Ok(info.map_ids().map_err(DataplaneError::ProgramType)?.unwrap_or_default())
+    }
+
     /// The loaded program's descriptor, for benchmarks that test-run it many times.
     pub fn program_fd(&mut self) -> Result<std::os::fd::BorrowedFd<'_>, DataplaneError> {
         use std::os::fd::AsFd as _;

@@ -4,6 +4,7 @@
 pub mod corpus;
 pub mod crafted;
 pub mod packet;
+pub mod scribble;
 
 /// Whether this process may run tests that need root (bpf(), netlink, namespaces).
 ///
@@ -18,4 +19,53 @@ pub fn privileged(test: &str) -> bool {
     }
     eprintln!("skipping {test}: it needs root (bpf(), XDP); run `cargo xtask test` as root");
     false
+}
+
+/// The `xdp-policy` binary these tests run.
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_xdp-policy");
+
+/// `xdp-policy ARGS --config /dev/null --pin-dir … --state-dir …` on the host, where the
+/// testbed's pins are visible.
+pub fn xdp_policy(
+    testbed: &policy_daemon::testbed::Testbed,
+    args: &[&str],
+) -> std::process::Output {
+    let dirs = testbed.dirs();
+    std::process::Command::new(DAEMON)
+        .args(args)
+        .args(["--config", "/dev/null", "--pin-dir"])
+        .arg(dirs.pin_dir())
+        .arg("--state-dir")
+        .arg(dirs.state_dir())
+        .output()
+        .expect("running xdp-policy")
+}
+
+/// The id of the XDP program attached to rx's interface, as the kernel shows it.
+pub fn attached_program(testbed: &policy_daemon::testbed::Testbed) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", testbed.rx().name(), "-d", "link", "show", "dev"])
+        .arg(policy_daemon::testbed::RX_IFACE)
+        .output()
+        .expect("ip link show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let after = text.split("prog/xdp id ").nth(1)?;
+    Some(after.split_whitespace().next().unwrap_or_default().to_string())
+}
+
+/// `GET path` from the daemon's metrics endpoint at `addr` in rx's network namespace.
+pub fn scrape(testbed: &policy_daemon::testbed::Testbed, addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    testbed
+        .rx()
+        .run(|| -> std::io::Result<String> {
+            let mut stream = std::net::TcpStream::connect(addr)?;
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })
+        .expect("netns")
+        .expect("scraping the metrics")
 }
