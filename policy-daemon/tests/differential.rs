@@ -5,9 +5,10 @@
 //!
 //! Policies are written as TOML text and go through `policy::parse` and `policy::compile`
 //! like a policy file. Packets come from the frame generator in `support/gen.rs`: up to
-//! three VLAN tags, IPv4 with options and fragments, IPv6 with chains of up to eight
-//! extension headers, TCP, UDP, ICMP, ICMPv6 and other protocols, non-IP EtherTypes, and
-//! truncation anywhere from 14 bytes on. Half of the packets are aimed at one rule of the
+//! nine VLAN tags (one past the parser's bound), IPv4 with options and fragments, IPv6
+//! with chains of up to 34 extension headers, TCP, UDP, ICMP, ICMPv6 and other
+//! protocols, non-IP EtherTypes, Ethernet trailers past the IP length, and cuts anywhere
+//! from 14 bytes on, of the frame or by the IP length field. Half of the packets are aimed at one rule of the
 //! policy (an address inside its networks, a port at the edge of its ranges), so that
 //! rules deep in the list win too.
 //!
