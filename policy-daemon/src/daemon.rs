@@ -28,7 +28,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     time::{MissedTickBehavior, sleep_until},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     cli::{CliError, Settings},
@@ -324,7 +324,7 @@ fn audit_instance(ruleset: &Ruleset, i: &mut Instance, trigger: &str, record: &m
     }
     record.drift = drift.maps.iter().map(|(map, n)| (map.to_string(), *n)).collect();
     if drift.is_empty() {
-        info!(
+        debug!(
             iface = i.iface,
             trigger,
             audit_us = began.elapsed().as_micros() as u64,
@@ -550,7 +550,7 @@ fn write_state(
     instance: &Instance,
     places: &Places,
 ) {
-    if instance.detached() {
+    if instance.detached() || !instance.pins.dir().exists() {
         // Detaching removed the state file with the pins; nothing is in force to describe.
         return;
     }

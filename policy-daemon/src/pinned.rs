@@ -63,6 +63,11 @@ pub enum PinnedError {
         #[source]
         source: nix::Error,
     },
+    #[error(
+        "the pins of {iface} are removed, but its XDP link (id {id}) is still held by a \
+         process: the filter stays until that process lets it go"
+    )]
+    LinkHeld { iface: String, id: u32 },
     #[error("the daemon (pid {pid}) did not audit {iface} within {timeout:?}")]
     AuditTimeout { iface: String, pid: u32, timeout: std::time::Duration },
 }
@@ -460,19 +465,23 @@ fn ports(l4: &L4) -> String {
     }
 }
 
-/// Removes the pins (and so the filter) and state of `only`, or of every interface.
+/// Removes the pins (and so the filter) and state of `only`, or of every interface, and
+/// returns once the kernel has let their links go.
 pub fn detach(
     pin_dir: &Path,
     state_dir: &Path,
     only: Option<&str>,
 ) -> Result<Vec<String>, PinnedError> {
     let mut done = Vec::new();
+    let mut links = Vec::new();
     for (iface, pins) in Pins::all(pin_dir)? {
         if only.is_some_and(|o| o != iface) {
             continue;
         }
+        let link = pinned_link_id(&pins);
         pins.remove()?;
         State::remove(state_dir, &iface)?;
+        links.extend(link.map(|id| (iface.clone(), id)));
         done.push(iface);
     }
     if let Some(iface) = only
@@ -483,7 +492,30 @@ pub fn detach(
             pin_dir: pin_dir.to_path_buf(),
         });
     }
+    // The kernel lets a link go a moment after its last pin (bpffs frees inodes after
+    // an RCU grace period): return once the filters are really off.
+    let deadline = std::time::Instant::now() + DETACH_TIMEOUT;
+    while let Some((iface, id)) = links.iter().find(|(_, id)| link_exists(*id)) {
+        if std::time::Instant::now() >= deadline {
+            return Err(PinnedError::LinkHeld { iface: iface.clone(), id: *id });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     Ok(done)
+}
+
+/// How long `detach` waits for the kernel to let the links go.
+const DETACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The id of the link pinned under `pins`, if one is.
+fn pinned_link_id(pins: &Pins) -> Option<u32> {
+    let link = aya::programs::links::PinnedLink::from_pin(pins.link()).ok()?;
+    Some(aya::programs::links::FdLink::from(link).info().ok()?.id())
+}
+
+/// Whether the kernel still holds the link `id`.
+fn link_exists(id: u32) -> bool {
+    aya::programs::loaded_links().flatten().any(|link| link.id() == id)
 }
 
 /// What `events` reads: one interface's ring buffer and sampling switch.
