@@ -6,7 +6,7 @@
 //! the daemon prints on SIGTERM must account for what was dropped.
 //!
 //! Needs root; see `support::privileged` for what happens without it. The tests share
-//! kernel state (XDP, namespaces), so each holds [`SERIAL`] while it runs.
+//! kernel state (XDP, namespaces), so each holds `support::serial` while it runs.
 
 mod support;
 
@@ -14,7 +14,6 @@ use std::{
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard, PoisonError},
 };
 
 use policy_common::Verdict;
@@ -26,6 +25,8 @@ use policy_daemon::{
         TestbedError, UdpOutcome,
     },
 };
+
+use support::serial;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_xdp-policy");
 /// Datagrams per UDP probe.
@@ -39,20 +40,8 @@ const MIN_PACKETS_PER_OPEN_CONNECT: u64 = 3;
 /// A tx MTU above what veth allows for native XDP on the peer (about 3.5K).
 const JUMBO_MTU: u32 = 9000;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
 fn policy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/edge-deny-list.toml")
-}
-
-/// The lock every privileged test holds, or `None` when the test is to be skipped.
-fn serial(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !support::privileged(test) {
-        return None;
-    }
-    // A test that panicked while holding the lock cleaned up behind it (guards), so
-    // the poison carries no broken state.
-    Some(SERIAL.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,7 +15,7 @@
 //! delivered by Linux that was not delivered under (a).
 //!
 //! Needs root (see `support::privileged`); the tests share kernel state, so the test holds
-//! [`SERIAL`] while it runs. Traffic stays inside the testbed's two namespaces.
+//! `support::serial` while it runs. Traffic stays inside the testbed's two namespaces.
 
 mod support;
 
@@ -31,10 +31,7 @@ use std::{
     },
     path::{Path, PathBuf},
     process::Command,
-    sync::{
-        Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -49,6 +46,7 @@ use policy_daemon::{
 use support::{
     crafted::{self, BLOCKED_PORT, Family, Kind, OPEN_PORT, Params, Shot, Target},
     packet::{ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP},
+    serial,
 };
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_xdp-policy");
@@ -66,16 +64,6 @@ const ICMP_ECHO_REPLY: u8 = 0;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 const ICMPV6_NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 const CAPTURE_BUFFER: i32 = 8 << 20;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !support::privileged(test) {
-        return None;
-    }
-    // A test that panicked while holding the lock cleaned up behind it (guards).
-    Some(SERIAL.lock().unwrap_or_else(PoisonError::into_inner))
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {

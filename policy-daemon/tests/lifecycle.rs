@@ -11,16 +11,15 @@
 //!   daemon's own audits, and repaired.
 //!
 //! Needs root (see `support::privileged`); the tests share kernel state, so each holds
-//! [`SERIAL`].
+//! `support::serial`.
 
 mod support;
 
 use std::{
     fs,
     os::unix::net::UnixDatagram,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
-    sync::{Mutex, MutexGuard, PoisonError},
     thread,
     time::{Duration, Instant},
 };
@@ -30,42 +29,7 @@ use policy_daemon::{
     cli::XdpModeArg,
     testbed::{RX_IFACE, RX_V4, RX_V6, Testbed},
 };
-use support::{DAEMON, attached_program, scrape, xdp_policy};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !support::privileged(test) {
-        return None;
-    }
-    Some(SERIAL.lock().unwrap_or_else(PoisonError::into_inner))
-}
-
-/// A policy file in a temporary directory (removed on drop), rewritten by rename.
-struct PolicyFile(PathBuf);
-
-impl PolicyFile {
-    fn new(name: &str, text: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("xdp-policy-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("temp dir");
-        let file = Self(dir.join("policy.toml"));
-        file.write(text);
-        file
-    }
-
-    fn write(&self, text: &str) {
-        policy_daemon::testbed::save_by_rename(&self.0, text).expect("writing the policy");
-    }
-}
-
-impl Drop for PolicyFile {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = fs::remove_dir_all(dir);
-        }
-    }
-}
+use support::{DAEMON, PolicyFile, attached_program, scrape, serial, xdp_policy};
 
 /// A rule dropping UDP to `port`.
 fn drop_udp(name: &str, port: u16) -> String {

@@ -6,15 +6,14 @@
 //! The Prometheus endpoint is scraped.
 //!
 //! Needs root (see `support::privileged`); the tests share kernel state, so each holds
-//! [`SERIAL`].
+//! `support::serial`.
 
 mod support;
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
-    sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
@@ -23,46 +22,20 @@ use policy_daemon::{
     testbed::{RX_IFACE, RX_V4, Testbed},
 };
 
-use support::DAEMON;
+use support::{DAEMON, PolicyFile, serial};
 
 const BLOCKED: u16 = 7001;
 const OPEN: u16 = 7002;
 const RESTARTS: usize = 20;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !support::privileged(test) {
-        return None;
-    }
-    Some(SERIAL.lock().unwrap_or_else(PoisonError::into_inner))
-}
-
-/// The policy, in a temporary directory removed on drop.
-struct PolicyFile(PathBuf);
-
-impl PolicyFile {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("xdp-policy-restart-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("policy.toml");
-        fs::write(
-            &path,
-            format!(
-                "[[rule]]\nname = \"block-7001\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {BLOCKED}\n"
-            ),
-        )
-        .expect("writing the policy");
-        Self(path)
-    }
-}
-
-impl Drop for PolicyFile {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = fs::remove_dir_all(dir);
-        }
-    }
+/// The policy most tests here enforce: UDP to [`BLOCKED`] dropped.
+fn policy_file() -> PolicyFile {
+    PolicyFile::new(
+        "operations",
+        &format!(
+            "[[rule]]\nname = \"block-7001\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {BLOCKED}\n"
+        ),
+    )
 }
 
 fn cli(testbed: &Testbed, args: &[&str]) -> Output {
@@ -79,7 +52,7 @@ fn twenty_kill_9_restarts_under_traffic_let_nothing_through() {
     let Some(_serial) = serial("twenty_kill_9_restarts_under_traffic_let_nothing_through") else {
         return;
     };
-    let policy = PolicyFile::new();
+    let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
     let first =
         testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
@@ -135,7 +108,7 @@ fn twenty_kill_9_restarts_under_traffic_let_nothing_through() {
 #[test]
 fn status_explain_and_detach_work_on_the_pins() {
     let Some(_serial) = serial("status_explain_and_detach_work_on_the_pins") else { return };
-    let policy = PolicyFile::new();
+    let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
     let daemon =
         testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
@@ -203,7 +176,7 @@ fn status_explain_and_detach_work_on_the_pins() {
 #[test]
 fn metrics_are_scraped() {
     let Some(_serial) = serial("metrics_are_scraped") else { return };
-    let policy = PolicyFile::new();
+    let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
     // In rx's own network namespace, where the daemon runs: its loopback is its own.
     let addr = "127.0.0.1:9559";
@@ -242,7 +215,7 @@ fn metrics_are_scraped() {
 #[test]
 fn drop_events_are_sampled_while_someone_watches() {
     let Some(_serial) = serial("drop_events_are_sampled_while_someone_watches") else { return };
-    let policy = PolicyFile::new();
+    let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
     let _daemon =
         testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
@@ -301,7 +274,7 @@ fn the_daemon_tells_systemd_when_it_is_ready_and_reloading() {
     let Some(_serial) = serial("the_daemon_tells_systemd_when_it_is_ready_and_reloading") else {
         return;
     };
-    let policy = PolicyFile::new();
+    let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
     let socket_path = testbed.dirs().state_dir().with_file_name("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("binding the notify socket");
@@ -335,7 +308,7 @@ fn an_interface_that_goes_away_is_filtered_again_when_it_comes_back() {
     else {
         return;
     };
-    let policy = PolicyFile::new();
+    let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
     let daemon =
         testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
@@ -374,7 +347,7 @@ fn a_kill_during_a_reload_leaves_nothing_half_applied() {
         return;
     };
     const CYCLES: u64 = 10;
-    let policy = PolicyFile::new();
+    let policy = policy_file();
     let version = |port: u16| {
         format!(
             "[[rule]]\nname = \"block-{port}\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {port}\n"
@@ -428,7 +401,7 @@ fn a_kill_during_a_reload_leaves_nothing_half_applied() {
 #[test]
 fn stale_pins_are_refused_with_a_clear_message() {
     let Some(_serial) = serial("stale_pins_are_refused_with_a_clear_message") else { return };
-    let policy = PolicyFile::new();
+    let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
     testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon").kill9();
     let maps = testbed.dirs().pin_dir().join(RX_IFACE).join("maps");
@@ -466,7 +439,7 @@ fn stale_pins_are_refused_with_a_clear_message() {
 #[test]
 fn a_pin_dir_without_bpffs_gets_one() {
     let Some(_serial) = serial("a_pin_dir_without_bpffs_gets_one") else { return };
-    let policy = PolicyFile::new();
+    let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
     let plain = testbed.dirs().state_dir().with_file_name("plain").join("xdp-policy");
     let daemon = testbed

@@ -5,7 +5,7 @@
 //! accounted for.
 //!
 //! Needs root (see `support::privileged`); the tests share kernel state, so each holds
-//! [`SERIAL`].
+//! `support::serial`.
 
 mod support;
 
@@ -14,7 +14,6 @@ use std::{
     net::IpAddr,
     os::unix::fs::symlink,
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard, PoisonError},
     thread,
     time::{Duration, Instant},
 };
@@ -26,6 +25,8 @@ use policy_daemon::{
     testbed::{CounterTable, Daemon, RX_V4, StreamResult, Testbed},
 };
 
+use support::serial;
+
 const DAEMON: &str = env!("CARGO_BIN_EXE_xdp-policy");
 const PORT_A: u16 = 6001;
 const PORT_B: u16 = 6002;
@@ -33,15 +34,6 @@ const PORT_B: u16 = 6002;
 /// itself", not a performance figure: the measured latency is printed, and `cargo xtask
 /// bench` is where it is measured properly.
 const RELOAD_DEADLINE: Duration = Duration::from_secs(5);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !support::privileged(test) {
-        return None;
-    }
-    Some(SERIAL.lock().unwrap_or_else(PoisonError::into_inner))
-}
 
 /// A policy dropping UDP to `port` (rule `block-<port>`).
 fn blocking(port: u16) -> String {

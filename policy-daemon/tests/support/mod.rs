@@ -69,3 +69,43 @@ pub fn scrape(testbed: &policy_daemon::testbed::Testbed, addr: &str, path: &str)
         .expect("netns")
         .expect("scraping the metrics")
 }
+
+/// Held by every test of a test binary that changes kernel state (namespaces, XDP,
+/// pins), so that they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The lock every privileged test holds, or `None` when the test is to be skipped (see
+/// [`privileged`]). A test that panicked while holding it cleaned up behind it (guards).
+pub fn serial(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    if !privileged(test) {
+        return None;
+    }
+    Some(SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// A policy file alone in a temporary directory (removed on drop), owned by root and
+/// not writable by others, as `run` wants; rewritten the way editors save.
+pub struct PolicyFile(pub std::path::PathBuf);
+
+impl PolicyFile {
+    pub fn new(name: &str, text: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xdp-policy-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a temporary directory");
+        let file = Self(dir.join("policy.toml"));
+        file.write(text);
+        file
+    }
+
+    pub fn write(&self, text: &str) {
+        policy_daemon::testbed::save_by_rename(&self.0, text).expect("writing the policy");
+    }
+}
+
+impl Drop for PolicyFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
