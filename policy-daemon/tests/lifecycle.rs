@@ -17,7 +17,6 @@ mod support;
 
 use std::{
     fs,
-    os::unix::net::UnixDatagram,
     path::Path,
     process::{Command, Stdio},
     thread,
@@ -29,7 +28,7 @@ use policy_daemon::{
     cli::XdpModeArg,
     testbed::{RX_IFACE, RX_V4, RX_V6, Testbed},
 };
-use support::{DAEMON, PolicyFile, attached_program, scrape, serial, xdp_policy};
+use support::{DAEMON, NotifySocket, PolicyFile, attached_program, scrape, serial, xdp_policy};
 
 /// A rule dropping UDP to `port`.
 fn drop_udp(name: &str, port: u16) -> String {
@@ -240,9 +239,7 @@ fn a_filter_detached_under_the_daemon_stays_detached_until_sighup() {
     };
     let policy = PolicyFile::new("detach", &drop_udp("block", 7001));
     let testbed = Testbed::new().expect("testbed");
-    let socket_path = testbed.dirs().state_dir().with_file_name("notify-detach.sock");
-    let socket = UnixDatagram::bind(&socket_path).expect("binding the notify socket");
-    socket.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let notify = NotifySocket::bind(&testbed, "notify-detach");
     let addr = "127.0.0.1:9559";
     let daemon = testbed
         .start_daemon_with_env(
@@ -250,14 +247,10 @@ fn a_filter_detached_under_the_daemon_stays_detached_until_sighup() {
             &policy.0,
             XdpModeArg::Skb,
             &["--metrics", addr],
-            &[("NOTIFY_SOCKET", socket_path.to_str().expect("utf-8"))],
+            &notify.env(),
         )
         .expect("daemon");
-    let mut buf = [0u8; 512];
-    let mut next = || {
-        let n = socket.recv(&mut buf).expect("a notification");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let next = || notify.next();
     assert_eq!(next(), "READY=1\nSTATUS=veth1: 1 rules, generation 1\n");
     assert_eq!(received(&testbed, 7001), 0);
 

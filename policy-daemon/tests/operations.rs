@@ -22,7 +22,7 @@ use policy_daemon::{
     testbed::{RX_IFACE, RX_V4, Testbed},
 };
 
-use support::{DAEMON, PolicyFile, serial};
+use support::{DAEMON, NotifySocket, PolicyFile, serial};
 
 const BLOCKED: u16 = 7001;
 const OPEN: u16 = 7002;
@@ -270,29 +270,16 @@ fn drop_events_are_sampled_while_someone_watches() {
 /// a reload, STOPPING=1 at the end.
 #[test]
 fn the_daemon_tells_systemd_when_it_is_ready_and_reloading() {
-    use std::os::unix::net::UnixDatagram;
     let Some(_serial) = serial("the_daemon_tells_systemd_when_it_is_ready_and_reloading") else {
         return;
     };
     let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
-    let socket_path = testbed.dirs().state_dir().with_file_name("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).expect("binding the notify socket");
-    socket.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let notify = NotifySocket::bind(&testbed, "notify");
     let daemon = testbed
-        .start_daemon_with_env(
-            Path::new(DAEMON),
-            &policy.0,
-            XdpModeArg::Skb,
-            &[],
-            &[("NOTIFY_SOCKET", socket_path.to_str().expect("utf-8"))],
-        )
+        .start_daemon_with_env(Path::new(DAEMON), &policy.0, XdpModeArg::Skb, &[], &notify.env())
         .expect("daemon");
-    let mut buf = [0u8; 512];
-    let mut next = || {
-        let n = socket.recv(&mut buf).expect("a notification");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let next = || notify.next();
     assert_eq!(next(), "READY=1\nSTATUS=veth1: 1 rules, generation 1\n");
     daemon.signal(nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
     assert_eq!(next(), "RELOADING=1\n");

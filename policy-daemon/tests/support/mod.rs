@@ -109,3 +109,32 @@ impl Drop for PolicyFile {
         }
     }
 }
+
+/// systemd's side of `Type=notify`: a datagram socket beside the testbed's state
+/// directory, for the daemon's `NOTIFY_SOCKET`.
+pub struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    path: String,
+}
+
+impl NotifySocket {
+    pub fn bind(testbed: &policy_daemon::testbed::Testbed, name: &str) -> Self {
+        let path = testbed.dirs().state_dir().with_file_name(format!("{name}.sock"));
+        let socket =
+            std::os::unix::net::UnixDatagram::bind(&path).expect("binding the notify socket");
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+        Self { socket, path: path.to_str().expect("utf-8").to_string() }
+    }
+
+    /// The daemon's environment: `NOTIFY_SOCKET` naming this socket.
+    pub fn env(&self) -> [(&str, &str); 1] {
+        [("NOTIFY_SOCKET", self.path.as_str())]
+    }
+
+    /// The next notification (at most 10 s away).
+    pub fn next(&self) -> String {
+        let mut buf = [0u8; 512];
+        let n = self.socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
