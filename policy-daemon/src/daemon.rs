@@ -20,6 +20,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -64,6 +65,9 @@ struct Instance {
     generation: u64,
     /// The interface's index when attached; 0 while it is gone.
     ifindex: u32,
+    /// The ruleset the maps hold (the policy's, unless its last apply failed here): what
+    /// the audits compare them with.
+    ruleset: Arc<Ruleset>,
     /// The audits so far; the last one's record.
     audit: Option<Audit>,
 }
@@ -79,7 +83,7 @@ impl Instance {
 struct Enforced {
     assignment: Assignment,
     instances: Vec<Instance>,
-    ruleset: Ruleset,
+    ruleset: Arc<Ruleset>,
     policy: Policy,
 }
 
@@ -299,7 +303,7 @@ fn audit(enforced: &mut [Enforced], trigger: &str, places: &Places) {
                 drift_total: last.drift_total,
                 ..Audit::default()
             };
-            audit_instance(&e.ruleset, i, trigger, &mut record);
+            audit_instance(i, trigger, &mut record);
             record.drift_total += record.drift_entries();
             i.audit = Some(record);
             write_state(&e.assignment.policy, &e.policy, &e.ruleset, i, places);
@@ -307,9 +311,10 @@ fn audit(enforced: &mut [Enforced], trigger: &str, places: &Places) {
     }
 }
 
-fn audit_instance(ruleset: &Ruleset, i: &mut Instance, trigger: &str, record: &mut Audit) {
+fn audit_instance(i: &mut Instance, trigger: &str, record: &mut Audit) {
     let began = Instant::now();
-    let mut drift = match i.dataplane.audit(ruleset) {
+    let ruleset = Arc::clone(&i.ruleset);
+    let mut drift = match i.dataplane.audit(&ruleset) {
         Ok(drift) => drift,
         Err(err) => {
             error!(iface = i.iface, trigger, "auditing the maps failed: {}", error_chain(&err));
@@ -340,7 +345,7 @@ fn audit_instance(ruleset: &Ruleset, i: &mut Instance, trigger: &str, record: &m
         maps = maps.join(", "),
         "audit: the kernel's maps differ from the policy in force; repairing"
     );
-    let mut repaired = i.dataplane.repair(ruleset).map(drop);
+    let mut repaired = i.dataplane.repair(&ruleset).map(drop);
     if foreign_program && repaired.is_ok() {
         repaired = i.dataplane.replace_on_pinned_link(&i.pins);
     }
@@ -439,7 +444,7 @@ fn start(
             policy.interfaces.join(", ")
         );
     }
-    let ruleset = policy::compile(&policy);
+    let ruleset = Arc::new(policy::compile(&policy));
     let compiled = started.elapsed();
     let mut instances = Vec::new();
     for iface in &assignment.ifaces {
@@ -468,7 +473,7 @@ fn start(
 fn start_instance(
     iface: &str,
     mode: ModeChoice,
-    ruleset: &Ruleset,
+    ruleset: &Arc<Ruleset>,
     places: &Places,
 ) -> Result<Instance, CliError> {
     let pins = Pins::new(places.pin_dir, iface);
@@ -485,6 +490,7 @@ fn start_instance(
         mode,
         generation,
         ifindex: ifindex(iface),
+        ruleset: Arc::clone(ruleset),
         audit: None,
     };
     if !pins.linked() {
@@ -624,7 +630,7 @@ fn reload_one(e: &mut Enforced, trigger: &str, places: &Places) -> bool {
         error!(policy = %path, trigger, "policy refused, the previous one stays in force: {err}");
         return false;
     }
-    let ruleset = policy::compile(&policy);
+    let ruleset = Arc::new(policy::compile(&policy));
     let compiled = started.elapsed();
     if ruleset == e.ruleset {
         info!(policy = %path, trigger, "policy unchanged");
@@ -644,6 +650,7 @@ fn reload_one(e: &mut Enforced, trigger: &str, places: &Places) -> bool {
         let began = Instant::now();
         match instance.dataplane.apply(&ruleset) {
             Ok(report) => {
+                instance.ruleset = Arc::clone(&ruleset);
                 instance.generation += 1;
                 applied.push(instance.iface.clone());
                 info!(
