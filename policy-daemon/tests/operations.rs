@@ -65,9 +65,11 @@ fn twenty_kill_9_restarts_under_traffic_let_nothing_through() {
                 let daemon = testbed
                     .start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb)
                     .expect("daemon");
+                // Up, and its state written: what `status` below counts on.
                 daemon
-                    .wait_for_log("adopted the pinned filter", 1, Duration::from_secs(10))
+                    .wait_for_log("enforcing", 1, Duration::from_secs(10))
                     .unwrap_or_else(|e| panic!("restart {restart}: {e}"));
+                assert!(daemon.log().contains("adopted the pinned filter"), "restart {restart}");
                 program_ids.push(prog_id(&testbed));
                 daemon.kill9();
             }
