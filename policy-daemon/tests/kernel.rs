@@ -674,9 +674,13 @@ fn a_hundred_thousand_prefixes_load_and_classify() {
     let before_apply = std::time::Instant::now();
     let report = dataplane.apply(&ruleset2).expect("second apply");
     let applied = before_apply.elapsed();
+    let before_audit = std::time::Instant::now();
+    let drift = dataplane.audit(&ruleset2).expect("audit");
+    let audited = before_audit.elapsed();
+    assert!(drift.is_empty(), "the audit finds the maps as applied: {drift:?}");
     eprintln!(
         "100k prefixes: parse {parsed:?}, compile {compiled:?}, load + first apply {loaded:?}, \
-         apply into the other generation {applied:?} ({} map writes)",
+         apply into the other generation {applied:?} ({} map writes), audit {audited:?}",
         report.writes
     );
     let from = |addr: &str| Packet::ipv4(tcp(80)).src(addr).build();

@@ -450,28 +450,36 @@ impl Drift {
         self.add(map, (differ + wanted.len().abs_diff(held.len())) as u64);
     }
 
-    /// Compares the entries of one generation of a trie with `wanted`.
-    fn compare_trie<K: Eq + std::hash::Hash>(
-        &mut self,
-        map: &'static str,
-        wanted: HashMap<K, &RuleBitmap>,
-        held: Vec<(K, RuleBitmap)>,
-    ) {
-        let (mut present, mut differ) = (0, 0);
-        for (key, bitmap) in &held {
-            match wanted.get(key) {
-                Some(w) => {
-                    present += 1;
-                    differ += usize::from(**w != *bitmap);
-                }
-                // A key that should not be there.
-                None => differ += 1,
-            }
+}
+
+/// Compares the entries of generation `generation` of a trie, as `visit` reads them one
+/// by one (nothing held but the wanted keys), with `wanted`.
+fn compare_trie<K: Copy + Eq + std::hash::Hash, const N: usize>(
+    drift: &mut Drift,
+    map: &'static str,
+    generation: u32,
+    wanted: HashMap<K, &RuleBitmap>,
+    visit: impl FnOnce(&mut dyn FnMut(K, &RuleBitmap)) -> Result<(), MapReadError>,
+    data: impl Fn(&K) -> &[u8; N],
+) -> Result<(), MapReadError> {
+    let (mut present, mut differ) = (0, 0);
+    visit(&mut |key, bitmap| {
+        if data(&key)[0] != generation as u8 {
+            return;
         }
-        // Keys that should be there and are not.
-        let missing = wanted.len() - present;
-        self.add(map, (differ + missing) as u64);
-    }
+        match wanted.get(&key) {
+            Some(w) => {
+                present += 1;
+                differ += usize::from(**w != *bitmap);
+            }
+            // A key that should not be there.
+            None => differ += 1,
+        }
+    })?;
+    // Keys that should be there and are not.
+    let missing = wanted.len() - present;
+    drift.add(map, (differ + missing) as u64);
+    Ok(())
 }
 
 /// The apply state of one loaded program: what each generation holds, which one is
@@ -778,21 +786,11 @@ fn audit_generation(
     }
     for id in [AddrFieldId::Src, AddrFieldId::Dst] {
         if let Some(wanted) = image.v4(id) {
-            let mut held = Vec::new();
-            maps.visit_v4(id, &mut |key, bitmap| {
-                if key.1[0] == generation as u8 {
-                    held.push((key, *bitmap));
-                }
-            })?;
-            drift.compare_trie(id.v4_map(), wanted.collect(), held);
+            let visit = |f: &mut dyn FnMut(V4Key, &RuleBitmap)| maps.visit_v4(id, f);
+            compare_trie(drift, id.v4_map(), generation, wanted.collect(), visit, |k| &k.1)?;
         }
-        let mut held = Vec::new();
-        maps.visit_v6(id, &mut |key, bitmap| {
-            if key.1[0] == generation as u8 {
-                held.push((key, *bitmap));
-            }
-        })?;
-        drift.compare_trie(id.v6_map(), image.v6(id).collect(), held);
+        let visit = |f: &mut dyn FnMut(V6Key, &RuleBitmap)| maps.visit_v6(id, f);
+        compare_trie(drift, id.v6_map(), generation, image.v6(id).collect(), visit, |k| &k.1)?;
     }
     if let Some(entries) = &image.port_table {
         let held = maps.entries(
