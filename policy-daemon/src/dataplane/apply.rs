@@ -449,7 +449,6 @@ impl Drift {
         let differ = wanted.iter().zip(held).filter(|(w, h)| w != h).count();
         self.add(map, (differ + wanted.len().abs_diff(held.len())) as u64);
     }
-
 }
 
 /// Compares the entries of generation `generation` of a trie, as `visit` reads them one
