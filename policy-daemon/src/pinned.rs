@@ -84,7 +84,12 @@ pub fn verify(
     only: Option<&str>,
 ) -> Result<Vec<InterfaceStatus>, PinnedError> {
     let audits = |iface: &str| -> Result<u64, PinnedError> {
-        Ok(State::read(state_dir, iface)?.and_then(|s| s.audit).map_or(0, |a| a.count))
+        // A damaged state file counts as no audit yet: the daemon writes a good one.
+        Ok(State::read(state_dir, iface)
+            .ok()
+            .flatten()
+            .and_then(|s| s.audit)
+            .map_or(0, |a| a.count))
     };
     let mut asked = Vec::new();
     for (iface, pins) in Pins::all(pin_dir)? {
@@ -116,8 +121,11 @@ pub struct InterfaceStatus {
     pub iface: String,
     /// A link is pinned: the filter is in force (if the interface still exists).
     pub attached: bool,
-    /// From the state file; `None` when there is none.
+    /// From the state file; `None` when there is none, or it is damaged.
     pub state: Option<State>,
+    /// Why the state file was ignored, if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_error: Option<String>,
     pub verdicts: BTreeMap<&'static str, Count>,
     /// Rules in force with their counters, in rule order.
     pub rules: Vec<RuleStatus>,
@@ -171,7 +179,10 @@ pub fn status(
         if only.is_some_and(|o| o != iface) {
             continue;
         }
-        let state = State::read(state_dir, &iface)?;
+        let (state, state_error) = match State::read(state_dir, &iface) {
+            Ok(state) => (state, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         let verdict_map = per_cpu(&pins, VERDICT_COUNTERS_MAP)?;
         let mut verdicts = BTreeMap::new();
         for verdict in Verdict::ALL {
@@ -194,6 +205,7 @@ pub fn status(
             iface: iface.clone(),
             attached: pins.linked(),
             state,
+            state_error,
             verdicts,
             rules,
         });
@@ -227,11 +239,16 @@ pub fn render_status(all: &[InterfaceStatus]) -> String {
                 s.iface,
                 st.attach_mode,
                 st.policy.display(),
-                &st.policy_hash[..st.policy_hash.len().min(12)],
+                st.policy_hash.chars().take(12).collect::<String>(),
                 st.generation,
                 state::now().saturating_sub(st.applied_at)
             )),
-            None => out.push_str(&format!("{}: {attached}, no state file\n", s.iface)),
+            None => match &s.state_error {
+                Some(e) => {
+                    out.push_str(&format!("{}: {attached}, state file ignored: {e}\n", s.iface))
+                }
+                None => out.push_str(&format!("{}: {attached}, no state file\n", s.iface)),
+            },
         }
         if let Some(audit) = s.state.as_ref().and_then(|st| st.audit.as_ref()) {
             out.push_str(&format!("  {}\n", describe_audit(audit)));
@@ -362,7 +379,11 @@ pub fn explain(
             pin_dir: pin_dir.to_path_buf(),
         });
     }
-    let state = State::read(state_dir, iface)?;
+    // A damaged state file leaves no policy to compare with: said below.
+    let (state, state_error) = match State::read(state_dir, iface) {
+        Ok(state) => (state, None),
+        Err(e) => (None, Some(e)),
+    };
     let bytes = frame(probe)?;
     let verdict_map = per_cpu(&pins, VERDICT_COUNTERS_MAP)?;
     let rule_map = per_cpu(&pins, RULE_COUNTERS_MAP)?;
@@ -415,7 +436,12 @@ pub fn explain(
         }
     ));
     match &state {
-        None => out.push_str("reference: no state file, so no policy to compare with\n"),
+        None => match state_error {
+            Some(e) => out.push_str(&format!(
+                "reference: state file ignored ({e}), so no policy to compare with\n"
+            )),
+            None => out.push_str("reference: no state file, so no policy to compare with\n"),
+        },
         Some(state) => match policy::load(&state.policy) {
             Err(e) => out.push_str(&format!(
                 "reference: the policy at {} does not load now:\n{e}\n",
@@ -560,7 +586,10 @@ impl EventSource {
         let settings =
             aya::maps::Array::try_from(Map::Array(open(policy_common::EVENT_SETTINGS_MAP)?))
                 .map_err(err(policy_common::EVENT_SETTINGS_MAP))?;
-        let slot_names = State::read(state_dir, &iface)?
+        // Without a usable state file, rules are shown by their counter slots.
+        let slot_names = State::read(state_dir, &iface)
+            .ok()
+            .flatten()
             .map(|s| s.rules.into_iter().map(|r| (r.slot, r.name)).collect())
             .unwrap_or_default();
         Ok(Self { iface, ring, settings, slot_names })

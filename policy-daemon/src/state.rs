@@ -10,6 +10,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use policy_common::{MAX_RULES, RULE_COUNTER_SLOTS};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +89,23 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{}: damaged: {damage}", path.display())]
+    Damaged { path: PathBuf, damage: Damage },
+}
+
+/// What makes a state file that parses unusable: nothing in it is trusted then.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Damage {
+    #[error("it describes interface {found:?}, not {expected:?}")]
+    Interface { found: String, expected: String },
+    #[error("the policy hash is not 64 hex digits")]
+    Hash,
+    #[error("{0} rules, more than a policy has ({MAX_RULES} at most)")]
+    TooManyRules(usize),
+    #[error("rule {rule:?} has counter slot {slot}, past the last ({})", RULE_COUNTER_SLOTS - 1)]
+    Slot { rule: String, slot: u32 },
+    #[error("counter slot {slot} is given to two rules")]
+    SharedSlot { slot: u32 },
 }
 
 impl State {
@@ -95,7 +113,9 @@ impl State {
         state_dir.join(format!("{iface}.json"))
     }
 
-    /// The state of `iface`, or `None` if there is none.
+    /// The state of `iface`, or `None` if there is none. A file that does not parse, or
+    /// that says impossible things ([`Damage`]), is an error: callers ignore it (with a
+    /// warning) rather than trust any of it.
     pub fn read(state_dir: &Path, iface: &str) -> Result<Option<Self>, StateError> {
         let path = Self::path(state_dir, iface);
         let text = match fs::read_to_string(&path) {
@@ -103,7 +123,40 @@ impl State {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StateError::Io { path, source }),
         };
-        serde_json::from_str(&text).map(Some).map_err(|source| StateError::Format { path, source })
+        Self::parse(&path, iface, &text).map(Some)
+    }
+
+    /// Parses and checks the state file text of `iface` (`path` is for messages).
+    pub fn parse(path: &Path, iface: &str, text: &str) -> Result<Self, StateError> {
+        let state: Self = serde_json::from_str(text)
+            .map_err(|source| StateError::Format { path: path.to_path_buf(), source })?;
+        state.damage(iface).map_or(Ok(state), |damage| {
+            Err(StateError::Damaged { path: path.to_path_buf(), damage })
+        })
+    }
+
+    /// What is wrong with this state as the state of `iface`, if anything.
+    fn damage(&self, iface: &str) -> Option<Damage> {
+        if self.iface != iface {
+            return Some(Damage::Interface { found: self.iface.clone(), expected: iface.into() });
+        }
+        let hex = |c: char| c.is_ascii_hexdigit();
+        if self.policy_hash.len() != 64 || !self.policy_hash.chars().all(hex) {
+            return Some(Damage::Hash);
+        }
+        if self.rules.len() > MAX_RULES {
+            return Some(Damage::TooManyRules(self.rules.len()));
+        }
+        let mut slots = std::collections::BTreeSet::new();
+        for rule in &self.rules {
+            if rule.slot >= RULE_COUNTER_SLOTS {
+                return Some(Damage::Slot { rule: rule.name.clone(), slot: rule.slot });
+            }
+            if !slots.insert(rule.slot) {
+                return Some(Damage::SharedSlot { slot: rule.slot });
+            }
+        }
+        None
     }
 
     pub fn write(&self, state_dir: &Path) -> Result<(), StateError> {
@@ -180,5 +233,63 @@ mod tests {
         State::remove(&dir, "eth0").expect("remove");
         assert_eq!(State::read(&dir, "eth0").expect("read"), None);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_damaged_state_file_is_an_error_not_a_panic() {
+        let good = State {
+            iface: "eth0".into(),
+            policy: "/etc/xdp-policy/policies.d".into(),
+            policy_hash: "ab".repeat(32),
+            generation: 1,
+            applied_at: 0,
+            attach_mode: "skb".into(),
+            interface_present: true,
+            pid: 1,
+            audit: None,
+            rules: vec![RuleState {
+                name: "a".into(),
+                action: "drop".into(),
+                mode: "enforce".into(),
+                slot: 0,
+                identity: "x".into(),
+            }],
+        };
+        let path = Path::new("/run/xdp-policy/eth0.json");
+        let parse = |state: &State| {
+            let text = serde_json::to_string(state).expect("serialise");
+            State::parse(path, "eth0", &text)
+        };
+        assert_eq!(parse(&good).expect("valid"), good);
+        let damaged = |edit: &dyn Fn(&mut State)| {
+            let mut state = good.clone();
+            edit(&mut state);
+            match parse(&state) {
+                Err(StateError::Damaged { damage, .. }) => damage,
+                other => panic!("expected damage, got {other:?}"),
+            }
+        };
+        assert_eq!(damaged(&|s| s.policy_hash = "é".repeat(32)), Damage::Hash);
+        assert_eq!(damaged(&|s| s.policy_hash = "ab".into()), Damage::Hash);
+        assert_eq!(
+            damaged(&|s| s.rules[0].slot = RULE_COUNTER_SLOTS),
+            Damage::Slot { rule: "a".into(), slot: RULE_COUNTER_SLOTS }
+        );
+        assert_eq!(damaged(&|s| s.rules.push(s.rules[0].clone())), Damage::SharedSlot { slot: 0 });
+        assert_eq!(
+            damaged(&|s| s.iface = "eth1".into()),
+            Damage::Interface { found: "eth1".into(), expected: "eth0".into() }
+        );
+        assert!(matches!(
+            State::parse(path, "eth0", "{\"iface\": 7}"),
+            Err(StateError::Format { .. })
+        ));
+        let message = parse(&State { policy_hash: "zz".into(), ..good.clone() })
+            .expect_err("damaged")
+            .to_string();
+        assert_eq!(
+            message,
+            "/run/xdp-policy/eth0.json: damaged: the policy hash is not 64 hex digits"
+        );
     }
 }

@@ -344,3 +344,41 @@ fn scribbled_maps_are_found_and_repaired() {
     let out = daemon.stop().expect("stop");
     assert!(out.status.success(), "{}", out.stderr);
 }
+
+/// A state file damaged while no daemon runs (a hash that is not hex, a counter slot
+/// past the last): `status` says it is ignored and shows the rest, and the next daemon
+/// ignores it with a warning, counts into fresh slots and stops cleanly.
+#[test]
+fn a_damaged_state_file_is_ignored_never_trusted() {
+    let Some(_serial) = serial("a_damaged_state_file_is_ignored_never_trusted") else { return };
+    let policy = PolicyFile::new("damaged-state", &drop_udp("block", 7001));
+    let testbed = Testbed::new().expect("testbed");
+    let daemon =
+        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    daemon.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
+    daemon.kill9();
+    let path = testbed.dirs().state_dir().join(format!("{RX_IFACE}.json"));
+    let mut state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).expect("the state file")).expect("json");
+    state["policy_hash"] = "é".repeat(32).into();
+    state["rules"][0]["slot"] = 5000.into();
+    fs::write(&path, state.to_string()).expect("damaging the state file");
+
+    let out = xdp_policy(&testbed, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("state file ignored"), "{text}");
+
+    let daemon =
+        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    daemon.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
+    assert!(daemon.log().contains("ignoring the state file"), "{}", daemon.log());
+    assert_eq!(received(&testbed, 7001), 0);
+    let out = daemon.stop().expect("stop");
+    assert!(out.status.success(), "{}", out.stderr);
+    let counters = out.counters().expect("the counter table");
+    assert_eq!(counters.rules.get("block"), Some(&5), "counted in a fresh slot");
+    let out = xdp_policy(&testbed, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(status[0]["rules"][0]["packets"], 5);
+}

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// Every target, in the order they run.
-pub const TARGETS: [&str; 3] = ["policy", "config", "reference_parser"];
+pub const TARGETS: [&str; 4] = ["policy", "config", "state", "reference_parser"];
 /// An input that takes longer than this is reported as a hang.
 const TIMEOUT_SECONDS: u32 = 5;
 /// libFuzzer's own memory limit per run.
