@@ -201,9 +201,21 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The index of `iface`, 0 if there is no such interface (in this network namespace).
-fn ifindex(iface: &str) -> u32 {
-    nix::net::if_::if_nametoindex(iface).unwrap_or(0)
+/// An interface index not known yet (the lookup failed when the filter was attached).
+const INDEX_UNKNOWN: u32 = u32::MAX;
+
+/// The index of `iface`, 0 if there is no such interface (in this network namespace);
+/// `None` when the lookup itself failed (out of file descriptors, say): that says
+/// nothing about the interface, which must not be taken for gone.
+fn ifindex(iface: &str) -> Option<u32> {
+    match nix::net::if_::if_nametoindex(iface) {
+        Ok(index) => Some(index),
+        Err(nix::errno::Errno::ENODEV | nix::errno::Errno::ENXIO) => Some(0),
+        Err(e) => {
+            warn!(iface, "looking the interface up failed: {e}");
+            None
+        }
+    }
 }
 
 /// Notices interfaces that went away (a veth deleted, a NIC unplugged) and attaches
@@ -218,7 +230,7 @@ fn watch_interfaces(enforced: &mut [Enforced], mode: ModeChoice, places: &Places
             if i.detached() {
                 continue;
             }
-            let now = ifindex(&i.iface);
+            let Some(now) = ifindex(&i.iface) else { continue };
             // The pin directory gone, or the link pin gone under a live interface.
             let pins_gone = !i.pins.dir().exists() || (now != 0 && !i.pins.linked());
             if pins_gone {
@@ -233,7 +245,8 @@ fn watch_interfaces(enforced: &mut [Enforced], mode: ModeChoice, places: &Places
                 changed = true;
                 continue;
             }
-            if now == i.ifindex {
+            if now == i.ifindex || (i.ifindex == INDEX_UNKNOWN && now != 0) {
+                i.ifindex = now;
                 continue;
             }
             changed = true;
@@ -489,7 +502,8 @@ fn start_instance(
         dataplane,
         mode,
         generation,
-        ifindex: ifindex(iface),
+        // Just attached there: the interface exists, whatever a failed lookup says.
+        ifindex: ifindex(iface).unwrap_or(INDEX_UNKNOWN),
         ruleset: Arc::clone(ruleset),
         audit: None,
     };

@@ -58,7 +58,15 @@ const PREFIX: &str = "xdp_policy";
 /// The one path served.
 const PATH: &str = "/metrics";
 /// A client that has not sent its request headers by then is disconnected.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once at most. Past it, the daemon accepts no more until one
+/// ends: the rest wait in the kernel's backlog, so that no number of clients (the
+/// endpoint is on loopback by default: any local user) can use up the daemon's file
+/// descriptors, which it needs for reloads, state files and interface lookups.
+const MAX_CONNECTIONS: usize = 32;
+/// The longest a connection is served, keep-alive included: a client that keeps one
+/// open without end gives its place up after this.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 /// Pause after a failed `accept` (out of file descriptors): retrying at once would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -390,7 +398,10 @@ fn unix_seconds(at: SystemTime) -> f64 {
 async fn accept_loop(listener: TcpListener, exposition: Arc<Exposition>) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // A place first: at the cap, nothing more is accepted until a connection ends.
+        let Ok(place) = Arc::clone(&places).acquire_owned().await else { return };
         let stream = match listener.accept().await {
             Ok((stream, _peer)) => stream,
             Err(e) => {
@@ -406,9 +417,12 @@ async fn accept_loop(listener: TcpListener, exposition: Arc<Exposition>) {
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(error = %e, "metrics: connection ended with an error");
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(error = %e, "metrics: connection ended with an error"),
+                Err(_) => debug!("metrics: connection closed after {CONNECTION_LIFETIME:?}"),
             }
+            drop(place);
         });
     }
 }

@@ -443,3 +443,91 @@ fn a_pin_dir_without_bpffs_gets_one() {
     assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 5).expect("probe").received, 0);
     drop(daemon);
 }
+
+/// 5,000 connections to the metrics endpoint held open and idle, against a daemon
+/// limited to 1,024 file descriptors (the usual default): reloads still apply, the
+/// filter never leaves the interface, and the endpoint serves again once they are gone.
+#[test]
+fn five_thousand_idle_metrics_connections_take_nothing_down() {
+    use std::os::{fd::OwnedFd, unix::fs::PermissionsExt as _};
+    let Some(_serial) = serial("five_thousand_idle_metrics_connections_take_nothing_down") else {
+        return;
+    };
+    const CONNECTIONS: usize = 5000;
+    let policy = policy_file();
+    // The daemon with the default limit of descriptors, through prlimit(1).
+    let wrapper = policy.0.with_file_name("xdp-policy-1024-fds");
+    fs::write(&wrapper, format!("#!/bin/sh\nexec prlimit --nofile=1024:1024 -- {DAEMON} \"$@\"\n"))
+        .expect("writing the wrapper");
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod");
+    // This process holds the connections: it needs more than that.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("getrlimit");
+    assert!(hard >= 2 * CONNECTIONS as u64, "the hard limit of descriptors is {hard}");
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+        .expect("setrlimit");
+
+    let testbed = Testbed::new().expect("testbed");
+    let addr = "127.0.0.1:9559";
+    let daemon = testbed
+        .start_daemon_with(&wrapper, &policy.0, XdpModeArg::Skb, &["--metrics", addr])
+        .expect("daemon");
+    daemon.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
+    let program = prog_id(&testbed);
+    // Non-blocking connects: past the daemon's cap they wait in the kernel's backlog
+    // or keep retrying their SYN; every one is a descriptor held here.
+    let held: Vec<OwnedFd> = testbed
+        .rx()
+        .run(|| {
+            (0..CONNECTIONS)
+                .map(|_| {
+                    let socket = nix::sys::socket::socket(
+                        nix::sys::socket::AddressFamily::Inet,
+                        nix::sys::socket::SockType::Stream,
+                        nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+                        None,
+                    )
+                    .expect("a socket");
+                    let to = nix::sys::socket::SockaddrIn::new(127, 0, 0, 1, 9559);
+                    match nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&socket), &to) {
+                        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => socket,
+                        Err(e) => panic!("connecting: {e}"),
+                    }
+                })
+                .collect()
+        })
+        .expect("netns");
+    assert_eq!(held.len(), CONNECTIONS);
+    std::thread::sleep(Duration::from_secs(2));
+    for port in [7003, 7004] {
+        policy.write(&format!(
+            "[[rule]]\nname = \"block-{port}\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {port}\n"
+        ));
+        let applied = if port == 7003 { 2 } else { 3 };
+        daemon
+            .wait_for_log("policy applied", applied, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("a reload with {CONNECTIONS} connections held: {e}"));
+        assert_eq!(testbed.udp_probe(RX_V4.into(), port, 5).expect("probe").received, 0);
+        assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 5).expect("probe").received, 5);
+    }
+    // Two more seconds of ticks: the interface lookups must not fail into "gone".
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(prog_id(&testbed), program, "the filter left the interface");
+    let log = daemon.log();
+    for bad in ["went away", "re-attached", "Too many open files", "writing the state file failed"]
+    {
+        assert!(!log.contains(bad), "`{bad}` in the log:\n{log}");
+    }
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let body = support::scrape(&testbed, addr, "/metrics");
+        if body.starts_with("HTTP/1.1 200 OK") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the endpoint does not serve again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = daemon.stop().expect("stop");
+    assert!(out.status.success(), "{}", out.stderr);
+}
