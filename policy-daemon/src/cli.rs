@@ -465,7 +465,9 @@ fn check(args: &CheckArgs) -> Result<(), CliError> {
                         path.display()
                     );
                 }
-                if let Err(refusal) = crate::safety::check(&policy) {
+                // The interfaces the policy names, or every one: where it may be enforced.
+                let host = crate::safety::Host::probe(&policy.interfaces);
+                if let Err(refusal) = crate::safety::check(&policy, &host) {
                     eprintln!("{}: {refusal}", path.display());
                     invalid += 1;
                 }

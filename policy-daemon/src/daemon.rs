@@ -443,7 +443,6 @@ fn start(
     let started = Instant::now();
     let policy = policy::load_with(&assignment.policy, places.load)?;
     log_warnings(&policy);
-    safety::check(&policy).map_err(CliError::Safety)?;
     if assignment.ifaces.is_empty() {
         if policy.interfaces.is_empty() {
             return Err(CliError::NoInterfaces(assignment.policy));
@@ -457,6 +456,7 @@ fn start(
             policy.interfaces.join(", ")
         );
     }
+    safety::check(&policy, &safety::Host::probe(&assignment.ifaces)).map_err(CliError::Safety)?;
     let ruleset = Arc::new(policy::compile(&policy));
     let compiled = started.elapsed();
     let mut instances = Vec::new();
@@ -640,7 +640,7 @@ fn reload_one(e: &mut Enforced, trigger: &str, places: &Places) -> bool {
         }
     };
     log_warnings(&policy);
-    if let Err(err) = safety::check(&policy) {
+    if let Err(err) = safety::check(&policy, &safety::Host::probe(&e.assignment.ifaces)) {
         error!(policy = %path, trigger, "policy refused, the previous one stays in force: {err}");
         return false;
     }

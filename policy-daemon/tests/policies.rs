@@ -155,3 +155,27 @@ fn check_refuses_a_world_writable_policy_unless_allowed() {
     let out = xdp_policy(&["check", "--config", config.to_str().expect("utf-8"), path]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The SSH lock-out check, end to end: `check` and `run` refuse a default-drop policy
+/// that lets no SSH in, naming the family and the address that would be cut (here the
+/// stand-in address: `lo` has none the check counts), and `run` exits 64 before it
+/// touches the kernel.
+#[test]
+fn a_policy_that_cuts_ssh_is_refused_naming_the_address() {
+    let locked = TempPolicy::new(
+        "ssh",
+        "interfaces = [\"lo\"]\n[defaults]\naction = \"drop\"\n[[rule]]\nname = \"web\"\n\
+         action = \"pass\"\nprotocol = \"tcp\"\ndst_ports = 443\n",
+    );
+    let path = locked.0.to_str().expect("utf-8 path");
+    let out = xdp_policy(&["check", path]);
+    assert_eq!(out.status.code(), Some(1), "check must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("would drop SSH (tcp/")
+            && stderr.contains("to this host's IPv4 address 192.0.2.100"),
+        "{stderr}"
+    );
+    let out = xdp_policy(&["run", "--iface", "lo", "--policy", path, "--metrics", "off"]);
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+}
