@@ -84,11 +84,15 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Invalid(Diagnostic),
+    #[error(transparent)]
+    Untrusted(#[from] crate::policy::files::Untrusted),
 }
 
 impl ConfigFile {
-    /// Reads the file at `path`.
+    /// Reads the file at `path`, which only root may be able to change (like a policy
+    /// file: it decides what is enforced, and can switch the policy files' checks off).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        crate::policy::files::check_trusted_file(path)?;
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::parse(path, &text)

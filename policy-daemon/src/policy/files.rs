@@ -4,9 +4,14 @@
 //!
 //! A policy decides what reaches the host, so a file that someone other than root (or the
 //! user the daemon runs as) can change is refused, and so is a directory through which
-//! such a user could swap the file: the policy directory, and the directory of each file
-//! unless it is sticky (like /tmp). Anything on a read-only mount (a Kubernetes ConfigMap
-//! volume) cannot be changed from here whatever its mode says, so it passes.
+//! such a user could swap the file: every directory from the file up to `/`, as sshd's
+//! StrictModes does. A directory may be writable by others only if it is sticky (like
+//! /tmp) and is not the policy directory itself (anyone could add a file to it). On a
+//! read-only mount (a Kubernetes ConfigMap volume) the mode bits are not held against a
+//! file, since nobody can write it through this mount; its owner still must be root: a
+//! read-only bind mount of a user's directory does not keep the user from changing it.
+//! The daemon's configuration file, which can switch these checks off, is held to them
+//! too ([`check_trusted_file`]).
 
 use std::{
     fs::{self, File, Metadata},
@@ -85,17 +90,12 @@ pub fn read_policy(
         let meta = handle.metadata().map_err(read_err(&file))?;
         if !options.allow_insecure_files {
             check_metadata(&file, &real, &meta, false)?;
-            // The directories from the file up to the policy's: through any of them the
-            // file could be swapped. A file policy's own directory may be sticky (like
-            // /tmp); a policy directory may not, since anyone could add a file to it.
-            let mut dir = real.parent();
-            while let Some(d) = dir {
-                let sticky_ok = !is_dir && d == real_base;
+            // The directories from the file up to `/`: through any of them the file could
+            // be swapped. A policy directory may not be sticky, since anyone could add a
+            // file to it; the others may.
+            for d in real.ancestors().skip(1) {
+                let sticky_ok = !(is_dir && d == real_base);
                 check_owner_and_mode(d, d, sticky_ok)?;
-                if d == real_base {
-                    break;
-                }
-                dir = d.parent();
             }
         }
         if meta.len() > MAX_POLICY_FILE_BYTES {
@@ -136,32 +136,75 @@ fn check_metadata(
     meta: &Metadata,
     sticky_ok: bool,
 ) -> Result<(), PolicyError> {
+    match exposure(real, meta, sticky_ok) {
+        None => Ok(()),
+        Some(problem) => Err(PolicyError::Insecure {
+            path: shown.to_path_buf(),
+            real: real.to_path_buf(),
+            what: if meta.is_dir() { "directory" } else { "file" },
+            problem,
+        }),
+    }
+}
+
+/// How someone other than root (or this process's user) could change the file or
+/// directory at `real`, if they could: its owner, or its mode (a sticky directory's only
+/// where `sticky_ok` is false; not on a read-only mount, and not for what is neither a
+/// file nor a directory, such as /dev/null).
+fn exposure(real: &Path, meta: &Metadata, sticky_ok: bool) -> Option<String> {
     let euid = nix::unistd::geteuid().as_raw();
     let owner_ok = meta.uid() == 0 || meta.uid() == euid;
-    let writable = meta.mode() & GROUP_OR_OTHER_WRITE != 0;
     let sticky = meta.is_dir() && meta.mode() & SETGID_STICKY != 0;
-    if owner_ok && (!writable || sticky && sticky_ok) {
-        return Ok(());
+    let mode_matters = meta.is_file() || meta.is_dir();
+    let writable =
+        mode_matters && meta.mode() & GROUP_OR_OTHER_WRITE != 0 && !(sticky && sticky_ok);
+    let mode = meta.mode() & 0o7777;
+    match (owner_ok, writable) {
+        (true, false) => None,
+        (true, true) if read_only_mount(real) => None,
+        (false, true) => Some(format!(
+            "is owned by uid {} and writable by its group or others (mode {mode:o})",
+            meta.uid()
+        )),
+        (false, false) => Some(format!("is owned by uid {}, not root", meta.uid())),
+        (true, true) => Some(format!("is writable by its group or others (mode {mode:o})")),
     }
-    if read_only_mount(real) {
-        return Ok(());
-    }
-    let what = if meta.is_dir() { "directory" } else { "file" };
-    let problem = match (owner_ok, writable) {
-        (false, true) => format!(
-            "is owned by uid {} and writable by its group or others (mode {:o})",
-            meta.uid(),
-            meta.mode() & 0o7777
-        ),
-        (false, false) => format!("is owned by uid {}, not root", meta.uid()),
-        _ => format!("is writable by its group or others (mode {:o})", meta.mode() & 0o7777),
-    };
-    Err(PolicyError::Insecure {
-        path: shown.to_path_buf(),
+}
+
+/// Someone other than root could change the configuration file, or a directory above it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}: refusing the configuration file: {} {problem}, and only root may be able to change \
+     what the daemon enforces; fix it with `chown root: {real} && chmod go-w {real}`",
+    path.display(),
+    if real == path { "it".to_string() } else { format!("{} above it", real.display()) },
+    real = real.display()
+)]
+pub struct Untrusted {
+    pub path: PathBuf,
+    pub real: PathBuf,
+    pub problem: String,
+}
+
+/// Checks that only root (or this process's user) can change the file at `path` and
+/// every directory above it (sticky ones like /tmp may be writable by others), as
+/// [`read_policy`] does for policy files. For the daemon's configuration file.
+pub fn check_trusted_file(path: &Path) -> Result<(), Untrusted> {
+    let untrusted = |real: &Path, problem| Untrusted {
+        path: path.to_path_buf(),
         real: real.to_path_buf(),
-        what,
         problem,
-    })
+    };
+    let read_failed =
+        |real: &Path, e: std::io::Error| untrusted(real, format!("cannot be read ({e})"));
+    let real = fs::canonicalize(path).map_err(|e| read_failed(path, e))?;
+    for (i, p) in real.ancestors().enumerate() {
+        let meta = fs::metadata(p).map_err(|e| read_failed(p, e))?;
+        if let Some(problem) = exposure(p, &meta, i > 0) {
+            return Err(untrusted(p, problem));
+        }
+    }
+    Ok(())
 }
 
 fn read_only_mount(path: &Path) -> bool {
@@ -362,5 +405,104 @@ mod tests {
             "{}: refusing the policy directory: it is writable",
             data.display()
         )));
+    }
+
+    #[test]
+    fn every_directory_up_to_the_root_is_checked() {
+        // A world-writable (not sticky) directory two levels above the policy directory.
+        let dir = TempDir::new("ancestors");
+        let policies = dir.0.join("a/b/policies");
+        fs::create_dir_all(&policies).expect("mkdir");
+        for d in [dir.0.join("a"), dir.0.join("a/b"), policies.clone()] {
+            chmod(&d, 0o755);
+        }
+        let file = policies.join("p.toml");
+        fs::write(&file, POLICY).expect("writing");
+        chmod(&file, 0o644);
+        assert!(read_policy(&policies, STRICT).is_ok());
+        chmod(&dir.0.join("a"), 0o777);
+        let refused = error(&policies, STRICT);
+        assert!(
+            refused.starts_with(&format!(
+                "{}: refusing the policy directory: it is writable by its group or others",
+                dir.0.join("a").display()
+            )),
+            "{refused}"
+        );
+        // Sticky above the policy directory, like /tmp, is fine.
+        chmod(&dir.0.join("a"), 0o1777);
+        assert!(read_policy(&policies, STRICT).is_ok());
+    }
+
+    /// A read-only bind mount of `dir` over `at`, undone on drop.
+    struct ReadOnlyBind(PathBuf);
+
+    impl ReadOnlyBind {
+        fn new(dir: &Path, at: &Path) -> Self {
+            use nix::mount::{MsFlags, mount};
+            fs::create_dir_all(at).expect("mount point");
+            mount(Some(dir), at, None::<&str>, MsFlags::MS_BIND, None::<&str>).expect("bind");
+            let bind = Self(at.to_path_buf());
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            mount(None::<&str>, at, None::<&str>, flags, None::<&str>).expect("read-only");
+            bind
+        }
+    }
+
+    impl Drop for ReadOnlyBind {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[test]
+    fn a_read_only_mount_relaxes_the_mode_but_not_the_owner() {
+        if !root("a_read_only_mount_relaxes_the_mode_but_not_the_owner") {
+            return;
+        }
+        let dir = TempDir::new("ro-source");
+        let file = dir.file("p.toml", 0o666);
+        chmod(&dir.0, 0o777);
+        let mounts = TempDir::new("ro-mount");
+        let at = mounts.0.join("policies");
+        let bind = ReadOnlyBind::new(&dir.0, &at);
+        // Root's files, world-writable modes, read-only here (a ConfigMap volume): read.
+        assert!(read_policy(&at, STRICT).is_ok());
+        // Another user's file: that user changes it through its own mount of it.
+        std::os::unix::fs::chown(&file, Some(65534), None).expect("chown");
+        let refused = error(&at, STRICT);
+        assert!(refused.contains("is owned by uid 65534"), "{refused}");
+        drop(bind);
+    }
+
+    #[test]
+    fn the_configuration_file_is_held_to_the_same_checks() {
+        let dir = TempDir::new("config");
+        let config = dir.file("xdp-policy.toml", 0o644);
+        assert!(check_trusted_file(&config).is_ok());
+        assert!(check_trusted_file(Path::new("/dev/null")).is_ok(), "an empty configuration");
+        chmod(&config, 0o664);
+        assert_eq!(
+            check_trusted_file(&config).expect_err("refused").to_string(),
+            format!(
+                "{p}: refusing the configuration file: it is writable by its group or others \
+                 (mode 664), and only root may be able to change what the daemon enforces; fix \
+                 it with `chown root: {p} && chmod go-w {p}`",
+                p = config.display()
+            )
+        );
+        chmod(&config, 0o644);
+        chmod(&dir.0, 0o777);
+        let refused = check_trusted_file(&config).expect_err("refused").to_string();
+        assert!(
+            refused.contains(&format!("{} above it is writable", dir.0.display())),
+            "{refused}"
+        );
+        if root("the_configuration_file_of_another_user") {
+            chmod(&dir.0, 0o755);
+            std::os::unix::fs::chown(&config, Some(65534), None).expect("chown");
+            let refused = check_trusted_file(&config).expect_err("refused").to_string();
+            assert!(refused.contains("it is owned by uid 65534, not root"), "{refused}");
+        }
     }
 }
