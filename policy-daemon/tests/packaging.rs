@@ -169,6 +169,8 @@ fn the_unit_runs_the_packaged_binary_with_least_privilege() {
     assert_eq!(one("ExecStartPre"), format!("+/bin/mkdir -p {}", config::DEFAULT_PIN_DIR));
     assert!(config::DEFAULT_PIN_DIR.starts_with("/sys/fs/bpf/"));
     assert_eq!(config::DEFAULT_STATE_DIR, "/run/xdp-policy");
+    // Room for the maps of many interfaces and the metrics endpoint's connections.
+    assert_eq!(one("LimitNOFILE"), "65536");
     // Bad configuration exits 64 (EX_USAGE): not worth restarting.
     assert_eq!(one("RestartPreventExitStatus"), "64");
 }
