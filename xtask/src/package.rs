@@ -266,7 +266,7 @@ fn unit_setting(unit: &str, key: &str) -> Result<String> {
 
 /// Example policy files as installed under the examples directory: every `*.toml` of
 /// `policies/` and of its subdirectories, relative to `policies/`.
-fn example_policies() -> Result<Vec<PathBuf>> {
+pub fn example_policies() -> Result<Vec<PathBuf>> {
     let root = workspace_root().join("policies");
     let mut found = Vec::new();
     let mut dirs = vec![root.clone()];
