@@ -127,7 +127,7 @@ fn build(dir: &Path, recipe: &str) -> Result<()> {
     let log = dir.with_extension("debootstrap.log");
     eprintln!(
         "xtask: systemd-test: debootstrap --variant={VARIANT} --include={INCLUDE} {SUITE} \
-         from {MIRROR} (about a minute; log in {})",
+         from {MIRROR} (about half a minute; log in {})",
         log.display()
     );
     let out = process::output_within(
