@@ -119,7 +119,8 @@ impl Container {
 
     fn wait_booted(&mut self) -> Result<()> {
         let deadline = Instant::now() + BOOT_TIMEOUT;
-        // systemctl answers nothing until systemd listens on its socket; then it waits.
+        // Until systemd has made /run/systemd/system, systemctl says "offline"; until it
+        // listens on its socket, nothing. Then --wait waits for the boot to finish.
         let state = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let out = self.output_within(&["systemctl", "is-system-running", "--wait"], left);
@@ -128,7 +129,7 @@ impl Container {
                 Err(e) => return Err(e.context(format!("booting:\n{}", self.console_tail()))),
             };
             let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if !state.is_empty() {
+            if !state.is_empty() && state != "offline" {
                 break state;
             }
             ensure!(
