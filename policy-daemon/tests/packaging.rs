@@ -155,14 +155,22 @@ fn the_unit_runs_the_packaged_binary_with_least_privilege() {
     assert_eq!(one("Type"), "notify");
     assert_eq!(one("NotifyAccess"), "main");
     assert_eq!(one("ExecStart"), "/usr/bin/xdp-policy run");
-    assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
+    // systemd sends SIGHUP itself: /bin/kill is procps's, which the package does not
+    // depend on and minimal systems lack.
+    assert_eq!(one("ExecReload"), "/bin/systemctl kill --kill-who=main --signal=SIGHUP %n");
     assert_eq!(one("CapabilityBoundingSet"), "CAP_BPF CAP_NET_ADMIN CAP_PERFMON");
     assert_eq!(one("AmbientCapabilities"), one("CapabilityBoundingSet"));
-    assert_eq!(one("ReadWritePaths"), "/sys/fs/bpf");
     assert_eq!(one("RuntimeDirectory"), "xdp-policy");
-    // The daemon's defaults live where the unit lets it write.
+    // The daemon's defaults live where the unit lets it write. ProtectKernelTunables=
+    // makes /sys/fs/bpf read-only and only a path below it can be made writable again:
+    // the pin directory itself, made before the namespace is set up.
+    assert_eq!(one("ProtectKernelTunables"), "yes");
+    assert_eq!(one("ReadWritePaths"), format!("-{}", config::DEFAULT_PIN_DIR));
+    assert_eq!(one("ExecStartPre"), format!("+/bin/mkdir -p {}", config::DEFAULT_PIN_DIR));
     assert!(config::DEFAULT_PIN_DIR.starts_with("/sys/fs/bpf/"));
     assert_eq!(config::DEFAULT_STATE_DIR, "/run/xdp-policy");
+    // Room for the maps of many interfaces and the metrics endpoint's connections.
+    assert_eq!(one("LimitNOFILE"), "65536");
     // Bad configuration exits 64 (EX_USAGE): not worth restarting.
     assert_eq!(one("RestartPreventExitStatus"), "64");
 }

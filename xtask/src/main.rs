@@ -7,6 +7,7 @@ mod build;
 mod fuzz;
 mod package;
 mod setup;
+mod systemd;
 
 use std::process::ExitCode;
 
@@ -34,7 +35,8 @@ enum Command {
     /// rustfmt check and clippy (userspace and eBPF), warnings denied.
     Lint,
     /// Set up if needed, build, and run every test layer (unit, policies, kernel, veth),
-    /// then a short fuzz run of each target (unless test arguments are given).
+    /// then the package under systemd (`systemd-test`) and a short fuzz run of each target
+    /// (these two unless test arguments are given).
     Test {
         /// Extra arguments for `cargo test` (a test name filter, `--nocapture`, …).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -58,6 +60,16 @@ enum Command {
         /// Arguments for the bench (`--quick`, `--only prog,drop,control`, `--help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the Debian package, then install and run it on a booted Debian 12 under its
+    /// real systemd 252 (debootstrap, systemd-nspawn), checked against the journal and the
+    /// wire; purge it. Needs root. `cargo xtask test` ends with this layer.
+    SystemdTest,
+    /// The systemd layer's listener, run by it inside the container's network namespace.
+    #[command(hide = true)]
+    SystemdTestListen {
+        #[arg(long = "port")]
+        ports: Vec<u16>,
     },
     /// Build the Debian package (release build, eBPF object embedded); print its path.
     Package {
@@ -98,9 +110,10 @@ fn run(command: Command) -> Result<()> {
         Command::Test { args } => {
             let toolchain = setup::ensure()?;
             build::test(&toolchain, &args)?;
-            // The whole suite ends with a short fuzz run; a filtered run (test names,
-            // flags) is about those tests only.
+            // The whole suite ends with the package booted under systemd and a short fuzz
+            // run; a filtered run (test names, flags) is about those tests only.
             if args.is_empty() {
+                systemd_layer(&toolchain)?;
                 setup::ensure_fuzzing()?;
                 fuzz::run(&toolchain, TEST_FUZZ_SECONDS, None)?;
             }
@@ -120,6 +133,12 @@ fn run(command: Command) -> Result<()> {
             setup::ensure_bench()?;
             build::bench(&toolchain, &args)
         }
+        Command::SystemdTest => {
+            let toolchain = setup::ensure()?;
+            let deb = package::build(&toolchain)?;
+            systemd::test(&deb)
+        }
+        Command::SystemdTestListen { ports } => systemd::wire::listen(&ports),
         Command::Package { verify } => {
             let toolchain = setup::ensure()?;
             let deb = package::build(&toolchain)?;
@@ -127,4 +146,17 @@ fn run(command: Command) -> Result<()> {
             if verify { package::verify(&deb) } else { Ok(()) }
         }
     }
+}
+
+/// The systemd layer within `test`: it boots a container, so it needs root, which only CI
+/// insists on (a privileged test never skips there).
+fn systemd_layer(toolchain: &setup::Toolchain) -> Result<()> {
+    if !setup::is_root() && std::env::var_os("CI").is_none() {
+        eprintln!(
+            "xtask: skipping the systemd layer (systemd-test): it boots a container, run as root"
+        );
+        return Ok(());
+    }
+    let deb = package::build(toolchain)?;
+    systemd::test(&deb)
 }

@@ -2,11 +2,14 @@
 //! eBPF object. cargo-deb runs with `--no-build`: a build of its own would not set
 //! `XDP_POLICY_EBPF_OBJECT` and could embed no program at all.
 //!
-//! `--verify` installs the package on this machine, checks what it installed, that the
-//! binary runs, checks policies and attaches with only the unit's capabilities, and that
-//! `systemd-analyze verify` finds nothing to say about the unit; then purges it and checks
-//! that nothing is left. Every change to the machine is undone by a guard, also when a
-//! check fails.
+//! `--verify` checks what the systemd layer (`crate::systemd`, run by `cargo xtask test`
+//! and `cargo xtask systemd-test`) does not: the installed binary outside systemd. It
+//! installs the package on this machine, runs `--version` and `check` on the installed
+//! examples, checks that `run` with the shipped configuration exits 64, and attaches on a
+//! veth with only the unit's capabilities and no systemd sandbox around it, as the
+//! Kubernetes DaemonSet runs it; then purges it. What the package installs, the unit
+//! under systemd, and what purging leaves are the systemd layer's. Every change to the
+//! machine is undone by a guard, also when a check fails.
 
 use std::{
     fs,
@@ -29,12 +32,7 @@ const DEB_NAME: &str = "xdp-policy";
 const BINARY: &str = "/usr/bin/xdp-policy";
 const UNIT: &str = "/usr/lib/systemd/system/xdp-policy.service";
 const CONFIG: &str = "/etc/xdp-policy/xdp-policy.toml";
-const CONFIG_DIR: &str = "/etc/xdp-policy";
-const POLICY_DIR: &str = "/etc/xdp-policy/policies.d";
-const DOC_DIR: &str = "/usr/share/doc/xdp-policy";
 const EXAMPLES_DIR: &str = "/usr/share/doc/xdp-policy/examples";
-/// Where `systemctl enable` would put the unit: must not exist after installing.
-const ENABLED_LINK: &str = "/etc/systemd/system/multi-user.target.wants/xdp-policy.service";
 /// How long the installed daemon may take from start to attached.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long it may take to exit after SIGTERM.
@@ -65,7 +63,8 @@ pub fn build(toolchain: &Toolchain) -> Result<PathBuf> {
     Ok(deb)
 }
 
-/// Installs `deb`, checks it, purges it. Needs root, and a machine without the package.
+/// Installs `deb`, checks the binary outside systemd, purges it. Needs root, and a
+/// machine without the package.
 pub fn verify(deb: &Path) -> Result<()> {
     ensure!(setup::is_root(), "verifying the package installs it with dpkg: run as root");
     if is_installed() {
@@ -75,36 +74,8 @@ pub fn verify(deb: &Path) -> Result<()> {
              what you want"
         );
     }
-    let examples = example_policies()?;
     eprintln!("xtask: verify: dpkg -i {}", deb.display());
     let installed = Installed::new(deb)?;
-
-    let mut expected = vec![
-        PathBuf::from(BINARY),
-        UNIT.into(),
-        CONFIG.into(),
-        Path::new(DOC_DIR).join("README.md"),
-        Path::new(DOC_DIR).join("copyright"),
-    ];
-    expected.extend(examples.iter().map(|e| Path::new(EXAMPLES_DIR).join(e)));
-    for path in &expected {
-        ensure!(path.is_file(), "{} is not installed", path.display());
-    }
-    let policy_dir: Vec<_> = fs::read_dir(POLICY_DIR)
-        .with_context(|| format!("{POLICY_DIR} is not installed"))?
-        .collect();
-    ensure!(policy_dir.is_empty(), "{POLICY_DIR} is not empty: {policy_dir:?}");
-    let conffiles = capture(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", DEB_NAME]))?;
-    ensure!(conffiles.contains(CONFIG), "{CONFIG} is not a conffile: {conffiles:?}");
-    ensure!(
-        fs::symlink_metadata(ENABLED_LINK).is_err(),
-        "installing enabled the service ({ENABLED_LINK} exists)"
-    );
-    eprintln!(
-        "xtask: verify: {} files installed, {POLICY_DIR} empty, {CONFIG} a conffile, \
-         service not enabled",
-        expected.len()
-    );
 
     let version = capture(Command::new(BINARY).arg("--version"))?;
     let want = format!("xdp-policy {}", env!("CARGO_PKG_VERSION"));
@@ -126,47 +97,12 @@ pub fn verify(deb: &Path) -> Result<()> {
     );
     eprintln!("xtask: verify: {}; check of the examples passes; {CONFIG} parses", version.trim());
 
-    verify_unit()?;
     attach_with_unit_capabilities()?;
 
     eprintln!("xtask: verify: dpkg --purge {DEB_NAME}");
     installed.purge()?;
-    let mut left: Vec<_> = expected.iter().filter(|p| p.exists()).collect();
-    let dirs = [PathBuf::from(CONFIG_DIR), DOC_DIR.into()];
-    left.extend(dirs.iter().filter(|p| p.exists()));
-    ensure!(left.is_empty(), "purging left {left:?}");
     ensure!(!is_installed(), "dpkg still lists {DEB_NAME} after the purge");
-    eprintln!("xtask: verify: purged, nothing left; the package is good");
-    Ok(())
-}
-
-/// `systemd-analyze verify` exits 0 even for unknown settings and unparsable values, and
-/// only warns: any line about the unit is a failure.
-fn verify_unit() -> Result<()> {
-    let out = output(Command::new("systemd-analyze").args(["verify", UNIT]))?;
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let about_unit: Vec<&str> = text.lines().filter(|l| l.contains("xdp-policy")).collect();
-    ensure!(
-        out.status.success() && about_unit.is_empty(),
-        "systemd-analyze verify {UNIT} ({}):\n{text}",
-        out.status
-    );
-    if !text.trim().is_empty() {
-        eprintln!("xtask: verify: systemd-analyze said, about other units:\n{text}");
-    }
-    let security = output(Command::new("systemd-analyze").args([
-        "security",
-        "--offline=yes",
-        "--no-pager",
-        UNIT,
-    ]))?;
-    let exposure = String::from_utf8_lossy(&security.stdout)
-        .lines()
-        .find(|l| l.contains("Overall exposure level"))
-        .map(|l| l.trim_start_matches(|c: char| !c.is_alphanumeric()).to_string())
-        .unwrap_or_else(|| "no exposure level printed".into());
-    eprintln!("xtask: verify: systemd-analyze verify {UNIT}: clean; {exposure}");
+    eprintln!("xtask: verify: purged; the binary is good (the systemd layer checks the rest)");
     Ok(())
 }
 
@@ -266,7 +202,7 @@ fn unit_setting(unit: &str, key: &str) -> Result<String> {
 
 /// Example policy files as installed under the examples directory: every `*.toml` of
 /// `policies/` and of its subdirectories, relative to `policies/`.
-fn example_policies() -> Result<Vec<PathBuf>> {
+pub fn example_policies() -> Result<Vec<PathBuf>> {
     let root = workspace_root().join("policies");
     let mut found = Vec::new();
     let mut dirs = vec![root.clone()];

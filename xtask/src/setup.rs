@@ -30,6 +30,11 @@ const PACKAGING_DEBIAN_PACKAGES: [&str; 3] = ["dpkg-dev", "binutils", "systemd"]
 /// nftables, ethtool (veth statistics, GRO) and a font for the plots' text.
 const BENCH_DEBIAN_PACKAGES: [&str; 5] =
     ["xdp-tools", "iptables", "nftables", "ethtool", "fonts-dejavu-core"];
+/// Debian packages the systemd layer needs: debootstrap for the root file system (and
+/// Debian's keyring, which it checks the mirror's signature with), systemd-nspawn to boot
+/// it.
+const SYSTEMD_TEST_DEBIAN_PACKAGES: [&str; 3] =
+    ["debootstrap", "debian-archive-keyring", "systemd-container"];
 /// cargo-deb release line; 3.x builds with rustc 1.85 and later.
 const CARGO_DEB_VERSION: &str = "3.8";
 /// cargo-fuzz release line for `cargo xtask fuzz`; 0.13 builds with rustc 1.95 (it is
@@ -75,6 +80,9 @@ pub fn run() -> Result<Toolchain> {
     step("Debian packages for packaging", || install_debian_packages(&PACKAGING_DEBIAN_PACKAGES))?;
     step("cargo-deb", install_cargo_deb)?;
     step("cargo-fuzz", install_cargo_fuzz)?;
+    step("Debian packages for the systemd layer", || {
+        install_debian_packages(&SYSTEMD_TEST_DEBIAN_PACKAGES)
+    })?;
     step("Debian packages for the benchmarks", || install_debian_packages(&BENCH_DEBIAN_PACKAGES))?;
     eprintln!("xtask: setup complete (eBPF toolchain: {})", toolchain.name);
     Ok(toolchain)
@@ -99,6 +107,18 @@ pub fn ensure_fuzzing() -> Result<()> {
     }
     eprintln!("xtask: cargo-fuzz is missing; installing it");
     step("cargo-fuzz", install_cargo_fuzz)
+}
+
+/// What the systemd layer needs beyond the package: checked quietly, installed when
+/// something is missing.
+pub fn ensure_systemd_test() -> Result<()> {
+    if missing_debian_packages(&SYSTEMD_TEST_DEBIAN_PACKAGES)?.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: the systemd layer's tools are incomplete; installing them");
+    step("Debian packages for the systemd layer", || {
+        install_debian_packages(&SYSTEMD_TEST_DEBIAN_PACKAGES)
+    })
 }
 
 /// What `cargo xtask bench` needs beyond the build: the incumbents and tools it runs.
