@@ -139,6 +139,9 @@ pub struct ExplainArgs {
     /// ICMP or ICMPv6 type [default: echo request].
     #[arg(long, value_name = "TYPE")]
     pub icmp_type: Option<u8>,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args)]
@@ -371,7 +374,12 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Explain(args) => {
             let (pin_dir, state_dir) = args.places.resolve()?;
             let probe = explain_probe(&args)?;
-            print!("{}", pinned::explain(&pin_dir, &state_dir, &args.iface, &probe)?);
+            let explanation = pinned::explain(&pin_dir, &state_dir, &args.iface, &probe)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&explanation).unwrap_or_default());
+            } else {
+                print!("{}", pinned::render_explanation(&explanation));
+            }
             Ok(())
         }
         Command::Events(args) => events(&args).await,

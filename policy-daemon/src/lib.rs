@@ -11,16 +11,16 @@
 //! - [`safety`]: the SSH lock-out check before a policy is applied.
 //! - [`state`]: the per-interface state file beside the pinned maps.
 //! - [`metrics`]: the Prometheus endpoint: per-rule and per-verdict counters, reloads.
-//! - [`testbed`]: throw-away network namespaces for the demo and the end-to-end tests.
+//! - [`packet`]: the frame builder (`explain`, the kernel tests, the bench).
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod metrics;
+pub mod packet;
 pub mod pinned;
 pub mod policy;
 pub mod reload;
 pub mod safety;
 pub mod state;
-pub mod testbed;

@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::{
     dataplane::pins::Pins,
+    packet,
     policy::{
         self,
         reference::{self, IpPacket, L4, Parsed},
@@ -49,8 +50,12 @@ pub enum PinnedError {
     Pins(#[from] crate::dataplane::pins::PinError),
     #[error(transparent)]
     State(#[from] state::StateError),
-    #[error("{0}")]
-    Packet(String),
+    #[error("explain builds whole packets, not fragments")]
+    FragmentProbe,
+    #[error("the source and the destination address must both be IPv4 or both IPv6")]
+    MixedFamilies,
+    #[error("{count} interfaces are pinned: name one")]
+    WhichInterface { count: usize },
     #[error(
         "no xdp-policy daemon holds the filter of {iface}, so nothing holds the compiled \
          policy to compare its maps with: start the daemon (`xdp-policy run`; it writes the \
@@ -304,74 +309,73 @@ pub struct Probe {
     pub l4: L4,
 }
 
-/// An Ethernet frame carrying `probe` (checksums zero: the program does not check them).
+/// An Ethernet frame carrying `probe`.
 pub fn frame(probe: &Probe) -> Result<Vec<u8>, PinnedError> {
-    let l4: Vec<u8> = match probe.l4 {
-        L4::Tcp { src_port, dst_port } => {
-            let mut h = vec![0; 20];
-            h[0..2].copy_from_slice(&src_port.to_be_bytes());
-            h[2..4].copy_from_slice(&dst_port.to_be_bytes());
-            h[12] = 5 << 4;
-            h[13] = 0x02; // SYN
-            h
-        }
-        L4::Udp { src_port, dst_port } => {
-            let mut h = vec![0; 8];
-            h[0..2].copy_from_slice(&src_port.to_be_bytes());
-            h[2..4].copy_from_slice(&dst_port.to_be_bytes());
-            h[4..6].copy_from_slice(&8u16.to_be_bytes());
-            h
-        }
-        L4::Icmp { icmp_type } | L4::Icmpv6 { icmp_type } => vec![icmp_type, 0, 0, 0, 0, 0, 0, 0],
-        L4::Other { .. } => vec![0; 8],
-        L4::Fragment { .. } => {
-            return Err(PinnedError::Packet("explain builds whole packets, not fragments".into()));
-        }
+    let (l4, src_port) = match probe.l4 {
+        L4::Tcp { src_port, dst_port } => (packet::tcp(dst_port), src_port),
+        L4::Udp { src_port, dst_port } => (packet::udp(dst_port), src_port),
+        L4::Icmp { icmp_type } => (packet::icmp(icmp_type), 0),
+        L4::Icmpv6 { icmp_type } => (packet::icmpv6(icmp_type), 0),
+        L4::Other { proto } => (packet::L4::Other { proto }, 0),
+        L4::Fragment { .. } => return Err(PinnedError::FragmentProbe),
     };
-    let proto = match probe.l4 {
-        L4::Tcp { .. } => 6,
-        L4::Udp { .. } => 17,
-        L4::Icmp { .. } => 1,
-        L4::Icmpv6 { .. } => 58,
-        L4::Other { proto } => proto,
-        L4::Fragment { .. } => 0,
+    let packet = match (probe.src, probe.dst) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => packet::Packet::ipv4(l4),
+        (IpAddr::V6(_), IpAddr::V6(_)) => packet::Packet::ipv6(l4),
+        _ => return Err(PinnedError::MixedFamilies),
     };
-    let mut out = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
-    match (probe.src, probe.dst) {
-        (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            out.extend_from_slice(&0x0800u16.to_be_bytes());
-            out.extend_from_slice(&[0x45, 0]);
-            out.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-            out.extend_from_slice(&[0, 0, 0, 0, 64, proto, 0, 0]);
-            out.extend_from_slice(&src.octets());
-            out.extend_from_slice(&dst.octets());
-        }
-        (IpAddr::V6(src), IpAddr::V6(dst)) => {
-            out.extend_from_slice(&0x86ddu16.to_be_bytes());
-            out.extend_from_slice(&[0x60, 0, 0, 0]);
-            out.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-            out.extend_from_slice(&[proto, 64]);
-            out.extend_from_slice(&src.octets());
-            out.extend_from_slice(&dst.octets());
-        }
-        _ => {
-            return Err(PinnedError::Packet(
-                "--src and --dst must both be IPv4 or both IPv6".into(),
-            ));
-        }
-    }
-    out.extend_from_slice(&l4);
-    Ok(out)
+    Ok(packet.src_ip(probe.src).dst_ip(probe.dst).src_port(src_port).build())
+}
+
+/// What `explain` found out about one packet.
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    /// The packet, as a person would write it ("tcp 192.0.2.7 -> 198.51.100.1 (ports …)").
+    pub packet: String,
+    pub iface: String,
+    /// What the live program did with it.
+    pub live: LiveOutcome,
+    /// What the reference classifier says from the policy files in force, if there is a
+    /// policy to read.
+    pub reference: Option<ReferenceOutcome>,
+    /// Why there is no reference outcome, if there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_missing: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LiveOutcome {
+    /// `DROP`, `PASS`, or `other`.
+    pub action: &'static str,
+    /// The verdict counters the run moved (usually one; traffic on the interface may
+    /// move others at the same moment).
+    pub verdicts: Vec<&'static str>,
+    /// The rules whose counters it moved.
+    pub rules: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReferenceOutcome {
+    pub policy: PathBuf,
+    /// `DROP` or `PASS`.
+    pub action: &'static str,
+    pub verdict: &'static str,
+    /// The deciding rule and where it is written, if a rule decided.
+    pub rule: Option<String>,
+    pub location: Option<String>,
+    /// The policy files changed since they were applied: the reference read them as they
+    /// are now.
+    pub changed_since_applied: bool,
 }
 
 /// Runs `probe` through the live program of `iface` and through the reference
-/// classifier over the policy files; returns the report.
+/// classifier over the policy files in force.
 pub fn explain(
     pin_dir: &Path,
     state_dir: &Path,
     iface: &str,
     probe: &Probe,
-) -> Result<String, PinnedError> {
+) -> Result<Explanation, PinnedError> {
     let pins = Pins::new(pin_dir, iface);
     if !pins.program().exists() {
         return Err(PinnedError::NotPinned {
@@ -410,65 +414,82 @@ pub fn explain(
     // ones that moved, and usually the only ones.
     let moved =
         |b: &[u64], a: &[u64]| -> Vec<usize> { (0..a.len()).filter(|i| a[*i] > b[*i]).collect() };
-    let verdicts: Vec<&str> =
-        moved(&before.0, &after.0).iter().map(|i| Verdict::ALL[*i].name()).collect();
-    let rule_names: Vec<&str> =
-        moved(&before.1, &after.1).iter().map(|i| rules[*i].name.as_str()).collect();
-    let action = match result.return_value {
-        XDP_DROP => "DROP",
-        XDP_PASS => "PASS",
-        _ => "other",
-    };
-    let mut out = format!(
-        "packet: {} {} -> {}{}\n",
-        describe_l4(&probe.l4),
-        probe.src,
-        probe.dst,
-        ports(&probe.l4)
-    );
-    out.push_str(&format!(
-        "live program on {iface}: {action}, verdict {}, rule {}\n",
-        verdicts.join(" or "),
-        if rule_names.is_empty() {
-            "none (no rule matched)".to_string()
-        } else {
-            rule_names.join(" or ")
-        }
-    ));
-    match &state {
-        None => match state_error {
-            Some(e) => out.push_str(&format!(
-                "reference: state file ignored ({e}), so no policy to compare with\n"
-            )),
-            None => out.push_str("reference: no state file, so no policy to compare with\n"),
+    let live = LiveOutcome {
+        action: match result.return_value {
+            XDP_DROP => "DROP",
+            XDP_PASS => "PASS",
+            _ => "other",
         },
-        Some(state) => match policy::load(&state.policy) {
-            Err(e) => out.push_str(&format!(
-                "reference: the policy at {} does not load now:\n{e}\n",
-                state.policy.display()
-            )),
+        verdicts: moved(&before.0, &after.0).iter().map(|i| Verdict::ALL[*i].name()).collect(),
+        rules: moved(&before.1, &after.1).iter().map(|i| rules[*i].name.clone()).collect(),
+    };
+    let (reference, reference_missing) = match (&state, state_error) {
+        (None, Some(e)) => {
+            (None, Some(format!("state file ignored ({e}), so no policy to compare with")))
+        }
+        (None, None) => (None, Some("no state file, so no policy to compare with".to_string())),
+        (Some(state), _) => match policy::load(&state.policy) {
+            Err(e) => (
+                None,
+                Some(format!("the policy at {} does not load now:\n{e}", state.policy.display())),
+            ),
             Ok(policy) => {
                 let outcome = reference::classify(
                     &policy,
                     &Parsed::Ip(IpPacket { src: probe.src, dst: probe.dst, l4: probe.l4 }),
                 );
-                let rule = outcome.rule.map_or("none (no rule matched)".to_string(), |i| {
-                    let r = &policy.rules[i];
-                    format!("{} ({})", r.name, r.location)
-                });
-                out.push_str(&format!(
-                    "reference ({}): {}, verdict {}, rule {rule}\n",
-                    state.policy.display(),
-                    if outcome.verdict.drops() { "DROP" } else { "PASS" },
-                    outcome.verdict.name()
-                ));
-                if policy.hash != state.policy_hash {
-                    out.push_str("note: the policy files changed since they were applied; the reference reads them as they are now\n");
-                }
+                let rule = outcome.rule.map(|i| &policy.rules[i]);
+                let reference = ReferenceOutcome {
+                    policy: state.policy.clone(),
+                    action: if outcome.verdict.drops() { "DROP" } else { "PASS" },
+                    verdict: outcome.verdict.name(),
+                    rule: rule.map(|r| r.name.clone()),
+                    location: rule.map(|r| r.location.to_string()),
+                    changed_since_applied: policy.hash != state.policy_hash,
+                };
+                (Some(reference), None)
             }
         },
+    };
+    let packet =
+        format!("{} {} -> {}{}", describe_l4(&probe.l4), probe.src, probe.dst, ports(&probe.l4));
+    Ok(Explanation { packet, iface: iface.to_string(), live, reference, reference_missing })
+}
+
+/// `explain` as text.
+pub fn render_explanation(e: &Explanation) -> String {
+    let mut out = format!("packet: {}\n", e.packet);
+    let rules = if e.live.rules.is_empty() {
+        "none (no rule matched)".to_string()
+    } else {
+        e.live.rules.join(" or ")
+    };
+    out.push_str(&format!(
+        "live program on {}: {}, verdict {}, rule {rules}\n",
+        e.iface,
+        e.live.action,
+        e.live.verdicts.join(" or ")
+    ));
+    match (&e.reference, &e.reference_missing) {
+        (Some(r), _) => {
+            let rule = match (&r.rule, &r.location) {
+                (Some(rule), Some(at)) => format!("{rule} ({at})"),
+                _ => "none (no rule matched)".to_string(),
+            };
+            out.push_str(&format!(
+                "reference ({}): {}, verdict {}, rule {rule}\n",
+                r.policy.display(),
+                r.action,
+                r.verdict
+            ));
+            if r.changed_since_applied {
+                out.push_str("note: the policy files changed since they were applied; the reference reads them as they are now\n");
+            }
+        }
+        (None, Some(why)) => out.push_str(&format!("reference: {why}\n")),
+        (None, None) => {}
     }
-    Ok(out)
+    out
 }
 
 fn describe_l4(l4: &L4) -> String {
@@ -564,10 +585,7 @@ impl EventSource {
             (Some(iface), _) => (iface.to_string(), Pins::new(pin_dir, iface)),
             (None, [(iface, pins)]) => (iface.clone(), pins.clone()),
             (None, _) => {
-                return Err(PinnedError::Packet(format!(
-                    "{} interfaces are pinned: name one with --iface",
-                    all.len()
-                )));
+                return Err(PinnedError::WhichInterface { count: all.len() });
             }
         };
         if !pins.linked() {

@@ -17,13 +17,10 @@ use std::{
 };
 
 use policy_common::Verdict;
-use policy_daemon::{
-    cli::XdpModeArg,
-    dataplane::{AttachMode, error_chain},
-    testbed::{
-        CounterTable, Daemon, DaemonOutput, PingOutcome, RX_V4, RX_V6, TcpOutcome, Testbed,
-        TestbedError, UdpOutcome,
-    },
+use policy_daemon::dataplane::error_chain;
+use testbed::{
+    AttachMode, Counters, Daemon, DaemonOutput, PingOutcome, RX_V4, RX_V6, TcpOutcome, Testbed,
+    TestbedError, UdpOutcome, XdpMode,
 };
 
 use support::serial;
@@ -134,13 +131,13 @@ fn render(rows: &[Row]) -> String {
     out
 }
 
-fn start<'tb>(testbed: &'tb Testbed, mode: XdpModeArg) -> Daemon<'tb> {
+fn start<'tb>(testbed: &'tb Testbed, mode: XdpMode) -> Daemon<'tb> {
     testbed
         .start_daemon(Path::new(DAEMON), &policy(), mode)
         .unwrap_or_else(|e| panic!("expected xdp-policy to attach, but: {}", error_chain(&e)))
 }
 
-fn stop(daemon: Daemon<'_>) -> (DaemonOutput, CounterTable) {
+fn stop(testbed: &Testbed, daemon: Daemon<'_>) -> (DaemonOutput, Counters) {
     let output = daemon
         .stop()
         .unwrap_or_else(|e| panic!("expected xdp-policy to stop on SIGTERM: {}", error_chain(&e)));
@@ -150,9 +147,9 @@ fn stop(daemon: Daemon<'_>) -> (DaemonOutput, CounterTable) {
         output.status,
         output.stderr
     );
-    let counters = output
-        .counters()
-        .unwrap_or_else(|e| panic!("expected a counter table: {}", error_chain(&e)));
+    let counters = testbed
+        .counters(Path::new(DAEMON))
+        .unwrap_or_else(|e| panic!("expected the counters: {}", error_chain(&e)));
     (output, counters)
 }
 
@@ -161,7 +158,7 @@ fn stop(daemon: Daemon<'_>) -> (DaemonOutput, CounterTable) {
 fn behaviour_table(
     testbed: &Testbed,
     dst: IpAddr,
-    mode: XdpModeArg,
+    mode: XdpMode,
     expect_mode: AttachMode,
 ) -> DaemonOutput {
     let daemon = start(testbed, mode);
@@ -175,7 +172,7 @@ fn behaviour_table(
         .iter()
         .map(|&(p, expect, why)| Row { probe: p, expect, why, seen: probe(testbed, dst, p) })
         .collect();
-    let (output, counters) = stop(daemon);
+    let (output, counters) = stop(testbed, daemon);
     let table = render(&rows);
     let context =
         format!("probes to {dst}:\n{table}counters:\n{}log:\n{}", output.stdout, output.stderr);
@@ -220,7 +217,7 @@ fn behaviour_table(
     output
 }
 
-fn edge_deny_list(test: &str, dst: IpAddr, mode: XdpModeArg, expect_mode: AttachMode) {
+fn edge_deny_list(test: &str, dst: IpAddr, mode: XdpMode, expect_mode: AttachMode) {
     let Some(_serial) = serial(test) else { return };
     let testbed = Testbed::new()
         .unwrap_or_else(|e| panic!("expected the testbed to set up: {}", error_chain(&e)));
@@ -232,7 +229,7 @@ macro_rules! edge_deny_list_tests {
     ($($test:ident: $dst:expr, $mode:ident;)*) => {$(
         #[test]
         fn $test() {
-            edge_deny_list(stringify!($test), $dst, XdpModeArg::$mode, AttachMode::$mode);
+            edge_deny_list(stringify!($test), $dst, XdpMode::$mode, AttachMode::$mode);
         }
     )*};
 }
@@ -253,7 +250,7 @@ fn auto_mode_falls_back_to_skb_when_the_peer_mtu_is_too_large_for_native() {
     };
     let testbed = Testbed::with_tx_mtu(JUMBO_MTU)
         .unwrap_or_else(|e| panic!("expected the testbed to set up: {}", error_chain(&e)));
-    let output = behaviour_table(&testbed, IpAddr::V4(RX_V4), XdpModeArg::Auto, AttachMode::Skb);
+    let output = behaviour_table(&testbed, IpAddr::V4(RX_V4), XdpMode::Auto, AttachMode::Skb);
     assert!(
         output.stderr.contains("falling back to skb"),
         "expected the log to say that native XDP was refused and skb mode used; log:\n{}",
@@ -269,7 +266,7 @@ fn native_mode_fails_with_erange_when_the_peer_mtu_is_too_large() {
     };
     let testbed = Testbed::with_tx_mtu(JUMBO_MTU)
         .unwrap_or_else(|e| panic!("expected the testbed to set up: {}", error_chain(&e)));
-    match testbed.start_daemon(Path::new(DAEMON), &policy(), XdpModeArg::Native) {
+    match testbed.start_daemon(Path::new(DAEMON), &policy(), XdpMode::Native) {
         Err(TestbedError::DaemonExited { status, stderr, .. }) => {
             assert!(
                 !status.success(),

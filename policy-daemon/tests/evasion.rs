@@ -36,17 +36,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use policy_daemon::{
-    cli::XdpModeArg,
-    dataplane::{AttachMode, error_chain},
-    testbed::{
-        ATTACH_TIMEOUT, CounterTable, RX_IFACE, RX_V4, RX_V6, TX_IFACE, TX_V4, TX_V6, Testbed,
-    },
-};
+use policy_daemon::dataplane::error_chain;
 use support::{
     crafted::{self, BLOCKED_PORT, Family, Kind, OPEN_PORT, Params, Shot, Target},
     packet::{ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP},
     serial,
+};
+use testbed::{
+    ATTACH_TIMEOUT, AttachMode, Counters, RX_IFACE, RX_V4, RX_V6, TX_IFACE, TX_V4, TX_V6, Testbed,
+    XdpMode,
 };
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_xdp-policy");
@@ -433,16 +431,11 @@ struct ModeRun {
     /// Per phase, whether each shot was delivered.
     delivered: [Vec<bool>; 3],
     /// Per phase with a daemon, the verdict counts it printed when it stopped.
-    counters: Vec<(Phase, CounterTable)>,
+    counters: Vec<(Phase, Counters)>,
     seconds: f64,
 }
 
-fn run_mode(
-    mode: XdpModeArg,
-    expect: AttachMode,
-    first_epoch: u16,
-    policies: &Policies,
-) -> ModeRun {
+fn run_mode(mode: XdpMode, expect: AttachMode, first_epoch: u16, policies: &Policies) -> ModeRun {
     let start = Instant::now();
     let testbed = Testbed::new()
         .unwrap_or_else(|e| panic!("expected the testbed to set up: {}", error_chain(&e)));
@@ -480,9 +473,9 @@ fn run_mode(
                 output.status,
                 output.stderr
             );
-            let table = output
-                .counters()
-                .unwrap_or_else(|e| panic!("expected a counter table: {}", error_chain(&e)));
+            let table = testbed
+                .counters(Path::new(DAEMON))
+                .unwrap_or_else(|e| panic!("expected the counters: {}", error_chain(&e)));
             counters.push((phase, table));
             detach(&testbed);
         }
@@ -628,7 +621,7 @@ fn crafted_packets_the_linux_stack_delivers_never_get_past_the_filter() {
         return;
     };
     let policies = Policies::write();
-    let modes = [(XdpModeArg::Native, AttachMode::Native), (XdpModeArg::Skb, AttachMode::Skb)];
+    let modes = [(XdpMode::Native, AttachMode::Native), (XdpMode::Skb, AttachMode::Skb)];
     let runs: Vec<ModeRun> = modes
         .into_iter()
         .enumerate()

@@ -24,11 +24,8 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use policy_daemon::{
-    cli::XdpModeArg,
-    testbed::{RX_IFACE, RX_V4, RX_V6, Testbed},
-};
 use support::{DAEMON, NotifySocket, PolicyFile, attached_program, scrape, serial, xdp_policy};
+use testbed::{RX_IFACE, RX_V4, RX_V6, Testbed, XdpMode};
 
 /// A rule dropping UDP to `port`.
 fn drop_udp(name: &str, port: u16) -> String {
@@ -126,7 +123,7 @@ fn a_failed_start_pins_nothing_and_unlinked_maps_are_never_trusted() {
     assert!(!pin_dir.join(RX_IFACE).exists(), "refused: nothing pinned, no directory");
 
     // Maps pinned without a link: a filter enforced `drops`, then its link pin went.
-    testbed.start_daemon(Path::new(DAEMON), &drops.0, XdpModeArg::Skb).expect("daemon").kill9();
+    testbed.start_daemon(Path::new(DAEMON), &drops.0, XdpMode::Skb).expect("daemon").kill9();
     assert_eq!(received(&testbed, 53), 0);
     fs::remove_file(pin_dir.join(RX_IFACE).join("link")).expect("unpinning the link");
     eventually("the unpinned filter goes", Duration::from_secs(5), || {
@@ -141,7 +138,7 @@ fn a_failed_start_pins_nothing_and_unlinked_maps_are_never_trusted() {
             drop_udp("other", 54)
         ),
     );
-    let daemon = testbed.start_daemon(Path::new(DAEMON), &pass.0, XdpModeArg::Skb).expect("daemon");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &pass.0, XdpMode::Skb).expect("daemon");
     daemon.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
     assert!(daemon.log().contains("removed pins of a filter that was never attached"));
     assert_eq!(received(&testbed, 53), 5, "the pass rule for UDP 53 is in force");
@@ -169,8 +166,7 @@ fn an_adopting_daemon_writes_both_generations_before_it_trusts_them() {
     };
     let policy = PolicyFile::new("adopt", &from("198.18.0.0/16", "lab"));
     let testbed = Testbed::new().expect("testbed");
-    let first =
-        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    let first = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
     first.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
     assert_eq!(received(&testbed, 7001), 0, "198.18.0.1 is in the dropped /16");
     policy.write(&drop_udp("port", 7003));
@@ -179,8 +175,7 @@ fn an_adopting_daemon_writes_both_generations_before_it_trusts_them() {
     first.kill9();
 
     policy.write(&drop_udp("port", 7004));
-    let second =
-        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    let second = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
     second.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
     let steps = [
         from("198.19.0.0/16", "other-lab"),
@@ -209,7 +204,7 @@ fn a_second_daemon_on_the_interface_exits_64_naming_the_first() {
     let second_policy = PolicyFile::new("second", &drop_udp("second", 7002));
     let testbed = Testbed::new().expect("testbed");
     let first =
-        testbed.start_daemon(Path::new(DAEMON), &first_policy.0, XdpModeArg::Skb).expect("daemon");
+        testbed.start_daemon(Path::new(DAEMON), &first_policy.0, XdpMode::Skb).expect("daemon");
     first.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
     let output = run_to_exit(&testbed, RX_IFACE, &second_policy.0, &["--xdp-mode", "skb"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -245,7 +240,7 @@ fn a_filter_detached_under_the_daemon_stays_detached_until_sighup() {
         .start_daemon_with_env(
             Path::new(DAEMON),
             &policy.0,
-            XdpModeArg::Skb,
+            XdpMode::Skb,
             &["--metrics", addr],
             &notify.env(),
         )
@@ -300,12 +295,7 @@ fn scribbled_maps_are_found_and_repaired() {
     let policy = PolicyFile::new("scribble", &text);
     let testbed = Testbed::new().expect("testbed");
     let daemon = testbed
-        .start_daemon_with(
-            Path::new(DAEMON),
-            &policy.0,
-            XdpModeArg::Skb,
-            &["--audit-interval", "2"],
-        )
+        .start_daemon_with(Path::new(DAEMON), &policy.0, XdpMode::Skb, &["--audit-interval", "2"])
         .expect("daemon");
     daemon.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
     let verify = || {
@@ -353,8 +343,7 @@ fn a_damaged_state_file_is_ignored_never_trusted() {
     let Some(_serial) = serial("a_damaged_state_file_is_ignored_never_trusted") else { return };
     let policy = PolicyFile::new("damaged-state", &drop_udp("block", 7001));
     let testbed = Testbed::new().expect("testbed");
-    let daemon =
-        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
     daemon.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
     daemon.kill9();
     let path = testbed.dirs().state_dir().join(format!("{RX_IFACE}.json"));
@@ -369,14 +358,13 @@ fn a_damaged_state_file_is_ignored_never_trusted() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("state file ignored"), "{text}");
 
-    let daemon =
-        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
     daemon.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
     assert!(daemon.log().contains("ignoring the state file"), "{}", daemon.log());
     assert_eq!(received(&testbed, 7001), 0);
     let out = daemon.stop().expect("stop");
     assert!(out.status.success(), "{}", out.stderr);
-    let counters = out.counters().expect("the counter table");
+    let counters = testbed.counters(Path::new(DAEMON)).expect("the counters");
     assert_eq!(counters.rules.get("block"), Some(&5), "counted in a fresh slot");
     let out = xdp_policy(&testbed, &["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");

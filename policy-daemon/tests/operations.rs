@@ -17,10 +17,7 @@ use std::{
     time::Duration,
 };
 
-use policy_daemon::{
-    cli::XdpModeArg,
-    testbed::{RX_IFACE, RX_V4, Testbed},
-};
+use testbed::{RX_IFACE, RX_V4, Testbed, XdpMode};
 
 use support::{DAEMON, NotifySocket, PolicyFile, serial};
 
@@ -54,8 +51,7 @@ fn twenty_kill_9_restarts_under_traffic_let_nothing_through() {
     };
     let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
-    let first =
-        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    let first = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
     first.kill9();
 
     let mut program_ids = vec![prog_id(&testbed)];
@@ -63,7 +59,7 @@ fn twenty_kill_9_restarts_under_traffic_let_nothing_through() {
         .udp_stream([BLOCKED, OPEN], Duration::from_secs(60), Duration::from_micros(300), |_| {
             for restart in 1..=RESTARTS {
                 let daemon = testbed
-                    .start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb)
+                    .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
                     .expect("daemon");
                 // Up, and its state written: what `status` below counts on.
                 daemon
@@ -112,8 +108,7 @@ fn status_explain_and_detach_work_on_the_pins() {
     let Some(_serial) = serial("status_explain_and_detach_work_on_the_pins") else { return };
     let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
-    let daemon =
-        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
     let output = daemon.stop().expect("stopping");
     assert!(output.stderr.contains("the filters stay in force"), "{}", output.stderr);
     // Stopped cleanly, and still enforcing.
@@ -183,7 +178,7 @@ fn metrics_are_scraped() {
     // In rx's own network namespace, where the daemon runs: its loopback is its own.
     let addr = "127.0.0.1:9559";
     let daemon = testbed
-        .start_daemon_with(Path::new(DAEMON), &policy.0, XdpModeArg::Skb, &["--metrics", addr])
+        .start_daemon_with(Path::new(DAEMON), &policy.0, XdpMode::Skb, &["--metrics", addr])
         .expect("daemon");
     assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 10).expect("probe").received, 0);
     // The counters reach the endpoint on the daemon's next one-second tick.
@@ -219,8 +214,7 @@ fn drop_events_are_sampled_while_someone_watches() {
     let Some(_serial) = serial("drop_events_are_sampled_while_someone_watches") else { return };
     let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
-    let _daemon =
-        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    let _daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
     // Off by default: drops before anyone watches leave no events behind.
     assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 10).expect("probe").received, 0);
     let dirs = testbed.dirs();
@@ -279,7 +273,7 @@ fn the_daemon_tells_systemd_when_it_is_ready_and_reloading() {
     let testbed = Testbed::new().expect("testbed");
     let notify = NotifySocket::bind(&testbed, "notify");
     let daemon = testbed
-        .start_daemon_with_env(Path::new(DAEMON), &policy.0, XdpModeArg::Skb, &[], &notify.env())
+        .start_daemon_with_env(Path::new(DAEMON), &policy.0, XdpMode::Skb, &[], &notify.env())
         .expect("daemon");
     let next = || notify.next();
     assert_eq!(next(), "READY=1\nSTATUS=veth1: 1 rules, generation 1\n");
@@ -299,8 +293,7 @@ fn an_interface_that_goes_away_is_filtered_again_when_it_comes_back() {
     };
     let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
-    let daemon =
-        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
     testbed.remove_veth().expect("deleting the veth pair");
     daemon.wait_for_log("the interface went away", 1, Duration::from_secs(5)).expect("noticed");
     let out = cli(&testbed, &["status"]);
@@ -343,11 +336,11 @@ fn a_kill_during_a_reload_leaves_nothing_half_applied() {
         )
     };
     let testbed = Testbed::new().expect("testbed");
-    testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon").kill9();
+    testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon").kill9();
     for cycle in 0..CYCLES {
         let (blocked, open) = if cycle % 2 == 0 { (OPEN, BLOCKED) } else { (BLOCKED, OPEN) };
         let daemon =
-            testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+            testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
         daemon
             .wait_for_log("adopted the pinned filter", 1, Duration::from_secs(10))
             .expect("adopted");
@@ -367,7 +360,7 @@ fn a_kill_during_a_reload_leaves_nothing_half_applied() {
         );
         // ... and the next daemon applies the file as it is.
         let daemon =
-            testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+            testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
         daemon
             .wait_for_log("adopted the pinned filter", 1, Duration::from_secs(10))
             .expect("adopted");
@@ -392,7 +385,7 @@ fn stale_pins_are_refused_with_a_clear_message() {
     let Some(_serial) = serial("stale_pins_are_refused_with_a_clear_message") else { return };
     let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
-    testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon").kill9();
+    testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon").kill9();
     let maps = testbed.dirs().pin_dir().join(RX_IFACE).join("maps");
     fs::remove_file(maps.join("RULES")).expect("unpinning RULES");
     let other = aya::maps::MapData::from_pin(maps.join("VERDICTS")).expect("VERDICTS");
@@ -400,8 +393,7 @@ fn stale_pins_are_refused_with_a_clear_message() {
 
     // The old program is still attached (that is the point of pinning), so the testbed
     // sees a program at once; the new daemon must then give up with a clear message.
-    let daemon =
-        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("spawn");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("spawn");
     daemon
         .wait_for_log(
             "do not fit this version of xdp-policy (map `RULES`: pinned (type, key bytes, value \
@@ -418,8 +410,7 @@ fn stale_pins_are_refused_with_a_clear_message() {
 
     let out = cli(&testbed, &["detach"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let daemon =
-        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpModeArg::Skb).expect("daemon");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
     assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 5).expect("probe").received, 0);
     drop(daemon);
 }
@@ -435,7 +426,7 @@ fn a_pin_dir_without_bpffs_gets_one() {
         .start_daemon_with(
             Path::new(DAEMON),
             &policy.0,
-            XdpModeArg::Skb,
+            XdpMode::Skb,
             &["--pin-dir", plain.to_str().expect("utf-8")],
         )
         .expect("daemon");
@@ -470,7 +461,7 @@ fn five_thousand_idle_metrics_connections_take_nothing_down() {
     let testbed = Testbed::new().expect("testbed");
     let addr = "127.0.0.1:9559";
     let daemon = testbed
-        .start_daemon_with(&wrapper, &policy.0, XdpModeArg::Skb, &["--metrics", addr])
+        .start_daemon_with(&wrapper, &policy.0, XdpMode::Skb, &["--metrics", addr])
         .expect("daemon");
     daemon.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
     let program = prog_id(&testbed);

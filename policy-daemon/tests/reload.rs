@@ -20,10 +20,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 use policy_common::Verdict;
-use policy_daemon::{
-    cli::XdpModeArg,
-    testbed::{CounterTable, Daemon, RX_V4, StreamResult, Testbed},
-};
+use testbed::{Counters, Daemon, RX_V4, StreamResult, Testbed, XdpMode};
 
 use support::serial;
 
@@ -63,7 +60,7 @@ impl Drop for TempDir {
 
 /// Saves `text` at `path` the way editors do: a temporary file, then a rename over.
 fn save_by_rename(path: &Path, text: &str) {
-    policy_daemon::testbed::save_by_rename(path, text).expect("saving the policy by rename");
+    testbed::save_by_rename(path, text).expect("saving the policy by rename");
 }
 
 /// Datagrams to `port` that arrive (10 sent, 300 ms to arrive).
@@ -88,7 +85,7 @@ fn an_editor_saving_by_rename_is_enforced_by_itself() {
     let policy = dir.0.join("policy.toml");
     fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
-    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpModeArg::Skb).expect("daemon");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpMode::Skb).expect("daemon");
     assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
 
     // Port B is open until the new file is in force: the last datagram to B that still
@@ -128,7 +125,7 @@ fn a_configmap_symlink_swap_is_enforced() {
     symlink("..data/policy.toml", dir.0.join("policy.toml")).expect("symlink policy.toml");
     let testbed = Testbed::new().expect("testbed");
     let daemon = testbed
-        .start_daemon(Path::new(DAEMON), &dir.0.join("policy.toml"), XdpModeArg::Skb)
+        .start_daemon(Path::new(DAEMON), &dir.0.join("policy.toml"), XdpMode::Skb)
         .expect("daemon");
     assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
 
@@ -153,7 +150,7 @@ fn a_broken_policy_is_rejected_and_the_old_one_stays_in_force() {
     let policy = dir.0.join("policy.toml");
     fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
-    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpModeArg::Skb).expect("daemon");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpMode::Skb).expect("daemon");
 
     save_by_rename(
         &policy,
@@ -180,7 +177,7 @@ fn sighup_reloads() {
     fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
     let daemon = testbed
-        .start_daemon_with(Path::new(DAEMON), &policy, XdpModeArg::Skb, &["--no-watch"])
+        .start_daemon_with(Path::new(DAEMON), &policy, XdpMode::Skb, &["--no-watch"])
         .expect("daemon");
 
     save_by_rename(&policy, &blocking(PORT_B));
@@ -211,7 +208,7 @@ fn a_hundred_reloads_under_traffic_misclassify_nothing() {
     };
     fs::write(&policy, version(0)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
-    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpModeArg::Skb).expect("daemon");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpMode::Skb).expect("daemon");
 
     let started = Instant::now();
     let result = testbed
@@ -224,7 +221,7 @@ fn a_hundred_reloads_under_traffic_misclassify_nothing() {
         .expect("the udp stream");
     let elapsed = started.elapsed();
     let output = daemon.stop().expect("stopping");
-    let counters = output.counters().expect("the counter report");
+    let counters = testbed.counters(Path::new(DAEMON)).expect("the counters");
     eprintln!(
         "reload storm: {RELOADS} reloads in {elapsed:?}; port A {} sent, {} received; port B {} sent, \
          {} received; drop_rule {}, pass_rule {}, rule steady {}",
@@ -248,7 +245,7 @@ fn a_hundred_reloads_under_traffic_misclassify_nothing() {
 /// the reloads) and port B (its rule `steady` never changing) under reloads: nothing
 /// lost, nothing counted twice, every drop the kernel counted is a datagram that did not
 /// arrive.
-fn assert_nothing_misclassified(result: &StreamResult, counters: &CounterTable) {
+fn assert_nothing_misclassified(result: &StreamResult, counters: &Counters) {
     // Port B's rule never changed: every datagram arrived, and its counter, kept across
     // the reloads, counted each one.
     assert_eq!(result.received[1], result.sent[1], "datagrams to the untouched port were lost");
@@ -264,7 +261,7 @@ fn assert_nothing_misclassified(result: &StreamResult, counters: &CounterTable) 
 
 /// The daemon's resident memory, from /proc.
 fn rss_kib(pid: u32) -> u64 {
-    policy_daemon::testbed::rss_kib(pid).expect("VmRSS of the daemon")
+    testbed::rss_kib(pid).expect("VmRSS of the daemon")
 }
 
 /// How many reloads the daemon has finished, whatever their outcome.
@@ -312,7 +309,7 @@ fn a_storm_of_a_thousand_good_bad_and_changed_reloads_misclassifies_nothing() {
     };
     fs::write(&policy, version(2)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
-    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpModeArg::Skb).expect("daemon");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpMode::Skb).expect("daemon");
     // Warm up (allocator, maps' userspace shadows for both generations) before measuring.
     for i in 0..6 {
         save_by_rename(&policy, &version(i));
@@ -345,7 +342,7 @@ fn a_storm_of_a_thousand_good_bad_and_changed_reloads_misclassifies_nothing() {
     let log = daemon.log();
     let rejected = log.matches("policy rejected").count();
     let output = daemon.stop().expect("stopping");
-    let counters = output.counters().expect("the counter report");
+    let counters = testbed.counters(Path::new(DAEMON)).expect("the counters");
     eprintln!(
         "reload storm: {RELOADS} reloads ({rejected} rejected) in {elapsed:?}; RSS {rss_before} KiB before, \
          {rss_after} KiB after; port A {} sent, {} received; port B {} sent, {} received; drop_rule {}, \
@@ -379,7 +376,7 @@ fn every_bad_policy_of_the_corpus_is_rejected_and_the_rule_in_force_stays() {
     let policy = dir.0.join("policy.toml");
     fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
-    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpModeArg::Skb).expect("daemon");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpMode::Skb).expect("daemon");
     assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
 
     let started = Instant::now();

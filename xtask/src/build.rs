@@ -99,7 +99,8 @@ pub fn lint(toolchain: &Toolchain) -> Result<()> {
     let object = ebpf(toolchain)?;
     run_cmd(
         cargo()
-            .args(["clippy", "--all-targets", "--", "-D", "warnings"])
+            .args(["clippy", "--workspace", "--exclude", "policy-ebpf", "--all-targets"])
+            .args(["--", "-D", "warnings"])
             .env(EBPF_OBJECT_ENV, &object),
     )
     .context("clippy (userspace) failed")?;
@@ -111,8 +112,7 @@ pub fn lint(toolchain: &Toolchain) -> Result<()> {
 pub fn daemon(toolchain: &Toolchain, release: bool) -> Result<PathBuf> {
     let object = ebpf(toolchain)?;
     let mut cmd = cargo();
-    cmd.args(["build", "--package", "policy-daemon", "--bins", "--examples"])
-        .env(EBPF_OBJECT_ENV, &object);
+    cmd.args(["build", "--package", "policy-daemon", "--bins"]).env(EBPF_OBJECT_ENV, &object);
     let profile = if release {
         cmd.arg("--release");
         "release"
@@ -127,14 +127,24 @@ pub fn daemon(toolchain: &Toolchain, release: bool) -> Result<PathBuf> {
 /// crate): unit tests, the policy examples, the kernel packet tests and the veth tests.
 pub fn test(toolchain: &Toolchain, args: &[String]) -> Result<()> {
     let object = ebpf(toolchain)?;
-    run_cmd(cargo().arg("test").args(args).env(EBPF_OBJECT_ENV, &object)).context("tests failed")
+    // The bench too (not a default member): its unit tests check its statistics and
+    // the parsers of other tools' output.
+    run_cmd(
+        cargo()
+            .args(["test", "--workspace", "--exclude", "policy-ebpf"])
+            .args(args)
+            .env(EBPF_OBJECT_ENV, &object),
+    )
+    .context("tests failed")
 }
 
 /// Builds the daemon and the demo, then becomes the demo, so that Ctrl-C reaches it
 /// directly and it cleans up its namespaces before exiting.
 pub fn demo(toolchain: &Toolchain) -> Result<()> {
     let daemon = daemon(toolchain, false)?;
-    let demo = target_dir().join("debug").join("examples").join("demo");
+    run_cmd(cargo().args(["build", "--package", "testbed", "--bin", "demo"]))
+        .context("building the demo failed")?;
+    let demo = target_dir().join("debug").join("demo");
     let policy = workspace_root().join("policies").join("edge-deny-list.toml");
     let error =
         Command::new(&demo).arg("--daemon").arg(&daemon).arg("--policy").arg(&policy).exec();
@@ -148,12 +158,12 @@ pub fn bench(toolchain: &Toolchain, args: &[String]) -> Result<()> {
     run_cmd(
         cargo()
             .args(["build", "--release", "--package", "policy-daemon", "--bins"])
-            .args(["--example", "bench"])
+            .args(["--package", "bench"])
             .env(EBPF_OBJECT_ENV, &object),
     )
     .context("building the bench failed")?;
     let release = target_dir().join("release");
-    let bench = release.join("examples").join("bench");
+    let bench = release.join("bench");
     let error = Command::new(&bench)
         .arg("--daemon")
         .arg(release.join("xdp-policy"))

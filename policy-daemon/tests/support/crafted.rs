@@ -36,7 +36,7 @@
 
 use std::net::IpAddr;
 
-use policy_daemon::testbed::{RX_V4, RX_V6, TX_V4, TX_V6};
+use testbed::{RX_V4, RX_V6, TX_V4, TX_V6};
 
 use super::packet::{
     ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_DSTOPTS,

@@ -3,7 +3,7 @@
 
 pub mod corpus;
 pub mod crafted;
-pub mod packet;
+pub use policy_daemon::packet;
 pub mod scribble;
 
 /// Whether this process may run tests that need root (bpf(), netlink, namespaces).
@@ -26,10 +26,7 @@ pub const DAEMON: &str = env!("CARGO_BIN_EXE_xdp-policy");
 
 /// `xdp-policy ARGS --config /dev/null --pin-dir … --state-dir …` on the host, where the
 /// testbed's pins are visible.
-pub fn xdp_policy(
-    testbed: &policy_daemon::testbed::Testbed,
-    args: &[&str],
-) -> std::process::Output {
+pub fn xdp_policy(testbed: &testbed::Testbed, args: &[&str]) -> std::process::Output {
     let dirs = testbed.dirs();
     std::process::Command::new(DAEMON)
         .args(args)
@@ -42,10 +39,10 @@ pub fn xdp_policy(
 }
 
 /// The id of the XDP program attached to rx's interface, as the kernel shows it.
-pub fn attached_program(testbed: &policy_daemon::testbed::Testbed) -> Option<String> {
+pub fn attached_program(testbed: &testbed::Testbed) -> Option<String> {
     let out = std::process::Command::new("ip")
         .args(["-n", testbed.rx().name(), "-d", "link", "show", "dev"])
-        .arg(policy_daemon::testbed::RX_IFACE)
+        .arg(testbed::RX_IFACE)
         .output()
         .expect("ip link show");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -54,7 +51,7 @@ pub fn attached_program(testbed: &policy_daemon::testbed::Testbed) -> Option<Str
 }
 
 /// `GET path` from the daemon's metrics endpoint at `addr` in rx's network namespace.
-pub fn scrape(testbed: &policy_daemon::testbed::Testbed, addr: &str, path: &str) -> String {
+pub fn scrape(testbed: &testbed::Testbed, addr: &str, path: &str) -> String {
     use std::io::{Read as _, Write as _};
     testbed
         .rx()
@@ -98,7 +95,7 @@ impl PolicyFile {
     }
 
     pub fn write(&self, text: &str) {
-        policy_daemon::testbed::save_by_rename(&self.0, text).expect("writing the policy");
+        testbed::save_by_rename(&self.0, text).expect("writing the policy");
     }
 }
 
@@ -118,7 +115,7 @@ pub struct NotifySocket {
 }
 
 impl NotifySocket {
-    pub fn bind(testbed: &policy_daemon::testbed::Testbed, name: &str) -> Self {
+    pub fn bind(testbed: &testbed::Testbed, name: &str) -> Self {
         let path = testbed.dirs().state_dir().with_file_name(format!("{name}.sock"));
         let socket =
             std::os::unix::net::UnixDatagram::bind(&path).expect("binding the notify socket");

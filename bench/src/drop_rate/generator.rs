@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use policy_daemon::testbed::{NetNs, RX_IFACE, RX_V4, TX_IFACE, TX_V4, Testbed};
+use testbed::{NetNs, RX_IFACE, RX_V4, TX_IFACE, TX_V4, Testbed};
 
 use crate::raw;
 

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use policy_daemon::testbed::{RX_IFACE, RX_V4, TX_IFACE, Testbed};
+use testbed::{RX_IFACE, RX_V4, TX_IFACE, Testbed};
 
 use super::{
     counters::{self, UdpCounters, in_netns},

@@ -16,13 +16,13 @@ use anyhow::{Context as _, Result, bail};
 use policy_common::xdp_action::{XDP_DROP, XDP_PASS};
 use policy_daemon::{
     dataplane::Dataplane,
+    packet::{Packet, tcp, udp},
     policy::{self, Ruleset},
-    testbed::{RX_IFACE, TX_IFACE, Testbed},
 };
+use testbed::{RX_IFACE, TX_IFACE, Testbed};
 
 use crate::{
     Opts,
-    packet::{Packet, tcp, udp},
     plot::{self, Series},
     policies::{self, HIT_PORT, HIT_V4, HIT_V6, MISS_PORT, MISS_V4, MISS_V6},
     raw,

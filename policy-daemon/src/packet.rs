@@ -1,6 +1,7 @@
-//! A small packet builder for BPF_PROG_TEST_RUN tests: Ethernet, VLAN tags, IPv4 (with
-//! options and fragments) or IPv6 (with extension headers), TCP/UDP/ICMP, and ways to
-//! break each of them. Checksums are left zero: XDP programs under test do not check them.
+//! The frame builder: Ethernet, VLAN tags, IPv4 (with options and fragments) or IPv6
+//! (with extension headers), TCP/UDP/ICMP, and ways to break each of them; for the
+//! packets `explain` runs through the live program, the kernel packet tests and the
+//! bench. Checksums are left zero: the XDP program does not check them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -114,15 +115,25 @@ impl Packet {
     }
 
     /// Source address (the family must match the packet's).
-    pub fn src(mut self, addr: &str) -> Self {
-        self.src = Some(addr.parse().expect("a valid test address"));
+    pub fn src_ip(mut self, addr: IpAddr) -> Self {
+        self.src = Some(addr);
         self
     }
 
     /// Destination address (the family must match the packet's).
-    pub fn dst(mut self, addr: &str) -> Self {
-        self.dst = Some(addr.parse().expect("a valid test address"));
+    pub fn dst_ip(mut self, addr: IpAddr) -> Self {
+        self.dst = Some(addr);
         self
+    }
+
+    /// [`Self::src_ip`] from text, for tables of test packets; panics if it is no address.
+    pub fn src(self, addr: &str) -> Self {
+        self.src_ip(addr.parse().expect("a valid test address"))
+    }
+
+    /// [`Self::dst_ip`] from text, for tables of test packets; panics if it is no address.
+    pub fn dst(self, addr: &str) -> Self {
+        self.dst_ip(addr.parse().expect("a valid test address"))
     }
 
     pub fn src_port(mut self, port: u16) -> Self {

@@ -9,11 +9,10 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use policy_daemon::{
-    cli::XdpModeArg,
     dataplane::Dataplane,
     policy::{self, Ruleset},
-    testbed::{Testbed, rss_kib, save_by_rename},
 };
+use testbed::{Testbed, XdpMode, rss_kib, save_by_rename};
 
 use crate::{
     Opts, policies,
@@ -179,7 +178,7 @@ fn daemon(opts: &Opts) -> Result<(String, Vec<SummaryRow>)> {
     fs::write(&policy, blocking(PORT_A))?;
     let testbed = Testbed::new().context("creating the bench namespaces")?;
     let daemon = testbed
-        .start_daemon(&opts.daemon, &policy, XdpModeArg::Native)
+        .start_daemon(&opts.daemon, &policy, XdpMode::Native)
         .context("starting the daemon")?;
 
     // Idle: no traffic, no changes.

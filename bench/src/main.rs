@@ -18,10 +18,6 @@
 
 mod control;
 mod drop_rate;
-// The tests' packet builder: the same crafted frames the kernel tests use.
-#[allow(dead_code)]
-#[path = "../../tests/support/packet.rs"]
-mod packet;
 mod plot;
 mod policies;
 mod prog_cost;
@@ -101,7 +97,7 @@ fn main() -> Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, flag.clone()).context("installing a signal handler")?;
     }
-    if !policy_daemon::testbed::is_root() {
+    if !testbed::is_root() {
         bail!("the benchmarks need root (namespaces, XDP, BPF_PROG_TEST_RUN)");
     }
     let benches = if args.only.is_empty() {

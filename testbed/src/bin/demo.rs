@@ -1,7 +1,9 @@
 //! `cargo xtask demo`: runs `xdp-policy` between two throw-away network namespaces,
 //! sends real TCP, UDP and ping traffic over IPv4 and IPv6 to ports the policy blocks and
 //! to ports it leaves open, and prints what the policy says next to what happened, then
-//! the daemon's counters.
+//! the daemon's counters. It drives `xdp-policy` like any user: `check` shows the policy,
+//! `explain --json` says what it makes of each probe (the live program and the reference
+//! classifier, asked before the traffic), `status --json` gives the counters.
 //!
 //! The namespaces go on every way out, Ctrl-C included: SIGINT and SIGTERM only raise a
 //! flag, checked between probes (each takes at most about a second), and the demo returns
@@ -9,27 +11,22 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
-    process::ExitCode,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
-use policy_daemon::{
-    cli::{self, XdpModeArg},
-    policy::{
-        self, Policy,
-        reference::{self, IpPacket, L4, Parsed},
-    },
-    testbed::{
-        self, PingOutcome, RX_IFACE, RX_V4, RX_V6, TX_IFACE, TX_V4, TX_V6, TcpOutcome, Testbed,
-    },
-};
+use policy_common::Verdict;
 use signal_hook::consts::{SIGINT, SIGTERM};
+use testbed::{
+    Counters, PingOutcome, RX_IFACE, RX_V4, RX_V6, TX_IFACE, TX_V4, TX_V6, TcpOutcome, Testbed,
+    XdpMode,
+};
 
 #[derive(Parser)]
 #[command(about = "Runs xdp-policy between two throw-away network namespaces with real traffic")]
@@ -118,8 +115,17 @@ fn main() -> ExitCode {
 
 fn run(args: &Args, interrupted: &AtomicBool) -> Result<Outcome> {
     let stop = || interrupted.load(Ordering::Relaxed);
-    let policy = policy::load(&args.policy)?;
-    print!("{}", cli::describe(&policy, &args.policy.display().to_string()));
+    let check = Command::new(&args.daemon)
+        .args(["check", "--config", "/dev/null"])
+        .arg(&args.policy)
+        .output()
+        .with_context(|| format!("running {} check", args.daemon.display()))?;
+    print!("{}", String::from_utf8_lossy(&check.stdout));
+    ensure!(
+        check.status.success(),
+        "the policy does not pass `xdp-policy check`:\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     let testbed = Testbed::new().context("setting up the namespaces failed")?;
     let (tx, rx) = (testbed.tx().name().to_owned(), testbed.rx().name().to_owned());
@@ -131,79 +137,116 @@ fn run(args: &Args, interrupted: &AtomicBool) -> Result<Outcome> {
     }
 
     println!("demo: starting {} run --iface {RX_IFACE} --xdp-mode auto", args.daemon.display());
-    let daemon = testbed.start_daemon(&args.daemon, &args.policy, XdpModeArg::Auto)?;
+    let daemon = testbed.start_daemon(&args.daemon, &args.policy, XdpMode::Auto)?;
+    daemon.wait_for_log("enforcing", 1, std::time::Duration::from_secs(10))?;
     println!("demo: attached to {RX_IFACE} in {} mode", daemon.mode());
+    // What the policy says about every probe, asked before any traffic; the explain
+    // runs count as packets too, so the counters shown at the end are taken from here on.
+    let mut expectations = Vec::new();
+    for dst in [IpAddr::V4(RX_V4), IpAddr::V6(RX_V6)] {
+        for probe in PROBES {
+            expectations.push((dst, probe, expectation(&testbed, &args.daemon, dst, probe)?));
+        }
+    }
+    let before = testbed.counters(&args.daemon)?;
     println!("demo: probing from {tx} to {rx} (blocked TCP connects wait 1 s)\n");
 
     println!("  {:<22} {:<30} {:<24} verdict", "probe", "policy says", "observed");
     let mut contradictions = 0;
-    for dst in [IpAddr::V4(RX_V4), IpAddr::V6(RX_V6)] {
-        for probe in PROBES {
-            if stop() {
-                return Ok(Outcome::Interrupted);
-            }
-            let (label, says, drops) = expectation(&policy, dst, probe);
-            let (observed, delivered) = observe(&testbed, dst, probe)?;
-            // An interrupted probe (ping gets the terminal's SIGINT too) proves nothing.
-            if stop() {
-                return Ok(Outcome::Interrupted);
-            }
-            let agrees = delivered == Some(!drops);
-            if !agrees {
-                contradictions += 1;
-            }
-            let verdict = if agrees { "ok" } else { "CONTRADICTS THE POLICY" };
-            println!("  {label:<22} {says:<30} {observed:<24} {verdict}");
+    for (dst, probe, (label, says, drops)) in expectations {
+        if stop() {
+            return Ok(Outcome::Interrupted);
         }
+        let (observed, delivered) = observe(&testbed, dst, probe)?;
+        // An interrupted probe (ping gets the terminal's SIGINT too) proves nothing.
+        if stop() {
+            return Ok(Outcome::Interrupted);
+        }
+        let agrees = delivered == Some(!drops);
+        if !agrees {
+            contradictions += 1;
+        }
+        let verdict = if agrees { "ok" } else { "CONTRADICTS THE POLICY" };
+        println!("  {label:<22} {says:<30} {observed:<24} {verdict}");
     }
 
-    println!("\ndemo: stopping xdp-policy (SIGTERM); its log and counters:");
+    println!("\ndemo: stopping xdp-policy (SIGTERM); its log:");
     let output = daemon.stop()?;
     for line in output.stderr.lines() {
         println!("  | {line}");
     }
     ensure!(output.status.success(), "xdp-policy exited with {}", output.status);
-    let counters = output.counters()?;
-    println!();
-    for line in output.stdout.lines() {
-        println!("  {line}");
-    }
+    let after = testbed.counters(&args.daemon)?;
+    println!(
+        "\ndemo: its counters for the probes' traffic (`xdp-policy status` reads them from the pins):"
+    );
+    print_counters(&before, &after);
     println!(
         "\ndemo: xdp-policy dropped {} packets and passed {}",
-        counters.dropped, counters.passed
+        after.dropped - before.dropped,
+        after.passed - before.passed
     );
     drop(testbed);
     println!("demo: namespaces {tx} and {rx} removed");
     Ok(if contradictions == 0 { Outcome::Agreed } else { Outcome::Contradicted(contradictions) })
 }
 
-/// The probe's label, what the policy says about it (by the reference classifier), and
+/// The probe's label, what the policy says about it (`xdp-policy explain --json`: the
+/// reference classifier over the policy files, which the live program agrees with), and
 /// whether that is a drop.
-fn expectation(policy: &Policy, dst: IpAddr, probe: Probe) -> (String, String, bool) {
+fn expectation(
+    testbed: &Testbed,
+    daemon: &Path,
+    dst: IpAddr,
+    probe: Probe,
+) -> Result<(String, String, bool)> {
     let src = match dst {
         IpAddr::V4(_) => IpAddr::V4(TX_V4),
         IpAddr::V6(_) => IpAddr::V6(TX_V6),
     };
-    // The probes' source ports are ephemeral; the demo policy does not look at them.
-    let (label, l4) = match (probe, dst) {
-        (Probe::Tcp(port), _) => (
-            format!("tcp {}", SocketAddr::new(dst, port)),
-            L4::Tcp { src_port: 40000, dst_port: port },
-        ),
-        (Probe::Udp(port), _) => (
-            format!("udp {}", SocketAddr::new(dst, port)),
-            L4::Udp { src_port: 40000, dst_port: port },
-        ),
-        (Probe::Ping, IpAddr::V4(_)) => (format!("ping {dst}"), L4::Icmp { icmp_type: 8 }),
-        (Probe::Ping, IpAddr::V6(_)) => (format!("ping {dst}"), L4::Icmpv6 { icmp_type: 128 }),
+    let (label, proto) = match (probe, dst) {
+        (Probe::Tcp(port), _) => (format!("tcp {}", SocketAddr::new(dst, port)), "tcp"),
+        (Probe::Udp(port), _) => (format!("udp {}", SocketAddr::new(dst, port)), "udp"),
+        (Probe::Ping, IpAddr::V4(_)) => (format!("ping {dst}"), "icmp"),
+        (Probe::Ping, IpAddr::V6(_)) => (format!("ping {dst}"), "icmpv6"),
     };
-    let outcome = reference::classify(policy, &Parsed::Ip(IpPacket { src, dst, l4 }));
-    let action = if outcome.verdict.drops() { "drop" } else { "pass" };
-    let why = match outcome.rule {
-        Some(i) => format!("{action} ({})", policy.rules[i].name),
-        None => format!("{action} (default)"),
+    let (src, dst_text) = (src.to_string(), dst.to_string());
+    let mut args = vec!["explain", "--json", "--iface", RX_IFACE, "--proto", proto];
+    args.extend(["--src", &src, "--dst", &dst_text]);
+    let port;
+    if let Probe::Tcp(p) | Probe::Udp(p) = probe {
+        port = p.to_string();
+        args.extend(["--dst-port", &port]);
+    }
+    let out = testbed.xdp_policy(daemon, &args)?;
+    ensure!(out.status.success(), "explain: {}", String::from_utf8_lossy(&out.stderr));
+    let explained: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let reference = &explained["reference"];
+    let (Some(action), Some(live)) =
+        (reference["action"].as_str(), explained["live"]["action"].as_str())
+    else {
+        bail!("explain gave no reference or live action: {explained}");
     };
-    (label, why, outcome.verdict.drops())
+    ensure!(action == live, "the live program and the reference disagree: {explained}");
+    let why = match reference["rule"].as_str() {
+        Some(rule) => format!("{} ({rule})", action.to_lowercase()),
+        None => format!("{} (default)", action.to_lowercase()),
+    };
+    Ok((label, why, action == "DROP"))
+}
+
+/// The counters that moved between `before` and `after`, per verdict, then per rule.
+fn print_counters(before: &Counters, after: &Counters) {
+    println!("  {:<18} {:>12}", "verdict", "packets");
+    for verdict in Verdict::ALL {
+        let n = after.packets(verdict) - before.packets(verdict);
+        println!("  {:<18} {n:>12}", verdict.name());
+    }
+    println!("  {:<18} {:>12}", "rule", "packets");
+    for (rule, n) in &after.rules {
+        let n = n - before.rules.get(rule).copied().unwrap_or(0);
+        println!("  {rule:<18} {n:>12}");
+    }
 }
 
 /// What happened, and whether the traffic got through: `None` when only some of it did.

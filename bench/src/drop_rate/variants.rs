@@ -8,10 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use policy_daemon::{
-    cli::XdpModeArg,
-    testbed::{Daemon, RX_IFACE, Testbed},
-};
+use testbed::{Daemon, RX_IFACE, Testbed, XdpMode};
 
 use super::counters::{self, PolicyCounts, in_netns};
 use crate::{
@@ -216,7 +213,7 @@ pub fn install<'tb>(
 ) -> Result<Installed<'tb>> {
     let rx = testbed.rx().name().to_owned();
     let port = PORT.to_string();
-    let policy = |path: PathBuf, mode: XdpModeArg| -> Result<Installed<'tb>> {
+    let policy = |path: PathBuf, mode: XdpMode| -> Result<Installed<'tb>> {
         let daemon_process = testbed
             .start_daemon(daemon, &path, mode)
             .with_context(|| format!("starting {} with {}", daemon.display(), path.display()))?;
@@ -264,10 +261,10 @@ pub fn install<'tb>(
                 .context("attaching XDP_DROP to veth1 (native)")?;
             Installed::XdpDrop { _link: link }
         }
-        Variant::PolicyPortNative => policy(policies.port_only(), XdpModeArg::Native)?,
-        Variant::PolicyPortSkb => policy(policies.port_only(), XdpModeArg::Skb)?,
-        Variant::PolicyManyNative => policy(policies.many(), XdpModeArg::Native)?,
-        Variant::PolicyManySkb => policy(policies.many(), XdpModeArg::Skb)?,
+        Variant::PolicyPortNative => policy(policies.port_only(), XdpMode::Native)?,
+        Variant::PolicyPortSkb => policy(policies.port_only(), XdpMode::Skb)?,
+        Variant::PolicyManyNative => policy(policies.many(), XdpMode::Native)?,
+        Variant::PolicyManySkb => policy(policies.many(), XdpMode::Skb)?,
     })
 }
 
@@ -378,10 +375,8 @@ mod tests {
     use std::path::Path;
 
     use policy_common::Verdict;
-    use policy_daemon::{
-        policy::{self, reference},
-        testbed::{RX_V4, TX_V4},
-    };
+    use policy_daemon::policy::{self, reference};
+    use testbed::{RX_V4, TX_V4};
 
     use super::*;
     use crate::drop_rate::generator::{SRC_PORT, udp_frame};

@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, process::Command};
 
 use anyhow::{Context as _, Result, bail};
-use policy_daemon::testbed::NetNs;
+use testbed::NetNs;
 
 /// Runs `program args` in the network namespace `netns` (keeping this mount namespace,
 /// as `nsenter --net` does) and returns its stdout; fails with its stderr.

@@ -1,6 +1,12 @@
-//! Throw-away network namespaces for the demo and the end-to-end tests: two namespaces,
-//! `tx` and `rx`, joined by a veth pair; the `xdp-policy` binary run inside `rx`; and
-//! traffic probes from `tx` to `rx`, each bounded in time and packets.
+//! The test rig: throw-away network namespaces for the demo, the end-to-end tests and the
+//! bench: two namespaces, `tx` and `rx`, joined by a veth pair; the `xdp-policy` binary
+//! run inside `rx` and driven like any user drives it, through its arguments, with
+//! outcomes read from the kernel or from `status --json`, never from text meant for
+//! people; and traffic probes from `tx` to `rx`, each bounded in time and packets.
+//!
+//! Not part of the product: `xdp-policy` does not depend on it, and it depends on
+//! nothing of `xdp-policy` but the names shared with the kernel program
+//! (`policy-common`).
 //!
 //! Everything that changes the system is a guard: namespaces are deleted and the daemon
 //! is killed when their owners are dropped, including while a failed assertion unwinds.
@@ -27,7 +33,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::ValueEnum as _;
 use nix::{
     errno::Errno,
     sched::{CloneFlags, setns},
@@ -39,7 +44,40 @@ use nix::{
 };
 use policy_common::Verdict;
 
-use crate::{cli::XdpModeArg, dataplane::AttachMode};
+/// The XDP mode `xdp-policy run --xdp-mode` is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    Auto,
+    Native,
+    Skb,
+}
+
+impl XdpMode {
+    /// The value of `--xdp-mode`.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Skb => "skb",
+        }
+    }
+}
+
+/// The mode the kernel shows a program attached in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    Skb,
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+            Self::Skb => "skb",
+        })
+    }
+}
 
 /// The veth end in the tx namespace.
 pub const TX_IFACE: &str = "veth0";
@@ -112,8 +150,8 @@ pub enum TestbedError {
     },
     #[error("waiting for xdp-policy failed")]
     Wait(#[source] io::Error),
-    #[error("no counter table in xdp-policy's output ({reason}); its stdout:\n{stdout}")]
-    CounterTable { reason: String, stdout: String },
+    #[error("`xdp-policy status --json` said what this rig cannot read ({reason}): {json}")]
+    Status { reason: &'static str, json: String },
     #[error("xdp-policy's log did not show `{text}` {count} time(s) in time; its log:\n{log}")]
     LogTimeout { text: String, count: usize, log: String },
 }
@@ -412,13 +450,39 @@ impl Testbed {
         &self.dirs
     }
 
+    /// `binary ARGS --config /dev/null --pin-dir … --state-dir …` on the host, where the
+    /// pins of the daemons started here are visible.
+    pub fn xdp_policy(&self, binary: &Path, args: &[&str]) -> Result<Output, TestbedError> {
+        let mut cmd = Command::new(binary);
+        cmd.args(args)
+            .args(["--config", "/dev/null", "--pin-dir"])
+            .arg(self.dirs.pin_dir())
+            .arg("--state-dir")
+            .arg(self.dirs.state_dir());
+        output(&mut cmd)
+    }
+
+    /// The counters of the filter on [`RX_IFACE`], from `binary status --json`.
+    pub fn counters(&self, binary: &Path) -> Result<Counters, TestbedError> {
+        let args = ["status", "--json", "--iface", RX_IFACE];
+        let out = self.xdp_policy(binary, &args)?;
+        if !out.status.success() {
+            return Err(TestbedError::Command {
+                command: format!("{} {}", binary.display(), args.join(" ")),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_owned(),
+            });
+        }
+        Counters::from_status_json(&String::from_utf8_lossy(&out.stdout))
+    }
+
     /// Starts `binary run` in rx on [`RX_IFACE`] with `policy` and `mode`, and waits
     /// until the program is attached. See [`Daemon::start`].
     pub fn start_daemon(
         &self,
         binary: &Path,
         policy: &Path,
-        mode: XdpModeArg,
+        mode: XdpMode,
     ) -> Result<Daemon<'_>, TestbedError> {
         self.start_daemon_with(binary, policy, mode, &[])
     }
@@ -428,7 +492,7 @@ impl Testbed {
         &self,
         binary: &Path,
         policy: &Path,
-        mode: XdpModeArg,
+        mode: XdpMode,
         extra: &[&str],
     ) -> Result<Daemon<'_>, TestbedError> {
         self.start_daemon_with_env(binary, policy, mode, extra, &[])
@@ -440,7 +504,7 @@ impl Testbed {
         &self,
         binary: &Path,
         policy: &Path,
-        mode: XdpModeArg,
+        mode: XdpMode,
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Daemon<'_>, TestbedError> {
@@ -696,7 +760,7 @@ impl<'tb> Daemon<'tb> {
         netns: &'tb NetNs,
         iface: &str,
         policy: &Path,
-        mode: XdpModeArg,
+        mode: XdpMode,
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Self, TestbedError> {
@@ -706,7 +770,7 @@ impl<'tb> Daemon<'tb> {
             .arg(binary)
             .args(["run", "--iface", iface, "--policy"])
             .arg(policy)
-            .args(["--xdp-mode", &mode_name(mode)])
+            .args(["--xdp-mode", mode.flag()])
             .args(extra)
             // Plain log lines for the messages of failed tests and for matching.
             .env("NO_COLOR", "1")
@@ -933,10 +997,6 @@ fn xdp_mode_in_link_show(text: &str) -> Option<AttachMode> {
     })
 }
 
-fn mode_name(mode: XdpModeArg) -> String {
-    mode.to_possible_value().map(|value| value.get_name().to_owned()).unwrap_or_default()
-}
-
 /// What the daemon printed, and how it exited.
 #[derive(Clone, Debug)]
 pub struct DaemonOutput {
@@ -945,74 +1005,46 @@ pub struct DaemonOutput {
     pub stderr: String,
 }
 
-impl DaemonOutput {
-    /// The counter table the daemon printed on stdout when it stopped.
-    pub fn counters(&self) -> Result<CounterTable, TestbedError> {
-        CounterTable::parse(&self.stdout)
-    }
-}
-
-/// The counter report the daemon prints when it stops (one policy), read back: the
-/// verdict table of [`crate::cli::counter_table`], then the rule table.
+/// The counters of a filter, from `xdp-policy status --json` (which reads its pins, so
+/// whether or not a daemon runs).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CounterTable {
+pub struct Counters {
     /// Packets per verdict name.
     pub packets: BTreeMap<String, u64>,
     /// Packets per rule name.
     pub rules: BTreeMap<String, u64>,
-    /// From the `total:` line.
+    /// Packets dropped and passed, over all verdicts.
     pub dropped: u64,
     pub passed: u64,
 }
 
-impl CounterTable {
-    /// Reads the table from the daemon's stdout; every verdict must have a row and the
-    /// `total:` line must be there.
-    pub fn parse(stdout: &str) -> Result<Self, TestbedError> {
-        let err = |reason: String| TestbedError::CounterTable { reason, stdout: stdout.to_owned() };
-        let mut packets = BTreeMap::new();
-        let mut rules = BTreeMap::new();
-        let mut in_rules = false;
-        let mut totals = None;
-        for line in stdout.lines().filter(|line| !line.trim().is_empty()) {
-            if line.starts_with("policy ") {
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix("total:") {
-                totals = Some(
-                    parse_totals(rest).ok_or_else(|| err(format!("bad totals line `{line}`")))?,
-                );
-                continue;
-            }
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            match fields[..] {
-                ["verdict", "packets", "bytes"] => {}
-                ["rule", "packets", "bytes"] => in_rules = true,
-                [name, n, _bytes] => {
-                    let n = n.parse().map_err(|_| err(format!("bad packet count in `{line}`")))?;
-                    if in_rules { &mut rules } else { &mut packets }.insert(name.to_owned(), n);
-                }
-                _ => return Err(err(format!("unexpected line `{line}`"))),
-            }
+impl Counters {
+    /// The counters of the first interface in `status --json` output; every verdict must
+    /// be there.
+    pub fn from_status_json(json: &str) -> Result<Self, TestbedError> {
+        let err = |reason| TestbedError::Status { reason, json: json.to_owned() };
+        let status: serde_json::Value = serde_json::from_str(json).map_err(|_| err("not JSON"))?;
+        let iface = status.get(0).ok_or_else(|| err("no interface"))?;
+        let mut counters =
+            Self { packets: BTreeMap::new(), rules: BTreeMap::new(), dropped: 0, passed: 0 };
+        for verdict in Verdict::ALL {
+            let n = iface["verdicts"][verdict.name()]["packets"]
+                .as_u64()
+                .ok_or_else(|| err("a verdict without a packet count"))?;
+            counters.packets.insert(verdict.name().to_owned(), n);
+            if verdict.drops() { counters.dropped += n } else { counters.passed += n }
         }
-        if let Some(missing) = Verdict::ALL.iter().find(|v| !packets.contains_key(v.name())) {
-            return Err(err(format!("no row for verdict `{}`", missing.name())));
+        for rule in iface["rules"].as_array().ok_or_else(|| err("no rules"))? {
+            let name = rule["name"].as_str().ok_or_else(|| err("a rule without a name"))?;
+            let n = rule["packets"].as_u64().ok_or_else(|| err("a rule without packets"))?;
+            counters.rules.insert(name.to_owned(), n);
         }
-        let (dropped, passed) = totals.ok_or_else(|| err("no `total:` line".to_owned()))?;
-        Ok(Self { packets, rules, dropped, passed })
+        Ok(counters)
     }
 
     pub fn packets(&self, verdict: Verdict) -> u64 {
         self.packets.get(verdict.name()).copied().unwrap_or(0)
     }
-}
-
-/// ` N dropped, M passed`
-fn parse_totals(text: &str) -> Option<(u64, u64)> {
-    let (dropped, passed) = text.trim().split_once(", ")?;
-    let dropped = dropped.strip_suffix(" dropped")?.parse().ok()?;
-    let passed = passed.strip_suffix(" passed")?.parse().ok()?;
-    Some((dropped, passed))
 }
 
 /// `ip ARGS`, with ARGS split at whitespace (no argument here contains any).
@@ -1048,35 +1080,32 @@ fn describe(cmd: &Command) -> String {
 
 #[cfg(test)]
 mod tests {
-    use policy_common::Counter;
-
     use super::*;
-    use crate::{cli::counter_table, dataplane::VerdictCounts};
 
     #[test]
-    fn counter_table_reads_back_what_the_daemon_prints() {
-        let mut counts = VerdictCounts::default();
-        for (n, verdict) in (1..).zip(Verdict::ALL) {
-            counts.0[verdict as usize] = Counter { packets: 10 * n, bytes: 100 * n };
-        }
-        let printed = counter_table(&counts);
-        let table = CounterTable::parse(&printed)
-            .unwrap_or_else(|e| panic!("expected the printed table to parse, got: {e}"));
-        for verdict in Verdict::ALL {
-            let (read, written) = (table.packets(verdict), counts.get(verdict).packets);
-            assert_eq!(read, written, "packets of `{}` in\n{printed}", verdict.name());
-        }
-        assert_eq!((table.dropped, table.passed), counts.dropped_passed(), "totals in\n{printed}");
-    }
-
-    #[test]
-    fn counter_table_without_totals_is_an_error() {
-        let printed = counter_table(&VerdictCounts::default());
-        let cut: Vec<&str> = printed.lines().filter(|l| !l.starts_with("total:")).collect();
-        match CounterTable::parse(&cut.join("\n")) {
-            Err(e) => assert!(e.to_string().contains("no `total:` line"), "wrong error: {e}"),
-            Ok(table) => panic!("expected an error for a table without totals, got {table:?}"),
-        }
+    fn counters_are_read_from_status_json() {
+        let verdicts: serde_json::Map<String, serde_json::Value> = Verdict::ALL
+            .iter()
+            .zip(1..)
+            .map(|(v, n)| {
+                (v.name().to_owned(), serde_json::json!({"packets": n, "bytes": 100 * n}))
+            })
+            .collect();
+        let json = serde_json::json!([{
+            "iface": "veth1",
+            "verdicts": verdicts,
+            "rules": [{"name": "block", "action": "drop", "mode": "enforce", "packets": 7, "bytes": 700}],
+        }])
+        .to_string();
+        let counters = Counters::from_status_json(&json).expect("readable");
+        assert_eq!(counters.packets(Verdict::DropRule), 2);
+        assert_eq!(counters.rules.get("block"), Some(&7));
+        let (dropped, passed) = Verdict::ALL
+            .iter()
+            .zip(1..)
+            .fold((0, 0), |(d, p), (v, n)| if v.drops() { (d + n, p) } else { (d, p + n) });
+        assert_eq!((counters.dropped, counters.passed), (dropped, passed));
+        assert!(Counters::from_status_json("[]").is_err(), "no interface");
     }
 
     #[test]
