@@ -4,7 +4,7 @@
 //! winning rule and every counter must agree.
 //!
 //! Policies are written as TOML text and go through `policy::parse` and `policy::compile`
-//! like a policy file. Packets come from the frame generator in `support/gen.rs`: up to
+//! like a policy file. Packets come from the frame generator in `support/random.rs`: up to
 //! nine VLAN tags (one past the parser's bound), IPv4 with options and fragments, IPv6
 //! with chains of up to 34 extension headers, TCP, UDP, ICMP, ICMPv6 and other
 //! protocols, non-IP EtherTypes, Ethernet trailers past the IP length, and cuts anywhere
@@ -40,15 +40,10 @@
 //! policies applied before it, fewer rules, fields and list items, a simpler frame) and
 //! prints it after the first few cases as found.
 
-#[path = "support/gen.rs"]
-mod generator;
 mod support;
 
 use std::{fmt::Write as _, time::Instant};
 
-use generator::{
-    ETH_HLEN, FrameSpec, PolicySpec, Rng, random_frame, random_policy, random_policy_both_paths,
-};
 use policy_common::{
     Counter, Verdict,
     xdp_action::{XDP_DROP, XDP_PASS},
@@ -59,6 +54,9 @@ use policy_daemon::{
         self, Policy,
         reference::{self, IpPacket, L4, Outcome, Parsed},
     },
+};
+use support::random::{
+    ETH_HLEN, FrameSpec, PolicySpec, Rng, random_frame, random_policy, random_policy_both_paths,
 };
 
 // ---------------------------------------------------------------------------------------

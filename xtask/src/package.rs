@@ -122,12 +122,12 @@ fn attach_with_unit_capabilities() -> Result<()> {
         .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
         .collect();
 
-    let netns = Netns::new(&format!("xdp-policy-pkg-{}", process::id()))?;
+    let netns = netns_with_veth(&format!("xdp-policy-pkg-{}", process::id()))?;
     let scratch = Scratch::new()?;
     let mut daemon = Command::new("ip")
-        .args(["netns", "exec", &netns.0, "setpriv"])
+        .args(["netns", "exec", netns.name(), "setpriv"])
         .arg(format!("--bounding-set=-all,{}", bounding.join(",")))
-        .args(["--inh-caps=-all", BINARY, "run", "--iface", Netns::IFACE, "--policy"])
+        .args(["--inh-caps=-all", BINARY, "run", "--iface", VETH, "--policy"])
         .arg(Path::new(EXAMPLES_DIR).join("edge-deny-list.toml"))
         .arg("--pin-dir")
         .arg(scratch.bpffs.join("xdp-policy"))
@@ -273,28 +273,17 @@ impl Drop for Installed {
     }
 }
 
-/// A network namespace with a veth pair in it, deleted on drop.
-struct Netns(String);
+/// The interface the installed daemon attaches to, one end of a veth pair.
+const VETH: &str = "xpkg0";
 
-impl Netns {
-    const IFACE: &str = "xpkg0";
-    const PEER: &str = "xpkg1";
-
-    fn new(name: &str) -> Result<Self> {
-        run_cmd(Command::new("ip").args(["netns", "add", name]))?;
-        let netns = Self(name.to_string());
-        let ip = |args: &[&str]| run_cmd(Command::new("ip").args(["-n", name]).args(args));
-        ip(&["link", "add", Self::IFACE, "type", "veth", "peer", "name", Self::PEER])?;
-        ip(&["link", "set", Self::IFACE, "up"])?;
-        ip(&["link", "set", Self::PEER, "up"])?;
-        Ok(netns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+/// A network namespace (the test rig's guard: deleted on drop) with a veth pair in it.
+fn netns_with_veth(name: &str) -> Result<testbed::NetNs> {
+    let netns = testbed::NetNs::create(name)?;
+    let ip = |args: &[&str]| run_cmd(Command::new("ip").args(["-n", name]).args(args));
+    ip(&["link", "add", VETH, "type", "veth", "peer", "name", "xpkg1"])?;
+    ip(&["link", "set", VETH, "up"])?;
+    ip(&["link", "set", "xpkg1", "up"])?;
+    Ok(netns)
 }
 
 /// A bpffs of its own for the daemon's pins, and a state directory; unmounted and

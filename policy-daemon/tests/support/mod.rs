@@ -4,6 +4,7 @@
 pub mod corpus;
 pub mod crafted;
 pub use policy_daemon::packet;
+pub mod random;
 pub mod scribble;
 
 /// Whether this process may run tests that need root (bpf(), netlink, namespaces).

@@ -7,9 +7,6 @@
 //! byte: the description builds the bytes and, independently of any parser, says what
 //! `parse_packet` must make of them (`FrameSpec::expected`). `support::packet` is not
 //! enough here: its addresses and source port are fixed and it has no ICMP types.
-//!
-//! Included by `tests/differential.rs` as `#[path = "support/gen.rs"] mod generator`
-//! (`gen` is a reserved word in edition 2024).
 
 use std::{
     fmt::Write as _,
@@ -24,7 +21,7 @@ use policy_daemon::policy::{
     reference::{IpPacket, L4, Parsed},
 };
 
-use crate::support::packet::{
+use super::packet::{
     ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_AH, IPPROTO_DSTOPTS,
     IPPROTO_ESP, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_ROUTING,
     IPPROTO_TCP, IPPROTO_UDP,
