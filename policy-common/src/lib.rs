@@ -197,6 +197,27 @@ impl L4Class {
     pub const COUNT: u32 = 5;
     pub const ALL: [Self; Self::COUNT as usize] =
         [Self::Tcp, Self::Udp, Self::Icmp, Self::Icmpv6, Self::Other];
+
+    /// The class of IP protocol `proto` (IANA numbers) over IPv6 (`v6`) or IPv4: ICMP
+    /// belongs to IPv4 and ICMPv6 to IPv6; over the other version each is `Other`.
+    #[inline(always)]
+    pub const fn of(proto: u8, v6: bool) -> Self {
+        match (proto, v6) {
+            (ip_proto::TCP, _) => Self::Tcp,
+            (ip_proto::UDP, _) => Self::Udp,
+            (ip_proto::ICMP, false) => Self::Icmp,
+            (ip_proto::ICMPV6, true) => Self::Icmpv6,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// IP protocol numbers (IANA) the classifier tells apart.
+pub mod ip_proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
 }
 
 /// Per generation, the entries of the field-bitmap map after the [`L4Class`] ones.

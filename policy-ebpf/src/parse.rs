@@ -113,10 +113,6 @@ const ETHER_TYPE_QINQ: u16 = EtherType::Ieee8021ad as u16;
 const ETHER_TYPE_IPV4: u16 = EtherType::Ipv4 as u16;
 const ETHER_TYPE_IPV6: u16 = EtherType::Ipv6 as u16;
 
-const PROTO_TCP: u8 = IpProto::Tcp as u8;
-const PROTO_UDP: u8 = IpProto::Udp as u8;
-const PROTO_ICMP: u8 = IpProto::Icmp as u8;
-const PROTO_ICMPV6: u8 = IpProto::Ipv6Icmp as u8;
 const PROTO_HOP_OPTS: u8 = IpProto::HopOpt as u8;
 const PROTO_ROUTING: u8 = IpProto::Ipv6Route as u8;
 const PROTO_FRAGMENT: u8 = IpProto::Ipv6Frag as u8;
@@ -230,19 +226,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Unparsable> {
 }
 
 #[inline(always)]
-fn class_of(proto: u8, v6: bool) -> L4Class {
-    match proto {
-        PROTO_TCP => L4Class::Tcp,
-        PROTO_UDP => L4Class::Udp,
-        PROTO_ICMP if !v6 => L4Class::Icmp,
-        PROTO_ICMPV6 if v6 => L4Class::Icmpv6,
-        _ => L4Class::Other,
-    }
-}
-
-#[inline(always)]
 fn fragment(proto: u8, v6: bool) -> Transport {
-    Transport { class: class_of(proto, v6), dport: 0, sport: 0, fragment: true }
+    Transport { class: L4Class::of(proto, v6), dport: 0, sport: 0, fragment: true }
 }
 
 #[inline(always)]
@@ -340,7 +325,7 @@ fn parse_ipv6(mut cursor: Cursor) -> Result<Packet, Unparsable> {
 
 #[inline(always)]
 fn parse_transport(cursor: Cursor, proto: u8, v6: bool) -> Result<Transport, Unparsable> {
-    let class = class_of(proto, v6);
+    let class = L4Class::of(proto, v6);
     let (dport, sport) = match class {
         L4Class::Tcp => {
             let tcp = cursor.peek::<TcpHdr>()?;

@@ -156,10 +156,6 @@ const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 /// Extension headers with the generic (next header, length in 8-octet units) layout:
@@ -211,16 +207,6 @@ fn parse(frame: &[u8]) -> Option<Parsed> {
     }
 }
 
-fn class_of(proto: u8, v6: bool) -> L4Class {
-    match (proto, v6) {
-        (IPPROTO_TCP, _) => L4Class::Tcp,
-        (IPPROTO_UDP, _) => L4Class::Udp,
-        (IPPROTO_ICMP, false) => L4Class::Icmp,
-        (IPPROTO_ICMPV6, true) => L4Class::Icmpv6,
-        _ => L4Class::Other,
-    }
-}
-
 fn parse_ipv4(frame: &[u8], at: usize) -> Option<IpPacket> {
     need(frame.len(), at, 20)?;
     let (version, ihl) = (frame[at] >> 4, usize::from(frame[at] & 0xf) * 4);
@@ -234,7 +220,7 @@ fn parse_ipv4(frame: &[u8], at: usize) -> Option<IpPacket> {
     let src = IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&frame[at + 12..at + 16]).ok()?));
     let dst = IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&frame[at + 16..at + 20]).ok()?));
     let l4 = if frag_offset != 0 {
-        L4::Fragment { class: class_of(proto, false) }
+        L4::Fragment { class: L4Class::of(proto, false) }
     } else {
         parse_l4(frame, end, at + ihl, proto, false)?
     };
@@ -260,7 +246,7 @@ fn parse_ipv6(frame: &[u8], start: usize) -> Option<IpPacket> {
         let len = if next == IPPROTO_FRAGMENT {
             need(end, at, 8)?;
             if be16(frame, at + 2)? >> 3 != 0 {
-                let class = class_of(frame[at], true);
+                let class = L4Class::of(frame[at], true);
                 return Some(IpPacket { src, dst, l4: L4::Fragment { class } });
             }
             8
@@ -282,7 +268,7 @@ fn parse_ipv6(frame: &[u8], start: usize) -> Option<IpPacket> {
 
 /// The transport header at `at` of an IP packet that ends at `end`.
 fn parse_l4(frame: &[u8], end: usize, at: usize, proto: u8, v6: bool) -> Option<L4> {
-    Some(match class_of(proto, v6) {
+    Some(match L4Class::of(proto, v6) {
         L4Class::Tcp => {
             need(end, at, 20)?;
             let doff = usize::from(frame[at + 12] >> 4);
