@@ -1,7 +1,9 @@
 //! The frame builder: Ethernet, VLAN tags, IPv4 (with options and fragments) or IPv6
 //! (with extension headers), TCP/UDP/ICMP, and ways to break each of them; for the
 //! packets `explain` runs through the live program, the kernel packet tests and the
-//! bench. Checksums are left zero: the XDP program does not check them.
+//! bench. Checksums are left zero (the XDP program does not check them), unless
+//! [`Packet::ipv4_checksum`] asks for a valid IPv4 header checksum, as the Linux stack
+//! wants before it delivers a packet.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -67,6 +69,12 @@ pub struct Packet {
     ip_len: Option<u16>,
     /// Bytes after the IP packet (an Ethernet trailer).
     trailer: usize,
+    /// Bytes after the transport header, counted in the IP and UDP lengths.
+    payload: usize,
+    /// Destination and source MAC addresses.
+    macs: ([u8; 6], [u8; 6]),
+    /// Fill in the IPv4 header checksum.
+    ipv4_checksum: bool,
 }
 
 pub fn tcp(dst_port: u16) -> L4 {
@@ -111,7 +119,29 @@ impl Packet {
             src_port: 40000,
             ip_len: None,
             trailer: 0,
+            payload: 0,
+            macs: ([0x02, 0, 0, 0, 0, 2], [0x02, 0, 0, 0, 0, 1]),
+            ipv4_checksum: false,
         }
+    }
+
+    /// The Ethernet source and destination addresses.
+    pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
+        self.macs = (dst, src);
+        self
+    }
+
+    /// `len` bytes of data after the transport header (the IP and UDP lengths count
+    /// them).
+    pub fn payload(mut self, len: usize) -> Self {
+        self.payload = len;
+        self
+    }
+
+    /// A valid IPv4 header checksum (the UDP checksum stays zero: optional over IPv4).
+    pub fn ipv4_checksum(mut self) -> Self {
+        self.ipv4_checksum = true;
+        self
     }
 
     /// Source address (the family must match the packet's).
@@ -237,8 +267,8 @@ impl Packet {
 
     pub fn build(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        out.extend_from_slice(&[0x02, 0, 0, 0, 0, 2]); // dst MAC
-        out.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]); // src MAC
+        out.extend_from_slice(&self.macs.0);
+        out.extend_from_slice(&self.macs.1);
         for tpid in &self.vlans {
             out.extend_from_slice(&tpid.to_be_bytes());
             out.extend_from_slice(&100u16.to_be_bytes()); // TCI: VLAN 100
@@ -255,6 +285,7 @@ impl Packet {
             }
             L3::V4 { ihl, options, frag_offset, more_fragments, version } => {
                 out.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+                let header_at = out.len();
                 let total = self.ip_len.map_or(20 + options.len() + l4.len(), usize::from);
                 out.push((version << 4) | (ihl & 0xf));
                 out.push(0);
@@ -266,6 +297,11 @@ impl Packet {
                 out.extend_from_slice(&self.v4(self.src, SRC4).octets());
                 out.extend_from_slice(&self.v4(self.dst, DST4).octets());
                 out.extend_from_slice(options);
+                if self.ipv4_checksum {
+                    let header = &out[header_at..];
+                    let checksum = internet_checksum(header).to_be_bytes();
+                    out[header_at + 10..header_at + 12].copy_from_slice(&checksum);
+                }
                 out.extend_from_slice(&l4);
             }
             L3::V6 { ext } => {
@@ -320,9 +356,10 @@ impl Packet {
         }
     }
 
+    /// The transport header, then the payload.
     fn l4_bytes(&self) -> Vec<u8> {
         let src_port = self.src_port.to_be_bytes();
-        match self.l4 {
+        let mut bytes = match self.l4 {
             L4::Tcp { dst_port, data_offset } => {
                 let mut h = vec![0; 20];
                 h[0..2].copy_from_slice(&src_port);
@@ -335,11 +372,51 @@ impl Packet {
                 let mut h = vec![0; 8];
                 h[0..2].copy_from_slice(&src_port);
                 h[2..4].copy_from_slice(&dst_port.to_be_bytes());
-                h[4..6].copy_from_slice(&8u16.to_be_bytes());
+                h[4..6].copy_from_slice(&((8 + self.payload) as u16).to_be_bytes());
                 h
             }
             L4::Icmp { icmp_type, .. } => vec![icmp_type, 0, 0, 0, 0, 1, 0, 1],
             L4::Other { .. } => vec![8, 0, 0, 0, 0, 1, 0, 1], // looks like an ICMP echo
-        }
+        };
+        bytes.resize(bytes.len() + self.payload, b'x');
+        bytes
+    }
+}
+
+/// The Internet checksum (RFC 1071) of `bytes`, whose checksum field is zero.
+pub fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_internet_checksum_of_a_textbook_header() {
+        let header = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(internet_checksum(&header), 0xb861);
+    }
+
+    #[test]
+    fn a_udp_frame_with_payload_and_checksum_is_what_the_stack_accepts() {
+        let frame =
+            Packet::ipv4(udp(9000)).macs([2; 6], [4; 6]).payload(18).ipv4_checksum().build();
+        assert_eq!(frame.len(), 60);
+        assert_eq!(&frame[0..6], &[4; 6], "destination MAC first");
+        assert_eq!(&frame[6..12], &[2; 6]);
+        assert_eq!(internet_checksum(&frame[14..34]), 0, "a valid header checksum sums to 0");
+        assert_eq!(u16::from_be_bytes([frame[16], frame[17]]), 46, "IPv4 total length");
+        assert_eq!(u16::from_be_bytes([frame[38], frame[39]]), 26, "UDP length");
     }
 }

@@ -77,37 +77,69 @@ impl Host {
     }
 }
 
-/// Refuses `policy` if it would cut SSH to this host over a whole address family;
-/// returns why.
-pub fn check(policy: &Policy, host: &Host) -> Result<(), String> {
+/// A policy that would drop SSH to every address of this host of one family, from
+/// everywhere: why it is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this policy would drop SSH (tcp/{port}) to this host's {} from everywhere ({}), locking \
+     you out: add a pass rule for tcp/{port} from your admin networks before it, or set \
+     i_know_this_blocks_ssh = true in [defaults]",
+    list_addresses(.addresses),
+    list(.dropped_by)
+)]
+pub struct Lockout {
+    pub port: u16,
+    /// The host's addresses of the family (or the stand-in when it has none).
+    pub addresses: Vec<IpAddr>,
+    /// What drops the probes.
+    pub dropped_by: Vec<DropCause>,
+}
+
+/// What drops an SSH probe.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DropCause {
+    Rule(String),
+    DefaultAction,
+}
+
+impl std::fmt::Display for DropCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Rule(name) => write!(f, "rule \"{name}\""),
+            Self::DefaultAction => f.write_str("the default action"),
+        }
+    }
+}
+
+/// "IPv4 address 198.18.0.2", "IPv6 addresses fd00::2, fd00::3".
+fn list_addresses(addresses: &[IpAddr]) -> String {
+    let v6 = addresses.first().is_some_and(IpAddr::is_ipv6);
+    let (name, plural) =
+        (if v6 { "IPv6" } else { "IPv4" }, if addresses.len() > 1 { "es" } else { "" });
+    format!("{name} address{plural} {}", list(addresses))
+}
+
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Refuses `policy` if it would cut SSH to this host over a whole address family.
+pub fn check(policy: &Policy, host: &Host) -> Result<(), Lockout> {
     if policy.defaults.i_know_this_blocks_ssh {
         return Ok(());
     }
     for port in &host.ssh_ports {
         for v6 in [false, true] {
-            if let Some(cut) = cut(policy, host, *port, v6) {
-                return Err(format!(
-                    "this policy would drop SSH (tcp/{port}) to this host's {} from everywhere \
-                     ({}), locking you out: add a pass rule for tcp/{port} from your admin \
-                     networks before it, or set i_know_this_blocks_ssh = true in [defaults]",
-                    cut.addresses, cut.why
-                ));
+            if let Some(lockout) = cut(policy, host, *port, v6) {
+                return Err(lockout);
             }
         }
     }
     Ok(())
 }
 
-/// SSH to every address of one family cut.
-struct Cut {
-    /// "IPv4 address 198.18.0.2", "IPv6 addresses fd00::2, fd00::3".
-    addresses: String,
-    /// What drops the probes: rule names or the default action.
-    why: String,
-}
-
 /// Whether every probe to `port` on every address of the family is dropped.
-fn cut(policy: &Policy, host: &Host, port: u16, v6: bool) -> Option<Cut> {
+fn cut(policy: &Policy, host: &Host, port: u16, v6: bool) -> Option<Lockout> {
     let family = |a: &IpAddr| a.is_ipv6() == v6;
     let mut targets: Vec<IpAddr> = host.addresses.iter().copied().filter(family).collect();
     if host.addresses.is_empty() {
@@ -138,17 +170,12 @@ fn cut(policy: &Policy, host: &Host, port: u16, v6: bool) -> Option<Cut> {
                 return None;
             }
             why.insert(match outcome.rule {
-                Some(i) => format!("rule \"{}\"", policy.rules[i].name),
-                None => "the default action".to_string(),
+                Some(i) => DropCause::Rule(policy.rules[i].name.clone()),
+                None => DropCause::DefaultAction,
             });
         }
     }
-    let list: Vec<String> = targets.iter().map(IpAddr::to_string).collect();
-    let (name, plural) = (if v6 { "IPv6" } else { "IPv4" }, if list.len() > 1 { "es" } else { "" });
-    Some(Cut {
-        addresses: format!("{name} address{plural} {}", list.join(", ")),
-        why: why.into_iter().collect::<Vec<_>>().join(", "),
-    })
+    Some(Lockout { port, addresses: targets, dropped_by: why.into_iter().collect() })
 }
 
 /// The SSH ports: the configured ones something listens on, or all configured ones when
@@ -379,7 +406,7 @@ mod tests {
         let p = policy(
             "[defaults]\naction = \"drop\"\n[[rule]]\nname = \"web\"\naction = \"pass\"\ndst_ports = 443\n",
         );
-        let err = check(&p, &host(&[22], &HOST)).expect_err("refused");
+        let err = check(&p, &host(&[22], &HOST)).expect_err("refused").to_string();
         assert_eq!(
             err,
             "this policy would drop SSH (tcp/22) to this host's IPv4 address 198.51.100.7 from \
@@ -395,7 +422,7 @@ mod tests {
              protocol = \"tcp\"\nsrc = [\"10.1.2.0/24\", \"fd00:1::/64\"]\ndst_ports = 22\n",
         );
         assert_eq!(check(&p, &host(&[22], &HOST)), Ok(()));
-        let err = check(&p, &host(&[2222], &HOST)).expect_err("sshd on 2222 is cut");
+        let err = check(&p, &host(&[2222], &HOST)).expect_err("sshd on 2222 is cut").to_string();
         assert!(err.starts_with("this policy would drop SSH (tcp/2222)"), "{err}");
     }
 
@@ -414,7 +441,7 @@ mod tests {
             "[[rule]]\nname = \"no-ssh-here\"\naction = \"drop\"\nprotocol = \"tcp\"\n\
              dst = \"198.51.100.7\"\ndst_ports = 22\n",
         );
-        let err = check(&p, &host(&[22], &HOST)).expect_err("refused");
+        let err = check(&p, &host(&[22], &HOST)).expect_err("refused").to_string();
         assert!(err.contains("IPv4 address 198.51.100.7"), "{err}");
         assert!(err.contains("rule \"no-ssh-here\""), "{err}");
         // A host with a second IPv4 address on the interface still has a way in.
@@ -427,7 +454,9 @@ mod tests {
             "[[rule]]\nname = \"no-ssh-v4\"\naction = \"drop\"\nprotocol = \"tcp\"\n\
              src = \"0.0.0.0/0\"\ndst_ports = 22\n",
         );
-        let err = check(&p, &host(&[22], &HOST)).expect_err("IPv6 still passing is no excuse");
+        let err = check(&p, &host(&[22], &HOST))
+            .expect_err("IPv6 still passing is no excuse")
+            .to_string();
         assert!(err.contains("IPv4 address 198.51.100.7") && err.contains("no-ssh-v4"), "{err}");
         assert_eq!(check(&p, &host(&[22], &["2001:db8:7::7"])), Ok(()), "an IPv6-only host");
     }
@@ -435,7 +464,7 @@ mod tests {
     #[test]
     fn without_addresses_the_check_still_applies() {
         let p = policy("[defaults]\naction = \"drop\"\n");
-        let err = check(&p, &host(&[22], &[])).expect_err("refused");
+        let err = check(&p, &host(&[22], &[])).expect_err("refused").to_string();
         assert!(err.contains("IPv4 address 192.0.2.100"), "{err}");
     }
 
@@ -468,16 +497,16 @@ mod tests {
         assert_eq!(ssh_ports(BTreeSet::new(), &BTreeSet::new()), BTreeSet::from([22]));
     }
 
-    /// A scratch directory for configuration files, removed on drop.
-    struct Scratch(PathBuf);
+    /// A scratch directory for configuration files, and its path; removed on drop.
+    struct Scratch(PathBuf, #[allow(dead_code, reason = "removes it on drop")] tempfile::TempDir);
 
     impl Scratch {
         fn new(name: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("xdp-policy-ssh-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).expect("scratch directory");
-            Self(dir)
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("xdp-policy-ssh-{name}-"))
+                .tempdir()
+                .expect("scratch directory");
+            Self(dir.path().to_path_buf(), dir)
         }
 
         fn write(&self, name: &str, text: &str) -> PathBuf {
@@ -485,12 +514,6 @@ mod tests {
             fs::create_dir_all(path.parent().expect("a parent")).expect("directories");
             fs::write(&path, text).expect("writing");
             path
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
         }
     }
 

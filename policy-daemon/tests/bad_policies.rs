@@ -15,7 +15,7 @@ use std::{
     process::Command,
 };
 
-use policy_daemon::policy;
+use policy_daemon::reload::files;
 use support::corpus::{Corpus, corpus_dir};
 
 const CHECK: &str = env!("CARGO_BIN_EXE_xdp-policy");
@@ -27,7 +27,7 @@ fn every_bad_policy_is_rejected_with_its_exact_message() {
     let bless = std::env::var_os("BLESS").is_some();
     let mut failures = Vec::new();
     for entry in &corpus.entries {
-        let got = match policy::load(&entry.path) {
+        let got = match files::load(&entry.path, Default::default()) {
             Ok(p) => format!("accepted, {} rules", p.rules.len()),
             Err(e) => e.to_string(),
         };
@@ -75,7 +75,8 @@ fn valid_edge_cases_are_accepted_with_a_warning() {
         File::create(&path)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .expect("writing the policy");
-        let policy = policy::load(&path).unwrap_or_else(|e| panic!("{name} must be valid: {e}"));
+        let policy = files::load(&path, Default::default())
+            .unwrap_or_else(|e| panic!("{name} must be valid: {e}"));
         assert!(policy.rules.is_empty());
         let out = Command::new(CHECK).arg("check").arg(&path).output().expect("runs check");
         assert!(out.status.success(), "{name}: check must pass: {out:?}");

@@ -52,6 +52,10 @@ fn twenty_kill_9_restarts_under_traffic_let_nothing_through() {
     let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
     let first = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
+    // Attached is not yet up: the state file (generation, counter slots) is written once
+    // every interface is; a daemon killed before that leaves a filter that the next one
+    // adopts without a state file, counting generations from 1 again.
+    first.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("the first daemon up");
     first.kill9();
 
     let mut program_ids = vec![prog_id(&testbed)];

@@ -14,9 +14,10 @@ use std::{
 
 use clap::Parser as _;
 use policy_daemon::{
-    cli::{Cli, Command as CliCommand, Settings},
-    config::{self, ConfigFile, XdpMode},
-    policy,
+    cli::{Cli, Command as CliCommand},
+    dataplane::XdpMode,
+    reload::files,
+    settings::{self as config, ConfigFile, MetricsAddr, Settings},
 };
 use serde_norway::Value;
 
@@ -29,27 +30,18 @@ fn read(path: &Path) -> String {
 }
 
 /// A directory of its own under the temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir()
-            .join(format!("xdp-policy-packaging-{}-{name}", std::process::id()));
-        fs::create_dir_all(&dir).expect("creating a temp dir");
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        fs::write(&path, text).expect("writing a temp file");
-        path
-    }
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("xdp-policy-packaging-{name}-"))
+        .tempdir()
+        .expect("creating a temp dir")
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// Writes `text` to `name` in `dir`; returns its path.
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    fs::write(&path, text).expect("writing a temp file");
+    path
 }
 
 /// The shipped configuration with every commented-out setting (`#key = …`, `#[table]`)
@@ -115,10 +107,10 @@ fn every_setting_is_documented_with_its_true_default() {
 
     // And as `run` resolves them: the uncommented file, and a file that names only the
     // interface, come to the same settings.
-    let dir = TempDir::new("config");
-    let all = dir.write("all.toml", &live);
+    let dir = temp_dir("config");
+    let all = write(&dir, "all.toml", &live);
     let only_interfaces =
-        dir.write("interfaces.toml", "[interfaces]\neth0 = \"/etc/xdp-policy/policies.d\"\n");
+        write(&dir, "interfaces.toml", "[interfaces]\neth0 = \"/etc/xdp-policy/policies.d\"\n");
     let with_everything = settings(&["--config", all.to_str().expect("utf-8 path")]);
     assert_eq!(
         with_everything,
@@ -132,7 +124,7 @@ fn every_setting_is_documented_with_its_true_default() {
         "/sys/fs/bpf/other",
         "--no-watch",
     ]);
-    assert_eq!(flagged.pin_dir, PathBuf::from("/sys/fs/bpf/other"));
+    assert_eq!(flagged.places.pin_dir, PathBuf::from("/sys/fs/bpf/other"));
     assert!(!flagged.watch);
     assert_eq!(flagged.assignments, with_everything.assignments);
 }
@@ -191,8 +183,8 @@ fn the_unit_passes_systemd_analyze_verify() {
         "ExecStart=/usr/bin/xdp-policy ",
         &format!("ExecStart={} ", env!("CARGO_BIN_EXE_xdp-policy")),
     );
-    let dir = TempDir::new("unit");
-    let path = dir.write("xdp-policy.service", &unit);
+    let dir = temp_dir("unit");
+    let path = write(&dir, "xdp-policy.service", &unit);
     let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().expect("runs");
     let text =
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -335,8 +327,8 @@ fn the_daemonset_runs_unprivileged_on_the_host_network() {
     // Metrics on the node's loopback: with hostNetwork, any other address of the node is
     // reachable from wherever the node is.
     let metrics_arg = args.iter().skip_while(|a| **a != "--metrics").nth(1).expect("--metrics");
-    match config::Metrics::parse(metrics_arg) {
-        Ok(config::Metrics::On(addr)) => assert!(addr.ip().is_loopback(), "--metrics {addr}"),
+    match metrics_arg.parse() {
+        Ok(MetricsAddr::On(addr)) => assert!(addr.ip().is_loopback(), "--metrics {addr}"),
         other => panic!("--metrics {metrics_arg}: {other:?}"),
     }
     // The state beside the pins, on the node: a replaced pod adopts both.
@@ -348,13 +340,14 @@ fn the_daemonset_runs_unprivileged_on_the_host_network() {
 fn the_configmap_policy_is_valid() {
     let docs = manifests();
     let data = docs["ConfigMap"]["data"].as_mapping().expect("ConfigMap data");
-    let dir = TempDir::new("configmap");
+    let dir = temp_dir("configmap");
     for (name, text) in data {
         let name = name.as_str().expect("key");
         assert!(name.ends_with(".toml"), "{name}: only *.toml files are read");
-        dir.write(name, text.as_str().expect("text"));
+        write(&dir, name, text.as_str().expect("text"));
     }
-    let policy = policy::load(&dir.0).unwrap_or_else(|e| panic!("the ConfigMap's policy:\n{e}"));
+    let policy = files::load(dir.path(), Default::default())
+        .unwrap_or_else(|e| panic!("the ConfigMap's policy:\n{e}"));
     assert!(!policy.rules.is_empty());
     assert!(policy.warnings.is_empty(), "{:?}", policy.warnings);
 }

@@ -7,7 +7,7 @@ use std::{
     process::{Command, Output},
 };
 
-use policy_daemon::policy;
+use policy_daemon::reload::files;
 
 fn policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
@@ -54,8 +54,8 @@ fn every_example_policy_is_valid() {
     let files = example_files();
     assert!(files.len() >= 2, "expected the documented examples in policies/, found {files:?}");
     for file in &files {
-        let policy =
-            policy::load(file).unwrap_or_else(|e| panic!("{} is invalid:\n{e}", file.display()));
+        let policy = files::load(file, Default::default())
+            .unwrap_or_else(|e| panic!("{} is invalid:\n{e}", file.display()));
         assert!(!policy.rules.is_empty(), "{} has no rules", file.display());
         assert!(policy.warnings.is_empty(), "{}: {:?}", file.display(), policy.warnings);
     }
@@ -64,7 +64,8 @@ fn every_example_policy_is_valid() {
 #[test]
 fn the_conf_d_example_merges_in_file_name_order() {
     let dir = policies_dir().join("edge.d");
-    let policy = policy::load(&dir).unwrap_or_else(|e| panic!("policies/edge.d:\n{e}"));
+    let policy =
+        files::load(&dir, Default::default()).unwrap_or_else(|e| panic!("policies/edge.d:\n{e}"));
     let names: Vec<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["base-block-telnet", "reflection-memcached", "reflection-ssdp"]);
     assert_eq!(policy.sources, vec![dir.join("10-base.toml"), dir.join("20-reflection.toml")]);

@@ -13,7 +13,7 @@ use std::{
     fs,
     net::IpAddr,
     os::unix::fs::symlink,
-    path::{Path, PathBuf},
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
@@ -39,25 +39,6 @@ fn blocking(port: u16) -> String {
     )
 }
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("xdp-policy-reload-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("creating a temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Saves `text` at `path` the way editors do: a temporary file, then a rename over.
 fn save_by_rename(path: &Path, text: &str) {
     testbed::save_by_rename(path, text).expect("saving the policy by rename");
@@ -81,8 +62,8 @@ fn assert_blocks(testbed: &Testbed, daemon: &Daemon, blocked: u16, open: u16) {
 #[test]
 fn an_editor_saving_by_rename_is_enforced_by_itself() {
     let Some(_serial) = serial("an_editor_saving_by_rename_is_enforced_by_itself") else { return };
-    let dir = TempDir::new("rename");
-    let policy = dir.0.join("policy.toml");
+    let dir = support::temp_dir("rename");
+    let policy = dir.path().join("policy.toml");
     fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
     let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpMode::Skb).expect("daemon");
@@ -117,24 +98,24 @@ fn an_editor_saving_by_rename_is_enforced_by_itself() {
 fn a_configmap_symlink_swap_is_enforced() {
     let Some(_serial) = serial("a_configmap_symlink_swap_is_enforced") else { return };
     // The layout kubelet gives a ConfigMap volume.
-    let dir = TempDir::new("configmap");
-    let first = dir.0.join("..2026_11_27_08_00_00.000000001");
+    let dir = support::temp_dir("configmap");
+    let first = dir.path().join("..2026_11_27_08_00_00.000000001");
     fs::create_dir(&first).expect("mkdir");
     fs::write(first.join("policy.toml"), blocking(PORT_A)).expect("write");
-    symlink(first.file_name().expect("name"), dir.0.join("..data")).expect("symlink ..data");
-    symlink("..data/policy.toml", dir.0.join("policy.toml")).expect("symlink policy.toml");
+    symlink(first.file_name().expect("name"), dir.path().join("..data")).expect("symlink ..data");
+    symlink("..data/policy.toml", dir.path().join("policy.toml")).expect("symlink policy.toml");
     let testbed = Testbed::new().expect("testbed");
     let daemon = testbed
-        .start_daemon(Path::new(DAEMON), &dir.0.join("policy.toml"), XdpMode::Skb)
+        .start_daemon(Path::new(DAEMON), &dir.path().join("policy.toml"), XdpMode::Skb)
         .expect("daemon");
     assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
 
     // The swap: a new timestamped directory, a new symlink, renamed over `..data`.
-    let second = dir.0.join("..2026_11_27_08_05_00.000000002");
+    let second = dir.path().join("..2026_11_27_08_05_00.000000002");
     fs::create_dir(&second).expect("mkdir");
     fs::write(second.join("policy.toml"), blocking(PORT_B)).expect("write");
-    symlink(second.file_name().expect("name"), dir.0.join("..data_tmp")).expect("symlink");
-    fs::rename(dir.0.join("..data_tmp"), dir.0.join("..data")).expect("swap ..data");
+    symlink(second.file_name().expect("name"), dir.path().join("..data_tmp")).expect("symlink");
+    fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("swap ..data");
     fs::remove_dir_all(&first).expect("removing the old data");
 
     daemon.wait_for_log("policy applied", 2, RELOAD_DEADLINE).expect("the reload");
@@ -146,8 +127,8 @@ fn a_broken_policy_is_rejected_and_the_old_one_stays_in_force() {
     let Some(_serial) = serial("a_broken_policy_is_rejected_and_the_old_one_stays_in_force") else {
         return;
     };
-    let dir = TempDir::new("broken");
-    let policy = dir.0.join("policy.toml");
+    let dir = support::temp_dir("broken");
+    let policy = dir.path().join("policy.toml");
     fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
     let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpMode::Skb).expect("daemon");
@@ -172,8 +153,8 @@ fn a_broken_policy_is_rejected_and_the_old_one_stays_in_force() {
 #[test]
 fn sighup_reloads() {
     let Some(_serial) = serial("sighup_reloads") else { return };
-    let dir = TempDir::new("sighup");
-    let policy = dir.0.join("policy.toml");
+    let dir = support::temp_dir("sighup");
+    let policy = dir.path().join("policy.toml");
     fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
     let daemon = testbed
@@ -195,8 +176,8 @@ fn a_hundred_reloads_under_traffic_misclassify_nothing() {
         return;
     };
     const RELOADS: usize = 100;
-    let dir = TempDir::new("storm");
-    let policy = dir.0.join("policy.toml");
+    let dir = support::temp_dir("storm");
+    let policy = dir.path().join("policy.toml");
     // Port A flips between dropped and passed; the rule for port B never changes, so
     // its counter runs on across all the reloads.
     let version = |i: usize| {
@@ -285,8 +266,8 @@ fn a_storm_of_a_thousand_good_bad_and_changed_reloads_misclassifies_nothing() {
     const RELOADS: usize = 1000;
     /// Resident memory the daemon may gain over the storm.
     const RSS_BOUND_KIB: u64 = 8 * 1024;
-    let dir = TempDir::new("storm1000");
-    let policy = dir.0.join("policy.toml");
+    let dir = support::temp_dir("storm1000");
+    let policy = dir.path().join("policy.toml");
     let steady = format!(
         "[[rule]]\nname = \"steady\"\naction = \"pass\"\nprotocol = \"udp\"\ndst_ports = {PORT_B}\n"
     );
@@ -372,8 +353,8 @@ fn every_bad_policy_of_the_corpus_is_rejected_and_the_rule_in_force_stays() {
     };
     const PROBE_EVERY: usize = 10;
     let corpus = support::corpus::Corpus::new("daemon");
-    let dir = TempDir::new("corpus");
-    let policy = dir.0.join("policy.toml");
+    let dir = support::temp_dir("corpus");
+    let policy = dir.path().join("policy.toml");
     fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
     let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpMode::Skb).expect("daemon");

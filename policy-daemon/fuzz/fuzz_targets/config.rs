@@ -5,14 +5,14 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use policy_daemon::config::{ConfigFile, Metrics};
+use policy_daemon::settings::{ConfigFile, MetricsAddr};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     match ConfigFile::parse(Path::new("fuzz.toml"), text) {
         Ok(config) => {
             if let Some(metrics) = &config.metrics {
-                let _ = Metrics::parse(metrics);
+                let _ = metrics.parse::<MetricsAddr>();
             }
         }
         Err(e) => {

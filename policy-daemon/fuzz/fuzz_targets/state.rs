@@ -8,8 +8,8 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 use policy_common::RULE_COUNTER_SLOTS;
 use policy_daemon::{
-    pinned::{self, InterfaceStatus},
-    state::State,
+    dataplane::state::State,
+    render::{self, InterfaceStatus},
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(state) => {
             assert!(state.rules.iter().all(|r| r.slot < RULE_COUNTER_SLOTS), "a slot out of range");
             if let Some(audit) = &state.audit {
-                let _ = pinned::describe_audit(audit);
+                let _ = render::describe_audit(audit);
             }
             let status = InterfaceStatus {
                 iface: state.iface.clone(),
@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
                 verdicts: Default::default(),
                 rules: Vec::new(),
             };
-            let _ = pinned::render_status(std::slice::from_ref(&status));
+            let _ = render::render_status(std::slice::from_ref(&status));
             let _ = serde_json::to_string(&status);
         }
         Err(e) => {

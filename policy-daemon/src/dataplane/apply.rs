@@ -118,14 +118,51 @@ pub type V6Key = (u32, [u8; IPV6_KEY_LEN]);
 /// A map write the kernel refused. A batch stops at the first element the kernel
 /// refuses: the `written` elements before it took effect, it and the rest did not.
 #[derive(Debug, thiserror::Error)]
-#[error("writing {what} of map `{map}` failed")]
+#[error("writing {element}{} of map `{map}` failed", batch_position(*.written, *.batch))]
 pub struct MapWriteError {
     pub map: &'static str,
-    pub what: String,
+    /// The element the kernel refused.
+    pub element: Element,
+    /// Elements in the batch.
+    pub batch: usize,
     /// Elements of the batch that were written before the failure.
     pub written: usize,
     #[source]
     pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// A map element a write is refused at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Element {
+    /// Of an array map.
+    Entry(u32),
+    /// Of the rule counters.
+    Slot(u32),
+    /// Of an IPv4 trie: prefix length (generation byte included), then the key's bytes.
+    V4Prefix(V4Key),
+    V6Prefix(V6Key),
+    /// The entries, read back before they are written.
+    ReadBack,
+    /// Past the end of the batch.
+    Unknown,
+}
+
+impl std::fmt::Display for Element {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Entry(i) => write!(f, "entry {i}"),
+            Self::Slot(s) => write!(f, "slot {s}"),
+            Self::V4Prefix(k) => write!(f, "prefix {k:?}"),
+            Self::V6Prefix(k) => write!(f, "prefix {k:?}"),
+            Self::ReadBack => f.write_str("the entries (read back first)"),
+            Self::Unknown => f.write_str("a batch"),
+        }
+    }
+}
+
+/// " (element 3 of a batch of 10)", or nothing for a batch of one.
+fn batch_position(written: usize, batch: usize) -> String {
+    if batch <= 1 { String::new() } else { format!(" (element {written} of a batch of {batch})") }
 }
 
 /// A map read the kernel refused.
@@ -139,12 +176,7 @@ pub struct MapReadError {
 
 impl From<MapReadError> for MapWriteError {
     fn from(e: MapReadError) -> Self {
-        Self {
-            map: e.map,
-            what: "the entries (read back first)".into(),
-            written: 0,
-            source: e.source,
-        }
+        Self { map: e.map, element: Element::ReadBack, batch: 1, written: 0, source: e.source }
     }
 }
 
@@ -481,6 +513,18 @@ fn compare_trie<K: Copy + Eq + std::hash::Hash, const N: usize>(
     Ok(())
 }
 
+/// A rule in force and the slot of its counters: what the state file keeps so that a
+/// later daemon adopting the maps keeps counting each unchanged rule where it was.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuleSlot {
+    pub name: String,
+    /// [`crate::policy::Rule::identity`]: the slot stays with the rule while this is
+    /// unchanged.
+    pub identity: String,
+    /// Index of the rule's counters in `RULE_COUNTERS`.
+    pub slot: u32,
+}
+
 /// The apply state of one loaded program: what each generation holds, which one is
 /// active, and which counter slot each live rule uses.
 pub struct Generations {
@@ -488,8 +532,8 @@ pub struct Generations {
     active: u32,
     /// Counter slot of every rule of the active generation, by rule identity.
     slots: HashMap<String, u32>,
-    /// Rule names of the active generation, in rule order, with their slots.
-    active_rules: Vec<(String, u32)>,
+    /// The rules of the active generation, in rule order, with their slots.
+    active_rules: Vec<RuleSlot>,
     /// Packets may still be reading the inactive generation (`ACTIVE` was flipped away
     /// from it, or by another process): wait before writing it.
     readers_pending: bool,
@@ -517,29 +561,24 @@ impl Generations {
     /// The state of maps adopted from pins: `active` is what `ACTIVE` holds; `rules` the
     /// rules in force with their counter slots, by identity (from the state file), so
     /// unchanged rules keep counting into the same slots. Both generations are unknown.
-    pub fn adopt(active: u32, rules: Vec<(String, String, u32)>) -> Self {
+    pub fn adopt(active: u32, rules: Vec<RuleSlot>) -> Self {
         Self {
             shadows: (0..GENERATIONS).map(|_| Shadow::unknown()).collect(),
             active: active % GENERATIONS,
-            slots: rules.iter().map(|(_, identity, slot)| (identity.clone(), *slot)).collect(),
-            active_rules: rules.into_iter().map(|(name, _, slot)| (name, slot)).collect(),
+            slots: rules.iter().map(|r| (r.identity.clone(), r.slot)).collect(),
+            active_rules: rules,
             // The previous daemon may have flipped `ACTIVE` a moment ago.
             readers_pending: true,
         }
-    }
-
-    /// Identity and counter slot of every rule in force, in rule order (for the state
-    /// file, so that a later daemon can [`Self::adopt`]).
-    pub fn slots(&self) -> &HashMap<String, u32> {
-        &self.slots
     }
 
     pub fn active(&self) -> u32 {
         self.active
     }
 
-    /// Names and counter slots of the rules in force, in rule order.
-    pub fn active_rules(&self) -> &[(String, u32)] {
+    /// The rules in force with their counter slots, in rule order (for the state file,
+    /// so that a later daemon can [`Self::adopt`]).
+    pub fn active_rules(&self) -> &[RuleSlot] {
         &self.active_rules
     }
 
@@ -576,7 +615,12 @@ impl Generations {
         self.active = target;
         self.slots =
             ruleset.rules.iter().map(|r| r.identity.clone()).zip(slots.iter().copied()).collect();
-        self.active_rules = ruleset.rules.iter().map(|r| r.name.clone()).zip(slots).collect();
+        self.active_rules = ruleset
+            .rules
+            .iter()
+            .zip(slots)
+            .map(|(r, slot)| RuleSlot { name: r.name.clone(), identity: r.identity.clone(), slot })
+            .collect();
         Ok(ApplyReport { kernel_generation: target, writes: writes + 1 })
     }
 
@@ -584,7 +628,7 @@ impl Generations {
     /// one applied): `ACTIVE`, and every entry of the active generation the program can
     /// read. Counters and event settings are not part of it.
     pub fn audit(&self, maps: &mut impl Maps, ruleset: &Ruleset) -> Result<Drift, MapReadError> {
-        let slots: Vec<u32> = self.active_rules.iter().map(|(_, slot)| *slot).collect();
+        let slots: Vec<u32> = self.active_rules.iter().map(|r| r.slot).collect();
         let image = Image::new(ruleset, &slots, self.active);
         let mut drift = Drift::default();
         drift.add(ACTIVE_MAP, u64::from(maps.active()? != image.active()));

@@ -18,8 +18,8 @@ use policy_common::{
 use super::{
     DataplaneError,
     apply::{
-        AddrFieldId, BitmapMap, EntryMap, MapReadError, MapWriteError, Maps, PortFieldId, V4Key,
-        V4Level, V6Key,
+        AddrFieldId, BitmapMap, Element, EntryMap, MapReadError, MapWriteError, Maps, PortFieldId,
+        V4Key, V4Level, V6Key,
     },
     batch::{BatchError, BatchMap},
 };
@@ -220,9 +220,20 @@ fn read_array<V: aya::Pod>(
         .map_err(|e| MapReadError { map: map.name(), source: Box::new(e.source) })
 }
 
-/// A batch the kernel stopped at element `e.done`, named by `element`.
-fn batch_failed(map: &'static str, what: String, e: BatchError) -> MapWriteError {
-    MapWriteError { map, what, written: e.done, source: Box::new(e.source) }
+/// A batch of `batch` elements the kernel stopped at element `e.done`: `element`.
+fn batch_failed(
+    map: &'static str,
+    element: Option<Element>,
+    batch: usize,
+    e: BatchError,
+) -> MapWriteError {
+    MapWriteError {
+        map,
+        element: element.unwrap_or(Element::Unknown),
+        batch,
+        written: e.done,
+        source: Box::new(e.source),
+    }
 }
 
 /// Writes an array batch; on failure names the index the kernel refused.
@@ -232,43 +243,37 @@ fn write_array<V: aya::Pod>(
     values: &[V],
 ) -> Result<(), MapWriteError> {
     map.update(indices, values).map_err(|e| {
-        let what =
-            element(indices.get(e.done).map(|i| format!("entry {i}")), e.done, indices.len());
-        batch_failed(map.name(), what, e)
+        let element = indices.get(e.done).map(|i| Element::Entry(*i));
+        batch_failed(map.name(), element, indices.len(), e)
     })
-}
-
-/// "entry 7 (element 3 of a batch of 10)".
-fn element(name: Option<String>, done: usize, len: usize) -> String {
-    let name = name.unwrap_or_else(|| "a batch".into());
-    if len == 1 { name } else { format!("{name} (element {done} of a batch of {len})") }
 }
 
 fn trie_keys_of<const N: usize>(keys: &[(u32, [u8; N])]) -> Vec<Key<[u8; N]>> {
     keys.iter().map(|(len, data)| Key::new(*len, *data)).collect()
 }
 
+/// `prefix` names a key in errors.
 fn insert_trie<const N: usize>(
     trie: &mut Trie<N>,
     keys: &[(u32, [u8; N])],
     bitmaps: &[RuleBitmap],
+    prefix: fn((u32, [u8; N])) -> Element,
 ) -> Result<(), MapWriteError> {
     let name = trie.batch.name();
-    trie.batch.update(&trie_keys_of(keys), bitmaps).map_err(|e| {
-        let what = element(keys.get(e.done).map(|k| format!("prefix {k:?}")), e.done, keys.len());
-        batch_failed(name, what, e)
-    })
+    trie.batch
+        .update(&trie_keys_of(keys), bitmaps)
+        .map_err(|e| batch_failed(name, keys.get(e.done).copied().map(prefix), keys.len(), e))
 }
 
 fn remove_trie<const N: usize>(
     trie: &mut Trie<N>,
     keys: &[(u32, [u8; N])],
+    prefix: fn((u32, [u8; N])) -> Element,
 ) -> Result<(), MapWriteError> {
     let name = trie.batch.name();
-    trie.batch.delete(&trie_keys_of(keys)).map_err(|e| {
-        let what = element(keys.get(e.done).map(|k| format!("prefix {k:?}")), e.done, keys.len());
-        batch_failed(name, what, e)
-    })
+    trie.batch
+        .delete(&trie_keys_of(keys))
+        .map_err(|e| batch_failed(name, keys.get(e.done).copied().map(prefix), keys.len(), e))
 }
 
 impl KernelMaps {
@@ -369,11 +374,11 @@ impl Maps for KernelMaps {
         keys: &[V4Key],
         bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError> {
-        insert_trie(self.v4(field), keys, bitmaps)
+        insert_trie(self.v4(field), keys, bitmaps, Element::V4Prefix)
     }
 
     fn remove_v4(&mut self, field: AddrFieldId, keys: &[V4Key]) -> Result<(), MapWriteError> {
-        remove_trie(self.v4(field), keys)
+        remove_trie(self.v4(field), keys, Element::V4Prefix)
     }
 
     fn insert_v6(
@@ -382,18 +387,18 @@ impl Maps for KernelMaps {
         keys: &[V6Key],
         bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError> {
-        insert_trie(self.v6(field), keys, bitmaps)
+        insert_trie(self.v6(field), keys, bitmaps, Element::V6Prefix)
     }
 
     fn remove_v6(&mut self, field: AddrFieldId, keys: &[V6Key]) -> Result<(), MapWriteError> {
-        remove_trie(self.v6(field), keys)
+        remove_trie(self.v6(field), keys, Element::V6Prefix)
     }
 
     fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), MapWriteError> {
         let zeros = vec![Counter::default(); slots.len() * self.cpus];
         self.counters.update(slots, &zeros).map_err(|e| {
-            let what = element(slots.get(e.done).map(|s| format!("slot {s}")), e.done, slots.len());
-            batch_failed(RULE_COUNTERS_MAP, what, e)
+            let element = slots.get(e.done).map(|s| Element::Slot(*s));
+            batch_failed(RULE_COUNTERS_MAP, element, slots.len(), e)
         })
     }
 
@@ -410,7 +415,8 @@ impl Maps for KernelMaps {
         let value = generation | if port_table { active::PORT_TABLE } else { 0 };
         self.active.set(0, value, 0).map_err(|source| MapWriteError {
             map: ACTIVE_MAP,
-            what: "entry 0".into(),
+            element: Element::Entry(0),
+            batch: 1,
             written: 0,
             source: Box::new(source),
         })

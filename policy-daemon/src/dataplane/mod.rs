@@ -1,6 +1,7 @@
 //! The only module that talks to the kernel: load the embedded eBPF object, apply
 //! compiled [`Ruleset`]s to its maps atomically ([`apply`]), attach the program to
-//! interfaces, read counters.
+//! interfaces, read counters; where a filter is pinned ([`pins`]) and what its state
+//! file says ([`state`]); read-only handles on pinned filters ([`pinned`]).
 //!
 //! Maps are filled before the program is attached anywhere, so the first packet it sees
 //! is already judged by the full policy.
@@ -8,7 +9,9 @@
 pub mod apply;
 mod batch;
 mod kernel;
+pub mod pinned;
 pub mod pins;
+pub mod state;
 
 use std::{fmt, net::Ipv4Addr};
 
@@ -17,7 +20,7 @@ use aya::{
     maps::MapError,
     pin::PinError as AyaPinError,
     programs::{
-        ProgramError, Xdp, XdpMode,
+        ProgramError, Xdp, XdpMode as AyaXdpFlags,
         links::{FdLink, LinkError, PinnedLink},
         xdp::XdpLink,
     },
@@ -29,7 +32,7 @@ use policy_common::{
 };
 
 use self::{
-    apply::{AddrFieldId, ApplyReport, Drift, Generations, MapWriteError, Maps as _},
+    apply::{AddrFieldId, ApplyReport, Drift, Generations, MapWriteError, Maps as _, RuleSlot},
     kernel::KernelMaps,
     pins::Pins,
 };
@@ -43,17 +46,31 @@ pub fn embedded_object() -> &'static [u8] {
     OBJECT
 }
 
-/// Which XDP mode to attach in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModeChoice {
+/// Where the pinned filters (a directory of pins per interface, on a bpffs) and their
+/// state files are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Places {
+    pub pin_dir: std::path::PathBuf,
+    pub state_dir: std::path::PathBuf,
+}
+
+/// Which XDP mode to attach in: the one name for it in the configuration file, on the
+/// command line and here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
     /// Native (driver) mode if the driver takes it, else generic (skb) mode.
+    #[default]
     Auto,
+    /// Native (driver) mode only.
     Native,
+    /// Generic (skb) mode, which every interface supports.
     Skb,
 }
 
 /// The mode a program was attached in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     Native,
     Skb,
@@ -69,10 +86,10 @@ impl fmt::Display for AttachMode {
 }
 
 impl AttachMode {
-    fn xdp_mode(self) -> XdpMode {
+    fn flags(self) -> AyaXdpFlags {
         match self {
-            Self::Native => XdpMode::Driver,
-            Self::Skb => XdpMode::Skb,
+            Self::Native => AyaXdpFlags::Driver,
+            Self::Skb => AyaXdpFlags::Skb,
         }
     }
 }
@@ -117,7 +134,7 @@ pub enum DataplaneError {
     Attach {
         iface: String,
         mode: AttachMode,
-        hint: &'static str,
+        hint: AttachHint,
         #[source]
         source: ProgramError,
     },
@@ -126,11 +143,11 @@ pub enum DataplaneError {
     #[error("BPF_PROG_TEST_RUN of `{PROGRAM_NAME}` failed")]
     TestRun(#[source] ProgramError),
     #[error(
-        "the pinned maps in {} do not fit this version of xdp-policy (map `{map}`: {detail}): \
+        "the pinned maps in {} do not fit this version of xdp-policy (map `{map}`: {why}): \
          remove them with `xdp-policy detach`, then start again",
         dir.display()
     )]
-    StalePins { dir: std::path::PathBuf, map: &'static str, detail: String },
+    StalePins { dir: std::path::PathBuf, map: &'static str, why: Box<StaleMap> },
     #[error("pinning {} failed", path.display())]
     Pin {
         path: std::path::PathBuf,
@@ -151,8 +168,50 @@ pub enum DataplaneError {
     },
     #[error(transparent)]
     Pins(#[from] pins::PinError),
-    #[error("the embedded eBPF object does not parse: {0}")]
-    Object(String),
+    #[error("the embedded eBPF object does not parse")]
+    Object(#[source] aya_obj::ParseError),
+}
+
+/// Why a pinned map cannot be reused by this version of the program.
+#[derive(Debug, thiserror::Error)]
+pub enum StaleMap {
+    #[error("{}", error_chain(.0))]
+    Unreadable(MapError),
+    #[error("{}", error_chain(.0))]
+    WrongType(MapError),
+    #[error(
+        "pinned (type, key bytes, value bytes, entries) {found:?}, this version needs {expected:?}"
+    )]
+    Layout { found: (u32, u32, u32, u32), expected: (u32, u32, u32, u32) },
+}
+
+/// Advice for attach errors the kernel reports with nothing but an errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachHint {
+    None,
+    /// ERANGE in native mode on veth.
+    PeerMtu,
+    /// EOPNOTSUPP in native mode.
+    NoNativeSupport,
+    /// EBUSY or EEXIST.
+    Occupied,
+}
+
+impl fmt::Display for AttachHint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "",
+            Self::PeerMtu => {
+                " (ERANGE: on veth this means the peer's MTU is too large for native XDP; \
+                 lower it to 3,500 or less, or attach in skb mode)"
+            }
+            Self::NoNativeSupport => " (the driver has no native XDP support: attach in skb mode)",
+            Self::Occupied => {
+                " (another XDP program is attached to this interface in a different mode or \
+                 without a replaceable link: detach it first)"
+            }
+        })
+    }
 }
 
 /// Per-verdict totals, summed over CPUs.
@@ -201,9 +260,9 @@ impl Dataplane {
     /// Loads the program on the maps of the filter pinned under `pins` (its link is
     /// pinned: it is in force), with their counters, and applies nothing yet. Neither
     /// generation's contents are trusted: each is written whole by its first apply.
-    /// `rules` (name, identity, counter slot of each rule in force, from the state file)
-    /// lets unchanged rules keep counting where they were.
-    pub fn adopt(pins: &Pins, rules: Vec<(String, String, u32)>) -> Result<Self, DataplaneError> {
+    /// `rules` (the rules in force with their counter slots, from the state file) lets
+    /// unchanged rules keep counting where they were.
+    pub fn adopt(pins: &Pins, rules: Vec<RuleSlot>) -> Result<Self, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -218,7 +277,7 @@ impl Dataplane {
             DataplaneError::MapType { map, source } => DataplaneError::StalePins {
                 dir: pins.dir().to_path_buf(),
                 map,
-                detail: error_chain(&source),
+                why: Box::new(StaleMap::WrongType(source)),
             },
             other => other,
         })?;
@@ -249,7 +308,7 @@ impl Dataplane {
     pub fn attach_pinned(
         &mut self,
         iface: &str,
-        choice: ModeChoice,
+        choice: XdpMode,
         pins: &Pins,
     ) -> Result<AttachMode, DataplaneError> {
         let (mode, link_id) = self.attach_link(iface, choice)?;
@@ -310,9 +369,9 @@ impl Dataplane {
         self.program()?.pin(&path).map_err(|source| DataplaneError::Pin { path, source })
     }
 
-    /// Counter slots of the rules in force, in rule order.
-    pub fn slots(&self) -> Vec<u32> {
-        self.generations.active_rules().iter().map(|(_, slot)| *slot).collect()
+    /// The rules in force with their counter slots, in rule order.
+    pub fn rule_slots(&self) -> &[RuleSlot] {
+        self.generations.active_rules()
     }
 
     /// Makes `ruleset` the one in force, atomically: packets see the previous ruleset
@@ -339,17 +398,17 @@ impl Dataplane {
     }
 
     /// Attaches the program to `iface` and returns the mode and the link's id. With
-    /// [`ModeChoice::Auto`], native mode is tried first and generic mode used when the
+    /// [`XdpMode::Auto`], native mode is tried first and generic mode used when the
     /// driver refuses, with the reason logged.
     fn attach_link(
         &mut self,
         iface: &str,
-        choice: ModeChoice,
+        choice: XdpMode,
     ) -> Result<(AttachMode, aya::programs::xdp::XdpLinkId), DataplaneError> {
         match choice {
-            ModeChoice::Native => self.attach_in(iface, AttachMode::Native),
-            ModeChoice::Skb => self.attach_in(iface, AttachMode::Skb),
-            ModeChoice::Auto => match self.attach_in(iface, AttachMode::Native) {
+            XdpMode::Native => self.attach_in(iface, AttachMode::Native),
+            XdpMode::Skb => self.attach_in(iface, AttachMode::Skb),
+            XdpMode::Auto => match self.attach_in(iface, AttachMode::Native) {
                 Ok(attached) => Ok(attached),
                 Err(e @ DataplaneError::UnknownInterface(_)) => Err(e),
                 Err(e) => {
@@ -369,7 +428,7 @@ impl Dataplane {
         iface: &str,
         mode: AttachMode,
     ) -> Result<(AttachMode, aya::programs::xdp::XdpLinkId), DataplaneError> {
-        let result = self.program()?.attach(iface, mode.xdp_mode());
+        let result = self.program()?.attach(iface, mode.flags());
         match result {
             Ok(link) => Ok((mode, link)),
             Err(ProgramError::UnknownInterface { name }) => {
@@ -422,10 +481,10 @@ impl Dataplane {
 
     /// The counter of the rule at `index` (rule order) of the ruleset in force.
     pub fn rule_count(&self, index: usize) -> Result<Option<Counter>, DataplaneError> {
-        let Some((_, slot)) = self.generations.active_rules().get(index) else {
+        let Some(rule) = self.generations.active_rules().get(index) else {
             return Ok(None);
         };
-        KernelMaps::read_counter(&self.maps.rule_counters, RULE_COUNTERS_MAP, *slot).map(Some)
+        KernelMaps::read_counter(&self.maps.rule_counters, RULE_COUNTERS_MAP, rule.slot).map(Some)
     }
 
     /// Packets and bytes of every rule in force, in rule order. A rule's counts run
@@ -434,10 +493,13 @@ impl Dataplane {
         self.generations
             .active_rules()
             .iter()
-            .map(|(name, slot)| {
-                let c =
-                    KernelMaps::read_counter(&self.maps.rule_counters, RULE_COUNTERS_MAP, *slot)?;
-                Ok((name.clone(), c))
+            .map(|rule| {
+                let c = KernelMaps::read_counter(
+                    &self.maps.rule_counters,
+                    RULE_COUNTERS_MAP,
+                    rule.slot,
+                )?;
+                Ok((rule.name.clone(), c))
             })
             .collect()
     }
@@ -471,51 +533,41 @@ fn check_pinned_maps(
     pins: &Pins,
     map_paths: &[(&'static str, std::path::PathBuf)],
 ) -> Result<(), DataplaneError> {
-    let object =
-        aya_obj::Object::parse(OBJECT).map_err(|e| DataplaneError::Object(e.to_string()))?;
+    let object = aya_obj::Object::parse(OBJECT).map_err(DataplaneError::Object)?;
     for (name, path) in map_paths {
         if !path.exists() {
             continue;
         }
-        let stale = |detail: String| DataplaneError::StalePins {
+        let stale = |why| DataplaneError::StalePins {
             dir: pins.dir().to_path_buf(),
             map: name,
-            detail,
+            why: Box::new(why),
         };
-        let info = aya::maps::MapInfo::from_pin(path).map_err(|e| stale(error_chain(&e)))?;
+        let info =
+            aya::maps::MapInfo::from_pin(path).map_err(|e| stale(StaleMap::Unreadable(e)))?;
         let Some(wanted) = object.maps.get(*name) else { continue };
         let pinned_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
         let found = (pinned_type, info.key_size(), info.value_size(), info.max_entries());
         let expected =
             (wanted.map_type(), wanted.key_size(), wanted.value_size(), wanted.max_entries());
         if found != expected {
-            return Err(stale(format!(
-                "pinned (type, key bytes, value bytes, entries) {found:?}, this version needs {expected:?}"
-            )));
+            return Err(stale(StaleMap::Layout { found, expected }));
         }
     }
     Ok(())
 }
 
-/// A hint for attach errors the kernel reports with nothing but an errno.
-fn attach_hint(mode: AttachMode, error: &ProgramError) -> &'static str {
+/// Advice for an attach error the kernel reports with nothing but an errno.
+fn attach_hint(mode: AttachMode, error: &ProgramError) -> AttachHint {
     let errno = match error {
         ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
         _ => None,
     };
     match (mode, errno) {
-        (AttachMode::Native, Some(libc::ERANGE)) => {
-            " (ERANGE: on veth this means the peer's MTU is too large for native XDP; \
-             lower it to 3,500 or less, or use --xdp-mode skb)"
-        }
-        (AttachMode::Native, Some(libc::EOPNOTSUPP)) => {
-            " (the driver has no native XDP support: use --xdp-mode skb)"
-        }
-        (_, Some(libc::EBUSY) | Some(libc::EEXIST)) => {
-            " (another XDP program is attached to this interface in a different mode or \
-             without a replaceable link: detach it first)"
-        }
-        _ => "",
+        (AttachMode::Native, Some(libc::ERANGE)) => AttachHint::PeerMtu,
+        (AttachMode::Native, Some(libc::EOPNOTSUPP)) => AttachHint::NoNativeSupport,
+        (_, Some(libc::EBUSY) | Some(libc::EEXIST)) => AttachHint::Occupied,
+        _ => AttachHint::None,
     }
 }
 

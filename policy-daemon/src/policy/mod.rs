@@ -1,8 +1,7 @@
 //! Policies: TOML text → validated [`Policy`] → compiled [`Ruleset`].
 //!
-//! Pure code: no aya, no kernel, no I/O beyond reading the policy files it is pointed at,
-//! so every step is unit-tested without root. `check`, `run` and reload all go through
-//! [`load`].
+//! Pure code: no aya, no kernel, no file system (the daemon's `reload::files` reads the
+//! files and hands their text to [`parse`]), so every step is unit-tested without root.
 //!
 //! Semantics: rules are evaluated in order and the first that matches decides; a rule's
 //! fields combine with AND, the values of one field with OR; a field left out matches
@@ -11,7 +10,6 @@
 
 mod compile;
 mod diagnostic;
-pub mod files;
 pub mod reference;
 mod schema;
 mod shadow;
@@ -25,7 +23,6 @@ use std::{
 
 pub use compile::{PortField, Ruleset, compile};
 pub use diagnostic::{Diagnostic, Location};
-pub use files::{LoadOptions, MAX_POLICY_FILE_BYTES, policy_files};
 use ipnet::IpNet;
 use policy_common::{L4Class, MAX_PREFIXES, MAX_RULES};
 pub use schema::{Action, Fragments, Mode, PortRange, Protocol};
@@ -147,43 +144,12 @@ impl Rule {
     }
 }
 
-/// Why a policy was not accepted.
+/// Why a policy's text was not accepted: every problem of every file, each with its
+/// file, line and column.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: no *.toml policy files in this directory", path.display())]
-    EmptyDirectory { path: PathBuf },
     #[error("{}", render_all(.0))]
     Invalid(Vec<Diagnostic>),
-    #[error(
-        "{}: the file is {size} bytes, over the limit of {MAX_POLICY_FILE_BYTES} bytes (16 MiB) \
-         for a policy file",
-        path.display()
-    )]
-    TooLarge { path: PathBuf, size: u64 },
-    #[error("{location}: not UTF-8 text at byte {offset}")]
-    NotUtf8 { location: Location, offset: usize },
-    #[error(
-        "{}: refusing the policy {what}: it {problem}, and only root may be able to change a \
-         policy; fix it with `chown root: {real} && chmod go-w {real}`, or allow it with \
-         --allow-insecure-policy-files (insecure_policy_files = true in the configuration)",
-        path.display(),
-        real = real.display()
-    )]
-    Insecure { path: PathBuf, real: PathBuf, what: &'static str, problem: String },
-    #[error(
-        "{}: a symlink to {}, outside the policy directory {}: symlinks are followed only \
-         inside it; move or copy the file there",
-        path.display(),
-        target.display(),
-        dir.display()
-    )]
-    SymlinkOutside { path: PathBuf, target: PathBuf, dir: PathBuf },
 }
 
 fn render_all(diagnostics: &[Diagnostic]) -> String {
@@ -194,19 +160,6 @@ fn render_all(diagnostics: &[Diagnostic]) -> String {
     let n = diagnostics.len();
     out.push_str(&format!("{n} error{}", if n == 1 { "" } else { "s" }));
     out
-}
-
-/// Reads and validates the policy at `path`: a file, or a directory whose `*.toml`
-/// files are merged in file-name order. All problems of all files are reported at once.
-/// Files that someone other than root could change are refused (see [`files`]).
-pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    load_with(path, LoadOptions::default())
-}
-
-/// [`load`], with the checks on the files set by `options`.
-pub fn load_with(path: &Path, options: LoadOptions) -> Result<Policy, PolicyError> {
-    let sources = files::read_policy(path, options)?;
-    parse(sources.iter().map(|(file, text)| (file.as_path(), text.as_str())))
 }
 
 /// SHA-256 (hex) over a policy's files, names and contents in order: what `status` shows

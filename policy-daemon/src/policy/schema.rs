@@ -4,7 +4,7 @@
 use std::{collections::HashMap, fmt, marker::PhantomData, net::IpAddr, ops::Range, path::Path};
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer, Serialize, de};
 use toml::Spanned;
 
 use super::{Defaults, Diagnostic, Location, Rule, diagnostic::LineIndex};
@@ -13,7 +13,7 @@ use super::{Defaults, Diagnostic, Location, Rule, diagnostic::LineIndex};
 const MAX_NAME_LEN: usize = 64;
 
 /// What a matching rule (or the default) does with the packet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     #[default]
@@ -22,7 +22,7 @@ pub enum Action {
 }
 
 /// `enforce` applies the action; `monitor` counts what would be dropped and passes it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
@@ -57,13 +57,45 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn name(self) -> &'static str {
+    /// As written in a policy.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
             Self::Icmp => "icmp",
             Self::Icmpv6 => "icmpv6",
             Self::Any => "any",
+        }
+    }
+}
+
+impl Action {
+    /// As written in a policy.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Drop => "drop",
+        }
+    }
+}
+
+impl Mode {
+    /// As written in a policy.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Monitor => "monitor",
+        }
+    }
+}
+
+impl Fragments {
+    /// As written in a policy.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rules => "rules",
+            Self::Pass => "pass",
+            Self::Drop => "drop",
         }
     }
 }

@@ -49,7 +49,7 @@ pub const GENERATED: &[(&str, Generator)] = &[
             write!(text, "\"10.{a}.{b}.{c}\",").expect("writing to a string");
         }
         text.push_str("]\n");
-        assert!(text.len() as u64 <= policy_daemon::policy::MAX_POLICY_FILE_BYTES);
+        assert!(text.len() as u64 <= policy_daemon::reload::files::MAX_POLICY_FILE_BYTES);
         fs::write(path, text).expect("writing");
     }),
 ];

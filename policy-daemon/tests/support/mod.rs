@@ -81,30 +81,29 @@ pub fn serial(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     Some(SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
+/// A fresh directory under the temporary directory (`xdp-policy-NAME-…`), owned by
+/// root and private, removed on drop.
+pub fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("xdp-policy-{name}-"))
+        .tempdir()
+        .expect("creating a temporary directory")
+}
+
 /// A policy file alone in a temporary directory (removed on drop), owned by root and
 /// not writable by others, as `run` wants; rewritten the way editors save.
-pub struct PolicyFile(pub std::path::PathBuf);
+pub struct PolicyFile(pub std::path::PathBuf, tempfile::TempDir);
 
 impl PolicyFile {
     pub fn new(name: &str, text: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("xdp-policy-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("creating a temporary directory");
-        let file = Self(dir.join("policy.toml"));
+        let dir = temp_dir(name);
+        let file = Self(dir.path().join("policy.toml"), dir);
         file.write(text);
         file
     }
 
     pub fn write(&self, text: &str) {
         testbed::save_by_rename(&self.0, text).expect("writing the policy");
-    }
-}
-
-impl Drop for PolicyFile {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }
 

@@ -87,7 +87,8 @@ impl FakeMaps {
             if self.fail_at == Some(self.writes.len()) {
                 return Err(MapWriteError {
                     map: "FAKE",
-                    what: key,
+                    element: fake_element(&key),
+                    batch: elements.len(),
                     written,
                     source: "injected failure".into(),
                 });
@@ -359,7 +360,7 @@ fn the_first_apply_fills_generation_1_then_flips() {
     assert!(maps.writes.contains(&"config/1".to_string()));
     assert!(!maps.writes.iter().any(|w| w == "config/0"), "generation 0 is not touched");
     assert_eq!(maps.zeroed, vec![0, 1], "fresh counter slots are zeroed first");
-    assert_eq!(generations.active_rules(), &[("a".to_string(), 0), ("b".to_string(), 1)]);
+    assert_eq!(named_slots(&generations), &[("a".to_string(), 0), ("b".to_string(), 1)]);
 }
 
 #[test]
@@ -420,14 +421,14 @@ fn unchanged_rules_keep_their_counter_slots() {
     maps.zeroed.clear();
     generations.apply(&mut maps, &ruleset(next)).expect("second");
     assert_eq!(
-        generations.active_rules(),
+        named_slots(&generations),
         &[("c".to_string(), 2), ("a".to_string(), 0), ("b".to_string(), 3)],
         "a keeps slot 0; new and changed rules get slots the active generation did not use"
     );
     assert_eq!(maps.zeroed, vec![2, 3]);
     // Next time, slot 1 (the old `b`) is free again.
     generations.apply(&mut maps, &ruleset(TWO_RULES)).expect("third");
-    assert_eq!(generations.active_rules(), &[("a".to_string(), 0), ("b".to_string(), 1)]);
+    assert_eq!(named_slots(&generations), &[("a".to_string(), 0), ("b".to_string(), 1)]);
 }
 
 #[test]
@@ -512,14 +513,7 @@ fn adopted_maps_are_rewritten_whole_and_stale_prefixes_removed() {
     let old = ruleset("[[rule]]\nname = \"old\"\naction = \"drop\"\nsrc = \"198.51.100.0/24\"\n");
     before.apply(&mut maps, &old).expect("first");
     before.apply(&mut maps, &ruleset(TWO_RULES)).expect("second");
-    let slots: Vec<(String, String, u32)> = before
-        .active_rules()
-        .iter()
-        .map(|(name, slot)| {
-            let identity = before.slots().iter().find(|(_, s)| *s == slot).map(|(i, _)| i.clone());
-            (name.clone(), identity.unwrap_or_default(), *slot)
-        })
-        .collect();
+    let slots = before.active_rules().to_vec();
     assert_eq!(maps.active, 0);
 
     // A new daemon adopts the maps and applies the same two rules again.
@@ -731,7 +725,7 @@ fn adopted_rule_entries_are_written_even_when_they_look_like_zeros() {
     );
     for round in 0..3 {
         adopted.apply(&mut maps, &pass).expect("apply");
-        assert_eq!(adopted.active_rules(), &[("dns".to_string(), 0)]);
+        assert_eq!(named_slots(&adopted), &[("dns".to_string(), 0)]);
         let entry = format!("rule/{}", maps.active * MAX_RULES as u32);
         assert_eq!(maps.values.get(&entry), Some(&Value::Rule(ZERO_RULE)), "round {round}");
         assert_in_force(&adopted, &mut maps, &pass, &format!("round {round}"));
@@ -894,4 +888,14 @@ fn a_scribbled_generation_is_found_and_repaired() {
         generations.apply(&mut maps, &rules).expect("apply after the repair");
         assert_in_force(&generations, &mut maps, &rules, &format!("seed {seed}, then applied"));
     }
+}
+
+/// The names and counter slots of the rules in force, in rule order.
+fn named_slots(generations: &Generations) -> Vec<(String, u32)> {
+    generations.active_rules().iter().map(|r| (r.name.clone(), r.slot)).collect()
+}
+
+/// A fake map key (`rule/7`) as the element a write failed at.
+fn fake_element(key: &str) -> Element {
+    key.rsplit('/').next().and_then(|i| i.parse().ok()).map_or(Element::Unknown, Element::Entry)
 }

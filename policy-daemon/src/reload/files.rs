@@ -22,7 +22,7 @@ use std::{
 
 use nix::sys::statvfs::{FsFlags, statvfs};
 
-use super::{Location, PolicyError};
+use crate::policy::{self, Location, Policy, PolicyError};
 
 /// Largest policy file read, checked from the file's metadata before it is read: the
 /// biggest policy the kernel maps hold is well under 1 MiB.
@@ -31,9 +31,77 @@ pub const MAX_POLICY_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// How policy files are read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Skip the ownership and permission checks (config `insecure_policy_files = true`,
-    /// flag `--allow-insecure-policy-files`): for test setups only.
+    /// Skip the ownership and permission checks (`insecure_policy_files = true` in the
+    /// configuration): for test setups only.
     pub allow_insecure_files: bool,
+}
+
+/// Why the files of a policy were not read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: no *.toml policy files in this directory", path.display())]
+    EmptyDirectory { path: PathBuf },
+    #[error(
+        "{}: the file is {size} bytes, over the limit of {MAX_POLICY_FILE_BYTES} bytes (16 MiB) \
+         for a policy file",
+        path.display()
+    )]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("{location}: not UTF-8 text at byte {offset}")]
+    NotUtf8 { location: Location, offset: usize },
+    #[error(
+        "{}: refusing the policy {what}: it {problem}, and only root may be able to change a \
+         policy; fix it with `chown root: {real} && chmod go-w {real}`, or allow it (for test \
+         setups only) with insecure_policy_files = true in the configuration",
+        path.display(),
+        real = real.display()
+    )]
+    Insecure { path: PathBuf, real: PathBuf, what: &'static str, problem: Exposure },
+    #[error(
+        "{}: a symlink to {}, outside the policy directory {}: symlinks are followed only \
+         inside it; move or copy the file there",
+        path.display(),
+        target.display(),
+        dir.display()
+    )]
+    SymlinkOutside { path: PathBuf, target: PathBuf, dir: PathBuf },
+}
+
+/// Why a policy was not loaded: its files, or what they say.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Files(#[from] FileError),
+    #[error(transparent)]
+    Invalid(#[from] PolicyError),
+}
+
+/// How someone other than root could change a file or directory.
+#[derive(Debug, thiserror::Error)]
+pub enum Exposure {
+    #[error("is owned by uid {uid} and writable by its group or others (mode {mode:o})")]
+    OwnerAndMode { uid: u32, mode: u32 },
+    #[error("is owned by uid {uid}, not root")]
+    Owner { uid: u32 },
+    #[error("is writable by its group or others (mode {mode:o})")]
+    Mode { mode: u32 },
+    #[error("cannot be read ({0})")]
+    Unreadable(std::io::Error),
+}
+
+/// Reads and validates the policy at `path`: a file, or a directory whose `*.toml`
+/// files are merged in file-name order. All problems of all files are reported at once.
+/// Files that someone other than root could change are refused, unless `options` say
+/// otherwise.
+pub fn load(path: &Path, options: LoadOptions) -> Result<Policy, LoadError> {
+    let sources = read_policy(path, options)?;
+    Ok(policy::parse(sources.iter().map(|(file, text)| (file.as_path(), text.as_str())))?)
 }
 
 const SETGID_STICKY: u32 = 0o1000;
@@ -41,8 +109,8 @@ const GROUP_OR_OTHER_WRITE: u32 = 0o022;
 
 /// The files a policy path stands for: the file itself, or the `*.toml` files of a
 /// directory in file-name order.
-pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
-    let read_err = |source| PolicyError::Read { path: path.to_path_buf(), source };
+pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, FileError> {
+    let read_err = |source| FileError::Read { path: path.to_path_buf(), source };
     if !fs::metadata(path).map_err(read_err)?.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
@@ -55,7 +123,7 @@ pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
         }
     }
     if files.is_empty() {
-        return Err(PolicyError::EmptyDirectory { path: path.to_path_buf() });
+        return Err(FileError::EmptyDirectory { path: path.to_path_buf() });
     }
     files.sort();
     Ok(files)
@@ -63,24 +131,21 @@ pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
 
 /// Reads every file of the policy at `path`, after checking where it is and who can
 /// change it.
-pub fn read_policy(
-    path: &Path,
-    options: LoadOptions,
-) -> Result<Vec<(PathBuf, String)>, PolicyError> {
+pub fn read_policy(path: &Path, options: LoadOptions) -> Result<Vec<(PathBuf, String)>, FileError> {
     let files = policy_files(path)?;
     let is_dir = files.len() != 1 || files[0] != path;
     let base = if is_dir { path } else { path.parent().unwrap_or(Path::new(".")) };
     let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
     let read_err = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| PolicyError::Read { path: p, source }
+        move |source| FileError::Read { path: p, source }
     };
     let real_base = fs::canonicalize(base).map_err(read_err(base))?;
     let mut sources = Vec::new();
     for file in files {
         let real = fs::canonicalize(&file).map_err(read_err(&file))?;
         if !real.starts_with(&real_base) {
-            return Err(PolicyError::SymlinkOutside {
+            return Err(FileError::SymlinkOutside {
                 path: file,
                 target: real,
                 dir: base.to_path_buf(),
@@ -99,7 +164,7 @@ pub fn read_policy(
             }
         }
         if meta.len() > MAX_POLICY_FILE_BYTES {
-            return Err(PolicyError::TooLarge { path: file, size: meta.len() });
+            return Err(FileError::TooLarge { path: file, size: meta.len() });
         }
         let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
         // The file may grow after the metadata was read: never read past the limit.
@@ -108,7 +173,7 @@ pub fn read_policy(
             .read_to_end(&mut bytes)
             .map_err(read_err(&file))?;
         if bytes.len() as u64 > MAX_POLICY_FILE_BYTES {
-            return Err(PolicyError::TooLarge { path: file, size: bytes.len() as u64 });
+            return Err(FileError::TooLarge { path: file, size: bytes.len() as u64 });
         }
         let text = match String::from_utf8(bytes) {
             Ok(text) => text,
@@ -116,7 +181,7 @@ pub fn read_policy(
                 let offset = e.utf8_error().valid_up_to();
                 let valid = std::str::from_utf8(&e.as_bytes()[..offset]).unwrap_or_default();
                 let location = Location::of(file.clone(), valid, offset);
-                return Err(PolicyError::NotUtf8 { location, offset });
+                return Err(FileError::NotUtf8 { location, offset });
             }
         };
         sources.push((file, text));
@@ -124,9 +189,9 @@ pub fn read_policy(
     Ok(sources)
 }
 
-fn check_owner_and_mode(shown: &Path, real: &Path, sticky_ok: bool) -> Result<(), PolicyError> {
+fn check_owner_and_mode(shown: &Path, real: &Path, sticky_ok: bool) -> Result<(), FileError> {
     let meta = fs::metadata(real)
-        .map_err(|source| PolicyError::Read { path: shown.to_path_buf(), source })?;
+        .map_err(|source| FileError::Read { path: shown.to_path_buf(), source })?;
     check_metadata(shown, real, &meta, sticky_ok)
 }
 
@@ -135,10 +200,10 @@ fn check_metadata(
     real: &Path,
     meta: &Metadata,
     sticky_ok: bool,
-) -> Result<(), PolicyError> {
+) -> Result<(), FileError> {
     match exposure(real, meta, sticky_ok) {
         None => Ok(()),
-        Some(problem) => Err(PolicyError::Insecure {
+        Some(problem) => Err(FileError::Insecure {
             path: shown.to_path_buf(),
             real: real.to_path_buf(),
             what: if meta.is_dir() { "directory" } else { "file" },
@@ -151,7 +216,7 @@ fn check_metadata(
 /// directory at `real`, if they could: its owner, or its mode (a sticky directory's only
 /// where `sticky_ok` is false; not on a read-only mount, and not for what is neither a
 /// file nor a directory, such as /dev/null).
-fn exposure(real: &Path, meta: &Metadata, sticky_ok: bool) -> Option<String> {
+fn exposure(real: &Path, meta: &Metadata, sticky_ok: bool) -> Option<Exposure> {
     let euid = nix::unistd::geteuid().as_raw();
     let owner_ok = meta.uid() == 0 || meta.uid() == euid;
     let sticky = meta.is_dir() && meta.mode() & SETGID_STICKY != 0;
@@ -162,12 +227,9 @@ fn exposure(real: &Path, meta: &Metadata, sticky_ok: bool) -> Option<String> {
     match (owner_ok, writable) {
         (true, false) => None,
         (true, true) if read_only_mount(real) => None,
-        (false, true) => Some(format!(
-            "is owned by uid {} and writable by its group or others (mode {mode:o})",
-            meta.uid()
-        )),
-        (false, false) => Some(format!("is owned by uid {}, not root", meta.uid())),
-        (true, true) => Some(format!("is writable by its group or others (mode {mode:o})")),
+        (false, true) => Some(Exposure::OwnerAndMode { uid: meta.uid(), mode }),
+        (false, false) => Some(Exposure::Owner { uid: meta.uid() }),
+        (true, true) => Some(Exposure::Mode { mode }),
     }
 }
 
@@ -183,7 +245,7 @@ fn exposure(real: &Path, meta: &Metadata, sticky_ok: bool) -> Option<String> {
 pub struct Untrusted {
     pub path: PathBuf,
     pub real: PathBuf,
-    pub problem: String,
+    pub problem: Exposure,
 }
 
 /// Checks that only root (or this process's user) can change the file at `path` and
@@ -195,8 +257,7 @@ pub fn check_trusted_file(path: &Path) -> Result<(), Untrusted> {
         real: real.to_path_buf(),
         problem,
     };
-    let read_failed =
-        |real: &Path, e: std::io::Error| untrusted(real, format!("cannot be read ({e})"));
+    let read_failed = |real: &Path, e: std::io::Error| untrusted(real, Exposure::Unreadable(e));
     let real = fs::canonicalize(path).map_err(|e| read_failed(path, e))?;
     for (i, p) in real.ancestors().enumerate() {
         let meta = fs::metadata(p).map_err(|e| read_failed(p, e))?;
@@ -221,17 +282,18 @@ mod tests {
     const STRICT: LoadOptions = LoadOptions { allow_insecure_files: false };
     const INSECURE: LoadOptions = LoadOptions { allow_insecure_files: true };
 
-    /// A fresh directory (mode 0755) under the temporary directory, removed on drop.
-    struct TempDir(PathBuf);
+    /// A fresh directory (mode 0755) under the temporary directory, and its path;
+    /// removed on drop.
+    struct TempDir(PathBuf, #[allow(dead_code, reason = "removes it on drop")] tempfile::TempDir);
 
     impl TempDir {
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("xdp-policy-files-{}-{name}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).expect("mkdir");
-            chmod(&dir, 0o755);
-            Self(dir)
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("xdp-policy-files-{name}-"))
+                .tempdir()
+                .expect("mkdir");
+            chmod(dir.path(), 0o755);
+            Self(dir.path().to_path_buf(), dir)
         }
 
         fn file(&self, name: &str, mode: u32) -> PathBuf {
@@ -239,12 +301,6 @@ mod tests {
             fs::write(&path, POLICY).expect("writing");
             chmod(&path, mode);
             path
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
         }
     }
 
@@ -262,8 +318,8 @@ mod tests {
     fn fix(path: &Path) -> String {
         format!(
             "only root may be able to change a policy; fix it with `chown root: {p} && chmod \
-             go-w {p}`, or allow it with --allow-insecure-policy-files (insecure_policy_files = \
-             true in the configuration)",
+             go-w {p}`, or allow it (for test setups only) with insecure_policy_files = true in \
+             the configuration",
             p = path.display()
         )
     }

@@ -13,6 +13,9 @@ use std::{
 use policy_common::{MAX_RULES, RULE_COUNTER_SLOTS};
 use serde::{Deserialize, Serialize};
 
+use super::{AttachMode, apply::RuleSlot};
+use crate::policy::{Action, Mode};
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub iface: String,
@@ -23,8 +26,7 @@ pub struct State {
     pub generation: u64,
     /// When the ruleset in force was applied, seconds since the Unix epoch.
     pub applied_at: u64,
-    /// `native` or `skb`.
-    pub attach_mode: String,
+    pub attach_mode: AttachMode,
     /// Whether the interface existed at the last update (the daemon re-attaches when a
     /// vanished interface comes back).
     #[serde(default = "present")]
@@ -62,17 +64,23 @@ impl Audit {
     }
 }
 
+/// A rule in force: what it does, and where it counts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleState {
     pub name: String,
-    /// `pass` or `drop`.
-    pub action: String,
-    /// `enforce` or `monitor`.
-    pub mode: String,
+    pub action: Action,
+    pub mode: Mode,
     /// Index of the rule's counters in the pinned `RULE_COUNTERS` map.
     pub slot: u32,
     /// `policy::Rule::identity`: the slot stays with the rule while this is unchanged.
     pub identity: String,
+}
+
+impl RuleState {
+    /// What a daemon adopting the maps needs of the rule.
+    pub fn slot(&self) -> RuleSlot {
+        RuleSlot { name: self.name.clone(), identity: self.identity.clone(), slot: self.slot }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,7 +216,7 @@ mod tests {
             policy_hash: "ab".repeat(32),
             generation: 7,
             applied_at: 1_790_000_000,
-            attach_mode: "native".into(),
+            attach_mode: AttachMode::Native,
             interface_present: true,
             pid: 4242,
             audit: Some(Audit {
@@ -221,8 +229,8 @@ mod tests {
             }),
             rules: vec![RuleState {
                 name: "ssh".into(),
-                action: "pass".into(),
-                mode: "enforce".into(),
+                action: Action::Pass,
+                mode: Mode::Enforce,
                 slot: 3,
                 identity: "0123".into(),
             }],
@@ -243,14 +251,14 @@ mod tests {
             policy_hash: "ab".repeat(32),
             generation: 1,
             applied_at: 0,
-            attach_mode: "skb".into(),
+            attach_mode: AttachMode::Skb,
             interface_present: true,
             pid: 1,
             audit: None,
             rules: vec![RuleState {
                 name: "a".into(),
-                action: "drop".into(),
-                mode: "enforce".into(),
+                action: Action::Drop,
+                mode: Mode::Enforce,
                 slot: 0,
                 identity: "x".into(),
             }],

@@ -1,0 +1,355 @@
+//! The commands on the pinned filters, which work whether or not a daemon runs:
+//! `status` (what is in force, with its counters; `--verify` has the daemon audit
+//! first), `explain` (why a given packet is passed or dropped, by the live program and
+//! by the reference classifier), `events` (sampled drops) and `detach`.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use policy_common::{
+    Verdict,
+    xdp_action::{XDP_DROP, XDP_PASS},
+};
+
+use super::{CliError, DetachArgs, EventsArgs, ExplainArgs, StatusArgs};
+use crate::{
+    dataplane::{
+        Places,
+        pinned::{self, PinnedFilter},
+        state::State,
+    },
+    packet,
+    policy::reference::{self, IpPacket, L4, Parsed},
+    reload::files,
+    render::{
+        self, Count, Explanation, InterfaceStatus, LiveOutcome, ReferenceOutcome, RuleStatus,
+    },
+};
+
+/// How long `status --verify` waits for a daemon's audit.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(
+        "no xdp-policy daemon holds the filter of {iface}, so nothing holds the compiled \
+         policy to compare its maps with: start the daemon (`xdp-policy run`; it writes the \
+         policy whole when it adopts the pins)"
+    )]
+    NoDaemon { iface: String },
+    #[error("telling the daemon (pid {pid}) to audit failed")]
+    Signal {
+        pid: u32,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("the daemon (pid {pid}) did not audit {iface} within {timeout:?}")]
+    AuditTimeout { iface: String, pid: u32, timeout: Duration },
+    #[error("{count} interfaces are pinned: name one with --iface")]
+    WhichInterface { count: usize },
+}
+
+/// A packet `explain` cannot build from its flags.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("--proto {0} needs --dst-port")]
+    NeedsDstPort(String),
+    #[error("--proto {0}: expected tcp, udp, icmp, icmpv6 or a protocol number")]
+    UnknownProtocol(String),
+    #[error("icmp goes with IPv4 addresses, icmpv6 with IPv6")]
+    IcmpFamily,
+    #[error("the source and the destination address must both be IPv4 or both IPv6")]
+    MixedFamilies,
+}
+
+pub fn status(args: &StatusArgs) -> Result<(), CliError> {
+    let places = args.places.resolve()?;
+    let only = args.iface.as_deref();
+    if args.verify {
+        verify(&places, only)?;
+    }
+    let all = read_status(&places, only)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+    } else {
+        print!("{}", render::render_status(&all));
+    }
+    let drifted: Vec<String> = all
+        .iter()
+        .filter(|s| {
+            s.state
+                .as_ref()
+                .and_then(|st| st.audit.as_ref())
+                .is_some_and(|a| !a.drift.is_empty() || a.error.is_some())
+        })
+        .map(|s| s.iface.clone())
+        .collect();
+    if args.verify && !drifted.is_empty() {
+        return Err(CliError::Drift(drifted));
+    }
+    Ok(())
+}
+
+/// The status of every pinned interface, or of `only`.
+fn read_status(places: &Places, only: Option<&str>) -> Result<Vec<InterfaceStatus>, CliError> {
+    let mut all = Vec::new();
+    for filter in PinnedFilter::all(&places.pin_dir, only)? {
+        let (state, state_error) = match State::read(&places.state_dir, filter.iface()) {
+            Ok(state) => (state, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let counts = filter.verdict_counts()?;
+        let verdicts = Verdict::ALL
+            .iter()
+            .map(|v| {
+                let c = counts.get(*v);
+                (v.name(), Count { packets: c.packets, bytes: c.bytes })
+            })
+            .collect();
+        let in_force = state.as_ref().map(|s| s.rules.as_slice()).unwrap_or_default();
+        let slots: Vec<u32> = in_force.iter().map(|r| r.slot).collect();
+        let rules = in_force
+            .iter()
+            .zip(filter.rule_counts(&slots)?)
+            .map(|(rule, c)| RuleStatus {
+                name: rule.name.clone(),
+                action: rule.action,
+                mode: rule.mode,
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect();
+        all.push(InterfaceStatus {
+            iface: filter.iface().to_string(),
+            attached: filter.attached(),
+            state,
+            state_error,
+            verdicts,
+            rules,
+        });
+    }
+    Ok(all)
+}
+
+/// Has the daemon holding each pinned interface (or only `only`) audit its maps now
+/// (SIGUSR1), and waits until it has recorded the result in the state file.
+fn verify(places: &Places, only: Option<&str>) -> Result<(), CliError> {
+    let audits = |iface: &str| -> u64 {
+        // A damaged state file counts as no audit yet: the daemon writes a good one.
+        State::read(&places.state_dir, iface)
+            .ok()
+            .flatten()
+            .and_then(|s| s.audit)
+            .map_or(0, |a| a.count)
+    };
+    let mut asked = Vec::new();
+    for filter in PinnedFilter::all(&places.pin_dir, only)? {
+        let iface = filter.iface().to_string();
+        let pid = filter.daemon().ok_or_else(|| InspectError::NoDaemon { iface: iface.clone() })?;
+        let before = audits(&iface);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGUSR1)
+            .map_err(|source| InspectError::Signal { pid, source })?;
+        asked.push((iface, pid, before));
+    }
+    let deadline = Instant::now() + VERIFY_TIMEOUT;
+    for (iface, pid, before) in asked {
+        while audits(&iface) <= before {
+            if Instant::now() >= deadline {
+                return Err(
+                    InspectError::AuditTimeout { iface, pid, timeout: VERIFY_TIMEOUT }.into()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+pub fn explain(args: &ExplainArgs) -> Result<(), CliError> {
+    let places = args.places.resolve()?;
+    let explanation = explain_packet(&places, &args.iface, &probe(args)?)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&explanation).unwrap_or_default());
+    } else {
+        print!("{}", render::render_explanation(&explanation));
+    }
+    Ok(())
+}
+
+/// The packet `explain` tries: as the reference classifier sees it, and as a frame.
+struct Probe {
+    src: IpAddr,
+    dst: IpAddr,
+    l4: L4,
+    frame: Vec<u8>,
+}
+
+/// The packet the flags describe.
+fn probe(args: &ExplainArgs) -> Result<Probe, ProbeError> {
+    let port = || args.dst_port.ok_or_else(|| ProbeError::NeedsDstPort(args.proto.clone()));
+    let v6 = args.src.is_ipv6();
+    if v6 != args.dst.is_ipv6() {
+        return Err(ProbeError::MixedFamilies);
+    }
+    let (l4, transport, src_port) = match args.proto.as_str() {
+        "tcp" => {
+            let dst_port = port()?;
+            (L4::Tcp { src_port: args.src_port, dst_port }, packet::tcp(dst_port), args.src_port)
+        }
+        "udp" => {
+            let dst_port = port()?;
+            (L4::Udp { src_port: args.src_port, dst_port }, packet::udp(dst_port), args.src_port)
+        }
+        "icmp" if !v6 => {
+            let icmp_type = args.icmp_type.unwrap_or(8);
+            (L4::Icmp { icmp_type }, packet::icmp(icmp_type), 0)
+        }
+        "icmpv6" if v6 => {
+            let icmp_type = args.icmp_type.unwrap_or(128);
+            (L4::Icmpv6 { icmp_type }, packet::icmpv6(icmp_type), 0)
+        }
+        "icmp" | "icmpv6" => return Err(ProbeError::IcmpFamily),
+        other => match other.parse::<u8>() {
+            Ok(proto) => (L4::Other { proto }, packet::L4::Other { proto }, 0),
+            Err(_) => return Err(ProbeError::UnknownProtocol(other.to_string())),
+        },
+    };
+    let packet = if v6 { packet::Packet::ipv6(transport) } else { packet::Packet::ipv4(transport) };
+    let frame = packet.src_ip(args.src).dst_ip(args.dst).src_port(src_port).build();
+    Ok(Probe { src: args.src, dst: args.dst, l4, frame })
+}
+
+/// Runs the packet through the live program of `iface` and through the reference
+/// classifier over the policy files in force.
+fn explain_packet(places: &Places, iface: &str, probe: &Probe) -> Result<Explanation, CliError> {
+    let filter = PinnedFilter::open(&places.pin_dir, iface)?;
+    // A damaged state file leaves no policy to compare with: said below.
+    let (state, state_error) = match State::read(&places.state_dir, iface) {
+        Ok(state) => (state, None),
+        Err(e) => (None, Some(e)),
+    };
+    let rules = state.as_ref().map(|s| s.rules.clone()).unwrap_or_default();
+    let slots: Vec<u32> = rules.iter().map(|r| r.slot).collect();
+    let snapshot = || -> Result<(Vec<u64>, Vec<u64>), CliError> {
+        let verdicts = filter.verdict_counts()?;
+        let v = Verdict::ALL.iter().map(|v| verdicts.get(*v).packets).collect();
+        let r = filter.rule_counts(&slots)?.iter().map(|c| c.packets).collect();
+        Ok((v, r))
+    };
+    let before = snapshot()?;
+    let action = filter.test_run(&probe.frame)?;
+    let after = snapshot()?;
+    // Traffic on the interface counts too: the verdict and rule this run added are the
+    // ones that moved, and usually the only ones.
+    let moved =
+        |b: &[u64], a: &[u64]| -> Vec<usize> { (0..a.len()).filter(|i| a[*i] > b[*i]).collect() };
+    let live = LiveOutcome {
+        action: match action {
+            XDP_DROP => "DROP",
+            XDP_PASS => "PASS",
+            _ => "other",
+        },
+        verdicts: moved(&before.0, &after.0).iter().map(|i| Verdict::ALL[*i].name()).collect(),
+        rules: moved(&before.1, &after.1).iter().map(|i| rules[*i].name.clone()).collect(),
+    };
+    let (reference, reference_missing) = match (&state, state_error) {
+        (None, Some(e)) => {
+            (None, Some(format!("state file ignored ({e}), so no policy to compare with")))
+        }
+        (None, None) => (None, Some("no state file, so no policy to compare with".to_string())),
+        (Some(state), _) => match reference_outcome(state, probe) {
+            Ok(outcome) => (Some(outcome), None),
+            Err(e) => (
+                None,
+                Some(format!("the policy at {} does not load now:\n{e}", state.policy.display())),
+            ),
+        },
+    };
+    Ok(Explanation {
+        packet: render::describe_packet(probe.src, probe.dst, &probe.l4),
+        iface: iface.to_string(),
+        live,
+        reference,
+        reference_missing,
+    })
+}
+
+/// What the reference classifier says of the packet, from the policy files in force as
+/// they are now.
+fn reference_outcome(state: &State, probe: &Probe) -> Result<ReferenceOutcome, files::LoadError> {
+    let policy = files::load(&state.policy, files::LoadOptions::default())?;
+    let packet = IpPacket { src: probe.src, dst: probe.dst, l4: probe.l4 };
+    let outcome = reference::classify(&policy, &Parsed::Ip(packet));
+    let rule = outcome.rule.map(|i| &policy.rules[i]);
+    Ok(ReferenceOutcome {
+        policy: state.policy.clone(),
+        action: if outcome.verdict.drops() { "DROP" } else { "PASS" },
+        verdict: outcome.verdict.name(),
+        rule: rule.map(|r| r.name.clone()),
+        location: rule.map(|r| r.location.to_string()),
+        changed_since_applied: policy.hash != state.policy_hash,
+    })
+}
+
+/// Samples drops (and would-be drops) while it runs, a line each.
+pub async fn events(args: &EventsArgs) -> Result<(), CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let places = args.places.resolve()?;
+    let filter = match &args.iface {
+        Some(iface) => PinnedFilter::open(&places.pin_dir, iface)?,
+        None => {
+            let mut all = PinnedFilter::all(&places.pin_dir, None)?;
+            if all.len() != 1 {
+                return Err(InspectError::WhichInterface { count: all.len() }.into());
+            }
+            all.remove(0)
+        }
+    };
+    let mut events = filter.events()?;
+    let iface = filter.iface();
+    // Without a usable state file, rules are shown by their counter slots.
+    let rule_names: BTreeMap<u32, String> = State::read(&places.state_dir, iface)
+        .ok()
+        .flatten()
+        .map(|s| s.rules.into_iter().map(|r| (r.slot, r.name)).collect())
+        .unwrap_or_default();
+    let mut sigterm = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
+    let deadline = args.seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    events.set_rate(args.rate)?;
+    eprintln!("sampling drops on {iface} at up to {}/s per CPU; Ctrl-C stops", args.rate);
+    let mut seen = 0;
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    'outer: loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = poll.tick() => {
+                for event in events.drain() {
+                    println!("{}", render::event_line(iface, &event, &rule_names));
+                    seen += 1;
+                    if args.count.is_some_and(|n| seen >= n) {
+                        break 'outer;
+                    }
+                }
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    break;
+                }
+            }
+        }
+    }
+    // Off again: sampling is for while someone watches.
+    events.set_rate(0)?;
+    Ok(())
+}
+
+pub fn detach(args: &DetachArgs) -> Result<(), CliError> {
+    let Places { pin_dir, state_dir } = args.places.resolve()?;
+    for iface in pinned::detach(&pin_dir, &state_dir, args.iface.as_deref())? {
+        println!("{iface}: detached");
+    }
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! A read-only handle on a filter pinned by a daemon, whether or not that daemon still
+//! runs: its counters, a test run of its program, its sampled drop events, the daemon
+//! holding it, and detaching it. What `status`, `explain`, `events` and `detach` read.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    TestRun as _, TestRunOptions,
+    maps::{Array, Map, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{
+        ProgramError, Xdp,
+        links::{FdLink, PinnedLink},
+    },
+};
+use aya_obj::programs::XdpAttachType;
+use policy_common::{
+    Counter, DropEvent, EVENT_SETTINGS_MAP, EVENTS_MAP, EventSettings, RULE_COUNTERS_MAP,
+    VERDICT_COUNTERS_MAP, Verdict,
+};
+
+use super::{
+    VerdictCounts,
+    pins::{PinError, Pins},
+    state::{State, StateError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedError {
+    #[error("no filter is pinned for {iface} under {}", pin_dir.display())]
+    NotPinned { iface: String, pin_dir: PathBuf },
+    #[error("reading the pinned map {} failed", path.display())]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error("opening the pinned program {} failed", path.display())]
+    Program {
+        path: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(
+        "the pins of {iface} are removed, but its XDP link (id {id}) is still held by a \
+         process: the filter stays until that process lets it go"
+    )]
+    LinkHeld { iface: String, id: u32 },
+}
+
+/// The pins of one interface's filter.
+#[derive(Clone, Debug)]
+pub struct PinnedFilter {
+    iface: String,
+    pins: Pins,
+}
+
+impl PinnedFilter {
+    /// Every interface with pins under `pin_dir` (a filter in force, or what is left of
+    /// one), sorted by name; only `only` if given, which must be there.
+    pub fn all(pin_dir: &Path, only: Option<&str>) -> Result<Vec<Self>, PinnedError> {
+        let all: Vec<Self> = Pins::all(pin_dir)?
+            .into_iter()
+            .filter(|(iface, _)| only.is_none_or(|o| o == iface))
+            .map(|(iface, pins)| Self { iface, pins })
+            .collect();
+        match only {
+            Some(iface) if all.is_empty() => Err(not_pinned(pin_dir, iface)),
+            _ => Ok(all),
+        }
+    }
+
+    /// The filter of `iface`, whose program must be pinned.
+    pub fn open(pin_dir: &Path, iface: &str) -> Result<Self, PinnedError> {
+        let pins = Pins::new(pin_dir, iface);
+        if !pins.program().exists() {
+            return Err(not_pinned(pin_dir, iface));
+        }
+        Ok(Self { iface: iface.to_string(), pins })
+    }
+
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// A link is pinned: the filter is in force (if the interface still exists).
+    pub fn attached(&self) -> bool {
+        self.pins.linked()
+    }
+
+    /// The daemon holding the filter (its lock), if one runs.
+    pub fn daemon(&self) -> Option<u32> {
+        self.pins.lock_holder()
+    }
+
+    /// Per-verdict packets and bytes since the filter was first attached.
+    pub fn verdict_counts(&self) -> Result<VerdictCounts, PinnedError> {
+        let map = self.counters(VERDICT_COUNTERS_MAP)?;
+        let mut counts = VerdictCounts::default();
+        for verdict in Verdict::ALL {
+            counts.0[verdict as usize] = map.get(verdict as u32)?;
+        }
+        Ok(counts)
+    }
+
+    /// The rule counters at these slots (as the state file gives them), in order.
+    pub fn rule_counts(&self, slots: &[u32]) -> Result<Vec<Counter>, PinnedError> {
+        let map = self.counters(RULE_COUNTERS_MAP)?;
+        slots.iter().map(|slot| map.get(*slot)).collect()
+    }
+
+    fn counters(&self, name: &'static str) -> Result<Counters, PinnedError> {
+        let path = self.pins.map(name);
+        let err = |source| PinnedError::Map { path: path.clone(), source };
+        let data = MapData::from_pin(&path).map_err(err)?;
+        let map = PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(err)?;
+        Ok(Counters { map, path })
+    }
+
+    /// Runs the pinned program once on `frame` (BPF_PROG_TEST_RUN) and returns its XDP
+    /// action. It counts like a packet on the interface.
+    pub fn test_run(&self, frame: &[u8]) -> Result<u32, PinnedError> {
+        let path = self.pins.program();
+        let program = Xdp::from_pin(&path, XdpAttachType::Interface)
+            .map_err(|source| PinnedError::Program { path: path.clone(), source })?;
+        let opts = TestRunOptions { data_in: Some(frame), ..TestRunOptions::default() };
+        let result =
+            program.test_run(opts).map_err(|source| PinnedError::Program { path, source })?;
+        Ok(result.return_value)
+    }
+
+    /// The filter's drop events and their sampling switch.
+    pub fn events(&self) -> Result<Events, PinnedError> {
+        if !self.attached() {
+            return Err(not_pinned(self.pins.dir().parent().unwrap_or(Path::new("")), &self.iface));
+        }
+        let open = |name: &str| {
+            let path = self.pins.map(name);
+            MapData::from_pin(&path).map_err(|source| PinnedError::Map { path, source })
+        };
+        let err = |name: &str| {
+            let path = self.pins.map(name);
+            move |source| PinnedError::Map { path, source }
+        };
+        let ring = RingBuf::try_from(Map::RingBuf(open(EVENTS_MAP)?)).map_err(err(EVENTS_MAP))?;
+        let settings = Array::try_from(Map::Array(open(EVENT_SETTINGS_MAP)?))
+            .map_err(err(EVENT_SETTINGS_MAP))?;
+        Ok(Events { ring, settings, settings_path: self.pins.map(EVENT_SETTINGS_MAP) })
+    }
+}
+
+fn not_pinned(pin_dir: &Path, iface: &str) -> PinnedError {
+    PinnedError::NotPinned { iface: iface.to_string(), pin_dir: pin_dir.to_path_buf() }
+}
+
+/// A pinned per-CPU counter map.
+struct Counters {
+    map: PerCpuArray<MapData, Counter>,
+    path: PathBuf,
+}
+
+impl Counters {
+    /// The counter at `index`, summed over CPUs.
+    fn get(&self, index: u32) -> Result<Counter, PinnedError> {
+        let values = self
+            .map
+            .get(&index, 0)
+            .map_err(|source| PinnedError::Map { path: self.path.clone(), source })?;
+        Ok(values.iter().fold(Counter::default(), |a, c| Counter {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        }))
+    }
+}
+
+/// One filter's ring of sampled drop events, and its sampling switch.
+pub struct Events {
+    ring: RingBuf<MapData>,
+    settings: Array<MapData, EventSettings>,
+    settings_path: PathBuf,
+}
+
+impl Events {
+    /// Turns sampling on at `per_second` events per second per CPU, or off with 0.
+    pub fn set_rate(&mut self, per_second: u32) -> Result<(), PinnedError> {
+        let interval_ns = if per_second == 0 { 0 } else { 1_000_000_000 / u64::from(per_second) };
+        self.settings
+            .set(0, EventSettings { interval_ns }, 0)
+            .map_err(|source| PinnedError::Map { path: self.settings_path.clone(), source })
+    }
+
+    /// The events waiting in the ring.
+    pub fn drain(&mut self) -> Vec<DropEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() < std::mem::size_of::<DropEvent>() {
+                continue;
+            }
+            // SAFETY: the program writes whole `DropEvent`s, a plain `repr(C)` type for
+            // which every bit pattern is valid; read unaligned from the ring's bytes.
+            events.push(unsafe { std::ptr::read_unaligned::<DropEvent>(item.as_ptr().cast()) });
+        }
+        events
+    }
+}
+
+/// How long `detach` waits for the kernel to let the links go.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Removes the pins (and so the filter) and state of `only`, or of every interface, and
+/// returns once the kernel has let their links go.
+pub fn detach(
+    pin_dir: &Path,
+    state_dir: &Path,
+    only: Option<&str>,
+) -> Result<Vec<String>, PinnedError> {
+    let mut done = Vec::new();
+    let mut links = Vec::new();
+    for filter in PinnedFilter::all(pin_dir, only)? {
+        let link = pinned_link_id(&filter.pins);
+        filter.pins.remove()?;
+        State::remove(state_dir, &filter.iface)?;
+        links.extend(link.map(|id| (filter.iface.clone(), id)));
+        done.push(filter.iface);
+    }
+    // The kernel lets a link go a moment after its last pin (bpffs frees inodes after
+    // an RCU grace period): return once the filters are really off.
+    let deadline = Instant::now() + DETACH_TIMEOUT;
+    while let Some((iface, id)) = links.iter().find(|(_, id)| link_exists(*id)) {
+        if Instant::now() >= deadline {
+            return Err(PinnedError::LinkHeld { iface: iface.clone(), id: *id });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(done)
+}
+
+/// The id of the link pinned under `pins`, if one is.
+fn pinned_link_id(pins: &Pins) -> Option<u32> {
+    let link = PinnedLink::from_pin(pins.link()).ok()?;
+    Some(FdLink::from(link).info().ok()?.id())
+}
+
+/// Whether the kernel still holds the link `id`.
+fn link_exists(id: u32) -> bool {
+    aya::programs::loaded_links().flatten().any(|link| link.id() == id)
+}

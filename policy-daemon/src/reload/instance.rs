@@ -1,0 +1,363 @@
+//! The filter of one interface: its loaded program, its pinned maps and link, this
+//! daemon's lock on it, and its state file.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tracing::{debug, error, info, warn};
+
+use super::{Options, StartError};
+use crate::{
+    dataplane::{
+        AttachMode, Dataplane, DataplaneError, Places, VerdictCounts, XdpMode,
+        apply::ApplyReport,
+        error_chain,
+        pins::{InterfaceLock, PinError, Pins},
+        state::{self, Audit, RuleState, State},
+    },
+    policy::{Policy, Ruleset},
+};
+
+pub struct Instance {
+    iface: String,
+    pins: Pins,
+    /// This daemon's hold on the interface; given up when the filter is detached.
+    lock: Option<InterfaceLock>,
+    dataplane: Dataplane,
+    mode: AttachMode,
+    /// Applies since the filter was first attached (an adopted filter continues the
+    /// count of the daemon before).
+    generation: u64,
+    /// The interface's index when attached; 0 while it is gone.
+    ifindex: u32,
+    /// The ruleset the maps hold (the policy's, unless its last apply failed here): what
+    /// the audits compare them with.
+    ruleset: Arc<Ruleset>,
+    /// The audits so far; the last one's record.
+    audit: Option<Audit>,
+}
+
+/// An interface index not known yet (the lookup failed when the filter was attached).
+const INDEX_UNKNOWN: u32 = u32::MAX;
+
+impl Instance {
+    /// Brings up one interface: takes its lock, adopts its pinned filter if there is one,
+    /// else attaches a new one and pins it.
+    pub fn start(
+        iface: &str,
+        ruleset: &Arc<Ruleset>,
+        options: &Options,
+    ) -> Result<Self, StartError> {
+        let Places { pin_dir, state_dir } = &options.places;
+        let pins = Pins::new(pin_dir, iface);
+        pins.prepare(pin_dir).map_err(DataplaneError::from)?;
+        let lock = pins.lock().map_err(|e| match e {
+            e @ PinError::Locked { .. } => StartError::InUse(e),
+            e => DataplaneError::from(e).into(),
+        })?;
+        let instance = |dataplane, mode, generation, pins| Self {
+            iface: iface.to_string(),
+            pins,
+            lock: Some(lock),
+            dataplane,
+            mode,
+            generation,
+            // Just attached there: the interface exists, whatever a failed lookup says.
+            ifindex: ifindex(iface).unwrap_or(INDEX_UNKNOWN),
+            ruleset: Arc::clone(ruleset),
+            audit: None,
+        };
+        if !pins.linked() {
+            // No filter in force: whatever is pinned is left from a start that failed
+            // before it attached. Nothing of it is trusted.
+            let removed = pins.remove_unlinked().map_err(DataplaneError::from)?;
+            if removed > 0 {
+                warn!(iface, pins = removed, "removed pins of a filter that was never attached");
+            }
+            let attached = Dataplane::load(ruleset).and_then(|mut dataplane| {
+                let mode = dataplane.attach_pinned(iface, options.mode, &pins)?;
+                Ok((dataplane, mode))
+            });
+            return match attached {
+                Ok((dataplane, attached)) => {
+                    info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
+                    Ok(instance(dataplane, attached, 1, pins))
+                }
+                Err(e) => {
+                    // Nothing is attached: leave nothing pinned either.
+                    if let Err(removing) = pins.remove() {
+                        warn!(iface, "removing the pins of the failed start: {removing}");
+                    }
+                    Err(e.into())
+                }
+            };
+        }
+        let previous = State::read(state_dir, iface).unwrap_or_else(|e| {
+            warn!(iface, "ignoring the state file: {}", error_chain(&e));
+            None
+        });
+        let slots = previous.iter().flat_map(|s| s.rules.iter().map(RuleState::slot)).collect();
+        let mut dataplane = Dataplane::adopt(&pins, slots)?;
+        dataplane.apply(ruleset)?;
+        let generation = previous.as_ref().map_or(0, |s| s.generation) + 1;
+        match dataplane.replace_on_pinned_link(&pins) {
+            Ok(()) => {
+                let mode = previous.as_ref().map_or(AttachMode::Native, |s| s.attach_mode);
+                info!(iface, "adopted the pinned filter: program replaced on its link, no detach");
+                Ok(instance(dataplane, mode, generation, pins))
+            }
+            // The interface went away since (its link is defunct): attach afresh.
+            Err(e) => {
+                warn!(
+                    iface,
+                    "the pinned link cannot be reused, attaching again: {}",
+                    error_chain(&e)
+                );
+                pins.unpin_link().map_err(DataplaneError::from)?;
+                let attached = dataplane.attach_pinned(iface, options.mode, &pins)?;
+                info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
+                Ok(instance(dataplane, attached, generation, pins))
+            }
+        }
+    }
+
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The last audit's record, if one ran.
+    pub fn last_audit(&self) -> Option<&Audit> {
+        self.audit.as_ref()
+    }
+
+    /// Someone took the filter off (its pins are gone): not enforcing until reattached.
+    pub fn detached(&self) -> bool {
+        self.lock.is_none()
+    }
+
+    /// Whether the interface is gone (the filter is attached again when it is back).
+    pub fn interface_gone(&self) -> bool {
+        self.ifindex == 0
+    }
+
+    /// Attached to an interface that exists, as far as the daemon knows.
+    pub fn enforcing(&self) -> bool {
+        !self.detached() && !self.interface_gone()
+    }
+
+    /// The per-verdict and per-rule counters.
+    #[allow(clippy::type_complexity)]
+    pub fn counts(
+        &self,
+    ) -> Result<(VerdictCounts, Vec<(String, policy_common::Counter)>), DataplaneError> {
+        Ok((self.dataplane.verdict_counts()?, self.dataplane.rule_counts()?))
+    }
+
+    /// Makes `ruleset` the one in force here, atomically; on error the previous one
+    /// stays.
+    pub fn apply(&mut self, ruleset: &Arc<Ruleset>) -> Result<ApplyReport, DataplaneError> {
+        let report = self.dataplane.apply(ruleset)?;
+        self.ruleset = Arc::clone(ruleset);
+        self.generation += 1;
+        Ok(report)
+    }
+
+    /// Notices the interface going away (a veth deleted, a NIC unplugged) and attaches
+    /// again, with the policy in force, when it comes back: the maps outlive the
+    /// interface, the link does not. Notices the filter detached under the daemon (its
+    /// pins removed, as `xdp-policy detach` does) and stops treating it as in force.
+    /// Returns whether anything changed.
+    pub fn follow(&mut self, mode: XdpMode) -> bool {
+        if self.detached() {
+            return false;
+        }
+        let Some(now) = ifindex(&self.iface) else { return false };
+        // The pin directory gone, or the link pin gone under a live interface.
+        let pins_gone = !self.pins.dir().exists() || (now != 0 && !self.pins.linked());
+        if pins_gone {
+            error!(
+                iface = self.iface,
+                pins = %self.pins.dir().display(),
+                "the filter was detached (its pins were removed, as `xdp-policy detach` \
+                 does): not enforcing; SIGHUP (`systemctl reload xdp-policy`) or a \
+                 restart attaches it again"
+            );
+            self.lock = None;
+            return true;
+        }
+        if now == self.ifindex || (self.ifindex == INDEX_UNKNOWN && now != 0) {
+            self.ifindex = now;
+            return false;
+        }
+        if now == 0 {
+            warn!(
+                iface = self.iface,
+                "the interface went away; the filter is attached again when it is back"
+            );
+            self.ifindex = 0;
+            return true;
+        }
+        // Back (or replaced by a new interface of the same name): the old link is
+        // defunct; attach afresh.
+        let attached = self
+            .pins
+            .unpin_link()
+            .map_err(DataplaneError::from)
+            .and_then(|()| self.dataplane.attach_pinned(&self.iface, mode, &self.pins));
+        match attached {
+            Ok(attached) => {
+                self.mode = attached;
+                self.ifindex = now;
+                info!(
+                    iface = self.iface,
+                    mode = %attached,
+                    generation = self.generation,
+                    "the interface is back: re-attached"
+                );
+            }
+            // Tried again on the next tick.
+            Err(err) => warn!(iface = self.iface, "re-attaching failed: {}", error_chain(&err)),
+        }
+        true
+    }
+
+    /// Reads the kernel's maps back, compares them with the ruleset in force, and
+    /// repairs a difference (the ruleset written whole into the other generation, then
+    /// flipped to). Also checks that the pinned link runs this daemon's program, and
+    /// puts it back if not. The result is kept as the last audit's record.
+    pub fn audit(&mut self, trigger: &str) {
+        let last = self.audit.take().unwrap_or_default();
+        let mut record = Audit {
+            at_ms: state::now_ms(),
+            count: last.count + 1,
+            drift_total: last.drift_total,
+            ..Audit::default()
+        };
+        self.audit_into(trigger, &mut record);
+        record.drift_total += record.drift_entries();
+        self.audit = Some(record);
+    }
+
+    fn audit_into(&mut self, trigger: &str, record: &mut Audit) {
+        let began = Instant::now();
+        let ruleset = Arc::clone(&self.ruleset);
+        let iface = self.iface.as_str();
+        let mut drift = match self.dataplane.audit(&ruleset) {
+            Ok(drift) => drift,
+            Err(err) => {
+                error!(iface, trigger, "auditing the maps failed: {}", error_chain(&err));
+                record.error = Some(error_chain(&err));
+                return;
+            }
+        };
+        let foreign_program = self.ifindex != 0
+            && matches!(self.dataplane.link_runs_this_program(&self.pins), Ok(false));
+        if foreign_program {
+            drift.maps.insert("link", 1);
+        }
+        record.drift = drift.maps.iter().map(|(map, n)| (map.to_string(), *n)).collect();
+        if drift.is_empty() {
+            debug!(
+                iface,
+                trigger,
+                audit_us = began.elapsed().as_micros() as u64,
+                "audit: the kernel holds the policy in force"
+            );
+            return;
+        }
+        let maps: Vec<String> = drift.maps.iter().map(|(m, n)| format!("{m} {n}")).collect();
+        error!(
+            iface,
+            trigger,
+            entries = drift.entries(),
+            maps = maps.join(", "),
+            "audit: the kernel's maps differ from the policy in force; repairing"
+        );
+        let mut repaired = self.dataplane.repair(&ruleset).map(drop);
+        if foreign_program && repaired.is_ok() {
+            repaired = self.dataplane.replace_on_pinned_link(&self.pins);
+        }
+        match repaired {
+            Ok(()) => {
+                record.repaired = true;
+                warn!(
+                    iface,
+                    trigger, "audit: repaired, the policy in force is written whole and active"
+                );
+            }
+            Err(err) => {
+                error!(iface, trigger, "audit: repairing failed: {}", error_chain(&err));
+                record.error = Some(error_chain(&err));
+            }
+        }
+    }
+
+    /// When the last audit ran, as a time.
+    pub fn last_audit_at(&self) -> Option<SystemTime> {
+        self.audit.as_ref().map(|a| SystemTime::UNIX_EPOCH + Duration::from_millis(a.at_ms))
+    }
+
+    /// Records what is in force here (`policy`, read from `path`) in the state file, for
+    /// `status`, `explain` and the next daemon.
+    pub fn write_state(&self, path: &Path, policy: &Policy, places: &Places) {
+        if self.detached() || !self.pins.dir().exists() {
+            // Detaching removed the state file with the pins; nothing is in force to
+            // describe.
+            return;
+        }
+        let rules = self
+            .dataplane
+            .rule_slots()
+            .iter()
+            .zip(&policy.rules)
+            .map(|(slot, rule)| RuleState {
+                name: slot.name.clone(),
+                action: rule.action,
+                mode: rule.mode,
+                slot: slot.slot,
+                identity: slot.identity.clone(),
+            })
+            .collect();
+        let state = State {
+            iface: self.iface.clone(),
+            policy: path.to_path_buf(),
+            policy_hash: policy.hash.clone(),
+            generation: self.generation,
+            applied_at: state::now(),
+            attach_mode: self.mode,
+            interface_present: self.ifindex != 0,
+            rules,
+            pid: std::process::id(),
+            audit: self.audit.clone(),
+        };
+        if let Err(err) = state.write(&places.state_dir) {
+            // Enforcement is unaffected; `status` and a restart see less.
+            error!(iface = self.iface, "writing the state file failed: {}", error_chain(&err));
+        }
+    }
+}
+
+/// The index of `iface`, 0 if there is no such interface (in this network namespace);
+/// `None` when the lookup itself failed (out of file descriptors, say): that says
+/// nothing about the interface, which must not be taken for gone.
+fn ifindex(iface: &str) -> Option<u32> {
+    match nix::net::if_::if_nametoindex(iface) {
+        Ok(index) => Some(index),
+        Err(nix::errno::Errno::ENODEV | nix::errno::Errno::ENXIO) => Some(0),
+        Err(e) => {
+            warn!(iface, "looking the interface up failed: {e}");
+            None
+        }
+    }
+}

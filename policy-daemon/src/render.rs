@@ -1,0 +1,400 @@
+//! Every text a person reads from `xdp-policy`, as pure functions over plain data: the
+//! policy `check` describes, the tables of `status`, `explain`'s answer, `events`' lines
+//! and the counters the daemon prints when it stops. The data `status` and `explain`
+//! print as JSON with `--json` is defined here too, beside its text.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use policy_common::{Counter, DropEvent, L4Class, Verdict};
+use serde::Serialize;
+
+use crate::{
+    dataplane::{
+        VerdictCounts,
+        state::{self, Audit, State},
+    },
+    policy::{self, Policy, Rule, reference::L4},
+};
+
+/// One interface as `status` reports it.
+#[derive(Debug, Serialize)]
+pub struct InterfaceStatus {
+    pub iface: String,
+    /// A link is pinned: the filter is in force (if the interface still exists).
+    pub attached: bool,
+    /// From the state file; `None` when there is none, or it is damaged.
+    pub state: Option<State>,
+    /// Why the state file was ignored, if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_error: Option<String>,
+    pub verdicts: BTreeMap<&'static str, Count>,
+    /// Rules in force with their counters, in rule order.
+    pub rules: Vec<RuleStatus>,
+}
+
+/// Packets and bytes, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RuleStatus {
+    pub name: String,
+    pub action: policy::Action,
+    pub mode: policy::Mode,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `status` as text.
+pub fn render_status(all: &[InterfaceStatus]) -> String {
+    if all.is_empty() {
+        return "no filters are pinned\n".to_string();
+    }
+    let mut out = String::new();
+    for s in all {
+        let attached = match (s.attached, s.state.as_ref().is_none_or(|st| st.interface_present)) {
+            (true, true) => "attached",
+            (true, false) => "interface gone, attached again when it is back",
+            (false, _) => "not attached",
+        };
+        match &s.state {
+            Some(st) => out.push_str(&format!(
+                "{}: {attached} ({}), policy {} (sha256 {}), generation {}, applied {} s ago\n",
+                s.iface,
+                st.attach_mode,
+                st.policy.display(),
+                st.policy_hash.chars().take(12).collect::<String>(),
+                st.generation,
+                state::now().saturating_sub(st.applied_at)
+            )),
+            None => match &s.state_error {
+                Some(e) => {
+                    out.push_str(&format!("{}: {attached}, state file ignored: {e}\n", s.iface))
+                }
+                None => out.push_str(&format!("{}: {attached}, no state file\n", s.iface)),
+            },
+        }
+        if let Some(audit) = s.state.as_ref().and_then(|st| st.audit.as_ref()) {
+            out.push_str(&format!("  {}\n", describe_audit(audit)));
+        }
+        out.push_str(&format!("  {:<18} {:>12} {:>14}\n", "verdict", "packets", "bytes"));
+        for verdict in Verdict::ALL {
+            let c = s.verdicts.get(verdict.name()).copied().unwrap_or_default();
+            out.push_str(&format!("  {:<18} {:>12} {:>14}\n", verdict.name(), c.packets, c.bytes));
+        }
+        if !s.rules.is_empty() {
+            let width = s.rules.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+            out.push_str(&format!(
+                "  {:<width$} {:<6} {:<8} {:>12} {:>14}\n",
+                "rule", "action", "mode", "packets", "bytes"
+            ));
+            for r in &s.rules {
+                out.push_str(&format!(
+                    "  {:<width$} {:<6} {:<8} {:>12} {:>14}\n",
+                    r.name,
+                    r.action.name(),
+                    r.mode.name(),
+                    r.packets,
+                    r.bytes
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// One line on what the last audit found.
+pub fn describe_audit(audit: &Audit) -> String {
+    let ago = state::now_ms().saturating_sub(audit.at_ms) / 1000;
+    let found = if audit.drift.is_empty() {
+        "the kernel held the policy in force".to_string()
+    } else {
+        let maps: Vec<String> = audit.drift.iter().map(|(m, n)| format!("{m} {n}")).collect();
+        format!(
+            "{} map entries differed from the policy ({}), {}",
+            audit.drift_entries(),
+            maps.join(", "),
+            if audit.repaired { "repaired" } else { "NOT repaired" }
+        )
+    };
+    let error = audit.error.as_ref().map(|e| format!("; error: {e}")).unwrap_or_default();
+    format!(
+        "audit {ago} s ago: {found}{error} ({} entries drifted since the daemon started)",
+        audit.drift_total
+    )
+}
+
+/// What `explain` found out about one packet.
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    /// The packet, as a person would write it ("tcp 192.0.2.7 -> 198.51.100.1 (ports …)").
+    pub packet: String,
+    pub iface: String,
+    /// What the live program did with it.
+    pub live: LiveOutcome,
+    /// What the reference classifier says from the policy files in force, if there is a
+    /// policy to read.
+    pub reference: Option<ReferenceOutcome>,
+    /// Why there is no reference outcome, if there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_missing: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LiveOutcome {
+    /// `DROP`, `PASS`, or `other`.
+    pub action: &'static str,
+    /// The verdict counters the run moved (usually one; traffic on the interface may
+    /// move others at the same moment).
+    pub verdicts: Vec<&'static str>,
+    /// The rules whose counters it moved.
+    pub rules: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReferenceOutcome {
+    pub policy: PathBuf,
+    /// `DROP` or `PASS`.
+    pub action: &'static str,
+    pub verdict: &'static str,
+    /// The deciding rule and where it is written, if a rule decided.
+    pub rule: Option<String>,
+    pub location: Option<String>,
+    /// The policy files changed since they were applied: the reference read them as they
+    /// are now.
+    pub changed_since_applied: bool,
+}
+
+/// `explain` as text.
+pub fn render_explanation(e: &Explanation) -> String {
+    let mut out = format!("packet: {}\n", e.packet);
+    let rules = if e.live.rules.is_empty() {
+        "none (no rule matched)".to_string()
+    } else {
+        e.live.rules.join(" or ")
+    };
+    out.push_str(&format!(
+        "live program on {}: {}, verdict {}, rule {rules}\n",
+        e.iface,
+        e.live.action,
+        e.live.verdicts.join(" or ")
+    ));
+    match (&e.reference, &e.reference_missing) {
+        (Some(r), _) => {
+            let rule = match (&r.rule, &r.location) {
+                (Some(rule), Some(at)) => format!("{rule} ({at})"),
+                _ => "none (no rule matched)".to_string(),
+            };
+            out.push_str(&format!(
+                "reference ({}): {}, verdict {}, rule {rule}\n",
+                r.policy.display(),
+                r.action,
+                r.verdict
+            ));
+            if r.changed_since_applied {
+                out.push_str("note: the policy files changed since they were applied; the reference reads them as they are now\n");
+            }
+        }
+        (None, Some(why)) => out.push_str(&format!("reference: {why}\n")),
+        (None, None) => {}
+    }
+    out
+}
+
+/// `PATH: valid, N rules` and a line per rule.
+pub fn describe_policy(policy: &Policy, path: &str) -> String {
+    let n = policy.rules.len();
+    let mut out = format!("{path}: valid, {n} rule{}\n", if n == 1 { "" } else { "s" });
+    let d = &policy.defaults;
+    out.push_str(&format!(
+        "  default: {}{}, fragments: {}, unparsable: {}\n",
+        d.action.name(),
+        if d.mode == policy::Mode::Monitor { " (monitor)" } else { "" },
+        d.fragments.name(),
+        d.unparsable.name()
+    ));
+    if !policy.interfaces.is_empty() {
+        out.push_str(&format!("  interfaces: {}\n", policy.interfaces.join(", ")));
+    }
+    let width = policy.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    for rule in &policy.rules {
+        out.push_str(&format!("  {:width$}  {}\n", rule.name, describe_rule(rule)));
+    }
+    out
+}
+
+fn describe_rule(rule: &Rule) -> String {
+    let mut parts = vec![rule.action.name().to_string(), rule.protocol.name().to_string()];
+    if rule.mode == policy::Mode::Monitor {
+        parts.push("(monitor)".into());
+    }
+    let join = |items: Vec<String>| items.join(",");
+    if let Some(nets) = &rule.src {
+        parts.push(format!("src {}", join(nets.iter().map(ToString::to_string).collect())));
+    }
+    if let Some(ports) = &rule.src_ports {
+        parts.push(format!("sport {}", join(ports.iter().map(ToString::to_string).collect())));
+    }
+    if let Some(nets) = &rule.dst {
+        parts.push(format!("dst {}", join(nets.iter().map(ToString::to_string).collect())));
+    }
+    if let Some(ports) = &rule.dst_ports {
+        parts.push(format!("dport {}", join(ports.iter().map(ToString::to_string).collect())));
+    }
+    if let Some(types) = &rule.icmp_types {
+        parts.push(format!("type {}", join(types.iter().map(ToString::to_string).collect())));
+    }
+    parts.join(" ")
+}
+
+/// The verdict counters as a table, then a totals line.
+pub fn counter_table(counts: &VerdictCounts) -> String {
+    let mut out = format!("{:<18} {:>12} {:>14}\n", "verdict", "packets", "bytes");
+    for verdict in policy_common::Verdict::ALL {
+        let c = counts.get(verdict);
+        out.push_str(&format!("{:<18} {:>12} {:>14}\n", verdict.name(), c.packets, c.bytes));
+    }
+    let (dropped, passed) = counts.dropped_passed();
+    out.push_str(&format!("total: {dropped} dropped, {passed} passed\n"));
+    out
+}
+
+/// What the daemon prints when it stops: the policy and generation of one interface,
+/// its verdict counters, then its rules'.
+pub fn final_counters(
+    policy: &Path,
+    iface: &str,
+    generation: u64,
+    verdicts: &VerdictCounts,
+    rules: &[(String, Counter)],
+) -> String {
+    let mut out = format!("policy {} on {iface} (generation {generation})\n", policy.display());
+    out.push_str(&counter_table(verdicts));
+    if !rules.is_empty() {
+        let width = rules.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(4);
+        out.push_str(&format!("{:<width$} {:>12} {:>14}\n", "rule", "packets", "bytes"));
+        for (name, c) in rules {
+            out.push_str(&format!("{name:<width$} {:>12} {:>14}\n", c.packets, c.bytes));
+        }
+    }
+    out
+}
+
+/// The packet `explain` tried, as a person would write it: "tcp 192.0.2.7 ->
+/// 198.51.100.1 (ports 40000 -> 22)".
+pub fn describe_packet(src: IpAddr, dst: IpAddr, l4: &L4) -> String {
+    let (what, ports) = match l4 {
+        L4::Tcp { src_port, dst_port } => {
+            ("tcp".into(), format!(" (ports {src_port} -> {dst_port})"))
+        }
+        L4::Udp { src_port, dst_port } => {
+            ("udp".into(), format!(" (ports {src_port} -> {dst_port})"))
+        }
+        L4::Icmp { icmp_type } => (format!("icmp type {icmp_type}"), String::new()),
+        L4::Icmpv6 { icmp_type } => (format!("icmpv6 type {icmp_type}"), String::new()),
+        L4::Other { proto } => (format!("ip proto {proto}"), String::new()),
+        L4::Fragment { .. } => ("fragment".into(), String::new()),
+    };
+    format!("{what} {src} -> {dst}{ports}")
+}
+
+/// One sampled drop: `IFACE VERDICT rule RULE PROTO ENDPOINTS`. `rule_names` names the
+/// counter slots of the rules in force; a slot it lacks is shown as `slot N`.
+pub fn event_line(iface: &str, e: &DropEvent, rule_names: &BTreeMap<u32, String>) -> String {
+    let addr = |bytes: [u8; 16]| -> IpAddr {
+        if e.ip_version == 6 {
+            IpAddr::from(bytes)
+        } else {
+            IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+        }
+    };
+    let verdict = Verdict::try_from(u32::from(e.verdict)).map_or("unknown", Verdict::name);
+    let rule = match e.counter_slot {
+        u32::MAX => "-".to_string(),
+        slot => rule_names.get(&slot).cloned().unwrap_or_else(|| format!("slot {slot}")),
+    };
+    let class = L4Class::ALL.get(usize::from(e.l4_class)).copied();
+    let (src, dst) = (addr(e.src), addr(e.dst));
+    let (proto, endpoints) = match class {
+        Some(c @ (L4Class::Tcp | L4Class::Udp)) => (
+            if c == L4Class::Tcp { "tcp" } else { "udp" },
+            format!("{src} port {} -> {dst} port {}", e.src_port, e.dst_port),
+        ),
+        Some(c @ (L4Class::Icmp | L4Class::Icmpv6)) => (
+            if c == L4Class::Icmp { "icmp" } else { "icmpv6" },
+            format!("{src} -> {dst} type {}", e.dst_port),
+        ),
+        Some(L4Class::Other) => ("other", format!("{src} -> {dst}")),
+        None => ("?", format!("{src} -> {dst}")),
+    };
+    format!("{iface} {verdict} rule {rule} {proto} {endpoints}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(class: L4Class, verdict: Verdict, slot: u32) -> DropEvent {
+        let mut src = [0; 16];
+        src[..4].copy_from_slice(&[198, 18, 0, 1]);
+        let mut dst = [0; 16];
+        dst[..4].copy_from_slice(&[198, 18, 0, 2]);
+        DropEvent {
+            time_ns: 0,
+            counter_slot: slot,
+            verdict: verdict as u8,
+            l4_class: class as u8,
+            ip_version: 4,
+            _pad: 0,
+            src_port: 40000,
+            dst_port: 23,
+            _pad2: 0,
+            src,
+            dst,
+        }
+    }
+
+    #[test]
+    fn event_lines_name_the_rule_the_class_and_the_endpoints() {
+        let names = BTreeMap::from([(3, "no-telnet".to_string())]);
+        assert_eq!(
+            event_line("eth0", &event(L4Class::Tcp, Verdict::DropRule, 3), &names),
+            "eth0 drop_rule rule no-telnet tcp 198.18.0.1 port 40000 -> 198.18.0.2 port 23"
+        );
+        assert_eq!(
+            event_line("eth0", &event(L4Class::Icmp, Verdict::DropRule, 7), &names),
+            "eth0 drop_rule rule slot 7 icmp 198.18.0.1 -> 198.18.0.2 type 23",
+            "a slot the state file does not name"
+        );
+        let mut unknown = event(L4Class::Other, Verdict::DropDefault, u32::MAX);
+        unknown.l4_class = 9;
+        assert_eq!(
+            event_line("eth0", &unknown, &names),
+            "eth0 drop_default rule - ? 198.18.0.1 -> 198.18.0.2"
+        );
+    }
+
+    #[test]
+    fn packets_are_described_as_people_write_them() {
+        let (src, dst) = ("192.0.2.7".parse().expect("ip"), "198.51.100.1".parse().expect("ip"));
+        assert_eq!(
+            describe_packet(src, dst, &L4::Tcp { src_port: 40000, dst_port: 22 }),
+            "tcp 192.0.2.7 -> 198.51.100.1 (ports 40000 -> 22)"
+        );
+        assert_eq!(
+            describe_packet(src, dst, &L4::Icmp { icmp_type: 8 }),
+            "icmp type 8 192.0.2.7 -> 198.51.100.1"
+        );
+        assert_eq!(
+            describe_packet(src, dst, &L4::Other { proto: 47 }),
+            "ip proto 47 192.0.2.7 -> 198.51.100.1"
+        );
+    }
+}
