@@ -3,7 +3,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -15,7 +15,8 @@ use policy_daemon::{
 use testbed::{Testbed, XdpMode, rss_kib, save_by_rename};
 
 use crate::{
-    Opts, policies,
+    opts::Opts,
+    policies,
     report::{Mark, Section, SummaryRow, Table},
     stats::{Summary, percentile},
 };
@@ -81,7 +82,7 @@ fn compile_and_apply(opts: &Opts) -> Result<(String, Vec<SummaryRow>)> {
     let mut summary = Vec::new();
     for workload in workloads(opts.quick) {
         eprintln!("control: {}", workload.label);
-        crate::check_interrupted()?;
+        crate::opts::check_interrupted()?;
         let reps =
             if workload.label.starts_with("1048576") { opts.reps(3, 1) } else { opts.reps(7, 2) };
         let (mut parse_ms, mut compile_ms, mut apply_ms) = (Vec::new(), Vec::new(), Vec::new());
@@ -162,19 +163,10 @@ fn cpu_time(pid: u32) -> Result<Duration> {
     Ok(Duration::from_millis(ticks * 1000 / hz))
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Reload latency on the wire, memory, idle CPU: the real daemon in a veth testbed.
 fn daemon(opts: &Opts) -> Result<(String, Vec<SummaryRow>)> {
-    let dir = TempDir(std::env::temp_dir().join(format!("xdpp-bench-{}", std::process::id())));
-    fs::create_dir_all(&dir.0)?;
-    let policy = dir.0.join("policy.toml");
+    let dir = tempfile::Builder::new().prefix("xdpp-bench-").tempdir()?;
+    let policy = dir.path().join("policy.toml");
     fs::write(&policy, blocking(PORT_A))?;
     let testbed = Testbed::new().context("creating the bench namespaces")?;
     let daemon = testbed
@@ -203,7 +195,7 @@ fn daemon(opts: &Opts) -> Result<(String, Vec<SummaryRow>)> {
         |start| {
             for i in 0..reloads {
                 std::thread::sleep(period);
-                if let Err(e) = crate::check_interrupted() {
+                if let Err(e) = crate::opts::check_interrupted() {
                     error = Some(e);
                     return;
                 }

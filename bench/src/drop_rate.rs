@@ -29,7 +29,8 @@ use self::{
     variants::{PORT, Policies, Variant},
 };
 use crate::{
-    Opts, plot,
+    opts::Opts,
+    plot,
     report::{Mark, Section, SummaryRow, Table},
     stats::Summary,
 };
@@ -55,8 +56,8 @@ pub fn run(opts: &Opts) -> Result<Section> {
     let reps = opts.reps(5, 2);
     let policies = Policies::write()?;
     let interrupted = Interrupt::register()?;
-    let iptables =
-        crate::command_output("iptables", &["-V"]).unwrap_or_else(|e| format!("unknown ({e:#})"));
+    let iptables = crate::opts::command_output("iptables", &["-V"])
+        .unwrap_or_else(|e| format!("unknown ({e:#})"));
 
     let mut samples: BTreeMap<usize, Vec<(usize, Sample)>> = BTreeMap::new();
     let mut failures = Vec::new();

@@ -22,7 +22,7 @@ use policy_daemon::{
 use testbed::{RX_IFACE, TX_IFACE, Testbed};
 
 use crate::{
-    Opts,
+    opts::Opts,
     plot::{self, Series},
     policies::{self, HIT_PORT, HIT_V4, HIT_V6, MISS_PORT, MISS_V4, MISS_V6},
     raw,
@@ -125,7 +125,7 @@ impl PinnedToLastCpu {
         let previous =
             nix::sched::sched_getaffinity(this_thread).context("reading CPU affinity")?;
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        crate::pin_to_cpu(0, cpus - 1)?;
+        crate::opts::pin_to_cpu(0, cpus - 1)?;
         Ok(Self(previous))
     }
 }
@@ -157,7 +157,7 @@ fn spin_for_profiling(spec: &str, variants: &mut [Variant], probes: &[Probe]) ->
     );
     let start = Instant::now();
     while start.elapsed().as_secs() < secs as u64 {
-        crate::check_interrupted()?;
+        crate::opts::check_interrupted()?;
         let run = raw::TestRun {
             data: &probe.bytes,
             ctx: None,
@@ -239,7 +239,7 @@ pub fn run(opts: &Opts) -> Result<Section> {
             vec!["-n", netns.name(), "link", "add", &dummy, "type", "veth", "peer", "name", &peer],
             vec!["-n", netns.name(), "link", "set", &dummy, "up"],
         ] {
-            crate::command_output("ip", &args)?;
+            crate::opts::command_output("ip", &args)?;
         }
         let fd = variant.fd()?;
         let link = netns
@@ -298,7 +298,7 @@ pub fn run(opts: &Opts) -> Result<Section> {
             }
         }
         eprint!("\rprog: round {}/{reps}", round + 1);
-        crate::check_interrupted()?;
+        crate::opts::check_interrupted()?;
     }
     eprintln!();
     drop(pinned);

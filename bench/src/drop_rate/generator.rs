@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use policy_daemon::packet::{self, Packet};
 use testbed::{NetNs, RX_IFACE, RX_V4, TX_IFACE, TX_V4, Testbed};
 
 use crate::raw;
@@ -33,7 +34,7 @@ const XDP_TX: u32 = 3;
 const GEN_PRIORITY: i32 = 40;
 
 /// A UDP/IPv4 frame of [`FRAME_LEN`] bytes, with a valid IPv4 header checksum and no
-/// UDP checksum (optional over IPv4).
+/// UDP checksum (optional over IPv4): what the Linux stack delivers.
 pub fn udp_frame(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
@@ -42,39 +43,18 @@ pub fn udp_frame(
     src_port: u16,
     dst_port: u16,
 ) -> [u8; FRAME_LEN] {
-    let mut frame = [0u8; FRAME_LEN];
-    frame[0..6].copy_from_slice(&dst_mac);
-    frame[6..12].copy_from_slice(&src_mac);
-    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip_len = (FRAME_LEN - 14) as u16;
-    let ip = &mut frame[14..34];
-    ip[0] = 0x45; // version 4, 20-byte header
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    ip[6] = 0x40; // don't fragment
-    ip[8] = 64; // TTL
-    ip[9] = 17; // UDP
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let checksum = ipv4_checksum(ip);
-    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
-    let udp = &mut frame[34..42];
-    udp[0..2].copy_from_slice(&src_port.to_be_bytes());
-    udp[2..4].copy_from_slice(&dst_port.to_be_bytes());
-    udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
-    frame[42..].fill(b'x');
-    frame
-}
-
-/// The Internet checksum of an IPv4 header whose checksum field is zero.
-fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    const HEADERS: usize = 14 + 20 + 8;
+    let frame = Packet::ipv4(packet::udp(dst_port))
+        .macs(src_mac, dst_mac)
+        .src_ip(src.into())
+        .dst_ip(dst.into())
+        .src_port(src_port)
+        .payload(FRAME_LEN - HEADERS)
+        .ipv4_checksum()
+        .build();
+    let mut out = [0; FRAME_LEN];
+    out.copy_from_slice(&frame);
+    out
 }
 
 /// An interface's index and MAC address in a namespace, from `ip -j link show`.
@@ -153,7 +133,7 @@ impl Generator {
         max_frames: u64,
     ) -> Result<Sent> {
         tx.run(|| {
-            crate::pin_to_cpu(0, cpu).context("pinning the generator thread")?;
+            crate::opts::pin_to_cpu(0, cpu).context("pinning the generator thread")?;
             // Ahead of whatever else runs on its CPU (a build, say): every pause of more
             // than a few microseconds empties veth1's 256-frame ring, the NAPI thread
             // goes to sleep, and its cost per packet then includes being woken.
@@ -196,18 +176,12 @@ mod tests {
         let frame = udp_frame([2; 6], [4; 6], TX_V4, RX_V4, SRC_PORT, 9000);
         assert_eq!(frame.len(), 60);
         // The checksum over a header including its checksum is zero.
-        assert_eq!(ipv4_checksum(&frame[14..34]), 0);
+        assert_eq!(packet::internet_checksum(&frame[14..34]), 0);
         assert_eq!(&frame[0..6], &[4; 6]);
         assert_eq!(&frame[26..30], &[198, 18, 0, 1]);
         assert_eq!(u16::from_be_bytes([frame[36], frame[37]]), 9000);
         assert_eq!(u16::from_be_bytes([frame[16], frame[17]]), 46);
         assert_eq!(u16::from_be_bytes([frame[38], frame[39]]), 26);
-        // The known checksum of a textbook header.
-        let header = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
-            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
-        ];
-        assert_eq!(ipv4_checksum(&header), 0xb861);
     }
 
     #[test]

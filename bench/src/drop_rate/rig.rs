@@ -199,7 +199,7 @@ pub fn measure(
     let installed = variants::install(variant, &testbed, daemon, policies)
         .with_context(|| format!("installing {}", variant.label()))?;
     let napi = threaded_napi(&testbed)?;
-    crate::pin_to_cpu(napi, plan.napi_cpu).context("pinning the NAPI thread")?;
+    crate::opts::pin_to_cpu(napi, plan.napi_cpu).context("pinning the NAPI thread")?;
     let fifo = make_realtime(napi, NAPI_PRIORITY);
 
     let ethtool = counters::EthtoolReader::open(testbed.rx(), RX_IFACE)?;
