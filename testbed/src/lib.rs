@@ -508,6 +508,21 @@ impl Testbed {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Daemon<'_>, TestbedError> {
+        self.start_daemon_via(&[], binary, policy, mode, extra, env)
+    }
+
+    /// [`Self::start_daemon_with_env`], the daemon started through `launcher` (a
+    /// command that runs the rest of its arguments, such as `setpriv` with a capability
+    /// set).
+    pub fn start_daemon_via(
+        &self,
+        launcher: &[&str],
+        binary: &Path,
+        policy: &Path,
+        mode: XdpMode,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon<'_>, TestbedError> {
         let (pin_dir, state_dir) = (self.dirs.pin_dir(), self.dirs.state_dir());
         let mut args = vec![
             // Not the host's configuration, if it has one: only what the test says.
@@ -524,7 +539,8 @@ impl Testbed {
             args.extend(["--metrics", "off"]);
         }
         args.extend(extra);
-        Daemon::start(binary, &self.rx, RX_IFACE, policy, mode, &args, env)
+        let command = DaemonCommand { launcher, binary, policy, mode, extra: &args, env };
+        Daemon::start(&command, &self.rx, RX_IFACE)
     }
 
     /// Connects from tx to `dst:port` in rx, where a listener echoes what it receives.
@@ -738,6 +754,18 @@ fn connect_and_echo(addr: SocketAddr) -> Result<TcpOutcome, (&'static str, io::E
     Ok(TcpOutcome::Connected)
 }
 
+/// How a daemon is started: `[LAUNCHER…] BINARY run --iface IFACE --policy POLICY
+/// --xdp-mode MODE EXTRA…`, with `env` added to its environment.
+#[derive(Clone, Copy, Debug)]
+pub struct DaemonCommand<'a> {
+    pub launcher: &'a [&'a str],
+    pub binary: &'a Path,
+    pub policy: &'a Path,
+    pub mode: XdpMode,
+    pub extra: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a str)],
+}
+
 /// A running `xdp-policy run` in a namespace of the testbed it borrows, so it is always
 /// stopped before its namespace goes. Dropping it kills the daemon; [`Daemon::stop`]
 /// ends it properly and returns what it printed.
@@ -756,17 +784,15 @@ impl<'tb> Daemon<'tb> {
     /// The daemon gets SIGTERM if the thread that started it dies, so drop or stop it on
     /// the thread that started it.
     pub fn start(
-        binary: &Path,
+        command: &DaemonCommand<'_>,
         netns: &'tb NetNs,
         iface: &str,
-        policy: &Path,
-        mode: XdpMode,
-        extra: &[&str],
-        env: &[(&str, &str)],
     ) -> Result<Self, TestbedError> {
+        let DaemonCommand { launcher, binary, policy, mode, extra, env } = *command;
         let mut cmd = Command::new("ip");
         cmd.envs(env.iter().copied());
         cmd.args(["netns", "exec", netns.name()])
+            .args(launcher)
             .arg(binary)
             .args(["run", "--iface", iface, "--policy"])
             .arg(policy)
