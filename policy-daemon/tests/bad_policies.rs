@@ -1,5 +1,5 @@
 //! The corpus of bad policies in `tests/bad-policies/`: every `NAME.toml` (or `NAME.d/`
-//! directory) is rejected by `policy::load` and by `xdp-policy check` with exactly the
+//! directory) is rejected by `reload::files::load` and by `xdp-policy check` with exactly the
 //! text in `NAME.expected` (`{dir}` stands for the directory the corpus was copied to),
 //! and `check` exits 1. A few entries too big or too silly to commit are generated here
 //! (see `support::corpus::GENERATED`). No root needed.

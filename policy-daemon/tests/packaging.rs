@@ -17,7 +17,7 @@ use policy_daemon::{
     cli::{Cli, Command as CliCommand},
     dataplane::XdpMode,
     reload::files,
-    settings::{self as config, ConfigFile, MetricsAddr, Settings},
+    settings::{self, ConfigFile, MetricsAddr, Settings},
 };
 use serde_norway::Value;
 
@@ -93,11 +93,11 @@ fn every_setting_is_documented_with_its_true_default() {
         insecure_policy_files,
     } = config;
     assert_eq!(xdp_mode, Some(XdpMode::default()), "xdp_mode");
-    assert_eq!(pin_dir.as_deref(), Some(Path::new(config::DEFAULT_PIN_DIR)), "pin_dir");
-    assert_eq!(state_dir.as_deref(), Some(Path::new(config::DEFAULT_STATE_DIR)), "state_dir");
-    assert_eq!(metrics.as_deref(), Some(config::DEFAULT_METRICS), "metrics");
+    assert_eq!(pin_dir.as_deref(), Some(Path::new(settings::DEFAULT_PIN_DIR)), "pin_dir");
+    assert_eq!(state_dir.as_deref(), Some(Path::new(settings::DEFAULT_STATE_DIR)), "state_dir");
+    assert_eq!(metrics.as_deref(), Some(settings::DEFAULT_METRICS), "metrics");
     assert_eq!(watch, Some(true), "watch");
-    assert_eq!(audit_interval, Some(config::DEFAULT_AUDIT_INTERVAL), "audit_interval");
+    assert_eq!(audit_interval, Some(settings::DEFAULT_AUDIT_INTERVAL), "audit_interval");
     assert_eq!(insecure_policy_files, Some(false), "insecure_policy_files");
     assert_eq!(
         interfaces,
@@ -157,10 +157,10 @@ fn the_unit_runs_the_packaged_binary_with_least_privilege() {
     // makes /sys/fs/bpf read-only and only a path below it can be made writable again:
     // the pin directory itself, made before the namespace is set up.
     assert_eq!(one("ProtectKernelTunables"), "yes");
-    assert_eq!(one("ReadWritePaths"), format!("-{}", config::DEFAULT_PIN_DIR));
-    assert_eq!(one("ExecStartPre"), format!("+/bin/mkdir -p {}", config::DEFAULT_PIN_DIR));
-    assert!(config::DEFAULT_PIN_DIR.starts_with("/sys/fs/bpf/"));
-    assert_eq!(config::DEFAULT_STATE_DIR, "/run/xdp-policy");
+    assert_eq!(one("ReadWritePaths"), format!("-{}", settings::DEFAULT_PIN_DIR));
+    assert_eq!(one("ExecStartPre"), format!("+/bin/mkdir -p {}", settings::DEFAULT_PIN_DIR));
+    assert!(settings::DEFAULT_PIN_DIR.starts_with("/sys/fs/bpf/"));
+    assert_eq!(settings::DEFAULT_STATE_DIR, "/run/xdp-policy");
     // Room for the maps of many interfaces and the metrics endpoint's connections.
     assert_eq!(one("LimitNOFILE"), "65536");
     // Bad configuration exits 64 (EX_USAGE): not worth restarting.
@@ -224,7 +224,7 @@ fn the_package_installs_what_the_unit_and_the_daemon_expect() {
             .unwrap_or_else(|| panic!("{source} is not packaged: {assets:?}"))
     };
     assert_eq!(dest("target/release/xdp-policy"), "/usr/bin/");
-    assert_eq!(dest("packaging/xdp-policy.toml"), config::DEFAULT_CONFIG);
+    assert_eq!(dest("packaging/xdp-policy.toml"), settings::DEFAULT_CONFIG);
     assert_eq!(dest("../policies/*.toml"), "/usr/share/doc/xdp-policy/examples/");
     assert_eq!(dest("../policies/edge.d/*.toml"), "/usr/share/doc/xdp-policy/examples/edge.d/");
 }
