@@ -78,10 +78,12 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let mut tick = tokio::time::interval(METRICS_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     // The first audit one interval after start-up: what was just written is known.
-    let audit_every = audit_interval.unwrap_or(Duration::MAX);
-    let mut audit_tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + audit_every, audit_every);
-    audit_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Without an interval (0), only SIGUSR1 audits.
+    let mut audit_tick = audit_interval.map(|every| {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick
+    });
     if watch {
         info!("enforcing; SIGHUP or a change to a policy file reloads, SIGTERM or SIGINT stops");
     } else {
@@ -112,7 +114,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
                 enforced.iter_mut().for_each(|e| e.audit("SIGUSR1", &options));
                 publish(metrics.as_ref(), &enforced);
             }
-            _ = audit_tick.tick(), if audit_interval.is_some() => {
+            _ = next_tick(audit_tick.as_mut()) => {
                 enforced.iter_mut().for_each(|e| e.audit("interval", &options));
                 publish(metrics.as_ref(), &enforced);
             }
@@ -144,14 +146,14 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     for e in &enforced {
         for i in e.instances() {
             match i.counts() {
-                Ok((verdicts, rules)) => print!(
+                Ok(counts) => print!(
                     "{}",
                     render::final_counters(
                         e.policy_path(),
                         i.iface(),
                         i.generation(),
-                        &verdicts,
-                        &rules
+                        &counts.verdicts,
+                        &counts.rules
                     )
                 ),
                 Err(err) => {
@@ -193,13 +195,13 @@ fn publish(metrics: Option<&Metrics>, enforced: &[Enforced]) {
     for e in enforced {
         for i in e.instances() {
             match i.counts() {
-                Ok((verdicts, rules)) => metrics.update(&Snapshot {
+                Ok(counts) => metrics.update(&Snapshot {
                     iface: i.iface(),
                     policy: e.policy_path(),
                     generation: i.generation(),
                     attach_mode: i.mode(),
-                    verdicts: &verdicts,
-                    rules: &rules,
+                    verdicts: &counts.verdicts,
+                    rules: &counts.rules,
                     enforcing: i.enforcing(),
                     drift_entries: i.last_audit().map_or(0, |a| a.drift_total),
                     last_audit: i.last_audit_at(),
@@ -214,6 +216,14 @@ fn publish(metrics: Option<&Metrics>, enforced: &[Enforced]) {
     }
 }
 
+/// The next tick of `tick`; never, without one.
+async fn next_tick(tick: Option<&mut tokio::time::Interval>) {
+    match tick {
+        Some(tick) => drop(tick.tick().await),
+        None => std::future::pending().await,
+    }
+}
+
 /// Tells systemd (when it started us with Type=notify; a no-op otherwise).
 fn notify(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -225,8 +235,8 @@ fn notify(states: &[NotifyState]) {
 fn status_line(enforced: &[Enforced]) -> String {
     enforced
         .iter()
-        .flat_map(|e| e.instances().iter().map(move |i| (e, i)))
-        .map(|(e, i)| {
+        .flat_map(Enforced::instances)
+        .map(|i| {
             if i.detached() {
                 format!("{}: detached, not enforcing (SIGHUP attaches it again)", i.iface())
             } else if i.interface_gone() {
@@ -235,7 +245,7 @@ fn status_line(enforced: &[Enforced]) -> String {
                 format!(
                     "{}: {} rules, generation {}",
                     i.iface(),
-                    e.policy().rules.len(),
+                    i.policy().rules.len(),
                     i.generation()
                 )
             }

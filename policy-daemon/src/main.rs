@@ -3,7 +3,10 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
-use policy_daemon::cli::{self, Cli};
+use policy_daemon::{
+    cli::{self, Cli},
+    dataplane::error_chain,
+};
 use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::{
     EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
@@ -16,13 +19,13 @@ async fn main() -> ExitCode {
     match cli::execute(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let e = anyhow::Error::from(e);
+            let message = error_chain(&e);
             if to_journal {
-                tracing::error!("{e:#}");
+                tracing::error!("{message}");
             } else {
-                eprintln!("xdp-policy: error: {e:#}");
+                eprintln!("xdp-policy: error: {message}");
             }
-            ExitCode::from(e.downcast_ref::<cli::CliError>().map_or(1, cli::CliError::exit_code))
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -84,11 +84,10 @@ pub fn render_status(all: &[InterfaceStatus]) -> String {
         if let Some(audit) = s.state.as_ref().and_then(|st| st.audit.as_ref()) {
             out.push_str(&format!("  {}\n", describe_audit(audit)));
         }
-        out.push_str(&format!("  {:<18} {:>12} {:>14}\n", "verdict", "packets", "bytes"));
-        for verdict in Verdict::ALL {
+        out.push_str(&verdict_rows("  ", |verdict| {
             let c = s.verdicts.get(verdict.name()).copied().unwrap_or_default();
-            out.push_str(&format!("  {:<18} {:>12} {:>14}\n", verdict.name(), c.packets, c.bytes));
-        }
+            (c.packets, c.bytes)
+        }));
         if !s.rules.is_empty() {
             let width = s.rules.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
             out.push_str(&format!(
@@ -254,13 +253,22 @@ fn describe_rule(rule: &Rule) -> String {
     parts.join(" ")
 }
 
+/// A header line, then a line per verdict with its packets and bytes, each indented.
+fn verdict_rows(indent: &str, count: impl Fn(Verdict) -> (u64, u64)) -> String {
+    let mut out = format!("{indent}{:<18} {:>12} {:>14}\n", "verdict", "packets", "bytes");
+    for verdict in Verdict::ALL {
+        let (packets, bytes) = count(verdict);
+        out.push_str(&format!("{indent}{:<18} {packets:>12} {bytes:>14}\n", verdict.name()));
+    }
+    out
+}
+
 /// The verdict counters as a table, then a totals line.
 pub fn counter_table(counts: &VerdictCounts) -> String {
-    let mut out = format!("{:<18} {:>12} {:>14}\n", "verdict", "packets", "bytes");
-    for verdict in policy_common::Verdict::ALL {
+    let mut out = verdict_rows("", |verdict| {
         let c = counts.get(verdict);
-        out.push_str(&format!("{:<18} {:>12} {:>14}\n", verdict.name(), c.packets, c.bytes));
-    }
+        (c.packets, c.bytes)
+    });
     let (dropped, passed) = counts.dropped_passed();
     out.push_str(&format!("total: {dropped} dropped, {passed} passed\n"));
     out

@@ -34,6 +34,8 @@ pub const DEFAULT_STATE_DIR: &str = "/run/xdp-policy";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9559";
 /// Seconds between audits of the kernel's maps against the policy in force.
 pub const DEFAULT_AUDIT_INTERVAL: u64 = 60;
+/// The longest audit interval, in seconds (30 days).
+pub const MAX_AUDIT_INTERVAL: u64 = 30 * 24 * 3600;
 
 /// The configuration file as written.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -81,12 +83,8 @@ impl FromStr for MetricsAddr {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{0}")]
     Invalid(Diagnostic),
     #[error(transparent)]
@@ -99,7 +97,7 @@ impl ConfigFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         check_trusted_file(path)?;
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            .map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
         Self::parse(path, &text)
     }
 
@@ -178,6 +176,11 @@ pub struct Flags {
 pub enum SettingsError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(
+        "an audit interval of {0} s is more than {MAX_AUDIT_INTERVAL} s (30 days); 0 turns the \
+         periodic audit off"
+    )]
+    AuditInterval(u64),
     #[error("--iface needs --policy")]
     IfaceWithoutPolicy,
     #[error(
@@ -221,6 +224,9 @@ impl Settings {
                 .unwrap_or(DEFAULT_AUDIT_INTERVAL)
             {
                 0 => None,
+                seconds if seconds > MAX_AUDIT_INTERVAL => {
+                    return Err(SettingsError::AuditInterval(seconds));
+                }
                 seconds => Some(Duration::from_secs(seconds)),
             },
             load: load_options(flags.allow_insecure_policy_files, &file),
@@ -383,6 +389,26 @@ eth1 = "/etc/xdp-policy/mgmt.toml"
     #[test]
     fn the_default_metrics_address_is_the_documented_one() {
         assert_eq!(DEFAULT_METRICS.parse(), Ok(DEFAULT_METRICS_ADDR));
+    }
+
+    #[test]
+    fn an_audit_interval_of_0_is_off_and_one_past_30_days_is_refused() {
+        let flags = |seconds| Flags {
+            config: Some(p("/dev/null")),
+            policy: Some(p("p.toml")),
+            ifaces: vec!["eth0".into()],
+            audit_interval: Some(seconds),
+            ..Flags::default()
+        };
+        let resolve = |seconds| Settings::resolve(&flags(seconds));
+        assert_eq!(resolve(0).expect("valid").audit_interval, None);
+        assert_eq!(
+            resolve(MAX_AUDIT_INTERVAL).expect("valid").audit_interval,
+            Some(Duration::from_secs(MAX_AUDIT_INTERVAL))
+        );
+        for past in [MAX_AUDIT_INTERVAL + 1, u64::MAX] {
+            assert!(matches!(resolve(past), Err(SettingsError::AuditInterval(s)) if s == past));
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{
     dataplane::{
         Places,
         pinned::{self, PinnedFilter},
-        state::State,
+        state::{State, now_ms},
     },
     packet,
     policy::reference::{self, IpPacket, L4, Parsed},
@@ -27,6 +27,7 @@ use crate::{
     render::{
         self, Count, Explanation, InterfaceStatus, LiveOutcome, ReferenceOutcome, RuleStatus,
     },
+    settings,
 };
 
 /// How long `status --verify` waits for a daemon's audit.
@@ -77,18 +78,19 @@ pub fn status(args: &StatusArgs) -> Result<(), CliError> {
     } else {
         print!("{}", render::render_status(&all));
     }
-    let drifted: Vec<String> = all
-        .iter()
-        .filter(|s| {
-            s.state
-                .as_ref()
-                .and_then(|st| st.audit.as_ref())
-                .is_some_and(|a| !a.drift.is_empty() || a.error.is_some())
-        })
-        .map(|s| s.iface.clone())
-        .collect();
-    if args.verify && !drifted.is_empty() {
+    if !args.verify {
+        return Ok(());
+    }
+    let audits = all.iter().filter_map(|s| Some((&s.iface, s.state.as_ref()?.audit.as_ref()?)));
+    let failed: Vec<String> =
+        audits.clone().filter(|(_, a)| a.error.is_some()).map(|(i, _)| i.clone()).collect();
+    let drifted: Vec<String> =
+        audits.filter(|(_, a)| !a.drift.is_empty()).map(|(i, _)| i.clone()).collect();
+    if !drifted.is_empty() {
         return Err(CliError::Drift(drifted));
+    }
+    if !failed.is_empty() {
+        return Err(CliError::AuditFailed(failed));
     }
     Ok(())
 }
@@ -137,26 +139,29 @@ fn read_status(places: &Places, only: Option<&str>) -> Result<Vec<InterfaceStatu
 /// Has the daemon holding each pinned interface (or only `only`) audit its maps now
 /// (SIGUSR1), and waits until it has recorded the result in the state file.
 fn verify(places: &Places, only: Option<&str>) -> Result<(), CliError> {
-    let audits = |iface: &str| -> u64 {
+    // Audits record when they began: one that began after the signal was sent is one
+    // this asked for (an interval audit under way, or the count of a daemon restarted
+    // since, cannot pass for it).
+    let audited_since = |iface: &str, since_ms: u64| -> bool {
         // A damaged state file counts as no audit yet: the daemon writes a good one.
         State::read(&places.state_dir, iface)
             .ok()
             .flatten()
             .and_then(|s| s.audit)
-            .map_or(0, |a| a.count)
+            .is_some_and(|a| a.at_ms >= since_ms)
     };
     let mut asked = Vec::new();
     for filter in PinnedFilter::all(&places.pin_dir, only)? {
         let iface = filter.iface().to_string();
         let pid = filter.daemon().ok_or_else(|| InspectError::NoDaemon { iface: iface.clone() })?;
-        let before = audits(&iface);
+        let since_ms = now_ms();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGUSR1)
             .map_err(|source| InspectError::Signal { pid, source })?;
-        asked.push((iface, pid, before));
+        asked.push((iface, pid, since_ms));
     }
     let deadline = Instant::now() + VERIFY_TIMEOUT;
-    for (iface, pid, before) in asked {
-        while audits(&iface) <= before {
+    for (iface, pid, since_ms) in asked {
+        while !audited_since(&iface, since_ms) {
             if Instant::now() >= deadline {
                 return Err(
                     InspectError::AuditTimeout { iface, pid, timeout: VERIFY_TIMEOUT }.into()
@@ -170,7 +175,9 @@ fn verify(places: &Places, only: Option<&str>) -> Result<(), CliError> {
 
 pub fn explain(args: &ExplainArgs) -> Result<(), CliError> {
     let places = args.places.resolve()?;
-    let explanation = explain_packet(&places, &args.iface, &probe(args)?)?;
+    // The policy files are read as `run` reads them.
+    let load = settings::policy_load_options(args.places.config.as_deref(), false)?;
+    let explanation = explain_packet(&places, load, &args.iface, &probe(args)?)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&explanation).unwrap_or_default());
     } else {
@@ -224,7 +231,12 @@ fn probe(args: &ExplainArgs) -> Result<Probe, ProbeError> {
 
 /// Runs the packet through the live program of `iface` and through the reference
 /// classifier over the policy files in force.
-fn explain_packet(places: &Places, iface: &str, probe: &Probe) -> Result<Explanation, CliError> {
+fn explain_packet(
+    places: &Places,
+    load: files::LoadOptions,
+    iface: &str,
+    probe: &Probe,
+) -> Result<Explanation, CliError> {
     let filter = PinnedFilter::open(&places.pin_dir, iface)?;
     // A damaged state file leaves no policy to compare with: said below.
     let (state, state_error) = match State::read(&places.state_dir, iface) {
@@ -260,7 +272,7 @@ fn explain_packet(places: &Places, iface: &str, probe: &Probe) -> Result<Explana
             (None, Some(format!("state file ignored ({e}), so no policy to compare with")))
         }
         (None, None) => (None, Some("no state file, so no policy to compare with".to_string())),
-        (Some(state), _) => match reference_outcome(state, probe) {
+        (Some(state), _) => match reference_outcome(state, load, probe) {
             Ok(outcome) => (Some(outcome), None),
             Err(e) => (
                 None,
@@ -279,8 +291,12 @@ fn explain_packet(places: &Places, iface: &str, probe: &Probe) -> Result<Explana
 
 /// What the reference classifier says of the packet, from the policy files in force as
 /// they are now.
-fn reference_outcome(state: &State, probe: &Probe) -> Result<ReferenceOutcome, files::LoadError> {
-    let policy = files::load(&state.policy, files::LoadOptions::default())?;
+fn reference_outcome(
+    state: &State,
+    load: files::LoadOptions,
+    probe: &Probe,
+) -> Result<ReferenceOutcome, files::LoadError> {
+    let policy = files::load(&state.policy, load)?;
     let packet = IpPacket { src: probe.src, dst: probe.dst, l4: probe.l4 };
     let outcome = reference::classify(&policy, &Parsed::Ip(packet));
     let rule = outcome.rule.map(|i| &policy.rules[i]);

@@ -236,6 +236,8 @@ pub enum CliError {
     Inspect(#[from] inspect::InspectError),
     #[error("the kernel's maps differed from the policy in force on {}", .0.join(", "))]
     Drift(Vec<String>),
+    #[error("auditing the kernel's maps failed on {} (status shows why)", .0.join(", "))]
+    AuditFailed(Vec<String>),
 }
 
 impl CliError {

@@ -515,7 +515,7 @@ fn compare_trie<K: Copy + Eq + std::hash::Hash, const N: usize>(
 
 /// A rule in force and the slot of its counters: what the state file keeps so that a
 /// later daemon adopting the maps keeps counting each unchanged rule where it was.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleSlot {
     pub name: String,
     /// [`crate::policy::Rule::identity`]: the slot stays with the rule while this is

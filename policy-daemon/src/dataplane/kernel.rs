@@ -175,12 +175,8 @@ impl KernelMaps {
         name: &'static str,
         index: u32,
     ) -> Result<Counter, DataplaneError> {
-        let per_cpu =
-            map.get(&index, 0).map_err(|source| DataplaneError::MapRead { map: name, source })?;
-        Ok(per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
-            packets: sum.packets + c.packets,
-            bytes: sum.bytes + c.bytes,
-        }))
+        super::sum_counter(map, index)
+            .map_err(|source| DataplaneError::MapRead { map: name, source })
     }
 }
 

@@ -17,11 +17,11 @@ use std::{fmt, net::Ipv4Addr};
 
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
-    maps::MapError,
+    maps::{MapData, MapError, PerCpuArray},
     pin::PinError as AyaPinError,
     programs::{
         ProgramError, Xdp, XdpMode as AyaXdpFlags,
-        links::{FdLink, LinkError, PinnedLink},
+        links::{FdLink, LinkError, LinkInfo, PinnedLink},
         xdp::XdpLink,
     },
 };
@@ -172,6 +172,19 @@ pub enum DataplaneError {
     Object(#[source] aya_obj::ParseError),
 }
 
+impl DataplaneError {
+    /// The program could not be put on a pinned link because the kernel has released
+    /// the link from its interface (the interface went away): ENOLINK from
+    /// `BPF_LINK_UPDATE`. The link can only be replaced by a new one.
+    pub fn link_defunct(&self) -> bool {
+        matches!(
+            self,
+            Self::ReplaceProgram { source: ProgramError::SyscallError(e), .. }
+                if e.io_error.raw_os_error() == Some(libc::ENOLINK)
+        )
+    }
+}
+
 /// Why a pinned map cannot be reused by this version of the program.
 #[derive(Debug, thiserror::Error)]
 pub enum StaleMap {
@@ -218,7 +231,24 @@ impl fmt::Display for AttachHint {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VerdictCounts(pub [Counter; Verdict::COUNT as usize]);
 
+/// The counter at `index` of a per-CPU counter map, summed over CPUs.
+fn sum_counter(map: &PerCpuArray<MapData, Counter>, index: u32) -> Result<Counter, MapError> {
+    Ok(map.get(&index, 0)?.iter().fold(Counter::default(), |sum, c| Counter {
+        packets: sum.packets + c.packets,
+        bytes: sum.bytes + c.bytes,
+    }))
+}
+
 impl VerdictCounts {
+    /// Every verdict's counter from a `VERDICTS` map.
+    fn read(map: &PerCpuArray<MapData, Counter>) -> Result<Self, MapError> {
+        let mut counts = Self::default();
+        for verdict in Verdict::ALL {
+            counts.0[verdict as usize] = sum_counter(map, verdict as u32)?;
+        }
+        Ok(counts)
+    }
+
     pub fn get(&self, verdict: Verdict) -> Counter {
         self.0[verdict as usize]
     }
@@ -346,13 +376,7 @@ impl Dataplane {
     /// Whether the link pinned under `pins` runs this process's program (not one that
     /// something else put on it).
     pub fn link_runs_this_program(&mut self, pins: &Pins) -> Result<bool, DataplaneError> {
-        let path = pins.link();
-        let link = PinnedLink::from_pin(&path)
-            .map_err(|source| DataplaneError::PinnedLink { path: path.clone(), source })?;
-        let on_link = FdLink::from(link)
-            .info()
-            .map_err(|source| DataplaneError::PinnedLink { path, source })?
-            .program_id();
+        let on_link = pinned_link_info(&pins.link())?.program_id();
         let ours = self.program()?.info().map_err(DataplaneError::ProgramType)?.id();
         Ok(on_link == ours)
     }
@@ -362,7 +386,7 @@ impl Dataplane {
         // The previous program's pin; the program itself goes once nothing uses it.
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(pins::PinError::Io { path, source: e }.into());
+                return Err(pins::PinError::Io { path, error: e }.into());
             }
             _ => {}
         }
@@ -445,15 +469,8 @@ impl Dataplane {
 
     /// Per-verdict packet and byte counts since the program was loaded.
     pub fn verdict_counts(&self) -> Result<VerdictCounts, DataplaneError> {
-        let mut counts = VerdictCounts::default();
-        for verdict in Verdict::ALL {
-            counts.0[verdict as usize] = KernelMaps::read_counter(
-                &self.maps.verdict_counters,
-                VERDICT_COUNTERS_MAP,
-                verdict as u32,
-            )?;
-        }
-        Ok(counts)
+        VerdictCounts::read(&self.maps.verdict_counters)
+            .map_err(|source| DataplaneError::MapRead { map: VERDICT_COUNTERS_MAP, source })
     }
 
     /// One verdict's counter (cheaper than [`Self::verdict_counts`]).
@@ -524,6 +541,12 @@ impl Dataplane {
         let result = self.program()?.test_run(opts).map_err(DataplaneError::TestRun)?;
         Ok(result.return_value)
     }
+}
+
+/// What the kernel says of the link pinned at `path`.
+fn pinned_link_info(path: &std::path::Path) -> Result<LinkInfo, DataplaneError> {
+    let err = |source| DataplaneError::PinnedLink { path: path.to_path_buf(), source };
+    FdLink::from(PinnedLink::from_pin(path).map_err(err)?).info().map_err(err)
 }
 
 /// Pinned maps are reused as they are, so each must be exactly what this version of the

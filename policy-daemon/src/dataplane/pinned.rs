@@ -10,15 +10,12 @@ use std::{
 use aya::{
     TestRun as _, TestRunOptions,
     maps::{Array, Map, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{
-        ProgramError, Xdp,
-        links::{FdLink, PinnedLink},
-    },
+    programs::{ProgramError, Xdp},
 };
 use aya_obj::programs::XdpAttachType;
 use policy_common::{
     Counter, DropEvent, EVENT_SETTINGS_MAP, EVENTS_MAP, EventSettings, RULE_COUNTERS_MAP,
-    VERDICT_COUNTERS_MAP, Verdict,
+    VERDICT_COUNTERS_MAP,
 };
 
 use super::{
@@ -102,11 +99,7 @@ impl PinnedFilter {
     /// Per-verdict packets and bytes since the filter was first attached.
     pub fn verdict_counts(&self) -> Result<VerdictCounts, PinnedError> {
         let map = self.counters(VERDICT_COUNTERS_MAP)?;
-        let mut counts = VerdictCounts::default();
-        for verdict in Verdict::ALL {
-            counts.0[verdict as usize] = map.get(verdict as u32)?;
-        }
-        Ok(counts)
+        VerdictCounts::read(&map.map).map_err(|source| PinnedError::Map { path: map.path, source })
     }
 
     /// The rule counters at these slots (as the state file gives them), in order.
@@ -168,14 +161,8 @@ struct Counters {
 impl Counters {
     /// The counter at `index`, summed over CPUs.
     fn get(&self, index: u32) -> Result<Counter, PinnedError> {
-        let values = self
-            .map
-            .get(&index, 0)
-            .map_err(|source| PinnedError::Map { path: self.path.clone(), source })?;
-        Ok(values.iter().fold(Counter::default(), |a, c| Counter {
-            packets: a.packets + c.packets,
-            bytes: a.bytes + c.bytes,
-        }))
+        super::sum_counter(&self.map, index)
+            .map_err(|source| PinnedError::Map { path: self.path.clone(), source })
     }
 }
 
@@ -243,8 +230,7 @@ pub fn detach(
 
 /// The id of the link pinned under `pins`, if one is.
 fn pinned_link_id(pins: &Pins) -> Option<u32> {
-    let link = PinnedLink::from_pin(pins.link()).ok()?;
-    Some(FdLink::from(link).info().ok()?.id())
+    super::pinned_link_info(&pins.link()).ok().map(|info| info.id())
 }
 
 /// Whether the kernel still holds the link `id`.

@@ -23,12 +23,8 @@ pub struct Pins {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
     #[error(
         "another xdp-policy daemon{} holds {}: one daemon per interface (stop it, or give \
          this one other interfaces)",
@@ -50,7 +46,7 @@ pub enum PinError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
-    move |source| PinError::Io { path: path.to_path_buf(), source }
+    move |error| PinError::Io { path: path.to_path_buf(), error }
 }
 
 impl Pins {
@@ -99,7 +95,7 @@ impl Pins {
             Err((_, Errno::EWOULDBLOCK)) => {
                 Err(PinError::Locked { dir: self.dir.clone(), pid: self.lock_holder() })
             }
-            Err((_, errno)) => Err(PinError::Io { path: self.dir.clone(), source: errno.into() }),
+            Err((_, errno)) => Err(PinError::Io { path: self.dir.clone(), error: errno.into() }),
         }
     }
 
@@ -194,11 +190,12 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
     let fs_type = |path: &Path| {
         statfs(path)
             .map(|s| s.filesystem_type())
-            .map_err(|e| PinError::Io { path: path.to_path_buf(), source: e.into() })
+            .map_err(|e| PinError::Io { path: path.to_path_buf(), error: e.into() })
     };
     let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
-    if fs_type(existing)? != BPF_FS_MAGIC {
-        let mount_point = if fs_type(existing)? == SYSFS_MAGIC { existing } else { dir };
+    let found = fs_type(existing)?;
+    if found != BPF_FS_MAGIC {
+        let mount_point = if found == SYSFS_MAGIC { existing } else { dir };
         fs::create_dir_all(mount_point).map_err(io_err(mount_point))?;
         tracing::info!(dir = %mount_point.display(), "mounting bpffs");
         mount(Some("bpf"), mount_point, Some("bpf"), MsFlags::empty(), None::<&str>)

@@ -43,9 +43,10 @@ pub struct State {
 /// What the daemon's last audit found (see `dataplane::apply::Generations::audit`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Audit {
-    /// When it ran, milliseconds since the Unix epoch.
+    /// When it began, milliseconds since the Unix epoch; `status --verify` waits for an
+    /// audit that began after it asked.
     pub at_ms: u64,
-    /// Audits since the daemon started; `status --verify` waits for this to grow.
+    /// Audits since the daemon started.
     pub count: u64,
     /// Map → entries that differed from the policy in force (empty: none did).
     pub drift: BTreeMap<String, u64>,
@@ -85,12 +86,8 @@ impl RuleState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
     #[error("{}: not a state file of this version of xdp-policy", path.display())]
     Format {
         path: PathBuf,
@@ -129,7 +126,7 @@ impl State {
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StateError::Io { path, source }),
+            Err(error) => return Err(StateError::Io { path, error }),
         };
         Self::parse(&path, iface, &text).map(Some)
     }
@@ -169,7 +166,7 @@ impl State {
 
     pub fn write(&self, state_dir: &Path) -> Result<(), StateError> {
         let path = Self::path(state_dir, &self.iface);
-        let io_err = |source| StateError::Io { path: path.clone(), source };
+        let io_err = |error| StateError::Io { path: path.clone(), error };
         fs::create_dir_all(state_dir).map_err(io_err)?;
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(self)
@@ -181,9 +178,7 @@ impl State {
     pub fn remove(state_dir: &Path, iface: &str) -> Result<(), StateError> {
         let path = Self::path(state_dir, iface);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(StateError::Io { path, source: e })
-            }
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError::Io { path, error: e }),
             _ => Ok(()),
         }
     }

@@ -39,12 +39,8 @@ pub struct LoadOptions {
 /// Why the files of a policy were not read.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("{}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{}: no *.toml policy files in this directory", path.display())]
     EmptyDirectory { path: PathBuf },
     #[error(
@@ -109,8 +105,8 @@ const GROUP_OR_OTHER_WRITE: u32 = 0o022;
 
 /// The files a policy path stands for: the file itself, or the `*.toml` files of a
 /// directory in file-name order.
-pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, FileError> {
-    let read_err = |source| FileError::Read { path: path.to_path_buf(), source };
+fn policy_files(path: &Path) -> Result<Vec<PathBuf>, FileError> {
+    let read_err = |error| FileError::Read { path: path.to_path_buf(), error };
     if !fs::metadata(path).map_err(read_err)?.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
@@ -131,14 +127,14 @@ pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, FileError> {
 
 /// Reads every file of the policy at `path`, after checking where it is and who can
 /// change it.
-pub fn read_policy(path: &Path, options: LoadOptions) -> Result<Vec<(PathBuf, String)>, FileError> {
+fn read_policy(path: &Path, options: LoadOptions) -> Result<Vec<(PathBuf, String)>, FileError> {
     let files = policy_files(path)?;
     let is_dir = files.len() != 1 || files[0] != path;
     let base = if is_dir { path } else { path.parent().unwrap_or(Path::new(".")) };
     let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
     let read_err = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| FileError::Read { path: p, source }
+        move |error| FileError::Read { path: p, error }
     };
     let real_base = fs::canonicalize(base).map_err(read_err(base))?;
     let mut sources = Vec::new();
@@ -190,8 +186,8 @@ pub fn read_policy(path: &Path, options: LoadOptions) -> Result<Vec<(PathBuf, St
 }
 
 fn check_owner_and_mode(shown: &Path, real: &Path, sticky_ok: bool) -> Result<(), FileError> {
-    let meta = fs::metadata(real)
-        .map_err(|source| FileError::Read { path: shown.to_path_buf(), source })?;
+    let meta =
+        fs::metadata(real).map_err(|error| FileError::Read { path: shown.to_path_buf(), error })?;
     check_metadata(shown, real, &meta, sticky_ok)
 }
 

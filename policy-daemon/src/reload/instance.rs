@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use policy_common::Counter;
 use tracing::{debug, error, info, warn};
 
 use super::{Options, StartError};
@@ -33,9 +34,14 @@ pub struct Instance {
     generation: u64,
     /// The interface's index when attached; 0 while it is gone.
     ifindex: u32,
-    /// The ruleset the maps hold (the policy's, unless its last apply failed here): what
-    /// the audits compare them with.
+    /// The policy in force here and what it compiled to: what the maps hold, what the
+    /// audits compare them with and what the state file describes. It lags the policy
+    /// file's latest version while applying that version fails here.
+    policy: Arc<Policy>,
     ruleset: Arc<Ruleset>,
+    /// The link's pin was removed to attach afresh and attaching failed: a missing link
+    /// pin is this daemon's doing, not a detach, and the next tick tries again.
+    relinking: bool,
     /// The audits so far; the last one's record.
     audit: Option<Audit>,
 }
@@ -43,11 +49,18 @@ pub struct Instance {
 /// An interface index not known yet (the lookup failed when the filter was attached).
 const INDEX_UNKNOWN: u32 = u32::MAX;
 
+/// An interface's counters, per verdict and per rule in force (in rule order).
+pub struct Counts {
+    pub verdicts: VerdictCounts,
+    pub rules: Vec<(String, Counter)>,
+}
+
 impl Instance {
     /// Brings up one interface: takes its lock, adopts its pinned filter if there is one,
     /// else attaches a new one and pins it.
     pub fn start(
         iface: &str,
+        policy: &Arc<Policy>,
         ruleset: &Arc<Ruleset>,
         options: &Options,
     ) -> Result<Self, StartError> {
@@ -67,15 +80,18 @@ impl Instance {
             generation,
             // Just attached there: the interface exists, whatever a failed lookup says.
             ifindex: ifindex(iface).unwrap_or(INDEX_UNKNOWN),
+            policy: Arc::clone(policy),
             ruleset: Arc::clone(ruleset),
+            relinking: false,
             audit: None,
         };
         if !pins.linked() {
             // No filter in force: whatever is pinned is left from a start that failed
-            // before it attached. Nothing of it is trusted.
+            // before it attached, or from a filter whose link went with its interface.
+            // Nothing of it is trusted.
             let removed = pins.remove_unlinked().map_err(DataplaneError::from)?;
             if removed > 0 {
-                warn!(iface, pins = removed, "removed pins of a filter that was never attached");
+                warn!(iface, pins = removed, "removed the pins of a filter without a link");
             }
             let attached = Dataplane::load(ruleset).and_then(|mut dataplane| {
                 let mode = dataplane.attach_pinned(iface, options.mode, &pins)?;
@@ -105,12 +121,19 @@ impl Instance {
         let generation = previous.as_ref().map_or(0, |s| s.generation) + 1;
         match dataplane.replace_on_pinned_link(&pins) {
             Ok(()) => {
-                let mode = previous.as_ref().map_or(AttachMode::Native, |s| s.attach_mode);
+                // Without a state file, the mode asked for is the best guess: under
+                // `auto`, native (which it tries first).
+                let asked = match options.mode {
+                    XdpMode::Skb => AttachMode::Skb,
+                    XdpMode::Auto | XdpMode::Native => AttachMode::Native,
+                };
+                let mode = previous.as_ref().map_or(asked, |s| s.attach_mode);
                 info!(iface, "adopted the pinned filter: program replaced on its link, no detach");
                 Ok(instance(dataplane, mode, generation, pins))
             }
-            // The interface went away since (its link is defunct): attach afresh.
-            Err(e) => {
+            // The interface went away since (the kernel released the link from it):
+            // attach afresh. Any other failure leaves the pinned filter as it is.
+            Err(e) if e.link_defunct() => {
                 warn!(
                     iface,
                     "the pinned link cannot be reused, attaching again: {}",
@@ -121,6 +144,7 @@ impl Instance {
                 info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
                 Ok(instance(dataplane, attached, generation, pins))
             }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -156,20 +180,36 @@ impl Instance {
         !self.detached() && !self.interface_gone()
     }
 
-    /// The per-verdict and per-rule counters.
-    #[allow(clippy::type_complexity)]
-    pub fn counts(
-        &self,
-    ) -> Result<(VerdictCounts, Vec<(String, policy_common::Counter)>), DataplaneError> {
-        Ok((self.dataplane.verdict_counts()?, self.dataplane.rule_counts()?))
+    /// The policy in force here.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
-    /// Makes `ruleset` the one in force here, atomically; on error the previous one
-    /// stays.
-    pub fn apply(&mut self, ruleset: &Arc<Ruleset>) -> Result<ApplyReport, DataplaneError> {
-        let report = self.dataplane.apply(ruleset)?;
-        self.ruleset = Arc::clone(ruleset);
-        self.generation += 1;
+    /// The per-verdict and per-rule counters.
+    pub fn counts(&self) -> Result<Counts, DataplaneError> {
+        Ok(Counts {
+            verdicts: self.dataplane.verdict_counts()?,
+            rules: self.dataplane.rule_counts()?,
+        })
+    }
+
+    /// Makes `policy` (compiled to `ruleset`) the one in force here, atomically; on error
+    /// the previous one stays. Returns `None` when the maps hold `ruleset` already (the
+    /// files changed, not what they say): then only the policy recorded is updated.
+    pub fn apply(
+        &mut self,
+        policy: &Arc<Policy>,
+        ruleset: &Arc<Ruleset>,
+    ) -> Result<Option<ApplyReport>, DataplaneError> {
+        let report = if *ruleset == self.ruleset {
+            None
+        } else {
+            let report = self.dataplane.apply(ruleset)?;
+            self.ruleset = Arc::clone(ruleset);
+            self.generation += 1;
+            Some(report)
+        };
+        self.policy = Arc::clone(policy);
         Ok(report)
     }
 
@@ -178,13 +218,15 @@ impl Instance {
     /// interface, the link does not. Notices the filter detached under the daemon (its
     /// pins removed, as `xdp-policy detach` does) and stops treating it as in force.
     /// Returns whether anything changed.
-    pub fn follow(&mut self, mode: XdpMode) -> bool {
+    pub fn follow(&mut self, mode: XdpMode, state_dir: &Path) -> bool {
         if self.detached() {
             return false;
         }
         let Some(now) = ifindex(&self.iface) else { return false };
-        // The pin directory gone, or the link pin gone under a live interface.
-        let pins_gone = !self.pins.dir().exists() || (now != 0 && !self.pins.linked());
+        // The pin directory gone, or the link pin gone under a live interface (unless
+        // this daemon removed it to attach afresh).
+        let pins_gone =
+            !self.pins.dir().exists() || (now != 0 && !self.pins.linked() && !self.relinking);
         if pins_gone {
             error!(
                 iface = self.iface,
@@ -194,9 +236,14 @@ impl Instance {
                  restart attaches it again"
             );
             self.lock = None;
+            // The state file went with the pins; one written since (a write racing the
+            // detach) describes nothing in force.
+            if let Err(e) = State::remove(state_dir, &self.iface) {
+                warn!(iface = self.iface, "removing the state file: {}", error_chain(&e));
+            }
             return true;
         }
-        if now == self.ifindex || (self.ifindex == INDEX_UNKNOWN && now != 0) {
+        if !self.relinking && (now == self.ifindex || (self.ifindex == INDEX_UNKNOWN && now != 0)) {
             self.ifindex = now;
             return false;
         }
@@ -210,6 +257,7 @@ impl Instance {
         }
         // Back (or replaced by a new interface of the same name): the old link is
         // defunct; attach afresh.
+        self.relinking = true;
         let attached = self
             .pins
             .unpin_link()
@@ -217,6 +265,7 @@ impl Instance {
             .and_then(|()| self.dataplane.attach_pinned(&self.iface, mode, &self.pins));
         match attached {
             Ok(attached) => {
+                self.relinking = false;
                 self.mode = attached;
                 self.ifindex = now;
                 info!(
@@ -308,9 +357,9 @@ impl Instance {
         self.audit.as_ref().map(|a| SystemTime::UNIX_EPOCH + Duration::from_millis(a.at_ms))
     }
 
-    /// Records what is in force here (`policy`, read from `path`) in the state file, for
+    /// Records what is in force here (the policy read from `path`) in the state file, for
     /// `status`, `explain` and the next daemon.
-    pub fn write_state(&self, path: &Path, policy: &Policy, places: &Places) {
+    pub fn write_state(&self, path: &Path, places: &Places) {
         if self.detached() || !self.pins.dir().exists() {
             // Detaching removed the state file with the pins; nothing is in force to
             // describe.
@@ -320,7 +369,7 @@ impl Instance {
             .dataplane
             .rule_slots()
             .iter()
-            .zip(&policy.rules)
+            .zip(&self.policy.rules)
             .map(|(slot, rule)| RuleState {
                 name: slot.name.clone(),
                 action: rule.action,
@@ -332,7 +381,7 @@ impl Instance {
         let state = State {
             iface: self.iface.clone(),
             policy: path.to_path_buf(),
-            policy_hash: policy.hash.clone(),
+            policy_hash: self.policy.hash.clone(),
             generation: self.generation,
             applied_at: state::now(),
             attach_mode: self.mode,

@@ -65,12 +65,8 @@ pub enum PrepareError {
     Load(#[from] LoadError),
     #[error("{}: no interface to enforce it on: the policy names none (interfaces = [...])", .0.display())]
     NoInterfaces(PathBuf),
-    #[error("{}: {source}", policy.display())]
-    Lockout {
-        policy: PathBuf,
-        #[source]
-        source: Lockout,
-    },
+    #[error("{}: {lockout}", policy.display())]
+    Lockout { policy: PathBuf, lockout: Lockout },
 }
 
 /// Why a policy could not be put in force at start-up.
@@ -116,52 +112,51 @@ pub fn prepare(assignment: &Assignment, load: LoadOptions) -> Result<Prepared, P
         assignment.ifaces.clone()
     };
     safety::check(&policy, &safety::Host::probe(&ifaces))
-        .map_err(|source| PrepareError::Lockout { policy: path.clone(), source })?;
+        .map_err(|lockout| PrepareError::Lockout { policy: path.clone(), lockout })?;
     let ruleset = Arc::new(policy::compile(&policy));
     Ok(Prepared { policy, ruleset, ifaces, took: started.elapsed() })
 }
 
-/// One policy in force on its interfaces, and what it was compiled to.
+/// One policy on its interfaces: the latest version of its files that prepared well,
+/// and the filter of each interface (which holds that version once applying it worked
+/// there).
 pub struct Enforced {
     assignment: Assignment,
     instances: Vec<Instance>,
+    /// The version every interface is to hold; reattached filters start with it.
+    policy: Arc<Policy>,
     ruleset: Arc<Ruleset>,
-    policy: Policy,
 }
 
 impl Enforced {
     /// Prepares the policy, then brings up its interfaces: maps are full before the first
-    /// packet reaches a program.
+    /// packet reaches a program. Each interface's state file is written as soon as it is
+    /// up, so that a start failing on a later interface leaves the earlier ones whole.
     pub fn start(assignment: Assignment, options: &Options) -> Result<Self, StartError> {
         let prepared = prepare(&assignment, options.load)?;
+        let policy = Arc::new(prepared.policy);
         let mut instances = Vec::new();
         for iface in &prepared.ifaces {
             let began = Instant::now();
-            let instance = Instance::start(iface, &prepared.ruleset, options)?;
+            let instance = Instance::start(iface, &policy, &prepared.ruleset, options)?;
             info!(
                 iface,
                 policy = %assignment.policy.display(),
                 generation = instance.generation(),
-                rules = prepared.policy.rules.len(),
+                rules = policy.rules.len(),
                 compile_us = prepared.took.as_micros() as u64,
                 apply_us = began.elapsed().as_micros() as u64,
                 mode = %instance.mode(),
                 "policy applied"
             );
+            instance.write_state(&assignment.policy, &options.places);
             instances.push(instance);
         }
-        for instance in &instances {
-            instance.write_state(&assignment.policy, &prepared.policy, &options.places);
-        }
-        Ok(Self { assignment, instances, ruleset: prepared.ruleset, policy: prepared.policy })
+        Ok(Self { assignment, instances, policy, ruleset: prepared.ruleset })
     }
 
     pub fn policy_path(&self) -> &Path {
         &self.assignment.policy
-    }
-
-    pub fn policy(&self) -> &Policy {
-        &self.policy
     }
 
     pub fn instances(&self) -> &[Instance] {
@@ -169,8 +164,9 @@ impl Enforced {
     }
 
     /// Puts the policy in its current version in force everywhere it is not detached;
-    /// returns whether it now is. Never fails the daemon: a bad policy is logged and the
-    /// one in force stays.
+    /// returns whether it now is. Each interface is compared with what it holds, so one
+    /// where an earlier apply failed gets the current version whatever the others hold.
+    /// Never fails the daemon: a bad policy is logged and the one in force stays.
     pub fn reload(&mut self, trigger: &str, options: &Options) -> bool {
         let path = self.assignment.policy.display().to_string();
         let prepared = match prepare(&self.assignment, options.load) {
@@ -194,12 +190,10 @@ impl Enforced {
                 enforced_on.join(", ")
             );
         }
-        if prepared.ruleset == self.ruleset {
-            info!(policy = %path, trigger, "policy unchanged");
-            return true;
-        }
-        let mut applied = Vec::new();
-        for (index, instance) in self.instances.iter_mut().enumerate() {
+        self.policy = Arc::new(prepared.policy);
+        self.ruleset = prepared.ruleset;
+        let (mut all, mut written) = (true, false);
+        for instance in &mut self.instances {
             if instance.detached() {
                 info!(
                     iface = instance.iface(),
@@ -210,58 +204,56 @@ impl Enforced {
                 continue;
             }
             let began = Instant::now();
-            match instance.apply(&prepared.ruleset) {
-                Ok(report) => {
-                    applied.push(index);
+            let new_files = instance.policy().hash != self.policy.hash;
+            match instance.apply(&self.policy, &self.ruleset) {
+                Ok(Some(report)) => {
+                    written = true;
                     info!(
                         iface = instance.iface(),
                         policy = %path,
                         trigger,
                         generation = instance.generation(),
-                        rules = prepared.policy.rules.len(),
+                        rules = self.policy.rules.len(),
                         compile_us = prepared.took.as_micros() as u64,
                         apply_us = began.elapsed().as_micros() as u64,
                         map_writes = report.writes,
                         "policy applied"
                     );
                 }
-                Err(err) => error!(
-                    iface = instance.iface(),
-                    policy = %path,
-                    trigger,
-                    "applying failed, the previous policy stays in force there: {}",
-                    error_chain(&err)
-                ),
+                // The maps hold it already; the state file describes the files' version.
+                Ok(None) if new_files => {}
+                Ok(None) => continue,
+                Err(err) => {
+                    all = false;
+                    error!(
+                        iface = instance.iface(),
+                        policy = %path,
+                        trigger,
+                        "applying failed, the previous policy stays in force there: {}",
+                        error_chain(&err)
+                    );
+                    continue;
+                }
             }
+            instance.write_state(&self.assignment.policy, &options.places);
         }
-        for index in &applied {
-            self.instances[*index].write_state(
-                &self.assignment.policy,
-                &prepared.policy,
-                &options.places,
-            );
-        }
-        // Interfaces that did not take it keep their previous ruleset; the next reload
-        // retries them.
-        let all = applied.len() == self.instances.iter().filter(|i| !i.detached()).count();
-        if all {
-            self.ruleset = prepared.ruleset;
-            self.policy = prepared.policy;
+        if all && !written {
+            info!(policy = %path, trigger, "policy unchanged");
         }
         all
     }
 
-    /// Attaches the detached filters again, afresh (new maps, the policy in force);
+    /// Attaches the detached filters again, afresh (new maps, the latest policy);
     /// whether any was.
     pub fn reattach(&mut self, options: &Options) -> bool {
         let mut any = false;
         for i in self.instances.iter_mut().filter(|i| i.detached()) {
-            match Instance::start(i.iface(), &self.ruleset, options) {
+            match Instance::start(i.iface(), &self.policy, &self.ruleset, options) {
                 Ok(fresh) => {
                     *i = fresh;
                     any = true;
                     info!(iface = i.iface(), mode = %i.mode(), "the detached filter is attached again");
-                    i.write_state(&self.assignment.policy, &self.policy, &options.places);
+                    i.write_state(&self.assignment.policy, &options.places);
                 }
                 Err(err) => error!(
                     iface = i.iface(),
@@ -278,9 +270,9 @@ impl Enforced {
     pub fn follow_interfaces(&mut self, options: &Options) -> bool {
         let mut changed = false;
         for i in &mut self.instances {
-            if i.follow(options.mode) {
+            if i.follow(options.mode, &options.places.state_dir) {
                 changed = true;
-                i.write_state(&self.assignment.policy, &self.policy, &options.places);
+                i.write_state(&self.assignment.policy, &options.places);
             }
         }
         changed
@@ -291,7 +283,7 @@ impl Enforced {
     pub fn audit(&mut self, trigger: &str, options: &Options) {
         for i in self.instances.iter_mut().filter(|i| !i.detached()) {
             i.audit(trigger);
-            i.write_state(&self.assignment.policy, &self.policy, &options.places);
+            i.write_state(&self.assignment.policy, &options.places);
         }
     }
 }
