@@ -630,6 +630,23 @@ mod tests {
     }
 
     #[test]
+    fn every_protocol_number_has_the_class_of_its_ip_version() {
+        // IANA numbers written out, not the constants `of` uses.
+        for proto in 0..=255u8 {
+            for v6 in [false, true] {
+                let expected = match (proto, v6) {
+                    (6, _) => L4Class::Tcp,
+                    (17, _) => L4Class::Udp,
+                    (1, false) => L4Class::Icmp,
+                    (58, true) => L4Class::Icmpv6,
+                    _ => L4Class::Other,
+                };
+                assert_eq!(L4Class::of(proto, v6), expected, "protocol {proto}, IPv6 {v6}");
+            }
+        }
+    }
+
+    #[test]
     fn enums_round_trip_through_u8() {
         for action in [Action::Pass, Action::Drop] {
             assert_eq!(Action::try_from(action as u8), Ok(action));

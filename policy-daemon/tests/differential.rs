@@ -568,7 +568,13 @@ fn kernel_agrees_with_the_reference_after_scribbling_and_repair() {
     for index in config.policy_indices(SCRIBBLED_POLICIES) {
         let mut rng = Rng::for_policy(config.seed, STREAM_SCRIBBLE, index);
         let spec = random_policy_both_paths(&mut rng, index);
-        let Ok(policy) = spec.parse() else { continue };
+        let policy = match spec.parse() {
+            Ok(policy) => policy,
+            Err(e) => {
+                run.skipped.push(format!("policy {index}: {e}"));
+                continue;
+            }
+        };
         run.policies += 1;
         run.max_rules = run.max_rules.max(policy.rules.len());
         let frames: Vec<FrameSpec> =
@@ -610,6 +616,7 @@ fn finish_run(
 ) {
     eprintln!("{}", run.summary(name, packets_per_policy, started));
     let total = run.policies + run.skipped.len();
+    assert!(run.policies > 0, "{name}: no valid policy was generated, nothing was checked");
     assert!(
         run.skipped.len() * 10 <= total,
         "{} of {total} generated policies were invalid (at most 10% may be):\n{}",

@@ -23,9 +23,8 @@ use testbed::{
     TestbedError, UdpOutcome, XdpMode,
 };
 
-use support::serial;
+use support::{DAEMON, serial};
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_xdp-policy");
 /// Datagrams per UDP probe.
 const DATAGRAMS: u32 = 20;
 /// SYNs a blocked connect can send within its 1 s timeout: the first, and a retransmit

@@ -23,12 +23,9 @@ use std::{
     collections::HashSet,
     ffi::CString,
     fmt::Write as _,
-    fs, io, mem,
+    io, mem,
     net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
-    os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::fs::PermissionsExt as _,
-    },
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
@@ -38,23 +35,20 @@ use std::{
 
 use policy_daemon::dataplane::error_chain;
 use support::{
+    DAEMON, PolicyFile,
     crafted::{self, BLOCKED_PORT, Family, Kind, OPEN_PORT, Params, Shot, Target},
     packet::{ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP},
     serial,
 };
 use testbed::{
-    ATTACH_TIMEOUT, AttachMode, Counters, RX_IFACE, RX_V4, RX_V6, TX_IFACE, TX_V4, TX_V6, Testbed,
-    XdpMode,
+    AttachMode, Counters, RX_IFACE, RX_V4, RX_V6, TX_IFACE, TX_V4, TX_V6, Testbed, XdpMode,
 };
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_xdp-policy");
 /// How long after the last frame of a phase its answers may still come.
 const SETTLE: Duration = Duration::from_millis(500);
 /// A pause after each shot, so that no queue on the way (the veth ring, the backlog)
 /// overflows and a lost frame is never mistaken for a dropped one.
 const PACING: Duration = Duration::from_micros(200);
-/// How long the kernel may take to release the link after `xdp-policy detach`.
-const DETACH_TIMEOUT: Duration = Duration::from_secs(5);
 const ETH_P_ALL: u16 = 0x0003;
 const ARP_REPLY: [u8; 2] = [0, 2];
 const TCP_SYN_ACK: u8 = 0x12;
@@ -82,41 +76,26 @@ impl Phase {
     }
 }
 
-/// The two policies, in a temporary directory (root's, not group- or world-writable, as
-/// `run` requires) removed on drop.
+/// The two policies, each alone in a temporary directory (root's, not group- or
+/// world-writable, as `run` requires) removed on drop.
 struct Policies {
-    dir: PathBuf,
+    allow: PolicyFile,
+    deny: PolicyFile,
 }
 
 impl Policies {
     fn write() -> Self {
-        let dir = std::env::temp_dir().join(format!("xdp-policy-evasion-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("creating the policy directory");
-        let policies = Self { dir };
-        fs::set_permissions(&policies.dir, fs::Permissions::from_mode(0o755))
-            .expect("setting the policy directory's mode");
-        let (allow, deny) = (crafted::allow_list(), crafted::deny_list());
-        for (phase, text) in [(Phase::AllowList, allow), (Phase::DenyList, deny)] {
-            let path = policies.path(phase);
-            fs::write(&path, text).expect("writing a policy");
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
-                .expect("setting a policy's mode");
+        Self {
+            allow: PolicyFile::new("evasion-allow", &crafted::allow_list()),
+            deny: PolicyFile::new("evasion-deny", &crafted::deny_list()),
         }
-        policies
     }
 
     fn path(&self, phase: Phase) -> PathBuf {
         match phase {
-            Phase::AllowList => self.dir.join("allow-list.toml"),
-            _ => self.dir.join("deny-list.toml"),
+            Phase::AllowList => self.allow.0.clone(),
+            _ => self.deny.0.clone(),
         }
-    }
-}
-
-impl Drop for Policies {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -392,35 +371,12 @@ fn pin_neighbours(testbed: &Testbed, tx_mac: [u8; 6], rx_mac: [u8; 6]) {
 }
 
 /// Takes the pinned filter off rx's interface (it outlives the daemon), so the next phase
-/// starts from no filter and its counters are its own.
+/// starts from no filter and its counters are its own. `detach` returns once the kernel
+/// has let the link go.
 fn detach(testbed: &Testbed) {
-    let dirs = testbed.dirs();
-    let out = Command::new(DAEMON)
-        .args(["detach", "--iface", RX_IFACE, "--config", "/dev/null", "--pin-dir"])
-        .arg(dirs.pin_dir())
-        .arg("--state-dir")
-        .arg(dirs.state_dir())
-        .output()
-        .expect("running xdp-policy detach");
+    let out = support::xdp_policy(testbed, &["detach", "--iface", RX_IFACE]);
     assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
-    // Removing the pins drops the last reference to the link; the kernel releases it a
-    // moment later, not always before `detach` returns.
-    let deadline = Instant::now() + DETACH_TIMEOUT;
-    loop {
-        let shown = Command::new("ip")
-            .args(["-n", testbed.rx().name(), "link", "show", "dev", RX_IFACE])
-            .output()
-            .expect("running ip link show");
-        let shown = String::from_utf8_lossy(&shown.stdout);
-        if !shown.contains("prog/xdp") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected no XDP program on {RX_IFACE} within {DETACH_TIMEOUT:?} of detach:\n{shown}"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    assert_eq!(support::attached_program(testbed), None, "a program is still on {RX_IFACE}");
 }
 
 /// What one XDP mode saw.
@@ -456,10 +412,6 @@ fn run_mode(mode: XdpMode, expect: AttachMode, first_epoch: u16, policies: &Poli
                     panic!("expected xdp-policy to attach ({}): {}", phase.name(), error_chain(&e))
                 });
             assert_eq!(daemon.mode(), expect, "attach mode; log:\n{}", daemon.log());
-            // Attached is not yet enforcing this policy if a filter was already pinned.
-            daemon.wait_for_log("enforcing", 1, ATTACH_TIMEOUT).unwrap_or_else(|e| {
-                panic!("expected xdp-policy to enforce the {}: {}", phase.name(), error_chain(&e))
-            });
             daemon
         });
         delivered[i] = run_phase(&wire, &testbed, &corpus);

@@ -18,21 +18,13 @@ mod support;
 use std::{
     fs,
     path::Path,
-    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use nix::sys::signal::Signal;
-use support::{DAEMON, NotifySocket, PolicyFile, attached_program, scrape, serial, xdp_policy};
-use testbed::{RX_IFACE, RX_V4, RX_V6, Testbed, XdpMode};
-
-/// A rule dropping UDP to `port`.
-fn drop_udp(name: &str, port: u16) -> String {
-    format!(
-        "[[rule]]\nname = \"{name}\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {port}\n"
-    )
-}
+use support::{DAEMON, PolicyFile, attached_program, drop_udp, scrape, serial, xdp_policy};
+use testbed::{DaemonCommand, RX_IFACE, RX_V4, RX_V6, Testbed, TestbedError, XdpMode};
 
 fn received(testbed: &Testbed, port: u16) -> u32 {
     testbed.udp_probe(RX_V4.into(), port, 5).expect("probe").received
@@ -47,38 +39,22 @@ fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// `xdp-policy run --iface IFACE --policy POLICY ARGS` in rx with the testbed's pin and
-/// state directories, run until it exits (killed after 10 s: it was meant to exit).
+/// `xdp-policy run --iface IFACE --policy POLICY --xdp-mode MODE` in rx with the
+/// testbed's pin and state directories, which must exit before it is ready; its exit
+/// status and log.
 fn run_to_exit(
     testbed: &Testbed,
     iface: &str,
     policy: &Path,
-    args: &[&str],
-) -> std::process::Output {
-    let dirs = testbed.dirs();
-    let mut daemon = Command::new("ip")
-        .args(["netns", "exec", testbed.rx().name(), DAEMON, "run", "--iface", iface])
-        .arg("--policy")
-        .arg(policy)
-        .args(args)
-        .args(["--config", "/dev/null", "--metrics", "off", "--pin-dir"])
-        .arg(dirs.pin_dir())
-        .arg("--state-dir")
-        .arg(dirs.state_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning xdp-policy run");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while daemon.try_wait().expect("waiting").is_none() {
-        if Instant::now() > deadline {
-            let _ = daemon.kill();
-            panic!("xdp-policy run on {iface} kept running; it was expected to exit");
-        }
-        thread::sleep(Duration::from_millis(20));
+    mode: XdpMode,
+) -> (std::process::ExitStatus, String) {
+    match testbed
+        .start(&DaemonCommand { iface, ..DaemonCommand::new(Path::new(DAEMON), policy, mode) })
+    {
+        Err(TestbedError::DaemonExited { status, stderr, .. }) => (status, stderr),
+        Ok(daemon) => panic!("xdp-policy run on {iface} became ready:\n{}", daemon.log()),
+        Err(other) => panic!("expected xdp-policy run on {iface} to exit: {other}"),
     }
-    daemon.wait_with_output().expect("its output")
 }
 
 /// The pinned files of rx's filter (maps, link, program).
@@ -110,15 +86,13 @@ fn a_failed_start_pins_nothing_and_unlinked_maps_are_never_trusted() {
     // veth refuses native XDP on rx with a peer MTU this large.
     let testbed = Testbed::with_tx_mtu(9000).expect("testbed");
     let pin_dir = testbed.dirs().pin_dir();
-    let out = run_to_exit(&testbed, "nosuch0", &drops.0, &["--xdp-mode", "skb"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (status, stderr) = run_to_exit(&testbed, "nosuch0", &drops.0, XdpMode::Skb);
+    assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("interface `nosuch0` does not exist"), "{stderr}");
     assert!(!pin_dir.join("nosuch0").exists(), "no interface: nothing pinned, no directory");
 
-    let out = run_to_exit(&testbed, RX_IFACE, &drops.0, &["--xdp-mode", "native"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (status, stderr) = run_to_exit(&testbed, RX_IFACE, &drops.0, XdpMode::Native);
+    assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("ERANGE"), "{stderr}");
     assert!(!pin_dir.join(RX_IFACE).exists(), "refused: nothing pinned, no directory");
 
@@ -139,8 +113,7 @@ fn a_failed_start_pins_nothing_and_unlinked_maps_are_never_trusted() {
         ),
     );
     let daemon = testbed.start_daemon(Path::new(DAEMON), &pass.0, XdpMode::Skb).expect("daemon");
-    daemon.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
-    assert!(daemon.log().contains("removed pins of a filter that was never attached"));
+    assert!(daemon.log().contains("removed the pins of a filter without a link"));
     assert_eq!(received(&testbed, 53), 5, "the pass rule for UDP 53 is in force");
     assert_eq!(received(&testbed, 54), 0, "the drop rule for UDP 54 is in force");
     let out = xdp_policy(&testbed, &["status", "--verify"]);
@@ -167,29 +140,35 @@ fn an_adopting_daemon_writes_both_generations_before_it_trusts_them() {
     let policy = PolicyFile::new("adopt", &from("198.18.0.0/16", "lab"));
     let testbed = Testbed::new().expect("testbed");
     let first = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
-    first.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
     assert_eq!(received(&testbed, 7001), 0, "198.18.0.1 is in the dropped /16");
     policy.write(&drop_udp("port", 7003));
     first.wait_for_log("policy applied", 2, Duration::from_secs(10)).expect("reload");
     assert_eq!(received(&testbed, 7001), 5);
     first.kill9();
 
+    // What each step must enforce, with what the first daemon left in its generations
+    // (the /16 in one, the 7003 rule in the other) never showing through: datagrams
+    // from 198.18.0.1 to 7001, 7003 and 7004 received (of 5).
+    let verify = |step: &str, expected: [u32; 3]| {
+        let got = [7001, 7003, 7004].map(|port| received(&testbed, port));
+        assert_eq!(got, expected, "{step}: received at 7001, 7003, 7004");
+        let out = xdp_policy(&testbed, &["status", "--verify"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{step}: the audit found drift:\n{text}");
+        assert!(text.contains("the kernel held the policy in force"), "{step}: {text}");
+    };
     policy.write(&drop_udp("port", 7004));
     let second = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
-    second.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
+    verify("adopted", [5, 5, 0]);
     let steps = [
-        from("198.19.0.0/16", "other-lab"),
-        from("198.19.0.0/16", "other-lab") + &drop_udp("port", 7004),
+        (from("198.19.0.0/16", "other-lab"), [5, 5, 5]),
+        (from("198.19.0.0/16", "other-lab") + &drop_udp("port", 7004), [5, 5, 0]),
     ];
-    for (n, text) in steps.iter().enumerate() {
+    for (n, (text, expected)) in steps.iter().enumerate() {
         policy.write(text);
         second.wait_for_log("policy applied", n + 2, Duration::from_secs(10)).expect("reload");
-        assert_eq!(received(&testbed, 7001), 5, "reload {n}: 198.18.0.1 is not in 198.19/16");
+        verify(&format!("reload {n}"), *expected);
     }
-    let out = xdp_policy(&testbed, &["status", "--verify"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "the audit found drift:\n{text}");
-    assert!(text.contains("the kernel held the policy in force"), "{text}");
     drop(second);
 }
 
@@ -205,10 +184,8 @@ fn a_second_daemon_on_the_interface_exits_64_naming_the_first() {
     let testbed = Testbed::new().expect("testbed");
     let first =
         testbed.start_daemon(Path::new(DAEMON), &first_policy.0, XdpMode::Skb).expect("daemon");
-    first.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
-    let output = run_to_exit(&testbed, RX_IFACE, &second_policy.0, &["--xdp-mode", "skb"]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    let (status, stderr) = run_to_exit(&testbed, RX_IFACE, &second_policy.0, XdpMode::Skb);
+    assert_eq!(status.code(), Some(64), "{stderr}");
     assert!(
         stderr.contains(&format!("another xdp-policy daemon (pid {}) holds", first.pid())),
         "{stderr}"
@@ -234,18 +211,11 @@ fn a_filter_detached_under_the_daemon_stays_detached_until_sighup() {
     };
     let policy = PolicyFile::new("detach", &drop_udp("block", 7001));
     let testbed = Testbed::new().expect("testbed");
-    let notify = NotifySocket::bind(&testbed, "notify-detach");
     let addr = "127.0.0.1:9559";
     let daemon = testbed
-        .start_daemon_with_env(
-            Path::new(DAEMON),
-            &policy.0,
-            XdpMode::Skb,
-            &["--metrics", addr],
-            &notify.env(),
-        )
+        .start_daemon_with(Path::new(DAEMON), &policy.0, XdpMode::Skb, &["--metrics", addr])
         .expect("daemon");
-    let next = || notify.next();
+    let next = || daemon.next_notification().expect("a notification");
     assert_eq!(next(), "READY=1\nSTATUS=veth1: 1 rules, generation 1\n");
     assert_eq!(received(&testbed, 7001), 0);
 
@@ -297,7 +267,6 @@ fn scribbled_maps_are_found_and_repaired() {
     let daemon = testbed
         .start_daemon_with(Path::new(DAEMON), &policy.0, XdpMode::Skb, &["--audit-interval", "2"])
         .expect("daemon");
-    daemon.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
     let verify = || {
         let out = xdp_policy(&testbed, &["status", "--verify"]);
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
@@ -344,7 +313,6 @@ fn a_damaged_state_file_is_ignored_never_trusted() {
     let policy = PolicyFile::new("damaged-state", &drop_udp("block", 7001));
     let testbed = Testbed::new().expect("testbed");
     let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
-    daemon.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
     daemon.kill9();
     let path = testbed.dirs().state_dir().join(format!("{RX_IFACE}.json"));
     let mut state: serde_json::Value =
@@ -359,7 +327,6 @@ fn a_damaged_state_file_is_ignored_never_trusted() {
     assert!(text.contains("state file ignored"), "{text}");
 
     let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
-    daemon.wait_for_log("enforcing", 1, Duration::from_secs(10)).expect("enforcing");
     assert!(daemon.log().contains("ignoring the state file"), "{}", daemon.log());
     assert_eq!(received(&testbed, 7001), 0);
     let out = daemon.stop().expect("stop");
@@ -369,4 +336,146 @@ fn a_damaged_state_file_is_ignored_never_trusted() {
     let out = xdp_policy(&testbed, &["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
     assert_eq!(status[0]["rules"][0]["packets"], 5);
+}
+
+/// `--audit-interval 0` turns the periodic audit off, not the daemon: it runs, reloads,
+/// and `status --verify` (SIGUSR1) still audits.
+#[test]
+fn an_audit_interval_of_0_turns_off_the_interval_not_the_audit() {
+    let Some(_serial) = serial("an_audit_interval_of_0_turns_off_the_interval_not_the_audit")
+    else {
+        return;
+    };
+    let policy = PolicyFile::new("no-interval", &drop_udp("block", 7001));
+    let testbed = Testbed::new().expect("testbed");
+    let daemon = testbed
+        .start_daemon_with(Path::new(DAEMON), &policy.0, XdpMode::Skb, &["--audit-interval", "0"])
+        .expect("daemon");
+    assert_eq!(received(&testbed, 7001), 0);
+    let out = xdp_policy(&testbed, &["status", "--verify", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(status[0]["state"]["audit"]["count"], 1, "the audit status --verify asked for");
+    policy.write(&drop_udp("block", 7002));
+    daemon.wait_for_log("policy applied", 2, Duration::from_secs(10)).expect("reload");
+    assert_eq!(received(&testbed, 7002), 0);
+    let out = daemon.stop().expect("stop");
+    assert!(out.status.success(), "{}", out.stderr);
+}
+
+/// A daemon that finds its link pinned but the interface replaced since (the kernel
+/// released the link from the old one) attaches afresh on the pinned maps: the policy
+/// is enforced on the new interface and the rule's counter runs on.
+#[test]
+fn a_pinned_link_whose_interface_was_replaced_is_attached_afresh() {
+    let Some(_serial) = serial("a_pinned_link_whose_interface_was_replaced_is_attached_afresh")
+    else {
+        return;
+    };
+    let policy = PolicyFile::new("replaced", &drop_udp("block", 7001));
+    let testbed = Testbed::new().expect("testbed");
+    let first = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
+    assert_eq!(received(&testbed, 7001), 0);
+    first.kill9();
+    testbed.remove_veth().expect("removing the veth");
+    testbed.add_veth(None).expect("the veth again");
+    assert_eq!(attached_program(&testbed), None, "a new interface has no program");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
+    let log = daemon.log();
+    assert!(log.contains("the pinned link cannot be reused, attaching again"), "{log}");
+    assert!(!log.contains("removed the pins"), "the pinned maps were not reused:\n{log}");
+    assert_eq!(received(&testbed, 7001), 0, "enforced on the new interface");
+    let out = xdp_policy(&testbed, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(status[0]["state"]["generation"], 2);
+    assert_eq!(status[0]["rules"][0]["packets"], 10, "the rule's counter ran on");
+    let out = daemon.stop().expect("stop");
+    assert!(out.status.success(), "{}", out.stderr);
+}
+
+/// An interface that comes back where attaching fails (native mode refused: the peer's
+/// MTU is too large) is retried every second, never taken for a detach; once the
+/// attach can work, the filter is back.
+#[test]
+fn a_failed_reattach_is_retried_not_taken_for_a_detach() {
+    let Some(_serial) = serial("a_failed_reattach_is_retried_not_taken_for_a_detach") else {
+        return;
+    };
+    let policy = PolicyFile::new("retried", &drop_udp("block", 7001));
+    let testbed = Testbed::new().expect("testbed");
+    let daemon =
+        testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Native).expect("daemon");
+    testbed.remove_veth().expect("removing the veth");
+    daemon.wait_for_log("the interface went away", 1, Duration::from_secs(5)).expect("noticed");
+    testbed.add_veth(Some(9000)).expect("the veth again, with a peer MTU native XDP refuses");
+    daemon.wait_for_log("re-attaching failed", 3, Duration::from_secs(10)).expect("retried");
+    assert!(!daemon.log().contains("the filter was detached"), "{}", daemon.log());
+    let tx = testbed.tx().name();
+    let out = std::process::Command::new("ip")
+        .args(["-n", tx, "link", "set", testbed::TX_IFACE, "mtu", "1500"])
+        .output()
+        .expect("ip link set mtu");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    daemon
+        .wait_for_log("the interface is back: re-attached", 1, Duration::from_secs(5))
+        .expect("attached once it can be");
+    assert_eq!(received(&testbed, 7001), 0);
+    let out = daemon.stop().expect("stop");
+    assert!(out.status.success(), "{}", out.stderr);
+}
+
+/// A start that fails on its second interface leaves the first one's filter whole: in
+/// force, with its state file.
+#[test]
+fn a_start_failing_on_a_later_interface_leaves_the_earlier_ones_whole() {
+    let Some(_serial) =
+        serial("a_start_failing_on_a_later_interface_leaves_the_earlier_ones_whole")
+    else {
+        return;
+    };
+    let policy = PolicyFile::new("later-fails", &drop_udp("block", 7001));
+    let testbed = Testbed::new().expect("testbed");
+    let attach = format!("nosuch0={}", policy.0.display());
+    let command = DaemonCommand {
+        extra: &["--attach", &attach],
+        ..DaemonCommand::new(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+    };
+    match testbed.start(&command) {
+        Err(TestbedError::DaemonExited { status, stderr, .. }) => {
+            assert!(!status.success(), "{stderr}");
+            assert!(stderr.contains("interface `nosuch0` does not exist"), "{stderr}");
+        }
+        Ok(daemon) => panic!("the daemon became ready without nosuch0:\n{}", daemon.log()),
+        Err(other) => panic!("expected the daemon to exit: {other}"),
+    }
+    assert_eq!(received(&testbed, 7001), 0, "veth1's filter stays in force");
+    let out = xdp_policy(&testbed, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(status[0]["iface"], RX_IFACE);
+    assert_eq!(status[0]["state"]["generation"], 1, "veth1's state file: {status}");
+    assert_eq!(status[0]["rules"][0]["name"], "block");
+}
+
+/// `run` refuses a default-drop policy that lets no SSH in and exits 64 before it
+/// touches the kernel: nothing is attached or pinned (here on rx's `lo`, which has no
+/// address the check counts, so the stand-in address is what would be cut).
+#[test]
+fn run_refuses_a_policy_that_cuts_ssh_and_attaches_nothing() {
+    let Some(_serial) = serial("run_refuses_a_policy_that_cuts_ssh_and_attaches_nothing") else {
+        return;
+    };
+    let locked = PolicyFile::new(
+        "ssh",
+        "[defaults]\naction = \"drop\"\n[[rule]]\nname = \"web\"\naction = \"pass\"\n\
+         protocol = \"tcp\"\ndst_ports = 443\n",
+    );
+    let testbed = Testbed::new().expect("testbed");
+    let (status, stderr) = run_to_exit(&testbed, "lo", &locked.0, XdpMode::Skb);
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("would drop SSH (tcp/")
+            && stderr.contains("to this host's IPv4 address 192.0.2.100"),
+        "{stderr}"
+    );
+    assert!(!testbed.dirs().pin_dir().join("lo").exists(), "refused: nothing pinned");
 }

@@ -20,6 +20,9 @@ use policy_daemon::{
     settings::{self, ConfigFile, MetricsAddr, Settings},
 };
 use serde_norway::Value;
+use support::temp_dir;
+
+mod support;
 
 fn packaging(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging").join(file)
@@ -27,14 +30,6 @@ fn packaging(file: &str) -> PathBuf {
 
 fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
-/// A directory of its own under the temp dir, removed on drop.
-fn temp_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("xdp-policy-packaging-{name}-"))
-        .tempdir()
-        .expect("creating a temp dir")
 }
 
 /// Writes `text` to `name` in `dir`; returns its path.

@@ -22,9 +22,8 @@ use nix::sys::signal::Signal;
 use policy_common::Verdict;
 use testbed::{Counters, Daemon, RX_V4, StreamResult, Testbed, XdpMode};
 
-use support::serial;
+use support::{DAEMON, block_udp, serial};
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_xdp-policy");
 const PORT_A: u16 = 6001;
 const PORT_B: u16 = 6002;
 /// How long a reload may take before the test calls it lost. A bound on "it happens by
@@ -33,12 +32,6 @@ const PORT_B: u16 = 6002;
 const RELOAD_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A policy dropping UDP to `port` (rule `block-<port>`).
-fn blocking(port: u16) -> String {
-    format!(
-        "[[rule]]\nname = \"block-{port}\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {port}\n"
-    )
-}
-
 /// Saves `text` at `path` the way editors do: a temporary file, then a rename over.
 fn save_by_rename(path: &Path, text: &str) {
     testbed::save_by_rename(path, text).expect("saving the policy by rename");
@@ -64,7 +57,7 @@ fn an_editor_saving_by_rename_is_enforced_by_itself() {
     let Some(_serial) = serial("an_editor_saving_by_rename_is_enforced_by_itself") else { return };
     let dir = support::temp_dir("rename");
     let policy = dir.path().join("policy.toml");
-    fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
+    fs::write(&policy, block_udp(PORT_A)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
     let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpMode::Skb).expect("daemon");
     assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
@@ -80,7 +73,7 @@ fn an_editor_saving_by_rename_is_enforced_by_itself() {
             |start| {
                 thread::sleep(Duration::from_millis(300));
                 saved_at = start.elapsed();
-                save_by_rename(&policy, &blocking(PORT_B));
+                save_by_rename(&policy, &block_udp(PORT_B));
             },
         )
         .expect("the udp stream");
@@ -101,7 +94,7 @@ fn a_configmap_symlink_swap_is_enforced() {
     let dir = support::temp_dir("configmap");
     let first = dir.path().join("..2026_11_27_08_00_00.000000001");
     fs::create_dir(&first).expect("mkdir");
-    fs::write(first.join("policy.toml"), blocking(PORT_A)).expect("write");
+    fs::write(first.join("policy.toml"), block_udp(PORT_A)).expect("write");
     symlink(first.file_name().expect("name"), dir.path().join("..data")).expect("symlink ..data");
     symlink("..data/policy.toml", dir.path().join("policy.toml")).expect("symlink policy.toml");
     let testbed = Testbed::new().expect("testbed");
@@ -113,7 +106,7 @@ fn a_configmap_symlink_swap_is_enforced() {
     // The swap: a new timestamped directory, a new symlink, renamed over `..data`.
     let second = dir.path().join("..2026_11_27_08_05_00.000000002");
     fs::create_dir(&second).expect("mkdir");
-    fs::write(second.join("policy.toml"), blocking(PORT_B)).expect("write");
+    fs::write(second.join("policy.toml"), block_udp(PORT_B)).expect("write");
     symlink(second.file_name().expect("name"), dir.path().join("..data_tmp")).expect("symlink");
     fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("swap ..data");
     fs::remove_dir_all(&first).expect("removing the old data");
@@ -129,7 +122,7 @@ fn a_broken_policy_is_rejected_and_the_old_one_stays_in_force() {
     };
     let dir = support::temp_dir("broken");
     let policy = dir.path().join("policy.toml");
-    fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
+    fs::write(&policy, block_udp(PORT_A)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
     let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpMode::Skb).expect("daemon");
 
@@ -143,7 +136,7 @@ fn a_broken_policy_is_rejected_and_the_old_one_stays_in_force() {
     assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
 
     // The next good version is applied.
-    save_by_rename(&policy, &blocking(PORT_B));
+    save_by_rename(&policy, &block_udp(PORT_B));
     daemon.wait_for_log("policy applied", 2, RELOAD_DEADLINE).expect("the reload");
     assert_blocks(&testbed, &daemon, PORT_B, PORT_A);
     let output = daemon.stop().expect("stopping");
@@ -155,13 +148,13 @@ fn sighup_reloads() {
     let Some(_serial) = serial("sighup_reloads") else { return };
     let dir = support::temp_dir("sighup");
     let policy = dir.path().join("policy.toml");
-    fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
+    fs::write(&policy, block_udp(PORT_A)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
     let daemon = testbed
         .start_daemon_with(Path::new(DAEMON), &policy, XdpMode::Skb, &["--no-watch"])
         .expect("daemon");
 
-    save_by_rename(&policy, &blocking(PORT_B));
+    save_by_rename(&policy, &block_udp(PORT_B));
     thread::sleep(Duration::from_millis(200));
     // Not watched: still the old policy.
     assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
@@ -355,7 +348,7 @@ fn every_bad_policy_of_the_corpus_is_rejected_and_the_rule_in_force_stays() {
     let corpus = support::corpus::Corpus::new("daemon");
     let dir = support::temp_dir("corpus");
     let policy = dir.path().join("policy.toml");
-    fs::write(&policy, blocking(PORT_A)).expect("writing the policy");
+    fs::write(&policy, block_udp(PORT_A)).expect("writing the policy");
     let testbed = Testbed::new().expect("testbed");
     let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpMode::Skb).expect("daemon");
     assert_blocks(&testbed, &daemon, PORT_A, PORT_B);
@@ -394,7 +387,7 @@ fn every_bad_policy_of_the_corpus_is_rejected_and_the_rule_in_force_stays() {
     assert_eq!(daemon.log().matches("policy applied").count(), 1, "nothing bad was applied");
 
     // And the next good version is applied.
-    save_by_rename(&policy, &blocking(PORT_B));
+    save_by_rename(&policy, &block_udp(PORT_B));
     daemon.wait_for_log("policy applied", 2, RELOAD_DEADLINE).expect("the good policy");
     assert_blocks(&testbed, &daemon, PORT_B, PORT_A);
     let output = daemon.stop().expect("stopping");

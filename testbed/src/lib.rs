@@ -133,10 +133,21 @@ pub enum TestbedError {
         #[source]
         source: io::Error,
     },
-    #[error("xdp-policy exited ({status}) before attaching to `{iface}`; its log:\n{stderr}")]
+    #[error("xdp-policy exited ({status}) before it was ready on `{iface}`; its log:\n{stderr}")]
     DaemonExited { iface: String, status: ExitStatus, stderr: String },
-    #[error("xdp-policy did not attach to `{iface}` within {timeout:?}; its log:\n{stderr}")]
+    #[error(
+        "xdp-policy was not ready (READY=1, attached) on `{iface}` within {timeout:?}; its \
+         log:\n{stderr}"
+    )]
     AttachTimeout { iface: String, timeout: Duration, stderr: String },
+    #[error("the daemon's notification socket {}", path.display())]
+    Notify {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("xdp-policy sent no notification within {timeout:?}")]
+    NotifyTimeout { timeout: Duration },
     #[error(
         "xdp-policy did not exit within {timeout:?} of SIGTERM and was killed; its log:\n{stderr}"
     )]
@@ -495,34 +506,13 @@ impl Testbed {
         mode: XdpMode,
         extra: &[&str],
     ) -> Result<Daemon<'_>, TestbedError> {
-        self.start_daemon_with_env(binary, policy, mode, extra, &[])
+        self.start(&DaemonCommand { extra, ..DaemonCommand::new(binary, policy, mode) })
     }
 
-    /// [`Self::start_daemon_with`], with environment variables for the daemon (such as
-    /// `NOTIFY_SOCKET`, to stand in for systemd).
-    pub fn start_daemon_with_env(
-        &self,
-        binary: &Path,
-        policy: &Path,
-        mode: XdpMode,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Result<Daemon<'_>, TestbedError> {
-        self.start_daemon_via(&[], binary, policy, mode, extra, env)
-    }
-
-    /// [`Self::start_daemon_with_env`], the daemon started through `launcher` (a
-    /// command that runs the rest of its arguments, such as `setpriv` with a capability
-    /// set).
-    pub fn start_daemon_via(
-        &self,
-        launcher: &[&str],
-        binary: &Path,
-        policy: &Path,
-        mode: XdpMode,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Result<Daemon<'_>, TestbedError> {
+    /// Starts `command` in rx with the testbed's pin and state directories (unless its
+    /// arguments name others), no configuration file and no metrics (unless they name
+    /// an address), and waits until it is ready. See [`Daemon::start`].
+    pub fn start(&self, command: &DaemonCommand<'_>) -> Result<Daemon<'_>, TestbedError> {
         let (pin_dir, state_dir) = (self.dirs.pin_dir(), self.dirs.state_dir());
         let mut args = vec![
             // Not the host's configuration, if it has one: only what the test says.
@@ -532,15 +522,15 @@ impl Testbed {
             state_dir.to_str().unwrap_or_default(),
         ];
         // The testbed's choices, unless the test makes its own.
-        if !extra.contains(&"--pin-dir") {
+        if !command.extra.contains(&"--pin-dir") {
             args.extend(["--pin-dir", pin_dir.to_str().unwrap_or_default()]);
         }
-        if !extra.contains(&"--metrics") {
+        if !command.extra.contains(&"--metrics") {
             args.extend(["--metrics", "off"]);
         }
-        args.extend(extra);
-        let command = DaemonCommand { launcher, binary, policy, mode, extra: &args, env };
-        Daemon::start(&command, &self.rx, RX_IFACE)
+        args.extend(command.extra);
+        let notify = Notifications::bind(&self.dirs.root)?;
+        Daemon::start(&DaemonCommand { extra: &args, ..*command }, notify, &self.rx)
     }
 
     /// Connects from tx to `dst:port` in rx, where a listener echoes what it receives.
@@ -758,12 +748,24 @@ fn connect_and_echo(addr: SocketAddr) -> Result<TcpOutcome, (&'static str, io::E
 /// --xdp-mode MODE EXTRA…`, with `env` added to its environment.
 #[derive(Clone, Copy, Debug)]
 pub struct DaemonCommand<'a> {
+    /// A command that runs the rest (such as `setpriv` with a capability set); usually
+    /// none.
     pub launcher: &'a [&'a str],
     pub binary: &'a Path,
+    /// The interface in rx to enforce on: [`RX_IFACE`] unless a test wants another.
+    pub iface: &'a str,
     pub policy: &'a Path,
     pub mode: XdpMode,
+    /// More `run` arguments.
     pub extra: &'a [&'a str],
     pub env: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> DaemonCommand<'a> {
+    /// `binary run --iface RX_IFACE --policy POLICY --xdp-mode MODE`, nothing else.
+    pub fn new(binary: &'a Path, policy: &'a Path, mode: XdpMode) -> Self {
+        Self { launcher: &[], binary, iface: RX_IFACE, policy, mode, extra: &[], env: &[] }
+    }
 }
 
 /// A running `xdp-policy run` in a namespace of the testbed it borrows, so it is always
@@ -772,25 +774,100 @@ pub struct DaemonCommand<'a> {
 pub struct Daemon<'tb> {
     process: DaemonProcess,
     mode: AttachMode,
+    notify: Notifications,
     _netns: &'tb NetNs,
+}
+
+/// systemd's side of `Type=notify`: the datagram socket the daemon's `NOTIFY_SOCKET`
+/// names, read all the time by a thread of its own as systemd reads it (a socket nobody
+/// reads fills up after a few datagrams, and the daemon then blocks sending the next),
+/// and what it sent that nobody has taken yet.
+struct Notifications {
+    path: std::path::PathBuf,
+    unread: Arc<Mutex<std::collections::VecDeque<String>>>,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Notifications {
+    /// A fresh socket in `dir`, and its reader.
+    fn bind(dir: &Path) -> Result<Self, TestbedError> {
+        static SOCKETS: AtomicU32 = AtomicU32::new(0);
+        let path = dir.join(format!("notify-{}.sock", SOCKETS.fetch_add(1, Ordering::Relaxed)));
+        let err = |source| TestbedError::Notify { path: path.clone(), source };
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).map_err(err)?;
+        socket.set_read_timeout(Some(POLL_INTERVAL)).map_err(err)?;
+        let unread = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (unread, stop) = (Arc::clone(&unread), Arc::clone(&stop));
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while !stop.load(Ordering::Relaxed) {
+                    // Timeouts come back as errors: look at `stop`, then read again.
+                    if let Ok(n) = socket.recv(&mut buf) {
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        unread.lock().unwrap_or_else(PoisonError::into_inner).push_back(text);
+                    }
+                }
+            })
+        };
+        Ok(Self { path, unread, stop, reader: Some(reader) })
+    }
+
+    /// Whether a READY=1 has arrived (taken or not).
+    fn ready(&self, seen: &mut bool) -> bool {
+        let unread = self.unread.lock().unwrap_or_else(PoisonError::into_inner);
+        *seen |= unread.iter().any(|n| n.lines().any(|l| l == "READY=1"));
+        *seen
+    }
+
+    /// The oldest notification not taken yet.
+    fn take(&self) -> Option<String> {
+        self.unread.lock().unwrap_or_else(PoisonError::into_inner).pop_front()
+    }
+
+    /// Stops reading once what was sent has been read; everything not taken yet.
+    fn finish(&mut self) -> Vec<String> {
+        // What an exited daemon sent is in the socket: one more timeout's worth of
+        // reading takes it.
+        thread::sleep(2 * POLL_INTERVAL);
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.unread.lock().unwrap_or_else(PoisonError::into_inner).drain(..).collect()
+    }
+}
+
+impl Drop for Notifications {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl<'tb> Daemon<'tb> {
     /// Runs `binary run --iface IFACE --policy POLICY --xdp-mode MODE` inside `netns`
-    /// and waits (at most [`ATTACH_TIMEOUT`]) until the kernel shows an XDP program on
-    /// `iface`. Fails with [`TestbedError::DaemonExited`], carrying the exit status and
-    /// the log, if the daemon exits first.
+    /// with `NOTIFY_SOCKET` naming `notify`, and waits (at most [`ATTACH_TIMEOUT`]) until
+    /// it is ready: it said READY=1, as it does to systemd once every policy is applied
+    /// and its state written, and the kernel shows an XDP program on `iface`. Fails with
+    /// [`TestbedError::DaemonExited`], carrying the exit status and the log, if the
+    /// daemon exits first.
     ///
     /// The daemon gets SIGTERM if the thread that started it dies, so drop or stop it on
     /// the thread that started it.
-    pub fn start(
+    fn start(
         command: &DaemonCommand<'_>,
+        notify: Notifications,
         netns: &'tb NetNs,
-        iface: &str,
     ) -> Result<Self, TestbedError> {
-        let DaemonCommand { launcher, binary, policy, mode, extra, env } = *command;
+        let DaemonCommand { launcher, binary, iface, policy, mode, extra, env } = *command;
         let mut cmd = Command::new("ip");
-        cmd.envs(env.iter().copied());
+        cmd.envs(env.iter().copied()).env("NOTIFY_SOCKET", &notify.path);
         cmd.args(["netns", "exec", netns.name()])
             .args(launcher)
             .arg(binary)
@@ -820,8 +897,24 @@ impl<'tb> Daemon<'tb> {
         let stderr_reader =
             child.stderr.take().map(|pipe| collect_lines(pipe, Arc::clone(&stderr)));
         let mut process = DaemonProcess { child, stdout, stderr, stderr_reader };
-        let mode = process.wait_attached(netns, iface)?;
-        Ok(Self { process, mode, _netns: netns })
+        let mode = process.wait_ready(&notify, netns, iface)?;
+        Ok(Self { process, mode, notify, _netns: netns })
+    }
+
+    /// The next notification the daemon sent (`READY=1\nSTATUS=…`, `RELOADING=1`, …),
+    /// in order, READY=1 of the start included; at most 10 s away.
+    pub fn next_notification(&self) -> Result<String, TestbedError> {
+        const TIMEOUT: Duration = Duration::from_secs(10);
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(next) = self.notify.take() {
+                return Ok(next);
+            }
+            if Instant::now() >= deadline {
+                return Err(TestbedError::NotifyTimeout { timeout: TIMEOUT });
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
     }
 
     /// The mode the kernel reports the program attached in.
@@ -913,7 +1006,8 @@ impl<'tb> Daemon<'tb> {
         };
         let stderr = process.finish_stderr();
         let stdout = process.stdout.take().map(|reader| reader.join().unwrap_or_default());
-        Ok(DaemonOutput { status, stdout: stdout.unwrap_or_default(), stderr })
+        let notifications = self.notify.finish();
+        Ok(DaemonOutput { status, stdout: stdout.unwrap_or_default(), stderr, notifications })
     }
 }
 
@@ -927,12 +1021,29 @@ struct DaemonProcess {
 }
 
 impl DaemonProcess {
-    fn wait_attached(&mut self, netns: &NetNs, iface: &str) -> Result<AttachMode, TestbedError> {
+    fn wait_ready(
+        &mut self,
+        notify: &Notifications,
+        netns: &NetNs,
+        iface: &str,
+    ) -> Result<AttachMode, TestbedError> {
         let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let mut ready = false;
         loop {
             if let Some(status) = self.child.try_wait().map_err(TestbedError::Wait)? {
                 let stderr = self.finish_stderr();
                 return Err(TestbedError::DaemonExited { iface: iface.to_owned(), status, stderr });
+            }
+            if !notify.ready(&mut ready) {
+                if Instant::now() >= deadline {
+                    return Err(TestbedError::AttachTimeout {
+                        iface: iface.to_owned(),
+                        timeout: ATTACH_TIMEOUT,
+                        stderr: self.stderr_so_far(),
+                    });
+                }
+                thread::sleep(POLL_INTERVAL);
+                continue;
             }
             // The kernel's view, not a log line: attached means attached.
             let mut cmd = Command::new("ip");
@@ -1029,6 +1140,8 @@ pub struct DaemonOutput {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
+    /// What it sent systemd that was not read with [`Daemon::next_notification`].
+    pub notifications: Vec<String>,
 }
 
 /// The counters of a filter, from `xdp-policy status --json` (which reads its pins, so

@@ -15,7 +15,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use testbed::{Testbed, XdpMode};
+use testbed::{DaemonCommand, Testbed, XdpMode};
 
 const DEB_NAME: &str = "xdp-policy";
 const BINARY: &str = "/usr/bin/xdp-policy";
@@ -85,7 +85,10 @@ fn attaches_with_the_units_capabilities() {
     let policy = Path::new(EXAMPLES_DIR).join("edge-deny-list.toml");
     let launcher = ["setpriv", &bounding, "--inh-caps=-all"];
     let daemon = testbed
-        .start_daemon_via(&launcher, Path::new(BINARY), &policy, XdpMode::Auto, &[], &[])
+        .start(&DaemonCommand {
+            launcher: &launcher,
+            ..DaemonCommand::new(Path::new(BINARY), &policy, XdpMode::Auto)
+        })
         .unwrap_or_else(|e| panic!("the installed daemon with only {caps}: {e}"));
     let stopped = daemon.stop().expect("stopping the daemon");
     assert!(

@@ -297,23 +297,9 @@ fn chain(exts: &[Ext], last: u8) -> (u8, Vec<u8>) {
     (exts.first().map_or(last, |e| e.proto()), out)
 }
 
-/// The Internet checksum of the concatenated chunks.
+/// The Internet checksum over `chunks` in order.
 fn checksum(chunks: &[&[u8]]) -> u16 {
-    let mut sum = 0u32;
-    let mut odd = None;
-    for &byte in chunks.iter().flat_map(|c| c.iter()) {
-        match odd.take() {
-            None => odd = Some(byte),
-            Some(high) => sum += u32::from(u16::from_be_bytes([high, byte])),
-        }
-    }
-    if let Some(high) = odd {
-        sum += u32::from(u16::from_be_bytes([high, 0]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    super::packet::internet_checksum(&chunks.concat())
 }
 
 /// The transport checksum of `segment` (checksum field zero) with its pseudo-header.

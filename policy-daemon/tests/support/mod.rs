@@ -28,15 +28,7 @@ pub const DAEMON: &str = env!("CARGO_BIN_EXE_xdp-policy");
 /// `xdp-policy ARGS --config /dev/null --pin-dir … --state-dir …` on the host, where the
 /// testbed's pins are visible.
 pub fn xdp_policy(testbed: &testbed::Testbed, args: &[&str]) -> std::process::Output {
-    let dirs = testbed.dirs();
-    std::process::Command::new(DAEMON)
-        .args(args)
-        .args(["--config", "/dev/null", "--pin-dir"])
-        .arg(dirs.pin_dir())
-        .arg("--state-dir")
-        .arg(dirs.state_dir())
-        .output()
-        .expect("running xdp-policy")
+    testbed.xdp_policy(std::path::Path::new(DAEMON), args).expect("running xdp-policy")
 }
 
 /// The id of the XDP program attached to rx's interface, as the kernel shows it.
@@ -53,6 +45,11 @@ pub fn attached_program(testbed: &testbed::Testbed) -> Option<String> {
 
 /// `GET path` from the daemon's metrics endpoint at `addr` in rx's network namespace.
 pub fn scrape(testbed: &testbed::Testbed, addr: &str, path: &str) -> String {
+    try_scrape(testbed, addr, path).expect("scraping the metrics")
+}
+
+/// [`scrape`], which may fail (refused, timed out).
+pub fn try_scrape(testbed: &testbed::Testbed, addr: &str, path: &str) -> std::io::Result<String> {
     use std::io::{Read as _, Write as _};
     testbed
         .rx()
@@ -65,7 +62,6 @@ pub fn scrape(testbed: &testbed::Testbed, addr: &str, path: &str) -> String {
             Ok(response)
         })
         .expect("netns")
-        .expect("scraping the metrics")
 }
 
 /// Held by every test of a test binary that changes kernel state (namespaces, XDP,
@@ -79,6 +75,18 @@ pub fn serial(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
         return None;
     }
     Some(SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// A rule dropping UDP to `port`.
+pub fn drop_udp(name: &str, port: u16) -> String {
+    format!(
+        "[[rule]]\nname = \"{name}\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {port}\n"
+    )
+}
+
+/// [`drop_udp`] named `block-PORT`.
+pub fn block_udp(port: u16) -> String {
+    drop_udp(&format!("block-{port}"), port)
 }
 
 /// A fresh directory under the temporary directory (`xdp-policy-NAME-…`), owned by
@@ -104,34 +112,5 @@ impl PolicyFile {
 
     pub fn write(&self, text: &str) {
         testbed::save_by_rename(&self.0, text).expect("writing the policy");
-    }
-}
-
-/// systemd's side of `Type=notify`: a datagram socket beside the testbed's state
-/// directory, for the daemon's `NOTIFY_SOCKET`.
-pub struct NotifySocket {
-    socket: std::os::unix::net::UnixDatagram,
-    path: String,
-}
-
-impl NotifySocket {
-    pub fn bind(testbed: &testbed::Testbed, name: &str) -> Self {
-        let path = testbed.dirs().state_dir().with_file_name(format!("{name}.sock"));
-        let socket =
-            std::os::unix::net::UnixDatagram::bind(&path).expect("binding the notify socket");
-        socket.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
-        Self { socket, path: path.to_str().expect("utf-8").to_string() }
-    }
-
-    /// The daemon's environment: `NOTIFY_SOCKET` naming this socket.
-    pub fn env(&self) -> [(&str, &str); 1] {
-        [("NOTIFY_SOCKET", self.path.as_str())]
-    }
-
-    /// The next notification (at most 10 s away).
-    pub fn next(&self) -> String {
-        let mut buf = [0u8; 512];
-        let n = self.socket.recv(&mut buf).expect("a notification");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 }

@@ -563,6 +563,19 @@ fn is_ipv6_ext(code: u8) -> bool {
     GENERIC_EXT_CODES.contains(&code) || code == IPPROTO_FRAGMENT || code == IPPROTO_AH
 }
 
+/// The classifier's transport class of IP protocol `proto`, written out here rather than
+/// taken from `L4Class::of`: the generator's expectations must not share the code of the
+/// kernel program and the reference parser they check.
+fn class_of(proto: u8, v6: bool) -> L4Class {
+    match proto {
+        IPPROTO_TCP => L4Class::Tcp,
+        IPPROTO_UDP => L4Class::Udp,
+        IPPROTO_ICMP if !v6 => L4Class::Icmp,
+        IPPROTO_ICMPV6 if v6 => L4Class::Icmpv6,
+        _ => L4Class::Other,
+    }
+}
+
 pub const ETH_HLEN: usize = 14;
 
 impl FrameSpec {
@@ -670,7 +683,7 @@ impl FrameSpec {
                 }
                 let (src, dst) = (IpAddr::V4(*src), IpAddr::V4(*dst));
                 if *frag_offset != 0 {
-                    let class = L4Class::of(l4.proto(), false);
+                    let class = class_of(l4.proto(), false);
                     return (ip(src, dst, L4::Fragment { class }), header);
                 }
                 match transport(*l4, header, false) {
@@ -694,7 +707,7 @@ impl FrameSpec {
                         return (Parsed::Unparsable, offset);
                     }
                     if let ExtSpec::Fragment { offset: 1.., .. } = e {
-                        let class = L4Class::of(next, true);
+                        let class = class_of(next, true);
                         return (ip(src, dst, L4::Fragment { class }), offset);
                     }
                 }

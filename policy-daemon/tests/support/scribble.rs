@@ -7,9 +7,10 @@
 use aya::maps::{Array, LpmTrie, Map, MapData, lpm_trie::Key};
 use policy_common::{
     ACTIVE_MAP, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, DST_V4_MAP, DST_V6_MAP,
-    FIELD_BITMAPS_MAP, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN, PORT_TABLE_MAP, RULES_MAP,
-    RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP,
-    V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, v4_table,
+    EVENT_CLOCK_MAP, EVENT_SETTINGS_MAP, EVENTS_MAP, FIELD_BITMAPS_MAP, GenConfig, IPV4_KEY_LEN,
+    IPV6_KEY_LEN, PORT_TABLE_MAP, RULE_COUNTERS_MAP, RULES_MAP, RuleBitmap, RuleInfo,
+    SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP, V4_CLASSES_MAP, V4_L1_MAP,
+    V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP, v4_table,
 };
 
 /// xorshift64*: cheap, deterministic by seed.
@@ -117,7 +118,13 @@ fn scribble(maps: Vec<(String, MapData)>, seed: u64) -> Scribbled {
             PORT_TABLE_MAP => fill(map, &name, |i| i % 8 == 0, |r| r.next() as u32, &mut rng),
             SRC_V4_MAP | DST_V4_MAP => trie::<IPV4_KEY_LEN>(map, &name, &mut rng),
             SRC_V6_MAP | DST_V6_MAP => trie::<IPV6_KEY_LEN>(map, &name, &mut rng),
-            _ => continue,
+            // Counters and event sampling: no verdict reads them.
+            RULE_COUNTERS_MAP | VERDICT_COUNTERS_MAP | EVENTS_MAP | EVENT_SETTINGS_MAP
+            | EVENT_CLOCK_MAP => continue,
+            // The program's constants, frozen by the loader: no process can write them.
+            ".rodata" => continue,
+            // A new map the program reads would go unscribbled: say so.
+            other => panic!("the program has a map `{other}` this scribbler does not know"),
         };
         done.push((name, n));
     }
