@@ -80,8 +80,17 @@ pub const EVENT_CLOCK_MAP: &str = "EVENT_CLOCK";
 /// Size of the event ring buffer.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
+/// `LpmTrie<[u8; SET_KEY_LEN], SetEntry>`: the entries of every named set (`[[set]]`),
+/// hosts and networks, IPv4 and IPv6, keyed by [`set_key`]. Not part of a generation:
+/// run-time entries (`xdp-policy set add`) outlive policy reloads; which rules a set
+/// feeds is per generation ([`GenConfig::set_ids`], [`field_bitmap::SET_RULES`]).
+pub const SETS_MAP: &str = "SETS";
+/// `PerCpuArray<RuleBitmap>` of two entries: the program's scratch space for the
+/// source and destination bitmaps merged with their sets' rules.
+pub const SET_SCRATCH_MAP: &str = "SET_SCRATCH";
+
 /// Every map the program declares, for checks that the built object carries them all.
-pub const MAP_NAMES: [&str; 22] = [
+pub const MAP_NAMES: [&str; 24] = [
     ACTIVE_MAP,
     PORT_TABLE_MAP,
     V4_L1_MAP,
@@ -104,6 +113,8 @@ pub const MAP_NAMES: [&str; 22] = [
     EVENTS_MAP,
     EVENT_SETTINGS_MAP,
     EVENT_CLOCK_MAP,
+    SETS_MAP,
+    SET_SCRATCH_MAP,
 ];
 
 /// Rules per policy: one bit each in a [`RuleBitmap`].
@@ -124,6 +135,66 @@ pub const MAX_PREFIXES: u32 = 1_048_576;
 /// Counter slots: a rule keeps its slot across reloads while it is unchanged, and the
 /// old and the new generation may use different slots at once.
 pub const RULE_COUNTER_SLOTS: u32 = 2 * MAX_RULES as u32;
+
+/// Sets one address field of a policy may name (`src` and `dst` each): the program
+/// looks the packet's address up in each.
+pub const MAX_SET_REFS: usize = 4;
+const _: () = assert!((2 * MAX_SET_REFS).is_power_of_two(), "the program masks set slots");
+/// Entries of [`SETS_MAP`], all sets together. The trie allocates an entry when it is
+/// inserted, so the limit costs no memory until it is used.
+pub const MAX_SET_ENTRIES: u32 = 4 * 1024 * 1024;
+/// Data bytes of a [`SETS_MAP`] key: the set's id (4 bytes, big-endian), the IP
+/// version (4 or 6), three zero bytes, then 16 address bytes (IPv4 in the first 4,
+/// the rest zero). The trie's prefix length counts the 64 bits before the address.
+pub const SET_KEY_LEN: usize = 24;
+/// Bits of a [`SETS_MAP`] key before the address.
+pub const SET_KEY_PREFIX_BITS: u32 = 64;
+/// Expired entries a lookup steps over to the longest prefix above them, in case the
+/// daemon has not removed them yet.
+pub const SET_EXPIRED_STEPS: usize = 4;
+
+/// The data of a [`SETS_MAP`] key.
+pub const fn set_key(id: u32, version: u8, addr: [u8; 16]) -> [u8; SET_KEY_LEN] {
+    let mut key = [0; SET_KEY_LEN];
+    let id = id.to_be_bytes();
+    let mut i = 0;
+    while i < 4 {
+        key[i] = id[i];
+        i += 1;
+    }
+    key[4] = version;
+    let mut i = 0;
+    while i < 16 {
+        key[8 + i] = addr[i];
+        i += 1;
+    }
+    key
+}
+
+/// Bits of [`SetEntry::origin`].
+pub mod set_origin {
+    /// Listed in one of the set's `files`: replaced when the policy is reloaded, never
+    /// expires.
+    pub const FILE: u32 = 1 << 0;
+    /// Added at run time (`xdp-policy set add`, fail2ban, CrowdSec).
+    pub const RUNTIME: u32 = 1 << 1;
+}
+
+/// A set entry's value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetEntry {
+    /// `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`) from which the entry no
+    /// longer matches; 0: never expires.
+    pub expires_ns: u64,
+    /// The prefix length of the entry's own key ([`SET_KEY_PREFIX_BITS`] + the network's
+    /// length): past an expired entry, the lookup tries the prefixes above it.
+    pub prefix_len: u32,
+    /// [`set_origin`] bits.
+    pub origin: u32,
+}
+
+const _: () = assert!(size_of::<SetEntry>() == 16);
 
 /// The parser's bounds (see `policy-ebpf/src/parse.rs`): a packet whose headers go past
 /// one of them is unparsable ([`Verdict::DropUnparsable`] / [`Verdict::PassUnparsable`],
@@ -236,8 +307,12 @@ pub mod field_bitmap {
     pub const SRC_V6_DEFAULT: u32 = L4Class::COUNT + 3;
     /// The same for destinations.
     pub const DST_V6_DEFAULT: u32 = L4Class::COUNT + 4;
+    /// The first of 2 × [`super::MAX_SET_REFS`] entries: the rules naming set
+    /// `GenConfig::set_ids[i]` in `src` (`i` < `MAX_SET_REFS`) or in `dst` (the others).
+    /// An address in that set admits them, whatever its address class admits.
+    pub const SET_RULES: u32 = L4Class::COUNT + 5;
     /// Entries per generation.
-    pub const PER_GENERATION: u32 = L4Class::COUNT + 5;
+    pub const PER_GENERATION: u32 = SET_RULES + 2 * super::MAX_SET_REFS as u32;
 }
 
 /// Bits of the [`ACTIVE_MAP`] value besides the generation. They are multiples of
@@ -410,10 +485,17 @@ pub struct GenConfig {
     /// [`Action`] for an IP packet whose transport header cannot be located and read
     /// whole (see [`Verdict::DropUnparsable`]). Not affected by `default_monitor`.
     pub unparsable: u8,
-    pub _pad2: u32,
+    /// Sets the `src` field names: the first `src_sets` of [`Self::set_ids`].
+    pub src_sets: u8,
+    /// Sets the `dst` field names: `set_ids[MAX_SET_REFS..MAX_SET_REFS + dst_sets]`.
+    pub dst_sets: u8,
+    pub _pad2: u16,
+    /// Ids of the sets (their [`set_key`] ids) the rules name, source ones then
+    /// destination ones; unused slots are 0.
+    pub set_ids: [u32; 2 * MAX_SET_REFS],
 }
 
-const _: () = assert!(size_of::<GenConfig>() == 16);
+const _: () = assert!(size_of::<GenConfig>() == 48);
 
 /// What a rule does when it wins.
 #[repr(C)]
@@ -607,6 +689,7 @@ mod pod {
     unsafe impl aya::Pod for super::RuleInfo {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::EventSettings {}
+    unsafe impl aya::Pod for super::SetEntry {}
 }
 
 #[cfg(test)]

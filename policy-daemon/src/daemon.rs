@@ -77,6 +77,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     publish(metrics.as_ref(), &enforced);
     let mut tick = tokio::time::interval(METRICS_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut sweep_tick = tokio::time::interval(SWEEP_INTERVAL);
+    sweep_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     // The first audit one interval after start-up: what was just written is known.
     // Without an interval (0), only SIGUSR1 audits.
     let mut audit_tick = audit_interval.map(|every| {
@@ -113,6 +115,9 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             _ = sigusr1.recv() => {
                 enforced.iter_mut().for_each(|e| e.audit("SIGUSR1", &options));
                 publish(metrics.as_ref(), &enforced);
+            }
+            _ = sweep_tick.tick() => {
+                enforced.iter_mut().for_each(Enforced::sweep_sets);
             }
             _ = next_tick(audit_tick.as_mut()) => {
                 enforced.iter_mut().for_each(|e| e.audit("interval", &options));
@@ -168,6 +173,10 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     );
     Ok(())
 }
+
+/// How often expired run-time set entries are removed. The program stops matching an
+/// entry the moment it expires; this only frees its memory.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How often the metrics are refreshed and the interfaces followed.
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);

@@ -7,6 +7,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use policy_common::{Counter, DropEvent, L4Class, Verdict};
@@ -15,6 +16,7 @@ use serde::Serialize;
 use crate::{
     dataplane::{
         VerdictCounts,
+        sets::{AddReport, DelReport, Entry as SetEntry},
         state::{self, Audit, State},
     },
     policy::{self, Policy, Rule, reference::L4},
@@ -222,6 +224,22 @@ pub fn describe_policy(policy: &Policy, path: &str) -> String {
     if !policy.interfaces.is_empty() {
         out.push_str(&format!("  interfaces: {}\n", policy.interfaces.join(", ")));
     }
+    for set in &policy.sets {
+        let timeout = if set.timeout.is_zero() {
+            "none".to_string()
+        } else {
+            humantime::format_duration(set.timeout).to_string()
+        };
+        out.push_str(&format!(
+            "  set @{}: {} entries from {} file{}, at most {}, run-time entries expire after {}\n",
+            set.name,
+            set.entries.len(),
+            set.files.len(),
+            if set.files.len() == 1 { "" } else { "s" },
+            set.max_entries,
+            timeout
+        ));
+    }
     let width = policy.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
     for rule in &policy.rules {
         out.push_str(&format!("  {:width$}  {}\n", rule.name, describe_rule(rule)));
@@ -235,14 +253,22 @@ fn describe_rule(rule: &Rule) -> String {
         parts.push("(monitor)".into());
     }
     let join = |items: Vec<String>| items.join(",");
+    let addresses = |nets: &[ipnet::IpNet], sets: &[String]| {
+        join(
+            sets.iter()
+                .map(|s| format!("@{s}"))
+                .chain(nets.iter().map(ToString::to_string))
+                .collect(),
+        )
+    };
     if let Some(nets) = &rule.src {
-        parts.push(format!("src {}", join(nets.iter().map(ToString::to_string).collect())));
+        parts.push(format!("src {}", addresses(nets, &rule.src_sets)));
     }
     if let Some(ports) = &rule.src_ports {
         parts.push(format!("sport {}", join(ports.iter().map(ToString::to_string).collect())));
     }
     if let Some(nets) = &rule.dst {
-        parts.push(format!("dst {}", join(nets.iter().map(ToString::to_string).collect())));
+        parts.push(format!("dst {}", addresses(nets, &rule.dst_sets)));
     }
     if let Some(ports) = &rule.dst_ports {
         parts.push(format!("dport {}", join(ports.iter().map(ToString::to_string).collect())));
@@ -405,4 +431,112 @@ mod tests {
             "ip proto 47 192.0.2.7 -> 198.51.100.1"
         );
     }
+}
+
+/// How long until `expires_ns` (`CLOCK_BOOTTIME`), for people: "for good" when 0.
+fn expires_in(expires_ns: u64, now: u64) -> String {
+    if expires_ns == 0 {
+        return "for good".to_string();
+    }
+    let left = Duration::from_secs(expires_ns.saturating_sub(now).div_ceil(1_000_000_000));
+    format!("expires in {}", humantime::format_duration(left))
+}
+
+/// `set add`'s line for one interface.
+pub fn set_added(name: &str, iface: &str, report: &AddReport, timeout: Duration) -> String {
+    let mut line = format!("{name} on {iface}: {} added, {} renewed", report.added, report.renewed);
+    if timeout.is_zero() {
+        line.push_str(", for good");
+    } else {
+        line.push_str(&format!(", expiring in {}", humantime::format_duration(timeout)));
+    }
+    if report.in_file > 0 {
+        line.push_str(&format!(
+            "; {} listed in the set's files already (they stay for good)",
+            report.in_file
+        ));
+    }
+    line
+}
+
+/// `set del`'s line for one interface.
+pub fn set_deleted(name: &str, iface: &str, report: &DelReport) -> String {
+    let mut line = format!("{name} on {iface}: {} removed", report.removed);
+    let list = |nets: &[ipnet::IpNet]| nets.iter().map(ToString::to_string).collect::<Vec<_>>();
+    if !report.missing.is_empty() {
+        line.push_str(&format!("; not in the set: {}", list(&report.missing).join(", ")));
+    }
+    if !report.in_file.is_empty() {
+        line.push_str(&format!(
+            "; listed in the set's files (remove them there): {}",
+            list(&report.in_file).join(", ")
+        ));
+    }
+    line
+}
+
+/// `set test`'s line for one interface.
+pub fn set_test(name: &str, iface: &str, addr: IpAddr, hit: Option<&SetEntry>, now: u64) -> String {
+    match hit {
+        None => format!("{addr} is not in {name} on {iface}"),
+        Some(e) => format!(
+            "{addr} is in {name} on {iface}: entry {} ({}, {})",
+            e.net,
+            if e.from_file() { "from a file" } else { "run-time" },
+            expires_in(e.value.expires_ns, now)
+        ),
+    }
+}
+
+/// One entry in `set list --json`.
+#[derive(Serialize)]
+struct SetEntryJson {
+    net: String,
+    /// "file" or "runtime".
+    origin: &'static str,
+    /// Milliseconds left; `null`: never expires.
+    expires_in_ms: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct SetListJson<'a> {
+    iface: &'a str,
+    set: &'a str,
+    entries: Vec<SetEntryJson>,
+}
+
+/// `set list`: per interface, the set's live entries.
+pub fn set_lists(lists: &[(String, String, Vec<SetEntry>)], now: u64, json: bool) -> String {
+    if json {
+        let shaped: Vec<SetListJson> = lists
+            .iter()
+            .map(|(iface, set, entries)| SetListJson {
+                iface,
+                set,
+                entries: entries
+                    .iter()
+                    .map(|e| SetEntryJson {
+                        net: e.net.to_string(),
+                        origin: if e.from_file() { "file" } else { "runtime" },
+                        expires_in_ms: (e.value.expires_ns != 0)
+                            .then(|| e.value.expires_ns.saturating_sub(now) / 1_000_000),
+                    })
+                    .collect(),
+            })
+            .collect();
+        return serde_json::to_string_pretty(&shaped).expect("plain data serialises") + "\n";
+    }
+    let mut out = String::new();
+    for (iface, set, entries) in lists {
+        out.push_str(&format!("{set} on {iface}: {} entries\n", entries.len()));
+        for e in entries {
+            let origin = if e.from_file() { "file" } else { "run-time" };
+            out.push_str(&format!(
+                "  {:<43} {origin:<8} {}\n",
+                e.net.to_string(),
+                expires_in(e.value.expires_ns, now)
+            ));
+        }
+    }
+    out
 }

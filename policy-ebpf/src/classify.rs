@@ -3,17 +3,22 @@
 //! of them is the first matching rule. The cost does not grow with the number of rules,
 //! only with the number of bitmap words in use (one per 64 rules, all ANDs unrolled).
 
-use aya_ebpf::maps::{Array, lpm_trie::Key};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_boot_ns,
+    maps::{Array, lpm_trie::Key},
+};
 use policy_common::{
-    Action, FragmentAction, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, L4Class,
-    MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS, RuleBitmap, Verdict, active, field,
-    field_bitmap, ipv4_key, ipv6_key, port_table, v4_table,
+    Action, BITMAP_WORDS, FragmentAction, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, L4Class,
+    MAX_PORT_CLASSES, MAX_RULES, MAX_SET_REFS, PORT_CLASS_WORDS, RuleBitmap, SET_EXPIRED_STEPS,
+    SET_KEY_PREFIX_BITS, Verdict, active, field, field_bitmap, ipv4_key, ipv6_key, port_table,
+    v4_table,
 };
 
 use crate::{
     maps::{
         ACTIVE, CONFIG, DPORT_BITMAPS, DPORT_CLASSES, DST_V4, DST_V6, FIELD_BITMAPS, PORT_TABLE,
-        RULES, SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6, V4_CLASSES, V4_L1, V4_L2, V4_L3,
+        RULES, SET_SCRATCH, SETS, SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6, V4_CLASSES, V4_L1,
+        V4_L2, V4_L3,
     },
     parse::{Family, Packet, Transport, address_bytes},
 };
@@ -176,6 +181,34 @@ fn first_match(
     l4: &Transport,
 ) -> Option<u32> {
     let fields = config.fields;
+    // Named sets: the rules naming a set that holds the source (the destination)
+    // address, in this CPU's scratch entries, taken into the AND through `mask`. The
+    // entries are read whether or not the policy has sets, so that the verifier sees one
+    // kind of pointer on every path; without sets the mask is 0.
+    let set_src = SET_SCRATCH.get_ptr(0)?;
+    let set_dst = SET_SCRATCH.get_ptr(1)?;
+    let mask = if config.src_sets | config.dst_sets != 0 {
+        let probe = SetProbe {
+            ids: config.set_ids,
+            src: packet.src,
+            dst: packet.dst,
+            // SAFETY: a helper without arguments.
+            now: unsafe { bpf_ktime_get_boot_ns() },
+            generation,
+            src_count: u32::from(config.src_sets).min(MAX_SET_REFS as u32),
+            dst_count: u32::from(config.dst_sets).min(MAX_SET_REFS as u32),
+            version: if packet.family == Family::V4 { 4 } else { 6 },
+        };
+        if xdp_policy_sets(&probe) != 0 {
+            return None;
+        }
+        u64::MAX
+    } else {
+        0
+    };
+    // SAFETY: per-CPU entries, valid for this CPU; only `xdp_policy_sets` writes them,
+    // on this CPU, before this packet's AND reads them.
+    let (set_src, set_dst) = unsafe { (&*set_src, &*set_dst) };
     // A field no rule constrains admits every rule: no lookup for it. Its place in the
     // AND is taken by a bitmap already fetched for another field (x & x == x); only a
     // policy constraining no field at all looks up the all-rules bitmap.
@@ -247,34 +280,119 @@ fn first_match(
         Some(bitmap) => bitmap,
         None => field_bitmap(generation, field_bitmap::ALL_RULES)?,
     };
+    // An address in a set a field names admits the rules naming the set, on top of
+    // what its address class admits.
     lowest_common(
         config.words,
-        l4_rules.unwrap_or(any),
-        dport_rules.unwrap_or(any),
-        sport_rules.unwrap_or(any),
-        src_rules.unwrap_or(any),
-        dst_rules.unwrap_or(any),
+        [l4_rules.unwrap_or(any), dport_rules.unwrap_or(any), sport_rules.unwrap_or(any)],
+        [src_rules.unwrap_or(any), dst_rules.unwrap_or(any)],
+        [set_src, set_dst],
+        mask,
     )
 }
 
-/// The lowest bit set in all five bitmaps, looking at the first `words` words. Written out
-/// word by word with constant indices: a loop over the words lost its bound in the
-/// verifier and cost orders of magnitude more verified instructions.
+/// What the set lookups of one packet need.
+#[repr(C)]
+pub struct SetProbe {
+    /// `GenConfig::set_ids` of the generation: source sets, then destination sets.
+    ids: [u32; 2 * MAX_SET_REFS],
+    src: [u32; 4],
+    dst: [u32; 4],
+    now: u64,
+    generation: u32,
+    src_count: u32,
+    dst_count: u32,
+    version: u32,
+}
+
+/// Writes this CPU's two scratch bitmaps: the rules naming a source set that holds the
+/// packet's source address, and those naming a destination set holding its destination.
+/// Returns 0, or 1 when a map the program always has could not be read.
+///
+/// A global function (exported by the linker, see xtask's build): the verifier checks it
+/// once, on its own, rather than on every path through the classifier that calls it,
+/// which would take the program past the verifier's limit.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xdp_policy_sets(probe: *const SetProbe) -> i32 {
+    // SAFETY: null or a `SetProbe` of the caller's (the verifier checks the size).
+    let Some(probe) = (unsafe { probe.as_ref() }) else { return 1 };
+    for field in 0..2u32 {
+        let Some(merged) = SET_SCRATCH.get_ptr_mut(field) else { return 1 };
+        // SAFETY: this CPU's scratch entry, which nothing else uses while the program
+        // runs on this CPU.
+        let merged = unsafe { &mut *merged };
+        *merged = RuleBitmap::EMPTY;
+        let (count, addr) =
+            if field == 0 { (probe.src_count, &probe.src) } else { (probe.dst_count, &probe.dst) };
+        for i in 0..MAX_SET_REFS as u32 {
+            if i >= count {
+                break;
+            }
+            let slot = field * MAX_SET_REFS as u32 + i;
+            let id = probe.ids[(slot as usize) & (2 * MAX_SET_REFS - 1)];
+            if !in_set(id, probe.version as u8, addr, probe.now) {
+                continue;
+            }
+            let Some(rules) = field_bitmap(probe.generation, field_bitmap::SET_RULES + slot) else {
+                return 1;
+            };
+            for w in 0..BITMAP_WORDS {
+                merged.words[w] |= rules.words[w];
+            }
+        }
+    }
+    0
+}
+
+/// Whether set `id` holds `addr` now: its longest prefix holding the address, or, past
+/// entries that have expired and not yet been removed, the longest prefix above them.
+#[inline(always)]
+fn in_set(id: u32, version: u8, addr: &[u32; 4], now: u64) -> bool {
+    let bits = if version == 4 { 32 } else { 128 };
+    // The bytes of `policy_common::set_key`, as words (see `Packet::src`).
+    let data =
+        [id.to_be(), u32::from_ne_bytes([version, 0, 0, 0]), addr[0], addr[1], addr[2], addr[3]];
+    let mut key = Key::new(SET_KEY_PREFIX_BITS + bits, data);
+    for _ in 0..SET_EXPIRED_STEPS {
+        let Some(entry) = SETS.get(&key) else { return false };
+        if entry.expires_ns == 0 || now < entry.expires_ns {
+            return true;
+        }
+        if entry.prefix_len <= SET_KEY_PREFIX_BITS {
+            return false;
+        }
+        key.prefix_len = entry.prefix_len - 1;
+    }
+    false
+}
+
+/// The lowest rule every field admits, looking at the first `words` words: set in all
+/// of `fields` and, for each address field, in its bitmap or (where `mask` is all ones)
+/// in its sets' bitmap. Written out word by word with constant indices: a loop over the
+/// words lost its bound in the verifier and cost orders of magnitude more verified
+/// instructions.
 #[inline(always)]
 fn lowest_common(
     words: u32,
-    a: &RuleBitmap,
-    b: &RuleBitmap,
-    c: &RuleBitmap,
-    d: &RuleBitmap,
-    e: &RuleBitmap,
+    fields: [&RuleBitmap; 3],
+    addresses: [&RuleBitmap; 2],
+    sets: [&RuleBitmap; 2],
+    mask: u64,
 ) -> Option<u32> {
+    let [a, b, c] = fields;
+    let [d, e] = addresses;
+    let [ds, es] = sets;
     macro_rules! word {
         ($w:literal) => {
             if $w >= words {
                 return None;
             }
-            let x = a.words[$w] & b.words[$w] & c.words[$w] & d.words[$w] & e.words[$w];
+            let x = a.words[$w]
+                & b.words[$w]
+                & c.words[$w]
+                & (d.words[$w] | (ds.words[$w] & mask))
+                & (e.words[$w] | (es.words[$w] & mask));
             if x != 0 {
                 return Some($w * 64 + lowest_bit(x));
             }

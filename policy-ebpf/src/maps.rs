@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use policy_common::{
     BITMAP_WORDS, Counter, EVENTS_BYTES, EventSettings, GENERATIONS, GenConfig, IPV4_KEY_LEN,
-    IPV6_KEY_LEN, MAX_PORT_CLASSES, MAX_PREFIXES, MAX_RULES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS,
-    RuleBitmap, RuleInfo, VERDICT_SLOTS, field_bitmap, port_table, v4_table,
+    IPV6_KEY_LEN, MAX_PORT_CLASSES, MAX_PREFIXES, MAX_RULES, MAX_SET_ENTRIES, PORT_CLASS_WORDS,
+    RULE_COUNTER_SLOTS, RuleBitmap, RuleInfo, SET_KEY_LEN, SetEntry, VERDICT_SLOTS, field_bitmap,
+    port_table, v4_table,
 };
 
 const _: () = assert!(BITMAP_WORDS == 16, "classify::first_match unrolls 16 words");
@@ -75,6 +76,15 @@ pub static SRC_V6: LpmTrie<[u8; IPV6_KEY_LEN], RuleBitmap> =
 #[map(name = "DST_V6")]
 pub static DST_V6: LpmTrie<[u8; IPV6_KEY_LEN], RuleBitmap> =
     LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
+
+#[map(name = "SETS")]
+pub static SETS: LpmTrie<[u32; SET_KEY_LEN / 4], SetEntry> =
+    LpmTrie::with_max_entries(MAX_SET_ENTRIES, 0);
+
+/// Per CPU, the source and the destination bitmap merged with the rules of the sets the
+/// address is in: 256 bytes the BPF stack has no room for.
+#[map(name = "SET_SCRATCH")]
+pub static SET_SCRATCH: PerCpuArray<RuleBitmap> = PerCpuArray::with_max_entries(2, 0);
 
 #[map(name = "RULE_COUNTERS")]
 pub static RULE_COUNTERS: PerCpuArray<Counter> =

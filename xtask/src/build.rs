@@ -54,6 +54,9 @@ fn ebpf_cargo(toolchain: &Toolchain, subcommand: &str) -> Command {
         format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH),
         "-Cdebuginfo=2".into(),
         "-Clink-arg=--btf".into(),
+        // The program's global functions, which the verifier checks once each instead of
+        // once per path that calls them (see policy-ebpf/src/classify.rs).
+        "-Clink-arg=--export=xdp_policy_sets".into(),
     ]
     .join("\x1f")
     .into();

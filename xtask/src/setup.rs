@@ -21,8 +21,10 @@ const BPF_LINKER_VERSION: &str = "0.13";
 const NIGHTLY_CANDIDATES: [&str; 2] = ["nightly", "nightly-2026-07-01"];
 /// rust-src for `-Z build-std=core`; clippy for `cargo xtask lint` of the eBPF crate.
 const NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
-/// Debian packages: the LLVM bpf-linker links against, and the tools the tests use.
-const DEBIAN_PACKAGES: [&str; 4] = ["llvm-22-dev", "iproute2", "iputils-ping", "procps"];
+/// Debian packages: the LLVM bpf-linker links against, and the tools the tests use
+/// (fail2ban: the integration tests run the real one with the action we ship).
+const DEBIAN_PACKAGES: [&str; 5] =
+    ["llvm-22-dev", "iproute2", "iputils-ping", "procps", "fail2ban"];
 /// Debian packages `cargo xtask package` needs: dpkg-shlibdeps (the package's `Depends`),
 /// strip, and systemd-analyze to verify the unit.
 const PACKAGING_DEBIAN_PACKAGES: [&str; 3] = ["dpkg-dev", "binutils", "systemd"];

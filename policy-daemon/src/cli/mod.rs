@@ -4,6 +4,7 @@
 
 mod check;
 mod inspect;
+mod sets;
 
 use std::{io, path::PathBuf};
 
@@ -41,6 +42,81 @@ pub enum Command {
     /// Sample dropped (and would-be-dropped) packets and print a line for each; sampling
     /// is on only while this runs.
     Events(EventsArgs),
+    /// Change or read the run-time entries of a named set (`[[set]]`) on every interface
+    /// whose policy has it; works whether or not the daemon runs.
+    Set(SetArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SetArgs {
+    #[command(subcommand)]
+    pub action: SetAction,
+}
+
+/// The set a command is about, and where to find it.
+#[derive(clap::Args)]
+pub struct SetTarget {
+    #[command(flatten)]
+    pub places: PlacesArgs,
+    /// Only this interface [default: every interface whose policy has the set].
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+    /// The set's name (without the `@`).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+#[derive(clap::Subcommand)]
+pub enum SetAction {
+    /// Add addresses or networks; one already there takes the new timeout.
+    Add {
+        #[command(flatten)]
+        target: SetTarget,
+        #[arg(required = true, value_name = "ADDR")]
+        addrs: Vec<String>,
+        /// How long the entries stay ("90s", "10m", "1h 30m", "7d"; "0": for good)
+        /// [default: the set's timeout].
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+    },
+    /// Remove run-time entries (a set file's entries go when the file no longer lists them).
+    Del {
+        #[command(flatten)]
+        target: SetTarget,
+        #[arg(required = true, value_name = "ADDR")]
+        addrs: Vec<String>,
+    },
+    /// Print the set's entries, with where they come from and when they expire.
+    List {
+        #[command(flatten)]
+        target: SetTarget,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every run-time entry.
+    Flush {
+        #[command(flatten)]
+        target: SetTarget,
+    },
+    /// Make the run-time entries those of FILE (one address or network a line): the new
+    /// ones are written first, then the others removed.
+    Load {
+        #[command(flatten)]
+        target: SetTarget,
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// How long the entries stay [default: the set's timeout].
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+    },
+    /// Say whether ADDR is in the set and which entry holds it; exit 1 if it is not.
+    Test {
+        #[command(flatten)]
+        target: SetTarget,
+        #[arg(value_name = "ADDR")]
+        addr: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -238,6 +314,14 @@ pub enum CliError {
     Drift(Vec<String>),
     #[error("auditing the kernel's maps failed on {} (status shows why)", .0.join(", "))]
     AuditFailed(Vec<String>),
+    #[error(transparent)]
+    Set(Box<sets::SetError>),
+}
+
+impl From<sets::SetError> for CliError {
+    fn from(e: sets::SetError) -> Self {
+        Self::Set(Box::new(e))
+    }
 }
 
 impl CliError {
@@ -262,5 +346,6 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Explain(args) => inspect::explain(&args),
         Command::Events(args) => inspect::events(&args).await,
         Command::Detach(args) => inspect::detach(&args),
+        Command::Set(args) => sets::set(&args),
     }
 }

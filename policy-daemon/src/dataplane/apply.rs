@@ -303,7 +303,10 @@ const ZERO_CONFIG: GenConfig = GenConfig {
     default_monitor: 0,
     fragments: 0,
     unparsable: 0,
+    src_sets: 0,
+    dst_sets: 0,
     _pad2: 0,
+    set_ids: [0; 2 * policy_common::MAX_SET_REFS],
 };
 const ZERO_RULE: RuleInfo = RuleInfo { action: 0, monitor: 0, _pad: 0, counter_slot: 0 };
 

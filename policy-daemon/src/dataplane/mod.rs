@@ -11,6 +11,7 @@ mod batch;
 mod kernel;
 pub mod pinned;
 pub mod pins;
+pub mod sets;
 pub mod state;
 
 use std::{fmt, net::Ipv4Addr};
@@ -27,7 +28,7 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use policy_common::{
-    Counter, GENERATION_PREFIX_BITS, MAP_NAMES, PROGRAM_NAME, RULE_COUNTERS_MAP,
+    Counter, GENERATION_PREFIX_BITS, MAP_NAMES, PROGRAM_NAME, RULE_COUNTERS_MAP, SETS_MAP,
     VERDICT_COUNTERS_MAP, Verdict,
 };
 
@@ -35,11 +36,19 @@ use self::{
     apply::{AddrFieldId, ApplyReport, Drift, Generations, MapWriteError, Maps as _, RuleSlot},
     kernel::KernelMaps,
     pins::Pins,
+    sets::{FileEntries, FileSet, SetMap, SetMapError, SyncReport},
 };
 use crate::policy::Ruleset;
 
 /// The eBPF object `cargo xtask build` produced (empty when built without it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/policy-ebpf.o"));
+
+/// The `SETS` map out of a loaded object.
+fn take_sets(ebpf: &mut Ebpf) -> Result<SetMap, DataplaneError> {
+    let raw = ebpf.take_map(SETS_MAP).ok_or(DataplaneError::MissingMap(SETS_MAP))?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Cpus(source))?;
+    SetMap::new(raw, cpus).map_err(|source| DataplaneError::MapType { map: SETS_MAP, source })
+}
 
 /// The embedded eBPF object; empty when the daemon was built without it.
 pub fn embedded_object() -> &'static [u8] {
@@ -110,6 +119,8 @@ pub enum DataplaneError {
     ProgramLoad(#[source] ProgramError),
     #[error("the eBPF object has no map `{0}`")]
     MissingMap(&'static str),
+    #[error("the named sets")]
+    Sets(#[source] SetMapError),
     #[error("map `{map}` does not have the expected type or layout")]
     MapType {
         map: &'static str,
@@ -266,6 +277,9 @@ impl VerdictCounts {
 pub struct Dataplane {
     ebpf: Ebpf,
     maps: KernelMaps,
+    /// The named sets' entries, and what is known of the file entries among them.
+    sets: SetMap,
+    file_entries: FileEntries,
     generations: Generations,
     /// The maps are pinned (adopted from pins, or pinned once attached).
     maps_pinned: bool,
@@ -280,8 +294,15 @@ impl Dataplane {
         }
         let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?;
         let maps = KernelMaps::take(&mut ebpf)?;
-        let mut dataplane =
-            Self { ebpf, maps, generations: Generations::new(), maps_pinned: false };
+        let sets = take_sets(&mut ebpf)?;
+        let mut dataplane = Self {
+            ebpf,
+            maps,
+            sets,
+            file_entries: FileEntries::empty(),
+            generations: Generations::new(),
+            maps_pinned: false,
+        };
         dataplane.program()?.load().map_err(DataplaneError::ProgramLoad)?;
         dataplane.apply(ruleset)?;
         Ok(dataplane)
@@ -311,8 +332,16 @@ impl Dataplane {
             },
             other => other,
         })?;
+        let sets = take_sets(&mut ebpf)?;
         let generations = Generations::adopt(maps.active_generation()?, rules);
-        let mut dataplane = Self { ebpf, maps, generations, maps_pinned: true };
+        let mut dataplane = Self {
+            ebpf,
+            maps,
+            sets,
+            file_entries: FileEntries::unknown(),
+            generations,
+            maps_pinned: true,
+        };
         dataplane.program()?.load().map_err(DataplaneError::ProgramLoad)?;
         Ok(dataplane)
     }
@@ -324,6 +353,7 @@ impl Dataplane {
             let path = pins.map(name);
             let pinned = match self.maps.data(name) {
                 Some(map) => map.pin(&path),
+                None if name == SETS_MAP => self.sets.data().pin(&path),
                 None => self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?.pin(&path),
             };
             pinned.map_err(|source| DataplaneError::Pin { path, source })?;
@@ -400,8 +430,43 @@ impl Dataplane {
 
     /// Makes `ruleset` the one in force, atomically: packets see the previous ruleset
     /// or this one, never a mix. On error the previous ruleset stays in force.
+    ///
+    /// The sets' file entries are written first (a set's contents are shared by both
+    /// generations); once the new generation is in force, the entries of sets it no
+    /// longer has are removed.
     pub fn apply(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, DataplaneError> {
-        self.generations.apply(&mut self.maps, ruleset).map_err(DataplaneError::Apply)
+        self.sync_sets(ruleset, false)?;
+        let report =
+            self.generations.apply(&mut self.maps, ruleset).map_err(DataplaneError::Apply)?;
+        self.sync_sets(ruleset, true)?;
+        Ok(report)
+    }
+
+    fn sync_sets(&mut self, ruleset: &Ruleset, purge: bool) -> Result<(), DataplaneError> {
+        let files: Vec<FileSet> =
+            ruleset.sets.iter().map(|s| FileSet { id: s.id, entries: &s.entries }).collect();
+        let report =
+            self.file_entries.sync(&mut self.sets, &files, purge).map_err(DataplaneError::Sets)?;
+        if report != SyncReport::default() {
+            tracing::debug!(
+                added = report.added,
+                removed = report.removed,
+                purged = report.purged,
+                "set entries written"
+            );
+        }
+        Ok(())
+    }
+
+    /// The named sets' entries, to change at run time (see [`sets`]).
+    pub fn sets(&mut self) -> &mut SetMap {
+        &mut self.sets
+    }
+
+    /// Removes the run-time set entries that have expired (the program no longer
+    /// matches them); returns how many, per set id.
+    pub fn sweep_sets(&mut self) -> Result<std::collections::HashMap<u32, u64>, DataplaneError> {
+        sets::sweep(&mut self.sets, sets::boot_now_ns()).map_err(DataplaneError::Sets)
     }
 
     /// Reads back what the kernel holds for `ruleset`, the ruleset last applied, and

@@ -38,6 +38,23 @@ pub struct State {
     /// The last audit of the kernel's maps against the policy, if any ran yet.
     #[serde(default)]
     pub audit: Option<Audit>,
+    /// The policy's named sets: what `xdp-policy set` needs to change them, whether or
+    /// not a daemon runs.
+    #[serde(default)]
+    pub sets: Vec<SetState>,
+}
+
+/// A named set of the policy in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetState {
+    pub name: String,
+    /// The id in the `SETS` map's keys (`policy::set_id` of the name).
+    pub id: u32,
+    pub max_entries: u32,
+    /// Expiry of run-time entries added without a timeout, milliseconds; 0: none.
+    pub timeout_ms: u64,
+    /// Entries of its files.
+    pub file_entries: usize,
 }
 
 /// What the daemon's last audit found (see `dataplane::apply::Generations::audit`).
@@ -229,6 +246,13 @@ mod tests {
                 slot: 3,
                 identity: "0123".into(),
             }],
+            sets: vec![SetState {
+                name: "blocklist".into(),
+                id: 7,
+                max_entries: 100,
+                timeout_ms: 600_000,
+                file_entries: 3,
+            }],
         };
         state.write(&dir).expect("write");
         assert_eq!(State::read(&dir, "eth0").expect("read"), Some(state));
@@ -250,6 +274,7 @@ mod tests {
             interface_present: true,
             pid: 1,
             audit: None,
+            sets: Vec::new(),
             rules: vec![RuleState {
                 name: "a".into(),
                 action: Action::Drop,

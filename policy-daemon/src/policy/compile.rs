@@ -14,11 +14,12 @@ use std::{
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use policy_common::{
-    self as common, BITMAP_WORDS, FragmentAction, L4Class, RuleBitmap, field, field_bitmap,
+    self as common, BITMAP_WORDS, FragmentAction, L4Class, MAX_SET_REFS, RuleBitmap, field,
+    field_bitmap,
 };
 
 use super::{
-    Action, Fragments, Mode, Policy, PortRange, Rule, V4Table,
+    Action, Fragments, Mode, Policy, PortRange, Rule, SetDef, V4Table,
     reference::{IpPacket, L4},
 };
 
@@ -46,6 +47,9 @@ pub struct Ruleset {
     /// whose prefixes fit (`config.fields` then has `SRC_V4_TABLE` / `DST_V4_TABLE`):
     /// the program reads them instead of the field's IPv4 trie.
     pub v4_tables: [Option<V4Table>; 2],
+    /// The policy's sets with the entries of their files. The rules naming them are in
+    /// `config.set_ids` and the `field_bitmap::SET_RULES` bitmaps.
+    pub sets: Vec<SetDef>,
 }
 
 impl Ruleset {
@@ -110,10 +114,33 @@ impl Ruleset {
             address(packet.src, 0, [field::SRC_V4_TABLE, field::SRC_V6_DEFAULT_ONLY, field::SRC]);
         let dst =
             address(packet.dst, 1, [field::DST_V4_TABLE, field::DST_V6_DEFAULT_ONLY, field::DST]);
+        let src = self.with_sets(src, 0, packet.src, usize::from(self.config.src_sets));
+        let dst = self.with_sets(dst, 1, packet.dst, usize::from(self.config.dst_sets));
         (0..self.config.words as usize).find_map(|w| {
             let x = l4.words[w] & dp.words[w] & sp.words[w] & src.words[w] & dst.words[w];
             (x != 0).then(|| w * 64 + x.trailing_zeros() as usize)
         })
+    }
+
+    /// `base` plus the rules naming each of the field's sets (`field` 0 source, 1
+    /// destination) whose file entries hold `addr`.
+    fn with_sets(&self, base: RuleBitmap, field: usize, addr: IpAddr, count: usize) -> RuleBitmap {
+        let mut merged = base;
+        for i in 0..count {
+            let slot = field * MAX_SET_REFS + i;
+            let id = self.config.set_ids[slot];
+            let holds = self
+                .sets
+                .iter()
+                .any(|s| s.id == id && s.entries.iter().any(|net| net.contains(&addr)));
+            if holds {
+                let rules = self.field_bitmaps[(field_bitmap::SET_RULES as usize) + slot];
+                for (w, r) in merged.words.iter_mut().zip(rules.words) {
+                    *w |= r;
+                }
+            }
+        }
+        merged
     }
 
     /// The bitmap of the longest prefix of the source (or destination) trie holding `addr`.
@@ -225,6 +252,31 @@ pub fn compile(policy: &Policy) -> Ruleset {
         fields |= field::DST;
     }
 
+    // The sets each address field names, in the order rules name them: the program looks
+    // the address up in each and adds the rules naming it.
+    let mut set_ids = [0u32; 2 * MAX_SET_REFS];
+    let mut set_counts = [0usize; 2];
+    let mut set_rules = vec![RuleBitmap::EMPTY; 2 * MAX_SET_REFS];
+    for (i, rule) in rules.iter().enumerate() {
+        for (field, names) in [&rule.src_sets, &rule.dst_sets].into_iter().enumerate() {
+            for name in names {
+                let id = policy.sets.iter().find(|s| &s.name == name).map_or(0, |s| s.id);
+                let refs = &set_ids[field * MAX_SET_REFS..field * MAX_SET_REFS + set_counts[field]];
+                let slot = match refs.iter().position(|r| *r == id) {
+                    Some(k) => field * MAX_SET_REFS + k,
+                    None => {
+                        // `parse` refuses a policy naming more sets than that.
+                        assert!(set_counts[field] < MAX_SET_REFS, "too many sets in a field");
+                        let slot = field * MAX_SET_REFS + set_counts[field];
+                        set_ids[slot] = id;
+                        set_counts[field] += 1;
+                        slot
+                    }
+                };
+                set_rules[slot].set(i);
+            }
+        }
+    }
     let d = &policy.defaults;
     let mut config = common::GenConfig {
         words: rules.len().div_ceil(64).min(BITMAP_WORDS) as u32,
@@ -237,7 +289,10 @@ pub fn compile(policy: &Policy) -> Ruleset {
             Fragments::Drop => FragmentAction::Drop,
         } as u8,
         unparsable: kernel_action(d.unparsable) as u8,
+        src_sets: set_counts[0] as u8,
+        dst_sets: set_counts[1] as u8,
         _pad2: 0,
+        set_ids,
     };
 
     let src: Vec<_> = rules.iter().map(|r| r.src.as_deref()).collect();
@@ -259,6 +314,7 @@ pub fn compile(policy: &Policy) -> Ruleset {
             config.fields |= only;
         }
     }
+    field_bitmaps.extend(set_rules);
     debug_assert_eq!(field_bitmaps.len(), field_bitmap::PER_GENERATION as usize);
     for (table, bit) in v4_tables.iter().zip([field::SRC_V4_TABLE, field::DST_V4_TABLE]) {
         if table.is_some() {
@@ -285,6 +341,7 @@ pub fn compile(policy: &Policy) -> Ruleset {
         dst_v6,
         port_table: None,
         v4_tables,
+        sets: policy.sets.clone(),
     };
     ruleset.port_table = port_table(&ruleset);
     ruleset

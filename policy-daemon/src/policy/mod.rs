@@ -19,13 +19,17 @@ use std::{
     collections::HashMap,
     ops::Range,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 pub use compile::{PortField, Ruleset, compile};
 pub use diagnostic::{Diagnostic, Location};
 use ipnet::IpNet;
-use policy_common::{L4Class, MAX_PREFIXES, MAX_RULES};
-pub use schema::{Action, Fragments, Mode, PortRange, Protocol};
+use policy_common::{L4Class, MAX_PREFIXES, MAX_RULES, MAX_SET_REFS};
+pub use schema::{
+    Action, DEFAULT_SET_ENTRIES, Field, Fragments, Mode, PortRange, Protocol, parse_duration,
+    parse_net,
+};
 use sha2::{Digest as _, Sha256};
 pub use v4_table::V4Table;
 
@@ -40,6 +44,8 @@ pub struct Policy {
     pub defaults: Defaults,
     /// Rules in evaluation order: the first that matches decides.
     pub rules: Vec<Rule>,
+    /// The named sets (`[[set]]`), in the order they are defined.
+    pub sets: Vec<SetDef>,
     /// Problems that do not stop the policy from being applied (shadowed rules).
     pub warnings: Vec<Diagnostic>,
     /// [`content_hash`] of the files as read.
@@ -74,6 +80,68 @@ impl Default for Defaults {
     }
 }
 
+/// A named set of addresses and networks (`[[set]]`), which rules name as `@name` in
+/// `src` or `dst`. Its contents live in the kernel: the entries of its `files`, written
+/// on every apply, and entries added at run time (`xdp-policy set add`), which outlive
+/// reloads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetDef {
+    pub name: String,
+    /// The set's id in the kernel's keys: [`set_id`] of the name.
+    pub id: u32,
+    /// Files of addresses and networks, one a line (relative paths are taken from the
+    /// directory of the policy file that defines the set).
+    pub files: Vec<PathBuf>,
+    /// Most entries the set may hold, file and run-time ones together.
+    pub max_entries: u32,
+    /// How long a run-time entry stays unless its command says otherwise; zero: for good.
+    pub timeout: Duration,
+    /// What `files` list, once read ([`parse_set_file`]); sorted, without duplicates.
+    pub entries: Vec<IpNet>,
+    /// Where the set's `name` is written.
+    pub location: Location,
+}
+
+/// The id of the set called `name` in the kernel's set keys: the first 32 bits of the
+/// SHA-256 of the name, so that every interface and every daemon version agrees on it
+/// without a registry. [`parse`] refuses a policy whose set names share an id.
+pub fn set_id(name: &str) -> u32 {
+    let digest = Sha256::digest(name.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// Reads the text of a set file: one address or CIDR network a line; `#` or `;` starts
+/// a comment (plain lists, FireHOL `.netset` files and Spamhaus DROP lists load as they
+/// are). Every bad line is reported with its line and column.
+pub fn parse_set_file(file: &Path, text: &str) -> Result<Vec<IpNet>, Vec<Diagnostic>> {
+    let mut nets = Vec::new();
+    let mut diagnostics = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let content = line.split(['#', ';']).next().unwrap_or_default();
+        let trimmed = content.trim();
+        if !trimmed.is_empty() {
+            let start = offset + (content.len() - content.trim_start().len());
+            match parse_net(trimmed) {
+                Ok(net) => nets.push(net),
+                Err(message) => diagnostics.push(Diagnostic::new(
+                    file.to_path_buf(),
+                    text,
+                    start..start + trimmed.len(),
+                    message,
+                )),
+            }
+        }
+        offset += line.len();
+    }
+    if !diagnostics.is_empty() {
+        return Err(diagnostics);
+    }
+    nets.sort_unstable();
+    nets.dedup();
+    Ok(nets)
+}
+
 /// One validated rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
@@ -85,8 +153,13 @@ pub struct Rule {
     /// `None` matches any port. For ICMP the types are in `icmp_types` instead.
     pub dst_ports: Option<Vec<PortRange>>,
     pub src_ports: Option<Vec<PortRange>>,
+    /// The networks of `src`, `None` when the rule does not constrain the source; empty
+    /// when `src` names sets only.
     pub src: Option<Vec<IpNet>>,
     pub dst: Option<Vec<IpNet>>,
+    /// The sets `src` names (`@name`), by name: an address in one of them is admitted.
+    pub src_sets: Vec<String>,
+    pub dst_sets: Vec<String>,
     pub icmp_types: Option<Vec<u8>>,
     /// Where the rule's `name` is written.
     pub location: Location,
@@ -127,7 +200,7 @@ impl Rule {
     /// everything but the rule's position and file, stable across daemon versions that
     /// keep the policy format.
     pub fn identity(&self) -> String {
-        let text = format!(
+        let mut text = format!(
             "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
             self.name,
             self.action,
@@ -139,6 +212,10 @@ impl Rule {
             self.dst,
             self.icmp_types
         );
+        // Only rules that name sets add this, so other rules keep their identity.
+        if !self.src_sets.is_empty() || !self.dst_sets.is_empty() {
+            text.push_str(&format!("|{:?}|{:?}", self.src_sets, self.dst_sets));
+        }
         let digest = Sha256::digest(text.as_bytes());
         digest[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -187,6 +264,7 @@ pub fn parse<'a>(
     let mut defaults: Option<(Defaults, Location)> = None;
     let mut interfaces: Option<(Vec<String>, Location)> = None;
     let mut pending = Vec::new();
+    let mut sets: Vec<SetDef> = Vec::new();
     for (file, text) in sources {
         files.push(file.to_path_buf());
         match schema::parse_file(file, text, &mut names) {
@@ -201,6 +279,29 @@ pub fn parse<'a>(
                     &mut diagnostics,
                 );
                 pending.extend(parsed.rules);
+                for set in parsed.sets {
+                    if let Some(first) = sets.iter().find(|s| s.name == set.name) {
+                        diagnostics.push(Diagnostic {
+                            message: format!(
+                                "duplicate set name \"{}\": first defined at {}",
+                                set.name, first.location
+                            ),
+                            location: set.location,
+                            snippet: String::new(),
+                        });
+                    } else if let Some(other) = sets.iter().find(|s| s.id == set.id) {
+                        diagnostics.push(Diagnostic {
+                            message: format!(
+                                "set \"{}\" has the same id as set \"{}\" at {}: rename one",
+                                set.name, other.name, other.location
+                            ),
+                            location: set.location,
+                            snippet: String::new(),
+                        });
+                    } else {
+                        sets.push(set);
+                    }
+                }
             }
             Err(mut errors) => diagnostics.append(&mut errors),
         }
@@ -208,8 +309,36 @@ pub fn parse<'a>(
     let defaults = defaults.map(|(d, _)| d).unwrap_or_default();
     let rules: Vec<Rule> = pending
         .into_iter()
-        .map(|p| Rule { mode: if p.explicit_mode { p.rule.mode } else { defaults.mode }, ..p.rule })
+        .map(|p| {
+            let mut rule = p.rule;
+            if !p.explicit_mode {
+                rule.mode = defaults.mode;
+            }
+            for r in p.set_refs {
+                if !sets.iter().any(|s| s.name == r.name) {
+                    diagnostics.push(Diagnostic {
+                        location: r.location,
+                        message: format!(
+                            "rule \"{}\" names set \"@{}\", which the policy does not define: \
+                             add a [[set]] with name = \"{}\"",
+                            rule.name, r.name, r.name
+                        ),
+                        snippet: String::new(),
+                    });
+                    continue;
+                }
+                let names = match r.field {
+                    Field::Src => &mut rule.src_sets,
+                    Field::Dst => &mut rule.dst_sets,
+                };
+                if !names.contains(&r.name) {
+                    names.push(r.name);
+                }
+            }
+            rule
+        })
         .collect();
+    diagnostics.extend(check_set_refs(&rules));
     diagnostics.extend(check_limits(&rules, &files));
     if !diagnostics.is_empty() {
         return Err(PolicyError::Invalid(diagnostics));
@@ -220,9 +349,41 @@ pub fn parse<'a>(
         interfaces: interfaces.map(|(i, _)| i).unwrap_or_default(),
         defaults,
         rules,
+        sets,
         warnings,
         hash,
     })
+}
+
+/// The program looks an address up in at most [`MAX_SET_REFS`] sets per field.
+fn check_set_refs(rules: &[Rule]) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    for (field, names) in [
+        ("src", rules.iter().map(|r| (r, &r.src_sets)).collect::<Vec<_>>()),
+        ("dst", rules.iter().map(|r| (r, &r.dst_sets)).collect()),
+    ] {
+        let mut seen: Vec<&String> = Vec::new();
+        for (rule, sets) in names {
+            for name in sets {
+                if !seen.contains(&name) {
+                    seen.push(name);
+                    if seen.len() == MAX_SET_REFS + 1 {
+                        diagnostics.push(Diagnostic {
+                            location: rule.location.clone(),
+                            message: format!(
+                                "too many sets in {field}: the rules of a policy may name at most \
+                                 {MAX_SET_REFS} different sets in {field}, and rule \"{}\" names \
+                                 one more",
+                                rule.name
+                            ),
+                            snippet: String::new(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    diagnostics
 }
 
 /// `[defaults]` and `interfaces` may be set in one file of a policy only.

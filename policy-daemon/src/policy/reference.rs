@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use policy_common::{L4Class, MAX_IPV6_EXT_HEADERS, MAX_IPV6_HEADER_CHAIN, MAX_VLAN_TAGS, Verdict};
 
-use super::{Action, Fragments, Mode, Policy, Rule};
+use super::{Action, Fragments, Mode, Policy, Rule, SetDef};
 
 /// The transport part of a packet, as far as the classifier looks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,21 +89,27 @@ pub struct Outcome {
     pub rule: Option<usize>,
 }
 
-/// Whether `rule` matches `packet`: every field it has admits the packet.
-pub fn rule_matches(rule: &Rule, packet: &IpPacket) -> bool {
+/// Whether `rule` matches `packet`: every field it has admits the packet. A set holds
+/// the entries of its files.
+pub fn rule_matches(rule: &Rule, sets: &[SetDef], packet: &IpPacket) -> bool {
     let in_ranges = |ranges: Option<Vec<super::PortRange>>, value: Option<u16>| match ranges {
         None => true,
         Some(ranges) => value.is_some_and(|v| ranges.iter().any(|r| r.contains(v))),
     };
-    let in_nets = |nets: &Option<Vec<ipnet::IpNet>>, addr: IpAddr| match nets {
+    let in_set = |name: &String, addr: IpAddr| {
+        sets.iter().any(|s| &s.name == name && s.entries.iter().any(|n| n.contains(&addr)))
+    };
+    let in_nets = |nets: &Option<Vec<ipnet::IpNet>>, named: &[String], addr: IpAddr| match nets {
         None => true,
-        Some(nets) => nets.iter().any(|n| n.contains(&addr)),
+        Some(nets) => {
+            nets.iter().any(|n| n.contains(&addr)) || named.iter().any(|s| in_set(s, addr))
+        }
     };
     rule.admits(packet.l4.class())
         && in_ranges(rule.dport_values(), packet.l4.dport())
         && in_ranges(rule.src_ports.clone(), packet.l4.sport())
-        && in_nets(&rule.src, packet.src)
-        && in_nets(&rule.dst, packet.dst)
+        && in_nets(&rule.src, &rule.src_sets, packet.src)
+        && in_nets(&rule.dst, &rule.dst_sets, packet.dst)
 }
 
 /// ICMPv6 router/neighbour solicitation/advertisement and redirect.
@@ -133,7 +139,7 @@ pub fn classify(policy: &Policy, packet: &Parsed) -> Outcome {
         }
     }
     if let Some((index, rule)) =
-        policy.rules.iter().enumerate().find(|(_, r)| rule_matches(r, packet))
+        policy.rules.iter().enumerate().find(|(_, r)| rule_matches(r, &policy.sets, packet))
     {
         let verdict = match (rule.action, rule.mode) {
             (Action::Pass, _) => Verdict::PassRule,

@@ -1,13 +1,16 @@
 //! The TOML policy format: raw serde types (unknown fields rejected) and the checks that
 //! turn one file into validated rules.
 
-use std::{collections::HashMap, fmt, marker::PhantomData, net::IpAddr, ops::Range, path::Path};
+use std::{
+    collections::HashMap, fmt, marker::PhantomData, net::IpAddr, ops::Range, path::Path,
+    time::Duration,
+};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, de};
 use toml::Spanned;
 
-use super::{Defaults, Diagnostic, Location, Rule, diagnostic::LineIndex};
+use super::{Defaults, Diagnostic, Location, Rule, SetDef, diagnostic::LineIndex, set_id};
 
 /// Longest accepted rule name; names end up in logs and metric labels.
 const MAX_NAME_LEN: usize = 64;
@@ -171,9 +174,34 @@ impl<'de> Deserialize<'de> for PortRange {
     }
 }
 
-/// An address or network: `192.0.2.7`, `192.0.2.0/24`, `2001:db8::/32`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Net(IpNet);
+/// An address or network (`192.0.2.7`, `192.0.2.0/24`, `2001:db8::/32`), or a named set
+/// (`@blocklist`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Net {
+    Net(IpNet),
+    Set(String),
+}
+
+/// Parses an address or a CIDR network whose host bits are clear; the error says what
+/// was expected.
+pub fn parse_net(v: &str) -> Result<IpNet, String> {
+    if let Ok(addr) = v.parse::<IpAddr>() {
+        return Ok(IpNet::from(addr));
+    }
+    let net = v.parse::<IpNet>().map_err(|_| {
+        format!(
+            "invalid network \"{v}\": expected an IPv4 or IPv6 address or CIDR network such as \
+             \"192.0.2.0/24\""
+        )
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "network \"{v}\" has host bits set: did you mean \"{}\"?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
 
 impl<'de> Deserialize<'de> for Net {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -183,26 +211,17 @@ impl<'de> Deserialize<'de> for Net {
             type Value = Net;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an IPv4 or IPv6 address or CIDR network such as \"192.0.2.0/24\"")
+                f.write_str(
+                    "an IPv4 or IPv6 address or CIDR network such as \"192.0.2.0/24\", or a set \
+                     such as \"@blocklist\"",
+                )
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Net, E> {
-                if let Ok(addr) = v.parse::<IpAddr>() {
-                    return Ok(Net(IpNet::from(addr)));
+                if let Some(name) = v.strip_prefix('@') {
+                    return Ok(Net::Set(name.to_string()));
                 }
-                let net = v.parse::<IpNet>().map_err(|_| {
-                    E::custom(format!(
-                        "invalid network \"{v}\": expected an IPv4 or IPv6 address or CIDR \
-                         network such as \"192.0.2.0/24\""
-                    ))
-                })?;
-                if net.trunc() != net {
-                    return Err(E::custom(format!(
-                        "network \"{v}\" has host bits set: did you mean \"{}\"?",
-                        net.trunc()
-                    )));
-                }
-                Ok(Net(net))
+                parse_net(v).map(Net::Net).map_err(E::custom)
             }
         }
 
@@ -279,7 +298,19 @@ struct RawPolicy {
     interfaces: Option<Spanned<OneOrMany<String>>>,
     defaults: Option<Spanned<RawDefaults>>,
     #[serde(default)]
+    set: Vec<RawSet>,
+    #[serde(default)]
     rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSet {
+    name: Spanned<String>,
+    #[serde(default)]
+    files: Vec<Spanned<String>>,
+    max_entries: Option<Spanned<i64>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -321,6 +352,7 @@ struct RawRule {
 pub struct ParsedFile {
     pub defaults: Option<(Defaults, Range<usize>)>,
     pub interfaces: Option<(Vec<String>, Range<usize>)>,
+    pub sets: Vec<SetDef>,
     pub rules: Vec<PendingRule>,
 }
 
@@ -422,8 +454,22 @@ pub fn parse_file(
             ));
         }
 
-        let nets = |v: Option<(Range<usize>, Vec<Net>)>| {
-            v.map(|(_, nets)| nets.into_iter().map(|n| n.0).collect::<Vec<_>>())
+        // The networks of an address field (empty when it names sets only) and the sets
+        // it names, with where the field is written.
+        let mut set_refs = Vec::new();
+        let mut nets = |v: Option<(Range<usize>, Vec<Net>)>, field: Field| {
+            v.map(|(span, items)| {
+                let mut nets = Vec::new();
+                for item in items {
+                    match item {
+                        Net::Net(net) => nets.push(net),
+                        Net::Set(name) => {
+                            set_refs.push(SetRef { name, field, location: location(span.clone()) })
+                        }
+                    }
+                }
+                nets
+            })
         };
         let rule = Rule {
             name,
@@ -432,21 +478,30 @@ pub fn parse_file(
             protocol,
             dst_ports: dst_ports.map(|(_, v)| v),
             src_ports: src_ports.map(|(_, v)| v),
-            src: nets(src),
-            dst: nets(dst),
+            src: nets(src, Field::Src),
+            dst: nets(dst, Field::Dst),
+            src_sets: Vec::new(),
+            dst_sets: Vec::new(),
             icmp_types: icmp_types.map(|(_, v)| v.into_iter().map(|t| t.0).collect()),
             location: name_location,
         };
-        if let Some(reason) = never_matches(&rule) {
+        if let Some(reason) = never_matches(&rule, &set_refs) {
             diagnostics.push(diag(
                 protocol_span.unwrap_or(name_span),
                 format!("rule \"{}\" can never match: {reason}", rule.name),
             ));
         }
-        pending.push(PendingRule { rule, explicit_mode: raw.mode.is_some() });
+        pending.push(PendingRule { rule, explicit_mode: raw.mode.is_some(), set_refs });
+    }
+    let mut sets = Vec::new();
+    for raw in raw.set {
+        match parse_set(file, raw, &location) {
+            Ok(set) => sets.push(set),
+            Err((span, message)) => diagnostics.push(diag(span, message)),
+        }
     }
     if diagnostics.is_empty() {
-        Ok(ParsedFile { defaults, interfaces, rules: pending })
+        Ok(ParsedFile { defaults, interfaces, sets, rules: pending })
     } else {
         Err(diagnostics)
     }
@@ -465,14 +520,98 @@ fn non_empty<T>(
     (!items.is_empty()).then_some((span, items))
 }
 
-/// A rule whose mode may still come from the policy's defaults.
+/// A rule whose mode may still come from the policy's defaults, and whose sets are still
+/// to be found among the policy's.
 pub struct PendingRule {
     pub rule: Rule,
     pub explicit_mode: bool,
+    pub set_refs: Vec<SetRef>,
+}
+
+/// The address fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Src,
+    Dst,
+}
+
+/// A set named in a rule's `src` or `dst`.
+pub struct SetRef {
+    pub name: String,
+    pub field: Field,
+    /// Where the field is written.
+    pub location: Location,
+}
+
+/// Entries a set holds unless it says otherwise.
+pub const DEFAULT_SET_ENTRIES: u32 = 1 << 20;
+
+fn parse_set(
+    file: &Path,
+    raw: RawSet,
+    location: &impl Fn(Range<usize>) -> Location,
+) -> Result<SetDef, (Range<usize>, String)> {
+    let name_span = raw.name.span();
+    let name = raw.name.into_inner();
+    if !valid_name(&name) {
+        return Err((
+            name_span,
+            format!(
+                "invalid set name {name:?}: expected 1 to {MAX_NAME_LEN} letters, digits, '-', \
+                 '_' or '.'"
+            ),
+        ));
+    }
+    let max_entries = match raw.max_entries {
+        None => DEFAULT_SET_ENTRIES,
+        Some(m) => {
+            let limit = policy_common::MAX_SET_ENTRIES;
+            match u32::try_from(*m.get_ref()) {
+                Ok(n) if (1..=limit).contains(&n) => n,
+                _ => {
+                    return Err((
+                        m.span(),
+                        format!(
+                            "invalid max_entries {}: expected a number from 1 to {limit}",
+                            m.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    let timeout = match raw.timeout {
+        None => Duration::ZERO,
+        Some(t) => parse_duration(t.get_ref()).map_err(|e| (t.span(), e))?,
+    };
+    let base = file.parent().unwrap_or(Path::new("."));
+    let files = raw.files.into_iter().map(|f| base.join(f.into_inner())).collect();
+    Ok(SetDef {
+        id: set_id(&name),
+        name,
+        files,
+        max_entries,
+        timeout,
+        entries: Vec::new(),
+        location: location(name_span),
+    })
+}
+
+/// A duration such as `"90s"`, `"10m"`, `"1h 30m"` or `"7d"`; `"0"` is none.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!(
+            "invalid duration \"{text}\": {e}; expected a number and a unit such as \"90s\", \
+             \"10m\", \"1h 30m\" or \"7d\", or \"0\" for none"
+        )
+    })
 }
 
 /// Why a rule's fields contradict each other, if they do.
-fn never_matches(rule: &Rule) -> Option<String> {
+fn never_matches(rule: &Rule, set_refs: &[SetRef]) -> Option<String> {
     let family = |nets: &Option<Vec<IpNet>>| {
         nets.as_ref().map(|nets| {
             (
@@ -495,6 +634,11 @@ fn never_matches(rule: &Rule) -> Option<String> {
         _ => {}
     }
     for (field, nets) in [("src", &rule.src), ("dst", &rule.dst)] {
+        let named = if field == "src" { Field::Src } else { Field::Dst };
+        // A set may hold addresses of either version.
+        if set_refs.iter().any(|r| r.field == named) {
+            continue;
+        }
         if let Some((has_v4, has_v6)) = family(nets) {
             v4 &= has_v4;
             v6 &= has_v6;

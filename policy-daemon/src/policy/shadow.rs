@@ -35,6 +35,14 @@ pub fn covers(earlier: &Rule, later: &Rule) -> bool {
         && ports_cover(&earlier.src_ports, &later.src_ports)
         && nets_cover(&earlier.src, &later.src)
         && nets_cover(&earlier.dst, &later.dst)
+        && sets_cover(&earlier.src, &earlier.src_sets, &later.src_sets)
+        && sets_cover(&earlier.dst, &earlier.dst_sets, &later.dst_sets)
+}
+
+/// A set's contents change at run time: an earlier rule covers what a later one's sets
+/// hold only if it does not constrain the field or names every one of them too.
+fn sets_cover(earlier_nets: &Option<Vec<IpNet>>, earlier: &[String], later: &[String]) -> bool {
+    earlier_nets.is_none() || later.iter().all(|name| earlier.contains(name))
 }
 
 fn ports_cover(earlier: &Option<Vec<PortRange>>, later: &Option<Vec<PortRange>>) -> bool {

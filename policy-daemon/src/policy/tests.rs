@@ -49,6 +49,8 @@ fn parses_the_minimal_policy() {
             src_ports: None,
             src: None,
             dst: None,
+            src_sets: Vec::new(),
+            dst_sets: Vec::new(),
             icmp_types: None,
             location: Location { file: FILE.into(), line: 3, column: 8 },
         }]
@@ -165,7 +167,7 @@ fn unknown_top_level_table() {
     assert_eq!(
         error("[rules]\nname = \"a\"\n"),
         "policies/web.toml:1:2: unknown field `rules`, expected one of `interfaces`, `defaults`, \
-         `rule`\n  |\n1 | [rules]\n  |  ^^^^^\n1 error"
+         `set`, `rule`\n  |\n1 | [rules]\n  |  ^^^^^\n1 error"
     );
 }
 
@@ -542,5 +544,164 @@ fn unparsable_packets_are_dropped_unless_the_policy_says_pass() {
         assert_eq!(reference::classify(&policy, &unparsable).verdict, verdict, "{text:?}");
         let config = compile(&policy).config;
         assert_eq!(config.unparsable, kernel as u8, "{text:?}: compiled for the kernel");
+    }
+}
+
+const SETS: &str = r#"
+[[set]]
+name = "blocklist"
+files = ["sets/drop.txt"]
+max_entries = 2_000_000
+timeout = "10m"
+
+[[set]]
+name = "admins"
+
+[[rule]]
+name = "admins-ssh"
+action = "pass"
+protocol = "tcp"
+dst_ports = [22]
+src = ["@admins"]
+
+[[rule]]
+name = "drop-blocklist"
+action = "drop"
+src = ["@blocklist", "198.51.100.0/24", "@blocklist"]
+"#;
+
+#[test]
+fn sets_are_defined_and_named_in_address_fields() {
+    let policy = valid(SETS);
+    let names: Vec<_> = policy.sets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["blocklist", "admins"]);
+    let blocklist = &policy.sets[0];
+    assert_eq!(blocklist.files, [Path::new("policies/sets/drop.txt")]);
+    assert_eq!(blocklist.max_entries, 2_000_000);
+    assert_eq!(blocklist.timeout, std::time::Duration::from_secs(600));
+    assert_eq!(blocklist.id, super::set_id("blocklist"));
+    assert_eq!(policy.sets[1].max_entries, super::DEFAULT_SET_ENTRIES);
+    assert_eq!(policy.sets[1].timeout, std::time::Duration::ZERO);
+    let admins = &policy.rules[0];
+    assert_eq!(admins.src, Some(vec![]), "a field naming sets only constrains the address");
+    assert_eq!(admins.src_sets, ["admins"]);
+    let drop = &policy.rules[1];
+    assert_eq!(drop.src, Some(vec!["198.51.100.0/24".parse().unwrap()]));
+    assert_eq!(drop.src_sets, ["blocklist"], "named once however often it is written");
+    assert!(drop.dst_sets.is_empty());
+}
+
+#[test]
+fn a_rule_naming_a_set_keeps_its_counters_only_while_the_sets_are_the_same() {
+    let policy = valid(SETS);
+    let other = valid(&SETS.replace(r#"src = ["@admins"]"#, r#"src = ["@blocklist"]"#));
+    assert_ne!(policy.rules[0].identity(), other.rules[0].identity());
+    assert_eq!(policy.rules[1].identity(), other.rules[1].identity());
+}
+
+#[test]
+fn set_mistakes_are_located() {
+    assert_eq!(
+        error("[[rule]]\nname = \"a\"\naction = \"drop\"\ndst = [\"@nope\"]\n"),
+        "policies/web.toml:4:7: rule \"a\" names set \"@nope\", which the policy does not define: \
+         add a [[set]] with name = \"nope\"\n1 error"
+    );
+    assert_eq!(
+        error("[[set]]\nname = \"a\"\ntimeout = \"soon\"\n"),
+        "policies/web.toml:3:11: invalid duration \"soon\": expected number at 0; expected a \
+         number and a unit such as \"90s\", \"10m\", \"1h 30m\" or \"7d\", or \"0\" for none\n  |\n3 \
+         | timeout = \"soon\"\n  |           ^^^^^^\n1 error"
+    );
+    assert_eq!(
+        error("[[set]]\nname = \"a\"\nmax_entries = 0\n"),
+        "policies/web.toml:3:15: invalid max_entries 0: expected a number from 1 to 4194304\n  \
+         |\n3 | max_entries = 0\n  |               ^\n1 error"
+    );
+    assert!(error("[[set]]\nname = \"a\"\n[[set]]\nname = \"a\"\n").starts_with(
+        "policies/web.toml:4:8: duplicate set name \"a\": first defined at \
+                          policies/web.toml:2:8"
+    ),);
+    assert!(error("[[set]]\nname = \"a\"\nfile = \"x\"\n").contains("unknown field `file`"));
+    let five: String = (0..5)
+        .map(|i| format!("[[set]]\nname = \"s{i}\"\n[[rule]]\nname = \"r{i}\"\naction = \"drop\"\nsrc = \"@s{i}\"\n"))
+        .collect();
+    let err = error(&five);
+    assert!(
+        err.contains("rule \"r4\" names one more")
+            && err.contains("at most 4 different sets in src"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_field_naming_a_set_may_hold_either_ip_version() {
+    // Without the set, "src lists only IPv4 networks but protocol icmpv6 is IPv6 only".
+    valid(
+        "[[set]]\nname = \"s\"\n[[rule]]\nname = \"a\"\naction = \"drop\"\nprotocol = \
+         \"icmpv6\"\nsrc = [\"@s\", \"198.18.0.0/15\"]\n",
+    );
+}
+
+#[test]
+fn a_rule_naming_sets_shadows_only_rules_naming_the_same_sets() {
+    let text = "[[set]]\nname = \"a\"\n[[set]]\nname = \"b\"\n\
+        [[rule]]\nname = \"first\"\naction = \"drop\"\nsrc = \"@a\"\n\
+        [[rule]]\nname = \"other-set\"\naction = \"drop\"\nsrc = \"@b\"\n\
+        [[rule]]\nname = \"same-set\"\naction = \"drop\"\nsrc = \"@a\"\nprotocol = \"udp\"\n";
+    let warnings: Vec<_> = valid(text).warnings.into_iter().map(|w| w.message).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with("rule \"same-set\" is shadowed by rule \"first\""));
+}
+
+#[test]
+fn set_files_take_plain_lists_netsets_and_spamhaus_drop() {
+    let text = "# FireHOL style\n198.18.0.0/24\n\n  198.18.1.7  \n198.18.2.0/24 ; SBL123\n\
+                fd00::/64 # v6\n198.18.0.0/24\n";
+    let nets = super::parse_set_file(Path::new("drop.txt"), text).unwrap();
+    let expected: Vec<ipnet::IpNet> =
+        ["198.18.0.0/24", "198.18.1.7/32", "198.18.2.0/24", "fd00::/64"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+    assert_eq!(nets, expected);
+    let err =
+        super::parse_set_file(Path::new("drop.txt"), "198.18.0.0/24\n  198.18.0.1/24 ; x\nnope\n")
+            .unwrap_err();
+    let rendered: Vec<String> = err.iter().map(ToString::to_string).collect();
+    assert_eq!(rendered.len(), 2);
+    assert!(
+        rendered[0].starts_with(
+            "drop.txt:2:3: network \"198.18.0.1/24\" has host bits set: did you mean \"198.18.0.0/24\"?"
+        ),
+        "{rendered:?}"
+    );
+    assert!(rendered[1].starts_with("drop.txt:3:1: invalid network \"nope\""), "{rendered:?}");
+}
+
+#[test]
+fn the_compiled_ruleset_admits_set_members_through_the_set_bitmaps() {
+    let mut policy = valid(SETS);
+    policy.sets[0].entries = vec!["198.18.0.0/16".parse().unwrap(), "fd00::/64".parse().unwrap()];
+    policy.sets[1].entries = vec!["198.18.5.5/32".parse().unwrap()];
+    let ruleset = compile(&policy);
+    assert_eq!((ruleset.config.src_sets, ruleset.config.dst_sets), (2, 0));
+    let packet = |src: &str, port| reference::IpPacket {
+        src: src.parse().unwrap(),
+        dst: "198.19.0.1".parse().unwrap(),
+        l4: reference::L4::Tcp { src_port: 1000, dst_port: port },
+    };
+    for (src, port, rule) in [
+        ("198.18.5.5", 22, Some(0)),
+        ("198.18.5.5", 80, Some(1)),
+        ("198.18.9.9", 22, Some(1)),
+        ("198.51.100.9", 22, Some(1)),
+        ("198.19.0.9", 22, None),
+        ("fd00::9", 22, Some(1)),
+        ("fd00:1::9", 22, None),
+    ] {
+        let p = packet(src, port);
+        assert_eq!(ruleset.first_match(&p), rule, "{src} port {port}");
+        let outcome = reference::classify(&policy, &reference::Parsed::Ip(p));
+        assert_eq!(outcome.rule, rule, "reference: {src} port {port}");
     }
 }

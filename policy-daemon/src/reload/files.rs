@@ -28,6 +28,11 @@ use crate::policy::{self, Location, Policy, PolicyError};
 /// biggest policy the kernel maps hold is well under 1 MiB.
 pub const MAX_POLICY_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// A file size limit and what it is for, as the error says it.
+pub type Limit = (u64, &'static str);
+const POLICY_FILE_LIMIT: Limit = (MAX_POLICY_FILE_BYTES, "(16 MiB) for a policy file");
+const SET_FILE_LIMIT: Limit = (MAX_SET_FILE_BYTES, "(1 GiB) for a set file");
+
 /// How policy files are read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoadOptions {
@@ -43,12 +48,8 @@ pub enum FileError {
     Read { path: PathBuf, error: std::io::Error },
     #[error("{}: no *.toml policy files in this directory", path.display())]
     EmptyDirectory { path: PathBuf },
-    #[error(
-        "{}: the file is {size} bytes, over the limit of {MAX_POLICY_FILE_BYTES} bytes (16 MiB) \
-         for a policy file",
-        path.display()
-    )]
-    TooLarge { path: PathBuf, size: u64 },
+    #[error("{}: the file is {size} bytes, over the limit of {} bytes {}", path.display(), limit.0, limit.1)]
+    TooLarge { path: PathBuf, size: u64, limit: Limit },
     #[error("{location}: not UTF-8 text at byte {offset}")]
     NotUtf8 { location: Location, offset: usize },
     #[error(
@@ -76,6 +77,18 @@ pub enum LoadError {
     Files(#[from] FileError),
     #[error(transparent)]
     Invalid(#[from] PolicyError),
+    #[error(transparent)]
+    SetFile(Box<SetFileError>),
+}
+
+/// A file of a set (`[[set]] files`) that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: set \"{set}\": {error}")]
+pub struct SetFileError {
+    pub set: String,
+    /// Where the set is defined.
+    pub location: Location,
+    pub error: FileError,
 }
 
 /// How someone other than root could change a file or directory.
@@ -97,7 +110,54 @@ pub enum Exposure {
 /// otherwise.
 pub fn load(path: &Path, options: LoadOptions) -> Result<Policy, LoadError> {
     let sources = read_policy(path, options)?;
-    Ok(policy::parse(sources.iter().map(|(file, text)| (file.as_path(), text.as_str())))?)
+    let mut policy =
+        policy::parse(sources.iter().map(|(file, text)| (file.as_path(), text.as_str())))?;
+    for set in &mut policy.sets {
+        set.entries = read_set(set, options)?;
+    }
+    Ok(policy)
+}
+
+/// Largest set file read: 16 million lines of a full IPv6 address each.
+pub const MAX_SET_FILE_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Reads the files of a set, held to the checks of a policy file: a set file decides what
+/// is dropped as much as a policy does.
+fn read_set(set: &policy::SetDef, options: LoadOptions) -> Result<Vec<ipnet::IpNet>, LoadError> {
+    let mut entries = Vec::new();
+    let mut diagnostics = Vec::new();
+    let in_set =
+        |error| {
+            LoadError::SetFile(Box::new(SetFileError {
+                set: set.name.clone(),
+                location: set.location.clone(),
+                error,
+            }))
+        };
+    for file in &set.files {
+        let real = fs::canonicalize(file)
+            .map_err(|error| in_set(FileError::Read { path: file.clone(), error }))?;
+        let text = read_checked(file, &real, options, None, SET_FILE_LIMIT).map_err(in_set)?;
+        match policy::parse_set_file(file, &text) {
+            Ok(nets) => entries.extend(nets),
+            Err(mut errors) => diagnostics.append(&mut errors),
+        }
+    }
+    entries.sort_unstable();
+    entries.dedup();
+    if entries.len() > set.max_entries as usize {
+        diagnostics.push(policy::Diagnostic {
+            location: set.location.clone(),
+            message: format!(
+                "set \"{}\": its files list {} entries, more than its max_entries of {}",
+                set.name,
+                entries.len(),
+                set.max_entries
+            ),
+            snippet: String::new(),
+        });
+    }
+    if diagnostics.is_empty() { Ok(entries) } else { Err(PolicyError::Invalid(diagnostics).into()) }
 }
 
 const SETGID_STICKY: u32 = 0o1000;
@@ -147,42 +207,59 @@ fn read_policy(path: &Path, options: LoadOptions) -> Result<Vec<(PathBuf, String
                 dir: base.to_path_buf(),
             });
         }
-        let mut handle = File::open(&file).map_err(read_err(&file))?;
-        let meta = handle.metadata().map_err(read_err(&file))?;
-        if !options.allow_insecure_files {
-            check_metadata(&file, &real, &meta, false)?;
-            // The directories from the file up to `/`: through any of them the file could
-            // be swapped. A policy directory may not be sticky, since anyone could add a
-            // file to it; the others may.
-            for d in real.ancestors().skip(1) {
-                let sticky_ok = !(is_dir && d == real_base);
-                check_owner_and_mode(d, d, sticky_ok)?;
-            }
-        }
-        if meta.len() > MAX_POLICY_FILE_BYTES {
-            return Err(FileError::TooLarge { path: file, size: meta.len() });
-        }
-        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-        // The file may grow after the metadata was read: never read past the limit.
-        (&mut handle)
-            .take(MAX_POLICY_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(read_err(&file))?;
-        if bytes.len() as u64 > MAX_POLICY_FILE_BYTES {
-            return Err(FileError::TooLarge { path: file, size: bytes.len() as u64 });
-        }
-        let text = match String::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(e) => {
-                let offset = e.utf8_error().valid_up_to();
-                let valid = std::str::from_utf8(&e.as_bytes()[..offset]).unwrap_or_default();
-                let location = Location::of(file.clone(), valid, offset);
-                return Err(FileError::NotUtf8 { location, offset });
-            }
-        };
+        let text = read_checked(
+            &file,
+            &real,
+            options,
+            is_dir.then_some(real_base.as_path()),
+            POLICY_FILE_LIMIT,
+        )?;
         sources.push((file, text));
     }
     Ok(sources)
+}
+
+/// Reads `file` (whose real path is `real`) as UTF-8 text of at most `limit` bytes, after
+/// checking that only root can change it or any directory above it. `policy_dir`: the
+/// policy directory it was found in, which may not be sticky since anyone could add a
+/// file to it; other directories may.
+fn read_checked(
+    file: &Path,
+    real: &Path,
+    options: LoadOptions,
+    policy_dir: Option<&Path>,
+    limit: Limit,
+) -> Result<String, FileError> {
+    let read_err = |error| FileError::Read { path: file.to_path_buf(), error };
+    let mut handle = File::open(file).map_err(read_err)?;
+    let meta = handle.metadata().map_err(read_err)?;
+    if !options.allow_insecure_files {
+        check_metadata(file, real, &meta, false)?;
+        // The directories from the file up to `/`: through any of them the file could
+        // be swapped.
+        for d in real.ancestors().skip(1) {
+            check_owner_and_mode(d, d, policy_dir != Some(d))?;
+        }
+    }
+    if meta.len() > limit.0 {
+        return Err(FileError::TooLarge { path: file.to_path_buf(), size: meta.len(), limit });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // The file may grow after the metadata was read: never read past the limit.
+    (&mut handle).take(limit.0 + 1).read_to_end(&mut bytes).map_err(read_err)?;
+    if bytes.len() as u64 > limit.0 {
+        return Err(FileError::TooLarge {
+            path: file.to_path_buf(),
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let valid = std::str::from_utf8(&e.as_bytes()[..offset]).unwrap_or_default();
+        let location = Location::of(file.to_path_buf(), valid, offset);
+        FileError::NotUtf8 { location, offset }
+    })
 }
 
 fn check_owner_and_mode(shown: &Path, real: &Path, sticky_ok: bool) -> Result<(), FileError> {

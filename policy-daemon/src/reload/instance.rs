@@ -2,6 +2,7 @@
 //! daemon's lock on it, and its state file.
 
 use std::{
+    collections::HashMap,
     path::Path,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -17,7 +18,8 @@ use crate::{
         apply::ApplyReport,
         error_chain,
         pins::{InterfaceLock, PinError, Pins},
-        state::{self, Audit, RuleState, State},
+        sets,
+        state::{self, Audit, RuleState, SetState, State},
     },
     policy::{Policy, Ruleset},
 };
@@ -117,7 +119,10 @@ impl Instance {
         });
         let slots = previous.iter().flat_map(|s| s.rules.iter().map(RuleState::slot)).collect();
         let mut dataplane = Dataplane::adopt(&pins, slots)?;
-        dataplane.apply(ruleset)?;
+        {
+            let _sets = sets::lock(&pins.maps()).map_err(DataplaneError::Sets)?;
+            dataplane.apply(ruleset)?;
+        }
         let generation = previous.as_ref().map_or(0, |s| s.generation) + 1;
         match dataplane.replace_on_pinned_link(&pins) {
             Ok(()) => {
@@ -204,6 +209,8 @@ impl Instance {
         let report = if *ruleset == self.ruleset {
             None
         } else {
+            // `xdp-policy set` may be writing the sets (the maps are pinned by now).
+            let _sets = sets::lock(&self.pins.maps()).map_err(DataplaneError::Sets)?;
             let report = self.dataplane.apply(ruleset)?;
             self.ruleset = Arc::clone(ruleset);
             self.generation += 1;
@@ -285,6 +292,34 @@ impl Instance {
     /// repairs a difference (the ruleset written whole into the other generation, then
     /// flipped to). Also checks that the pinned link runs this daemon's program, and
     /// puts it back if not. The result is kept as the last audit's record.
+    /// Removes the run-time set entries that have expired (the program already ignores
+    /// them); returns how many, per set id.
+    pub fn sweep_sets(&mut self) -> HashMap<u32, u64> {
+        if self.detached() || self.policy.sets.is_empty() {
+            return HashMap::new();
+        }
+        let swept = sets::lock(&self.pins.maps())
+            .map_err(DataplaneError::Sets)
+            .and_then(|_lock| self.dataplane.sweep_sets());
+        match swept {
+            Ok(counts) => {
+                let total: u64 = counts.values().sum();
+                if total > 0 {
+                    debug!(iface = self.iface, expired = total, "expired set entries removed");
+                }
+                counts
+            }
+            Err(err) => {
+                warn!(
+                    iface = self.iface,
+                    "removing expired set entries failed: {}",
+                    error_chain(&err)
+                );
+                HashMap::new()
+            }
+        }
+    }
+
     pub fn audit(&mut self, trigger: &str) {
         let last = self.audit.take().unwrap_or_default();
         let mut record = Audit {
@@ -389,6 +424,18 @@ impl Instance {
             rules,
             pid: std::process::id(),
             audit: self.audit.clone(),
+            sets: self
+                .policy
+                .sets
+                .iter()
+                .map(|s| SetState {
+                    name: s.name.clone(),
+                    id: s.id,
+                    max_entries: s.max_entries,
+                    timeout_ms: u64::try_from(s.timeout.as_millis()).unwrap_or(u64::MAX),
+                    file_entries: s.entries.len(),
+                })
+                .collect(),
         };
         if let Err(err) = state.write(&places.state_dir) {
             // Enforcement is unaffected; `status` and a restart see less.

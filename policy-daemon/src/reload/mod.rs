@@ -278,6 +278,13 @@ impl Enforced {
         changed
     }
 
+    /// Removes expired run-time set entries on every interface.
+    pub fn sweep_sets(&mut self) {
+        for i in &mut self.instances {
+            i.sweep_sets();
+        }
+    }
+
     /// Audits every filter in force (see [`Instance::audit`]) and records the result in
     /// its state file.
     pub fn audit(&mut self, trigger: &str, options: &Options) {

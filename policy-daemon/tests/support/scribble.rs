@@ -9,8 +9,8 @@ use policy_common::{
     ACTIVE_MAP, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, DST_V4_MAP, DST_V6_MAP,
     EVENT_CLOCK_MAP, EVENT_SETTINGS_MAP, EVENTS_MAP, FIELD_BITMAPS_MAP, GenConfig, IPV4_KEY_LEN,
     IPV6_KEY_LEN, PORT_TABLE_MAP, RULE_COUNTERS_MAP, RULES_MAP, RuleBitmap, RuleInfo,
-    SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP, V4_CLASSES_MAP, V4_L1_MAP,
-    V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP, v4_table,
+    SET_SCRATCH_MAP, SETS_MAP, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP,
+    V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP, v4_table,
 };
 
 /// xorshift64*: cheap, deterministic by seed.
@@ -79,7 +79,10 @@ fn scribble(maps: Vec<(String, MapData)>, seed: u64) -> Scribbled {
                     default_monitor: r.next() as u8 & 1,
                     fragments: r.next() as u8 % 3,
                     unparsable: r.next() as u8 & 1,
+                    src_sets: r.next() as u8 % 5,
+                    dst_sets: r.next() as u8 % 5,
                     _pad2: 0,
+                    set_ids: [0; 8].map(|_: u32| r.next() as u32),
                 },
                 &mut rng,
             ),
@@ -121,6 +124,11 @@ fn scribble(maps: Vec<(String, MapData)>, seed: u64) -> Scribbled {
             // Counters and event sampling: no verdict reads them.
             RULE_COUNTERS_MAP | VERDICT_COUNTERS_MAP | EVENTS_MAP | EVENT_SETTINGS_MAP
             | EVENT_CLOCK_MAP => continue,
+            // Per-CPU scratch space the program writes before it reads.
+            SET_SCRATCH_MAP => continue,
+            // The sets' contents change at run time and the drift audit does not cover
+            // them yet: scribbled entries would stay.
+            SETS_MAP => continue,
             // The program's constants, frozen by the loader: no process can write them.
             ".rodata" => continue,
             // A new map the program reads would go unscribbled: say so.

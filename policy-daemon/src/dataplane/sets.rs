@@ -1,0 +1,539 @@
+//! The contents of the named sets in the kernel (`SETS`, one LPM trie for every set of
+//! an interface's filter): reading them, writing file and run-time entries, expiring
+//! them.
+//!
+//! Everyone who writes a filter's sets (the daemon applying a policy or sweeping expired
+//! entries, `xdp-policy set` whether or not a daemon runs) holds its [`SetsLock`]: a
+//! sweep never removes an entry that a concurrent `set add` has just renewed.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::maps::{IterableMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use nix::fcntl::{Flock, FlockArg};
+use policy_common::{SET_KEY_LEN, SET_KEY_PREFIX_BITS, SetEntry, set_key, set_origin};
+
+use super::batch::{BatchError, BatchMap};
+
+/// Why the set map could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SetMapError {
+    #[error("opening the set map {} failed", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error("reading the set map failed")]
+    Read(#[source] std::io::Error),
+    #[error("writing the set map failed after {done} of {of} entries")]
+    Write {
+        done: usize,
+        of: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("locking the sets of {} failed", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// A filter's `SETS` map.
+pub struct SetMap {
+    map: LpmTrie<MapData, [u8; SET_KEY_LEN], SetEntry>,
+    batch: BatchMap,
+}
+
+/// One entry: the set's id, the network, and its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub id: u32,
+    pub net: IpNet,
+    pub value: SetEntry,
+}
+
+impl Entry {
+    /// Whether one of the set's files lists it.
+    pub fn from_file(&self) -> bool {
+        self.value.origin & set_origin::FILE != 0
+    }
+
+    /// Whether it has expired at `now` (`CLOCK_BOOTTIME` ns): the program no longer
+    /// matches it.
+    pub fn expired(&self, now: u64) -> bool {
+        self.value.expires_ns != 0 && self.value.expires_ns <= now
+    }
+}
+
+/// Held while a filter's sets are written.
+pub struct SetsLock {
+    _lock: Flock<fs::File>,
+}
+
+/// Takes the lock on the sets of the filter whose maps are pinned in `maps_dir`,
+/// waiting for another holder to finish.
+pub fn lock(maps_dir: &Path) -> Result<SetsLock, SetMapError> {
+    let err = |source| SetMapError::Lock { path: maps_dir.to_path_buf(), source };
+    let dir = fs::File::open(maps_dir)
+        .map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+    let lock = Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, errno)| err(errno))?;
+    Ok(SetsLock { _lock: lock })
+}
+
+/// `CLOCK_BOOTTIME` now, in nanoseconds: the clock the program compares expiries with
+/// (`bpf_ktime_get_boot_ns`), which counts time suspended too.
+pub fn boot_now_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .expect("CLOCK_BOOTTIME is always available on Linux");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+/// When an entry given `timeout` at `now` expires; 0 (never) for a zero timeout.
+pub fn expiry(now: u64, timeout: Duration) -> u64 {
+    if timeout.is_zero() {
+        0
+    } else {
+        now.saturating_add(u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX)).max(1)
+    }
+}
+
+/// The key of `net` in set `id`.
+pub fn key(id: u32, net: &IpNet) -> Key<[u8; SET_KEY_LEN]> {
+    let (version, addr) = match net {
+        IpNet::V4(n) => {
+            let mut addr = [0; 16];
+            addr[..4].copy_from_slice(&n.network().octets());
+            (4, addr)
+        }
+        IpNet::V6(n) => (6, n.network().octets()),
+    };
+    Key::new(SET_KEY_PREFIX_BITS + u32::from(net.prefix_len()), set_key(id, version, addr))
+}
+
+/// The set id and network of a key; `None` for a key no writer here makes.
+pub fn parse_key(prefix_len: u32, data: &[u8; SET_KEY_LEN]) -> Option<(u32, IpNet)> {
+    let id = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+    let len = u8::try_from(prefix_len.checked_sub(SET_KEY_PREFIX_BITS)?).ok()?;
+    let net = match data[4] {
+        4 => {
+            let addr = Ipv4Addr::new(data[8], data[9], data[10], data[11]);
+            IpNet::V4(Ipv4Net::new(addr, len).ok()?)
+        }
+        6 => {
+            let mut octets = [0; 16];
+            octets.copy_from_slice(&data[8..24]);
+            IpNet::V6(Ipv6Net::new(Ipv6Addr::from(octets), len).ok()?)
+        }
+        _ => return None,
+    };
+    Some((id, net))
+}
+
+/// The value of a new entry for `net`.
+pub fn value(net: &IpNet, expires_ns: u64, origin: u32) -> SetEntry {
+    SetEntry { expires_ns, prefix_len: SET_KEY_PREFIX_BITS + u32::from(net.prefix_len()), origin }
+}
+
+impl SetMap {
+    /// The map as aya took it out of a loaded object.
+    pub fn new(map: Map, cpus: usize) -> Result<Self, MapError> {
+        let map: LpmTrie<MapData, [u8; SET_KEY_LEN], SetEntry> = LpmTrie::try_from(map)?;
+        let batch = BatchMap::new(policy_common::SETS_MAP, IterableMap::map(&map), cpus)?;
+        Ok(Self { map, batch })
+    }
+
+    /// The map pinned at `path`.
+    pub fn from_pin(path: &Path) -> Result<Self, SetMapError> {
+        let err = |source| SetMapError::Open { path: path.to_path_buf(), source };
+        let data = MapData::from_pin(path).map_err(err)?;
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        Self::new(Map::LpmTrie(data), cpus).map_err(err)
+    }
+
+    pub fn data(&self) -> &MapData {
+        IterableMap::map(&self.map)
+    }
+
+    /// Every entry of every set (`id` given: of that set only).
+    pub fn entries(&mut self, id: Option<u32>) -> Result<Vec<Entry>, SetMapError> {
+        let mut out = Vec::new();
+        let mut each = |key: &Key<[u8; SET_KEY_LEN]>, value: &SetEntry| {
+            if let Some((set, net)) = parse_key(key.prefix_len(), &key.data())
+                && id.is_none_or(|id| id == set)
+            {
+                out.push(Entry { id: set, net, value: *value });
+            }
+        };
+        match self.batch.entries(&mut each) {
+            Some(result) => result.map_err(|e| SetMapError::Read(e.source))?,
+            None => {
+                for entry in self.map.iter() {
+                    let (key, value) = entry.map_err(|e| SetMapError::Read(map_io(e)))?;
+                    each(&key, &value);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The entry for exactly `net` in set `id`, if there is one.
+    pub fn get(&self, id: u32, net: &IpNet) -> Option<SetEntry> {
+        let key = key(id, net);
+        // The trie gives the longest match: it is `net` itself only if the lengths agree.
+        self.map.get(&key, 0).ok().filter(|v| v.prefix_len == key.prefix_len())
+    }
+
+    /// Writes entries (new ones and changed ones), in one batch.
+    pub fn insert(&mut self, entries: &[Entry]) -> Result<(), SetMapError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<_> = entries.iter().map(|e| key(e.id, &e.net)).collect();
+        let values: Vec<SetEntry> = entries.iter().map(|e| e.value).collect();
+        self.batch.update(&keys, &values).map_err(|e| write_failed(e, entries.len()))
+    }
+
+    /// Removes entries, in one batch; those already gone are skipped.
+    pub fn remove(&mut self, entries: &[(u32, IpNet)]) -> Result<(), SetMapError> {
+        let mut keys: Vec<_> = entries.iter().map(|(id, net)| key(*id, net)).collect();
+        while !keys.is_empty() {
+            match self.batch.delete(&keys) {
+                Ok(()) => return Ok(()),
+                // Removed meanwhile (a sweep, another command): go on after it.
+                Err(e) if e.source.raw_os_error() == Some(libc::ENOENT) => {
+                    keys.drain(..=e.done.min(keys.len() - 1));
+                }
+                Err(e) => return Err(write_failed(e, entries.len())),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_failed(e: BatchError, of: usize) -> SetMapError {
+    SetMapError::Write { done: e.done, of, source: e.source }
+}
+
+fn map_io(e: MapError) -> std::io::Error {
+    match e {
+        MapError::SyscallError(s) => s.io_error,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+/// What the daemon knows of the file entries of the sets it writes: read from the map
+/// once (after adopting pinned maps), then kept as it writes.
+#[derive(Default)]
+pub struct FileEntries {
+    /// Set id → its file entries.
+    by_set: Option<HashMap<u32, HashSet<IpNet>>>,
+    /// The sets the previous apply wrote (`None`: unknown, after adopting).
+    sets: Option<HashSet<u32>>,
+}
+
+/// A set as an apply writes it: its id and the entries of its files.
+pub struct FileSet<'a> {
+    pub id: u32,
+    pub entries: &'a [IpNet],
+}
+
+/// What syncing the sets did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub added: usize,
+    pub removed: usize,
+    /// Entries of sets the policy no longer has, removed.
+    pub purged: usize,
+}
+
+impl FileEntries {
+    /// For maps created empty.
+    pub fn empty() -> Self {
+        Self { by_set: Some(HashMap::new()), sets: Some(HashSet::new()) }
+    }
+
+    /// For adopted maps: nothing known until read.
+    pub fn unknown() -> Self {
+        Self::default()
+    }
+
+    /// Makes the map hold exactly `sets`' file entries, and run-time entries of those sets
+    /// only: file entries no longer listed are removed, and every entry of a set not in
+    /// `sets` (which the policy dropped) once `purge` is set. Call with `purge` unset
+    /// before a new generation is in force and set after.
+    pub fn sync(
+        &mut self,
+        map: &mut SetMap,
+        sets: &[FileSet],
+        purge: bool,
+    ) -> Result<SyncReport, SetMapError> {
+        let mut report = SyncReport::default();
+        if self.by_set.is_none() || (purge && self.sets.is_none()) {
+            let mut by_set: HashMap<u32, HashSet<IpNet>> = HashMap::new();
+            let mut ids = HashSet::new();
+            for entry in map.entries(None)? {
+                ids.insert(entry.id);
+                if entry.value.origin & set_origin::FILE != 0 {
+                    by_set.entry(entry.id).or_default().insert(entry.net);
+                }
+            }
+            self.by_set = Some(by_set);
+            self.sets = Some(ids);
+        }
+        let by_set = self.by_set.as_mut().expect("read above");
+        for set in sets {
+            let held = by_set.entry(set.id).or_default();
+            let wanted: HashSet<IpNet> = set.entries.iter().copied().collect();
+            let new: Vec<Entry> = set
+                .entries
+                .iter()
+                .filter(|n| !held.contains(n))
+                .map(|net| Entry { id: set.id, net: *net, value: value(net, 0, set_origin::FILE) })
+                .collect();
+            map.insert(&new)?;
+            report.added += new.len();
+            held.extend(new.iter().map(|e| e.net));
+            let gone: Vec<(u32, IpNet)> =
+                held.iter().filter(|n| !wanted.contains(n)).map(|n| (set.id, *n)).collect();
+            map.remove(&gone)?;
+            report.removed += gone.len();
+            for (_, net) in &gone {
+                held.remove(net);
+            }
+        }
+        let ids: HashSet<u32> = sets.iter().map(|s| s.id).collect();
+        if purge {
+            let previous = self.sets.take().unwrap_or_default();
+            if previous.iter().any(|id| !ids.contains(id)) {
+                let dropped: Vec<(u32, IpNet)> = map
+                    .entries(None)?
+                    .into_iter()
+                    .filter(|e| !ids.contains(&e.id))
+                    .map(|e| (e.id, e.net))
+                    .collect();
+                map.remove(&dropped)?;
+                report.purged = dropped.len();
+                by_set.retain(|id, _| ids.contains(id));
+            }
+            self.sets = Some(ids);
+        } else if let Some(known) = &mut self.sets {
+            known.extend(ids);
+        }
+        Ok(report)
+    }
+}
+
+/// Removes the run-time entries that expired by `now`; returns how many per set id.
+pub fn sweep(map: &mut SetMap, now: u64) -> Result<HashMap<u32, u64>, SetMapError> {
+    let expired: Vec<Entry> = map
+        .entries(None)?
+        .into_iter()
+        .filter(|e| e.expired(now) && e.value.origin & set_origin::FILE == 0)
+        .collect();
+    let keys: Vec<(u32, IpNet)> = expired.iter().map(|e| (e.id, e.net)).collect();
+    map.remove(&keys)?;
+    let mut counts = HashMap::new();
+    for e in &expired {
+        *counts.entry(e.id).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+/// What adding entries at run time did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddReport {
+    /// Entries that were not there.
+    pub added: usize,
+    /// Entries that were there and took the new expiry.
+    pub renewed: usize,
+    /// Entries a set file lists: they stay for good, whatever the timeout.
+    pub in_file: usize,
+}
+
+/// Why a run-time change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Map(#[from] SetMapError),
+    #[error(
+        "set \"{set}\" holds {held} entries; {adding} more would pass its max_entries of {max}: \
+         nothing was changed"
+    )]
+    Full { set: String, held: usize, adding: usize, max: u32 },
+}
+
+/// A set as run-time commands see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetInfo {
+    pub name: String,
+    pub id: u32,
+    pub max_entries: u32,
+    /// For entries added without a timeout of their own; zero: for good.
+    pub timeout: Duration,
+}
+
+/// Adds `nets` to `set` at run time, expiring at `expires_ns` (0: never); entries that
+/// are there take the new expiry (a repeated ban extends, or shortens, the ban). Refused
+/// whole if the set would pass its `max_entries`.
+pub fn add(
+    map: &mut SetMap,
+    set: &SetInfo,
+    nets: &[IpNet],
+    expires_ns: u64,
+) -> Result<AddReport, ChangeError> {
+    let held: HashMap<IpNet, SetEntry> =
+        map.entries(Some(set.id))?.into_iter().map(|e| (e.net, e.value)).collect();
+    let mut report = AddReport::default();
+    let mut writes = Vec::new();
+    let mut seen = HashSet::new();
+    for net in nets {
+        if !seen.insert(*net) {
+            continue;
+        }
+        match held.get(net) {
+            Some(v) if v.origin & set_origin::FILE != 0 => report.in_file += 1,
+            Some(_) => report.renewed += 1,
+            None => report.added += 1,
+        }
+        if held.get(net).is_none_or(|v| v.origin & set_origin::FILE == 0) {
+            let value = value(net, expires_ns, set_origin::RUNTIME);
+            writes.push(Entry { id: set.id, net: *net, value });
+        }
+    }
+    if held.len() + report.added > set.max_entries as usize {
+        return Err(ChangeError::Full {
+            set: set.name.clone(),
+            held: held.len(),
+            adding: report.added,
+            max: set.max_entries,
+        });
+    }
+    map.insert(&writes)?;
+    Ok(report)
+}
+
+/// What removing entries at run time did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DelReport {
+    pub removed: usize,
+    /// Not in the set.
+    pub missing: Vec<IpNet>,
+    /// Listed in a set file: they stay until the file no longer lists them.
+    pub in_file: Vec<IpNet>,
+}
+
+/// Removes run-time entries of `set`.
+pub fn delete(map: &mut SetMap, id: u32, nets: &[IpNet]) -> Result<DelReport, SetMapError> {
+    let mut report = DelReport::default();
+    let mut keys = Vec::new();
+    for net in nets {
+        match map.get(id, net) {
+            None => report.missing.push(*net),
+            Some(v) if v.origin & set_origin::FILE != 0 => report.in_file.push(*net),
+            Some(_) => keys.push((id, *net)),
+        }
+    }
+    map.remove(&keys)?;
+    report.removed = keys.len();
+    Ok(report)
+}
+
+/// Makes the run-time entries of `set` exactly `nets` (with `expires_ns`): the new ones
+/// are written first, then the others removed, so an entry in both lists never leaves.
+/// Refused whole if the set would pass its `max_entries`. Returns (written, removed).
+pub fn replace(
+    map: &mut SetMap,
+    set: &SetInfo,
+    nets: &[IpNet],
+    expires_ns: u64,
+) -> Result<(usize, usize), ChangeError> {
+    let held = map.entries(Some(set.id))?;
+    let files = held.iter().filter(|e| e.value.origin & set_origin::FILE != 0).count();
+    let wanted: HashSet<IpNet> = nets.iter().copied().collect();
+    let from_files: HashSet<IpNet> =
+        held.iter().filter(|e| e.value.origin & set_origin::FILE != 0).map(|e| e.net).collect();
+    let writes: Vec<Entry> = wanted
+        .iter()
+        .filter(|n| !from_files.contains(n))
+        .map(|net| Entry {
+            id: set.id,
+            net: *net,
+            value: value(net, expires_ns, set_origin::RUNTIME),
+        })
+        .collect();
+    if files + writes.len() > set.max_entries as usize {
+        return Err(ChangeError::Full {
+            set: set.name.clone(),
+            held: files,
+            adding: writes.len(),
+            max: set.max_entries,
+        });
+    }
+    map.insert(&writes)?;
+    let stale: Vec<(u32, IpNet)> = held
+        .iter()
+        .filter(|e| e.value.origin & set_origin::FILE == 0 && !wanted.contains(&e.net))
+        .map(|e| (e.id, e.net))
+        .collect();
+    map.remove(&stale)?;
+    Ok((writes.len(), stale.len()))
+}
+
+/// The entry of set `id` that decides whether `addr` is in it now, as the program looks:
+/// the longest prefix holding it that has not expired.
+pub fn matching(entries: &[Entry], id: u32, addr: IpAddr, now: u64) -> Option<Entry> {
+    entries
+        .iter()
+        .filter(|e| e.id == id && e.net.contains(&addr) && !e.expired(now))
+        .max_by_key(|e| e.net.prefix_len())
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_keep_versions_apart() {
+        for text in ["198.18.0.0/15", "198.18.3.4/32", "fd00::/8", "fd00::1/128", "0.0.0.0/0"] {
+            let net: IpNet = text.parse().unwrap();
+            let key = key(0xdead_beef, &net);
+            assert_eq!(parse_key(key.prefix_len(), &key.data()), Some((0xdead_beef, net)));
+        }
+        let v4 = key(1, &"0.0.0.0/0".parse().unwrap());
+        let v6 = key(1, &"::/0".parse().unwrap());
+        assert_ne!(v4.data(), v6.data(), "the version byte is part of every prefix");
+        assert_eq!(v4.prefix_len(), SET_KEY_PREFIX_BITS);
+    }
+
+    #[test]
+    fn expiry_is_now_plus_timeout_and_zero_means_never() {
+        assert_eq!(expiry(5, Duration::ZERO), 0);
+        assert_eq!(expiry(5, Duration::from_secs(2)), 2_000_000_005);
+        assert_eq!(expiry(u64::MAX - 1, Duration::from_secs(2)), u64::MAX);
+    }
+
+    #[test]
+    fn the_longest_live_prefix_decides() {
+        let entry = |net: &str, expires_ns| {
+            let net: IpNet = net.parse().unwrap();
+            Entry { id: 7, net, value: value(&net, expires_ns, set_origin::RUNTIME) }
+        };
+        let entries =
+            [entry("198.18.0.0/16", 0), entry("198.18.1.0/24", 100), entry("198.18.1.1/32", 50)];
+        let addr: IpAddr = "198.18.1.1".parse().unwrap();
+        assert_eq!(matching(&entries, 7, addr, 10).unwrap().net, entries[2].net);
+        assert_eq!(matching(&entries, 7, addr, 60).unwrap().net, entries[1].net);
+        assert_eq!(matching(&entries, 7, addr, 200).unwrap().net, entries[0].net);
+        assert_eq!(matching(&entries, 8, addr, 10), None);
+    }
+}

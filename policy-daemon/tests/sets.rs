@@ -1,0 +1,228 @@
+//! Named sets in the real kernel, through BPF_PROG_TEST_RUN: file entries and run-time
+//! entries, hosts and networks of both IP versions, expiry (also of a longer prefix
+//! inside a live shorter one), and what reloads keep and drop.
+
+mod support;
+
+use std::path::Path;
+
+use ipnet::IpNet;
+use policy_common::xdp_action::{XDP_DROP, XDP_PASS};
+use policy_daemon::{
+    dataplane::{
+        Dataplane,
+        sets::{self, SetInfo},
+    },
+    policy::{self, Policy, reference},
+};
+use support::packet::*;
+
+const POLICY: &str = r#"
+[[set]]
+name = "blocklist"
+timeout = "1h"
+
+[[set]]
+name = "servers"
+
+[[rule]]
+name = "drop-blocklist"
+action = "drop"
+src = ["@blocklist", "198.18.200.0/24"]
+
+[[rule]]
+name = "pass-servers-web"
+action = "pass"
+protocol = "udp"
+dst = ["@servers"]
+dst_ports = [80]
+
+[[rule]]
+name = "drop-udp-80"
+action = "drop"
+protocol = "udp"
+dst_ports = [80]
+"#;
+
+fn nets(list: &[&str]) -> Vec<IpNet> {
+    list.iter().map(|n| policy::parse_net(n).expect("a network")).collect()
+}
+
+fn policy_with(text: &str, blocklist: &[&str], servers: &[&str]) -> Policy {
+    let mut policy = policy::parse([(Path::new("sets.toml"), text)]).expect("a valid policy");
+    for set in &mut policy.sets {
+        set.entries = match set.name.as_str() {
+            "blocklist" => nets(blocklist),
+            _ => nets(servers),
+        };
+    }
+    policy
+}
+
+fn info(policy: &Policy, name: &str) -> SetInfo {
+    let set = policy.sets.iter().find(|s| s.name == name).expect("the set");
+    SetInfo {
+        name: set.name.clone(),
+        id: set.id,
+        max_entries: set.max_entries,
+        timeout: set.timeout,
+    }
+}
+
+/// UDP to port 80 from `src` to `dst`, as the program decides it.
+fn verdict(dataplane: &mut Dataplane, src: &str, dst: &str) -> u32 {
+    let packet = if src.contains(':') { Packet::ipv6(udp(80)) } else { Packet::ipv4(udp(80)) };
+    dataplane.test_run(&packet.src(src).dst(dst).build()).expect("BPF_PROG_TEST_RUN")
+}
+
+const V4_DST: &str = "198.19.9.9";
+const V6_DST: &str = "fd00:9::9";
+
+#[test]
+fn file_and_run_time_entries_admit_the_rules_naming_their_set() {
+    if !support::privileged("file_and_run_time_entries_admit_the_rules_naming_their_set") {
+        return;
+    }
+    let policy =
+        policy_with(POLICY, &["198.18.7.0/24", "fd00:7::/64"], &["198.19.0.1", "fd00:1::1"]);
+    let mut dataplane = Dataplane::load(&policy::compile(&policy)).expect("loading");
+    let cases = [
+        ("198.18.7.1", "198.19.0.1", XDP_DROP, "a file network of the blocklist"),
+        ("198.18.200.9", "198.19.0.1", XDP_DROP, "a plain network beside the set"),
+        ("198.18.8.1", "198.19.0.1", XDP_PASS, "a server, not blocked"),
+        ("198.18.8.1", V4_DST, XDP_DROP, "not a server: the catch-all"),
+        ("fd00:7::5", "fd00:1::1", XDP_DROP, "an IPv6 file network"),
+        ("fd00:8::5", "fd00:1::1", XDP_PASS, "an IPv6 server"),
+        ("fd00:8::5", V6_DST, XDP_DROP, "not an IPv6 server"),
+    ];
+    for (src, dst, expected, what) in cases {
+        assert_eq!(verdict(&mut dataplane, src, dst), expected, "{what}: {src} → {dst}");
+        let packet = reference::parse_packet(
+            &(if src.contains(':') { Packet::ipv6(udp(80)) } else { Packet::ipv4(udp(80)) })
+                .src(src)
+                .dst(dst)
+                .build(),
+        );
+        let wanted = reference::classify(&policy, &packet).verdict.drops();
+        assert_eq!(wanted, expected == XDP_DROP, "the reference agrees: {what}");
+    }
+
+    let blocklist = info(&policy, "blocklist");
+    let now = sets::boot_now_ns();
+    let report = sets::add(
+        dataplane.sets(),
+        &blocklist,
+        &nets(&["198.18.8.1", "fd00:8::5", "198.18.7.0/24"]),
+        0,
+    )
+    .expect("adding");
+    assert_eq!((report.added, report.renewed, report.in_file), (2, 0, 1));
+    assert_eq!(verdict(&mut dataplane, "198.18.8.1", "198.19.0.1"), XDP_DROP, "a banned host");
+    assert_eq!(verdict(&mut dataplane, "198.18.8.2", "198.19.0.1"), XDP_PASS, "its neighbour");
+    assert_eq!(verdict(&mut dataplane, "fd00:8::5", "fd00:1::1"), XDP_DROP, "a banned v6 host");
+
+    // Expired entries no longer match, at once, before any sweep.
+    sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.8.1"]), now - 1).expect("re-adding");
+    assert_eq!(verdict(&mut dataplane, "198.18.8.1", "198.19.0.1"), XDP_PASS, "an expired ban");
+    // A re-added entry takes the new expiry.
+    sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.8.1"]), now + 3_600_000_000_000)
+        .expect("renewing");
+    assert_eq!(verdict(&mut dataplane, "198.18.8.1", "198.19.0.1"), XDP_DROP, "a renewed ban");
+
+    // A live /16 with an expired /24 and /32 inside it: the /16 still decides.
+    sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.64.0/18"]), 0).expect("adding");
+    sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.65.0/24", "198.18.65.1"]), now - 1)
+        .expect("adding");
+    assert_eq!(verdict(&mut dataplane, "198.18.65.1", "198.19.0.1"), XDP_DROP, "under a live /18");
+    let expired = dataplane.sweep_sets().expect("sweeping");
+    assert_eq!(expired.get(&blocklist.id), Some(&2), "the sweep removes the two expired");
+    assert_eq!(verdict(&mut dataplane, "198.18.65.1", "198.19.0.1"), XDP_DROP, "after the sweep");
+
+    // File entries cannot be removed at run time; run-time ones can.
+    let report = sets::delete(
+        dataplane.sets(),
+        blocklist.id,
+        &nets(&["198.18.7.0/24", "198.18.8.1", "198.18.9.9"]),
+    )
+    .expect("deleting");
+    assert_eq!(report.removed, 1);
+    assert_eq!(report.in_file, nets(&["198.18.7.0/24"]));
+    assert_eq!(report.missing, nets(&["198.18.9.9"]));
+    assert_eq!(verdict(&mut dataplane, "198.18.8.1", "198.19.0.1"), XDP_PASS, "unbanned");
+    assert_eq!(
+        verdict(&mut dataplane, "198.18.7.1", "198.19.0.1"),
+        XDP_DROP,
+        "the file entry stays"
+    );
+}
+
+#[test]
+fn reloads_keep_run_time_entries_rewrite_file_entries_and_drop_removed_sets() {
+    if !support::privileged(
+        "reloads_keep_run_time_entries_rewrite_file_entries_and_drop_removed_sets",
+    ) {
+        return;
+    }
+    let policy = policy_with(POLICY, &["198.18.7.0/24"], &["198.19.0.1"]);
+    let mut dataplane = Dataplane::load(&policy::compile(&policy)).expect("loading");
+    let blocklist = info(&policy, "blocklist");
+    sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.8.1"]), 0).expect("adding");
+
+    // The file changes: its new entry is in, the one it dropped is out, the ban stays.
+    let changed = policy_with(POLICY, &["198.18.6.0/24"], &["198.19.0.1"]);
+    dataplane.apply(&policy::compile(&changed)).expect("applying");
+    assert_eq!(verdict(&mut dataplane, "198.18.6.1", "198.19.0.1"), XDP_DROP, "new file entry");
+    assert_eq!(verdict(&mut dataplane, "198.18.7.1", "198.19.0.1"), XDP_PASS, "dropped file entry");
+    assert_eq!(verdict(&mut dataplane, "198.18.8.1", "198.19.0.1"), XDP_DROP, "the run-time ban");
+
+    // A policy without the blocklist: its entries go; with it again, it starts empty.
+    let without = POLICY
+        .replace("[[set]]\nname = \"blocklist\"\ntimeout = \"1h\"\n", "")
+        .replace("src = [\"@blocklist\", \"198.18.200.0/24\"]", "src = [\"198.18.200.0/24\"]");
+    let without = policy_with(&without, &[], &["198.19.0.1"]);
+    dataplane.apply(&policy::compile(&without)).expect("applying");
+    assert_eq!(verdict(&mut dataplane, "198.18.8.1", "198.19.0.1"), XDP_PASS);
+    let left = dataplane.sets().entries(Some(blocklist.id)).expect("reading");
+    assert!(left.is_empty(), "entries of a removed set stay behind: {left:?}");
+    dataplane.apply(&policy::compile(&policy)).expect("applying");
+    assert_eq!(verdict(&mut dataplane, "198.18.8.1", "198.19.0.1"), XDP_PASS, "not brought back");
+    assert_eq!(verdict(&mut dataplane, "198.18.7.1", "198.19.0.1"), XDP_DROP, "the file again");
+}
+
+#[test]
+fn a_set_past_its_max_entries_is_refused_unchanged() {
+    if !support::privileged("a_set_past_its_max_entries_is_refused_unchanged") {
+        return;
+    }
+    let text = POLICY.replace("timeout = \"1h\"", "timeout = \"1h\"\nmax_entries = 3");
+    let policy = policy_with(&text, &["198.18.7.0/24"], &["198.19.0.1"]);
+    let mut dataplane = Dataplane::load(&policy::compile(&policy)).expect("loading");
+    let blocklist = info(&policy, "blocklist");
+    sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.8.1", "198.18.8.2"]), 0).expect("fits");
+    let err = sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.8.3", "198.18.8.4"]), 0)
+        .expect_err("past max_entries");
+    assert_eq!(
+        err.to_string(),
+        "set \"blocklist\" holds 3 entries; 2 more would pass its max_entries of 3: nothing was \
+         changed"
+    );
+    assert_eq!(dataplane.sets().entries(Some(blocklist.id)).expect("reading").len(), 3);
+    // Renewing what is there is no growth.
+    sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.8.1"]), 0).expect("renewing");
+    let (written, removed) =
+        sets::replace(dataplane.sets(), &blocklist, &nets(&["198.18.9.1", "198.18.9.2"]), 0)
+            .expect("replacing");
+    assert_eq!((written, removed), (2, 2));
+    assert_eq!(verdict(&mut dataplane, "198.18.8.1", "198.19.0.1"), XDP_PASS, "replaced");
+    assert_eq!(verdict(&mut dataplane, "198.18.9.1", "198.19.0.1"), XDP_DROP, "a replacement");
+    let held: Vec<IpNet> = dataplane
+        .sets()
+        .entries(Some(blocklist.id))
+        .expect("reading")
+        .into_iter()
+        .map(|e| e.net)
+        .collect();
+    let mut held = held;
+    held.sort();
+    assert_eq!(held, nets(&["198.18.7.0/24", "198.18.9.1/32", "198.18.9.2/32"]));
+}
