@@ -6,7 +6,9 @@
 //!   program and xdp-filter, for rule sets from port-only to 100,000 prefixes;
 //! - `drop`: drop rate on a veth pair fed by a live-frames XDP_TX generator, against no
 //!   filter, iptables, nftables, xdp-filter and a trivial XDP_DROP;
-//! - `control`: reload latency, compile and apply times, memory and idle CPU.
+//! - `control`: reload latency, compile and apply times, memory and idle CPU;
+//! - `sets`: the cost of a rule naming a set of up to 1,000,000 entries, and of changing
+//!   sets (one add, a million-entry load, its memory).
 //!
 //! The machine's speed drifts, so every figure is a ratio to (or difference from) a
 //! baseline measured in the same run, the variants interleaved, with median, IQR and
@@ -24,6 +26,7 @@ mod policies;
 mod prog_cost;
 mod raw;
 mod report;
+mod sets;
 mod stats;
 mod xdpfilter;
 
@@ -38,10 +41,11 @@ enum Bench {
     Prog,
     Drop,
     Control,
+    Sets,
 }
 
 #[derive(Parser)]
-#[command(about = "xdp-policy benchmarks: program cost, drop rate, control plane")]
+#[command(about = "xdp-policy benchmarks: program cost, drop rate, control plane, sets")]
 struct Args {
     /// A short pass (fewer repetitions, shorter runs): checks the bench works, not a
     /// result to quote. Writes `<date>-quick.md`.
@@ -68,7 +72,7 @@ fn main() -> Result<()> {
         bail!("the benchmarks need root (namespaces, XDP, BPF_PROG_TEST_RUN)");
     }
     let benches = if args.only.is_empty() {
-        vec![Bench::Prog, Bench::Drop, Bench::Control]
+        vec![Bench::Prog, Bench::Drop, Bench::Control, Bench::Sets]
     } else {
         args.only.clone()
     };
@@ -87,6 +91,7 @@ fn main() -> Result<()> {
             Bench::Prog => prog_cost::run(&opts),
             Bench::Drop => drop_rate::run(&opts),
             Bench::Control => control::run(&opts),
+            Bench::Sets => sets::run(&opts),
         }
         .with_context(|| format!("benchmark `{bench:?}`"))?;
         eprintln!("\n{}\n{}", section.title, report::summary_table(std::slice::from_ref(&section)));

@@ -115,12 +115,42 @@ fn policy_variant(name: String, text: &str, rules: Option<usize>) -> Result<Vari
     Ok(Variant { name, program: Program::Policy(Box::new(dataplane)), judges: drops_hits, rules })
 }
 
+/// Attaches `fd` (generic mode) to a veth of its own, `dev`, made in `netns`: a program
+/// attached somewhere stays in the kernel's XDP dispatcher, so its test runs do not add
+/// and remove it there (two RCU grace periods per call). Attached while the returned
+/// link lives.
+pub fn attach_to_own_veth(
+    netns: &testbed::NetNs,
+    dev: &str,
+    fd: BorrowedFd<'_>,
+    what: &str,
+) -> Result<OwnedFd> {
+    let peer = format!("{dev}p");
+    for args in [
+        vec!["-n", netns.name(), "link", "add", dev, "type", "veth", "peer", "name", &peer],
+        vec!["-n", netns.name(), "link", "set", dev, "up"],
+    ] {
+        crate::opts::command_output("ip", &args)?;
+    }
+    netns
+        .run(|| {
+            let name = std::ffi::CString::new(dev).expect("no NUL");
+            // SAFETY: a valid NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if ifindex == 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            raw::xdp_link(fd, ifindex, raw::XDP_FLAGS_SKB_MODE)
+        })?
+        .with_context(|| format!("attaching {what} to {dev}"))
+}
+
 /// Pins this thread to the last CPU while it lives, so measurements do not migrate
 /// between CPUs; the thread's previous CPUs are restored when it is dropped.
-struct PinnedToLastCpu(nix::sched::CpuSet);
+pub struct PinnedToLastCpu(nix::sched::CpuSet);
 
 impl PinnedToLastCpu {
-    fn new() -> Result<Self> {
+    pub fn new() -> Result<Self> {
         let this_thread = nix::unistd::Pid::from_raw(0);
         let previous =
             nix::sched::sched_getaffinity(this_thread).context("reading CPU affinity")?;
@@ -233,27 +263,8 @@ pub fn run(opts: &Opts) -> Result<Section> {
         if matches!(variant.program, Program::XdpFilter(_)) {
             continue;
         }
-        let dummy = format!("bench{i}");
-        let peer = format!("bench{i}p");
-        for args in [
-            vec!["-n", netns.name(), "link", "add", &dummy, "type", "veth", "peer", "name", &peer],
-            vec!["-n", netns.name(), "link", "set", &dummy, "up"],
-        ] {
-            crate::opts::command_output("ip", &args)?;
-        }
-        let fd = variant.fd()?;
-        let link = netns
-            .run(|| {
-                let name = std::ffi::CString::new(dummy.clone()).expect("no NUL");
-                // SAFETY: a valid NUL-terminated name.
-                let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-                if ifindex == 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                raw::xdp_link(fd, ifindex, raw::XDP_FLAGS_SKB_MODE)
-            })?
-            .with_context(|| format!("attaching {} to {dummy}", variant.name))?;
-        links.push(link);
+        let name = variant.name.clone();
+        links.push(attach_to_own_veth(netns, &format!("bench{i}"), variant.fd()?, &name)?);
     }
 
     // Each variant decides each probe as it should, or its figures mean nothing.

@@ -178,6 +178,9 @@ pub mod set_origin {
     pub const FILE: u32 = 1 << 0;
     /// Added at run time (`xdp-policy set add`, fail2ban, CrowdSec).
     pub const RUNTIME: u32 = 1 << 1;
+    /// Added by the daemon for a CrowdSec decision: removed when CrowdSec deletes the
+    /// decision (an entry added again by hand loses the mark, and stays).
+    pub const CROWDSEC: u32 = 1 << 2;
 }
 
 /// A set entry's value.

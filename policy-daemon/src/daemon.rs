@@ -19,7 +19,8 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    dataplane::error_chain,
+    crowdsec,
+    dataplane::{error_chain, sets},
     metrics::{Metrics, MetricsError, Snapshot},
     reload::{
         Enforced, Options, StartError,
@@ -44,7 +45,8 @@ pub enum DaemonError {
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> Result<(), DaemonError> {
-    let Settings { assignments, mode, watch, places, metrics, audit_interval, load } = settings;
+    let Settings { assignments, mode, watch, places, metrics, audit_interval, load, crowdsec } =
+        settings;
     let options = Options { places, load, mode };
     // Before anything is attached: a taken port stops start-up while nothing changed.
     let metrics = match metrics {
@@ -92,6 +94,16 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         info!("enforcing; SIGHUP reloads (files are not watched), SIGTERM or SIGINT stops");
     }
     notify(&[NotifyState::Ready, NotifyState::Status(&status_line(&enforced))]);
+    let mut bouncer = crowdsec.map(|settings| {
+        if !enforced.iter().any(|e| e.has_set(&settings.set)) {
+            warn!(
+                set = settings.set,
+                "[crowdsec] names a set no policy in force has: decisions are kept until one does"
+            );
+        }
+        info!(url = settings.url, set = settings.set, "pulling CrowdSec decisions");
+        (crowdsec::Poller::start(settings.clone()), crowdsec::Decisions::default(), settings)
+    });
 
     // Policies with a pending reload, and when it is due.
     let mut due: HashMap<usize, Instant> = HashMap::new();
@@ -115,6 +127,26 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             _ = sigusr1.recv() => {
                 enforced.iter_mut().for_each(|e| e.audit("SIGUSR1", &options));
                 publish(metrics.as_ref(), &enforced);
+            }
+            Some(event) = next_decisions(bouncer.as_mut().map(|b| &mut b.0)) => {
+                let Some((_, decisions, settings)) = bouncer.as_mut() else { continue };
+                match event {
+                    crowdsec::Event::Pulled { startup, new, deleted } => {
+                        let now = sets::boot_now_ns();
+                        let changes = decisions.apply(startup, &new, &deleted, now);
+                        for e in &mut enforced {
+                            e.change_set(&settings.set, |map, set| {
+                                crowdsec::write(map, set, &changes, decisions)
+                            });
+                        }
+                    }
+                    crowdsec::Event::Failed { error, retry_in } => {
+                        crowdsec::failed(decisions, &error, retry_in);
+                    }
+                }
+                if let Some(m) = &metrics {
+                    m.crowdsec(decisions.up, decisions.active(), decisions.pulls, decisions.failures);
+                }
             }
             _ = sweep_tick.tick() => {
                 enforced.iter_mut().for_each(Enforced::sweep_sets);
@@ -148,6 +180,9 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         }
     }
     notify(&[NotifyState::Stopping]);
+    if let Some((poller, ..)) = &bouncer {
+        poller.stop();
+    }
     for e in &enforced {
         for i in e.instances() {
             match i.counts() {
@@ -222,6 +257,14 @@ fn publish(metrics: Option<&Metrics>, enforced: &[Enforced]) {
                 ),
             }
         }
+    }
+}
+
+/// The next report of the CrowdSec poller; never, without one.
+async fn next_decisions(poller: Option<&mut crowdsec::Poller>) -> Option<crowdsec::Event> {
+    match poller {
+        Some(poller) => poller.events.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -17,6 +17,7 @@
 //!   the pins, the state files, read-only handles on pinned filters.
 
 pub mod cli;
+pub mod crowdsec;
 pub mod daemon;
 pub mod dataplane;
 pub mod metrics;

@@ -21,6 +21,9 @@
 //! | `last_reload_successful` (1 or 0) | gauge | `policy` |
 //! | `last_reload_timestamp_seconds` | gauge | `policy` |
 //! | `reload_errors_total` | counter | `policy` |
+//! | `crowdsec_up` (1: the last pull of decisions worked) | gauge | |
+//! | `crowdsec_decisions` (networks banned by CrowdSec decisions) | gauge | |
+//! | `crowdsec_pulls_total`, `crowdsec_pull_errors_total` | counter | |
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -143,6 +146,20 @@ impl Metrics {
     pub fn reload(&self, policy: &Path, ok: bool, at: SystemTime) {
         self.exposition.reload(policy, ok, at);
     }
+
+    /// The CrowdSec bouncer's state: whether its last pull worked, the networks banned,
+    /// the pulls and failed pulls since start-up.
+    pub fn crowdsec(&self, up: bool, decisions: usize, pulls: u64, failures: u64) {
+        self.exposition.lock().crowdsec = Some(CrowdSecState { up, decisions, pulls, failures });
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct CrowdSecState {
+    up: bool,
+    decisions: usize,
+    pulls: u64,
+    failures: u64,
 }
 
 impl Drop for Metrics {
@@ -212,6 +229,7 @@ struct State {
     ifaces: BTreeMap<String, IfaceState>,
     /// Policy path → its reloads.
     reloads: BTreeMap<String, Reloads>,
+    crowdsec: Option<CrowdSecState>,
 }
 
 #[derive(Debug)]
@@ -353,6 +371,32 @@ impl Collector for StateCollector {
                 let errors = state.reloads.get(p).map_or(0, |r| r.errors);
                 ([("policy", p)], ConstCounter::new(errors))
             }),
+        )?;
+        let no_labels: [(&str, &str); 0] = [];
+        let cs = state.crowdsec.iter();
+        family(
+            &mut encoder,
+            "crowdsec_up",
+            "Whether the last pull of CrowdSec's decisions worked (1); while it fails (0) the decisions known stay in force.",
+            cs.clone().map(|c| (no_labels, ConstGauge::new(i64::from(c.up)))),
+        )?;
+        family(
+            &mut encoder,
+            "crowdsec_decisions",
+            "Networks banned by CrowdSec decisions in force.",
+            cs.clone().map(|c| (no_labels, ConstGauge::new(c.decisions as i64))),
+        )?;
+        family(
+            &mut encoder,
+            "crowdsec_pulls",
+            "Pulls of CrowdSec's decisions stream that worked.",
+            cs.clone().map(|c| (no_labels, ConstCounter::new(c.pulls))),
+        )?;
+        family(
+            &mut encoder,
+            "crowdsec_pull_errors",
+            "Pulls of CrowdSec's decisions stream that failed.",
+            cs.map(|c| (no_labels, ConstCounter::new(c.failures))),
         )?;
         Ok(())
     }

@@ -56,7 +56,37 @@ pub struct ConfigFile {
     /// Read policy files even if someone other than root could change them (for test
     /// setups).
     pub insecure_policy_files: Option<bool>,
+    /// Act as a CrowdSec bouncer: the local API's decisions go into a named set.
+    pub crowdsec: Option<CrowdSecConfig>,
 }
+
+/// The `[crowdsec]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrowdSecConfig {
+    /// The local API, e.g. `http://127.0.0.1:8080/`.
+    pub url: String,
+    /// A file holding the bouncer's API key (`cscli bouncers add NAME`); only root may
+    /// be able to change it.
+    pub key_file: PathBuf,
+    /// The set the decisions go into (every interface whose policy has it).
+    pub set: String,
+    /// Seconds between polls of the decisions stream [default: 10].
+    pub poll_interval: Option<u64>,
+}
+
+/// The bouncer's settings, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrowdSec {
+    /// Without a trailing `/`.
+    pub url: String,
+    pub key: String,
+    pub set: String,
+    pub poll_interval: Duration,
+}
+
+/// Seconds between polls of CrowdSec's decisions stream unless configured.
+pub const DEFAULT_CROWDSEC_POLL: u64 = 10;
 
 /// Where metrics are served, if at all: `host:port`, or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +180,7 @@ pub struct Settings {
     pub audit_interval: Option<Duration>,
     /// How policy files are read: the same for the first load and every reload.
     pub load: LoadOptions,
+    pub crowdsec: Option<CrowdSec>,
 }
 
 /// What the command line says; `None`, empty and `false` leave the setting to the
@@ -183,6 +214,8 @@ pub enum SettingsError {
     AuditInterval(u64),
     #[error("--iface needs --policy")]
     IfaceWithoutPolicy,
+    #[error("[crowdsec] {0}")]
+    CrowdSec(String),
     #[error(
         "interface {iface} is given two policies: {} and {}",
         first.display(),
@@ -230,8 +263,47 @@ impl Settings {
                 seconds => Some(Duration::from_secs(seconds)),
             },
             load: load_options(flags.allow_insecure_policy_files, &file),
+            crowdsec: file.crowdsec.as_ref().map(crowdsec).transpose()?,
         })
     }
+}
+
+/// Checks the `[crowdsec]` table and reads its key file.
+fn crowdsec(config: &CrowdSecConfig) -> Result<CrowdSec, SettingsError> {
+    let err = |m: String| SettingsError::CrowdSec(m);
+    if !config.url.starts_with("http://") {
+        return Err(err(format!(
+            "url {:?}: expected http://HOST:PORT of the local API (https is not supported \
+             yet: use the API on loopback)",
+            config.url
+        )));
+    }
+    let poll = config.poll_interval.unwrap_or(DEFAULT_CROWDSEC_POLL);
+    if !(1..=3600).contains(&poll) {
+        return Err(err(format!("poll_interval {poll}: expected 1 to 3600 seconds")));
+    }
+    check_trusted_file(&config.key_file).map_err(|e| {
+        err(format!(
+            "key_file {} {}: the key must be in a file only root can change",
+            config.key_file.display(),
+            e.problem
+        ))
+    })?;
+    let key = std::fs::read_to_string(&config.key_file)
+        .map_err(|e| err(format!("key_file {}: {e}", config.key_file.display())))?;
+    let key = key.trim().to_string();
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        return Err(err(format!(
+            "key_file {}: expected one API key (from `cscli bouncers add NAME`)",
+            config.key_file.display()
+        )));
+    }
+    Ok(CrowdSec {
+        url: config.url.trim_end_matches('/').to_string(),
+        key,
+        set: config.set.clone(),
+        poll_interval: Duration::from_secs(poll),
+    })
 }
 
 /// [`DEFAULT_METRICS`], parsed.
@@ -384,6 +456,36 @@ eth1 = "/etc/xdp-policy/mgmt.toml"
 
     fn p(s: &str) -> PathBuf {
         PathBuf::from(s)
+    }
+
+    #[test]
+    fn the_crowdsec_table_is_checked_and_its_key_read() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "0123abcd\n").expect("writing the key");
+        let config = |url: &str, key: &Path, poll: u64| CrowdSecConfig {
+            url: url.into(),
+            key_file: key.to_path_buf(),
+            set: "crowdsec".into(),
+            poll_interval: Some(poll),
+        };
+        let good = crowdsec(&config("http://127.0.0.1:8080/", &key, 5)).expect("valid");
+        assert_eq!(good.url, "http://127.0.0.1:8080");
+        assert_eq!(good.key, "0123abcd");
+        assert_eq!(good.poll_interval, Duration::from_secs(5));
+        let error = |c: CrowdSecConfig| crowdsec(&c).expect_err("invalid").to_string();
+        assert!(error(config("https://lapi:8080/", &key, 5)).contains("https is not supported"));
+        assert_eq!(
+            error(config("http://127.0.0.1:8080/", &key, 0)),
+            "[crowdsec] poll_interval 0: expected 1 to 3600 seconds"
+        );
+        let missing = dir.path().join("nope");
+        assert!(
+            error(config("http://127.0.0.1:8080/", &missing, 5))
+                .starts_with(&format!("[crowdsec] key_file {} cannot be read", missing.display())),
+        );
+        std::fs::write(&key, "").expect("emptying the key");
+        assert!(error(config("http://127.0.0.1:8080/", &key, 5)).contains("expected one API key"));
     }
 
     #[test]

@@ -140,7 +140,8 @@ fn bans_drop_on_the_wire_expire_on_time_and_outlive_restarts() {
     assert_eq!(delivered(&testbed, true), 0, "the file's entries stay");
 
     // A set file that vanishes: the policy is refused, the one in force stays.
-    std::fs::remove_file(policy.0.parent().unwrap().join("drop.txt")).expect("removing");
+    std::fs::remove_file(policy.0.parent().expect("a directory").join("drop.txt"))
+        .expect("removing");
     daemon.signal(nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
     daemon
         .wait_for_log(

@@ -86,6 +86,7 @@ fn every_setting_is_documented_with_its_true_default() {
         watch,
         audit_interval,
         insecure_policy_files,
+        crowdsec,
     } = config;
     assert_eq!(xdp_mode, Some(XdpMode::default()), "xdp_mode");
     assert_eq!(pin_dir.as_deref(), Some(Path::new(settings::DEFAULT_PIN_DIR)), "pin_dir");
@@ -95,15 +96,28 @@ fn every_setting_is_documented_with_its_true_default() {
     assert_eq!(audit_interval, Some(settings::DEFAULT_AUDIT_INTERVAL), "audit_interval");
     assert_eq!(insecure_policy_files, Some(false), "insecure_policy_files");
     assert_eq!(
+        crowdsec,
+        Some(settings::CrowdSecConfig {
+            url: "http://127.0.0.1:8080/".into(),
+            key_file: "/etc/xdp-policy/crowdsec.key".into(),
+            set: "crowdsec".into(),
+            poll_interval: Some(settings::DEFAULT_CROWDSEC_POLL),
+        }),
+        "the [crowdsec] example"
+    );
+    assert_eq!(
         interfaces,
         BTreeMap::from([("eth0".to_string(), PathBuf::from("/etc/xdp-policy/policies.d"))]),
         "the [interfaces] example"
     );
 
     // And as `run` resolves them: the uncommented file, and a file that names only the
-    // interface, come to the same settings.
+    // interface, come to the same settings. The [crowdsec] example turns the bouncer on
+    // (with a key file that does not exist here): left out.
     let dir = temp_dir("config");
-    let all = write(&dir, "all.toml", &live);
+    let without_crowdsec = live.split("[crowdsec]").next().expect("the text before it");
+    assert!(live.trim_end().ends_with("poll_interval = 10"), "[crowdsec] is the file's last table");
+    let all = write(&dir, "all.toml", without_crowdsec);
     let only_interfaces =
         write(&dir, "interfaces.toml", "[interfaces]\neth0 = \"/etc/xdp-policy/policies.d\"\n");
     let with_everything = settings(&["--config", all.to_str().expect("utf-8 path")]);

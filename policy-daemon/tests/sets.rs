@@ -59,6 +59,17 @@ fn policy_with(text: &str, blocklist: &[&str], servers: &[&str]) -> Policy {
     policy
 }
 
+/// Adds `list` to `set` at run time, expiring at `expires_ns`.
+fn add(
+    dataplane: &mut Dataplane,
+    set: &SetInfo,
+    list: &[&str],
+    expires_ns: u64,
+) -> Result<sets::AddReport, sets::ChangeError> {
+    let entries: Vec<_> = nets(list).into_iter().map(|n| (n, expires_ns)).collect();
+    sets::add(dataplane.sets(), set, &entries, 0)
+}
+
 fn info(policy: &Policy, name: &str) -> SetInfo {
     let set = policy.sets.iter().find(|s| s.name == name).expect("the set");
     SetInfo {
@@ -108,34 +119,33 @@ fn file_and_run_time_entries_admit_the_rules_naming_their_set() {
     }
 
     let blocklist = info(&policy, "blocklist");
+    let count = |dataplane: &mut Dataplane| dataplane.sets().count(blocklist.id);
+    assert_eq!(count(&mut dataplane), 2, "the file's entries are counted");
     let now = sets::boot_now_ns();
-    let report = sets::add(
-        dataplane.sets(),
-        &blocklist,
-        &nets(&["198.18.8.1", "fd00:8::5", "198.18.7.0/24"]),
-        0,
-    )
-    .expect("adding");
+    let report = add(&mut dataplane, &blocklist, &["198.18.8.1", "fd00:8::5", "198.18.7.0/24"], 0)
+        .expect("adding");
     assert_eq!((report.added, report.renewed, report.in_file), (2, 0, 1));
+    assert_eq!(count(&mut dataplane), 4);
     assert_eq!(verdict(&mut dataplane, "198.18.8.1", "198.19.0.1"), XDP_DROP, "a banned host");
     assert_eq!(verdict(&mut dataplane, "198.18.8.2", "198.19.0.1"), XDP_PASS, "its neighbour");
     assert_eq!(verdict(&mut dataplane, "fd00:8::5", "fd00:1::1"), XDP_DROP, "a banned v6 host");
 
     // Expired entries no longer match, at once, before any sweep.
-    sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.8.1"]), now - 1).expect("re-adding");
+    add(&mut dataplane, &blocklist, &["198.18.8.1"], now - 1).expect("re-adding");
     assert_eq!(verdict(&mut dataplane, "198.18.8.1", "198.19.0.1"), XDP_PASS, "an expired ban");
     // A re-added entry takes the new expiry.
-    sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.8.1"]), now + 3_600_000_000_000)
-        .expect("renewing");
+    add(&mut dataplane, &blocklist, &["198.18.8.1"], now + 3_600_000_000_000).expect("renewing");
     assert_eq!(verdict(&mut dataplane, "198.18.8.1", "198.19.0.1"), XDP_DROP, "a renewed ban");
 
     // A live /16 with an expired /24 and /32 inside it: the /16 still decides.
-    sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.64.0/18"]), 0).expect("adding");
-    sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.65.0/24", "198.18.65.1"]), now - 1)
-        .expect("adding");
+    add(&mut dataplane, &blocklist, &["198.18.64.0/18"], 0).expect("adding");
+    add(&mut dataplane, &blocklist, &["198.18.65.0/24", "198.18.65.1"], now - 1).expect("adding");
     assert_eq!(verdict(&mut dataplane, "198.18.65.1", "198.19.0.1"), XDP_DROP, "under a live /18");
+    assert_eq!(count(&mut dataplane), 7);
+    dataplane.sets().set_count(blocklist.id, 1000).expect("a wrong count, as a crash leaves");
     let expired = dataplane.sweep_sets().expect("sweeping");
     assert_eq!(expired.get(&blocklist.id), Some(&2), "the sweep removes the two expired");
+    assert_eq!(count(&mut dataplane), 5, "and recounts");
     assert_eq!(verdict(&mut dataplane, "198.18.65.1", "198.19.0.1"), XDP_DROP, "after the sweep");
 
     // File entries cannot be removed at run time; run-time ones can.
@@ -146,6 +156,7 @@ fn file_and_run_time_entries_admit_the_rules_naming_their_set() {
     )
     .expect("deleting");
     assert_eq!(report.removed, 1);
+    assert_eq!(count(&mut dataplane), 4);
     assert_eq!(report.in_file, nets(&["198.18.7.0/24"]));
     assert_eq!(report.missing, nets(&["198.18.9.9"]));
     assert_eq!(verdict(&mut dataplane, "198.18.8.1", "198.19.0.1"), XDP_PASS, "unbanned");
@@ -166,7 +177,7 @@ fn reloads_keep_run_time_entries_rewrite_file_entries_and_drop_removed_sets() {
     let policy = policy_with(POLICY, &["198.18.7.0/24"], &["198.19.0.1"]);
     let mut dataplane = Dataplane::load(&policy::compile(&policy)).expect("loading");
     let blocklist = info(&policy, "blocklist");
-    sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.8.1"]), 0).expect("adding");
+    add(&mut dataplane, &blocklist, &["198.18.8.1"], 0).expect("adding");
 
     // The file changes: its new entry is in, the one it dropped is out, the ban stays.
     let changed = policy_with(POLICY, &["198.18.6.0/24"], &["198.19.0.1"]);
@@ -198,8 +209,8 @@ fn a_set_past_its_max_entries_is_refused_unchanged() {
     let policy = policy_with(&text, &["198.18.7.0/24"], &["198.19.0.1"]);
     let mut dataplane = Dataplane::load(&policy::compile(&policy)).expect("loading");
     let blocklist = info(&policy, "blocklist");
-    sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.8.1", "198.18.8.2"]), 0).expect("fits");
-    let err = sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.8.3", "198.18.8.4"]), 0)
+    add(&mut dataplane, &blocklist, &["198.18.8.1", "198.18.8.2"], 0).expect("fits");
+    let err = add(&mut dataplane, &blocklist, &["198.18.8.3", "198.18.8.4"], 0)
         .expect_err("past max_entries");
     assert_eq!(
         err.to_string(),
@@ -208,7 +219,7 @@ fn a_set_past_its_max_entries_is_refused_unchanged() {
     );
     assert_eq!(dataplane.sets().entries(Some(blocklist.id)).expect("reading").len(), 3);
     // Renewing what is there is no growth.
-    sets::add(dataplane.sets(), &blocklist, &nets(&["198.18.8.1"]), 0).expect("renewing");
+    add(&mut dataplane, &blocklist, &["198.18.8.1"], 0).expect("renewing");
     let (written, removed) =
         sets::replace(dataplane.sets(), &blocklist, &nets(&["198.18.9.1", "198.18.9.2"]), 0)
             .expect("replacing");

@@ -510,17 +510,16 @@ impl Testbed {
     }
 
     /// Starts `command` in rx with the testbed's pin and state directories (unless its
-    /// arguments name others), no configuration file and no metrics (unless they name
-    /// an address), and waits until it is ready. See [`Daemon::start`].
+    /// arguments name others), no configuration file (unless they name one) and no
+    /// metrics (unless they name an address), and waits until it is ready. See
+    /// [`Daemon::start`].
     pub fn start(&self, command: &DaemonCommand<'_>) -> Result<Daemon<'_>, TestbedError> {
         let (pin_dir, state_dir) = (self.dirs.pin_dir(), self.dirs.state_dir());
-        let mut args = vec![
-            // Not the host's configuration, if it has one: only what the test says.
-            "--config",
-            "/dev/null",
-            "--state-dir",
-            state_dir.to_str().unwrap_or_default(),
-        ];
+        let mut args = vec!["--state-dir", state_dir.to_str().unwrap_or_default()];
+        // Not the host's configuration, if it has one: only what the test says.
+        if !command.extra.contains(&"--config") {
+            args.extend(["--config", "/dev/null"]);
+        }
         // The testbed's choices, unless the test makes its own.
         if !command.extra.contains(&"--pin-dir") {
             args.extend(["--pin-dir", pin_dir.to_str().unwrap_or_default()]);

@@ -57,7 +57,7 @@ enum Command {
     /// Benchmarks: per-packet program cost, drop rate on veth, control plane, against a
     /// baseline and xdp-filter, iptables and nftables; writes bench/results/<date>.md.
     Bench {
-        /// Arguments for the bench (`--quick`, `--only prog,drop,control`, `--help`).
+        /// Arguments for the bench (`--quick`, `--only prog,drop,control,sets`, `--help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

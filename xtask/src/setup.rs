@@ -22,9 +22,13 @@ const NIGHTLY_CANDIDATES: [&str; 2] = ["nightly", "nightly-2026-07-01"];
 /// rust-src for `-Z build-std=core`; clippy for `cargo xtask lint` of the eBPF crate.
 const NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
 /// Debian packages: the LLVM bpf-linker links against, and the tools the tests use
-/// (fail2ban: the integration tests run the real one with the action we ship).
-const DEBIAN_PACKAGES: [&str; 5] =
-    ["llvm-22-dev", "iproute2", "iputils-ping", "procps", "fail2ban"];
+/// (fail2ban and crowdsec: the integration tests run the real ones).
+const DEBIAN_PACKAGES: [&str; 6] =
+    ["llvm-22-dev", "iproute2", "iputils-ping", "procps", "fail2ban", "crowdsec"];
+/// crowdsec's post-installation script registers with CrowdSec's central API unless
+/// this file exists and is not empty (its README.Debian): without the internet the
+/// registration fails, and so does the installation.
+const CROWDSEC_CAPI_CREDENTIALS: &str = "/etc/crowdsec/online_api_credentials.yaml";
 /// Debian packages `cargo xtask package` needs: dpkg-shlibdeps (the package's `Depends`),
 /// strip, and systemd-analyze to verify the unit.
 const PACKAGING_DEBIAN_PACKAGES: [&str; 3] = ["dpkg-dev", "binutils", "systemd"];
@@ -162,6 +166,9 @@ fn install_debian_packages(packages: &[&'static str]) -> Result<()> {
     if !is_root() {
         bail!("installing Debian packages needs root; run as root: {hint}");
     }
+    if missing.contains(&"crowdsec") {
+        offline_crowdsec()?;
+    }
     eprintln!("xtask:   installing {}", missing.join(" "));
     run_cmd(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))
         .with_context(|| format!("apt-get update failed; try by hand: {hint}"))?;
@@ -172,6 +179,24 @@ fn install_debian_packages(packages: &[&'static str]) -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .with_context(|| format!("apt-get install failed; try by hand: {hint}"))
+}
+
+/// Keeps crowdsec's installation from registering with the central API (see
+/// [`CROWDSEC_CAPI_CREDENTIALS`]), and finishes an installation that failed on it.
+fn offline_crowdsec() -> Result<()> {
+    let path = std::path::Path::new(CROWDSEC_CAPI_CREDENTIALS);
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+        return Ok(());
+    }
+    eprintln!("xtask:   crowdsec: registration to the central API disabled ({})", path.display());
+    std::fs::create_dir_all(path.parent().expect("a directory"))?;
+    std::fs::write(
+        path,
+        "# Registration to CrowdSec's central API disabled by xdp-policy's `cargo xtask \
+         setup`\n# (the tests run a local API only); see /usr/share/doc/crowdsec/README.Debian.\n",
+    )?;
+    // An earlier attempt may have left the package unpacked but not configured.
+    run_cmd(Command::new("dpkg").args(["--configure", "-a"])).context("dpkg --configure -a failed")
 }
 
 pub fn is_root() -> bool {

@@ -28,9 +28,9 @@ pub enum SetError {
     #[error("{0}")]
     Input(String),
     #[error("{iface}: {error}")]
-    Map { iface: String, error: SetMapError },
+    Map { iface: String, error: Box<SetMapError> },
     #[error("{iface}: {error}")]
-    Change { iface: String, error: ChangeError },
+    Change { iface: String, error: Box<ChangeError> },
     #[error("{addr} is not in set \"{name}\"")]
     NotIn { addr: IpAddr, name: String },
 }
@@ -57,9 +57,9 @@ pub fn set(args: &SetArgs) -> Result<(), CliError> {
             let timeout = timeout.as_deref().map(parse_timeout).transpose()?;
             for t in targets(target)? {
                 let timeout = timeout.unwrap_or(t.set.timeout);
-                let report = change(&t, |map| {
-                    sets::add(map, &t.set, &nets, sets::expiry(sets::boot_now_ns(), timeout))
-                })?;
+                let expires = sets::expiry(sets::boot_now_ns(), timeout);
+                let entries: Vec<_> = nets.iter().map(|n| (*n, expires)).collect();
+                let report = change(&t, |map| sets::add(map, &t.set, &entries, 0))?;
                 println!("{}", render::set_added(&t.set.name, &t.iface, &report, timeout));
             }
             Ok(())
@@ -105,9 +105,10 @@ pub fn set(args: &SetArgs) -> Result<(), CliError> {
             let mut lists = Vec::new();
             for t in targets(target)? {
                 let mut map = open(&t)?;
-                let mut entries = map
-                    .entries(Some(t.set.id))
-                    .map_err(|error| SetError::Map { iface: t.iface.clone(), error })?;
+                let mut entries = map.entries(Some(t.set.id)).map_err(|error| SetError::Map {
+                    iface: t.iface.clone(),
+                    error: Box::new(error),
+                })?;
                 entries.retain(|e| !e.expired(now));
                 entries.sort_by_key(|e| e.net);
                 lists.push((t.iface, t.set.name, entries));
@@ -125,9 +126,10 @@ pub fn set(args: &SetArgs) -> Result<(), CliError> {
             let mut found = false;
             for t in targets(target)? {
                 let mut map = open(&t)?;
-                let entries = map
-                    .entries(Some(t.set.id))
-                    .map_err(|error| SetError::Map { iface: t.iface.clone(), error })?;
+                let entries = map.entries(Some(t.set.id)).map_err(|error| SetError::Map {
+                    iface: t.iface.clone(),
+                    error: Box::new(error),
+                })?;
                 let hit = sets::matching(&entries, t.set.id, addr, now);
                 found |= hit.is_some();
                 println!("{}", render::set_test(&t.set.name, &t.iface, addr, hit.as_ref(), now));
@@ -183,7 +185,7 @@ fn targets(target: &SetTarget) -> Result<Vec<Target>, CliError> {
 
 fn open(t: &Target) -> Result<SetMap, SetError> {
     SetMap::from_pin(&t.pins.map(SETS_MAP))
-        .map_err(|error| SetError::Map { iface: t.iface.clone(), error })
+        .map_err(|error| SetError::Map { iface: t.iface.clone(), error: Box::new(error) })
 }
 
 /// Runs `f` on the set's map under the sets' lock.
@@ -192,9 +194,9 @@ fn change<T>(
     f: impl FnOnce(&mut SetMap) -> Result<T, ChangeError>,
 ) -> Result<T, SetError> {
     let _lock = sets::lock(&t.pins.maps())
-        .map_err(|error| SetError::Map { iface: t.iface.clone(), error })?;
+        .map_err(|error| SetError::Map { iface: t.iface.clone(), error: Box::new(error) })?;
     let mut map = open(t)?;
-    f(&mut map).map_err(|error| SetError::Change { iface: t.iface.clone(), error })
+    f(&mut map).map_err(|error| SetError::Change { iface: t.iface.clone(), error: Box::new(error) })
 }
 
 fn parse_nets(addrs: &[String]) -> Result<Vec<IpNet>, SetError> {

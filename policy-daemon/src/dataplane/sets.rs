@@ -138,6 +138,19 @@ pub fn parse_key(prefix_len: u32, data: &[u8; SET_KEY_LEN]) -> Option<(u32, IpNe
     Some((id, net))
 }
 
+/// Bits of a count key: the set id and a version byte of 0, which no address key has.
+/// Every address key is longer ([`SET_KEY_PREFIX_BITS`] and more), so no lookup of the
+/// program, whose keys have version 4 or 6, can match a count key.
+const COUNT_KEY_BITS: u32 = 40;
+
+/// The key under which the number of entries of set `id` is kept (in
+/// `SetEntry::expires_ns`), so that a run-time add checks `max_entries` without walking
+/// the set. Every writer holds the sets' lock and keeps it up to date; the daemon's
+/// sweep recounts it from the entries.
+fn count_key(id: u32) -> Key<[u8; SET_KEY_LEN]> {
+    Key::new(COUNT_KEY_BITS, set_key(id, 0, [0; 16]))
+}
+
 /// The value of a new entry for `net`.
 pub fn value(net: &IpNet, expires_ns: u64, origin: u32) -> SetEntry {
     SetEntry { expires_ns, prefix_len: SET_KEY_PREFIX_BITS + u32::from(net.prefix_len()), origin }
@@ -183,6 +196,63 @@ impl SetMap {
             }
         }
         Ok(out)
+    }
+
+    /// The entries of set `id` as its count key says.
+    pub fn count(&self, id: u32) -> u64 {
+        let key = count_key(id);
+        self.map
+            .get(&key, 0)
+            .ok()
+            .filter(|v| v.prefix_len == COUNT_KEY_BITS)
+            .map_or(0, |v| v.expires_ns)
+    }
+
+    /// Sets the count key of set `id`.
+    pub fn set_count(&mut self, id: u32, entries: u64) -> Result<(), SetMapError> {
+        let value = SetEntry { expires_ns: entries, prefix_len: COUNT_KEY_BITS, origin: 0 };
+        self.map.insert(&count_key(id), value, 0).map_err(|e| SetMapError::Write {
+            done: 0,
+            of: 1,
+            source: map_io(e),
+        })
+    }
+
+    /// Removes the count key of set `id`.
+    fn remove_count(&mut self, id: u32) -> Result<(), SetMapError> {
+        match self.map.remove(&count_key(id)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = map_io(e);
+                if e.raw_os_error() == Some(libc::ENOENT) {
+                    Ok(())
+                } else {
+                    Err(SetMapError::Write { done: 0, of: 1, source: e })
+                }
+            }
+        }
+    }
+
+    /// Adds `delta` to the count of set `id` (never below zero).
+    fn add_count(&mut self, id: u32, delta: i64) -> Result<(), SetMapError> {
+        if delta == 0 {
+            return Ok(());
+        }
+        let count = self.count(id).saturating_add_signed(delta);
+        self.set_count(id, count)
+    }
+
+    /// The ids of the sets that have a count key.
+    fn counted(&mut self) -> Result<Vec<u32>, SetMapError> {
+        let mut ids = Vec::new();
+        for key in self.map.keys() {
+            let key = key.map_err(|e| SetMapError::Read(map_io(e)))?;
+            let data = key.data();
+            if key.prefix_len() == COUNT_KEY_BITS && data[4] == 0 {
+                ids.push(u32::from_be_bytes([data[0], data[1], data[2], data[3]]));
+            }
+        }
+        Ok(ids)
     }
 
     /// The entry for exactly `net` in set `id`, if there is one.
@@ -299,12 +369,16 @@ impl FileEntries {
                 .filter(|n| !held.contains(n))
                 .map(|net| Entry { id: set.id, net: *net, value: value(net, 0, set_origin::FILE) })
                 .collect();
+            // An entry added at run time that a file now lists becomes the file's.
+            let before = new.iter().filter(|e| map.get(set.id, &e.net).is_some()).count();
             map.insert(&new)?;
+            map.add_count(set.id, (new.len() - before) as i64)?;
             report.added += new.len();
             held.extend(new.iter().map(|e| e.net));
             let gone: Vec<(u32, IpNet)> =
                 held.iter().filter(|n| !wanted.contains(n)).map(|n| (set.id, *n)).collect();
             map.remove(&gone)?;
+            map.add_count(set.id, -(gone.len() as i64))?;
             report.removed += gone.len();
             for (_, net) in &gone {
                 held.remove(net);
@@ -321,6 +395,9 @@ impl FileEntries {
                     .map(|e| (e.id, e.net))
                     .collect();
                 map.remove(&dropped)?;
+                for id in previous.iter().filter(|id| !ids.contains(id)) {
+                    map.remove_count(*id)?;
+                }
                 report.purged = dropped.len();
                 by_set.retain(|id, _| ids.contains(id));
             }
@@ -332,18 +409,30 @@ impl FileEntries {
     }
 }
 
-/// Removes the run-time entries that expired by `now`; returns how many per set id.
+/// Removes the run-time entries that expired by `now`, and recounts every set's
+/// entries (mending a count a writer that died part-way left wrong); returns how many
+/// expired per set id.
 pub fn sweep(map: &mut SetMap, now: u64) -> Result<HashMap<u32, u64>, SetMapError> {
-    let expired: Vec<Entry> = map
-        .entries(None)?
-        .into_iter()
-        .filter(|e| e.expired(now) && e.value.origin & set_origin::FILE == 0)
-        .collect();
+    let all = map.entries(None)?;
+    let (expired, live): (Vec<Entry>, Vec<Entry>) =
+        all.into_iter().partition(|e| e.expired(now) && e.value.origin & set_origin::FILE == 0);
     let keys: Vec<(u32, IpNet)> = expired.iter().map(|e| (e.id, e.net)).collect();
     map.remove(&keys)?;
     let mut counts = HashMap::new();
     for e in &expired {
         *counts.entry(e.id).or_default() += 1;
+    }
+    let mut held: HashMap<u32, u64> = HashMap::new();
+    for e in &live {
+        *held.entry(e.id).or_default() += 1;
+    }
+    for id in map.counted()? {
+        held.entry(id).or_default();
+    }
+    for (id, n) in held {
+        if map.count(id) != n {
+            map.set_count(id, n)?;
+        }
     }
     Ok(counts)
 }
@@ -381,44 +470,71 @@ pub struct SetInfo {
     pub timeout: Duration,
 }
 
-/// Adds `nets` to `set` at run time, expiring at `expires_ns` (0: never); entries that
-/// are there take the new expiry (a repeated ban extends, or shortens, the ban). Refused
-/// whole if the set would pass its `max_entries`.
+/// Adds run-time entries to `set`, each `(network, expiry)` expiring at its
+/// `CLOCK_BOOTTIME` nanoseconds (0: never), marked with `origin` ([`set_origin`] bits,
+/// `RUNTIME` and maybe who added it). An entry already there takes the new expiry and
+/// origin (a repeated ban extends, or shortens, the ban); one a set file lists stays as
+/// it is. Refused whole if the set would pass its `max_entries`.
 pub fn add(
     map: &mut SetMap,
     set: &SetInfo,
-    nets: &[IpNet],
-    expires_ns: u64,
+    entries: &[(IpNet, u64)],
+    origin: u32,
 ) -> Result<AddReport, ChangeError> {
-    let held: HashMap<IpNet, SetEntry> =
-        map.entries(Some(set.id))?.into_iter().map(|e| (e.net, e.value)).collect();
     let mut report = AddReport::default();
-    let mut writes = Vec::new();
-    let mut seen = HashSet::new();
-    for net in nets {
-        if !seen.insert(*net) {
+    let mut writes: HashMap<IpNet, Entry> = HashMap::new();
+    for (net, expires_ns) in entries {
+        if let Some(previous) = writes.get_mut(net) {
+            // Named twice: the last expiry given.
+            previous.value.expires_ns = *expires_ns;
             continue;
         }
-        match held.get(net) {
-            Some(v) if v.origin & set_origin::FILE != 0 => report.in_file += 1,
+        match map.get(set.id, net) {
+            Some(v) if v.origin & set_origin::FILE != 0 => {
+                report.in_file += 1;
+                continue;
+            }
             Some(_) => report.renewed += 1,
             None => report.added += 1,
         }
-        if held.get(net).is_none_or(|v| v.origin & set_origin::FILE == 0) {
-            let value = value(net, expires_ns, set_origin::RUNTIME);
-            writes.push(Entry { id: set.id, net: *net, value });
-        }
+        let value = value(net, *expires_ns, set_origin::RUNTIME | origin);
+        writes.insert(*net, Entry { id: set.id, net: *net, value });
     }
-    if held.len() + report.added > set.max_entries as usize {
+    let held = map.count(set.id);
+    if held + report.added as u64 > u64::from(set.max_entries) {
         return Err(ChangeError::Full {
             set: set.name.clone(),
-            held: held.len(),
+            held: held as usize,
             adding: report.added,
             max: set.max_entries,
         });
     }
+    let writes: Vec<Entry> = writes.into_values().collect();
     map.insert(&writes)?;
+    map.add_count(set.id, report.added as i64)?;
     Ok(report)
+}
+
+/// Removes the run-time entries of set `id` among `nets` that carry all of `origin`'s
+/// bits (0: any run-time entry), leaving the others; returns how many it removed.
+pub fn remove_added_by(
+    map: &mut SetMap,
+    id: u32,
+    nets: &[IpNet],
+    origin: u32,
+) -> Result<usize, SetMapError> {
+    let mut keys = Vec::new();
+    for net in nets {
+        if let Some(v) = map.get(id, net)
+            && v.origin & set_origin::FILE == 0
+            && v.origin & origin == origin
+        {
+            keys.push((id, *net));
+        }
+    }
+    map.remove(&keys)?;
+    map.add_count(id, -(keys.len() as i64))?;
+    Ok(keys.len())
 }
 
 /// What removing entries at run time did.
@@ -443,6 +559,7 @@ pub fn delete(map: &mut SetMap, id: u32, nets: &[IpNet]) -> Result<DelReport, Se
         }
     }
     map.remove(&keys)?;
+    map.add_count(id, -(keys.len() as i64))?;
     report.removed = keys.len();
     Ok(report)
 }
@@ -485,6 +602,7 @@ pub fn replace(
         .map(|e| (e.id, e.net))
         .collect();
     map.remove(&stale)?;
+    map.set_count(set.id, (files + writes.len()) as u64)?;
     Ok((writes.len(), stale.len()))
 }
 
@@ -505,12 +623,12 @@ mod tests {
     #[test]
     fn keys_round_trip_and_keep_versions_apart() {
         for text in ["198.18.0.0/15", "198.18.3.4/32", "fd00::/8", "fd00::1/128", "0.0.0.0/0"] {
-            let net: IpNet = text.parse().unwrap();
+            let net: IpNet = text.parse().expect("valid");
             let key = key(0xdead_beef, &net);
             assert_eq!(parse_key(key.prefix_len(), &key.data()), Some((0xdead_beef, net)));
         }
-        let v4 = key(1, &"0.0.0.0/0".parse().unwrap());
-        let v6 = key(1, &"::/0".parse().unwrap());
+        let v4 = key(1, &"0.0.0.0/0".parse().expect("valid"));
+        let v6 = key(1, &"::/0".parse().expect("valid"));
         assert_ne!(v4.data(), v6.data(), "the version byte is part of every prefix");
         assert_eq!(v4.prefix_len(), SET_KEY_PREFIX_BITS);
     }
@@ -525,15 +643,15 @@ mod tests {
     #[test]
     fn the_longest_live_prefix_decides() {
         let entry = |net: &str, expires_ns| {
-            let net: IpNet = net.parse().unwrap();
+            let net: IpNet = net.parse().expect("valid");
             Entry { id: 7, net, value: value(&net, expires_ns, set_origin::RUNTIME) }
         };
         let entries =
             [entry("198.18.0.0/16", 0), entry("198.18.1.0/24", 100), entry("198.18.1.1/32", 50)];
-        let addr: IpAddr = "198.18.1.1".parse().unwrap();
-        assert_eq!(matching(&entries, 7, addr, 10).unwrap().net, entries[2].net);
-        assert_eq!(matching(&entries, 7, addr, 60).unwrap().net, entries[1].net);
-        assert_eq!(matching(&entries, 7, addr, 200).unwrap().net, entries[0].net);
+        let addr: IpAddr = "198.18.1.1".parse().expect("valid");
+        assert_eq!(matching(&entries, 7, addr, 10).expect("valid").net, entries[2].net);
+        assert_eq!(matching(&entries, 7, addr, 60).expect("valid").net, entries[1].net);
+        assert_eq!(matching(&entries, 7, addr, 200).expect("valid").net, entries[0].net);
         assert_eq!(matching(&entries, 8, addr, 10), None);
     }
 }

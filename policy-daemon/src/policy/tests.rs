@@ -586,7 +586,7 @@ fn sets_are_defined_and_named_in_address_fields() {
     assert_eq!(admins.src, Some(vec![]), "a field naming sets only constrains the address");
     assert_eq!(admins.src_sets, ["admins"]);
     let drop = &policy.rules[1];
-    assert_eq!(drop.src, Some(vec!["198.51.100.0/24".parse().unwrap()]));
+    assert_eq!(drop.src, Some(vec!["198.51.100.0/24".parse().expect("valid")]));
     assert_eq!(drop.src_sets, ["blocklist"], "named once however often it is written");
     assert!(drop.dst_sets.is_empty());
 }
@@ -657,16 +657,16 @@ fn a_rule_naming_sets_shadows_only_rules_naming_the_same_sets() {
 fn set_files_take_plain_lists_netsets_and_spamhaus_drop() {
     let text = "# FireHOL style\n198.18.0.0/24\n\n  198.18.1.7  \n198.18.2.0/24 ; SBL123\n\
                 fd00::/64 # v6\n198.18.0.0/24\n";
-    let nets = super::parse_set_file(Path::new("drop.txt"), text).unwrap();
+    let nets = super::parse_set_file(Path::new("drop.txt"), text).expect("valid");
     let expected: Vec<ipnet::IpNet> =
         ["198.18.0.0/24", "198.18.1.7/32", "198.18.2.0/24", "fd00::/64"]
             .iter()
-            .map(|n| n.parse().unwrap())
+            .map(|n| n.parse().expect("valid"))
             .collect();
     assert_eq!(nets, expected);
     let err =
         super::parse_set_file(Path::new("drop.txt"), "198.18.0.0/24\n  198.18.0.1/24 ; x\nnope\n")
-            .unwrap_err();
+            .expect_err("invalid");
     let rendered: Vec<String> = err.iter().map(ToString::to_string).collect();
     assert_eq!(rendered.len(), 2);
     assert!(
@@ -681,13 +681,14 @@ fn set_files_take_plain_lists_netsets_and_spamhaus_drop() {
 #[test]
 fn the_compiled_ruleset_admits_set_members_through_the_set_bitmaps() {
     let mut policy = valid(SETS);
-    policy.sets[0].entries = vec!["198.18.0.0/16".parse().unwrap(), "fd00::/64".parse().unwrap()];
-    policy.sets[1].entries = vec!["198.18.5.5/32".parse().unwrap()];
+    policy.sets[0].entries =
+        vec!["198.18.0.0/16".parse().expect("valid"), "fd00::/64".parse().expect("valid")];
+    policy.sets[1].entries = vec!["198.18.5.5/32".parse().expect("valid")];
     let ruleset = compile(&policy);
     assert_eq!((ruleset.config.src_sets, ruleset.config.dst_sets), (2, 0));
     let packet = |src: &str, port| reference::IpPacket {
-        src: src.parse().unwrap(),
-        dst: "198.19.0.1".parse().unwrap(),
+        src: src.parse().expect("valid"),
+        dst: "198.19.0.1".parse().expect("valid"),
         l4: reference::L4::Tcp { src_port: 1000, dst_port: port },
     };
     for (src, port, rule) in [

@@ -126,14 +126,13 @@ pub const MAX_SET_FILE_BYTES: u64 = 1024 * 1024 * 1024;
 fn read_set(set: &policy::SetDef, options: LoadOptions) -> Result<Vec<ipnet::IpNet>, LoadError> {
     let mut entries = Vec::new();
     let mut diagnostics = Vec::new();
-    let in_set =
-        |error| {
-            LoadError::SetFile(Box::new(SetFileError {
-                set: set.name.clone(),
-                location: set.location.clone(),
-                error,
-            }))
-        };
+    let in_set = |error| {
+        LoadError::SetFile(Box::new(SetFileError {
+            set: set.name.clone(),
+            location: set.location.clone(),
+            error,
+        }))
+    };
     for file in &set.files {
         let real = fs::canonicalize(file)
             .map_err(|error| in_set(FileError::Read { path: file.clone(), error }))?;

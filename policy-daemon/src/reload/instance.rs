@@ -18,7 +18,7 @@ use crate::{
         apply::ApplyReport,
         error_chain,
         pins::{InterfaceLock, PinError, Pins},
-        sets,
+        sets::{self, ChangeError, SetInfo, SetMap},
         state::{self, Audit, RuleState, SetState, State},
     },
     policy::{Policy, Ruleset},
@@ -292,6 +292,36 @@ impl Instance {
     /// repairs a difference (the ruleset written whole into the other generation, then
     /// flipped to). Also checks that the pinned link runs this daemon's program, and
     /// puts it back if not. The result is kept as the last audit's record.
+    /// Runs `change` on the set `name`, if the policy in force here has it, holding the
+    /// sets' lock; a failure is logged.
+    pub fn change_set(
+        &mut self,
+        name: &str,
+        change: &mut impl FnMut(&mut SetMap, &SetInfo) -> Result<(), ChangeError>,
+    ) {
+        let Some(set) = self.policy.sets.iter().find(|s| s.name == name) else { return };
+        if self.detached() {
+            return;
+        }
+        let info = SetInfo {
+            name: set.name.clone(),
+            id: set.id,
+            max_entries: set.max_entries,
+            timeout: set.timeout,
+        };
+        let result = sets::lock(&self.pins.maps())
+            .map_err(ChangeError::from)
+            .and_then(|_lock| change(self.dataplane.sets(), &info));
+        if let Err(err) = result {
+            error!(
+                iface = self.iface,
+                set = name,
+                "changing the set failed: {}",
+                error_chain(&err)
+            );
+        }
+    }
+
     /// Removes the run-time set entries that have expired (the program already ignores
     /// them); returns how many, per set id.
     pub fn sweep_sets(&mut self) -> HashMap<u32, u64> {

@@ -26,7 +26,11 @@ pub use self::{
     instance::Instance,
 };
 use crate::{
-    dataplane::{DataplaneError, Places, XdpMode, error_chain, pins::PinError},
+    dataplane::{
+        DataplaneError, Places, XdpMode, error_chain,
+        pins::PinError,
+        sets::{ChangeError, SetInfo, SetMap},
+    },
     policy::{self, Policy, Ruleset},
     safety::{self, Lockout},
 };
@@ -276,6 +280,23 @@ impl Enforced {
             }
         }
         changed
+    }
+
+    /// Whether the policy in force has the set `name`.
+    pub fn has_set(&self, name: &str) -> bool {
+        self.policy.sets.iter().any(|s| s.name == name)
+    }
+
+    /// Runs `change` on the set `name` of every interface whose policy has it, holding
+    /// the sets' lock; failures are logged.
+    pub fn change_set(
+        &mut self,
+        name: &str,
+        mut change: impl FnMut(&mut SetMap, &SetInfo) -> Result<(), ChangeError>,
+    ) {
+        for i in &mut self.instances {
+            i.change_set(name, &mut change);
+        }
     }
 
     /// Removes expired run-time set entries on every interface.
