@@ -237,3 +237,31 @@ fn a_set_past_its_max_entries_is_refused_unchanged() {
     held.sort();
     assert_eq!(held, nets(&["198.18.7.0/24", "198.18.9.1/32", "198.18.9.2/32"]));
 }
+
+#[test]
+fn a_policy_whose_only_field_is_a_set_decides_by_it() {
+    if !support::privileged("a_policy_whose_only_field_is_a_set_decides_by_it") {
+        return;
+    }
+    // No protocol, port or plain network anywhere: the set alone admits the rule. (The
+    // program once took the address field's own bitmap, which holds no rule here, as
+    // the stand-in for the fields no rule constrains, and matched nothing.)
+    for field in ["src", "dst"] {
+        let text = format!(
+            "[[set]]\nname = \"blocklist\"\n[[rule]]\nname = \"only-the-set\"\naction = \
+             \"drop\"\n{field} = \"@blocklist\"\n"
+        );
+        let mut policy = policy::parse([(Path::new("only.toml"), text.as_str())]).expect("valid");
+        policy.sets[0].entries = nets(&["198.18.0.1", "fd00::1"]);
+        let mut dataplane = Dataplane::load(&policy::compile(&policy)).expect("loading");
+        let (inside, outside) = if field == "src" {
+            (("198.18.0.1", "198.18.0.2"), ("198.18.0.3", "198.18.0.2"))
+        } else {
+            (("198.18.0.2", "198.18.0.1"), ("198.18.0.2", "198.18.0.3"))
+        };
+        assert_eq!(verdict(&mut dataplane, inside.0, inside.1), XDP_DROP, "{field}: in the set");
+        assert_eq!(verdict(&mut dataplane, outside.0, outside.1), XDP_PASS, "{field}: not in it");
+        let v6 = if field == "src" { ("fd00::1", "fd00::2") } else { ("fd00::2", "fd00::1") };
+        assert_eq!(verdict(&mut dataplane, v6.0, v6.1), XDP_DROP, "{field}: IPv6 in the set");
+    }
+}

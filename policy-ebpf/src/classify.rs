@@ -276,7 +276,10 @@ fn first_match(
             },
         )
     };
-    let any = match l4_rules.or(dport_rules).or(sport_rules).or(src_rules).or(dst_rules) {
+    // An address field's bitmap stands in only without sets: with them, what it admits
+    // is more than its bitmap (the sets' rules are ORed in below).
+    let addresses = if mask == 0 { src_rules.or(dst_rules) } else { None };
+    let any = match l4_rules.or(dport_rules).or(sport_rules).or(addresses) {
         Some(bitmap) => bitmap,
         None => field_bitmap(generation, field_bitmap::ALL_RULES)?,
     };

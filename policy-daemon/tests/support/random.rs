@@ -59,6 +59,10 @@ impl Rng {
         self.below(100) < p
     }
 
+    fn pick_str<'a>(&mut self, items: &'a [String]) -> &'a str {
+        &items[self.below(items.len())]
+    }
+
     fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[self.below(items.len())]
     }
@@ -162,7 +166,16 @@ pub struct PolicySpec {
     pub defaults: Option<DefaultsSpec>,
     /// `[defaults]` after the rules rather than before (valid TOML either way).
     pub defaults_last: bool,
+    /// Named sets, with what their files would list (given to the parsed policy, as the
+    /// daemon does once it has read the files).
+    pub sets: Vec<SetSpec>,
     pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SetSpec {
+    pub name: String,
+    pub entries: Vec<IpNet>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -205,6 +218,9 @@ impl PolicySpec {
         if !self.defaults_last {
             self.write_defaults(&mut out);
         }
+        for set in &self.sets {
+            let _ = writeln!(out, "[[set]]\nname = \"{}\"\n", set.name);
+        }
         for rule in &self.rules {
             out.push_str("[[rule]]\n");
             let _ = writeln!(out, "name = \"{}\"", rule.name);
@@ -245,7 +261,17 @@ impl PolicySpec {
 
     pub fn parse(&self) -> Result<Policy, String> {
         let text = self.toml();
-        policy::parse([(Path::new("diff.toml"), text.as_str())]).map_err(|e| format!("{e:#}"))
+        let mut policy = policy::parse([(Path::new("diff.toml"), text.as_str())])
+            .map_err(|e| format!("{e:#}"))?;
+        for set in &mut policy.sets {
+            if let Some(spec) = self.sets.iter().find(|s| s.name == set.name) {
+                let mut entries = spec.entries.clone();
+                entries.sort_unstable();
+                entries.dedup();
+                set.entries = entries;
+            }
+        }
+        Ok(policy)
     }
 }
 
@@ -289,14 +315,33 @@ pub fn random_policy(rng: &mut Rng, index: usize) -> PolicySpec {
         fragments: rng.percent(80).then(|| rng.pick(&["rules", "pass", "drop"])),
         unparsable: rng.percent(50).then(|| rng.pick(&["pass", "drop"])),
     });
+    // A third of the policies have one to three sets, holding networks of the pool that
+    // rules use, both families.
+    let sets: Vec<SetSpec> = if rng.percent(33) {
+        (0..rng.between(1, 3))
+            .map(|i| SetSpec {
+                name: format!("s{i}"),
+                entries: (0..rng.between(1, 6))
+                    .map(|_| {
+                        let v6 = rng.percent(50);
+                        pool_net(rng, v6)
+                    })
+                    .collect(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
     PolicySpec {
         defaults,
         defaults_last: rng.percent(10),
-        rules: (0..rules).map(|i| random_rule(rng, i, narrow)).collect(),
+        rules: (0..rules).map(|i| random_rule(rng, i, narrow, &names)).collect(),
+        sets,
     }
 }
 
-fn random_rule(rng: &mut Rng, index: usize, narrow: bool) -> RuleSpec {
+fn random_rule(rng: &mut Rng, index: usize, narrow: bool, sets: &[String]) -> RuleSpec {
     loop {
         let protocol =
             rng.pick(&[None, Some("any"), Some("tcp"), Some("udp"), Some("icmp"), Some("icmpv6")]);
@@ -334,7 +379,17 @@ fn random_rule(rng: &mut Rng, index: usize, narrow: bool) -> RuleSpec {
         }
         for (key, p) in [("src", 30), ("dst", if narrow { 0 } else { 40 })] {
             if rng.percent(p) {
-                let (list, has_v4, has_v6) = net_list(rng, family);
+                let (mut list, mut has_v4, mut has_v6) = net_list(rng, family);
+                // A set beside the networks, or instead of them; it may hold either family.
+                if !sets.is_empty() && rng.percent(35) {
+                    let set = format!("\"@{}\"", rng.pick_str(sets));
+                    if rng.percent(40) {
+                        list.items.clear();
+                    }
+                    list.items.push(set);
+                    list.bare = list.items.len() == 1 && rng.percent(30);
+                    (has_v4, has_v6) = (true, true);
+                }
                 (v4, v6) = (v4 && has_v4, v6 && has_v6);
                 fields.push((key, list));
             }
@@ -777,9 +832,19 @@ pub fn random_frame(rng: &mut Rng, policy: &Policy) -> FrameSpec {
         Some(rule) => aimed_l4(rng, rule, v6),
         None => random_l4(rng, v6),
     };
+    // A rule's networks, and those of the sets it names, for each address field.
+    let aim = |nets: &Option<Vec<IpNet>>, names: &[String]| -> Option<Vec<IpNet>> {
+        let mut all = nets.clone()?;
+        for set in policy.sets.iter().filter(|s| names.contains(&s.name)) {
+            all.extend(set.entries.iter().copied());
+        }
+        Some(all)
+    };
+    let src_aim = target.and_then(|r| aim(&r.src, &r.src_sets));
+    let dst_aim = target.and_then(|r| aim(&r.dst, &r.dst_sets));
     let l3 = if v6 {
-        let src = aimed_addr(rng, target.and_then(|r| r.src.as_deref()), true);
-        let dst = aimed_addr(rng, target.and_then(|r| r.dst.as_deref()), true);
+        let src = aimed_addr(rng, src_aim.as_deref(), true);
+        let dst = aimed_addr(rng, dst_aim.as_deref(), true);
         let IpAddr::V6(src) = src else { unreachable!("aimed_addr keeps the family") };
         let IpAddr::V6(dst) = dst else { unreachable!("aimed_addr keeps the family") };
         let version = if rng.percent(2) { rng.pick(&[0, 4, 7, 15]) } else { 6 };
@@ -792,8 +857,8 @@ pub fn random_frame(rng: &mut Rng, policy: &Policy) -> FrameSpec {
         let ext = (0..count).map(|_| random_ext(rng)).collect();
         L3Spec::V6 { version, ext, src, dst, l4 }
     } else {
-        let src = aimed_addr(rng, target.and_then(|r| r.src.as_deref()), false);
-        let dst = aimed_addr(rng, target.and_then(|r| r.dst.as_deref()), false);
+        let src = aimed_addr(rng, src_aim.as_deref(), false);
+        let dst = aimed_addr(rng, dst_aim.as_deref(), false);
         let IpAddr::V4(src) = src else { unreachable!("aimed_addr keeps the family") };
         let IpAddr::V4(dst) = dst else { unreachable!("aimed_addr keeps the family") };
         let version = if rng.percent(2) { rng.pick(&[0, 5, 6, 15]) } else { 4 };
@@ -891,7 +956,9 @@ fn random_doff(rng: &mut Rng) -> u8 {
 /// An address family the rule admits (`true`: IPv6).
 fn rule_family(rng: &mut Rng, rule: &Rule) -> bool {
     let (mut v4, mut v6) = (rule.protocol != Protocol::Icmpv6, rule.protocol != Protocol::Icmp);
-    for nets in [&rule.src, &rule.dst].into_iter().flatten() {
+    for (nets, sets) in [(&rule.src, &rule.src_sets), (&rule.dst, &rule.dst_sets)] {
+        // A field naming a set may hold either family.
+        let Some(nets) = nets.as_ref().filter(|_| sets.is_empty()) else { continue };
         v4 &= nets.iter().any(|n| matches!(n, IpNet::V4(_)));
         v6 &= nets.iter().any(|n| matches!(n, IpNet::V6(_)));
     }
