@@ -182,7 +182,30 @@ fn bad_set_commands_exit_1_and_change_nothing() {
         &["add", "blocklist", "198.18.0.1", "198.18.0.3", "198.18.0.4"],
         "set \"blocklist\" holds 1 entries; 3 more would pass its max_entries of 3: nothing was changed",
     );
+    let dir = policy.0.parent().expect("a directory");
+    let bad = dir.join("bad.txt");
+    std::fs::write(&bad, "198.18.0.1\nnope ; a comment\n\n  198.18.0.9/24\n").expect("writing");
+    let bad = bad.display().to_string();
+    failed(&["load", "blocklist", &bad], &format!("{bad}:2:1: invalid network \"nope\""));
+    failed(
+        &["load", "blocklist", &bad],
+        &format!("{bad}:4:3: network \"198.18.0.9/24\" has host bits set"),
+    );
+    let big = dir.join("big.txt");
+    std::fs::write(&big, "198.18.0.1\n198.18.0.3\n198.18.0.4\n").expect("writing");
+    failed(
+        &["load", "blocklist", &big.display().to_string()],
+        "set \"blocklist\" holds 1 entries; 3 more would pass its max_entries of 3: nothing was changed",
+    );
     assert_eq!(delivered(&testbed, false), 10, "nothing was banned");
+    let good = dir.join("good.txt");
+    std::fs::write(&good, "# two\n198.18.0.1\n198.18.0.5\n").expect("writing");
+    let out = ok(set(&testbed, &["load", "blocklist", &good.display().to_string()]));
+    assert!(out.contains("2 run-time entries written, 0 others removed"), "{out}");
+    assert_eq!(delivered(&testbed, false), 0, "loaded");
+    let out = ok(set(&testbed, &["flush", "blocklist"]));
+    assert!(out.contains("2 run-time entries removed"), "{out}");
+    assert_eq!(delivered(&testbed, false), 10, "flushed");
     let list = ok(set(&testbed, &["list", "blocklist"]));
     assert!(list.starts_with("blocklist on veth1: 1 entries\n  198.18.77.0/24"), "{list}");
     drop(daemon.stop().expect("stopping"));

@@ -182,12 +182,12 @@ fn first_match(
 ) -> Option<u32> {
     let fields = config.fields;
     // Named sets: the rules naming a set that holds the source (the destination)
-    // address, in this CPU's scratch entries, taken into the AND through `mask`. The
+    // address, in this CPU's scratch entries, taken into the AND through a mask. The
     // entries are read whether or not the policy has sets, so that the verifier sees one
     // kind of pointer on every path; without sets the mask is 0.
     let set_src = SET_SCRATCH.get_ptr(0)?;
     let set_dst = SET_SCRATCH.get_ptr(1)?;
-    let mask = if config.src_sets | config.dst_sets != 0 {
+    let with_sets = if config.src_sets | config.dst_sets != 0 {
         let probe = SetProbe {
             ids: config.set_ids,
             src: packet.src,
@@ -198,14 +198,19 @@ fn first_match(
             src_count: u32::from(config.src_sets).min(MAX_SET_REFS as u32),
             dst_count: u32::from(config.dst_sets).min(MAX_SET_REFS as u32),
             version: if packet.family == Family::V4 { 4 } else { 6 },
+            words: config.words,
+            _pad: 0,
         };
         if xdp_policy_sets(&probe) != 0 {
             return None;
         }
-        u64::MAX
+        true
     } else {
-        0
+        false
     };
+    // All ones when the sets were looked up (both scratch entries written), else 0.
+    // One mask for both fields: two doubled the paths the verifier walks.
+    let mask = if with_sets { u64::MAX } else { 0 };
     // SAFETY: per-CPU entries, valid for this CPU; only `xdp_policy_sets` writes them,
     // on this CPU, before this packet's AND reads them.
     let (set_src, set_dst) = unsafe { (&*set_src, &*set_dst) };
@@ -278,7 +283,7 @@ fn first_match(
     };
     // An address field's bitmap stands in only without sets: with them, what it admits
     // is more than its bitmap (the sets' rules are ORed in below).
-    let addresses = if mask == 0 { src_rules.or(dst_rules) } else { None };
+    let addresses = if with_sets { None } else { src_rules.or(dst_rules) };
     let any = match l4_rules.or(dport_rules).or(sport_rules).or(addresses) {
         Some(bitmap) => bitmap,
         None => field_bitmap(generation, field_bitmap::ALL_RULES)?,
@@ -306,6 +311,9 @@ pub struct SetProbe {
     src_count: u32,
     dst_count: u32,
     version: u32,
+    /// `GenConfig::words`: the bitmap words in use, the only ones written.
+    words: u32,
+    _pad: u32,
 }
 
 /// Writes this CPU's two scratch bitmaps: the rules naming a source set that holds the
@@ -320,14 +328,23 @@ pub struct SetProbe {
 pub extern "C" fn xdp_policy_sets(probe: *const SetProbe) -> i32 {
     // SAFETY: null or a `SetProbe` of the caller's (the verifier checks the size).
     let Some(probe) = (unsafe { probe.as_ref() }) else { return 1 };
+    let words = probe.words as usize;
     for field in 0..2u32 {
+        let (count, addr) =
+            if field == 0 { (probe.src_count, &probe.src) } else { (probe.dst_count, &probe.dst) };
         let Some(merged) = SET_SCRATCH.get_ptr_mut(field) else { return 1 };
         // SAFETY: this CPU's scratch entry, which nothing else uses while the program
         // runs on this CPU.
         let merged = unsafe { &mut *merged };
-        *merged = RuleBitmap::EMPTY;
-        let (count, addr) =
-            if field == 0 { (probe.src_count, &probe.src) } else { (probe.dst_count, &probe.dst) };
+        // Word by word, volatile: written as one store, LLVM calls a memset that
+        // bpf-linker exports as a byte loop, which cost more than the lookups.
+        for w in 0..BITMAP_WORDS {
+            if w >= words {
+                break;
+            }
+            // SAFETY: a word of the entry.
+            unsafe { core::ptr::write_volatile(&raw mut merged.words[w], 0) };
+        }
         for i in 0..MAX_SET_REFS as u32 {
             if i >= count {
                 break;
@@ -341,6 +358,9 @@ pub extern "C" fn xdp_policy_sets(probe: *const SetProbe) -> i32 {
                 return 1;
             };
             for w in 0..BITMAP_WORDS {
+                if w >= words {
+                    break;
+                }
                 merged.words[w] |= rules.words[w];
             }
         }

@@ -3,7 +3,13 @@
 //! says), so it works whether or not a daemon runs. Each change holds the sets' lock,
 //! which the daemon also takes when it applies a policy or removes expired entries.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader},
+    net::IpAddr,
+    path::Path,
+    time::Duration,
+};
 
 use ipnet::IpNet;
 use policy_common::SETS_MAP;
@@ -82,17 +88,16 @@ pub fn set(args: &SetArgs) -> Result<(), CliError> {
             Ok(())
         }
         SetAction::Load { target, file, timeout } => {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| SetError::Input(format!("{}: {e}", file.display())))?;
-            let nets = policy::parse_set_file(file, &text).map_err(|diagnostics| {
-                SetError::Input(diagnostics.iter().map(ToString::to_string).collect())
-            })?;
+            // Read twice, a line at a time: once to check every line and count, once to
+            // write, so that a million entries never sit in memory at once.
+            let total = check_set_file(file)?;
             let timeout = timeout.as_deref().map(parse_timeout).transpose()?;
             for t in targets(target)? {
                 let timeout = timeout.unwrap_or(t.set.timeout);
                 let expires = sets::expiry(sets::boot_now_ns(), timeout);
+                let chunks = set_file_chunks(file)?;
                 let (written, removed) =
-                    change(&t, |map| sets::replace(map, &t.set, &nets, expires))?;
+                    change(&t, |map| sets::replace_chunks(map, &t.set, total, expires, chunks))?;
                 println!(
                     "{} on {}: {written} run-time entries written, {removed} others removed",
                     t.set.name, t.iface
@@ -141,6 +146,75 @@ pub fn set(args: &SetArgs) -> Result<(), CliError> {
             }
         }
     }
+}
+
+/// Most bad lines of a set file listed in an error.
+const MAX_REPORTED_LINES: usize = 20;
+
+fn open_set_file(file: &Path) -> Result<std::io::Lines<BufReader<File>>, SetError> {
+    File::open(file)
+        .map(|f| BufReader::new(f).lines())
+        .map_err(|e| SetError::Input(format!("{}: {e}", file.display())))
+}
+
+/// Checks every line of a set file; returns how many entries it lists.
+fn check_set_file(file: &Path) -> Result<usize, SetError> {
+    let mut count = 0;
+    let mut bad = Vec::new();
+    let mut bad_lines = 0;
+    for (n, line) in open_set_file(file)?.enumerate() {
+        let line = line.map_err(|e| SetError::Input(format!("{}: {e}", file.display())))?;
+        match policy::parse_set_line(&line) {
+            Ok(Some(_)) => count += 1,
+            Ok(None) => {}
+            Err((at, _, message)) => {
+                bad_lines += 1;
+                if bad.len() < MAX_REPORTED_LINES {
+                    bad.push(format!("{}:{}:{}: {message}", file.display(), n + 1, at + 1));
+                }
+            }
+        }
+    }
+    if bad_lines > 0 {
+        let more = bad_lines - bad.len();
+        let mut text = bad.join("\n");
+        if more > 0 {
+            text.push_str(&format!("\n… and {more} more bad lines"));
+        }
+        text.push_str("\nnothing was changed");
+        return Err(SetError::Input(text));
+    }
+    Ok(count)
+}
+
+/// The entries of a set file already checked, in chunks.
+fn set_file_chunks(
+    file: &Path,
+) -> Result<impl Iterator<Item = Result<Vec<IpNet>, ChangeError>>, SetError> {
+    let mut lines = open_set_file(file)?;
+    let path = file.to_path_buf();
+    Ok(std::iter::from_fn(move || {
+        let mut chunk = Vec::with_capacity(sets::REPLACE_CHUNK);
+        for line in lines.by_ref() {
+            let changed = |why: String| {
+                ChangeError::Changed(format!(
+                    "{}: {why} (it changed while being read)",
+                    path.display()
+                ))
+            };
+            match line.map_err(|e| changed(e.to_string())).and_then(|l| {
+                policy::parse_set_line(&l).map_err(|(_, _, message)| changed(message))
+            }) {
+                Ok(Some(net)) => chunk.push(net),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if chunk.len() == sets::REPLACE_CHUNK {
+                break;
+            }
+        }
+        (!chunk.is_empty()).then_some(Ok(chunk))
+    }))
 }
 
 /// The interfaces whose policy in force has the set (only `--iface` if given).

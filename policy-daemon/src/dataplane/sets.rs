@@ -458,6 +458,8 @@ pub enum ChangeError {
          nothing was changed"
     )]
     Full { set: String, held: usize, adding: usize, max: u32 },
+    #[error("{0}")]
+    Changed(String),
 }
 
 /// A set as run-time commands see it.
@@ -573,37 +575,71 @@ pub fn replace(
     nets: &[IpNet],
     expires_ns: u64,
 ) -> Result<(usize, usize), ChangeError> {
+    replace_chunks(
+        map,
+        set,
+        nets.len(),
+        expires_ns,
+        nets.chunks(REPLACE_CHUNK).map(|c| Ok(c.to_vec())),
+    )
+}
+
+/// Entries written per batch by [`replace_chunks`].
+pub const REPLACE_CHUNK: usize = 65_536;
+
+/// [`replace`] for a list given in chunks (read from a file as they are written, so that
+/// a million entries never sit in memory at once); `total` entries in all, counted
+/// beforehand for the `max_entries` check. A chunk that fails (the file changed between
+/// the count and the read) stops the replacement: what was written stays, nothing is
+/// removed.
+pub fn replace_chunks(
+    map: &mut SetMap,
+    set: &SetInfo,
+    total: usize,
+    expires_ns: u64,
+    chunks: impl Iterator<Item = Result<Vec<IpNet>, ChangeError>>,
+) -> Result<(usize, usize), ChangeError> {
     let held = map.entries(Some(set.id))?;
-    let files = held.iter().filter(|e| e.value.origin & set_origin::FILE != 0).count();
-    let wanted: HashSet<IpNet> = nets.iter().copied().collect();
     let from_files: HashSet<IpNet> =
         held.iter().filter(|e| e.value.origin & set_origin::FILE != 0).map(|e| e.net).collect();
-    let writes: Vec<Entry> = wanted
-        .iter()
-        .filter(|n| !from_files.contains(n))
-        .map(|net| Entry {
-            id: set.id,
-            net: *net,
-            value: value(net, expires_ns, set_origin::RUNTIME),
-        })
-        .collect();
-    if files + writes.len() > set.max_entries as usize {
+    let mut stale: HashSet<IpNet> =
+        held.iter().filter(|e| e.value.origin & set_origin::FILE == 0).map(|e| e.net).collect();
+    drop(held);
+    let files = from_files.len();
+    if files + total > set.max_entries as usize {
         return Err(ChangeError::Full {
             set: set.name.clone(),
             held: files,
-            adding: writes.len(),
+            adding: total,
             max: set.max_entries,
         });
     }
-    map.insert(&writes)?;
-    let stale: Vec<(u32, IpNet)> = held
-        .iter()
-        .filter(|e| e.value.origin & set_origin::FILE == 0 && !wanted.contains(&e.net))
-        .map(|e| (e.id, e.net))
-        .collect();
+    let mut written = 0;
+    for chunk in chunks {
+        let mut chunk = chunk?;
+        chunk.sort_unstable();
+        chunk.dedup();
+        let writes: Vec<Entry> = chunk
+            .iter()
+            .filter(|n| !from_files.contains(n))
+            .map(|net| Entry {
+                id: set.id,
+                net: *net,
+                value: value(net, expires_ns, set_origin::RUNTIME),
+            })
+            .collect();
+        map.insert(&writes)?;
+        written += writes.len();
+        for net in &chunk {
+            stale.remove(net);
+        }
+    }
+    let stale: Vec<(u32, IpNet)> = stale.into_iter().map(|n| (set.id, n)).collect();
     map.remove(&stale)?;
-    map.set_count(set.id, (files + writes.len()) as u64)?;
-    Ok((writes.len(), stale.len()))
+    // Exact unless a network came twice in different chunks; the daemon's sweep
+    // recounts.
+    map.set_count(set.id, (files + written) as u64)?;
+    Ok((written, stale.len()))
 }
 
 /// The entry of set `id` that decides whether `addr` is in it now, as the program looks:

@@ -118,19 +118,15 @@ pub fn parse_set_file(file: &Path, text: &str) -> Result<Vec<IpNet>, Vec<Diagnos
     let mut diagnostics = Vec::new();
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
-        let content = line.split(['#', ';']).next().unwrap_or_default();
-        let trimmed = content.trim();
-        if !trimmed.is_empty() {
-            let start = offset + (content.len() - content.trim_start().len());
-            match parse_net(trimmed) {
-                Ok(net) => nets.push(net),
-                Err(message) => diagnostics.push(Diagnostic::new(
-                    file.to_path_buf(),
-                    text,
-                    start..start + trimmed.len(),
-                    message,
-                )),
-            }
+        match parse_set_line(line) {
+            Ok(Some(net)) => nets.push(net),
+            Ok(None) => {}
+            Err((at, len, message)) => diagnostics.push(Diagnostic::new(
+                file.to_path_buf(),
+                text,
+                offset + at..offset + at + len,
+                message,
+            )),
         }
         offset += line.len();
     }
@@ -140,6 +136,18 @@ pub fn parse_set_file(file: &Path, text: &str) -> Result<Vec<IpNet>, Vec<Diagnos
     nets.sort_unstable();
     nets.dedup();
     Ok(nets)
+}
+
+/// One line of a set file: its network, `None` for a blank or comment line, or where
+/// the bad value starts in the line, its length, and what is wrong.
+pub fn parse_set_line(line: &str) -> Result<Option<IpNet>, (usize, usize, String)> {
+    let content = line.split(['#', ';']).next().unwrap_or_default();
+    let trimmed = content.trim();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    let at = content.len() - content.trim_start().len();
+    parse_net(trimmed).map(Some).map_err(|message| (at, trimmed.len(), message))
 }
 
 /// One validated rule.
