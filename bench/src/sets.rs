@@ -10,6 +10,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsFd as _,
     path::Path,
+    process::Command,
     time::Instant,
 };
 
@@ -363,22 +364,42 @@ fn commands(opts: &Opts, big: &[IpNet]) -> Result<(Summary, f64, f64)> {
         writeln!(out, "{net}")?;
     }
     drop(out);
-    let before = children_maxrss_kib();
-    let load_ms = run(&["set", "load", "blocklist", file.to_str().unwrap_or_default()])?;
-    let after = children_maxrss_kib();
+    let (load_ms, rss_kib) = peak_rss_of(
+        Command::new(&opts.daemon)
+            .args(["set", "load", "blocklist"])
+            .arg(&file)
+            .args(["--config", "/dev/null", "--pin-dir"])
+            .arg(testbed.dirs().pin_dir())
+            .arg("--state-dir")
+            .arg(testbed.dirs().state_dir()),
+    )?;
     drop(daemon.stop()?);
-    // The peak of every child so far: the set load is the largest by far, unless an
-    // earlier child was larger (then the figure is an upper bound).
-    let rss_mib = after.max(before) as f64 / 1024.0;
-    Ok((Summary::of(&adds).expect("adds"), load_ms, rss_mib))
+    Ok((Summary::of(&adds).expect("adds"), load_ms, rss_kib as f64 / 1024.0))
 }
 
-/// The largest peak RSS of this process's waited-for children, KiB.
-fn children_maxrss_kib() -> i64 {
-    // SAFETY: getrusage writes the struct it is given.
-    unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
-        usage.ru_maxrss
+/// Runs `cmd` to its end; returns how long it took (ms) and its peak RSS (KiB), read
+/// from its `VmHWM` while it runs. (getrusage's figure for children counts what a child
+/// shares with this process between fork and exec, which is most of this process.)
+fn peak_rss_of(cmd: &mut Command) -> Result<(f64, u64)> {
+    let start = Instant::now();
+    let mut child = cmd.stdout(std::process::Stdio::null()).spawn().context("spawning")?;
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path)
+            && let Some(kib) = text.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+            })
+        {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    if !status.success() {
+        bail!("{cmd:?}: {status}");
     }
+    Ok((ms(start), peak))
 }

@@ -76,7 +76,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         }
         enforced.push(e);
     }
-    publish(metrics.as_ref(), &enforced);
+    publish(metrics.as_ref(), &mut enforced);
     let mut tick = tokio::time::interval(METRICS_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut sweep_tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -122,11 +122,11 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
                 if reattached {
                     notify(&[NotifyState::Status(&status_line(&enforced))]);
                 }
-                publish(metrics.as_ref(), &enforced);
+                publish(metrics.as_ref(), &mut enforced);
             }
             _ = sigusr1.recv() => {
                 enforced.iter_mut().for_each(|e| e.audit("SIGUSR1", &options));
-                publish(metrics.as_ref(), &enforced);
+                publish(metrics.as_ref(), &mut enforced);
             }
             Some(event) = next_decisions(bouncer.as_mut().map(|b| &mut b.0)) => {
                 let Some((_, decisions, settings)) = bouncer.as_mut() else { continue };
@@ -153,7 +153,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             }
             _ = next_tick(audit_tick.as_mut()) => {
                 enforced.iter_mut().for_each(|e| e.audit("interval", &options));
-                publish(metrics.as_ref(), &enforced);
+                publish(metrics.as_ref(), &mut enforced);
             }
             _ = tick.tick() => {
                 let mut changed = false;
@@ -163,7 +163,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
                 if changed {
                     notify(&[NotifyState::Status(&status_line(&enforced))]);
                 }
-                publish(metrics.as_ref(), &enforced);
+                publish(metrics.as_ref(), &mut enforced);
             }
             Some(i) = watcher.changed() => {
                 due.insert(i, Instant::now() + DEBOUNCE);
@@ -175,7 +175,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
                     due.remove(&i);
                     reload(&mut enforced, i, "file change", &options, metrics.as_ref());
                 }
-                publish(metrics.as_ref(), &enforced);
+                publish(metrics.as_ref(), &mut enforced);
             }
         }
     }
@@ -234,14 +234,16 @@ fn reload(
 }
 
 /// Hands every interface's counters to the metrics endpoint, if there is one.
-fn publish(metrics: Option<&Metrics>, enforced: &[Enforced]) {
+fn publish(metrics: Option<&Metrics>, enforced: &mut [Enforced]) {
     let Some(metrics) = metrics else { return };
     for e in enforced {
-        for i in e.instances() {
+        let policy = e.policy_path().to_path_buf();
+        for i in e.instances_mut() {
+            let sets = i.set_stats();
             match i.counts() {
                 Ok(counts) => metrics.update(&Snapshot {
                     iface: i.iface(),
-                    policy: e.policy_path(),
+                    policy: &policy,
                     generation: i.generation(),
                     attach_mode: i.mode(),
                     verdicts: &counts.verdicts,
@@ -249,6 +251,7 @@ fn publish(metrics: Option<&Metrics>, enforced: &[Enforced]) {
                     enforcing: i.enforcing(),
                     drift_entries: i.last_audit().map_or(0, |a| a.drift_total),
                     last_audit: i.last_audit_at(),
+                    sets: &sets,
                 }),
                 Err(err) => warn!(
                     iface = i.iface(),

@@ -21,6 +21,8 @@
 //! | `last_reload_successful` (1 or 0) | gauge | `policy` |
 //! | `last_reload_timestamp_seconds` | gauge | `policy` |
 //! | `reload_errors_total` | counter | `policy` |
+//! | `set_entries` | gauge | `iface`, `set` |
+//! | `set_expired_entries_total` | counter | `iface`, `set` |
 //! | `crowdsec_up` (1: the last pull of decisions worked) | gauge | |
 //! | `crowdsec_decisions` (networks banned by CrowdSec decisions) | gauge | |
 //! | `crowdsec_pulls_total`, `crowdsec_pull_errors_total` | counter | |
@@ -89,6 +91,8 @@ pub struct Snapshot<'a> {
     pub drift_entries: u64,
     /// When the maps were last audited.
     pub last_audit: Option<SystemTime>,
+    /// Each named set: (name, entries, expired entries removed since start-up).
+    pub sets: &'a [(String, u64, u64)],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +201,7 @@ impl Exposition {
             enforcing: s.enforcing,
             drift_entries: s.drift_entries,
             last_audit: s.last_audit,
+            sets: s.sets.to_vec(),
         };
         self.lock().ifaces.insert(s.iface.to_string(), iface);
     }
@@ -242,6 +247,7 @@ struct IfaceState {
     enforcing: bool,
     drift_entries: u64,
     last_audit: Option<SystemTime>,
+    sets: Vec<(String, u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -346,6 +352,21 @@ impl Collector for StateCollector {
             ifaces.iter().filter_map(|(i, s)| {
                 Some(([("iface", i)], ConstGauge::new(unix_seconds(s.last_audit?))))
             }),
+        )?;
+        let sets = || {
+            ifaces.iter().flat_map(|(i, s)| s.sets.iter().map(move |(set, n, e)| (i, set, *n, *e)))
+        };
+        family(
+            &mut encoder,
+            "set_entries",
+            "Entries of the named set (its files' and run-time ones).",
+            sets().map(|(i, set, n, _)| ([("iface", i), ("set", set)], ConstGauge::new(n as i64))),
+        )?;
+        family(
+            &mut encoder,
+            "set_expired_entries",
+            "Run-time entries of the set that expired and were removed, since the daemon started.",
+            sets().map(|(i, set, _, e)| ([("iface", i), ("set", set)], ConstCounter::new(e))),
         )?;
         let reloads = || state.reloads.iter().filter_map(|(p, r)| r.last.map(|last| (p, last)));
         family(
@@ -546,6 +567,7 @@ mod tests {
             enforcing: true,
             drift_entries: 7,
             last_audit: Some(at(1_700_000_100, 500)),
+            sets: &[],
         }
     }
 
@@ -562,8 +584,10 @@ mod tests {
         let e = Exposition::new();
         let v = verdicts();
         let r = rules(&["ssh", "web"]);
-        e.update(&snapshot("eth0", &v, &r));
+        let sets = vec![("blocklist".to_string(), 12, 3)];
+        e.update(&Snapshot { sets: &sets, ..snapshot("eth0", &v, &r) });
         e.reload(Path::new("/etc/xdp-policy/edge.toml"), false, at(1_700_000_000, 250));
+        e.lock().crowdsec = Some(CrowdSecState { up: true, decisions: 2, pulls: 5, failures: 1 });
 
         let expected = r#"# HELP xdp_policy_rule_packets_total Packets that matched the rule, since it was first applied unchanged.
 # TYPE xdp_policy_rule_packets_total counter
@@ -619,6 +643,12 @@ xdp_policy_drift_entries_total{iface="eth0"} 7
 # HELP xdp_policy_last_audit_timestamp_seconds When the kernel's maps were last read back and compared with the policy, in seconds since the Unix epoch.
 # TYPE xdp_policy_last_audit_timestamp_seconds gauge
 xdp_policy_last_audit_timestamp_seconds{iface="eth0"} 1700000100.5
+# HELP xdp_policy_set_entries Entries of the named set (its files' and run-time ones).
+# TYPE xdp_policy_set_entries gauge
+xdp_policy_set_entries{iface="eth0",set="blocklist"} 12
+# HELP xdp_policy_set_expired_entries_total Run-time entries of the set that expired and were removed, since the daemon started.
+# TYPE xdp_policy_set_expired_entries_total counter
+xdp_policy_set_expired_entries_total{iface="eth0",set="blocklist"} 3
 # HELP xdp_policy_last_reload_successful Whether the last reload of the policy succeeded (1) or left the previous one in force (0).
 # TYPE xdp_policy_last_reload_successful gauge
 xdp_policy_last_reload_successful{policy="/etc/xdp-policy/edge.toml"} 0
@@ -628,6 +658,18 @@ xdp_policy_last_reload_timestamp_seconds{policy="/etc/xdp-policy/edge.toml"} 170
 # HELP xdp_policy_reload_errors_total Reloads of the policy that failed and left the previous one in force.
 # TYPE xdp_policy_reload_errors_total counter
 xdp_policy_reload_errors_total{policy="/etc/xdp-policy/edge.toml"} 1
+# HELP xdp_policy_crowdsec_up Whether the last pull of CrowdSec's decisions worked (1); while it fails (0) the decisions known stay in force.
+# TYPE xdp_policy_crowdsec_up gauge
+xdp_policy_crowdsec_up 1
+# HELP xdp_policy_crowdsec_decisions Networks banned by CrowdSec decisions in force.
+# TYPE xdp_policy_crowdsec_decisions gauge
+xdp_policy_crowdsec_decisions 2
+# HELP xdp_policy_crowdsec_pulls_total Pulls of CrowdSec's decisions stream that worked.
+# TYPE xdp_policy_crowdsec_pulls_total counter
+xdp_policy_crowdsec_pulls_total 5
+# HELP xdp_policy_crowdsec_pull_errors_total Pulls of CrowdSec's decisions stream that failed.
+# TYPE xdp_policy_crowdsec_pull_errors_total counter
+xdp_policy_crowdsec_pull_errors_total 1
 "#;
         assert_eq!(render(&e), expected);
     }

@@ -370,6 +370,10 @@ fn crowdsec_decisions_are_enforced_on_the_wire_and_outlive_an_unreachable_api() 
     api.cscli_ok(&["decisions", "add", "--ip", &tx, "--duration", "1h"]);
     within(Duration::from_secs(10), "a long decision", banned);
     assert_eq!(crowdsec_metric(&testbed, METRICS_PORT, "xdp_policy_crowdsec_up"), Some(1.0));
+    within(Duration::from_secs(5), "the set's entries in the metrics", || {
+        let series = "xdp_policy_set_entries{iface=\"veth1\",set=\"crowdsec\"}";
+        crowdsec_metric(&testbed, METRICS_PORT, series) == Some(1.0)
+    });
     api.stop();
     within(Duration::from_secs(10), "crowdsec_up 0", || {
         crowdsec_metric(&testbed, METRICS_PORT, "xdp_policy_crowdsec_up") == Some(0.0)

@@ -46,6 +46,8 @@ pub struct Instance {
     relinking: bool,
     /// The audits so far; the last one's record.
     audit: Option<Audit>,
+    /// Expired run-time entries the sweeps removed, per set id, since the daemon started.
+    expired: HashMap<u32, u64>,
 }
 
 /// An interface index not known yet (the lookup failed when the filter was attached).
@@ -86,6 +88,7 @@ impl Instance {
             ruleset: Arc::clone(ruleset),
             relinking: false,
             audit: None,
+            expired: HashMap::new(),
         };
         if !pins.linked() {
             // No filter in force: whatever is pinned is left from a start that failed
@@ -337,6 +340,9 @@ impl Instance {
                 if total > 0 {
                     debug!(iface = self.iface, expired = total, "expired set entries removed");
                 }
+                for (id, n) in &counts {
+                    *self.expired.entry(*id).or_default() += n;
+                }
                 counts
             }
             Err(err) => {
@@ -348,6 +354,20 @@ impl Instance {
                 HashMap::new()
             }
         }
+    }
+
+    /// Each set of the policy in force: its name, entries (as its count says) and the
+    /// expired entries removed since the daemon started.
+    pub fn set_stats(&mut self) -> Vec<(String, u64, u64)> {
+        let policy = Arc::clone(&self.policy);
+        policy
+            .sets
+            .iter()
+            .map(|s| {
+                let entries = self.dataplane.sets().count(s.id);
+                (s.name.clone(), entries, self.expired.get(&s.id).copied().unwrap_or(0))
+            })
+            .collect()
     }
 
     pub fn audit(&mut self, trigger: &str) {

@@ -163,6 +163,10 @@ impl Enforced {
         &self.assignment.policy
     }
 
+    pub fn instances_mut(&mut self) -> &mut [Instance] {
+        &mut self.instances
+    }
+
     pub fn instances(&self) -> &[Instance] {
         &self.instances
     }
