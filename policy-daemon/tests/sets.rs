@@ -265,3 +265,40 @@ fn a_policy_whose_only_field_is_a_set_decides_by_it() {
         assert_eq!(verdict(&mut dataplane, v6.0, v6.1), XDP_DROP, "{field}: IPv6 in the set");
     }
 }
+
+#[test]
+fn the_audit_finds_and_the_repair_mends_set_entries_changed_behind_the_daemon() {
+    if !support::privileged(
+        "the_audit_finds_and_the_repair_mends_set_entries_changed_behind_the_daemon",
+    ) {
+        return;
+    }
+    let policy = policy_with(POLICY, &["198.18.7.0/24", "198.18.6.0/24"], &["198.19.0.1"]);
+    let ruleset = policy::compile(&policy);
+    let mut dataplane = Dataplane::load(&ruleset).expect("loading");
+    let blocklist = info(&policy, "blocklist");
+    add(&mut dataplane, &blocklist, &["198.18.8.1"], 0).expect("a run-time ban");
+    assert!(dataplane.audit(&ruleset).expect("auditing").is_empty(), "nothing changed yet");
+
+    // Another writer: a file entry removed, another made to expire, a set nobody has.
+    let file_entry = |net: &str, expires_ns| sets::Entry {
+        id: blocklist.id,
+        net: nets(&[net])[0],
+        value: sets::value(&nets(&[net])[0], expires_ns, policy_common::set_origin::FILE),
+    };
+    dataplane.sets().remove(&[(blocklist.id, nets(&["198.18.7.0/24"])[0])]).expect("removing");
+    dataplane.sets().insert(&[file_entry("198.18.6.0/24", 1)]).expect("expiring");
+    let stranger = sets::Entry { id: 0xdead_beef, ..file_entry("198.18.9.0/24", 0) };
+    dataplane.sets().insert(&[stranger]).expect("a stranger");
+    assert_eq!(verdict(&mut dataplane, "198.18.7.1", "198.19.0.1"), XDP_PASS, "drifted");
+    let drift = dataplane.audit(&ruleset).expect("auditing");
+    assert_eq!(drift.maps.get(policy_common::SETS_MAP), Some(&3), "{drift:?}");
+
+    dataplane.repair(&ruleset).expect("repairing");
+    assert!(dataplane.audit(&ruleset).expect("auditing").is_empty(), "repaired");
+    assert_eq!(verdict(&mut dataplane, "198.18.7.1", "198.19.0.1"), XDP_DROP, "back");
+    assert_eq!(verdict(&mut dataplane, "198.18.6.1", "198.19.0.1"), XDP_DROP, "expires no more");
+    assert_eq!(verdict(&mut dataplane, "198.18.8.1", "198.19.0.1"), XDP_DROP, "the ban stays");
+    let strangers = dataplane.sets().entries(Some(0xdead_beef)).expect("reading");
+    assert!(strangers.is_empty(), "{strangers:?}");
+}

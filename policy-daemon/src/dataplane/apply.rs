@@ -473,7 +473,8 @@ impl Drift {
         self.maps.is_empty()
     }
 
-    fn add(&mut self, map: &'static str, entries: u64) {
+    /// Adds `entries` differing entries of `map`.
+    pub fn add(&mut self, map: &'static str, entries: u64) {
         if entries > 0 {
             *self.maps.entry(map).or_default() += entries;
         }

@@ -471,14 +471,29 @@ impl Dataplane {
 
     /// Reads back what the kernel holds for `ruleset`, the ruleset last applied, and
     /// says where it differs (see [`Generations::audit`]).
+    ///
+    /// The sets' file entries are checked too (see [`sets::audit`]).
     pub fn audit(&mut self, ruleset: &Ruleset) -> Result<Drift, DataplaneError> {
-        self.generations.audit(&mut self.maps, ruleset).map_err(DataplaneError::Audit)
+        let mut drift =
+            self.generations.audit(&mut self.maps, ruleset).map_err(DataplaneError::Audit)?;
+        let files: Vec<FileSet> =
+            ruleset.sets.iter().map(|s| FileSet { id: s.id, entries: &s.entries }).collect();
+        drift.add(SETS_MAP, sets::audit(&mut self.sets, &files).map_err(DataplaneError::Sets)?);
+        Ok(drift)
     }
 
     /// Puts `ruleset` back in force whole after an audit found drift (see
     /// [`Generations::repair`]).
+    ///
+    /// The sets' file entries are written again whole, and entries of sets the policy
+    /// does not have removed.
     pub fn repair(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, DataplaneError> {
-        self.generations.repair(&mut self.maps, ruleset).map_err(DataplaneError::Apply)
+        self.file_entries = FileEntries::distrusted();
+        self.sync_sets(ruleset, false)?;
+        let report =
+            self.generations.repair(&mut self.maps, ruleset).map_err(DataplaneError::Apply)?;
+        self.sync_sets(ruleset, true)?;
+        Ok(report)
     }
 
     fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {

@@ -308,6 +308,9 @@ pub struct FileEntries {
     by_set: Option<HashMap<u32, HashSet<IpNet>>>,
     /// The sets the previous apply wrote (`None`: unknown, after adopting).
     sets: Option<HashSet<u32>>,
+    /// Write every file entry the next sync, whatever the map is thought to hold (after
+    /// an audit found the map changed behind this process's back).
+    force: bool,
 }
 
 /// A set as an apply writes it: its id and the entries of its files.
@@ -328,12 +331,17 @@ pub struct SyncReport {
 impl FileEntries {
     /// For maps created empty.
     pub fn empty() -> Self {
-        Self { by_set: Some(HashMap::new()), sets: Some(HashSet::new()) }
+        Self { by_set: Some(HashMap::new()), sets: Some(HashSet::new()), force: false }
     }
 
     /// For adopted maps: nothing known until read.
     pub fn unknown() -> Self {
         Self::default()
+    }
+
+    /// For maps an audit found changed: nothing known, every file entry rewritten.
+    pub fn distrusted() -> Self {
+        Self { force: true, ..Self::default() }
     }
 
     /// Makes the map hold exactly `sets`' file entries, and run-time entries of those sets
@@ -363,14 +371,16 @@ impl FileEntries {
         for set in sets {
             let held = by_set.entry(set.id).or_default();
             let wanted: HashSet<IpNet> = set.entries.iter().copied().collect();
+            let force = self.force;
             let new: Vec<Entry> = set
                 .entries
                 .iter()
-                .filter(|n| !held.contains(n))
+                .filter(|n| force || !held.contains(n))
                 .map(|net| Entry { id: set.id, net: *net, value: value(net, 0, set_origin::FILE) })
                 .collect();
             // An entry added at run time that a file now lists becomes the file's.
             let before = new.iter().filter(|e| map.get(set.id, &e.net).is_some()).count();
+            let before = if force { new.len() } else { before };
             map.insert(&new)?;
             map.add_count(set.id, (new.len() - before) as i64)?;
             report.added += new.len();
@@ -386,6 +396,7 @@ impl FileEntries {
         }
         let ids: HashSet<u32> = sets.iter().map(|s| s.id).collect();
         if purge {
+            self.force = false;
             let previous = self.sets.take().unwrap_or_default();
             if previous.iter().any(|id| !ids.contains(id)) {
                 let dropped: Vec<(u32, IpNet)> = map
@@ -407,6 +418,37 @@ impl FileEntries {
         }
         Ok(report)
     }
+}
+
+/// Reads the map back against the sets' file entries: every one must be there, marked
+/// as a file's and never expiring, no entry may claim a file that does not list it, and
+/// no entry may belong to a set the policy does not have. Run-time entries are not
+/// checked one by one (no record of them is kept). Returns the entries that differ.
+pub fn audit(map: &mut SetMap, sets: &[FileSet]) -> Result<u64, SetMapError> {
+    let wanted: HashMap<u32, HashSet<IpNet>> =
+        sets.iter().map(|s| (s.id, s.entries.iter().copied().collect())).collect();
+    let mut found: HashMap<u32, HashSet<IpNet>> = HashMap::new();
+    let mut differ = 0;
+    for e in map.entries(None)? {
+        let Some(files) = wanted.get(&e.id) else {
+            differ += 1;
+            continue;
+        };
+        if e.value.origin & set_origin::FILE != 0 {
+            let listed = files.contains(&e.net);
+            if !listed || e.value.expires_ns != 0 {
+                differ += 1;
+            }
+            if listed {
+                found.entry(e.id).or_default().insert(e.net);
+            }
+        }
+    }
+    for (id, files) in &wanted {
+        let held = found.get(id).map_or(0, HashSet::len);
+        differ += (files.len() - held) as u64;
+    }
+    Ok(differ)
 }
 
 /// Removes the run-time entries that expired by `now`, and recounts every set's

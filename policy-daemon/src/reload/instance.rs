@@ -418,7 +418,10 @@ impl Instance {
             maps = maps.join(", "),
             "audit: the kernel's maps differ from the policy in force; repairing"
         );
-        let mut repaired = self.dataplane.repair(&ruleset).map(drop);
+        // The repair rewrites the sets' file entries: under their lock.
+        let mut repaired = sets::lock(&self.pins.maps())
+            .map_err(DataplaneError::Sets)
+            .and_then(|_lock| self.dataplane.repair(&ruleset).map(drop));
         if foreign_program && repaired.is_ok() {
             repaired = self.dataplane.replace_on_pinned_link(&self.pins);
         }

@@ -126,8 +126,8 @@ fn scribble(maps: Vec<(String, MapData)>, seed: u64) -> Scribbled {
             | EVENT_CLOCK_MAP => continue,
             // Per-CPU scratch space the program writes before it reads.
             SET_SCRATCH_MAP => continue,
-            // The sets' contents change at run time and the drift audit does not cover
-            // them yet: scribbled entries would stay.
+            // The audit checks the sets' file entries and finds sets nobody has, but keeps
+            // no record of run-time entries: scribbled ones of a known set would stay.
             SETS_MAP => continue,
             // The program's constants, frozen by the loader: no process can write them.
             ".rodata" => continue,
