@@ -288,12 +288,32 @@ fn scribbled_maps_are_found_and_repaired() {
     assert_eq!(testbed.udp_probe(RX_V6.into(), 7003, 5).expect("probe").received, 0);
     assert_eq!(testbed.udp_probe(RX_V6.into(), 7004, 5).expect("probe").received, 5);
 
-    // The daemon's own audit, every 2 s here.
+    // The daemon's own audit, every 2 s here. One may run while the scribbler is still
+    // at work and repair only what was scribbled so far: wait for a repair, and for an
+    // audit that began once the scribbling was over (its record lands in the state file
+    // after any repair it made).
     let before = daemon.log().matches("audit: repaired").count();
     support::scribble::pinned(&maps, 0xdead_beef);
+    let scribbled_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
     daemon
         .wait_for_log("audit: repaired", before + 1, Duration::from_secs(10))
         .expect("the periodic audit repairs it");
+    let state = testbed.dirs().state_dir().join(format!("{RX_IFACE}.json"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit_at = std::fs::read(&state)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["audit"]["at_ms"].as_u64());
+        if audit_at.is_some_and(|at| at >= scribbled_ms) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no audit after the scribbling");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(received(&testbed, 7001), 0);
     assert_eq!(received(&testbed, 7002), 5);
     let out = xdp_policy(&testbed, &["status", "--json"]);
