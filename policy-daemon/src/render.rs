@@ -36,6 +36,18 @@ pub struct InterfaceStatus {
     pub verdicts: BTreeMap<&'static str, Count>,
     /// Rules in force with their counters, in rule order.
     pub rules: Vec<RuleStatus>,
+    /// The policy's named sets with the entries each holds now.
+    pub sets: Vec<SetStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SetStatus {
+    pub name: String,
+    /// Entries now (files' and run-time ones), as the set's count says.
+    pub entries: u64,
+    pub max_entries: u32,
+    /// Expiry of run-time entries added without a timeout, ms; 0: none.
+    pub timeout_ms: u64,
 }
 
 /// Packets and bytes, summed over CPUs.
@@ -106,6 +118,18 @@ pub fn render_status(all: &[InterfaceStatus]) -> String {
                     r.bytes
                 ));
             }
+        }
+        for set in &s.sets {
+            let timeout = if set.timeout_ms == 0 {
+                "for good".to_string()
+            } else {
+                humantime::format_duration(Duration::from_millis(set.timeout_ms)).to_string()
+            };
+            out.push_str(&format!(
+                "  set @{}: {} entries (at most {}), run-time entries stay {timeout} unless \
+                 added with a timeout\n",
+                set.name, set.entries, set.max_entries
+            ));
         }
     }
     out

@@ -96,6 +96,17 @@ fn bans_drop_on_the_wire_expire_on_time_and_outlive_restarts() {
     assert_eq!(entries[1]["net"], "198.18.77.0/24");
     assert_eq!(entries[1]["origin"], "file");
     assert!(entries[1]["expires_in_ms"].is_null());
+    let status = ok(xdp_policy(&testbed, &["status"]));
+    assert!(
+        status.contains(
+            "set @blocklist: 2 entries (at most 1048576), run-time entries stay 1h unless added \
+             with a timeout"
+        ),
+        "{status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(xdp_policy(&testbed, &["status", "--json"]))).expect("json");
+    assert_eq!(json[0]["sets"][0]["entries"], 2, "{json}");
 
     // Still banned just before it ends, gone just after: the kernel compares the clock.
     std::thread::sleep(Duration::from_millis(2300).saturating_sub(added.elapsed()));

@@ -26,6 +26,7 @@ use crate::{
     reload::files,
     render::{
         self, Count, Explanation, InterfaceStatus, LiveOutcome, ReferenceOutcome, RuleStatus,
+        SetStatus,
     },
     settings,
 };
@@ -124,6 +125,16 @@ fn read_status(places: &Places, only: Option<&str>) -> Result<Vec<InterfaceStatu
                 bytes: c.bytes,
             })
             .collect();
+        let sets = state
+            .iter()
+            .flat_map(|st| st.sets.iter())
+            .map(|set| SetStatus {
+                name: set.name.clone(),
+                entries: filter.set_entries(set.id).unwrap_or(0),
+                max_entries: set.max_entries,
+                timeout_ms: set.timeout_ms,
+            })
+            .collect();
         all.push(InterfaceStatus {
             iface: filter.iface().to_string(),
             attached: filter.attached(),
@@ -131,6 +142,7 @@ fn read_status(places: &Places, only: Option<&str>) -> Result<Vec<InterfaceStatu
             state_error,
             verdicts,
             rules,
+            sets,
         });
     }
     Ok(all)

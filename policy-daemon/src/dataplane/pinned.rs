@@ -102,6 +102,12 @@ impl PinnedFilter {
         VerdictCounts::read(&map.map).map_err(|source| PinnedError::Map { path: map.path, source })
     }
 
+    /// The entries of set `id` (its count key), if the filter has a set map.
+    pub fn set_entries(&self, id: u32) -> Option<u64> {
+        let map = super::sets::SetMap::from_pin(&self.pins.map(policy_common::SETS_MAP)).ok()?;
+        Some(map.count(id))
+    }
+
     /// The rule counters at these slots (as the state file gives them), in order.
     pub fn rule_counts(&self, slots: &[u32]) -> Result<Vec<Counter>, PinnedError> {
         let map = self.counters(RULE_COUNTERS_MAP)?;
