@@ -20,6 +20,16 @@ fuzz_target!(|data: &[u8]| {
             if let Some(audit) = &state.audit {
                 let _ = render::describe_audit(audit);
             }
+            let sets = state
+                .sets
+                .iter()
+                .map(|s| render::SetStatus {
+                    name: s.name.clone(),
+                    entries: u64::from(s.max_entries),
+                    max_entries: s.max_entries,
+                    timeout_ms: s.timeout_ms,
+                })
+                .collect();
             let status = InterfaceStatus {
                 iface: state.iface.clone(),
                 attached: true,
@@ -27,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
                 state_error: None,
                 verdicts: Default::default(),
                 rules: Vec::new(),
+                sets,
             };
             let _ = render::render_status(std::slice::from_ref(&status));
             let _ = serde_json::to_string(&status);
