@@ -94,6 +94,9 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         info!("enforcing; SIGHUP reloads (files are not watched), SIGTERM or SIGINT stops");
     }
     notify(&[NotifyState::Ready, NotifyState::Status(&status_line(&enforced))]);
+    // The sets' files, watched like the policies (rebuilt when a reload names others).
+    let mut set_files = if watch { set_files_of(&enforced) } else { Vec::new() };
+    let mut set_watcher = watch_set_files(&set_files);
     let mut bouncer = crowdsec.map(|settings| {
         if !enforced.iter().any(|e| e.has_set(&settings.set)) {
             warn!(
@@ -121,6 +124,9 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
                 }
                 if reattached {
                     notify(&[NotifyState::Status(&status_line(&enforced))]);
+                }
+                if watch {
+                    rewatch_set_files(&enforced, &mut set_files, &mut set_watcher);
                 }
                 publish(metrics.as_ref(), &mut enforced);
             }
@@ -168,12 +174,18 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             Some(i) = watcher.changed() => {
                 due.insert(i, Instant::now() + DEBOUNCE);
             }
+            Some(i) = next_change(set_watcher.as_mut()) => {
+                due.insert(i, Instant::now() + DEBOUNCE);
+            }
             _ = sleep_until(next.unwrap_or_else(Instant::now).into()), if next.is_some() => {
                 let now = Instant::now();
                 let ready: Vec<usize> = due.iter().filter(|(_, t)| **t <= now).map(|(i, _)| *i).collect();
                 for i in ready {
                     due.remove(&i);
                     reload(&mut enforced, i, "file change", &options, metrics.as_ref());
+                }
+                if watch {
+                    rewatch_set_files(&enforced, &mut set_files, &mut set_watcher);
                 }
                 publish(metrics.as_ref(), &mut enforced);
             }
@@ -260,6 +272,54 @@ fn publish(metrics: Option<&Metrics>, enforced: &mut [Enforced]) {
                 ),
             }
         }
+    }
+}
+
+/// Every set file of every policy, with the policy's index.
+fn set_files_of(enforced: &[Enforced]) -> Vec<(usize, PathBuf)> {
+    let mut files: Vec<(usize, PathBuf)> = enforced
+        .iter()
+        .enumerate()
+        .flat_map(|(i, e)| e.set_files().into_iter().map(move |f| (i, f)))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// A watcher on the set files, if there are any and watching them works (a failure is
+/// logged: SIGHUP still reloads them).
+fn watch_set_files(files: &[(usize, PathBuf)]) -> Option<PolicyWatcher> {
+    if files.is_empty() {
+        return None;
+    }
+    match PolicyWatcher::files(files) {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            warn!("set files are not watched (SIGHUP reloads them): {}", error_chain(&err));
+            None
+        }
+    }
+}
+
+/// Watches the set files the policies name now, if they changed.
+fn rewatch_set_files(
+    enforced: &[Enforced],
+    files: &mut Vec<(usize, PathBuf)>,
+    watcher: &mut Option<PolicyWatcher>,
+) {
+    let now = set_files_of(enforced);
+    if now != *files {
+        *watcher = watch_set_files(&now);
+        *files = now;
+    }
+}
+
+/// The next policy whose set files changed; never, without a watcher.
+async fn next_change(watcher: Option<&mut PolicyWatcher>) -> Option<usize> {
+    match watcher {
+        Some(watcher) => watcher.changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -286,6 +286,12 @@ impl Enforced {
         changed
     }
 
+    /// The files of the sets of the policy version last read (what a change to should
+    /// reload).
+    pub fn set_files(&self) -> Vec<PathBuf> {
+        self.policy.sets.iter().flat_map(|s| s.files.iter().cloned()).collect()
+    }
+
     /// Whether the policy in force has the set `name`.
     pub fn has_set(&self, name: &str) -> bool {
         self.policy.sets.iter().any(|s| s.name == name)

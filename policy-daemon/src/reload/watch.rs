@@ -73,11 +73,20 @@ impl Target {
 }
 
 impl PolicyWatcher {
+    /// Watches `paths[i]` (a policy file or directory) for policy `i`.
     pub fn new(paths: &[PathBuf]) -> Result<Self, WatchError> {
-        let targets: Vec<Target> = paths.iter().map(|p| Target::new(p)).collect();
+        Self::watch(paths.iter().enumerate().map(|(i, p)| (i, Target::new(p))).collect())
+    }
+
+    /// Watches files that belong to a policy (its sets' files): `(policy index, file)`.
+    pub fn files(files: &[(usize, PathBuf)]) -> Result<Self, WatchError> {
+        Self::watch(files.iter().map(|(i, p)| (*i, Target::new(p))).collect())
+    }
+
+    fn watch(targets: Vec<(usize, Target)>) -> Result<Self, WatchError> {
         let (tx, events) = mpsc::unbounded_channel();
         let mut by_dir: HashMap<PathBuf, Vec<(usize, Target)>> = HashMap::new();
-        for (i, target) in targets.into_iter().enumerate() {
+        for (i, target) in targets {
             by_dir.entry(target.dir.clone()).or_default().push((i, target));
         }
         let dirs: Vec<PathBuf> = by_dir.keys().cloned().collect();
