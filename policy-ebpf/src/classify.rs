@@ -182,12 +182,9 @@ fn first_match(
 ) -> Option<u32> {
     let fields = config.fields;
     // Named sets: the rules naming a set that holds the source (the destination)
-    // address, in this CPU's scratch entries, taken into the AND through a mask. The
-    // entries are read whether or not the policy has sets, so that the verifier sees one
-    // kind of pointer on every path; without sets the mask is 0.
-    let set_src = SET_SCRATCH.get_ptr(0)?;
-    let set_dst = SET_SCRATCH.get_ptr(1)?;
-    let with_sets = if config.src_sets | config.dst_sets != 0 {
+    // address, in this CPU's scratch entries, taken into the AND through a mask; without
+    // sets the mask is 0 and nothing of the sets is read.
+    let sets = if config.src_sets | config.dst_sets != 0 {
         let probe = SetProbe {
             ids: config.set_ids,
             src: packet.src,
@@ -204,16 +201,13 @@ fn first_match(
         if xdp_policy_sets(&probe) != 0 {
             return None;
         }
-        true
+        // SAFETY: per-CPU entries, valid for this CPU; `xdp_policy_sets` just wrote them,
+        // on this CPU, for this packet.
+        unsafe { Some((&*SET_SCRATCH.get_ptr(0)?, &*SET_SCRATCH.get_ptr(1)?)) }
     } else {
-        false
+        None
     };
-    // All ones when the sets were looked up (both scratch entries written), else 0.
-    // One mask for both fields: two doubled the paths the verifier walks.
-    let mask = if with_sets { u64::MAX } else { 0 };
-    // SAFETY: per-CPU entries, valid for this CPU; only `xdp_policy_sets` writes them,
-    // on this CPU, before this packet's AND reads them.
-    let (set_src, set_dst) = unsafe { (&*set_src, &*set_dst) };
+    let with_sets = sets.is_some();
     // A field no rule constrains admits every rule: no lookup for it. Its place in the
     // AND is taken by a bitmap already fetched for another field (x & x == x); only a
     // policy constraining no field at all looks up the all-rules bitmap.
@@ -289,7 +283,12 @@ fn first_match(
         None => field_bitmap(generation, field_bitmap::ALL_RULES)?,
     };
     // An address in a set a field names admits the rules naming the set, on top of
-    // what its address class admits.
+    // what its address class admits. One mask for both fields: two doubled the paths
+    // the verifier walks.
+    let (set_src, set_dst, mask) = match sets {
+        Some((src, dst)) => (src, dst, u64::MAX),
+        None => (any, any, 0),
+    };
     lowest_common(
         config.words,
         [l4_rules.unwrap_or(any), dport_rules.unwrap_or(any), sport_rules.unwrap_or(any)],

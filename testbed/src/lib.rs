@@ -1033,26 +1033,18 @@ impl DaemonProcess {
                 let stderr = self.finish_stderr();
                 return Err(TestbedError::DaemonExited { iface: iface.to_owned(), status, stderr });
             }
-            if !notify.ready(&mut ready) {
-                if Instant::now() >= deadline {
-                    return Err(TestbedError::AttachTimeout {
-                        iface: iface.to_owned(),
-                        timeout: ATTACH_TIMEOUT,
-                        stderr: self.stderr_so_far(),
-                    });
+            if notify.ready(&mut ready) {
+                // The kernel's view, not a log line: attached means attached.
+                let mut cmd = Command::new("ip");
+                cmd.args(["-n", netns.name(), "link", "show", "dev", iface]);
+                let shown = output(&mut cmd)?;
+                if !shown.status.success() {
+                    return Err(command_failed(&cmd, &shown));
                 }
-                thread::sleep(POLL_INTERVAL);
-                continue;
-            }
-            // The kernel's view, not a log line: attached means attached.
-            let mut cmd = Command::new("ip");
-            cmd.args(["-n", netns.name(), "link", "show", "dev", iface]);
-            let shown = output(&mut cmd)?;
-            if !shown.status.success() {
-                return Err(command_failed(&cmd, &shown));
-            }
-            if let Some(mode) = xdp_mode_in_link_show(&String::from_utf8_lossy(&shown.stdout)) {
-                return Ok(mode);
+                let shown = String::from_utf8_lossy(&shown.stdout);
+                if let Some(mode) = xdp_mode_in_link_show(&shown) {
+                    return Ok(mode);
+                }
             }
             if Instant::now() >= deadline {
                 return Err(TestbedError::AttachTimeout {
