@@ -88,9 +88,31 @@ pub const SETS_MAP: &str = "SETS";
 /// `PerCpuArray<RuleBitmap>` of two entries: the program's scratch space for the
 /// source and destination bitmaps merged with their sets' rules.
 pub const SET_SCRATCH_MAP: &str = "SET_SCRATCH";
+/// `PerCpuHashMap<[u32; 2], u64>`: counters of each set, keyed by the set's id and a
+/// [`set_stat`] kind. The program counts hits (creating the entry at a set's first
+/// hit); whoever changes a set (the daemon, `xdp-policy set`) counts adds, deletes and
+/// expiries on the first CPU's value, holding the sets' lock. Pinned: the counts outlive
+/// restarts.
+pub const SET_STATS_MAP: &str = "SET_STATS";
+/// Entries of [`SET_STATS_MAP`]: four counters for each of 1,024 sets.
+pub const SET_STATS_ENTRIES: u32 = 4 * 1024;
+
+/// Kinds of counters in [`SET_STATS_MAP`].
+pub mod set_stat {
+    /// Packets whose address (source or destination, as the rule's field says) the set
+    /// held, counted by the program.
+    pub const HITS: u32 = 0;
+    /// Entries added (not those renewed).
+    pub const ADDS: u32 = 1;
+    /// Entries removed, other than by expiry.
+    pub const DELETES: u32 = 2;
+    /// Run-time entries removed because they expired.
+    pub const EXPIRIES: u32 = 3;
+    pub const ALL: [u32; 4] = [HITS, ADDS, DELETES, EXPIRIES];
+}
 
 /// Every map the program declares, for checks that the built object carries them all.
-pub const MAP_NAMES: [&str; 24] = [
+pub const MAP_NAMES: [&str; 25] = [
     ACTIVE_MAP,
     PORT_TABLE_MAP,
     V4_L1_MAP,
@@ -115,6 +137,7 @@ pub const MAP_NAMES: [&str; 24] = [
     EVENT_CLOCK_MAP,
     SETS_MAP,
     SET_SCRATCH_MAP,
+    SET_STATS_MAP,
 ];
 
 /// Rules per policy: one bit each in a [`RuleBitmap`].

@@ -22,7 +22,8 @@
 //! | `last_reload_timestamp_seconds` | gauge | `policy` |
 //! | `reload_errors_total` | counter | `policy` |
 //! | `set_entries` | gauge | `iface`, `set` |
-//! | `set_expired_entries_total` | counter | `iface`, `set` |
+//! | `set_hits_total` (packets whose address the set held) | counter | `iface`, `set` |
+//! | `set_adds_total`, `set_deletes_total`, `set_expired_entries_total` | counter | `iface`, `set` |
 //! | `crowdsec_up` (1: the last pull of decisions worked) | gauge | |
 //! | `crowdsec_decisions` (networks banned by CrowdSec decisions) | gauge | |
 //! | `crowdsec_pulls_total`, `crowdsec_pull_errors_total` | counter | |
@@ -56,7 +57,7 @@ use prometheus_client::{
 use tokio::{net::TcpListener, task::AbortHandle};
 use tracing::{debug, warn};
 
-use crate::dataplane::{AttachMode, VerdictCounts};
+use crate::dataplane::{AttachMode, VerdictCounts, sets::SetSample};
 
 /// Prefix of every series.
 const PREFIX: &str = "xdp_policy";
@@ -91,8 +92,8 @@ pub struct Snapshot<'a> {
     pub drift_entries: u64,
     /// When the maps were last audited.
     pub last_audit: Option<SystemTime>,
-    /// Each named set: (name, entries, expired entries removed since start-up).
-    pub sets: &'a [(String, u64, u64)],
+    /// Each named set of the policy in force.
+    pub sets: &'a [SetSample],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -247,7 +248,7 @@ struct IfaceState {
     enforcing: bool,
     drift_entries: u64,
     last_audit: Option<SystemTime>,
-    sets: Vec<(String, u64, u64)>,
+    sets: Vec<SetSample>,
 }
 
 #[derive(Debug, Default)]
@@ -353,20 +354,39 @@ impl Collector for StateCollector {
                 Some(([("iface", i)], ConstGauge::new(unix_seconds(s.last_audit?))))
             }),
         )?;
-        let sets = || {
-            ifaces.iter().flat_map(|(i, s)| s.sets.iter().map(move |(set, n, e)| (i, set, *n, *e)))
-        };
+        let sets = || ifaces.iter().flat_map(|(i, s)| s.sets.iter().map(move |set| (i, set)));
+        fn labels<'a>(i: &'a str, set: &'a SetSample) -> [(&'static str, &'a str); 2] {
+            [("iface", i), ("set", set.name.as_str())]
+        }
         family(
             &mut encoder,
             "set_entries",
             "Entries of the named set (its files' and run-time ones).",
-            sets().map(|(i, set, n, _)| ([("iface", i), ("set", set)], ConstGauge::new(n as i64))),
+            sets().map(|(i, set)| (labels(i, set), ConstGauge::new(set.entries as i64))),
+        )?;
+        family(
+            &mut encoder,
+            "set_hits",
+            "Packets whose address (source or destination, as the rules naming the set look) the set held.",
+            sets().map(|(i, set)| (labels(i, set), ConstCounter::new(set.counters.hits))),
+        )?;
+        family(
+            &mut encoder,
+            "set_adds",
+            "Entries added to the set (by its files, commands, CrowdSec); renewed ones are not counted.",
+            sets().map(|(i, set)| (labels(i, set), ConstCounter::new(set.counters.adds))),
+        )?;
+        family(
+            &mut encoder,
+            "set_deletes",
+            "Entries removed from the set, other than by expiry.",
+            sets().map(|(i, set)| (labels(i, set), ConstCounter::new(set.counters.deletes))),
         )?;
         family(
             &mut encoder,
             "set_expired_entries",
-            "Run-time entries of the set that expired and were removed, since the daemon started.",
-            sets().map(|(i, set, _, e)| ([("iface", i), ("set", set)], ConstCounter::new(e))),
+            "Run-time entries of the set that expired and were removed.",
+            sets().map(|(i, set)| (labels(i, set), ConstCounter::new(set.counters.expiries))),
         )?;
         let reloads = || state.reloads.iter().filter_map(|(p, r)| r.last.map(|last| (p, last)));
         family(
@@ -528,6 +548,7 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
+    use crate::dataplane::sets::SetCounters;
     use std::io::{Read as _, Write as _};
 
     use super::*;
@@ -584,7 +605,11 @@ mod tests {
         let e = Exposition::new();
         let v = verdicts();
         let r = rules(&["ssh", "web"]);
-        let sets = vec![("blocklist".to_string(), 12, 3)];
+        let sets = vec![SetSample {
+            name: "blocklist".into(),
+            entries: 12,
+            counters: SetCounters { hits: 40, adds: 15, deletes: 0, expiries: 3 },
+        }];
         e.update(&Snapshot { sets: &sets, ..snapshot("eth0", &v, &r) });
         e.reload(Path::new("/etc/xdp-policy/edge.toml"), false, at(1_700_000_000, 250));
         e.lock().crowdsec = Some(CrowdSecState { up: true, decisions: 2, pulls: 5, failures: 1 });
@@ -646,7 +671,16 @@ xdp_policy_last_audit_timestamp_seconds{iface="eth0"} 1700000100.5
 # HELP xdp_policy_set_entries Entries of the named set (its files' and run-time ones).
 # TYPE xdp_policy_set_entries gauge
 xdp_policy_set_entries{iface="eth0",set="blocklist"} 12
-# HELP xdp_policy_set_expired_entries_total Run-time entries of the set that expired and were removed, since the daemon started.
+# HELP xdp_policy_set_hits_total Packets whose address (source or destination, as the rules naming the set look) the set held.
+# TYPE xdp_policy_set_hits_total counter
+xdp_policy_set_hits_total{iface="eth0",set="blocklist"} 40
+# HELP xdp_policy_set_adds_total Entries added to the set (by its files, commands, CrowdSec); renewed ones are not counted.
+# TYPE xdp_policy_set_adds_total counter
+xdp_policy_set_adds_total{iface="eth0",set="blocklist"} 15
+# HELP xdp_policy_set_deletes_total Entries removed from the set, other than by expiry.
+# TYPE xdp_policy_set_deletes_total counter
+xdp_policy_set_deletes_total{iface="eth0",set="blocklist"} 0
+# HELP xdp_policy_set_expired_entries_total Run-time entries of the set that expired and were removed.
 # TYPE xdp_policy_set_expired_entries_total counter
 xdp_policy_set_expired_entries_total{iface="eth0",set="blocklist"} 3
 # HELP xdp_policy_last_reload_successful Whether the last reload of the policy succeeded (1) or left the previous one in force (0).

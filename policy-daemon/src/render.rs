@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::{
     dataplane::{
         VerdictCounts,
-        sets::{AddReport, DelReport, Entry as SetEntry},
+        sets::{AddReport, DelReport, Entry as SetEntry, SetCounters},
         state::{self, Audit, State},
     },
     policy::{self, Policy, Rule, reference::L4},
@@ -48,6 +48,9 @@ pub struct SetStatus {
     pub max_entries: u32,
     /// Expiry of run-time entries added without a timeout, ms; 0: none.
     pub timeout_ms: u64,
+    /// Hits, adds, deletes and expiries, from the kernel's counters.
+    #[serde(flatten)]
+    pub counters: SetCounters,
 }
 
 /// Packets and bytes, summed over CPUs.
@@ -125,10 +128,11 @@ pub fn render_status(all: &[InterfaceStatus]) -> String {
             } else {
                 humantime::format_duration(Duration::from_millis(set.timeout_ms)).to_string()
             };
+            let c = &set.counters;
             out.push_str(&format!(
                 "  set @{}: {} entries (at most {}), run-time entries stay {timeout} unless \
-                 added with a timeout\n",
-                set.name, set.entries, set.max_entries
+                 added with a timeout; {} hits, {} added, {} deleted, {} expired\n",
+                set.name, set.entries, set.max_entries, c.hits, c.adds, c.deletes, c.expiries
             ));
         }
     }

@@ -107,6 +107,11 @@ fn bans_drop_on_the_wire_expire_on_time_and_outlive_restarts() {
     let json: serde_json::Value =
         serde_json::from_str(&ok(xdp_policy(&testbed, &["status", "--json"]))).expect("json");
     assert_eq!(json[0]["sets"][0]["entries"], 2, "{json}");
+    // The file's entry and the ban added; the 10 banned datagrams were hits.
+    assert_eq!(json[0]["sets"][0]["adds"], 2, "{json}");
+    assert_eq!(json[0]["sets"][0]["deletes"], 0, "{json}");
+    assert!(json[0]["sets"][0]["hits"].as_u64().is_some_and(|h| h >= 10), "{json}");
+    assert!(status.contains("added, 0 deleted, 0 expired"), "{status}");
 
     // Still banned just before it ends, gone just after: the kernel compares the clock.
     std::thread::sleep(Duration::from_millis(2300).saturating_sub(added.elapsed()));

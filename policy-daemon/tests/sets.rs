@@ -165,6 +165,17 @@ fn file_and_run_time_entries_admit_the_rules_naming_their_set() {
         XDP_DROP,
         "the file entry stays"
     );
+
+    // The set's counters: 2 file entries and 5 run-time ones added (renewals are not
+    // adds), 1 deleted, 2 expired; the program counts a hit per packet the set held.
+    let counters = dataplane.sets().counters(blocklist.id);
+    assert_eq!((counters.adds, counters.deletes, counters.expiries), (7, 1, 2), "{counters:?}");
+    let hits = counters.hits;
+    assert!(hits > 0, "{counters:?}");
+    verdict(&mut dataplane, "198.18.7.1", "198.19.0.1");
+    verdict(&mut dataplane, "fd00:8::5", "fd00:1::1");
+    verdict(&mut dataplane, "198.18.8.1", V4_DST);
+    assert_eq!(dataplane.sets().counters(blocklist.id).hits, hits + 2, "two of three held");
 }
 
 #[test]

@@ -11,14 +11,14 @@ use policy_common::{
     Action, BITMAP_WORDS, FragmentAction, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, L4Class,
     MAX_PORT_CLASSES, MAX_RULES, MAX_SET_REFS, PORT_CLASS_WORDS, RuleBitmap, SET_EXPIRED_STEPS,
     SET_KEY_PREFIX_BITS, Verdict, active, field, field_bitmap, ipv4_key, ipv6_key, port_table,
-    v4_table,
+    set_stat, v4_table,
 };
 
 use crate::{
     maps::{
         ACTIVE, CONFIG, DPORT_BITMAPS, DPORT_CLASSES, DST_V4, DST_V6, FIELD_BITMAPS, PORT_TABLE,
-        RULES, SET_SCRATCH, SETS, SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6, V4_CLASSES, V4_L1,
-        V4_L2, V4_L3,
+        RULES, SET_SCRATCH, SET_STATS, SETS, SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6,
+        V4_CLASSES, V4_L1, V4_L2, V4_L3,
     },
     parse::{Family, Packet, Transport, address_bytes},
 };
@@ -189,14 +189,11 @@ fn first_match(
             ids: config.set_ids,
             src: packet.src,
             dst: packet.dst,
-            // SAFETY: a helper without arguments.
-            now: unsafe { bpf_ktime_get_boot_ns() },
             generation,
             src_count: u32::from(config.src_sets).min(MAX_SET_REFS as u32),
             dst_count: u32::from(config.dst_sets).min(MAX_SET_REFS as u32),
             version: if packet.family == Family::V4 { 4 } else { 6 },
             words: config.words,
-            _pad: 0,
         };
         if xdp_policy_sets(&probe) != 0 {
             return None;
@@ -305,14 +302,12 @@ pub struct SetProbe {
     ids: [u32; 2 * MAX_SET_REFS],
     src: [u32; 4],
     dst: [u32; 4],
-    now: u64,
     generation: u32,
     src_count: u32,
     dst_count: u32,
     version: u32,
     /// `GenConfig::words`: the bitmap words in use, the only ones written.
     words: u32,
-    _pad: u32,
 }
 
 /// Writes this CPU's two scratch bitmaps: the rules naming a source set that holds the
@@ -328,6 +323,10 @@ pub extern "C" fn xdp_policy_sets(probe: *const SetProbe) -> i32 {
     // SAFETY: null or a `SetProbe` of the caller's (the verifier checks the size).
     let Some(probe) = (unsafe { probe.as_ref() }) else { return 1 };
     let words = probe.words as usize;
+    // The clock is read once, and only for an entry that expires: on a VM the helper
+    // cost more than the lookup itself, and most entries (files, permanent bans) and
+    // every miss need no time.
+    let mut now = 0;
     for field in 0..2u32 {
         let (count, addr) =
             if field == 0 { (probe.src_count, &probe.src) } else { (probe.dst_count, &probe.dst) };
@@ -350,9 +349,10 @@ pub extern "C" fn xdp_policy_sets(probe: *const SetProbe) -> i32 {
             }
             let slot = field * MAX_SET_REFS as u32 + i;
             let id = probe.ids[(slot as usize) & (2 * MAX_SET_REFS - 1)];
-            if !in_set(id, probe.version as u8, addr, probe.now) {
+            if !in_set(id, probe.version as u8, addr, &mut now) {
                 continue;
             }
+            count_hit(id);
             let Some(rules) = field_bitmap(probe.generation, field_bitmap::SET_RULES + slot) else {
                 return 1;
             };
@@ -367,10 +367,25 @@ pub extern "C" fn xdp_policy_sets(probe: *const SetProbe) -> i32 {
     0
 }
 
-/// Whether set `id` holds `addr` now: its longest prefix holding the address, or, past
+/// Counts a hit of set `id` on this CPU; the set's first hit creates its counter.
+#[inline(always)]
+fn count_hit(id: u32) {
+    let key = [id, set_stat::HITS];
+    match SET_STATS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value, which nothing else on this CPU writes meanwhile.
+        Some(hits) => unsafe { *hits += 1 },
+        // Full (more sets than counters): the hit goes uncounted, the packet is not
+        // affected.
+        None => {
+            let _ = SET_STATS.insert(&key, &1, 0);
+        }
+    }
+}
+
+/// Whether set `id` holds `addr` at `now` (read here, once, when first needed): its longest prefix holding the address, or, past
 /// entries that have expired and not yet been removed, the longest prefix above them.
 #[inline(always)]
-fn in_set(id: u32, version: u8, addr: &[u32; 4], now: u64) -> bool {
+fn in_set(id: u32, version: u8, addr: &[u32; 4], now: &mut u64) -> bool {
     let bits = if version == 4 { 32 } else { 128 };
     // The bytes of `policy_common::set_key`, as words (see `Packet::src`).
     let data =
@@ -378,7 +393,14 @@ fn in_set(id: u32, version: u8, addr: &[u32; 4], now: u64) -> bool {
     let mut key = Key::new(SET_KEY_PREFIX_BITS + bits, data);
     for _ in 0..SET_EXPIRED_STEPS {
         let Some(entry) = SETS.get(&key) else { return false };
-        if entry.expires_ns == 0 || now < entry.expires_ns {
+        if entry.expires_ns == 0 {
+            return true;
+        }
+        if *now == 0 {
+            // SAFETY: a helper without arguments.
+            *now = unsafe { bpf_ktime_get_boot_ns() };
+        }
+        if *now < entry.expires_ns {
             return true;
         }
         if entry.prefix_len <= SET_KEY_PREFIX_BITS {

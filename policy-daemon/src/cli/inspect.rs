@@ -128,11 +128,15 @@ fn read_status(places: &Places, only: Option<&str>) -> Result<Vec<InterfaceStatu
         let sets = state
             .iter()
             .flat_map(|st| st.sets.iter())
-            .map(|set| SetStatus {
-                name: set.name.clone(),
-                entries: filter.set_entries(set.id).unwrap_or(0),
-                max_entries: set.max_entries,
-                timeout_ms: set.timeout_ms,
+            .map(|set| {
+                let (entries, counters) = filter.set_figures(set.id).unwrap_or_default();
+                SetStatus {
+                    name: set.name.clone(),
+                    entries,
+                    max_entries: set.max_entries,
+                    timeout_ms: set.timeout_ms,
+                    counters,
+                }
             })
             .collect();
         all.push(InterfaceStatus {

@@ -28,8 +28,8 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use policy_common::{
-    Counter, GENERATION_PREFIX_BITS, MAP_NAMES, PROGRAM_NAME, RULE_COUNTERS_MAP, SETS_MAP,
-    VERDICT_COUNTERS_MAP, Verdict,
+    Counter, GENERATION_PREFIX_BITS, MAP_NAMES, PROGRAM_NAME, RULE_COUNTERS_MAP, SET_STATS_MAP,
+    SETS_MAP, VERDICT_COUNTERS_MAP, Verdict,
 };
 
 use self::{
@@ -46,8 +46,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/po
 /// The `SETS` map out of a loaded object.
 fn take_sets(ebpf: &mut Ebpf) -> Result<SetMap, DataplaneError> {
     let raw = ebpf.take_map(SETS_MAP).ok_or(DataplaneError::MissingMap(SETS_MAP))?;
+    let stats = ebpf.take_map(SET_STATS_MAP).ok_or(DataplaneError::MissingMap(SET_STATS_MAP))?;
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Cpus(source))?;
-    SetMap::new(raw, cpus).map_err(|source| DataplaneError::MapType { map: SETS_MAP, source })
+    SetMap::new(raw, Some(stats), cpus)
+        .map_err(|source| DataplaneError::MapType { map: SETS_MAP, source })
 }
 
 /// The embedded eBPF object; empty when the daemon was built without it.
@@ -354,6 +356,10 @@ impl Dataplane {
             let pinned = match self.maps.data(name) {
                 Some(map) => map.pin(&path),
                 None if name == SETS_MAP => self.sets.data().pin(&path),
+                None if name == SET_STATS_MAP => match self.sets.stats_data() {
+                    Some(stats) => stats.pin(&path),
+                    None => return Err(DataplaneError::MissingMap(name)),
+                },
                 None => self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?.pin(&path),
             };
             pinned.map_err(|source| DataplaneError::Pin { path, source })?;

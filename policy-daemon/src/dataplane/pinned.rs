@@ -102,10 +102,11 @@ impl PinnedFilter {
         VerdictCounts::read(&map.map).map_err(|source| PinnedError::Map { path: map.path, source })
     }
 
-    /// The entries of set `id` (its count key), if the filter has a set map.
-    pub fn set_entries(&self, id: u32) -> Option<u64> {
+    /// The entries of set `id` (its count key) and its counters, if the filter has a
+    /// set map.
+    pub fn set_figures(&self, id: u32) -> Option<(u64, super::sets::SetCounters)> {
         let map = super::sets::SetMap::from_pin(&self.pins.map(policy_common::SETS_MAP)).ok()?;
-        Some(map.count(id))
+        Some((map.count(id), map.counters(id)))
     }
 
     /// The rule counters at these slots (as the state file gives them), in order.

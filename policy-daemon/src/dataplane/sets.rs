@@ -14,10 +14,14 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{IterableMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
+use aya::maps::{
+    IterableMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::fcntl::{Flock, FlockArg};
-use policy_common::{SET_KEY_LEN, SET_KEY_PREFIX_BITS, SetEntry, set_key, set_origin};
+use policy_common::{
+    SET_KEY_LEN, SET_KEY_PREFIX_BITS, SET_STATS_MAP, SetEntry, set_key, set_origin, set_stat,
+};
 
 use super::batch::{BatchError, BatchMap};
 
@@ -47,10 +51,31 @@ pub enum SetMapError {
     },
 }
 
-/// A filter's `SETS` map.
+/// A filter's `SETS` map, and its sets' counters (`SET_STATS`).
 pub struct SetMap {
     map: LpmTrie<MapData, [u8; SET_KEY_LEN], SetEntry>,
     batch: BatchMap,
+    /// `None` for pins of a version without the counters: nothing is counted.
+    stats: Option<PerCpuHashMap<MapData, [u32; 2], u64>>,
+    cpus: usize,
+}
+
+/// A named set's figures for metrics and `status`: its entries now (as its count key
+/// says) and its counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetSample {
+    pub name: String,
+    pub entries: u64,
+    pub counters: SetCounters,
+}
+
+/// A set's counters (see [`set_stat`]), summed over the CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SetCounters {
+    pub hits: u64,
+    pub adds: u64,
+    pub deletes: u64,
+    pub expiries: u64,
 }
 
 /// One entry: the set's id, the network, and its value.
@@ -157,23 +182,75 @@ pub fn value(net: &IpNet, expires_ns: u64, origin: u32) -> SetEntry {
 }
 
 impl SetMap {
-    /// The map as aya took it out of a loaded object.
-    pub fn new(map: Map, cpus: usize) -> Result<Self, MapError> {
+    /// The maps as aya took them out of a loaded object.
+    pub fn new(map: Map, stats: Option<Map>, cpus: usize) -> Result<Self, MapError> {
         let map: LpmTrie<MapData, [u8; SET_KEY_LEN], SetEntry> = LpmTrie::try_from(map)?;
         let batch = BatchMap::new(policy_common::SETS_MAP, IterableMap::map(&map), cpus)?;
-        Ok(Self { map, batch })
+        let stats = stats.map(PerCpuHashMap::try_from).transpose()?;
+        Ok(Self { map, batch, stats, cpus })
     }
 
-    /// The map pinned at `path`.
+    /// The map pinned at `path`, with the counters pinned beside it (if they are).
     pub fn from_pin(path: &Path) -> Result<Self, SetMapError> {
-        let err = |source| SetMapError::Open { path: path.to_path_buf(), source };
-        let data = MapData::from_pin(path).map_err(err)?;
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SetMapError::Open { path, source }
+        };
+        let data = MapData::from_pin(path).map_err(err(path))?;
+        let stats_path = path.with_file_name(SET_STATS_MAP);
+        let stats = if stats_path.exists() {
+            Some(Map::PerCpuHashMap(MapData::from_pin(&stats_path).map_err(err(&stats_path))?))
+        } else {
+            None
+        };
         let cpus = aya::util::nr_cpus().unwrap_or(1);
-        Self::new(Map::LpmTrie(data), cpus).map_err(err)
+        Self::new(Map::LpmTrie(data), stats, cpus).map_err(err(path))
     }
 
     pub fn data(&self) -> &MapData {
         IterableMap::map(&self.map)
+    }
+
+    /// The counters' map, if there is one.
+    pub fn stats_data(&self) -> Option<&MapData> {
+        self.stats.as_ref().map(IterableMap::map)
+    }
+
+    /// The counters of set `id` (zero where none were counted).
+    pub fn counters(&self, id: u32) -> SetCounters {
+        let read = |kind: u32| -> u64 {
+            let Some(stats) = &self.stats else { return 0 };
+            stats.get(&[id, kind], 0).map_or(0, |v| v.iter().copied().fold(0, u64::wrapping_add))
+        };
+        SetCounters {
+            hits: read(set_stat::HITS),
+            adds: read(set_stat::ADDS),
+            deletes: read(set_stat::DELETES),
+            expiries: read(set_stat::EXPIRIES),
+        }
+    }
+
+    /// Adds `n` to counter `kind` of set `id` (on the first CPU's value: the program
+    /// writes only hits). A failure is not the change's: the counter misses it.
+    fn bump(&mut self, id: u32, kind: u32, n: u64) {
+        let cpus = self.cpus;
+        let Some(stats) = &mut self.stats else { return };
+        if n == 0 {
+            return;
+        }
+        let mut values = stats.get(&[id, kind], 0).map_or_else(|_| vec![0; cpus], |v| v.to_vec());
+        values[0] = values[0].wrapping_add(n);
+        if let Ok(values) = PerCpuValues::try_from(values) {
+            let _ = stats.insert([id, kind], values, 0);
+        }
+    }
+
+    /// Removes the counters of set `id` (the policy no longer has it).
+    fn remove_counters(&mut self, id: u32) {
+        let Some(stats) = &mut self.stats else { return };
+        for kind in set_stat::ALL {
+            let _ = stats.remove(&[id, kind]);
+        }
     }
 
     /// Every entry of every set (`id` given: of that set only).
@@ -233,11 +310,14 @@ impl SetMap {
         }
     }
 
-    /// Adds `delta` to the count of set `id` (never below zero).
+    /// Adds `delta` to the count of set `id` (never below zero), and counts the adds
+    /// (`delta` > 0) or deletes.
     fn add_count(&mut self, id: u32, delta: i64) -> Result<(), SetMapError> {
         if delta == 0 {
             return Ok(());
         }
+        let kind = if delta > 0 { set_stat::ADDS } else { set_stat::DELETES };
+        self.bump(id, kind, delta.unsigned_abs());
         let count = self.count(id).saturating_add_signed(delta);
         self.set_count(id, count)
     }
@@ -408,6 +488,7 @@ impl FileEntries {
                 map.remove(&dropped)?;
                 for id in previous.iter().filter(|id| !ids.contains(id)) {
                     map.remove_count(*id)?;
+                    map.remove_counters(*id);
                 }
                 report.purged = dropped.len();
                 by_set.retain(|id, _| ids.contains(id));
@@ -463,6 +544,9 @@ pub fn sweep(map: &mut SetMap, now: u64) -> Result<HashMap<u32, u64>, SetMapErro
     let mut counts = HashMap::new();
     for e in &expired {
         *counts.entry(e.id).or_default() += 1;
+    }
+    for (id, n) in &counts {
+        map.bump(*id, set_stat::EXPIRIES, *n);
     }
     let mut held: HashMap<u32, u64> = HashMap::new();
     for e in &live {
@@ -647,6 +731,7 @@ pub fn replace_chunks(
     let mut stale: HashSet<IpNet> =
         held.iter().filter(|e| e.value.origin & set_origin::FILE == 0).map(|e| e.net).collect();
     drop(held);
+    let runtime = stale.len();
     let files = from_files.len();
     if files + total > set.max_entries as usize {
         return Err(ChangeError::Full {
@@ -678,6 +763,10 @@ pub fn replace_chunks(
     }
     let stale: Vec<(u32, IpNet)> = stale.into_iter().map(|n| (set.id, n)).collect();
     map.remove(&stale)?;
+    // Entries written that were not there before are adds; the others were renewed.
+    let renewed = runtime - stale.len();
+    map.bump(set.id, set_stat::ADDS, written.saturating_sub(renewed) as u64);
+    map.bump(set.id, set_stat::DELETES, stale.len() as u64);
     // Exact unless a network came twice in different chunks; the daemon's sweep
     // recounts.
     map.set_count(set.id, (files + written) as u64)?;

@@ -18,7 +18,7 @@ use crate::{
         apply::ApplyReport,
         error_chain,
         pins::{InterfaceLock, PinError, Pins},
-        sets::{self, ChangeError, SetInfo, SetMap},
+        sets::{self, ChangeError, SetInfo, SetMap, SetSample},
         state::{self, Audit, RuleState, SetState, State},
     },
     policy::{Policy, Ruleset},
@@ -46,8 +46,6 @@ pub struct Instance {
     relinking: bool,
     /// The audits so far; the last one's record.
     audit: Option<Audit>,
-    /// Expired run-time entries the sweeps removed, per set id, since the daemon started.
-    expired: HashMap<u32, u64>,
 }
 
 /// An interface index not known yet (the lookup failed when the filter was attached).
@@ -88,7 +86,6 @@ impl Instance {
             ruleset: Arc::clone(ruleset),
             relinking: false,
             audit: None,
-            expired: HashMap::new(),
         };
         if !pins.linked() {
             // No filter in force: whatever is pinned is left from a start that failed
@@ -340,9 +337,6 @@ impl Instance {
                 if total > 0 {
                     debug!(iface = self.iface, expired = total, "expired set entries removed");
                 }
-                for (id, n) in &counts {
-                    *self.expired.entry(*id).or_default() += n;
-                }
                 counts
             }
             Err(err) => {
@@ -356,16 +350,18 @@ impl Instance {
         }
     }
 
-    /// Each set of the policy in force: its name, entries (as its count says) and the
-    /// expired entries removed since the daemon started.
-    pub fn set_stats(&mut self) -> Vec<(String, u64, u64)> {
+    /// Each set of the policy in force: its name, entries (as its count says) and
+    /// counters.
+    pub fn set_stats(&mut self) -> Vec<SetSample> {
         let policy = Arc::clone(&self.policy);
+        let map = self.dataplane.sets();
         policy
             .sets
             .iter()
-            .map(|s| {
-                let entries = self.dataplane.sets().count(s.id);
-                (s.name.clone(), entries, self.expired.get(&s.id).copied().unwrap_or(0))
+            .map(|s| SetSample {
+                name: s.name.clone(),
+                entries: map.count(s.id),
+                counters: map.counters(s.id),
             })
             .collect()
     }
