@@ -88,19 +88,23 @@ pub const SETS_MAP: &str = "SETS";
 /// `PerCpuArray<RuleBitmap>` of two entries: the program's scratch space for the
 /// source and destination bitmaps merged with their sets' rules.
 pub const SET_SCRATCH_MAP: &str = "SET_SCRATCH";
-/// `PerCpuHashMap<[u32; 2], u64>`: counters of each set, keyed by the set's id and a
-/// [`set_stat`] kind. The program counts hits (creating the entry at a set's first
-/// hit); whoever changes a set (the daemon, `xdp-policy set`) counts adds, deletes and
-/// expiries on the first CPU's value, holding the sets' lock. Pinned: the counts outlive
-/// restarts.
+/// `HashMap<[u32; 2], u64>`: counters of each set, keyed by the set's id and a
+/// [`set_stat`] kind. Whoever changes a set (the daemon, `xdp-policy set`) counts adds,
+/// deletes and expiries, holding the sets' lock; the daemon credits each set with the
+/// hits the program counted in [`SET_HITS_MAP`] before a generation's slots change
+/// hands. Pinned: the counts outlive restarts.
 pub const SET_STATS_MAP: &str = "SET_STATS";
-/// Entries of [`SET_STATS_MAP`]: four counters for each of 1,024 sets.
+/// Entries of [`SET_STATS_MAP`]: four counters for each of 1,000 sets, and the bases.
 pub const SET_STATS_ENTRIES: u32 = 4 * 1024;
+/// `PerCpuArray<u64>`: hits the program counts per generation and set slot, at
+/// `generation * 2 * MAX_SET_REFS + slot` (the slots of [`GenConfig::set_ids`]).
+pub const SET_HITS_MAP: &str = "SET_HITS";
+pub const SET_HIT_SLOTS: u32 = GENERATIONS * 2 * MAX_SET_REFS as u32;
 
 /// Kinds of counters in [`SET_STATS_MAP`].
 pub mod set_stat {
     /// Packets whose address (source or destination, as the rule's field says) the set
-    /// held, counted by the program.
+    /// held, as credited from [`super::SET_HITS_MAP`].
     pub const HITS: u32 = 0;
     /// Entries added (not those renewed).
     pub const ADDS: u32 = 1;
@@ -109,10 +113,13 @@ pub mod set_stat {
     /// Run-time entries removed because they expired.
     pub const EXPIRIES: u32 = 3;
     pub const ALL: [u32; 4] = [HITS, ADDS, DELETES, EXPIRIES];
+    /// Key `[0, BASE + slot]`: the part of a [`super::SET_HITS_MAP`] slot's count
+    /// already credited to the set that held the slot.
+    pub const BASE: u32 = 0x100;
 }
 
 /// Every map the program declares, for checks that the built object carries them all.
-pub const MAP_NAMES: [&str; 25] = [
+pub const MAP_NAMES: [&str; 26] = [
     ACTIVE_MAP,
     PORT_TABLE_MAP,
     V4_L1_MAP,
@@ -138,6 +145,7 @@ pub const MAP_NAMES: [&str; 25] = [
     SETS_MAP,
     SET_SCRATCH_MAP,
     SET_STATS_MAP,
+    SET_HITS_MAP,
 ];
 
 /// Rules per policy: one bit each in a [`RuleBitmap`].

@@ -168,14 +168,36 @@ fn file_and_run_time_entries_admit_the_rules_naming_their_set() {
 
     // The set's counters: 2 file entries and 5 run-time ones added (renewals are not
     // adds), 1 deleted, 2 expired; the program counts a hit per packet the set held.
-    let counters = dataplane.sets().counters(blocklist.id);
+    let counters = dataplane.set_counters(blocklist.id);
     assert_eq!((counters.adds, counters.deletes, counters.expiries), (7, 1, 2), "{counters:?}");
     let hits = counters.hits;
     assert!(hits > 0, "{counters:?}");
     verdict(&mut dataplane, "198.18.7.1", "198.19.0.1");
     verdict(&mut dataplane, "fd00:8::5", "fd00:1::1");
     verdict(&mut dataplane, "198.18.8.1", V4_DST);
-    assert_eq!(dataplane.sets().counters(blocklist.id).hits, hits + 2, "two of three held");
+    assert_eq!(dataplane.set_counters(blocklist.id).hits, hits + 2, "two of three held");
+
+    // Hits are counted per generation and set slot: reloads that move the blocklist to
+    // another slot (a rule naming another source set comes first) and back lose no hit
+    // and count none twice, nor give the blocklist's to the other set.
+    let moved = policy_with(
+        &format!(
+            "[[rule]]\nname = \"tcp-from-servers\"\naction = \"pass\"\nprotocol = \"tcp\"\n\
+             src = [\"@servers\"]\n{POLICY}"
+        ),
+        &["198.18.7.0/24", "fd00:7::/64"],
+        &["198.19.0.1", "fd00:1::1"],
+    );
+    let servers = info(&policy, "servers").id;
+    let servers_hits = dataplane.set_counters(servers).hits;
+    for round in 0..4 {
+        // Moved twice, then back twice: each generation changes its slots' owners.
+        let next = if round < 2 { &moved } else { &policy };
+        dataplane.apply(&policy::compile(next)).expect("applying");
+        assert_eq!(verdict(&mut dataplane, "198.18.7.1", "198.19.0.1"), XDP_DROP);
+    }
+    assert_eq!(dataplane.set_counters(blocklist.id).hits, hits + 6, "across reloads");
+    assert_eq!(dataplane.set_counters(servers).hits, servers_hits + 4, "its own hits only");
 }
 
 #[test]

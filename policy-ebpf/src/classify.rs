@@ -11,13 +11,13 @@ use policy_common::{
     Action, BITMAP_WORDS, FragmentAction, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, L4Class,
     MAX_PORT_CLASSES, MAX_RULES, MAX_SET_REFS, PORT_CLASS_WORDS, RuleBitmap, SET_EXPIRED_STEPS,
     SET_KEY_PREFIX_BITS, Verdict, active, field, field_bitmap, ipv4_key, ipv6_key, port_table,
-    set_stat, v4_table,
+    v4_table,
 };
 
 use crate::{
     maps::{
         ACTIVE, CONFIG, DPORT_BITMAPS, DPORT_CLASSES, DST_V4, DST_V6, FIELD_BITMAPS, PORT_TABLE,
-        RULES, SET_SCRATCH, SET_STATS, SETS, SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6,
+        RULES, SET_HITS, SET_SCRATCH, SETS, SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6,
         V4_CLASSES, V4_L1, V4_L2, V4_L3,
     },
     parse::{Family, Packet, Transport, address_bytes},
@@ -352,7 +352,7 @@ pub extern "C" fn xdp_policy_sets(probe: *const SetProbe) -> i32 {
             if !in_set(id, probe.version as u8, addr, &mut now) {
                 continue;
             }
-            count_hit(id);
+            count_hit(probe.generation * 2 * MAX_SET_REFS as u32 + slot);
             let Some(rules) = field_bitmap(probe.generation, field_bitmap::SET_RULES + slot) else {
                 return 1;
             };
@@ -367,18 +367,12 @@ pub extern "C" fn xdp_policy_sets(probe: *const SetProbe) -> i32 {
     0
 }
 
-/// Counts a hit of set `id` on this CPU; the set's first hit creates its counter.
+/// Counts a hit of the set in slot `index` (generation and slot) on this CPU.
 #[inline(always)]
-fn count_hit(id: u32) {
-    let key = [id, set_stat::HITS];
-    match SET_STATS.get_ptr_mut(&key) {
+fn count_hit(index: u32) {
+    if let Some(hits) = SET_HITS.get_ptr_mut(index) {
         // SAFETY: this CPU's value, which nothing else on this CPU writes meanwhile.
-        Some(hits) => unsafe { *hits += 1 },
-        // Full (more sets than counters): the hit goes uncounted, the packet is not
-        // affected.
-        None => {
-            let _ = SET_STATS.insert(&key, &1, 0);
-        }
+        unsafe { *hits += 1 };
     }
 }
 

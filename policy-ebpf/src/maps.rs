@@ -3,13 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use policy_common::{
     BITMAP_WORDS, Counter, EVENTS_BYTES, EventSettings, GENERATIONS, GenConfig, IPV4_KEY_LEN,
     IPV6_KEY_LEN, MAX_PORT_CLASSES, MAX_PREFIXES, MAX_RULES, MAX_SET_ENTRIES, PORT_CLASS_WORDS,
-    RULE_COUNTER_SLOTS, RuleBitmap, RuleInfo, SET_KEY_LEN, SET_STATS_ENTRIES, SetEntry,
-    VERDICT_SLOTS, field_bitmap, port_table, v4_table,
+    RULE_COUNTER_SLOTS, RuleBitmap, RuleInfo, SET_HIT_SLOTS, SET_KEY_LEN, SET_STATS_ENTRIES,
+    SetEntry, VERDICT_SLOTS, field_bitmap, port_table, v4_table,
 };
 
 const _: () = assert!(BITMAP_WORDS == 16, "classify::first_match unrolls 16 words");
@@ -86,10 +86,14 @@ pub static SETS: LpmTrie<[u32; SET_KEY_LEN / 4], SetEntry> =
 #[map(name = "SET_SCRATCH")]
 pub static SET_SCRATCH: PerCpuArray<RuleBitmap> = PerCpuArray::with_max_entries(2, 0);
 
-/// Each set's counters ([`policy_common::SET_STATS_MAP`]); the program counts hits.
+/// Each set's counters ([`policy_common::SET_STATS_MAP`]), kept by the daemon and the
+/// commands; declared here so that the object carries it.
 #[map(name = "SET_STATS")]
-pub static SET_STATS: PerCpuHashMap<[u32; 2], u64> =
-    PerCpuHashMap::with_max_entries(SET_STATS_ENTRIES, 0);
+pub static SET_STATS: HashMap<[u32; 2], u64> = HashMap::with_max_entries(SET_STATS_ENTRIES, 0);
+
+/// Hits per generation and set slot ([`policy_common::SET_HITS_MAP`]).
+#[map(name = "SET_HITS")]
+pub static SET_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SET_HIT_SLOTS, 0);
 
 #[map(name = "RULE_COUNTERS")]
 pub static RULE_COUNTERS: PerCpuArray<Counter> =

@@ -591,18 +591,28 @@ impl Generations {
     ///
     /// Returns once the new generation is in force. The grace period after the flip
     /// runs on: the next apply waits for it before it rewrites the generation left here.
+    /// Waits until no packet reads the generation the next apply writes.
+    pub fn settle(&mut self, maps: &mut impl Maps) {
+        if self.readers_pending {
+            maps.wait_for_readers();
+            self.readers_pending = false;
+        }
+    }
+
+    /// The generation the next apply writes.
+    pub fn next_generation(&self) -> u32 {
+        (self.active + 1) % GENERATIONS
+    }
+
     pub fn apply(
         &mut self,
         maps: &mut impl Maps,
         ruleset: &Ruleset,
     ) -> Result<ApplyReport, MapWriteError> {
-        if self.readers_pending {
-            // Also before zeroing counter slots: the old generation's rules count into
-            // them until its last packet is judged.
-            maps.wait_for_readers();
-            self.readers_pending = false;
-        }
-        let target = (self.active + 1) % GENERATIONS;
+        // Also before zeroing counter slots: the old generation's rules count into
+        // them until its last packet is judged.
+        self.settle(maps);
+        let target = self.next_generation();
         let slots = self.plan_slots(ruleset);
         let used: HashSet<u32> = self.slots.values().copied().collect();
         // Slots the active generation does not use: no packet counts into them now.

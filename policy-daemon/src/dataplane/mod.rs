@@ -28,8 +28,8 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use policy_common::{
-    Counter, GENERATION_PREFIX_BITS, MAP_NAMES, PROGRAM_NAME, RULE_COUNTERS_MAP, SET_STATS_MAP,
-    SETS_MAP, VERDICT_COUNTERS_MAP, Verdict,
+    Counter, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, MAP_NAMES, PROGRAM_NAME,
+    RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP, VERDICT_COUNTERS_MAP, Verdict,
 };
 
 use self::{
@@ -47,8 +47,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/po
 fn take_sets(ebpf: &mut Ebpf) -> Result<SetMap, DataplaneError> {
     let raw = ebpf.take_map(SETS_MAP).ok_or(DataplaneError::MissingMap(SETS_MAP))?;
     let stats = ebpf.take_map(SET_STATS_MAP).ok_or(DataplaneError::MissingMap(SET_STATS_MAP))?;
+    let hits = ebpf.take_map(SET_HITS_MAP).ok_or(DataplaneError::MissingMap(SET_HITS_MAP))?;
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Cpus(source))?;
-    SetMap::new(raw, Some(stats), cpus)
+    SetMap::new(raw, Some((stats, hits)), cpus)
         .map_err(|source| DataplaneError::MapType { map: SETS_MAP, source })
 }
 
@@ -356,10 +357,13 @@ impl Dataplane {
             let pinned = match self.maps.data(name) {
                 Some(map) => map.pin(&path),
                 None if name == SETS_MAP => self.sets.data().pin(&path),
-                None if name == SET_STATS_MAP => match self.sets.stats_data() {
-                    Some(stats) => stats.pin(&path),
-                    None => return Err(DataplaneError::MissingMap(name)),
-                },
+                None if name == SET_STATS_MAP || name == SET_HITS_MAP => {
+                    match self.sets.counter_maps() {
+                        Some((stats, _)) if name == SET_STATS_MAP => stats.pin(&path),
+                        Some((_, hits)) => hits.pin(&path),
+                        None => return Err(DataplaneError::MissingMap(name)),
+                    }
+                }
                 None => self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?.pin(&path),
             };
             pinned.map_err(|source| DataplaneError::Pin { path, source })?;
@@ -442,6 +446,13 @@ impl Dataplane {
     /// longer has are removed.
     pub fn apply(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, DataplaneError> {
         self.sync_sets(ruleset, false)?;
+        // The generation about to be written: once no packet reads it, its set slots'
+        // hits go to the sets that held them, before the slots change hands.
+        self.generations.settle(&mut self.maps);
+        let next = self.generations.next_generation();
+        if let Ok(config) = self.maps.config(next) {
+            self.sets.credit_hits(next, &config);
+        }
         let report =
             self.generations.apply(&mut self.maps, ruleset).map_err(DataplaneError::Apply)?;
         self.sync_sets(ruleset, true)?;
@@ -462,6 +473,13 @@ impl Dataplane {
             );
         }
         Ok(())
+    }
+
+    /// The counters of set `id` (see [`SetMap::counters`]).
+    pub fn set_counters(&mut self, id: u32) -> sets::SetCounters {
+        let configs: Vec<GenConfig> =
+            (0..GENERATIONS).filter_map(|g| self.maps.config(g).ok()).collect();
+        self.sets.counters(id, &configs)
     }
 
     /// The named sets' entries, to change at run time (see [`sets`]).

@@ -14,8 +14,8 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use policy_common::{
-    Counter, DropEvent, EVENT_SETTINGS_MAP, EVENTS_MAP, EventSettings, RULE_COUNTERS_MAP,
-    VERDICT_COUNTERS_MAP,
+    CONFIG_MAP, Counter, DropEvent, EVENT_SETTINGS_MAP, EVENTS_MAP, EventSettings, GENERATIONS,
+    GenConfig, RULE_COUNTERS_MAP, VERDICT_COUNTERS_MAP,
 };
 
 use super::{
@@ -106,7 +106,16 @@ impl PinnedFilter {
     /// set map.
     pub fn set_figures(&self, id: u32) -> Option<(u64, super::sets::SetCounters)> {
         let map = super::sets::SetMap::from_pin(&self.pins.map(policy_common::SETS_MAP)).ok()?;
-        Some((map.count(id), map.counters(id)))
+        Some((map.count(id), map.counters(id, &self.configs())))
+    }
+
+    /// Each generation's configuration, as far as it can be read.
+    fn configs(&self) -> Vec<GenConfig> {
+        let Ok(data) = MapData::from_pin(self.pins.map(CONFIG_MAP)) else { return Vec::new() };
+        let Ok(map) = Array::<MapData, GenConfig>::try_from(Map::Array(data)) else {
+            return Vec::new();
+        };
+        (0..GENERATIONS).filter_map(|g| map.get(&g, 0).ok()).collect()
     }
 
     /// The rule counters at these slots (as the state file gives them), in order.

@@ -15,12 +15,13 @@ use std::{
 };
 
 use aya::maps::{
-    IterableMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+    HashMap as BpfHashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::fcntl::{Flock, FlockArg};
 use policy_common::{
-    SET_KEY_LEN, SET_KEY_PREFIX_BITS, SET_STATS_MAP, SetEntry, set_key, set_origin, set_stat,
+    GenConfig, MAX_SET_REFS, SET_HITS_MAP, SET_KEY_LEN, SET_KEY_PREFIX_BITS, SET_STATS_MAP,
+    SetEntry, set_key, set_origin, set_stat,
 };
 
 use super::batch::{BatchError, BatchMap};
@@ -51,13 +52,18 @@ pub enum SetMapError {
     },
 }
 
-/// A filter's `SETS` map, and its sets' counters (`SET_STATS`).
+/// A filter's `SETS` map, and its sets' counters.
 pub struct SetMap {
     map: LpmTrie<MapData, [u8; SET_KEY_LEN], SetEntry>,
     batch: BatchMap,
     /// `None` for pins of a version without the counters: nothing is counted.
-    stats: Option<PerCpuHashMap<MapData, [u32; 2], u64>>,
-    cpus: usize,
+    counters: Option<CounterMaps>,
+}
+
+/// `SET_STATS` and `SET_HITS` (see `policy_common`).
+struct CounterMaps {
+    stats: BpfHashMap<MapData, [u32; 2], u64>,
+    hits: PerCpuArray<MapData, u64>,
 }
 
 /// A named set's figures for metrics and `status`: its entries now (as its count key
@@ -182,74 +188,111 @@ pub fn value(net: &IpNet, expires_ns: u64, origin: u32) -> SetEntry {
 }
 
 impl SetMap {
-    /// The maps as aya took them out of a loaded object.
-    pub fn new(map: Map, stats: Option<Map>, cpus: usize) -> Result<Self, MapError> {
+    /// The maps as aya took them out of a loaded object: `SETS`, and `SET_STATS` with
+    /// `SET_HITS`.
+    pub fn new(map: Map, counters: Option<(Map, Map)>, cpus: usize) -> Result<Self, MapError> {
         let map: LpmTrie<MapData, [u8; SET_KEY_LEN], SetEntry> = LpmTrie::try_from(map)?;
         let batch = BatchMap::new(policy_common::SETS_MAP, IterableMap::map(&map), cpus)?;
-        let stats = stats.map(PerCpuHashMap::try_from).transpose()?;
-        Ok(Self { map, batch, stats, cpus })
+        let counters = match counters {
+            Some((stats, hits)) => Some(CounterMaps {
+                stats: BpfHashMap::try_from(stats)?,
+                hits: PerCpuArray::try_from(hits)?,
+            }),
+            None => None,
+        };
+        Ok(Self { map, batch, counters })
     }
 
     /// The map pinned at `path`, with the counters pinned beside it (if they are).
     pub fn from_pin(path: &Path) -> Result<Self, SetMapError> {
-        let err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SetMapError::Open { path, source }
+        let open = |path: &Path| {
+            MapData::from_pin(path)
+                .map_err(|source| SetMapError::Open { path: path.to_path_buf(), source })
         };
-        let data = MapData::from_pin(path).map_err(err(path))?;
-        let stats_path = path.with_file_name(SET_STATS_MAP);
-        let stats = if stats_path.exists() {
-            Some(Map::PerCpuHashMap(MapData::from_pin(&stats_path).map_err(err(&stats_path))?))
+        let data = open(path)?;
+        let stats = path.with_file_name(SET_STATS_MAP);
+        let hits = path.with_file_name(SET_HITS_MAP);
+        let counters = if stats.exists() && hits.exists() {
+            Some((Map::HashMap(open(&stats)?), Map::PerCpuArray(open(&hits)?)))
         } else {
             None
         };
         let cpus = aya::util::nr_cpus().unwrap_or(1);
-        Self::new(Map::LpmTrie(data), stats, cpus).map_err(err(path))
+        Self::new(Map::LpmTrie(data), counters, cpus)
+            .map_err(|source| SetMapError::Open { path: path.to_path_buf(), source })
     }
 
     pub fn data(&self) -> &MapData {
         IterableMap::map(&self.map)
     }
 
-    /// The counters' map, if there is one.
-    pub fn stats_data(&self) -> Option<&MapData> {
-        self.stats.as_ref().map(IterableMap::map)
+    /// `SET_STATS` and `SET_HITS`, if there are.
+    pub fn counter_maps(&self) -> Option<(&MapData, &MapData)> {
+        self.counters.as_ref().map(|c| (IterableMap::map(&c.stats), IterableMap::map(&c.hits)))
     }
 
-    /// The counters of set `id` (zero where none were counted).
-    pub fn counters(&self, id: u32) -> SetCounters {
-        let read = |kind: u32| -> u64 {
-            let Some(stats) = &self.stats else { return 0 };
-            stats.get(&[id, kind], 0).map_or(0, |v| v.iter().copied().fold(0, u64::wrapping_add))
-        };
+    /// The counters of set `id` (zero where none were counted). `configs` are the
+    /// generations' configurations in the kernel: the hits of the slots they give the
+    /// set and that were not yet credited to it are added.
+    pub fn counters(&self, id: u32, configs: &[GenConfig]) -> SetCounters {
+        let Some(c) = &self.counters else { return SetCounters::default() };
+        let stat = |kind: u32| c.stats.get(&[id, kind], 0).unwrap_or(0);
+        let mut hits = stat(set_stat::HITS);
+        for (generation, config) in configs.iter().enumerate() {
+            for slot in used_set_slots(config) {
+                if config.set_ids[slot as usize] == id {
+                    let index = hit_index(generation as u32, slot);
+                    hits = hits.wrapping_add(c.uncredited(index));
+                }
+            }
+        }
         SetCounters {
-            hits: read(set_stat::HITS),
-            adds: read(set_stat::ADDS),
-            deletes: read(set_stat::DELETES),
-            expiries: read(set_stat::EXPIRIES),
+            hits,
+            adds: stat(set_stat::ADDS),
+            deletes: stat(set_stat::DELETES),
+            expiries: stat(set_stat::EXPIRIES),
         }
     }
 
-    /// Adds `n` to counter `kind` of set `id` (on the first CPU's value: the program
-    /// writes only hits). A failure is not the change's: the counter misses it.
+    /// Credits each set with the hits the program counted in its slots of `generation`
+    /// (as `config`, the configuration the generation had, gave them), before the
+    /// generation is rewritten and its slots change hands. No packet may be reading the
+    /// generation.
+    pub fn credit_hits(&mut self, generation: u32, config: &GenConfig) {
+        let Some(c) = &mut self.counters else { return };
+        let used: Vec<u32> = used_set_slots(config).collect();
+        for slot in 0..2 * MAX_SET_REFS as u32 {
+            let index = hit_index(generation, slot);
+            let delta = c.uncredited(index);
+            if delta == 0 {
+                continue;
+            }
+            if used.contains(&slot) {
+                let id = config.set_ids[slot as usize];
+                let total = c.stats.get(&[id, set_stat::HITS], 0).unwrap_or(0);
+                let _ = c.stats.insert([id, set_stat::HITS], total.wrapping_add(delta), 0);
+            }
+            let base = c.stats.get(&[0, set_stat::BASE + index], 0).unwrap_or(0);
+            let _ = c.stats.insert([0, set_stat::BASE + index], base.wrapping_add(delta), 0);
+        }
+    }
+
+    /// Adds `n` to counter `kind` of set `id`. A failure is not the change's: the
+    /// counter misses it.
     fn bump(&mut self, id: u32, kind: u32, n: u64) {
-        let cpus = self.cpus;
-        let Some(stats) = &mut self.stats else { return };
+        let Some(c) = &mut self.counters else { return };
         if n == 0 {
             return;
         }
-        let mut values = stats.get(&[id, kind], 0).map_or_else(|_| vec![0; cpus], |v| v.to_vec());
-        values[0] = values[0].wrapping_add(n);
-        if let Ok(values) = PerCpuValues::try_from(values) {
-            let _ = stats.insert([id, kind], values, 0);
-        }
+        let value = c.stats.get(&[id, kind], 0).unwrap_or(0).wrapping_add(n);
+        let _ = c.stats.insert([id, kind], value, 0);
     }
 
     /// Removes the counters of set `id` (the policy no longer has it).
     fn remove_counters(&mut self, id: u32) {
-        let Some(stats) = &mut self.stats else { return };
+        let Some(c) = &mut self.counters else { return };
         for kind in set_stat::ALL {
-            let _ = stats.remove(&[id, kind]);
+            let _ = c.stats.remove(&[id, kind]);
         }
     }
 
@@ -367,6 +410,28 @@ impl SetMap {
         }
         Ok(())
     }
+}
+
+impl CounterMaps {
+    /// What `SET_HITS` slot `index` counted (over the CPUs) beyond what was credited.
+    fn uncredited(&self, index: u32) -> u64 {
+        let live =
+            self.hits.get(&index, 0).map_or(0, |v| v.iter().copied().fold(0, u64::wrapping_add));
+        let base = self.stats.get(&[0, set_stat::BASE + index], 0).unwrap_or(0);
+        live.wrapping_sub(base)
+    }
+}
+
+/// The set slots `config` uses: the source ones, then the destination ones.
+fn used_set_slots(config: &GenConfig) -> impl Iterator<Item = u32> + '_ {
+    let refs = MAX_SET_REFS as u32;
+    let count = |n: u8| u32::from(n).min(refs);
+    (0..count(config.src_sets)).chain(refs..refs + count(config.dst_sets))
+}
+
+/// The `SET_HITS` index of `slot` in `generation`.
+fn hit_index(generation: u32, slot: u32) -> u32 {
+    generation * 2 * MAX_SET_REFS as u32 + slot
 }
 
 fn write_failed(e: BatchError, of: usize) -> SetMapError {

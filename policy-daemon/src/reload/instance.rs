@@ -354,14 +354,13 @@ impl Instance {
     /// counters.
     pub fn set_stats(&mut self) -> Vec<SetSample> {
         let policy = Arc::clone(&self.policy);
-        let map = self.dataplane.sets();
         policy
             .sets
             .iter()
             .map(|s| SetSample {
                 name: s.name.clone(),
-                entries: map.count(s.id),
-                counters: map.counters(s.id),
+                entries: self.dataplane.sets().count(s.id),
+                counters: self.dataplane.set_counters(s.id),
             })
             .collect()
     }
