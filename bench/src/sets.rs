@@ -39,6 +39,7 @@ use crate::{
 
 const COST_TARGET_NS: f64 = 30.0;
 const ADD_TARGET_MS: f64 = 5.0;
+const ADD_RATE_TARGET: f64 = 10_000.0;
 const LOAD_TARGET_MS: f64 = 1000.0;
 const KERNEL_TARGET_MIB: f64 = 64.0;
 const RSS_TARGET_MIB: f64 = 32.0;
@@ -174,13 +175,14 @@ pub fn run(opts: &Opts) -> Result<Section> {
     ));
 
     // --- The commands, on a running daemon's pins ---
-    let (cli_add, cli_load_ms, rss_mib) = commands(opts, &big)?;
+    let (cli_add, add_rate, cli_load_ms, rss_mib) = commands(opts, &big)?;
     writeln!(
         body,
         "The commands against a running daemon's pins (`{}`): `xdp-policy set add` of one \
          address, from the process's start to its exit (the entry is in force when it exits), \
-         {} ms (median of {} runs); `xdp-policy set load` of a file of {loaded} entries {cli_load_ms:.0} ms \
-         with a peak RSS of {rss_mib:.1} MiB.\n",
+         {} ms (median of {} runs); `xdp-policy set add` of 1,000 addresses a command, back to \
+         back, {add_rate:.0} adds/s; `xdp-policy set load` of a file of {loaded} entries \
+         {cli_load_ms:.0} ms with a peak RSS of {rss_mib:.1} MiB.\n",
         opts.daemon.display(),
         cli_add.cell(1),
         reps
@@ -190,6 +192,12 @@ pub fn run(opts: &Opts) -> Result<Section> {
         cli_add.cell(1),
         format!("< {ADD_TARGET_MS:.0} ms"),
         Mark::of(cli_add.median < ADD_TARGET_MS),
+    ));
+    summary.push(SummaryRow::new(
+        "xdp-policy set add, 1,000 addresses a command, sustained (adds/s)",
+        format!("{add_rate:.0}"),
+        format!("≥ {ADD_RATE_TARGET:.0}/s"),
+        Mark::of(add_rate >= ADD_RATE_TARGET),
     ));
     summary.push(SummaryRow::new(
         format!("xdp-policy set load of {loaded} entries: peak RSS (MiB)"),
@@ -336,8 +344,9 @@ fn time_run(fd: std::os::fd::BorrowedFd<'_>, run: &raw::TestRun<'_>) -> Result<f
 }
 
 /// Times `xdp-policy set add` and `set load` as commands on the pins of a daemon that
-/// enforces the set policy on a testbed: (add, load ms, load's peak RSS in MiB).
-fn commands(opts: &Opts, big: &[IpNet]) -> Result<(Summary, f64, f64)> {
+/// enforces the set policy on a testbed: (add, adds/s sustained, load ms, load's peak
+/// RSS in MiB).
+fn commands(opts: &Opts, big: &[IpNet]) -> Result<(Summary, f64, f64, f64)> {
     let testbed = Testbed::new().context("creating the bench namespaces")?;
     let dir = tempfile::tempdir()?;
     let policy = dir.path().join("sets.toml");
@@ -358,6 +367,18 @@ fn commands(opts: &Opts, big: &[IpNet]) -> Result<(Summary, f64, f64)> {
         let addr = format!("198.19.201.{i}");
         adds.push(run(&["set", "add", "blocklist", &addr])?);
     }
+    // Sustained: commands of 1,000 addresses each, back to back, as a tool banning at a
+    // high rate would batch them.
+    let batches = opts.reps(20, 3);
+    let started = Instant::now();
+    for b in 0..batches {
+        let addrs: Vec<String> =
+            (0..1000).map(|i| format!("198.19.{}.{}", 100 + 4 * b + i / 250, i % 250)).collect();
+        let mut args = vec!["set", "add", "blocklist"];
+        args.extend(addrs.iter().map(String::as_str));
+        run(&args)?;
+    }
+    let rate = (batches * 1000) as f64 / started.elapsed().as_secs_f64();
     let file = dir.path().join("big.txt");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
     for net in big {
@@ -374,7 +395,7 @@ fn commands(opts: &Opts, big: &[IpNet]) -> Result<(Summary, f64, f64)> {
             .arg(testbed.dirs().state_dir()),
     )?;
     drop(daemon.stop()?);
-    Ok((Summary::of(&adds).expect("adds"), load_ms, rss_kib as f64 / 1024.0))
+    Ok((Summary::of(&adds).expect("adds"), rate, load_ms, rss_kib as f64 / 1024.0))
 }
 
 /// Runs `cmd` to its end; returns how long it took (ms) and its peak RSS (KiB), read
