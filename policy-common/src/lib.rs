@@ -118,8 +118,12 @@ pub mod set_stat {
     pub const BASE: u32 = 0x100;
 }
 
+/// `Array<RuleBitmap>`: per generation, the rules a TCP packet's flags byte admits,
+/// at `generation * tcp_flags::PER_GENERATION + flags` (see [`tcp_flags`]).
+pub const TCP_FLAGS_MAP: &str = "TCP_FLAGS";
+
 /// Every map the program declares, for checks that the built object carries them all.
-pub const MAP_NAMES: [&str; 26] = [
+pub const MAP_NAMES: [&str; 27] = [
     ACTIVE_MAP,
     PORT_TABLE_MAP,
     V4_L1_MAP,
@@ -146,6 +150,7 @@ pub const MAP_NAMES: [&str; 26] = [
     SET_SCRATCH_MAP,
     SET_STATS_MAP,
     SET_HITS_MAP,
+    TCP_FLAGS_MAP,
 ];
 
 /// Rules per policy: one bit each in a [`RuleBitmap`].
@@ -405,6 +410,37 @@ pub mod field {
     pub const SRC_V6_DEFAULT_ONLY: u32 = 1 << 7;
     /// The same for IPv6 destinations.
     pub const DST_V6_DEFAULT_ONLY: u32 = 1 << 8;
+    /// A rule matches TCP flags: TCP packets look their flags byte up in
+    /// [`super::TCP_FLAGS_MAP`].
+    pub const TCP_FLAGS: u32 = 1 << 9;
+}
+
+/// TCP flags (the 14th byte of the TCP header) and the layout of [`TCP_FLAGS_MAP`].
+pub mod tcp_flags {
+    pub const FIN: u8 = 1 << 0;
+    pub const SYN: u8 = 1 << 1;
+    pub const RST: u8 = 1 << 2;
+    pub const PSH: u8 = 1 << 3;
+    pub const ACK: u8 = 1 << 4;
+    pub const URG: u8 = 1 << 5;
+    pub const ECE: u8 = 1 << 6;
+    pub const CWR: u8 = 1 << 7;
+    /// The names policies use, in bit order.
+    pub const NAMES: [(&str, u8); 8] = [
+        ("fin", FIN),
+        ("syn", SYN),
+        ("rst", RST),
+        ("psh", PSH),
+        ("ack", ACK),
+        ("urg", URG),
+        ("ece", ECE),
+        ("cwr", CWR),
+    ];
+    /// The entry for a TCP packet whose flags are unknown (a non-first fragment): the
+    /// rules that match no flags.
+    pub const UNKNOWN: u32 = 256;
+    /// Entries per generation: one per flags byte, then [`UNKNOWN`].
+    pub const PER_GENERATION: u32 = 257;
 }
 
 /// IPv4 address tables: a three-level array lookup (16, 8 and 8 bits of the address)

@@ -75,6 +75,8 @@ pub struct Packet {
     macs: ([u8; 6], [u8; 6]),
     /// Fill in the IPv4 header checksum.
     ipv4_checksum: bool,
+    /// The TCP flags byte [default: SYN].
+    tcp_flags: u8,
 }
 
 pub fn tcp(dst_port: u16) -> L4 {
@@ -122,6 +124,7 @@ impl Packet {
             payload: 0,
             macs: ([0x02, 0, 0, 0, 0, 2], [0x02, 0, 0, 0, 0, 1]),
             ipv4_checksum: false,
+            tcp_flags: policy_common::tcp_flags::SYN,
         }
     }
 
@@ -164,6 +167,12 @@ impl Packet {
     /// [`Self::dst_ip`] from text, for tables of test packets; panics if it is no address.
     pub fn dst(self, addr: &str) -> Self {
         self.dst_ip(addr.parse().expect("a valid test address"))
+    }
+
+    /// The TCP flags byte (FIN bit 0 … CWR bit 7).
+    pub fn tcp_flags(mut self, flags: u8) -> Self {
+        self.tcp_flags = flags;
+        self
     }
 
     pub fn src_port(mut self, port: u16) -> Self {
@@ -365,7 +374,7 @@ impl Packet {
                 h[0..2].copy_from_slice(&src_port);
                 h[2..4].copy_from_slice(&dst_port.to_be_bytes());
                 h[12] = data_offset << 4;
-                h[13] = 0x02; // SYN
+                h[13] = self.tcp_flags;
                 h
             }
             L4::Udp { dst_port } => {

@@ -19,7 +19,7 @@ use crate::{
         sets::{AddReport, DelReport, Entry as SetEntry, SetCounters},
         state::{self, Audit, State},
     },
-    policy::{self, Policy, Rule, reference::L4},
+    policy::{self, Policy, Rule, TcpFlags, reference::L4},
 };
 
 /// One interface as `status` reports it.
@@ -350,11 +350,14 @@ pub fn final_counters(
 }
 
 /// The packet `explain` tried, as a person would write it: "tcp 192.0.2.7 ->
-/// 198.51.100.1 (ports 40000 -> 22)".
+/// 198.51.100.1 (ports 40000 -> 22, flags syn)".
 pub fn describe_packet(src: IpAddr, dst: IpAddr, l4: &L4) -> String {
     let (what, ports) = match l4 {
-        L4::Tcp { src_port, dst_port } => {
-            ("tcp".into(), format!(" (ports {src_port} -> {dst_port})"))
+        L4::Tcp { src_port, dst_port, flags } => {
+            let set = TcpFlags { mask: u8::MAX, value: *flags }.to_string();
+            let set = set.trim_start_matches('=');
+            let set = if set.is_empty() { "none" } else { set };
+            ("tcp".into(), format!(" (ports {src_port} -> {dst_port}, flags {set})"))
         }
         L4::Udp { src_port, dst_port } => {
             ("udp".into(), format!(" (ports {src_port} -> {dst_port})"))
@@ -447,8 +450,12 @@ mod tests {
     fn packets_are_described_as_people_write_them() {
         let (src, dst) = ("192.0.2.7".parse().expect("ip"), "198.51.100.1".parse().expect("ip"));
         assert_eq!(
-            describe_packet(src, dst, &L4::Tcp { src_port: 40000, dst_port: 22 }),
-            "tcp 192.0.2.7 -> 198.51.100.1 (ports 40000 -> 22)"
+            describe_packet(
+                src,
+                dst,
+                &L4::Tcp { src_port: 40000, dst_port: 22, flags: policy_common::tcp_flags::SYN }
+            ),
+            "tcp 192.0.2.7 -> 198.51.100.1 (ports 40000 -> 22, flags syn)"
         );
         assert_eq!(
             describe_packet(src, dst, &L4::Icmp { icmp_type: 8 }),

@@ -138,7 +138,15 @@ pub fn check(policy: &Policy, host: &Host) -> Result<(), Lockout> {
     Ok(())
 }
 
-/// Whether every probe to `port` on every address of the family is dropped.
+/// The TCP flags of the segments an SSH session needs: the SYN that opens it, and the
+/// ACK and ACK+PSH segments that carry it.
+const SSH_SEGMENTS: [u8; 3] = {
+    use policy_common::tcp_flags::{ACK, PSH, SYN};
+    [SYN, ACK, ACK | PSH]
+};
+
+/// Whether every source, on every address of the family, has one of the segments
+/// to `port` an SSH session needs dropped.
 fn cut(policy: &Policy, host: &Host, port: u16, v6: bool) -> Option<Lockout> {
     let family = |a: &IpAddr| a.is_ipv6() == v6;
     let mut targets: Vec<IpAddr> = host.addresses.iter().copied().filter(family).collect();
@@ -160,19 +168,27 @@ fn cut(policy: &Policy, host: &Host, port: u16, v6: bool) -> Option<Lockout> {
     let mut why = BTreeSet::new();
     for dst in &targets {
         for src in &sources {
-            let packet = Parsed::Ip(IpPacket {
-                src: *src,
-                dst: *dst,
-                l4: L4::Tcp { src_port: 40_000, dst_port: port },
-            });
-            let outcome = reference::classify(policy, &packet);
-            if !outcome.verdict.drops() {
+            // A new connection (SYN) and the segments of an open one (ACK, ACK+PSH):
+            // dropping either cuts SSH.
+            let mut cut = false;
+            for flags in SSH_SEGMENTS {
+                let packet = Parsed::Ip(IpPacket {
+                    src: *src,
+                    dst: *dst,
+                    l4: L4::Tcp { src_port: 40_000, dst_port: port, flags },
+                });
+                let outcome = reference::classify(policy, &packet);
+                if outcome.verdict.drops() {
+                    cut = true;
+                    why.insert(match outcome.rule {
+                        Some(i) => DropCause::Rule(policy.rules[i].name.clone()),
+                        None => DropCause::DefaultAction,
+                    });
+                }
+            }
+            if !cut {
                 return None;
             }
-            why.insert(match outcome.rule {
-                Some(i) => DropCause::Rule(policy.rules[i].name.clone()),
-                None => DropCause::DefaultAction,
-            });
         }
     }
     Some(Lockout { port, addresses: targets, dropped_by: why.into_iter().collect() })

@@ -11,14 +11,14 @@ use policy_common::{
     Action, BITMAP_WORDS, FragmentAction, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, L4Class,
     MAX_PORT_CLASSES, MAX_RULES, MAX_SET_REFS, PORT_CLASS_WORDS, RuleBitmap, SET_EXPIRED_STEPS,
     SET_KEY_PREFIX_BITS, Verdict, active, field, field_bitmap, ipv4_key, ipv6_key, port_table,
-    v4_table,
+    tcp_flags, v4_table,
 };
 
 use crate::{
     maps::{
         ACTIVE, CONFIG, DPORT_BITMAPS, DPORT_CLASSES, DST_V4, DST_V6, FIELD_BITMAPS, PORT_TABLE,
         RULES, SET_HITS, SET_SCRATCH, SETS, SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6,
-        V4_CLASSES, V4_L1, V4_L2, V4_L3,
+        TCP_FLAGS, V4_CLASSES, V4_L1, V4_L2, V4_L3,
     },
     parse::{Family, Packet, Transport, address_bytes},
 };
@@ -227,6 +227,10 @@ fn first_match(
     } else {
         Some(port_bitmap(&SPORT_CLASSES, &SPORT_BITMAPS, generation, l4.sport)?)
     };
+    // TCP flags: one bitmap per flags byte, and one for every other packet (other
+    // protocols, fragments): the rules that match no flags. Without a rule matching
+    // flags, all 257 hold every rule. No branch: the parser chose the index.
+    let flag_rules = TCP_FLAGS.get(generation * tcp_flags::PER_GENERATION + l4.flag_index)?;
     let prefix_v4 = GENERATION_PREFIX_BITS + 32;
     let prefix_v6 = GENERATION_PREFIX_BITS + 128;
     let gen_byte = generation as u8;
@@ -275,10 +279,8 @@ fn first_match(
     // An address field's bitmap stands in only without sets: with them, what it admits
     // is more than its bitmap (the sets' rules are ORed in below).
     let addresses = if with_sets { None } else { src_rules.or(dst_rules) };
-    let any = match l4_rules.or(dport_rules).or(sport_rules).or(addresses) {
-        Some(bitmap) => bitmap,
-        None => field_bitmap(generation, field_bitmap::ALL_RULES)?,
-    };
+    // With no field constrained, the flags bitmap is every rule.
+    let any = l4_rules.or(dport_rules).or(sport_rules).or(addresses).unwrap_or(flag_rules);
     // An address in a set a field names admits the rules naming the set, on top of
     // what its address class admits. One mask for both fields: two doubled the paths
     // the verifier walks.
@@ -288,7 +290,12 @@ fn first_match(
     };
     lowest_common(
         config.words,
-        [l4_rules.unwrap_or(any), dport_rules.unwrap_or(any), sport_rules.unwrap_or(any)],
+        [
+            l4_rules.unwrap_or(any),
+            dport_rules.unwrap_or(any),
+            sport_rules.unwrap_or(any),
+            flag_rules,
+        ],
         [src_rules.unwrap_or(any), dst_rules.unwrap_or(any)],
         [set_src, set_dst],
         mask,
@@ -413,12 +420,12 @@ fn in_set(id: u32, version: u8, addr: &[u32; 4], now: &mut u64) -> bool {
 #[inline(always)]
 fn lowest_common(
     words: u32,
-    fields: [&RuleBitmap; 3],
+    fields: [&RuleBitmap; 4],
     addresses: [&RuleBitmap; 2],
     sets: [&RuleBitmap; 2],
     mask: u64,
 ) -> Option<u32> {
-    let [a, b, c] = fields;
+    let [a, b, c, f] = fields;
     let [d, e] = addresses;
     let [ds, es] = sets;
     macro_rules! word {
@@ -429,6 +436,7 @@ fn lowest_common(
             let x = a.words[$w]
                 & b.words[$w]
                 & c.words[$w]
+                & f.words[$w]
                 & (d.words[$w] | (ds.words[$w] & mask))
                 & (e.words[$w] | (es.words[$w] & mask));
             if x != 0 {

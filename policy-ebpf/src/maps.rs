@@ -9,7 +9,7 @@ use policy_common::{
     BITMAP_WORDS, Counter, EVENTS_BYTES, EventSettings, GENERATIONS, GenConfig, IPV4_KEY_LEN,
     IPV6_KEY_LEN, MAX_PORT_CLASSES, MAX_PREFIXES, MAX_RULES, MAX_SET_ENTRIES, PORT_CLASS_WORDS,
     RULE_COUNTER_SLOTS, RuleBitmap, RuleInfo, SET_HIT_SLOTS, SET_KEY_LEN, SET_STATS_ENTRIES,
-    SetEntry, VERDICT_SLOTS, field_bitmap, port_table, v4_table,
+    SetEntry, VERDICT_SLOTS, field_bitmap, port_table, tcp_flags, v4_table,
 };
 
 const _: () = assert!(BITMAP_WORDS == 16, "classify::first_match unrolls 16 words");
@@ -94,6 +94,12 @@ pub static SET_STATS: HashMap<[u32; 2], u64> = HashMap::with_max_entries(SET_STA
 /// Hits per generation and set slot ([`policy_common::SET_HITS_MAP`]).
 #[map(name = "SET_HITS")]
 pub static SET_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SET_HIT_SLOTS, 0);
+
+/// The rules each TCP flags byte admits, per generation
+/// ([`policy_common::TCP_FLAGS_MAP`]).
+#[map(name = "TCP_FLAGS")]
+pub static TCP_FLAGS: Array<RuleBitmap> =
+    Array::with_max_entries(GENERATIONS * tcp_flags::PER_GENERATION, 0);
 
 #[map(name = "RULE_COUNTERS")]
 pub static RULE_COUNTERS: PerCpuArray<Counter> =

@@ -119,7 +119,15 @@ fn aimed_packet(policy: &Policy, rng: &mut Rng) -> IpPacket {
             L4::Fragment { class: *rng.pick(&policy_common::L4Class::ALL).expect("not empty") }
         }
         (_, 1) => L4::Other { proto: rng.next() as u8 },
-        (Protocol::Tcp, _) | (Protocol::Any, 2 | 3) => L4::Tcp { src_port, dst_port },
+        (Protocol::Tcp, _) | (Protocol::Any, 2 | 3) => {
+            // Flags the rule admits, most of the time.
+            let random = rng.next() as u8;
+            let flags = match rule.and_then(|r| r.tcp_flags) {
+                Some(f) if rng.next() % 4 != 0 => f.value | (random & !f.mask),
+                _ => random,
+            };
+            L4::Tcp { src_port, dst_port, flags }
+        }
         (Protocol::Udp, _) | (Protocol::Any, 4 | 5) => L4::Udp { src_port, dst_port },
         (Protocol::Icmp, _) if !v6 => L4::Icmp { icmp_type: dst_port as u8 },
         (Protocol::Icmpv6, _) if v6 => L4::Icmpv6 { icmp_type: dst_port as u8 },

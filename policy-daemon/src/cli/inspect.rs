@@ -65,6 +65,10 @@ pub enum ProbeError {
     IcmpFamily,
     #[error("the source and the destination address must both be IPv4 or both IPv6")]
     MixedFamilies,
+    #[error("--tcp-flags {0:?}: {1}")]
+    TcpFlags(String, String),
+    #[error("--tcp-flags goes with --proto tcp")]
+    TcpFlagsNotTcp,
 }
 
 pub fn status(args: &StatusArgs) -> Result<(), CliError> {
@@ -213,6 +217,16 @@ struct Probe {
 /// The packet the flags describe.
 fn probe(args: &ExplainArgs) -> Result<Probe, ProbeError> {
     let port = || args.dst_port.ok_or_else(|| ProbeError::NeedsDstPort(args.proto.clone()));
+    // The flags set, as a list ("syn,ack"); a new connection's SYN when not given.
+    let tcp_flags = || match &args.tcp_flags {
+        None => Ok(policy_common::tcp_flags::SYN),
+        Some(text) => crate::policy::TcpFlags::parse(&format!("={text}"))
+            .map(|f| f.value)
+            .map_err(|e| ProbeError::TcpFlags(text.clone(), e)),
+    };
+    if args.tcp_flags.is_some() && args.proto != "tcp" {
+        return Err(ProbeError::TcpFlagsNotTcp);
+    }
     let v6 = args.src.is_ipv6();
     if v6 != args.dst.is_ipv6() {
         return Err(ProbeError::MixedFamilies);
@@ -220,7 +234,8 @@ fn probe(args: &ExplainArgs) -> Result<Probe, ProbeError> {
     let (l4, transport, src_port) = match args.proto.as_str() {
         "tcp" => {
             let dst_port = port()?;
-            (L4::Tcp { src_port: args.src_port, dst_port }, packet::tcp(dst_port), args.src_port)
+            let l4 = L4::Tcp { src_port: args.src_port, dst_port, flags: tcp_flags()? };
+            (l4, packet::tcp(dst_port), args.src_port)
         }
         "udp" => {
             let dst_port = port()?;
@@ -241,7 +256,9 @@ fn probe(args: &ExplainArgs) -> Result<Probe, ProbeError> {
         },
     };
     let packet = if v6 { packet::Packet::ipv6(transport) } else { packet::Packet::ipv4(transport) };
-    let frame = packet.src_ip(args.src).dst_ip(args.dst).src_port(src_port).build();
+    let flags = if let L4::Tcp { flags, .. } = l4 { flags } else { 0 };
+    let frame =
+        packet.src_ip(args.src).dst_ip(args.dst).src_port(src_port).tcp_flags(flags).build();
     Ok(Probe { src: args.src, dst: args.dst, l4, frame })
 }
 

@@ -200,6 +200,10 @@ pub struct ExplainArgs {
     /// ICMP or ICMPv6 type [default: echo request].
     #[arg(long, value_name = "TYPE")]
     pub icmp_type: Option<u8>,
+    /// The TCP flags set, e.g. "syn,ack" (fin, syn, rst, psh, ack, urg, ece, cwr; "" for
+    /// none) [default: syn].
+    #[arg(long, value_name = "FLAGS")]
+    pub tcp_flags: Option<String>,
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -22,8 +22,8 @@ use policy_common::{
     FIELD_BITMAPS_MAP, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN,
     MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS, PORT_TABLE_MAP, RULE_COUNTER_SLOTS, RULES_MAP,
     RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP,
-    V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, Verdict, active, field_bitmap, ipv4_key,
-    ipv6_key, port_table, v4_table,
+    TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, Verdict, active, field_bitmap,
+    ipv4_key, ipv6_key, port_table, tcp_flags, v4_table,
 };
 
 use crate::policy::{Ruleset, V4Table};
@@ -61,6 +61,7 @@ pub enum EntryMap {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BitmapMap {
     Fields,
+    TcpFlags,
     Ports(PortFieldId),
     V4Classes,
 }
@@ -105,6 +106,7 @@ impl BitmapMap {
     fn name(self) -> &'static str {
         match self {
             Self::Fields => FIELD_BITMAPS_MAP,
+            Self::TcpFlags => TCP_FLAGS_MAP,
             Self::Ports(PortFieldId::Dst) => DPORT_BITMAPS_MAP,
             Self::Ports(PortFieldId::Src) => SPORT_BITMAPS_MAP,
             Self::V4Classes => V4_CLASSES_MAP,
@@ -277,6 +279,7 @@ struct Shadow {
     config: Option<GenConfig>,
     rules: Vec<RuleInfo>,
     field_bitmaps: Vec<RuleBitmap>,
+    tcp_flags: Vec<RuleBitmap>,
     port_words: HashMap<PortFieldId, Vec<u64>>,
     port_bitmaps: HashMap<PortFieldId, Vec<RuleBitmap>>,
     v4: HashMap<AddrFieldId, HashMap<V4Key, RuleBitmap>>,
@@ -324,6 +327,7 @@ impl Shadow {
             config: None,
             rules: Vec::new(),
             field_bitmaps: Vec::new(),
+            tcp_flags: Vec::new(),
             port_words: ports(),
             port_bitmaps: ports(),
             v4: tries(),
@@ -343,6 +347,7 @@ impl Shadow {
             config: Some(ZERO_CONFIG),
             rules: vec![ZERO_RULE; MAX_RULES],
             field_bitmaps: vec![RuleBitmap::EMPTY; field_bitmap::PER_GENERATION as usize],
+            tcp_flags: vec![RuleBitmap::EMPTY; tcp_flags::PER_GENERATION as usize],
             port_words: HashMap::from([(PortFieldId::Dst, words()), (PortFieldId::Src, words())]),
             port_table: vec![0; port_table::PER_GENERATION as usize],
             v4_tables: [zero_table(), zero_table()],
@@ -730,6 +735,10 @@ fn write_generation(
         sync_array(&mut shadow.field_bitmaps, &ruleset.field_bitmaps, fields_base, |i, v| {
             maps.set_bitmaps(BitmapMap::Fields, i, v)
         })?;
+    let base = generation * tcp_flags::PER_GENERATION;
+    writes += sync_array(&mut shadow.tcp_flags, &ruleset.tcp_flags, base, |i, v| {
+        maps.set_bitmaps(BitmapMap::TcpFlags, i, v)
+    })?;
     for (id, words) in &image.port_words {
         let id = *id;
         let bitmaps = shadow.port_bitmaps.get_mut(&id).expect("both fields present");
@@ -814,6 +823,12 @@ fn audit_generation(
         len(ruleset.field_bitmaps.len()),
     )?;
     drift.compare(FIELD_BITMAPS_MAP, &ruleset.field_bitmaps, &fields);
+    let held = maps.bitmaps(
+        BitmapMap::TcpFlags,
+        generation * tcp_flags::PER_GENERATION,
+        len(ruleset.tcp_flags.len()),
+    )?;
+    drift.compare(TCP_FLAGS_MAP, &ruleset.tcp_flags, &held);
     for (id, words) in &image.port_words {
         let held = maps.port_classes(*id, generation * PORT_CLASS_WORDS, len(words.len()))?;
         drift.compare(id.classes_map(), words, &held);

@@ -12,7 +12,7 @@ use policy_common::{
     ACTIVE_MAP, CONFIG_MAP, Counter, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, DST_V4_MAP, DST_V6_MAP,
     FIELD_BITMAPS_MAP, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN, PORT_TABLE_MAP, RULE_COUNTERS_MAP,
     RULES_MAP, RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP,
-    V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP, active,
+    TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP, active,
 };
 
 use super::{
@@ -39,6 +39,7 @@ pub struct KernelMaps {
     v4_l3: Batched<Array<MapData, u32>>,
     v4_classes: Batched<Array<MapData, RuleBitmap>>,
     field_bitmaps: Batched<Array<MapData, RuleBitmap>>,
+    tcp_flags: Batched<Array<MapData, RuleBitmap>>,
     dport_classes: Batched<Array<MapData, u64>>,
     sport_classes: Batched<Array<MapData, u64>>,
     dport_bitmaps: Batched<Array<MapData, RuleBitmap>>,
@@ -144,6 +145,7 @@ impl KernelMaps {
             v4_l3: take_batch::<Array<MapData, u32>>(ebpf, V4_L3_MAP, cpus)?,
             v4_classes: take_batch::<Array<MapData, RuleBitmap>>(ebpf, V4_CLASSES_MAP, cpus)?,
             field_bitmaps: take_batch::<Array<MapData, RuleBitmap>>(ebpf, FIELD_BITMAPS_MAP, cpus)?,
+            tcp_flags: take_batch::<Array<MapData, RuleBitmap>>(ebpf, TCP_FLAGS_MAP, cpus)?,
             dport_classes: take_batch::<Array<MapData, u64>>(ebpf, DPORT_CLASSES_MAP, cpus)?,
             sport_classes: take_batch::<Array<MapData, u64>>(ebpf, SPORT_CLASSES_MAP, cpus)?,
             dport_bitmaps: take_batch::<Array<MapData, RuleBitmap>>(ebpf, DPORT_BITMAPS_MAP, cpus)?,
@@ -285,6 +287,7 @@ impl KernelMaps {
             V4_L3_MAP => self.v4_l3._map.map_data(),
             V4_CLASSES_MAP => self.v4_classes._map.map_data(),
             FIELD_BITMAPS_MAP => self.field_bitmaps._map.map_data(),
+            TCP_FLAGS_MAP => self.tcp_flags._map.map_data(),
             DPORT_CLASSES_MAP => self.dport_classes._map.map_data(),
             SPORT_CLASSES_MAP => self.sport_classes._map.map_data(),
             DPORT_BITMAPS_MAP => self.dport_bitmaps._map.map_data(),
@@ -303,6 +306,7 @@ impl KernelMaps {
     fn bitmap_map(&mut self, map: BitmapMap) -> &mut BatchMap {
         match map {
             BitmapMap::Fields => &mut self.field_bitmaps.batch,
+            BitmapMap::TcpFlags => &mut self.tcp_flags.batch,
             BitmapMap::Ports(PortFieldId::Dst) => &mut self.dport_bitmaps.batch,
             BitmapMap::Ports(PortFieldId::Src) => &mut self.sport_bitmaps.batch,
             BitmapMap::V4Classes => &mut self.v4_classes.batch,

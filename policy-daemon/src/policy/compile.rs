@@ -50,6 +50,10 @@ pub struct Ruleset {
     /// The policy's sets with the entries of their files. The rules naming them are in
     /// `config.set_ids` and the `field_bitmap::SET_RULES` bitmaps.
     pub sets: Vec<SetDef>,
+    /// `TCP_FLAGS` of one generation: the rules each flags byte admits (read when a rule
+    /// matches TCP flags: `config.fields` then has `TCP_FLAGS`), then those of the rules
+    /// that match no flags (what every other packet admits in this field).
+    pub tcp_flags: Vec<RuleBitmap>,
 }
 
 impl Ruleset {
@@ -82,7 +86,9 @@ impl Ruleset {
             return None;
         }
         let (dport, sport) = match packet.l4 {
-            L4::Tcp { src_port, dst_port } | L4::Udp { src_port, dst_port } => (dst_port, src_port),
+            L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port } => {
+                (dst_port, src_port)
+            }
             L4::Icmp { icmp_type } | L4::Icmpv6 { icmp_type } => (u16::from(icmp_type), 0),
             L4::Other { .. } | L4::Fragment { .. } => (0, 0),
         };
@@ -96,6 +102,12 @@ impl Ruleset {
             (false, _) => all,
             (true, true) => fb(field_bitmap::SPORT_UNCONSTRAINED),
             (true, false) => *self.sport.lookup(sport),
+        };
+        let flags = match packet.l4 {
+            L4::Tcp { flags, .. } if fields & field::TCP_FLAGS != 0 => {
+                self.tcp_flags[usize::from(flags)]
+            }
+            _ => self.tcp_flags[common::tcp_flags::UNKNOWN as usize],
         };
         let address =
             |addr: IpAddr, field: usize, [table_bit, v6_bit, used_bit]: [u32; 3]| match addr {
@@ -117,7 +129,12 @@ impl Ruleset {
         let src = self.with_sets(src, 0, packet.src, usize::from(self.config.src_sets));
         let dst = self.with_sets(dst, 1, packet.dst, usize::from(self.config.dst_sets));
         (0..self.config.words as usize).find_map(|w| {
-            let x = l4.words[w] & dp.words[w] & sp.words[w] & src.words[w] & dst.words[w];
+            let x = l4.words[w]
+                & dp.words[w]
+                & sp.words[w]
+                & flags.words[w]
+                & src.words[w]
+                & dst.words[w];
             (x != 0).then(|| w * 64 + x.trailing_zeros() as usize)
         })
     }
@@ -251,6 +268,14 @@ pub fn compile(policy: &Policy) -> Ruleset {
     if rules.iter().any(|r| r.dst.is_some()) {
         fields |= field::DST;
     }
+    if rules.iter().any(|r| r.tcp_flags.is_some()) {
+        fields |= field::TCP_FLAGS;
+    }
+    let mut tcp_flags: Vec<RuleBitmap> = (0..=u8::MAX)
+        .map(|v| bitmap_of(&|r: &Rule| r.tcp_flags.is_none_or(|f| f.admits(v))))
+        .collect();
+    tcp_flags.push(bitmap_of(&|r: &Rule| r.tcp_flags.is_none()));
+    debug_assert_eq!(tcp_flags.len(), common::tcp_flags::PER_GENERATION as usize);
 
     // The sets each address field names, in the order rules name them: the program looks
     // the address up in each and adds the rules naming it.
@@ -342,6 +367,7 @@ pub fn compile(policy: &Policy) -> Ruleset {
         port_table: None,
         v4_tables,
         sets: policy.sets.clone(),
+        tcp_flags,
     };
     ruleset.port_table = port_table(&ruleset);
     ruleset

@@ -169,8 +169,94 @@ pub struct Rule {
     pub src_sets: Vec<String>,
     pub dst_sets: Vec<String>,
     pub icmp_types: Option<Vec<u8>>,
+    /// TCP flags the rule matches (`protocol = "tcp"` only); `None`: any.
+    pub tcp_flags: Option<TcpFlags>,
     /// Where the rule's `name` is written.
     pub location: Location,
+}
+
+/// A TCP flags condition: the flags of `mask` must be as in `value` (set or clear), the
+/// others do not matter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TcpFlags {
+    pub mask: u8,
+    pub value: u8,
+}
+
+impl TcpFlags {
+    /// Whether a packet with this flags byte matches.
+    pub fn admits(self, flags: u8) -> bool {
+        flags & self.mask == self.value
+    }
+
+    /// Parses `tcp_flags`: `"syn,!ack"` (listed flags set, `!`-flags clear, the others
+    /// any), or `"=syn,ack"` (exactly these set, all others clear; `"="` alone: none set).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (exact, list) = match text.strip_prefix('=') {
+            Some(rest) => (true, rest.trim()),
+            None => (false, text),
+        };
+        if list.is_empty() && !exact {
+            return Err(
+                "tcp_flags is empty: list flags (\"syn,!ack\"), or leave tcp_flags out to \
+                 match any"
+                    .into(),
+            );
+        }
+        let (mut set, mut clear) = (0u8, 0u8);
+        for item in list.split(',').filter(|_| !list.is_empty()) {
+            let item = item.trim().to_ascii_lowercase();
+            let (negated, name) = match item.strip_prefix('!') {
+                Some(name) => (true, name.trim()),
+                None => (false, item.as_str()),
+            };
+            if negated && exact {
+                return Err(format!(
+                    "\"!{name}\" in an exact tcp_flags (\"=...\"): list only the flags that \
+                     are set, every other one must be clear"
+                ));
+            }
+            let Some(&(_, bit)) = policy_common::tcp_flags::NAMES.iter().find(|(n, _)| *n == name)
+            else {
+                return Err(format!(
+                    "unknown TCP flag {name:?}: expected fin, syn, rst, psh, ack, urg, ece or \
+                     cwr, each maybe with a leading ! (clear), separated by commas"
+                ));
+            };
+            if negated {
+                clear |= bit
+            } else {
+                set |= bit
+            }
+            if set & clear & bit != 0 {
+                return Err(format!("TCP flag {name:?} is both set and cleared"));
+            }
+        }
+        Ok(if exact {
+            Self { mask: u8::MAX, value: set }
+        } else {
+            Self { mask: set | clear, value: set }
+        })
+    }
+}
+
+impl std::fmt::Display for TcpFlags {
+    /// The form `parse` reads back: exact when every flag is decided.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = policy_common::tcp_flags::NAMES;
+        if self.mask == u8::MAX {
+            let set: Vec<&str> =
+                names.iter().filter(|(_, b)| self.value & b != 0).map(|(n, _)| *n).collect();
+            return write!(f, "={}", set.join(","));
+        }
+        let items: Vec<String> = names
+            .iter()
+            .filter(|(_, b)| self.mask & b != 0)
+            .map(|(n, b)| if self.value & b != 0 { (*n).to_string() } else { format!("!{n}") })
+            .collect();
+        write!(f, "{}", items.join(","))
+    }
 }
 
 impl Rule {
@@ -220,9 +306,13 @@ impl Rule {
             self.dst,
             self.icmp_types
         );
-        // Only rules that name sets add this, so other rules keep their identity.
+        // Only rules that name sets (match flags) add these, so other rules keep their
+        // identity.
         if !self.src_sets.is_empty() || !self.dst_sets.is_empty() {
             text.push_str(&format!("|{:?}|{:?}", self.src_sets, self.dst_sets));
+        }
+        if let Some(flags) = self.tcp_flags {
+            text.push_str(&format!("|tcp_flags {:#04x}/{:#04x}", flags.value, flags.mask));
         }
         let digest = Sha256::digest(text.as_bytes());
         digest[..16].iter().map(|b| format!("{b:02x}")).collect()

@@ -15,6 +15,8 @@ pub enum L4 {
     Tcp {
         src_port: u16,
         dst_port: u16,
+        /// The flags byte (FIN bit 0 … CWR bit 7).
+        flags: u8,
     },
     Udp {
         src_port: u16,
@@ -54,6 +56,14 @@ impl L4 {
             Self::Tcp { dst_port, .. } | Self::Udp { dst_port, .. } => Some(dst_port),
             Self::Icmp { icmp_type } | Self::Icmpv6 { icmp_type } => Some(u16::from(icmp_type)),
             Self::Other { .. } | Self::Fragment { .. } => None,
+        }
+    }
+
+    /// TCP's flags; `None` for other protocols and fragments.
+    fn tcp_flags(&self) -> Option<u8> {
+        match *self {
+            Self::Tcp { flags, .. } => Some(flags),
+            _ => None,
         }
     }
 
@@ -108,6 +118,7 @@ pub fn rule_matches(rule: &Rule, sets: &[SetDef], packet: &IpPacket) -> bool {
     rule.admits(packet.l4.class())
         && in_ranges(rule.dport_values(), packet.l4.dport())
         && in_ranges(rule.src_ports.clone(), packet.l4.sport())
+        && rule.tcp_flags.is_none_or(|f| packet.l4.tcp_flags().is_some_and(|v| f.admits(v)))
         && in_nets(&rule.src, &rule.src_sets, packet.src)
         && in_nets(&rule.dst, &rule.dst_sets, packet.dst)
 }
@@ -272,6 +283,9 @@ fn parse_ipv6(frame: &[u8], start: usize) -> Option<IpPacket> {
     None
 }
 
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS_OFFSET: usize = 13;
+
 /// The transport header at `at` of an IP packet that ends at `end`.
 fn parse_l4(frame: &[u8], end: usize, at: usize, proto: u8, v6: bool) -> Option<L4> {
     Some(match L4Class::of(proto, v6) {
@@ -282,7 +296,11 @@ fn parse_l4(frame: &[u8], end: usize, at: usize, proto: u8, v6: bool) -> Option<
                 return None;
             }
             need(end, at, 4 * doff)?;
-            L4::Tcp { src_port: be16(frame, at)?, dst_port: be16(frame, at + 2)? }
+            L4::Tcp {
+                src_port: be16(frame, at)?,
+                dst_port: be16(frame, at + 2)?,
+                flags: frame[at + TCP_FLAGS_OFFSET],
+            }
         }
         L4Class::Udp => {
             need(end, at, 8)?;

@@ -10,7 +10,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, de};
 use toml::Spanned;
 
-use super::{Defaults, Diagnostic, Location, Rule, SetDef, diagnostic::LineIndex, set_id};
+use super::{
+    Defaults, Diagnostic, Location, Rule, SetDef, TcpFlags, diagnostic::LineIndex, set_id,
+};
 
 /// Longest accepted rule name; names end up in logs and metric labels.
 const MAX_NAME_LEN: usize = 64;
@@ -345,6 +347,7 @@ struct RawRule {
     src: Option<Spanned<OneOrMany<Net>>>,
     dst: Option<Spanned<OneOrMany<Net>>>,
     icmp_types: Option<Spanned<OneOrMany<IcmpType>>>,
+    tcp_flags: Option<Spanned<String>>,
 }
 
 /// One parsed file: its rules and, if it sets them, the defaults and interfaces with
@@ -454,6 +457,27 @@ pub fn parse_file(
             ));
         }
 
+        let tcp_flags = raw.tcp_flags.and_then(|f| {
+            let span = f.span();
+            let parsed = match TcpFlags::parse(f.get_ref()) {
+                Ok(flags) => Some(flags),
+                Err(message) => {
+                    diagnostics.push(diag(span.clone(), message));
+                    None
+                }
+            };
+            if protocol != Protocol::Tcp {
+                diagnostics.push(diag(
+                    span,
+                    format!(
+                        "tcp_flags needs protocol = \"tcp\", not \"{}\": only TCP has flags",
+                        protocol.name()
+                    ),
+                ));
+            }
+            parsed
+        });
+
         // The networks of an address field (empty when it names sets only) and the sets
         // it names, with where the field is written.
         let mut set_refs = Vec::new();
@@ -483,6 +507,7 @@ pub fn parse_file(
             src_sets: Vec::new(),
             dst_sets: Vec::new(),
             icmp_types: icmp_types.map(|(_, v)| v.into_iter().map(|t| t.0).collect()),
+            tcp_flags,
             location: name_location,
         };
         if let Some(reason) = never_matches(&rule, &set_refs) {

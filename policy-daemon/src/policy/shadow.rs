@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 use policy_common::L4Class;
 
-use super::{Diagnostic, PortRange, Rule};
+use super::{Diagnostic, PortRange, Rule, TcpFlags};
 
 /// Above this many network comparisons for one pair of rules the check gives up on that
 /// pair (no warning): a warning is not worth seconds of CPU on a 100,000-prefix policy.
@@ -33,6 +33,7 @@ pub fn covers(earlier: &Rule, later: &Rule) -> bool {
     L4Class::ALL.iter().all(|c| !later.admits(*c) || earlier.admits(*c))
         && ports_cover(&earlier.dport_values(), &later.dport_values())
         && ports_cover(&earlier.src_ports, &later.src_ports)
+        && flags_cover(earlier.tcp_flags, later.tcp_flags)
         && nets_cover(&earlier.src, &later.src)
         && nets_cover(&earlier.dst, &later.dst)
         && sets_cover(&earlier.src, &earlier.src_sets, &later.src_sets)
@@ -43,6 +44,15 @@ pub fn covers(earlier: &Rule, later: &Rule) -> bool {
 /// hold only if it does not constrain the field or names every one of them too.
 fn sets_cover(earlier_nets: &Option<Vec<IpNet>>, earlier: &[String], later: &[String]) -> bool {
     earlier_nets.is_none() || later.iter().all(|name| earlier.contains(name))
+}
+
+/// Every flags byte `later` admits, `earlier` admits too.
+fn flags_cover(earlier: Option<TcpFlags>, later: Option<TcpFlags>) -> bool {
+    match (earlier, later) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(e), Some(l)) => (0..=u8::MAX).all(|v| !l.admits(v) || e.admits(v)),
+    }
 }
 
 fn ports_cover(earlier: &Option<Vec<PortRange>>, later: &Option<Vec<PortRange>>) -> bool {

@@ -52,6 +52,7 @@ fn parses_the_minimal_policy() {
             src_sets: Vec::new(),
             dst_sets: Vec::new(),
             icmp_types: None,
+            tcp_flags: None,
             location: Location { file: FILE.into(), line: 3, column: 8 },
         }]
     );
@@ -157,7 +158,7 @@ fn unknown_field() {
     assert_eq!(
         error("[[rule]]\nname = \"a\"\naction = \"drop\"\ndst_port = [1]\n"),
         "policies/web.toml:4:1: unknown field `dst_port`, expected one of `name`, `action`, \
-         `mode`, `protocol`, `dst_ports`, `src_ports`, `src`, `dst`, `icmp_types`\n  |\n4 | \
+         `mode`, `protocol`, `dst_ports`, `src_ports`, `src`, `dst`, `icmp_types`, `tcp_flags`\n  |\n4 | \
          dst_port = [1]\n  | ^^^^^^^^\n1 error"
     );
 }
@@ -689,7 +690,11 @@ fn the_compiled_ruleset_admits_set_members_through_the_set_bitmaps() {
     let packet = |src: &str, port| reference::IpPacket {
         src: src.parse().expect("valid"),
         dst: "198.19.0.1".parse().expect("valid"),
-        l4: reference::L4::Tcp { src_port: 1000, dst_port: port },
+        l4: reference::L4::Tcp {
+            src_port: 1000,
+            dst_port: port,
+            flags: policy_common::tcp_flags::SYN,
+        },
     };
     for (src, port, rule) in [
         ("198.18.5.5", 22, Some(0)),

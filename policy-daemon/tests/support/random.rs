@@ -394,6 +394,10 @@ fn random_rule(rng: &mut Rng, index: usize, narrow: bool, sets: &[String]) -> Ru
                 fields.push((key, list));
             }
         }
+        if protocol == Some("tcp") && rng.percent(35) {
+            let items = vec![format!("\"{}\"", random_tcp_flags_spec(rng))];
+            fields.push(("tcp_flags", TomlList { items, bare: true }));
+        }
         if icmp && rng.percent(60) {
             let n = rng.between(1, 3);
             let items = (0..n).map(|_| pool_icmp_type(rng).to_string()).collect();
@@ -540,6 +544,7 @@ pub enum L4Spec {
         sport: u16,
         dport: u16,
         doff: u8,
+        flags: u8,
     },
     Udp {
         sport: u16,
@@ -569,11 +574,12 @@ impl L4Spec {
 
     fn bytes(self, rng: &mut Rng) -> Vec<u8> {
         match self {
-            Self::Tcp { sport, dport, doff } => {
+            Self::Tcp { sport, dport, doff, flags } => {
                 let mut h = rng.bytes(20 + 4 * usize::from(doff.saturating_sub(5)));
                 h[0..2].copy_from_slice(&sport.to_be_bytes());
                 h[2..4].copy_from_slice(&dport.to_be_bytes());
                 h[12] = (doff << 4) | (h[12] & 0x0f);
+                h[13] = flags;
                 h
             }
             Self::Udp { sport, dport } => {
@@ -792,8 +798,8 @@ impl FrameSpec {
 /// read.
 fn transport(l4: L4Spec, at: usize, v6: bool) -> (Option<L4>, usize) {
     match l4 {
-        L4Spec::Tcp { sport, dport, doff } => (
-            (doff >= 5).then_some(L4::Tcp { src_port: sport, dst_port: dport }),
+        L4Spec::Tcp { sport, dport, doff, flags } => (
+            (doff >= 5).then_some(L4::Tcp { src_port: sport, dst_port: dport, flags }),
             at + 20.max(4 * usize::from(doff)),
         ),
         L4Spec::Udp { sport, dport } => {
@@ -927,9 +933,12 @@ fn random_ext(rng: &mut Rng) -> ExtSpec {
 
 fn random_l4(rng: &mut Rng, v6: bool) -> L4Spec {
     match rng.below(100) {
-        0..35 => {
-            L4Spec::Tcp { sport: pool_port(rng), dport: pool_port(rng), doff: random_doff(rng) }
-        }
+        0..35 => L4Spec::Tcp {
+            sport: pool_port(rng),
+            dport: pool_port(rng),
+            doff: random_doff(rng),
+            flags: random_tcp_flags(rng),
+        },
         35..65 => L4Spec::Udp { sport: pool_port(rng), dport: pool_port(rng) },
         65..80 => L4Spec::Icmp { v6, icmp_type: pool_icmp_type(rng) },
         80..83 => L4Spec::Icmp { v6: !v6, icmp_type: pool_icmp_type(rng) },
@@ -943,6 +952,38 @@ fn random_l4(rng: &mut Rng, v6: bool) -> L4Spec {
             L4Spec::Other { proto }
         }
     }
+}
+
+/// A TCP flags byte: the common shapes (SYN, SYN+ACK, ACK, RST, FIN+ACK, NULL, Xmas)
+/// more often than chance would give them.
+fn random_tcp_flags(rng: &mut Rng) -> u8 {
+    use policy_common::tcp_flags::*;
+    if rng.percent(60) {
+        rng.pick(&[SYN, SYN | ACK, ACK, RST, RST | ACK, FIN | ACK, PSH | ACK, 0, FIN | PSH | URG])
+    } else {
+        rng.next() as u8
+    }
+}
+
+/// A `tcp_flags` value: one to three flags, each set or cleared, or the exact form.
+fn random_tcp_flags_spec(rng: &mut Rng) -> String {
+    let names = policy_common::tcp_flags::NAMES;
+    let n = rng.between(1, 3);
+    let mut picked: Vec<&str> = Vec::new();
+    while picked.len() < n {
+        let (name, _) = rng.pick(&names);
+        if !picked.contains(&name) {
+            picked.push(name);
+        }
+    }
+    if rng.percent(20) {
+        return format!("={}", picked.join(","));
+    }
+    let items: Vec<String> = picked
+        .iter()
+        .map(|n| if rng.percent(35) { format!("!{n}") } else { (*n).to_string() })
+        .collect();
+    items.join(",")
 }
 
 fn random_doff(rng: &mut Rng) -> u8 {
@@ -1028,7 +1069,14 @@ fn aimed_l4(rng: &mut Rng, rule: &Rule, v6: bool) -> L4Spec {
     let sport = aimed_port(rng, rule.src_ports.as_deref());
     let dport = aimed_port(rng, rule.dst_ports.as_deref());
     match kind {
-        0 => L4Spec::Tcp { sport, dport, doff: random_doff(rng) },
+        0 => {
+            // Most often flags the rule's condition admits.
+            let flags = match rule.tcp_flags {
+                Some(f) if rng.percent(80) => f.value | (random_tcp_flags(rng) & !f.mask),
+                _ => random_tcp_flags(rng),
+            };
+            L4Spec::Tcp { sport, dport, doff: random_doff(rng), flags }
+        }
         1 => L4Spec::Udp { sport, dport },
         2 => L4Spec::Icmp { v6, icmp_type: icmp_type(rng) },
         _ => random_l4(rng, v6),

@@ -8,9 +8,10 @@ use aya::maps::{Array, LpmTrie, Map, MapData, lpm_trie::Key};
 use policy_common::{
     ACTIVE_MAP, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, DST_V4_MAP, DST_V6_MAP,
     EVENT_CLOCK_MAP, EVENT_SETTINGS_MAP, EVENTS_MAP, FIELD_BITMAPS_MAP, GenConfig, IPV4_KEY_LEN,
-    IPV6_KEY_LEN, PORT_TABLE_MAP, RULE_COUNTERS_MAP, RULES_MAP, RuleBitmap, RuleInfo,
-    SET_SCRATCH_MAP, SETS_MAP, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP,
-    V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP, v4_table,
+    IPV6_KEY_LEN, PORT_TABLE_MAP, RULE_COUNTERS_MAP, RULES_MAP, RuleBitmap, RuleInfo, SET_HITS_MAP,
+    SET_SCRATCH_MAP, SET_STATS_MAP, SETS_MAP, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP,
+    SRC_V6_MAP, TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP,
+    VERDICT_COUNTERS_MAP, v4_table,
 };
 
 /// xorshift64*: cheap, deterministic by seed.
@@ -98,9 +99,8 @@ fn scribble(maps: Vec<(String, MapData)>, seed: u64) -> Scribbled {
                 },
                 &mut rng,
             ),
-            FIELD_BITMAPS_MAP | DPORT_BITMAPS_MAP | SPORT_BITMAPS_MAP | V4_CLASSES_MAP => {
-                fill(map, &name, |_| true, Rng::bitmap, &mut rng)
-            }
+            FIELD_BITMAPS_MAP | DPORT_BITMAPS_MAP | SPORT_BITMAPS_MAP | V4_CLASSES_MAP
+            | TCP_FLAGS_MAP => fill(map, &name, |_| true, Rng::bitmap, &mut rng),
             DPORT_CLASSES_MAP | SPORT_CLASSES_MAP => fill(
                 map,
                 &name,
@@ -123,7 +123,7 @@ fn scribble(maps: Vec<(String, MapData)>, seed: u64) -> Scribbled {
             SRC_V6_MAP | DST_V6_MAP => trie::<IPV6_KEY_LEN>(map, &name, &mut rng),
             // Counters and event sampling: no verdict reads them.
             RULE_COUNTERS_MAP | VERDICT_COUNTERS_MAP | EVENTS_MAP | EVENT_SETTINGS_MAP
-            | EVENT_CLOCK_MAP => continue,
+            | EVENT_CLOCK_MAP | SET_STATS_MAP | SET_HITS_MAP => continue,
             // Per-CPU scratch space the program writes before it reads.
             SET_SCRATCH_MAP => continue,
             // The audit checks the sets' file entries and finds sets nobody has, but keeps

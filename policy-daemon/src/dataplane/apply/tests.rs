@@ -61,6 +61,7 @@ struct FakeMaps {
 fn bitmap_cell(map: BitmapMap, index: u32) -> String {
     match map {
         BitmapMap::Fields => format!("field/{index}"),
+        BitmapMap::TcpFlags => format!("tcpflags/{index}"),
         BitmapMap::Ports(field) => format!("portmap/{field:?}/{index}"),
         BitmapMap::V4Classes => format!("v4class/{index}"),
     }
