@@ -465,6 +465,19 @@ mod tests {
     }
 
     #[test]
+    fn dropping_the_segments_of_open_ssh_sessions_or_new_ones_is_refused() {
+        // Every segment of an open session carries ACK; a new one starts with a SYN.
+        for (flags, cut) in [("ack", true), ("syn,!ack", true), ("=ack,psh", true), ("=", false)] {
+            let p = policy(&format!(
+                "[[rule]]\nname = \"flags\"\naction = \"drop\"\nprotocol = \"tcp\"\n\
+                 dst_ports = 22\ntcp_flags = \"{flags}\"\n"
+            ));
+            let result = check(&p, &host(&[22], &HOST));
+            assert_eq!(result.is_err(), cut, "tcp_flags = {flags:?}: {result:?}");
+        }
+    }
+
+    #[test]
     fn dropping_ssh_from_all_of_one_family_is_refused() {
         let p = policy(
             "[[rule]]\nname = \"no-ssh-v4\"\naction = \"drop\"\nprotocol = \"tcp\"\n\

@@ -504,6 +504,68 @@ fn monitor_cases() -> Vec<Case> {
     ]
 }
 
+const FLAGS: &str = r#"
+[defaults]
+fragments = "rules"
+
+[[rule]]
+name = "syn-flood"
+action = "drop"
+protocol = "tcp"
+dst_ports = 443
+tcp_flags = "syn,!ack"
+
+[[rule]]
+name = "null-scan"
+action = "drop"
+protocol = "tcp"
+tcp_flags = "="
+
+[[rule]]
+name = "xmas-scan"
+action = "drop"
+protocol = "tcp"
+tcp_flags = "fin,psh,urg"
+
+[[rule]]
+name = "exactly-rst"
+action = "drop"
+protocol = "tcp"
+dst_ports = 25
+tcp_flags = "=rst"
+
+[[rule]]
+name = "pass-web"
+action = "pass"
+protocol = "tcp"
+dst_ports = 443
+"#;
+
+fn flag_cases() -> Vec<Case> {
+    use Verdict::*;
+    use policy_common::tcp_flags::*;
+    let to = |port: u16, flags: u8| Packet::ipv4(tcp(port)).tcp_flags(flags);
+    let to6 = |port: u16, flags: u8| Packet::ipv6(tcp(port)).tcp_flags(flags);
+    vec![
+        by("syn-flood", "a SYN to 443", to(443, SYN), DropRule),
+        by("syn-flood", "a SYN with ECN bits", to6(443, SYN | ECE | CWR), DropRule),
+        by("pass-web", "a SYN+ACK is not a SYN without ACK", to(443, SYN | ACK), PassRule),
+        by("pass-web", "an ACK", to6(443, ACK), PassRule),
+        case("a SYN to another port", to(80, SYN), PassDefault),
+        by("null-scan", "no flags at all", to(80, 0), DropRule),
+        by("null-scan", "no flags, IPv6", to6(443, 0), DropRule),
+        by("xmas-scan", "FIN+PSH+URG", to(80, FIN | PSH | URG), DropRule),
+        by("xmas-scan", "FIN+PSH+URG with ACK", to6(22, FIN | PSH | URG | ACK), DropRule),
+        case("FIN+PSH alone", to(80, FIN | PSH), PassDefault),
+        by("exactly-rst", "exactly RST", to(25, RST), DropRule),
+        case("RST+ACK is not exactly RST", to(25, RST | ACK), PassDefault),
+        // A non-first fragment has no TCP header: only rules without flags match it.
+        case("a fragment: no ports, no flags", to(443, SYN).ipv4_fragment(3, false), PassDefault),
+        case("not a NULL scan: its flags are unknown", to6(80, 0).ipv6_fragment(3), PassDefault),
+        case("UDP is not looked at", Packet::ipv4(udp(443)), PassDefault),
+    ]
+}
+
 /// Runs every case, checks the XDP action, the verdict counter, the deciding rule's
 /// counter, and that the reference classifier expects the same.
 fn run_table(policy_text: &str, cases: Vec<Case>) {
@@ -580,6 +642,13 @@ fn default_deny_table() {
 fn monitor_table() {
     if support::privileged("monitor_table") {
         run_table(MONITOR_DEFAULT, monitor_cases());
+    }
+}
+
+#[test]
+fn flag_table() {
+    if support::privileged("flag_table") {
+        run_table(FLAGS, flag_cases());
     }
 }
 

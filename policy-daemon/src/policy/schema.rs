@@ -467,12 +467,13 @@ pub fn parse_file(
                 }
             };
             if protocol != Protocol::Tcp {
+                let given = match protocol_span {
+                    Some(_) => format!("not \"{}\"", protocol.name()),
+                    None => "and the rule names no protocol".into(),
+                };
                 diagnostics.push(diag(
                     span,
-                    format!(
-                        "tcp_flags needs protocol = \"tcp\", not \"{}\": only TCP has flags",
-                        protocol.name()
-                    ),
+                    format!("tcp_flags needs protocol = \"tcp\", {given}: only TCP has flags"),
                 ));
             }
             parsed

@@ -711,3 +711,50 @@ fn the_compiled_ruleset_admits_set_members_through_the_set_bitmaps() {
         assert_eq!(outcome.rule, rule, "reference: {src} port {port}");
     }
 }
+
+#[test]
+fn tcp_flags_read_as_set_clear_and_exact_and_print_back() {
+    use policy_common::tcp_flags::{ACK, FIN, PSH, RST, SYN, URG};
+    let cases: [(&str, u8, u8, &str); 6] = [
+        ("syn,!ack", SYN | ACK, SYN, "syn,!ack"),
+        (" SYN , ! ack ", SYN | ACK, SYN, "syn,!ack"),
+        ("=syn", u8::MAX, SYN, "=syn"),
+        ("=", u8::MAX, 0, "="),
+        ("fin,psh,urg", FIN | PSH | URG, FIN | PSH | URG, "fin,psh,urg"),
+        ("!rst,!syn,!rst", RST | SYN, 0, "!syn,!rst"),
+    ];
+    for (text, mask, value, shown) in cases {
+        let flags = TcpFlags::parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert_eq!((flags.mask, flags.value), (mask, value), "{text:?}");
+        assert_eq!(flags.to_string(), shown, "{text:?}");
+        assert_eq!(TcpFlags::parse(shown), Ok(flags), "{shown:?} reads back");
+    }
+    let syn_not_ack = TcpFlags::parse("syn,!ack").expect("valid");
+    assert!(syn_not_ack.admits(SYN) && syn_not_ack.admits(SYN | PSH));
+    assert!(!syn_not_ack.admits(SYN | ACK) && !syn_not_ack.admits(ACK) && !syn_not_ack.admits(0));
+    let exact = TcpFlags::parse("=syn").expect("valid");
+    assert!(exact.admits(SYN) && !exact.admits(SYN | PSH));
+    for bad in ["", "syn,", "syn,,ack", "!", "=!syn", "syn,!syn", "xmas"] {
+        assert!(TcpFlags::parse(bad).is_err(), "{bad:?} was taken");
+    }
+}
+
+#[test]
+fn a_rule_with_flags_is_shadowed_only_by_one_admitting_all_its_flags() {
+    let text = "[[rule]]\nname = \"syn\"\naction = \"drop\"\nprotocol = \"tcp\"\ntcp_flags = \"syn\"\n\
+        [[rule]]\nname = \"syn-not-ack\"\naction = \"drop\"\nprotocol = \"tcp\"\n\
+        tcp_flags = \"syn,!ack\"\n\
+        [[rule]]\nname = \"ack\"\naction = \"drop\"\nprotocol = \"tcp\"\ntcp_flags = \"ack\"\n\
+        [[rule]]\nname = \"any-tcp\"\naction = \"pass\"\nprotocol = \"tcp\"\n";
+    let warnings: Vec<_> = valid(text).warnings.into_iter().map(|w| w.message).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with("rule \"syn-not-ack\" is shadowed by rule \"syn\""));
+    let rule = |name: &str| {
+        let policy = valid(text);
+        policy.rules.into_iter().find(|r| r.name == name).expect("the rule")
+    };
+    // Flags change what a rule counts: its identity, and so its counters.
+    let mut without = rule("syn");
+    without.tcp_flags = None;
+    assert_ne!(rule("syn").identity(), without.identity());
+}
