@@ -38,6 +38,7 @@ const PREFIXES: usize = 100_000;
 /// Targets (ns per packet above the floor).
 const PORT_ONLY_TARGET_NS: f64 = 4.0;
 const MIXED_TARGET_NS: f64 = 40.0;
+const FLAGS_TARGET_NS: f64 = 5.0;
 
 /// One probe packet.
 struct Probe {
@@ -97,6 +98,18 @@ fn drops_hits(probe: &Probe) -> Option<u32> {
 
 fn drops_udp_hits(probe: &Probe) -> Option<u32> {
     Some(if probe.hit && probe.label.contains("UDP") { XDP_DROP } else { XDP_PASS })
+}
+
+fn drops_tcp_hits(probe: &Probe) -> Option<u32> {
+    Some(if probe.hit && probe.label.contains("TCP") { XDP_DROP } else { XDP_PASS })
+}
+
+/// One TCP rule dropping the hit port from the probes' networks, with `extra` lines.
+fn tcp_rule(extra: &str) -> String {
+    format!(
+        "[[rule]]\nname = \"tcp-hit\"\naction = \"drop\"\nprotocol = \"tcp\"\n\
+         dst_ports = [{HIT_PORT}]\nsrc = [\"198.18.0.0/15\", \"fd00::/8\"]\n{extra}"
+    )
 }
 
 fn passes_all(_: &Probe) -> Option<u32> {
@@ -238,6 +251,16 @@ pub fn run(opts: &Opts) -> Result<Section> {
         &policies::prefixes(PREFIXES),
         None,
     )?);
+    // The same TCP rule without and with a flags condition (the probes' TCP segments are
+    // SYNs): what matching flags costs.
+    for (name, extra) in [
+        ("xdp-policy TCP rule, no flags", ""),
+        ("xdp-policy TCP rule, tcp_flags \"syn,!ack\"", "tcp_flags = \"syn,!ack\"\n"),
+    ] {
+        let mut variant = policy_variant(name.into(), &tcp_rule(extra), None)?;
+        variant.judges = drops_tcp_hits;
+        variants.push(variant);
+    }
     for (filter, features, judges) in [
         (&xf_udp, Features::UdpOnly, drops_udp_hits as fn(&Probe) -> Option<u32>),
         (&xf_all, Features::All, drops_hits),
@@ -422,6 +445,17 @@ pub fn run(opts: &Opts) -> Result<Section> {
             ),
             format!("≤ +{MIXED_TARGET_NS:.0} ns, flat"),
             Mark::of(worst <= MIXED_TARGET_NS),
+        ));
+    }
+    if let (Some(plain), Some(flags)) =
+        (find("xdp-policy TCP rule, no flags"), find("xdp-policy TCP rule, tcp_flags"))
+    {
+        let (a, b) = (overall(plain).median, overall(flags).median);
+        summary.push(SummaryRow::new(
+            "a TCP rule with tcp_flags over the same rule without (ns/pkt)",
+            format!("{:+.1} ({b:+.1} against {a:+.1} above the floor)", b - a),
+            format!("≤ +{FLAGS_TARGET_NS:.0} ns"),
+            Mark::of(b - a <= FLAGS_TARGET_NS),
         ));
     }
     for (prefix, label) in [

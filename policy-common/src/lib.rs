@@ -118,8 +118,10 @@ pub mod set_stat {
     pub const BASE: u32 = 0x100;
 }
 
-/// `Array<RuleBitmap>`: per generation, the rules a TCP packet's flags byte admits,
-/// at `generation * tcp_flags::PER_GENERATION + flags` (see [`tcp_flags`]).
+/// `Array<RuleBitmap>`: per generation, the rules a packet's transport class admits, and
+/// for TCP its flags too: at `generation * tcp_flags::PER_GENERATION` + the flags byte of
+/// a TCP segment, `tcp_flags::UNKNOWN` for a TCP fragment, `tcp_flags::other(class)`
+/// for the other classes (see [`tcp_flags`]). One lookup for both fields.
 pub const TCP_FLAGS_MAP: &str = "TCP_FLAGS";
 
 /// Every map the program declares, for checks that the built object carries them all.
@@ -410,13 +412,16 @@ pub mod field {
     pub const SRC_V6_DEFAULT_ONLY: u32 = 1 << 7;
     /// The same for IPv6 destinations.
     pub const DST_V6_DEFAULT_ONLY: u32 = 1 << 8;
-    /// A rule matches TCP flags: TCP packets look their flags byte up in
-    /// [`super::TCP_FLAGS_MAP`].
+    /// A rule matches TCP flags (the class-and-flags lookup in
+    /// [`super::TCP_FLAGS_MAP`] is done whatever the policy; this says the policy is no
+    /// longer decided by protocol and port alone).
     pub const TCP_FLAGS: u32 = 1 << 9;
 }
 
 /// TCP flags (the 14th byte of the TCP header) and the layout of [`TCP_FLAGS_MAP`].
 pub mod tcp_flags {
+    use super::L4Class;
+
     pub const FIN: u8 = 1 << 0;
     pub const SYN: u8 = 1 << 1;
     pub const RST: u8 = 1 << 2;
@@ -436,11 +441,15 @@ pub mod tcp_flags {
         ("ece", ECE),
         ("cwr", CWR),
     ];
-    /// The entry for a TCP packet whose flags are unknown (a non-first fragment): the
-    /// rules that match no flags.
+    /// The entry of a TCP packet whose flags are unknown (a non-first fragment): the
+    /// TCP rules that match no flags.
     pub const UNKNOWN: u32 = 256;
-    /// Entries per generation: one per flags byte, then [`UNKNOWN`].
-    pub const PER_GENERATION: u32 = 257;
+    /// The entry of a packet of another transport class: that class's rules.
+    pub const fn other(class: L4Class) -> u32 {
+        UNKNOWN + 1 + class as u32
+    }
+    /// Entries per generation: one per flags byte, [`UNKNOWN`], then one per class.
+    pub const PER_GENERATION: u32 = UNKNOWN + 1 + L4Class::COUNT;
 }
 
 /// IPv4 address tables: a three-level array lookup (16, 8 and 8 bits of the address)

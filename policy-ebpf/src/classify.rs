@@ -204,15 +204,14 @@ fn first_match(
     } else {
         None
     };
-    let with_sets = sets.is_some();
     // A field no rule constrains admits every rule: no lookup for it. Its place in the
-    // AND is taken by a bitmap already fetched for another field (x & x == x); only a
-    // policy constraining no field at all looks up the all-rules bitmap.
-    let l4_rules = if fields & field::L4 != 0 {
-        Some(field_bitmap(generation, l4.class as u32)?)
-    } else {
-        None
-    };
+    // AND is taken by the class bitmap (x & x == x).
+    // The transport class, and for TCP its flags, in one lookup: for a policy without
+    // flags the TCP entries all hold the TCP class's rules, and for a policy that does
+    // not constrain the class every class entry holds every rule. Never skipped: it is
+    // the stand-in for the fields no rule constrains (x & x == x), and the parser chose
+    // the index, so the classifier has no branch here.
+    let l4_rules = TCP_FLAGS.get(generation * tcp_flags::PER_GENERATION + l4.flag_index)?;
     let dport_rules = if fields & field::DPORT == 0 {
         None
     } else if l4.fragment {
@@ -227,10 +226,6 @@ fn first_match(
     } else {
         Some(port_bitmap(&SPORT_CLASSES, &SPORT_BITMAPS, generation, l4.sport)?)
     };
-    // TCP flags: one bitmap per flags byte, and one for every other packet (other
-    // protocols, fragments): the rules that match no flags. Without a rule matching
-    // flags, all 257 hold every rule. No branch: the parser chose the index.
-    let flag_rules = TCP_FLAGS.get(generation * tcp_flags::PER_GENERATION + l4.flag_index)?;
     let prefix_v4 = GENERATION_PREFIX_BITS + 32;
     let prefix_v6 = GENERATION_PREFIX_BITS + 128;
     let gen_byte = generation as u8;
@@ -276,11 +271,7 @@ fn first_match(
             },
         )
     };
-    // An address field's bitmap stands in only without sets: with them, what it admits
-    // is more than its bitmap (the sets' rules are ORed in below).
-    let addresses = if with_sets { None } else { src_rules.or(dst_rules) };
-    // With no field constrained, the flags bitmap is every rule.
-    let any = l4_rules.or(dport_rules).or(sport_rules).or(addresses).unwrap_or(flag_rules);
+    let any = l4_rules;
     // An address in a set a field names admits the rules naming the set, on top of
     // what its address class admits. One mask for both fields: two doubled the paths
     // the verifier walks.
@@ -290,12 +281,7 @@ fn first_match(
     };
     lowest_common(
         config.words,
-        [
-            l4_rules.unwrap_or(any),
-            dport_rules.unwrap_or(any),
-            sport_rules.unwrap_or(any),
-            flag_rules,
-        ],
+        [l4_rules, dport_rules.unwrap_or(any), sport_rules.unwrap_or(any)],
         [src_rules.unwrap_or(any), dst_rules.unwrap_or(any)],
         [set_src, set_dst],
         mask,
@@ -420,12 +406,12 @@ fn in_set(id: u32, version: u8, addr: &[u32; 4], now: &mut u64) -> bool {
 #[inline(always)]
 fn lowest_common(
     words: u32,
-    fields: [&RuleBitmap; 4],
+    fields: [&RuleBitmap; 3],
     addresses: [&RuleBitmap; 2],
     sets: [&RuleBitmap; 2],
     mask: u64,
 ) -> Option<u32> {
-    let [a, b, c, f] = fields;
+    let [a, b, c] = fields;
     let [d, e] = addresses;
     let [ds, es] = sets;
     macro_rules! word {
@@ -436,7 +422,6 @@ fn lowest_common(
             let x = a.words[$w]
                 & b.words[$w]
                 & c.words[$w]
-                & f.words[$w]
                 & (d.words[$w] | (ds.words[$w] & mask))
                 & (e.words[$w] | (es.words[$w] & mask));
             if x != 0 {

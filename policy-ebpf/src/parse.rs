@@ -80,7 +80,7 @@ impl Packet {
             class: L4Class::Other,
             dport: 0,
             sport: 0,
-            flag_index: tcp_flags::UNKNOWN,
+            flag_index: tcp_flags::other(L4Class::Other),
             fragment: false,
         },
     };
@@ -112,10 +112,10 @@ pub struct Transport {
     /// Destination port, or ICMP type; 0 for other protocols.
     pub dport: u16,
     pub sport: u16,
-    /// Where the packet's TCP flags are looked up in `TCP_FLAGS`: the flags byte (FIN
-    /// is bit 0, CWR bit 7) of a TCP header, `tcp_flags::UNKNOWN` for every other
-    /// packet. Set here, where the protocol is known anyway: a branch on it in the
-    /// classifier doubled the verifier's paths.
+    /// Where the packet's class and TCP flags are looked up in `TCP_FLAGS`: the flags
+    /// byte (FIN is bit 0, CWR bit 7) of a TCP header, `tcp_flags::UNKNOWN` for a TCP
+    /// fragment, `tcp_flags::other(class)` for the rest. Set here, where the protocol is
+    /// known anyway: a branch on it in the classifier doubled the verifier's paths.
     pub flag_index: u32,
     /// A non-first fragment: `dport`, `sport` and `flags` are unknown.
     pub fragment: bool,
@@ -243,13 +243,10 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Unparsable> {
 
 #[inline(always)]
 fn fragment(proto: u8, v6: bool) -> Transport {
-    Transport {
-        class: L4Class::of(proto, v6),
-        dport: 0,
-        sport: 0,
-        flag_index: tcp_flags::UNKNOWN,
-        fragment: true,
-    }
+    let class = L4Class::of(proto, v6);
+    let flag_index =
+        if class == L4Class::Tcp { tcp_flags::UNKNOWN } else { tcp_flags::other(class) };
+    Transport { class, dport: 0, sport: 0, flag_index, fragment: true }
 }
 
 #[inline(always)]
@@ -348,7 +345,7 @@ fn parse_ipv6(mut cursor: Cursor) -> Result<Packet, Unparsable> {
 #[inline(always)]
 fn parse_transport(cursor: Cursor, proto: u8, v6: bool) -> Result<Transport, Unparsable> {
     let class = L4Class::of(proto, v6);
-    let mut flag_index = tcp_flags::UNKNOWN;
+    let mut flag_index = tcp_flags::other(class);
     let (dport, sport) = match class {
         L4Class::Tcp => {
             let tcp = cursor.peek::<TcpHdr>()?;

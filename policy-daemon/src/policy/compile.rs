@@ -50,9 +50,10 @@ pub struct Ruleset {
     /// The policy's sets with the entries of their files. The rules naming them are in
     /// `config.set_ids` and the `field_bitmap::SET_RULES` bitmaps.
     pub sets: Vec<SetDef>,
-    /// `TCP_FLAGS` of one generation: the rules each flags byte admits (read when a rule
-    /// matches TCP flags: `config.fields` then has `TCP_FLAGS`), then those of the rules
-    /// that match no flags (what every other packet admits in this field).
+    /// `TCP_FLAGS` of one generation: the rules a TCP segment with each flags byte
+    /// admits by its class and flags, then those a TCP fragment admits, then each
+    /// transport class's (see `policy_common::tcp_flags`). The program's one lookup for
+    /// the class and the flags fields.
     pub tcp_flags: Vec<RuleBitmap>,
 }
 
@@ -92,7 +93,12 @@ impl Ruleset {
             L4::Icmp { icmp_type } | L4::Icmpv6 { icmp_type } => (u16::from(icmp_type), 0),
             L4::Other { .. } | L4::Fragment { .. } => (0, 0),
         };
-        let l4 = if fields & field::L4 != 0 { fb(packet.l4.class() as u32) } else { all };
+        let class_and_flags = match packet.l4 {
+            L4::Tcp { flags, .. } => u32::from(flags),
+            L4::Fragment { class: L4Class::Tcp } => common::tcp_flags::UNKNOWN,
+            other => common::tcp_flags::other(other.class()),
+        };
+        let l4 = self.tcp_flags[class_and_flags as usize];
         let dp = match (fields & field::DPORT != 0, fragment) {
             (false, _) => all,
             (true, true) => fb(field_bitmap::DPORT_UNCONSTRAINED),
@@ -102,12 +108,6 @@ impl Ruleset {
             (false, _) => all,
             (true, true) => fb(field_bitmap::SPORT_UNCONSTRAINED),
             (true, false) => *self.sport.lookup(sport),
-        };
-        let flags = match packet.l4 {
-            L4::Tcp { flags, .. } if fields & field::TCP_FLAGS != 0 => {
-                self.tcp_flags[usize::from(flags)]
-            }
-            _ => self.tcp_flags[common::tcp_flags::UNKNOWN as usize],
         };
         let address =
             |addr: IpAddr, field: usize, [table_bit, v6_bit, used_bit]: [u32; 3]| match addr {
@@ -129,12 +129,7 @@ impl Ruleset {
         let src = self.with_sets(src, 0, packet.src, usize::from(self.config.src_sets));
         let dst = self.with_sets(dst, 1, packet.dst, usize::from(self.config.dst_sets));
         (0..self.config.words as usize).find_map(|w| {
-            let x = l4.words[w]
-                & dp.words[w]
-                & sp.words[w]
-                & flags.words[w]
-                & src.words[w]
-                & dst.words[w];
+            let x = l4.words[w] & dp.words[w] & sp.words[w] & src.words[w] & dst.words[w];
             (x != 0).then(|| w * 64 + x.trailing_zeros() as usize)
         })
     }
@@ -271,10 +266,19 @@ pub fn compile(policy: &Policy) -> Ruleset {
     if rules.iter().any(|r| r.tcp_flags.is_some()) {
         fields |= field::TCP_FLAGS;
     }
+    // The class-and-flags bitmaps: a TCP segment's rules for each flags byte, a TCP
+    // fragment's (the TCP rules matching no flags), then each class's rules.
+    let tcp = |r: &Rule| r.admits(L4Class::Tcp);
     let mut tcp_flags: Vec<RuleBitmap> = (0..=u8::MAX)
-        .map(|v| bitmap_of(&|r: &Rule| r.tcp_flags.is_none_or(|f| f.admits(v))))
+        .map(|v| bitmap_of(&|r: &Rule| tcp(r) && r.tcp_flags.is_none_or(|f| f.admits(v))))
         .collect();
-    tcp_flags.push(bitmap_of(&|r: &Rule| r.tcp_flags.is_none()));
+    tcp_flags.push(bitmap_of(&|r: &Rule| tcp(r) && r.tcp_flags.is_none()));
+    for class in L4Class::ALL {
+        debug_assert_eq!(tcp_flags.len() as u32, common::tcp_flags::other(class));
+        tcp_flags.push(bitmap_of(&|r: &Rule| {
+            r.admits(class) && (class != L4Class::Tcp || r.tcp_flags.is_none())
+        }));
+    }
     debug_assert_eq!(tcp_flags.len(), common::tcp_flags::PER_GENERATION as usize);
 
     // The sets each address field names, in the order rules name them: the program looks
