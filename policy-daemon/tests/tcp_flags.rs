@@ -452,6 +452,66 @@ fn tcp_flag_rules_drop_exactly_the_segments_they_name_on_the_wire() {
             }
         }
     }
+    // `explain` tries a segment with the flags asked for against the live program (the
+    // last policy, "=fin,ack", is in force) and the reference.
+    let explain = |flags: &str| {
+        let port = PORT.to_string();
+        let (src, dst) = (TX_V4.to_string(), RX_V4.to_string());
+        let out = support::xdp_policy(
+            &testbed,
+            &[
+                "explain",
+                "--iface",
+                RX_IFACE,
+                "--proto",
+                "tcp",
+                "--src",
+                &src,
+                "--dst",
+                &dst,
+                "--dst-port",
+                &port,
+                "--tcp-flags",
+                flags,
+            ],
+        );
+        assert!(out.status.success(), "explain: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let last = format!("flags-{}", RULES.len() - 1);
+    let dropped = explain("ack,fin");
+    assert!(
+        dropped
+            .contains(&format!("live program on {RX_IFACE}: DROP, verdict drop_rule, rule {last}"))
+            && dropped.contains("flags fin,ack"),
+        "{dropped}"
+    );
+    let passed = explain("fin");
+    assert!(
+        passed.contains(&format!("live program on {RX_IFACE}: PASS, verdict pass_default")),
+        "{passed}"
+    );
+    let bad = support::xdp_policy(
+        &testbed,
+        &[
+            "explain",
+            "--iface",
+            RX_IFACE,
+            "--proto",
+            "udp",
+            "--src",
+            "198.18.0.1",
+            "--dst",
+            "198.18.0.2",
+            "--dst-port",
+            "53",
+            "--tcp-flags",
+            "syn",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(64), "--tcp-flags with udp: {bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--tcp-flags goes with --proto tcp"));
+
     let output = daemon.stop().expect("xdp-policy to stop");
     assert!(output.status.success(), "xdp-policy exited {}:\n{}", output.status, output.stderr);
     let report = table(&phases, &expected);
