@@ -304,6 +304,9 @@ fn describe_rule(rule: &Rule) -> String {
     if let Some(types) = &rule.icmp_types {
         parts.push(format!("type {}", join(types.iter().map(ToString::to_string).collect())));
     }
+    if let Some(flags) = rule.tcp_flags {
+        parts.push(format!("flags {flags}"));
+    }
     parts.join(" ")
 }
 

@@ -64,6 +64,14 @@ fn check_accepts_the_examples() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(stdout.starts_with(&format!("{path}: valid, ")), "unexpected output: {stdout}");
+        if path.ends_with("tcp-scans.toml") {
+            assert!(
+                stdout.contains("drop-null-scan  drop tcp flags =\n")
+                    && stdout
+                        .contains("drain-8443      drop tcp (monitor) dport 8443 flags syn,!ack"),
+                "the rules' flags: {stdout}"
+            );
+        }
     }
 }
 
