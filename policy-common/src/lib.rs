@@ -112,7 +112,12 @@ pub mod set_stat {
     pub const DELETES: u32 = 2;
     /// Run-time entries removed because they expired.
     pub const EXPIRIES: u32 = 3;
-    pub const ALL: [u32; 4] = [HITS, ADDS, DELETES, EXPIRIES];
+    /// Not a counter: no run-time entry of the set expires before this
+    /// (`CLOCK_BOOTTIME` ns; `u64::MAX`: none expires). Written by the sweep that walked
+    /// the set and lowered by every add; missing means unknown. The daemon's sweep skips
+    /// the walk while it is in the future.
+    pub const EARLIEST: u32 = 4;
+    pub const ALL: [u32; 5] = [HITS, ADDS, DELETES, EXPIRIES, EARLIEST];
     /// Key `[0, BASE + slot]`: the part of a [`super::SET_HITS_MAP`] slot's count
     /// already credited to the set that held the slot.
     pub const BASE: u32 = 0x100;

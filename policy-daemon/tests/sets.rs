@@ -143,10 +143,20 @@ fn file_and_run_time_entries_admit_the_rules_naming_their_set() {
     assert_eq!(verdict(&mut dataplane, "198.18.65.1", "198.19.0.1"), XDP_DROP, "under a live /18");
     assert_eq!(count(&mut dataplane), 7);
     dataplane.sets().set_count(blocklist.id, 1000).expect("a wrong count, as a crash leaves");
-    let expired = dataplane.sweep_sets().expect("sweeping");
+    let ids = [blocklist.id, info(&policy, "servers").id];
+    let expired = dataplane.sweep_sets(&ids, true).expect("sweeping");
     assert_eq!(expired.get(&blocklist.id), Some(&2), "the sweep removes the two expired");
     assert_eq!(count(&mut dataplane), 5, "and recounts");
     assert_eq!(verdict(&mut dataplane, "198.18.65.1", "198.19.0.1"), XDP_DROP, "after the sweep");
+    // While no entry can have expired, a sweep that is not full does not walk the map (a
+    // wrong count stays); once an add writes one that has, it walks, removes it, mends.
+    dataplane.sets().set_count(blocklist.id, 1000).expect("a wrong count again");
+    assert!(dataplane.sweep_sets(&ids, false).expect("sweeping").is_empty());
+    assert_eq!(count(&mut dataplane), 1000, "no walk: nothing could have expired");
+    add(&mut dataplane, &blocklist, &["198.18.66.1"], now - 1).expect("adding an expired ban");
+    let expired = dataplane.sweep_sets(&ids, false).expect("sweeping");
+    assert_eq!(expired.get(&blocklist.id), Some(&1), "walked: the expired one removed");
+    assert_eq!(count(&mut dataplane), 5, "and recounted");
 
     // File entries cannot be removed at run time; run-time ones can.
     let report = sets::delete(
@@ -166,10 +176,10 @@ fn file_and_run_time_entries_admit_the_rules_naming_their_set() {
         "the file entry stays"
     );
 
-    // The set's counters: 2 file entries and 5 run-time ones added (renewals are not
-    // adds), 1 deleted, 2 expired; the program counts a hit per packet the set held.
+    // The set's counters: 2 file entries and 6 run-time ones added (renewals are not
+    // adds), 1 deleted, 3 expired; the program counts a hit per packet the set held.
     let counters = dataplane.set_counters(blocklist.id);
-    assert_eq!((counters.adds, counters.deletes, counters.expiries), (7, 1, 2), "{counters:?}");
+    assert_eq!((counters.adds, counters.deletes, counters.expiries), (8, 1, 3), "{counters:?}");
     let hits = counters.hits;
     assert!(hits > 0, "{counters:?}");
     verdict(&mut dataplane, "198.18.7.1", "198.19.0.1");

@@ -488,9 +488,14 @@ impl Dataplane {
     }
 
     /// Removes the run-time set entries that have expired (the program no longer
-    /// matches them); returns how many, per set id.
-    pub fn sweep_sets(&mut self) -> Result<std::collections::HashMap<u32, u64>, DataplaneError> {
-        sets::sweep(&mut self.sets, sets::boot_now_ns()).map_err(DataplaneError::Sets)
+    /// matches them); returns how many, per set id. `ids`: the sets of the policy; `full`:
+    /// walk the map even if no entry can have expired (see [`sets::sweep`]).
+    pub fn sweep_sets(
+        &mut self,
+        ids: &[u32],
+        full: bool,
+    ) -> Result<std::collections::HashMap<u32, u64>, DataplaneError> {
+        sets::sweep(&mut self.sets, sets::boot_now_ns(), ids, full).map_err(DataplaneError::Sets)
     }
 
     /// Reads back what the kernel holds for `ruleset`, the ruleset last applied, and

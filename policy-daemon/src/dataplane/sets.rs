@@ -288,6 +288,31 @@ impl SetMap {
         let _ = c.stats.insert([id, kind], value, 0);
     }
 
+    /// No run-time entry of set `id` expires before this (`u64::MAX`: none expires);
+    /// `None`: unknown (no counters, or never walked).
+    pub fn earliest(&self, id: u32) -> Option<u64> {
+        self.counters.as_ref()?.stats.get(&[id, set_stat::EARLIEST], 0).ok()
+    }
+
+    fn set_earliest(&mut self, id: u32, at: u64) {
+        if let Some(c) = &mut self.counters {
+            let _ = c.stats.insert([id, set_stat::EARLIEST], at, 0);
+        }
+    }
+
+    /// An entry of set `id` that expires at `at` was written: the earliest expiry is at
+    /// most that. Left unknown if it was.
+    fn lower_earliest(&mut self, id: u32, at: u64) {
+        if at == 0 {
+            return;
+        }
+        if let Some(earliest) = self.earliest(id)
+            && at < earliest
+        {
+            self.set_earliest(id, at);
+        }
+    }
+
     /// Removes the counters of set `id` (the policy no longer has it).
     fn remove_counters(&mut self, id: u32) {
         let Some(c) = &mut self.counters else { return };
@@ -299,11 +324,20 @@ impl SetMap {
     /// Every entry of every set (`id` given: of that set only).
     pub fn entries(&mut self, id: Option<u32>) -> Result<Vec<Entry>, SetMapError> {
         let mut out = Vec::new();
+        self.visit(&mut |e| {
+            if id.is_none_or(|id| id == e.id) {
+                out.push(e);
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every entry of every set, a batch at a time: the map is never
+    /// held in memory whole.
+    pub fn visit(&mut self, f: &mut dyn FnMut(Entry)) -> Result<(), SetMapError> {
         let mut each = |key: &Key<[u8; SET_KEY_LEN]>, value: &SetEntry| {
-            if let Some((set, net)) = parse_key(key.prefix_len(), &key.data())
-                && id.is_none_or(|id| id == set)
-            {
-                out.push(Entry { id: set, net, value: *value });
+            if let Some((id, net)) = parse_key(key.prefix_len(), &key.data()) {
+                f(Entry { id, net, value: *value });
             }
         };
         match self.batch.entries(&mut each) {
@@ -315,7 +349,7 @@ impl SetMap {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The entries of set `id` as its count key says.
@@ -363,19 +397,6 @@ impl SetMap {
         self.bump(id, kind, delta.unsigned_abs());
         let count = self.count(id).saturating_add_signed(delta);
         self.set_count(id, count)
-    }
-
-    /// The ids of the sets that have a count key.
-    fn counted(&mut self) -> Result<Vec<u32>, SetMapError> {
-        let mut ids = Vec::new();
-        for key in self.map.keys() {
-            let key = key.map_err(|e| SetMapError::Read(map_io(e)))?;
-            let data = key.data();
-            if key.prefix_len() == COUNT_KEY_BITS && data[4] == 0 {
-                ids.push(u32::from_be_bytes([data[0], data[1], data[2], data[3]]));
-            }
-        }
-        Ok(ids)
     }
 
     /// The entry for exactly `net` in set `id`, if there is one.
@@ -597,33 +618,52 @@ pub fn audit(map: &mut SetMap, sets: &[FileSet]) -> Result<u64, SetMapError> {
     Ok(differ)
 }
 
-/// Removes the run-time entries that expired by `now`, and recounts every set's
-/// entries (mending a count a writer that died part-way left wrong); returns how many
-/// expired per set id.
-pub fn sweep(map: &mut SetMap, now: u64) -> Result<HashMap<u32, u64>, SetMapError> {
-    let all = map.entries(None)?;
-    let (expired, live): (Vec<Entry>, Vec<Entry>) =
-        all.into_iter().partition(|e| e.expired(now) && e.value.origin & set_origin::FILE == 0);
-    let keys: Vec<(u32, IpNet)> = expired.iter().map(|e| (e.id, e.net)).collect();
-    map.remove(&keys)?;
-    let mut counts = HashMap::new();
-    for e in &expired {
-        *counts.entry(e.id).or_default() += 1;
+/// Removes the run-time entries that expired by `now`, recounts the entries of every
+/// set (mending a count a writer that died part-way left wrong; `ids`, the sets the
+/// policy has, are counted even when empty) and notes each set's earliest expiry;
+/// returns how many expired per set id. Unless `full`, the walk is skipped while no
+/// set in `ids` has an entry that can have expired: a set of a million permanent
+/// entries costs nothing between the full sweeps. The walk streams: what it keeps is
+/// the expired entries.
+pub fn sweep(
+    map: &mut SetMap,
+    now: u64,
+    ids: &[u32],
+    full: bool,
+) -> Result<HashMap<u32, u64>, SetMapError> {
+    if !full && ids.iter().all(|id| map.earliest(*id).is_some_and(|at| at > now)) {
+        return Ok(HashMap::new());
+    }
+    let mut expired: Vec<(u32, IpNet)> = Vec::new();
+    let mut held: HashMap<u32, u64> = ids.iter().map(|id| (*id, 0)).collect();
+    let mut earliest: HashMap<u32, u64> = ids.iter().map(|id| (*id, u64::MAX)).collect();
+    map.visit(&mut |e| {
+        let runtime = e.value.origin & set_origin::FILE == 0;
+        if runtime && e.expired(now) {
+            expired.push((e.id, e.net));
+            return;
+        }
+        *held.entry(e.id).or_default() += 1;
+        if runtime && e.value.expires_ns != 0 {
+            let at = earliest.entry(e.id).or_insert(u64::MAX);
+            *at = (*at).min(e.value.expires_ns);
+        }
+    })?;
+    map.remove(&expired)?;
+    let mut counts: HashMap<u32, u64> = HashMap::new();
+    for (id, _) in &expired {
+        *counts.entry(*id).or_default() += 1;
     }
     for (id, n) in &counts {
         map.bump(*id, set_stat::EXPIRIES, *n);
-    }
-    let mut held: HashMap<u32, u64> = HashMap::new();
-    for e in &live {
-        *held.entry(e.id).or_default() += 1;
-    }
-    for id in map.counted()? {
-        held.entry(id).or_default();
     }
     for (id, n) in held {
         if map.count(id) != n {
             map.set_count(id, n)?;
         }
+    }
+    for (id, at) in earliest {
+        map.set_earliest(id, at);
     }
     Ok(counts)
 }
@@ -705,6 +745,8 @@ pub fn add(
     let writes: Vec<Entry> = writes.into_values().collect();
     map.insert(&writes)?;
     map.add_count(set.id, report.added as i64)?;
+    let soonest = writes.iter().map(|e| e.value.expires_ns).filter(|t| *t != 0).min();
+    map.lower_earliest(set.id, soonest.unwrap_or(0));
     Ok(report)
 }
 
@@ -835,6 +877,7 @@ pub fn replace_chunks(
     // Exact unless a network came twice in different chunks; the daemon's sweep
     // recounts.
     map.set_count(set.id, (files + written) as u64)?;
+    map.lower_earliest(set.id, expires_ns);
     Ok((written, stale.len()))
 }
 

@@ -46,7 +46,13 @@ pub struct Instance {
     relinking: bool,
     /// The audits so far; the last one's record.
     audit: Option<Audit>,
+    /// Sweeps of expired set entries so far.
+    sweeps: u64,
 }
+
+/// Every this many sweeps (10 s apart), the sweep walks the sets even when no entry can
+/// have expired, to mend counts a writer that died part-way left wrong.
+const FULL_SWEEP_EVERY: u64 = 60;
 
 /// An interface index not known yet (the lookup failed when the filter was attached).
 const INDEX_UNKNOWN: u32 = u32::MAX;
@@ -86,6 +92,7 @@ impl Instance {
             ruleset: Arc::clone(ruleset),
             relinking: false,
             audit: None,
+            sweeps: 0,
         };
         if !pins.linked() {
             // No filter in force: whatever is pinned is left from a start that failed
@@ -328,9 +335,14 @@ impl Instance {
         if self.detached() || self.policy.sets.is_empty() {
             return HashMap::new();
         }
+        // A full walk (recounting every set) at the first sweep and every
+        // FULL_SWEEP_EVERY-th; between them only when an entry can have expired.
+        let full = self.sweeps.is_multiple_of(FULL_SWEEP_EVERY);
+        self.sweeps += 1;
+        let ids: Vec<u32> = self.policy.sets.iter().map(|s| s.id).collect();
         let swept = sets::lock(&self.pins.maps())
             .map_err(DataplaneError::Sets)
-            .and_then(|_lock| self.dataplane.sweep_sets());
+            .and_then(|_lock| self.dataplane.sweep_sets(&ids, full));
         match swept {
             Ok(counts) => {
                 let total: u64 = counts.values().sum();
