@@ -21,11 +21,10 @@ mod support;
 
 use std::{
     collections::HashSet,
-    ffi::CString,
     fmt::Write as _,
     io, mem,
     net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
@@ -38,7 +37,7 @@ use support::{
     DAEMON, PolicyFile,
     crafted::{self, BLOCKED_PORT, Family, Kind, OPEN_PORT, Params, Shot, Target},
     packet::{ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP},
-    serial,
+    serial, wire,
 };
 use testbed::{
     AttachMode, Counters, RX_IFACE, RX_V4, RX_V6, TX_IFACE, TX_V4, TX_V6, Testbed, XdpMode,
@@ -106,47 +105,11 @@ struct Wire {
     capture: OwnedFd,
 }
 
-/// An AF_PACKET raw socket bound to `iface` in the calling thread's namespace, receiving
-/// `protocol` (0: nothing).
-fn packet_socket(iface: &str, protocol: u16) -> io::Result<OwnedFd> {
-    let flags = libc::SOCK_RAW | libc::SOCK_CLOEXEC;
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, flags, i32::from(protocol.to_be())) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a descriptor just opened, owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let name = CString::new(iface).map_err(io::Error::other)?;
-    // SAFETY: `name` is a NUL-terminated string that outlives the call.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: sockaddr_ll is plain data, for which all zeros is a valid value.
-    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = protocol.to_be();
-    addr.sll_ifindex = ifindex as i32;
-    // SAFETY: `addr` is a sockaddr_ll of the length given, alive for the call.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const addr).cast(),
-            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
 impl Wire {
     fn open(testbed: &Testbed) -> Self {
         let opened = testbed.tx().run(|| -> io::Result<Self> {
-            let sender = packet_socket(TX_IFACE, 0)?;
-            let capture = packet_socket(TX_IFACE, ETH_P_ALL)?;
+            let sender = wire::packet_socket(TX_IFACE, 0)?;
+            let capture = wire::packet_socket(TX_IFACE, ETH_P_ALL)?;
             // Root may go past rmem_max: nothing captured during a phase is ever lost.
             let size = CAPTURE_BUFFER;
             // SAFETY: an int option, pointer and length of a live i32.
@@ -170,14 +133,7 @@ impl Wire {
     }
 
     fn send(&self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: `frame` is readable for its length during the call.
-        let sent =
-            unsafe { libc::send(self.sender.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        match usize::try_from(sent) {
-            Ok(n) if n == frame.len() => Ok(()),
-            Ok(n) => Err(io::Error::other(format!("sent {n} of {} bytes", frame.len()))),
-            Err(_) => Err(io::Error::last_os_error()),
-        }
+        wire::send(&self.sender, frame)
     }
 
     /// The next frame captured that tx received (not one it sent), if one is waiting.
@@ -335,20 +291,6 @@ fn run_phase(wire: &Wire, testbed: &Testbed, shots: &[Shot]) -> Vec<bool> {
     shots.iter().map(|shot| delivered.contains(&shot.target)).collect()
 }
 
-/// The MAC address of `iface` in namespace `netns`.
-fn mac(netns: &str, iface: &str) -> [u8; 6] {
-    let out = Command::new("ip")
-        .args(["-n", netns, "-j", "link", "show", "dev", iface])
-        .output()
-        .expect("running ip link show");
-    let links: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("ip -j link show prints JSON");
-    let text = links[0]["address"].as_str().expect("the link has an address");
-    let bytes: Vec<u8> =
-        text.split(':').map(|b| u8::from_str_radix(b, 16).expect("a MAC address byte")).collect();
-    bytes.try_into().expect("a 6-byte MAC address")
-}
-
 /// Permanent neighbour entries both ways: no address resolution runs during the test, so
 /// every neighbour advertisement and ARP reply rx sends answers a shot.
 fn pin_neighbours(testbed: &Testbed, tx_mac: [u8; 6], rx_mac: [u8; 6]) {
@@ -395,8 +337,8 @@ fn run_mode(mode: XdpMode, expect: AttachMode, first_epoch: u16, policies: &Poli
     let start = Instant::now();
     let testbed = Testbed::new()
         .unwrap_or_else(|e| panic!("expected the testbed to set up: {}", error_chain(&e)));
-    let tx_mac = mac(testbed.tx().name(), TX_IFACE);
-    let rx_mac = mac(testbed.rx().name(), RX_IFACE);
+    let tx_mac = wire::mac(testbed.tx().name(), TX_IFACE);
+    let rx_mac = wire::mac(testbed.rx().name(), RX_IFACE);
     pin_neighbours(&testbed, tx_mac, rx_mac);
     let wire = Wire::open(&testbed);
     let mut delivered: [Vec<bool>; 3] = Default::default();

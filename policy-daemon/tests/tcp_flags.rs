@@ -20,13 +20,11 @@
 mod support;
 
 use std::{
-    ffi::CString,
     fmt::Write as _,
     fs::File,
     io::{self, Read as _, Seek as _},
-    mem,
     net::{IpAddr, SocketAddr, TcpListener},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::OwnedFd,
     path::Path,
     process::Command,
     thread,
@@ -37,7 +35,7 @@ use policy_common::Verdict;
 use support::{
     DAEMON, PolicyFile,
     packet::{self, Packet, internet_checksum},
-    serial,
+    serial, wire,
 };
 use testbed::{RX_IFACE, RX_V4, RX_V6, TX_IFACE, TX_V4, TX_V6, Testbed, XdpMode};
 
@@ -165,64 +163,10 @@ fn pseudo_header(src: IpAddr, dst: IpAddr, len: u16) -> Vec<u8> {
     }
 }
 
-/// An AF_PACKET raw socket bound to `iface` in the calling thread's namespace, which sends
-/// frames as they are and receives nothing.
-fn packet_socket(iface: &str) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments; the result is checked. Protocol 0:
-    // nothing is received.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a descriptor just opened, owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let name = CString::new(iface).map_err(io::Error::other)?;
-    // SAFETY: `name` is a NUL-terminated string that outlives the call.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: sockaddr_ll is plain data, for which all zeros is a valid value.
-    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = ifindex as i32;
-    // SAFETY: `addr` is a sockaddr_ll of the length given, alive for the call.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const addr).cast(),
-            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
 fn send(socket: &OwnedFd, frame: &[u8]) {
-    // SAFETY: `frame` is readable for its length during the call.
-    let sent = unsafe { libc::send(socket.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-    assert_eq!(
-        usize::try_from(sent).ok(),
-        Some(frame.len()),
-        "expected the whole frame to be sent from tx: {}",
-        io::Error::last_os_error()
-    );
-}
-
-/// The MAC address of `iface` in namespace `netns`.
-fn mac(netns: &str, iface: &str) -> [u8; 6] {
-    let out = Command::new("ip")
-        .args(["-n", netns, "-j", "link", "show", "dev", iface])
-        .output()
-        .expect("running ip link show");
-    let links: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("ip -j link show prints JSON");
-    let text = links[0]["address"].as_str().expect("the link has an address");
-    let bytes: Vec<u8> =
-        text.split(':').map(|b| u8::from_str_radix(b, 16).expect("a MAC address byte")).collect();
-    bytes.try_into().expect("a 6-byte MAC address")
+    if let Err(e) = wire::send(socket, frame) {
+        panic!("expected the whole frame to be sent from tx: {e}");
+    }
 }
 
 /// rx's `/proc/net/snmp`, opened from a thread inside rx (`/proc/self/net` would be the
@@ -356,7 +300,7 @@ fn tcp_flag_rules_drop_exactly_the_segments_they_name_on_the_wire() {
     let policy_file = PolicyFile::new("tcp-flags", &policy("other-port", OTHER_PORT, "syn"));
     let testbed = Testbed::new().expect("the testbed");
     let (tx, rx) = (testbed.tx().name(), testbed.rx().name());
-    let macs = (mac(tx, TX_IFACE), mac(rx, RX_IFACE));
+    let macs = (wire::mac(tx, TX_IFACE), wire::mac(rx, RX_IFACE));
     // rx's answers to tx's addresses go to nobody (see the module's documentation).
     for addr in [IpAddr::V4(TX_V4), IpAddr::V6(TX_V6)] {
         let status = Command::new("ip")
@@ -378,7 +322,7 @@ fn tcp_flag_rules_drop_exactly_the_segments_they_name_on_the_wire() {
         .expect("listening on the port in rx");
     let wire = testbed
         .tx()
-        .run(|| packet_socket(TX_IFACE))
+        .run(|| wire::packet_socket(TX_IFACE, 0))
         .expect("entering tx")
         .expect("an AF_PACKET socket on tx");
     let mut snmp = Snmp::open(&testbed);

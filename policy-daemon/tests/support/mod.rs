@@ -6,6 +6,7 @@ pub mod crafted;
 pub use policy_daemon::packet;
 pub mod random;
 pub mod scribble;
+pub mod wire;
 
 /// Whether this process may run tests that need root (bpf(), netlink, namespaces).
 ///
