@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
                     entries: u64::from(s.max_entries),
                     max_entries: s.max_entries,
                     timeout_ms: s.timeout_ms,
+                    counters: Default::default(),
                 })
                 .collect();
             let status = InterfaceStatus {
