@@ -704,6 +704,34 @@ fn embedded_object_has_every_program_and_map() {
     }
 }
 
+/// Instructions the verifier may walk before it refuses a program.
+const VERIFIER_LIMIT: u64 = 1_000_000;
+
+/// The program stays well under the verifier's limit: a change that adds one branch in
+/// the wrong place can multiply the paths it walks (the TCP flags field once took it
+/// past the limit), and a program near it would fail to load on the next small change
+/// or compiler update. The figure, from the kernel's own `verified_insns`, is printed.
+#[test]
+fn the_program_verifies_with_a_margin() {
+    if !support::privileged("the_program_verifies_with_a_margin") {
+        return;
+    }
+    use std::os::fd::AsRawFd as _;
+    let (_, mut dataplane) = load(POLICY);
+    let fd = dataplane.program_fd().expect("the program's descriptor").as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
+    let verified: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("verified_insns:")?.trim().parse().ok())
+        .expect("verified_insns in the program's fdinfo");
+    println!("the verifier walked {verified} instructions (limit {VERIFIER_LIMIT})");
+    assert!(
+        verified < VERIFIER_LIMIT * 9 / 10,
+        "the verifier walked {verified} instructions, within 10% of its limit of \
+         {VERIFIER_LIMIT}: find the branch that multiplied its paths"
+    );
+}
+
 /// The limits hold in the kernel: 100,000 IPv4 prefixes plus IPv6 ones in one policy,
 /// classified right at either end of the tries. Prints how long compile and apply took
 /// (figures for the record, not assertions: `cargo xtask bench` measures properly).
