@@ -94,7 +94,8 @@ pub const SET_SCRATCH_MAP: &str = "SET_SCRATCH";
 /// hits the program counted in [`SET_HITS_MAP`] before a generation's slots change
 /// hands. Pinned: the counts outlive restarts.
 pub const SET_STATS_MAP: &str = "SET_STATS";
-/// Entries of [`SET_STATS_MAP`]: four counters for each of 1,000 sets, and the bases.
+/// Entries of [`SET_STATS_MAP`]: the five [`set_stat`] entries of some 800 sets, and the
+/// hit bases. A write past it fails and only the counter misses it.
 pub const SET_STATS_ENTRIES: u32 = 4 * 1024;
 /// `PerCpuArray<u64>`: hits the program counts per generation and set slot, at
 /// `generation * 2 * MAX_SET_REFS + slot` (the slots of [`GenConfig::set_ids`]).
@@ -402,6 +403,9 @@ const _: () = assert!(RULE_COUNTER_SLOTS <= 1 << 16, "port table entries hold 16
 /// Bits of [`GenConfig::fields`]: the fields at least one rule constrains. The program
 /// skips the lookups of the others.
 pub mod field {
+    /// Not read by the program (the class is always looked up, with TCP's flags, in
+    /// [`super::TCP_FLAGS_MAP`]); it still tells the port table whether rules differ by
+    /// protocol.
     pub const L4: u32 = 1 << 0;
     pub const DPORT: u32 = 1 << 1;
     pub const SPORT: u32 = 1 << 2;

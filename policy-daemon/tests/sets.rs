@@ -236,6 +236,10 @@ fn reloads_keep_run_time_entries_rewrite_file_entries_and_drop_removed_sets() {
     let without = policy_with(&without, &[], &["198.19.0.1"]);
     dataplane.apply(&policy::compile(&without)).expect("applying");
     assert_eq!(verdict(&mut dataplane, "198.18.8.1", "198.19.0.1"), XDP_PASS);
+    // Its counters go with it, and the hits its old generation counted are not credited
+    // back to a set nobody has once that generation is rewritten.
+    dataplane.apply(&policy::compile(&without)).expect("applying again");
+    assert_eq!(dataplane.set_counters(blocklist.id), sets::SetCounters::default());
     let left = dataplane.sets().entries(Some(blocklist.id)).expect("reading");
     assert!(left.is_empty(), "entries of a removed set stay behind: {left:?}");
     dataplane.apply(&policy::compile(&policy)).expect("applying");

@@ -204,13 +204,11 @@ fn first_match(
     } else {
         None
     };
-    // A field no rule constrains admits every rule: no lookup for it. Its place in the
-    // AND is taken by the class bitmap (x & x == x).
     // The transport class, and for TCP its flags, in one lookup: for a policy without
     // flags the TCP entries all hold the TCP class's rules, and for a policy that does
-    // not constrain the class every class entry holds every rule. Never skipped: it is
-    // the stand-in for the fields no rule constrains (x & x == x), and the parser chose
-    // the index, so the classifier has no branch here.
+    // not constrain the class every class entry holds every rule. Never skipped: a field
+    // no rule constrains gets no lookup, and this bitmap takes its place in the AND
+    // (x & x == x). The parser chose the index, so the classifier has no branch here.
     let l4_rules = TCP_FLAGS.get(generation * tcp_flags::PER_GENERATION + l4.flag_index)?;
     let dport_rules = if fields & field::DPORT == 0 {
         None
@@ -369,8 +367,9 @@ fn count_hit(index: u32) {
     }
 }
 
-/// Whether set `id` holds `addr` at `now` (read here, once, when first needed): its longest prefix holding the address, or, past
-/// entries that have expired and not yet been removed, the longest prefix above them.
+/// Whether set `id` holds `addr` at `now` (the clock, read here once when an entry that
+/// expires is found): its longest prefix holding the address, or, past entries that have
+/// expired and not yet been removed, the longest prefix above them.
 #[inline(always)]
 fn in_set(id: u32, version: u8, addr: &[u32; 4], now: &mut u64) -> bool {
     let bits = if version == 4 { 32 } else { 128 };

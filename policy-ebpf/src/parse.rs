@@ -117,7 +117,8 @@ pub struct Transport {
     /// fragment, `tcp_flags::other(class)` for the rest. Set here, where the protocol is
     /// known anyway: a branch on it in the classifier doubled the verifier's paths.
     pub flag_index: u32,
-    /// A non-first fragment: `dport`, `sport` and `flags` are unknown.
+    /// A non-first fragment: `dport` and `sport` are unknown (and its flags: `flag_index`
+    /// says so).
     pub fragment: bool,
 }
 

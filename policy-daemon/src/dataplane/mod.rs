@@ -451,7 +451,8 @@ impl Dataplane {
         self.generations.settle(&mut self.maps);
         let next = self.generations.next_generation();
         if let Ok(config) = self.maps.config(next) {
-            self.sets.credit_hits(next, &config);
+            let known: Vec<u32> = ruleset.sets.iter().map(|s| s.id).collect();
+            self.sets.credit_hits(next, &config, &known);
         }
         let report =
             self.generations.apply(&mut self.maps, ruleset).map_err(DataplaneError::Apply)?;

@@ -258,7 +258,11 @@ impl SetMap {
     /// (as `config`, the configuration the generation had, gave them), before the
     /// generation is rewritten and its slots change hands. No packet may be reading the
     /// generation.
-    pub fn credit_hits(&mut self, generation: u32, config: &GenConfig) {
+    ///
+    /// Only sets in `known` (those of the policy being applied) are credited: the
+    /// counters of a set the policy dropped were removed with it, and crediting it would
+    /// bring back an entry nobody removes.
+    pub fn credit_hits(&mut self, generation: u32, config: &GenConfig, known: &[u32]) {
         let Some(c) = &mut self.counters else { return };
         let used: Vec<u32> = used_set_slots(config).collect();
         for slot in 0..2 * MAX_SET_REFS as u32 {
@@ -267,8 +271,8 @@ impl SetMap {
             if delta == 0 {
                 continue;
             }
-            if used.contains(&slot) {
-                let id = config.set_ids[slot as usize];
+            let id = config.set_ids[slot as usize];
+            if used.contains(&slot) && known.contains(&id) {
                 let total = c.stats.get(&[id, set_stat::HITS], 0).unwrap_or(0);
                 let _ = c.stats.insert([id, set_stat::HITS], total.wrapping_add(delta), 0);
             }
