@@ -102,6 +102,31 @@ pub const SET_STATS_ENTRIES: u32 = 4 * 1024;
 pub const SET_HITS_MAP: &str = "SET_HITS";
 pub const SET_HIT_SLOTS: u32 = GENERATIONS * 2 * MAX_SET_REFS as u32;
 
+/// `Array<LimitConfig>`, index `generation * MAX_RULES + rule`: the token bucket of each
+/// `action = "limit"` rule (`id` 0 for every other rule).
+pub const LIMITS_MAP: &str = "LIMITS";
+/// `LruHashMap<LimitKey, u64>`: the buckets, one per limit rule and source (or source
+/// prefix, or one for the rule), each holding its theoretical arrival time (GCRA: the
+/// `CLOCK_MONOTONIC` ns at which the bucket is full again). Not part of a generation:
+/// keyed by the rule's [`LimitConfig::id`], so buckets outlive reloads that keep the
+/// rule; pinned, so they outlive restarts. The least recently used bucket makes room.
+pub const LIMIT_BUCKETS_MAP: &str = "LIMIT_BUCKETS";
+/// Buckets the program keeps at most (`max_sources`, the default of the daemon's
+/// setting): about 92 bytes of kernel memory each, allocated when the map is created.
+pub const MAX_SOURCES: u32 = 1_000_000;
+/// `PerCpuArray<Counter>` of `2 * RULE_COUNTER_SLOTS` entries: at a rule's counter slot,
+/// the packets and bytes its limit dropped (or, in monitor mode, would have); at
+/// `RULE_COUNTER_SLOTS + slot`, `packets` counts the buckets the rule created.
+pub const LIMIT_STATS_MAP: &str = "LIMIT_STATS";
+pub const LIMIT_STATS_SLOTS: u32 = 2 * RULE_COUNTER_SLOTS;
+/// Fixed-point bits of [`LimitConfig::interval`].
+pub const LIMIT_SHIFT: u32 = 16;
+/// Largest packet a byte limit charges; a linear XDP frame is never larger.
+pub const LIMIT_MAX_COST: u32 = 65_535;
+/// Compare-and-swap attempts on a contended bucket before the packet counts as over
+/// the limit (fail closed; two CPUs racing need at most two).
+pub const LIMIT_CAS_TRIES: usize = 4;
+
 /// Kinds of counters in [`SET_STATS_MAP`].
 pub mod set_stat {
     /// Packets whose address (source or destination, as the rule's field says) the set
@@ -131,7 +156,7 @@ pub mod set_stat {
 pub const TCP_FLAGS_MAP: &str = "TCP_FLAGS";
 
 /// Every map the program declares, for checks that the built object carries them all.
-pub const MAP_NAMES: [&str; 27] = [
+pub const MAP_NAMES: [&str; 30] = [
     ACTIVE_MAP,
     PORT_TABLE_MAP,
     V4_L1_MAP,
@@ -159,6 +184,9 @@ pub const MAP_NAMES: [&str; 27] = [
     SET_STATS_MAP,
     SET_HITS_MAP,
     TCP_FLAGS_MAP,
+    LIMITS_MAP,
+    LIMIT_BUCKETS_MAP,
+    LIMIT_STATS_MAP,
 ];
 
 /// Rules per policy: one bit each in a [`RuleBitmap`].
@@ -425,6 +453,9 @@ pub mod field {
     /// [`super::TCP_FLAGS_MAP`] is done whatever the policy; this says the policy is no
     /// longer decided by protocol and port alone).
     pub const TCP_FLAGS: u32 = 1 << 9;
+    /// A rule limits (`action = "limit"`): its decision is not a plain verdict, so the
+    /// port table is not used. Not read by the program.
+    pub const LIMIT: u32 = 1 << 10;
 }
 
 /// TCP flags (the 14th byte of the TCP header) and the layout of [`TCP_FLAGS_MAP`].
@@ -518,6 +549,8 @@ pub mod v4_table {
 pub enum Action {
     Pass = 0,
     Drop = 1,
+    /// Rules only: the rule's token bucket ([`LIMITS_MAP`]) passes the packet or drops it.
+    Limit = 2,
 }
 
 impl TryFrom<u8> for Action {
@@ -527,6 +560,7 @@ impl TryFrom<u8> for Action {
         match value {
             0 => Ok(Self::Pass),
             1 => Ok(Self::Drop),
+            2 => Ok(Self::Limit),
             other => Err(other),
         }
     }
@@ -599,6 +633,56 @@ pub struct RuleInfo {
 }
 
 const _: () = assert!(size_of::<RuleInfo>() == 8);
+
+/// A limit rule's token bucket, in the generic cell rate algorithm's form: a bucket
+/// holds one `u64`, the time at which it is full again (its theoretical arrival time,
+/// TAT). A packet costing `c` tokens moves it to `max(TAT, now) + c * interval`, and is
+/// over the limit when that is more than `tolerance` ahead of now.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitConfig {
+    /// [`LimitKey::id`] of the rule's buckets, stable while the rule is unchanged; 0: not
+    /// a limit rule.
+    pub id: u32,
+    /// [`limit_flags`].
+    pub flags: u32,
+    /// ns per token, shifted left by [`LIMIT_SHIFT`]. A token is a packet, or a byte
+    /// with [`limit_flags::BYTES`].
+    pub interval: u64,
+    /// ns: the burst's worth of tokens (`burst * interval`), at least one tick of the
+    /// kernel's coarse clock.
+    pub tolerance: u64,
+    /// The bits of an IPv4 source that pick its bucket (network byte order); 0 with
+    /// `per = "rule"`.
+    pub v4_mask: u32,
+    /// The same for an IPv6 source, word by word as in the packet.
+    pub v6_mask: [u32; 4],
+}
+
+const _: () = assert!(size_of::<LimitConfig>() == 48);
+
+/// [`LimitConfig::flags`].
+pub mod limit_flags {
+    /// Tokens are bytes (from the Ethernet header on), not packets.
+    pub const BYTES: u32 = 1 << 0;
+    /// One bucket per source (or source prefix): the key carries the IP version and
+    /// the masked address. Without it the rule has one bucket.
+    pub const PER_SOURCE: u32 = 1 << 1;
+}
+
+/// Key of [`LIMIT_BUCKETS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LimitKey {
+    pub id: u32,
+    /// 4 or 6 with [`limit_flags::PER_SOURCE`], else 0.
+    pub version: u32,
+    /// The source address masked by the rule's prefix, as in the packet (IPv4 in the
+    /// first word); zero for a per-rule bucket.
+    pub addr: [u32; 4],
+}
+
+const _: () = assert!(size_of::<LimitKey>() == 24);
 
 /// Data bytes of an IPv4 trie key (after the 32-bit prefix length, which counts the
 /// generation byte: a /24 of generation 1 is prefix length `8 + 24` over
@@ -700,11 +784,17 @@ pub enum Verdict {
     PassUnparsable = 10,
     /// The same, dropped by `unparsable = "drop"` (the default).
     DropUnparsable = 11,
+    /// Matched a `limit` rule and its bucket had room: passed.
+    PassLimit = 12,
+    /// Matched a `limit` rule over its rate: dropped.
+    DropLimit = 13,
+    /// Matched a `limit` rule in monitor mode over its rate: counted, passed.
+    MonitorLimit = 14,
 }
 
 impl Verdict {
     /// Number of verdicts, the size of the verdict counter map.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 15;
 
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::PassRule,
@@ -719,6 +809,9 @@ impl Verdict {
         Self::DropFragment,
         Self::PassUnparsable,
         Self::DropUnparsable,
+        Self::PassLimit,
+        Self::DropLimit,
+        Self::MonitorLimit,
     ];
 
     /// Stable name used in logs and output.
@@ -736,6 +829,9 @@ impl Verdict {
             Self::DropFragment => "drop_fragment",
             Self::PassUnparsable => "pass_unparsable",
             Self::DropUnparsable => "drop_unparsable",
+            Self::PassLimit => "pass_limit",
+            Self::DropLimit => "drop_limit",
+            Self::MonitorLimit => "monitor_limit",
         }
     }
 
@@ -743,7 +839,11 @@ impl Verdict {
     pub const fn drops(self) -> bool {
         matches!(
             self,
-            Self::DropRule | Self::DropDefault | Self::DropFragment | Self::DropUnparsable
+            Self::DropRule
+                | Self::DropDefault
+                | Self::DropFragment
+                | Self::DropUnparsable
+                | Self::DropLimit
         )
     }
 }
@@ -778,6 +878,8 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::EventSettings {}
     unsafe impl aya::Pod for super::SetEntry {}
+    unsafe impl aya::Pod for super::LimitConfig {}
+    unsafe impl aya::Pod for super::LimitKey {}
 }
 
 #[cfg(test)]

@@ -636,6 +636,9 @@ xdp_policy_verdict_packets_total{iface="eth0",verdict="pass_fragment"} 0
 xdp_policy_verdict_packets_total{iface="eth0",verdict="drop_fragment"} 0
 xdp_policy_verdict_packets_total{iface="eth0",verdict="pass_unparsable"} 0
 xdp_policy_verdict_packets_total{iface="eth0",verdict="drop_unparsable"} 2
+xdp_policy_verdict_packets_total{iface="eth0",verdict="pass_limit"} 0
+xdp_policy_verdict_packets_total{iface="eth0",verdict="drop_limit"} 0
+xdp_policy_verdict_packets_total{iface="eth0",verdict="monitor_limit"} 0
 # HELP xdp_policy_verdict_bytes_total Bytes (from the Ethernet header on) of the packets by verdict.
 # TYPE xdp_policy_verdict_bytes_total counter
 xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_rule"} 1000
@@ -650,6 +653,9 @@ xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_fragment"} 0
 xdp_policy_verdict_bytes_total{iface="eth0",verdict="drop_fragment"} 0
 xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_unparsable"} 0
 xdp_policy_verdict_bytes_total{iface="eth0",verdict="drop_unparsable"} 70
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="pass_limit"} 0
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="drop_limit"} 0
+xdp_policy_verdict_bytes_total{iface="eth0",verdict="monitor_limit"} 0
 # HELP xdp_policy_unparsable_packets_total IP packets whose transport header could not be located and read whole, decided by the policy's unparsable action (verdicts drop_unparsable and pass_unparsable).
 # TYPE xdp_policy_unparsable_packets_total counter
 xdp_policy_unparsable_packets_total{iface="eth0"} 2

@@ -6,6 +6,7 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns,
     maps::{Array, lpm_trie::Key},
+    programs::XdpContext,
 };
 use policy_common::{
     Action, BITMAP_WORDS, FragmentAction, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, L4Class,
@@ -15,6 +16,7 @@ use policy_common::{
 };
 
 use crate::{
+    limit::{LimitProbe, xdp_policy_limit},
     maps::{
         ACTIVE, CONFIG, DPORT_BITMAPS, DPORT_CLASSES, DST_V4, DST_V6, FIELD_BITMAPS, PORT_TABLE,
         RULES, SET_HITS, SET_SCRATCH, SETS, SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6,
@@ -41,7 +43,7 @@ impl Decision {
 }
 
 #[inline(always)]
-pub fn classify(packet: &Packet) -> Decision {
+pub fn classify(packet: &Packet, ctx: &XdpContext) -> Decision {
     if packet.family == Family::NotIp {
         return Decision::of(Verdict::PassNotIp);
     }
@@ -82,7 +84,7 @@ pub fn classify(packet: &Packet) -> Decision {
         }
     }
     match first_match(generation, config, packet, l4) {
-        Some(rule) => decide_rule(generation, rule),
+        Some(rule) => decide_rule(generation, rule, packet, ctx),
         None => decide_default(config, l4),
     }
 }
@@ -94,19 +96,35 @@ pub fn unparsable() -> Decision {
     let active = ACTIVE.get(0).copied().unwrap_or(0);
     let verdict = match CONFIG.get(active % GENERATIONS).map(|c| Action::try_from(c.unparsable)) {
         Some(Ok(Action::Pass)) => Verdict::PassUnparsable,
-        Some(Ok(Action::Drop) | Err(_)) | None => Verdict::DropUnparsable,
+        // Limit is never written here: a rule action only.
+        Some(Ok(Action::Drop | Action::Limit) | Err(_)) | None => Verdict::DropUnparsable,
     };
     Decision::of(verdict)
 }
 
 #[inline(always)]
-fn decide_rule(generation: u32, rule: u32) -> Decision {
-    let Some(info) = RULES.get(generation * MAX_RULES as u32 + rule) else {
+fn decide_rule(generation: u32, rule: u32, packet: &Packet, ctx: &XdpContext) -> Decision {
+    let index = generation * MAX_RULES as u32 + rule;
+    let Some(info) = RULES.get(index) else {
         return Decision::of(Verdict::PassDefault);
     };
     let verdict = match Action::try_from(info.action) {
         Ok(Action::Drop) if info.monitor != 0 => Verdict::MonitorRule,
         Ok(Action::Drop) => Verdict::DropRule,
+        Ok(Action::Limit) => {
+            let probe = LimitProbe {
+                src: packet.src,
+                index,
+                slot: info.counter_slot,
+                version: if packet.family == Family::V4 { 4 } else { 6 },
+                bytes: (ctx.data_end() - ctx.data()) as u32,
+            };
+            match xdp_policy_limit(&probe) {
+                0 => Verdict::PassLimit,
+                _ if info.monitor != 0 => Verdict::MonitorLimit,
+                _ => Verdict::DropLimit,
+            }
+        }
         Ok(Action::Pass) | Err(_) => Verdict::PassRule,
     };
     Decision { verdict, counter_slot: Some(info.counter_slot) }
@@ -115,7 +133,8 @@ fn decide_rule(generation: u32, rule: u32) -> Decision {
 #[inline(always)]
 fn decide_default(config: &GenConfig, l4: &Transport) -> Decision {
     let verdict = match Action::try_from(config.default_action) {
-        Ok(Action::Drop) => {
+        // Limit is never written here (a rule action only); treated as drop.
+        Ok(Action::Drop | Action::Limit) => {
             let neighbour = l4.class == L4Class::Icmpv6
                 && !l4.fragment
                 && (ND_FIRST_TYPE..=ND_LAST_TYPE).contains(&l4.dport);

@@ -21,6 +21,8 @@ pub fn sample(decision: &Decision, packet: &Packet) {
             | Verdict::DropFragment
             | Verdict::MonitorRule
             | Verdict::MonitorDefault
+            | Verdict::DropLimit
+            | Verdict::MonitorLimit
     );
     if !interesting {
         return;

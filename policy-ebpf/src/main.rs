@@ -5,9 +5,13 @@
 //! one or two per-CPU counter updates.
 #![no_std]
 #![no_main]
+// The bucket's compare-and-swap: the BPF target has no `AtomicU64::compare_exchange`.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod classify;
 mod events;
+mod limit;
 mod maps;
 mod parse;
 
@@ -23,7 +27,7 @@ const _: () = assert!(
 pub fn policy_xdp(ctx: XdpContext) -> u32 {
     let parsed = parse::parse(&ctx);
     let (decision, packet) = match &parsed {
-        Ok(packet) => (classify::classify(packet), Some(packet)),
+        Ok(packet) => (classify::classify(packet, &ctx), Some(packet)),
         Err(parse::Unparsable) => (classify::unparsable(), None),
     };
     let bytes = (ctx.data_end() - ctx.data()) as u64;

@@ -3,13 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use policy_common::{
     BITMAP_WORDS, Counter, EVENTS_BYTES, EventSettings, GENERATIONS, GenConfig, IPV4_KEY_LEN,
-    IPV6_KEY_LEN, MAX_PORT_CLASSES, MAX_PREFIXES, MAX_RULES, MAX_SET_ENTRIES, PORT_CLASS_WORDS,
-    RULE_COUNTER_SLOTS, RuleBitmap, RuleInfo, SET_HIT_SLOTS, SET_KEY_LEN, SET_STATS_ENTRIES,
-    SetEntry, VERDICT_SLOTS, field_bitmap, port_table, tcp_flags, v4_table,
+    IPV6_KEY_LEN, LIMIT_STATS_SLOTS, LimitConfig, LimitKey, MAX_PORT_CLASSES, MAX_PREFIXES,
+    MAX_RULES, MAX_SET_ENTRIES, MAX_SOURCES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS, RuleBitmap,
+    RuleInfo, SET_HIT_SLOTS, SET_KEY_LEN, SET_STATS_ENTRIES, SetEntry, VERDICT_SLOTS, field_bitmap,
+    port_table, tcp_flags, v4_table,
 };
 
 const _: () = assert!(BITMAP_WORDS == 16, "classify::first_match unrolls 16 words");
@@ -100,6 +101,19 @@ pub static SET_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SET_HIT_SL
 #[map(name = "TCP_FLAGS")]
 pub static TCP_FLAGS: Array<RuleBitmap> =
     Array::with_max_entries(GENERATIONS * tcp_flags::PER_GENERATION, 0);
+
+/// Each limit rule's bucket parameters, per generation ([`policy_common::LIMITS_MAP`]).
+#[map(name = "LIMITS")]
+pub static LIMITS: Array<LimitConfig> = Array::with_max_entries(GENERATIONS * MAX_RULES as u32, 0);
+
+/// The limit rules' buckets ([`policy_common::LIMIT_BUCKETS_MAP`]); the daemon may size
+/// it (`max_sources`) when it creates it.
+#[map(name = "LIMIT_BUCKETS")]
+pub static LIMIT_BUCKETS: LruHashMap<LimitKey, u64> = LruHashMap::with_max_entries(MAX_SOURCES, 0);
+
+/// Packets over each rule's limit, and buckets created ([`policy_common::LIMIT_STATS_MAP`]).
+#[map(name = "LIMIT_STATS")]
+pub static LIMIT_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(LIMIT_STATS_SLOTS, 0);
 
 #[map(name = "RULE_COUNTERS")]
 pub static RULE_COUNTERS: PerCpuArray<Counter> =

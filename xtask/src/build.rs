@@ -57,6 +57,7 @@ fn ebpf_cargo(toolchain: &Toolchain, subcommand: &str) -> Command {
         // The program's global functions, which the verifier checks once each instead of
         // once per path that calls them (see policy-ebpf/src/classify.rs).
         "-Clink-arg=--export=xdp_policy_sets".into(),
+        "-Clink-arg=--export=xdp_policy_limit".into(),
     ]
     .join("\x1f")
     .into();

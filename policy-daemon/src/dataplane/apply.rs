@@ -20,10 +20,10 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use policy_common::{
     ACTIVE_MAP, Action, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, DST_V4_MAP, DST_V6_MAP,
     FIELD_BITMAPS_MAP, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN,
-    MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS, PORT_TABLE_MAP, RULE_COUNTER_SLOTS, RULES_MAP,
-    RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP,
-    TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, Verdict, active, field_bitmap,
-    ipv4_key, ipv6_key, port_table, tcp_flags, v4_table,
+    LIMITS_MAP, LimitConfig, MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS, PORT_TABLE_MAP,
+    RULE_COUNTER_SLOTS, RULES_MAP, RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP,
+    SRC_V4_MAP, SRC_V6_MAP, TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP,
+    Verdict, active, field_bitmap, ipv4_key, ipv6_key, port_table, tcp_flags, v4_table,
 };
 
 use crate::policy::{Ruleset, V4Table};
@@ -190,6 +190,7 @@ impl From<MapReadError> for MapWriteError {
 pub trait Maps {
     fn set_config(&mut self, generation: u32, config: &GenConfig) -> Result<(), MapWriteError>;
     fn set_rules(&mut self, indices: &[u32], infos: &[RuleInfo]) -> Result<(), MapWriteError>;
+    fn set_limits(&mut self, indices: &[u32], limits: &[LimitConfig]) -> Result<(), MapWriteError>;
     fn set_bitmaps(
         &mut self,
         map: BitmapMap,
@@ -240,6 +241,7 @@ pub trait Maps {
     fn active(&mut self) -> Result<u32, MapReadError>;
     fn config(&mut self, generation: u32) -> Result<GenConfig, MapReadError>;
     fn rules(&mut self, start: u32, count: u32) -> Result<Vec<RuleInfo>, MapReadError>;
+    fn limits(&mut self, start: u32, count: u32) -> Result<Vec<LimitConfig>, MapReadError>;
     fn bitmaps(
         &mut self,
         map: BitmapMap,
@@ -278,6 +280,7 @@ struct Shadow {
     tries_known: bool,
     config: Option<GenConfig>,
     rules: Vec<RuleInfo>,
+    limits: Vec<LimitConfig>,
     field_bitmaps: Vec<RuleBitmap>,
     tcp_flags: Vec<RuleBitmap>,
     port_words: HashMap<PortFieldId, Vec<u64>>,
@@ -326,6 +329,7 @@ impl Shadow {
             tries_known: false,
             config: None,
             rules: Vec::new(),
+            limits: Vec::new(),
             field_bitmaps: Vec::new(),
             tcp_flags: Vec::new(),
             port_words: ports(),
@@ -346,6 +350,7 @@ impl Shadow {
             tries_known: true,
             config: Some(ZERO_CONFIG),
             rules: vec![ZERO_RULE; MAX_RULES],
+            limits: vec![LimitConfig::default(); MAX_RULES],
             field_bitmaps: vec![RuleBitmap::EMPTY; field_bitmap::PER_GENERATION as usize],
             tcp_flags: vec![RuleBitmap::EMPTY; tcp_flags::PER_GENERATION as usize],
             port_words: HashMap::from([(PortFieldId::Dst, words()), (PortFieldId::Src, words())]),
@@ -363,6 +368,8 @@ struct Image<'a> {
     generation: u32,
     ruleset: &'a Ruleset,
     rules: Vec<RuleInfo>,
+    /// `LIMITS` of the generation's rules (all zero for a rule that does not limit).
+    limits: Vec<LimitConfig>,
     port_words: [(PortFieldId, Vec<u64>); 2],
     port_table: Option<Vec<u32>>,
 }
@@ -397,10 +404,23 @@ impl<'a> Image<'a> {
                 })
                 .collect()
         });
+        // A bucket holds at least one tick of the clock it reads.
+        let tick = coarse_tick_ns();
+        let limits = ruleset
+            .rules
+            .iter()
+            .map(|r| {
+                r.limit.map_or_else(LimitConfig::default, |l| LimitConfig {
+                    tolerance: l.tolerance.max(tick),
+                    ..l
+                })
+            })
+            .collect();
         Self {
             generation,
             ruleset,
             rules,
+            limits,
             port_words: [
                 (PortFieldId::Dst, ruleset.dport.class_words()),
                 (PortFieldId::Src, ruleset.sport.class_words()),
@@ -728,8 +748,10 @@ fn write_generation(
         shadow.tries_known = true;
     }
     let rules_base = generation * MAX_RULES as u32;
+    // The buckets' parameters before the rules that use them.
     let mut writes =
-        sync_array(&mut shadow.rules, &image.rules, rules_base, |i, v| maps.set_rules(i, v))?;
+        sync_array(&mut shadow.limits, &image.limits, rules_base, |i, v| maps.set_limits(i, v))?;
+    writes += sync_array(&mut shadow.rules, &image.rules, rules_base, |i, v| maps.set_rules(i, v))?;
     let fields_base = generation * field_bitmap::PER_GENERATION;
     writes +=
         sync_array(&mut shadow.field_bitmaps, &ruleset.field_bitmaps, fields_base, |i, v| {
@@ -817,6 +839,8 @@ fn audit_generation(
     drift.compare(CONFIG_MAP, &[ruleset.config], &[maps.config(generation)?]);
     let rules = maps.rules(generation * MAX_RULES as u32, len(image.rules.len()))?;
     drift.compare(RULES_MAP, &image.rules, &rules);
+    let limits = maps.limits(generation * MAX_RULES as u32, len(image.limits.len()))?;
+    drift.compare(LIMITS_MAP, &image.limits, &limits);
     let fields = maps.bitmaps(
         BitmapMap::Fields,
         generation * field_bitmap::PER_GENERATION,
@@ -956,6 +980,19 @@ fn sync_trie<'a, K: Copy + Ord + std::hash::Hash>(
         writes += keys.len();
     }
     Ok(writes)
+}
+
+/// The resolution of the clock the program's buckets read (`CLOCK_MONOTONIC_COARSE`: one
+/// scheduler tick), 4 ms when it cannot be read.
+pub fn coarse_tick_ns() -> u64 {
+    static TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICK.get_or_init(|| {
+        let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid clock id and a pointer to a timespec of ours.
+        let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } == 0;
+        let ns = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
+        if ok && ns > 0 { ns } else { 4_000_000 }
+    })
 }
 
 pub fn v4_key(generation: u32, net: &Ipv4Net) -> V4Key {

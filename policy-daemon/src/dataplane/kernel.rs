@@ -10,9 +10,10 @@ use aya::{
 };
 use policy_common::{
     ACTIVE_MAP, CONFIG_MAP, Counter, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, DST_V4_MAP, DST_V6_MAP,
-    FIELD_BITMAPS_MAP, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN, PORT_TABLE_MAP, RULE_COUNTERS_MAP,
-    RULES_MAP, RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP,
-    TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP, active,
+    FIELD_BITMAPS_MAP, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN, LIMIT_STATS_MAP, LIMITS_MAP,
+    LimitConfig, PORT_TABLE_MAP, RULE_COUNTER_SLOTS, RULE_COUNTERS_MAP, RULES_MAP, RuleBitmap,
+    RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP, TCP_FLAGS_MAP,
+    V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP, active,
 };
 
 use super::{
@@ -33,6 +34,9 @@ pub struct KernelMaps {
     cpus: usize,
     config: Batched<Array<MapData, GenConfig>>,
     rules: Batched<Array<MapData, RuleInfo>>,
+    limits: Batched<Array<MapData, LimitConfig>>,
+    pub limit_stats: PerCpuArray<MapData, Counter>,
+    limit_stats_batch: BatchMap,
     port_table: Batched<Array<MapData, u32>>,
     v4_l1: Batched<Array<MapData, u32>>,
     v4_l2: Batched<Array<MapData, u32>>,
@@ -135,7 +139,12 @@ impl KernelMaps {
         let cpus = nr_cpus().map_err(|(_, source)| DataplaneError::Cpus(source))?;
         let rule_counters: PerCpuArray<MapData, Counter> = take(ebpf, RULE_COUNTERS_MAP)?;
         let counters = batch_of(&rule_counters, RULE_COUNTERS_MAP, cpus)?;
+        let limit_stats: PerCpuArray<MapData, Counter> = take(ebpf, LIMIT_STATS_MAP)?;
+        let limit_stats_batch = batch_of(&limit_stats, LIMIT_STATS_MAP, cpus)?;
         Ok(Self {
+            limits: take_batch::<Array<MapData, LimitConfig>>(ebpf, LIMITS_MAP, cpus)?,
+            limit_stats,
+            limit_stats_batch,
             active: take(ebpf, ACTIVE_MAP)?,
             config: take_batch::<Array<MapData, GenConfig>>(ebpf, CONFIG_MAP, cpus)?,
             rules: take_batch::<Array<MapData, RuleInfo>>(ebpf, RULES_MAP, cpus)?,
@@ -281,6 +290,8 @@ impl KernelMaps {
             ACTIVE_MAP => IterableMap::map(&self.active),
             CONFIG_MAP => self.config._map.map_data(),
             RULES_MAP => self.rules._map.map_data(),
+            LIMITS_MAP => self.limits._map.map_data(),
+            LIMIT_STATS_MAP => self.limit_stats.map_data(),
             PORT_TABLE_MAP => self.port_table._map.map_data(),
             V4_L1_MAP => self.v4_l1._map.map_data(),
             V4_L2_MAP => self.v4_l2._map.map_data(),
@@ -346,6 +357,10 @@ impl Maps for KernelMaps {
         write_array(&mut self.rules.batch, indices, infos)
     }
 
+    fn set_limits(&mut self, indices: &[u32], limits: &[LimitConfig]) -> Result<(), MapWriteError> {
+        write_array(&mut self.limits.batch, indices, limits)
+    }
+
     fn set_bitmaps(
         &mut self,
         map: BitmapMap,
@@ -399,6 +414,14 @@ impl Maps for KernelMaps {
         self.counters.update(slots, &zeros).map_err(|e| {
             let element = slots.get(e.done).map(|s| Element::Slot(*s));
             batch_failed(RULE_COUNTERS_MAP, element, slots.len(), e)
+        })?;
+        // The slot's limit counters too: over-limit packets, buckets created.
+        let limit_slots: Vec<u32> =
+            slots.iter().flat_map(|s| [*s, RULE_COUNTER_SLOTS + *s]).collect();
+        let zeros = vec![Counter::default(); limit_slots.len() * self.cpus];
+        self.limit_stats_batch.update(&limit_slots, &zeros).map_err(|e| {
+            let element = limit_slots.get(e.done).map(|s| Element::Slot(*s));
+            batch_failed(LIMIT_STATS_MAP, element, limit_slots.len(), e)
         })
     }
 
@@ -452,6 +475,10 @@ impl Maps for KernelMaps {
 
     fn rules(&mut self, start: u32, count: u32) -> Result<Vec<RuleInfo>, MapReadError> {
         read_array(&mut self.rules.batch, start, count)
+    }
+
+    fn limits(&mut self, start: u32, count: u32) -> Result<Vec<LimitConfig>, MapReadError> {
+        read_array(&mut self.limits.batch, start, count)
     }
 
     fn bitmaps(

@@ -187,6 +187,8 @@ pub struct CompiledRule {
     pub identity: String,
     pub action: common::Action,
     pub monitor: bool,
+    /// The bucket parameters of a limit rule (`LIMITS`), keyed by the rule's identity.
+    pub limit: Option<common::LimitConfig>,
 }
 
 /// A port field: port → class, class → rules.
@@ -265,6 +267,9 @@ pub fn compile(policy: &Policy) -> Ruleset {
     }
     if rules.iter().any(|r| r.tcp_flags.is_some()) {
         fields |= field::TCP_FLAGS;
+    }
+    if rules.iter().any(|r| r.limit.is_some()) {
+        fields |= field::LIMIT;
     }
     // The class-and-flags bitmaps: a TCP segment's rules for each flags byte, a TCP
     // fragment's (the TCP rules matching no flags), then each class's rules.
@@ -359,6 +364,7 @@ pub fn compile(policy: &Policy) -> Ruleset {
                 identity: r.identity(),
                 action: kernel_action(r.action),
                 monitor: r.mode == Mode::Monitor,
+                limit: r.limit.as_ref().map(|l| l.kernel(limit_id(&r.identity()), 0)),
             })
             .collect(),
         field_bitmaps,
@@ -416,7 +422,14 @@ fn kernel_action(action: Action) -> common::Action {
     match action {
         Action::Pass => common::Action::Pass,
         Action::Drop => common::Action::Drop,
+        Action::Limit => common::Action::Limit,
     }
+}
+
+/// The bucket id of a limit rule: from its identity, so a rule keeps its buckets across
+/// reloads and restarts while it is unchanged, and a changed one starts afresh.
+pub fn limit_id(identity: &str) -> u32 {
+    u32::from_str_radix(&identity[..8.min(identity.len())], 16).unwrap_or(1).max(1)
 }
 
 fn v4(net: &IpNet) -> Option<Ipv4Net> {

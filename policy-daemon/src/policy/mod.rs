@@ -10,6 +10,7 @@
 
 mod compile;
 mod diagnostic;
+pub mod limit;
 pub mod reference;
 mod schema;
 mod shadow;
@@ -171,6 +172,8 @@ pub struct Rule {
     pub icmp_types: Option<Vec<u8>>,
     /// TCP flags the rule matches (`protocol = "tcp"` only); `None`: any.
     pub tcp_flags: Option<TcpFlags>,
+    /// The rate limit of an `action = "limit"` rule (`None` for every other).
+    pub limit: Option<limit::Limit>,
     /// Where the rule's `name` is written.
     pub location: Location,
 }
@@ -313,6 +316,13 @@ impl Rule {
         }
         if let Some(flags) = self.tcp_flags {
             text.push_str(&format!("|tcp_flags {:#04x}/{:#04x}", flags.value, flags.mask));
+        }
+        if let Some(limit) = &self.limit {
+            let rate = &limit.rate;
+            text.push_str(&format!(
+                "|limit {}/{}ns {:?} burst {} per {}",
+                rate.tokens, rate.period_ns, rate.unit, limit.burst, limit.per
+            ));
         }
         let digest = Sha256::digest(text.as_bytes());
         digest[..16].iter().map(|b| format!("{b:02x}")).collect()

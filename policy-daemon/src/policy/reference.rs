@@ -135,7 +135,8 @@ pub fn classify(policy: &Policy, packet: &Parsed) -> Outcome {
         Parsed::Unparsable => {
             let verdict = match policy.defaults.unparsable {
                 Action::Pass => Verdict::PassUnparsable,
-                Action::Drop => Verdict::DropUnparsable,
+                // `parse` refuses a limit here.
+                Action::Drop | Action::Limit => Verdict::DropUnparsable,
             };
             return Outcome { verdict, rule: None };
         }
@@ -156,6 +157,8 @@ pub fn classify(policy: &Policy, packet: &Parsed) -> Outcome {
             (Action::Pass, _) => Verdict::PassRule,
             (Action::Drop, Mode::Enforce) => Verdict::DropRule,
             (Action::Drop, Mode::Monitor) => Verdict::MonitorRule,
+            // Stateless: a limit rule's bucket is taken to have room.
+            (Action::Limit, _) => Verdict::PassLimit,
         };
         return Outcome { verdict, rule: Some(index) };
     }
@@ -164,6 +167,8 @@ pub fn classify(policy: &Policy, packet: &Parsed) -> Outcome {
         (Action::Drop, _) if is_neighbour_discovery(&packet.l4) => Verdict::PassNeighbour,
         (Action::Drop, Mode::Enforce) => Verdict::DropDefault,
         (Action::Drop, Mode::Monitor) => Verdict::MonitorDefault,
+        // `parse` refuses a limit here.
+        (Action::Limit, _) => Verdict::DropDefault,
     };
     Outcome { verdict, rule: None }
 }

@@ -11,7 +11,10 @@ use serde::{Deserialize, Deserializer, Serialize, de};
 use toml::Spanned;
 
 use super::{
-    Defaults, Diagnostic, Location, Rule, SetDef, TcpFlags, diagnostic::LineIndex, set_id,
+    Defaults, Diagnostic, Location, Rule, SetDef, TcpFlags,
+    diagnostic::LineIndex,
+    limit::{Limit, Per, Rate},
+    set_id,
 };
 
 /// Longest accepted rule name; names end up in logs and metric labels.
@@ -24,6 +27,8 @@ pub enum Action {
     #[default]
     Pass,
     Drop,
+    /// Rules only: pass within the rule's `rate`, drop over it.
+    Limit,
 }
 
 /// `enforce` applies the action; `monitor` counts what would be dropped and passes it.
@@ -80,6 +85,7 @@ impl Action {
         match self {
             Self::Pass => "pass",
             Self::Drop => "drop",
+            Self::Limit => "limit",
         }
     }
 }
@@ -348,6 +354,9 @@ struct RawRule {
     dst: Option<Spanned<OneOrMany<Net>>>,
     icmp_types: Option<Spanned<OneOrMany<IcmpType>>>,
     tcp_flags: Option<Spanned<String>>,
+    rate: Option<Spanned<String>>,
+    burst: Option<Spanned<i64>>,
+    per: Option<Spanned<String>>,
 }
 
 /// One parsed file: its rules and, if it sets them, the defaults and interfaces with
@@ -378,6 +387,18 @@ pub fn parse_file(
     let defaults = raw.defaults.map(|d| {
         let span = d.span();
         let d = d.into_inner();
+        for (key, action) in [("action", d.action), ("unparsable", d.unparsable)] {
+            if action == Action::Limit {
+                diagnostics.push(diag(
+                    span.clone(),
+                    format!(
+                        "[defaults] {key} cannot be \"limit\": a limit is a rule's (it needs \
+                         a rate and the packets to count); write a [[rule]] with action = \
+                         \"limit\", and \"pass\" or \"drop\" here"
+                    ),
+                ));
+            }
+        }
         let defaults = Defaults {
             action: d.action,
             mode: d.mode,
@@ -479,6 +500,12 @@ pub fn parse_file(
             parsed
         });
 
+        let limit = rule_limit(raw.action, &name_span, raw.rate, raw.burst, raw.per)
+            .unwrap_or_else(|errors| {
+                diagnostics.extend(errors.into_iter().map(|(span, m)| diag(span, m)));
+                None
+            });
+
         // The networks of an address field (empty when it names sets only) and the sets
         // it names, with where the field is written.
         let mut set_refs = Vec::new();
@@ -509,6 +536,7 @@ pub fn parse_file(
             dst_sets: Vec::new(),
             icmp_types: icmp_types.map(|(_, v)| v.into_iter().map(|t| t.0).collect()),
             tcp_flags,
+            limit,
             location: name_location,
         };
         if let Some(reason) = never_matches(&rule, &set_refs) {
@@ -530,6 +558,62 @@ pub fn parse_file(
         Ok(ParsedFile { defaults, interfaces, sets, rules: pending })
     } else {
         Err(diagnostics)
+    }
+}
+
+/// The limit of a rule: `rate` (with `burst` and `per`) exactly when the action is
+/// `limit`. Errors with where they are written.
+#[allow(clippy::type_complexity)]
+fn rule_limit(
+    action: Action,
+    name_span: &Range<usize>,
+    rate: Option<Spanned<String>>,
+    burst: Option<Spanned<i64>>,
+    per: Option<Spanned<String>>,
+) -> Result<Option<Limit>, Vec<(Range<usize>, String)>> {
+    if action != Action::Limit {
+        let stray = [
+            ("rate", rate.map(|r| r.span())),
+            ("burst", burst.map(|b| b.span())),
+            ("per", per.map(|p| p.span())),
+        ];
+        let errors: Vec<_> = stray
+            .into_iter()
+            .filter_map(|(key, span)| {
+                span.map(|span| {
+                    let message = format!(
+                        "{key} needs action = \"limit\", not \"{}\": only a limit rule has a \
+                         rate",
+                        action.name()
+                    );
+                    (span, message)
+                })
+            })
+            .collect();
+        return if errors.is_empty() { Ok(None) } else { Err(errors) };
+    }
+    let mut errors = Vec::new();
+    let rate = match rate {
+        None => {
+            errors.push((
+                name_span.clone(),
+                "action = \"limit\" needs a rate, such as rate = \"200/s\" (packets), \
+                 \"20mbit/s\" or \"5MB/s\" (bytes)"
+                    .to_string(),
+            ));
+            None
+        }
+        Some(rate) => Rate::parse(rate.get_ref()).map_err(|m| errors.push((rate.span(), m))).ok(),
+    };
+    let per = match per {
+        None => Some(Per::Source { v4: 32, v6: 128 }),
+        Some(per) => Per::parse(per.get_ref()).map_err(|m| errors.push((per.span(), m))).ok(),
+    };
+    let (Some(rate), Some(per)) = (rate, per) else { return Err(errors) };
+    let burst_span = burst.as_ref().map(|b| b.span());
+    match Limit::new(rate, burst.map(|b| *b.get_ref()), per) {
+        Ok(limit) => Ok(Some(limit)),
+        Err(message) => Err(vec![(burst_span.unwrap_or_else(|| name_span.clone()), message)]),
     }
 }
 

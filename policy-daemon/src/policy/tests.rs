@@ -53,6 +53,7 @@ fn parses_the_minimal_policy() {
             dst_sets: Vec::new(),
             icmp_types: None,
             tcp_flags: None,
+            limit: None,
             location: Location { file: FILE.into(), line: 3, column: 8 },
         }]
     );
@@ -148,7 +149,7 @@ fn unknown_protocol() {
 fn unknown_action() {
     assert_eq!(
         error("[[rule]]\nname = \"a\"\naction = \"reject\"\n"),
-        "policies/web.toml:3:10: unknown variant `reject`, expected `pass` or `drop`\n  \
+        "policies/web.toml:3:10: unknown variant `reject`, expected one of `pass`, `drop`, `limit`\n  \
          |\n3 | action = \"reject\"\n  |          ^^^^^^^^\n1 error"
     );
 }
@@ -158,7 +159,8 @@ fn unknown_field() {
     assert_eq!(
         error("[[rule]]\nname = \"a\"\naction = \"drop\"\ndst_port = [1]\n"),
         "policies/web.toml:4:1: unknown field `dst_port`, expected one of `name`, `action`, \
-         `mode`, `protocol`, `dst_ports`, `src_ports`, `src`, `dst`, `icmp_types`, `tcp_flags`\n  |\n4 | \
+         `mode`, `protocol`, `dst_ports`, `src_ports`, `src`, `dst`, `icmp_types`, `tcp_flags`, \
+         `rate`, `burst`, `per`\n  |\n4 | \
          dst_port = [1]\n  | ^^^^^^^^\n1 error"
     );
 }
@@ -539,6 +541,7 @@ fn unparsable_packets_are_dropped_unless_the_policy_says_pass() {
         let kernel = match action {
             Action::Pass => policy_common::Action::Pass,
             Action::Drop => policy_common::Action::Drop,
+            Action::Limit => unreachable!("not a default"),
         };
         let policy = valid(text);
         assert_eq!(policy.defaults.unparsable, action, "{text:?}");

@@ -13,6 +13,7 @@ use policy_common::{L4Class, field};
 enum Value {
     Config(GenConfig),
     Rule(RuleInfo),
+    Limit(LimitConfig),
     Bitmap(RuleBitmap),
     Word(u64),
     Entry(u32),
@@ -24,6 +25,7 @@ impl Value {
         match self {
             Self::Config(c) => format!("{c:?}"),
             Self::Rule(r) => format!("{r:?}"),
+            Self::Limit(l) => format!("{l:?}"),
             Self::Bitmap(b) => format!("{b:?}"),
             Self::Word(w) => w.to_string(),
             Self::Entry(e) => e.to_string(),
@@ -159,6 +161,10 @@ impl Maps for FakeMaps {
         let entries: Vec<_> = indices.iter().zip(infos).collect();
         self.batch("rules", &entries, |_, (i, v)| (format!("rule/{i}"), Some(Value::Rule(**v))))
     }
+    fn set_limits(&mut self, indices: &[u32], limits: &[LimitConfig]) -> Result<(), MapWriteError> {
+        let entries: Vec<_> = indices.iter().zip(limits).collect();
+        self.batch("limits", &entries, |_, (i, v)| (format!("limit/{i}"), Some(Value::Limit(**v))))
+    }
     fn set_bitmaps(
         &mut self,
         map: BitmapMap,
@@ -263,6 +269,12 @@ impl Maps for FakeMaps {
         Ok(self.read("rule", start, count, |v| match v {
             Some(Value::Rule(r)) => *r,
             _ => ZERO_RULE,
+        }))
+    }
+    fn limits(&mut self, start: u32, count: u32) -> Result<Vec<LimitConfig>, MapReadError> {
+        Ok(self.read("limit", start, count, |v| match v {
+            Some(Value::Limit(l)) => *l,
+            _ => LimitConfig::default(),
         }))
     }
     fn bitmaps(
@@ -757,6 +769,10 @@ fn scribble(maps: &mut FakeMaps, seed: u64) {
                 r.action ^= 1;
                 Value::Rule(r)
             }
+            Value::Limit(mut l) => {
+                l.interval ^= next() | 1;
+                Value::Limit(l)
+            }
             Value::Bitmap(_) => Value::Bitmap(RuleBitmap { words: bits }),
             Value::Word(w) => Value::Word(w ^ (next() | 1)),
             Value::Entry(e) => Value::Entry(e ^ (next() as u32 | 1)),
@@ -840,6 +856,10 @@ fn the_audit_finds_one_changed_entry_in_any_map() {
                 Value::Rule(mut r) => {
                     r.counter_slot += 1;
                     Value::Rule(r)
+                }
+                Value::Limit(mut l) => {
+                    l.tolerance ^= 1;
+                    Value::Limit(l)
                 }
                 Value::Bitmap(mut b) => {
                     b.words[15] ^= 1 << 63;
