@@ -1021,3 +1021,147 @@ fn the_evasion_corpus_gets_the_reference_verdict_and_every_attack_a_drop() {
         assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     }
 }
+
+const LIMITS: &str = r#"
+[[rule]]
+name = "syn-limit"
+protocol = "tcp"
+tcp_flags = "syn,!ack"
+dst_ports = [443]
+action = "limit"
+rate = "1/h"
+burst = 3
+
+[[rule]]
+name = "net-limit"
+protocol = "udp"
+dst_ports = [53]
+action = "limit"
+rate = "1/h"
+burst = 2
+per = "source/24"
+
+[[rule]]
+name = "rule-limit"
+protocol = "udp"
+dst_ports = [123]
+action = "limit"
+rate = "1/h"
+burst = 2
+per = "rule"
+
+[[rule]]
+name = "watch-limit"
+protocol = "udp"
+dst_ports = [161]
+action = "limit"
+mode = "monitor"
+rate = "1/h"
+burst = 1
+
+[[rule]]
+name = "bytes-limit"
+protocol = "udp"
+dst_ports = [514]
+action = "limit"
+rate = "100B/s"
+burst = 200
+"#;
+
+/// Runs `packet` and checks the action and the verdict it counted.
+fn expect(dataplane: &mut Dataplane, what: &str, packet: &Packet, verdict: Verdict) {
+    let before = dataplane.verdict_count(verdict).expect("verdict counter").packets;
+    let action = dataplane.test_run(&packet.build()).expect("BPF_PROG_TEST_RUN");
+    let after = dataplane.verdict_count(verdict).expect("verdict counter").packets;
+    let wanted = if verdict.drops() { XDP_DROP } else { XDP_PASS };
+    assert_eq!((action, after - before), (wanted, 1), "{what}: expected {}", verdict.name());
+}
+
+#[test]
+fn limit_rules_hold_each_bucket_to_its_burst() {
+    use Verdict::{DropLimit, MonitorLimit, PassDefault, PassLimit};
+    let (policy, mut dataplane) = load(LIMITS);
+    let syn = |src: &str| Packet::ipv4(tcp(443)).src(src).tcp_flags(0x02);
+    for i in 0..3 {
+        expect(&mut dataplane, &format!("SYN {i} of A"), &syn("198.18.1.1"), PassLimit);
+    }
+    expect(&mut dataplane, "the 4th SYN of A", &syn("198.18.1.1"), DropLimit);
+    expect(
+        &mut dataplane,
+        "an ACK of A: the flags do not match",
+        &syn("198.18.1.1").tcp_flags(0x10),
+        PassDefault,
+    );
+    expect(&mut dataplane, "SYN of B: a bucket of its own", &syn("198.18.1.2"), PassLimit);
+    let syn6 = Packet::ipv6(tcp(443)).src("fd00:7::1").tcp_flags(0x02);
+    for i in 0..3 {
+        expect(&mut dataplane, &format!("IPv6 SYN {i}"), &syn6, PassLimit);
+    }
+    expect(&mut dataplane, "the 4th IPv6 SYN", &syn6, DropLimit);
+
+    // per = "source/24": one bucket for the network.
+    let dns = |src: &str| Packet::ipv4(udp(53)).src(src);
+    expect(&mut dataplane, "DNS from .5.1", &dns("198.18.5.1"), PassLimit);
+    expect(&mut dataplane, "DNS from .5.2, same /24", &dns("198.18.5.2"), PassLimit);
+    expect(
+        &mut dataplane,
+        "DNS from .5.3: the /24's bucket is empty",
+        &dns("198.18.5.3"),
+        DropLimit,
+    );
+    expect(&mut dataplane, "DNS from another /24", &dns("198.18.6.1"), PassLimit);
+
+    // per = "rule": one bucket for everyone.
+    let ntp = |src: &str| Packet::ipv4(udp(123)).src(src);
+    expect(&mut dataplane, "NTP from one source", &ntp("198.18.9.1"), PassLimit);
+    expect(&mut dataplane, "NTP from another", &ntp("198.19.9.1"), PassLimit);
+    expect(
+        &mut dataplane,
+        "NTP from a third: the rule's bucket is empty",
+        &ntp("198.18.200.1"),
+        DropLimit,
+    );
+
+    // Monitor mode: over the limit is counted and passed.
+    let snmp = Packet::ipv4(udp(161));
+    expect(&mut dataplane, "SNMP within the limit", &snmp, PassLimit);
+    expect(&mut dataplane, "SNMP over the limit, monitored", &snmp, MonitorLimit);
+
+    // Bytes: 200 bytes of burst admit 200 / frame length frames.
+    let syslog = Packet::ipv4(udp(514)).payload(18);
+    let len = syslog.build().len();
+    for i in 0..200 / len {
+        expect(&mut dataplane, &format!("syslog frame {i} of {len} bytes"), &syslog, PassLimit);
+    }
+    expect(&mut dataplane, "the frame past 200 bytes", &syslog, DropLimit);
+
+    // The counters and buckets the daemon reads.
+    let ruleset = policy::compile(&policy);
+    let mut maps = dataplane.limit_maps().expect("limit maps");
+    let slot = dataplane.rule_slots()[0].slot;
+    let figures = maps.figures(slot).expect("figures");
+    assert_eq!((figures.limited.packets, figures.created), (2, 3), "syn-limit: {figures:?}");
+    let config = ruleset.rules[0].limit.expect("a limit rule");
+    let buckets = maps.buckets_by_id().expect("buckets");
+    assert_eq!(buckets.get(&config.id), Some(&3), "syn-limit's buckets: {buckets:?}");
+    let now = policy_daemon::dataplane::limits::monotonic_now_ns();
+    let a = maps.bucket(&config, "198.18.1.1".parse().unwrap(), now).expect("bucket");
+    let b = maps.bucket(&config, "198.18.1.2".parse().unwrap(), now).expect("bucket");
+    let fresh = maps.bucket(&config, "198.18.1.3".parse().unwrap(), now).expect("bucket");
+    assert!(a.tokens < 0.01 && (b.tokens - 2.0).abs() < 0.01, "A {a:?}, B {b:?}");
+    assert!((fresh.tokens - 3.0).abs() < 1e-9 && (fresh.burst - 3.0).abs() < 1e-9, "{fresh:?}");
+
+    // A reload that keeps the rule keeps its buckets; changing the rule starts afresh.
+    let more = format!(
+        "{LIMITS}\n[[rule]]\nname = \"extra\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = 9\n"
+    );
+    let kept = policy::parse([(Path::new("test.toml"), more.as_str())]).expect("valid");
+    dataplane.apply(&policy::compile(&kept)).expect("apply");
+    expect(&mut dataplane, "A after a reload that kept the rule", &syn("198.18.1.1"), DropLimit);
+    let changed = LIMITS.replacen("burst = 3", "burst = 4", 1);
+    let changed = policy::parse([(Path::new("test.toml"), changed.as_str())]).expect("valid");
+    dataplane.apply(&policy::compile(&changed)).expect("apply");
+    expect(&mut dataplane, "A after the rule changed", &syn("198.18.1.1"), PassLimit);
+    let figures = maps.figures(dataplane.rule_slots()[0].slot).expect("figures");
+    assert_eq!((figures.limited.packets, figures.created), (0, 1), "the changed rule counts anew");
+}

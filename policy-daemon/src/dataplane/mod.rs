@@ -9,6 +9,7 @@
 pub mod apply;
 mod batch;
 mod kernel;
+pub mod limits;
 pub mod pinned;
 pub mod pins;
 pub mod sets;
@@ -28,8 +29,9 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use policy_common::{
-    Counter, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, MAP_NAMES, PROGRAM_NAME,
-    RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP, VERDICT_COUNTERS_MAP, Verdict,
+    Counter, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP,
+    MAP_NAMES, PROGRAM_NAME, RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP,
+    VERDICT_COUNTERS_MAP, Verdict,
 };
 
 use self::{
@@ -138,6 +140,8 @@ pub enum DataplaneError {
     TrieRead(#[source] apply::MapReadError),
     #[error("reading the number of possible CPUs failed")]
     Cpus(#[source] std::io::Error),
+    #[error("the limit rules' maps")]
+    Limits(#[source] limits::LimitMapError),
     #[error("reading map `{map}` failed")]
     MapRead {
         map: &'static str,
@@ -629,6 +633,19 @@ impl Dataplane {
                 Ok((rule.name.clone(), c))
             })
             .collect()
+    }
+
+    /// Handles on the limit rules' maps (counters and buckets) of this program.
+    pub fn limit_maps(&self) -> Result<limits::LimitMaps, DataplaneError> {
+        let id = |data: &MapData, map: &'static str| {
+            data.info().map(|i| i.id()).map_err(|source| DataplaneError::MapRead { map, source })
+        };
+        let stats = id(aya::maps::IterableMap::map(&self.maps.limit_stats), LIMIT_STATS_MAP)?;
+        let buckets = match self.ebpf.map(LIMIT_BUCKETS_MAP) {
+            Some(aya::maps::Map::LruHashMap(data)) => id(data, LIMIT_BUCKETS_MAP)?,
+            _ => return Err(DataplaneError::MissingMap(LIMIT_BUCKETS_MAP)),
+        };
+        limits::LimitMaps::from_ids(stats, buckets).map_err(DataplaneError::Limits)
     }
 
     /// The ids of the loaded program's maps (for tools and tests that open them as
