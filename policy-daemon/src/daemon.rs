@@ -252,6 +252,7 @@ fn publish(metrics: Option<&Metrics>, enforced: &mut [Enforced]) {
         let policy = e.policy_path().to_path_buf();
         for i in e.instances_mut() {
             let sets = i.set_stats();
+            let limits = i.limit_stats();
             match i.counts() {
                 Ok(counts) => metrics.update(&Snapshot {
                     iface: i.iface(),
@@ -264,6 +265,7 @@ fn publish(metrics: Option<&Metrics>, enforced: &mut [Enforced]) {
                     drift_entries: i.last_audit().map_or(0, |a| a.drift_total),
                     last_audit: i.last_audit_at(),
                     sets: &sets,
+                    limits: &limits,
                 }),
                 Err(err) => warn!(
                     iface = i.iface(),

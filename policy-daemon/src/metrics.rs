@@ -21,6 +21,9 @@
 //! | `last_reload_successful` (1 or 0) | gauge | `policy` |
 //! | `last_reload_timestamp_seconds` | gauge | `policy` |
 //! | `reload_errors_total` | counter | `policy` |
+//! | `rule_limited_packets_total`, `rule_limited_bytes_total` (over a limit rule's rate) | counter | `iface`, `rule` |
+//! | `rule_limit_sources` (buckets a limit rule holds) | gauge | `iface`, `rule` |
+//! | `rule_limit_evictions_total` (buckets dropped to make room) | counter | `iface`, `rule` |
 //! | `set_entries` | gauge | `iface`, `set` |
 //! | `set_hits_total` (packets whose address the set held) | counter | `iface`, `set` |
 //! | `set_adds_total`, `set_deletes_total`, `set_expired_entries_total` | counter | `iface`, `set` |
@@ -57,7 +60,7 @@ use prometheus_client::{
 use tokio::{net::TcpListener, task::AbortHandle};
 use tracing::{debug, warn};
 
-use crate::dataplane::{AttachMode, VerdictCounts, sets::SetSample};
+use crate::dataplane::{AttachMode, VerdictCounts, limits::LimitSample, sets::SetSample};
 
 /// Prefix of every series.
 const PREFIX: &str = "xdp_policy";
@@ -94,6 +97,8 @@ pub struct Snapshot<'a> {
     pub last_audit: Option<SystemTime>,
     /// Each named set of the policy in force.
     pub sets: &'a [SetSample],
+    /// Each limit rule of the policy in force.
+    pub limits: &'a [LimitSample],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +208,7 @@ impl Exposition {
             drift_entries: s.drift_entries,
             last_audit: s.last_audit,
             sets: s.sets.to_vec(),
+            limits: s.limits.to_vec(),
         };
         self.lock().ifaces.insert(s.iface.to_string(), iface);
     }
@@ -249,6 +255,7 @@ struct IfaceState {
     drift_entries: u64,
     last_audit: Option<SystemTime>,
     sets: Vec<SetSample>,
+    limits: Vec<LimitSample>,
 }
 
 #[derive(Debug, Default)]
@@ -387,6 +394,34 @@ impl Collector for StateCollector {
             "set_expired_entries",
             "Run-time entries of the set that expired and were removed.",
             sets().map(|(i, set)| (labels(i, set), ConstCounter::new(set.counters.expiries))),
+        )?;
+        let limits = || ifaces.iter().flat_map(|(i, s)| s.limits.iter().map(move |l| (i, l)));
+        fn rule<'a>(i: &'a str, l: &'a LimitSample) -> [(&'static str, &'a str); 2] {
+            [("iface", i), ("rule", l.rule.as_str())]
+        }
+        family(
+            &mut encoder,
+            "rule_limited_packets",
+            "Packets over the limit rule's rate: dropped, or in monitor mode counted and passed.",
+            limits().map(|(i, l)| (rule(i, l), ConstCounter::new(l.limited_packets))),
+        )?;
+        family(
+            &mut encoder,
+            "rule_limited_bytes",
+            "Bytes (from the Ethernet header on) of the packets over the limit rule's rate.",
+            limits().map(|(i, l)| (rule(i, l), ConstCounter::new(l.limited_bytes))),
+        )?;
+        family(
+            &mut encoder,
+            "rule_limit_sources",
+            "Buckets the limit rule holds: sources (or source networks) seen lately.",
+            limits().map(|(i, l)| (rule(i, l), ConstGauge::new(l.sources as i64))),
+        )?;
+        family(
+            &mut encoder,
+            "rule_limit_evictions",
+            "Buckets of the limit rule dropped to make room for new sources (the map holds max_sources).",
+            limits().map(|(i, l)| (rule(i, l), ConstCounter::new(l.evictions))),
         )?;
         let reloads = || state.reloads.iter().filter_map(|(p, r)| r.last.map(|last| (p, last)));
         family(
@@ -589,6 +624,7 @@ mod tests {
             drift_entries: 7,
             last_audit: Some(at(1_700_000_100, 500)),
             sets: &[],
+            limits: &[],
         }
     }
 

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::{
     dataplane::{
         VerdictCounts,
+        limits::LimitSample,
         sets::{AddReport, DelReport, Entry as SetEntry, SetCounters},
         state::{self, Audit, State},
     },
@@ -67,6 +68,21 @@ pub struct RuleStatus {
     pub mode: policy::Mode,
     pub packets: u64,
     pub bytes: u64,
+    /// A limit rule's bucket size and rate, and what it limited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitStatus>,
+}
+
+/// A limit rule in `status`.
+#[derive(Debug, Serialize)]
+pub struct LimitStatus {
+    /// Tokens (packets, or bytes with `bytes`) per second.
+    pub rate_per_second: f64,
+    /// The bucket's size in tokens.
+    pub burst: f64,
+    pub bytes: bool,
+    #[serde(flatten)]
+    pub sample: LimitSample,
 }
 
 /// `status` as text.
@@ -122,6 +138,19 @@ pub fn render_status(all: &[InterfaceStatus]) -> String {
                 ));
             }
         }
+        for (r, l) in s.rules.iter().filter_map(|r| Some((r, r.limit.as_ref()?))) {
+            let unit = if l.bytes { "bytes" } else { "packets" };
+            out.push_str(&format!(
+                "  limit {}: {:.0} {unit}/s, bucket {:.0} {unit}; {} packets ({} bytes) over                  the limit, {} sources held, {} evicted\n",
+                r.name,
+                l.rate_per_second,
+                l.burst,
+                l.sample.limited_packets,
+                l.sample.limited_bytes,
+                l.sample.sources,
+                l.sample.evictions
+            ));
+        }
         for set in &s.sets {
             let timeout = if set.timeout_ms == 0 {
                 "for good".to_string()
@@ -174,6 +203,21 @@ pub struct Explanation {
     /// Why there is no reference outcome, if there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference_missing: Option<String>,
+    /// The source's bucket under the limit rule that decided, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<BucketStatus>,
+}
+
+/// A source's bucket under a limit rule, after the probe was charged to it.
+#[derive(Debug, Serialize)]
+pub struct BucketStatus {
+    pub rule: String,
+    /// Tokens left (packets, or bytes with `bytes`), and the bucket's size.
+    pub tokens: f64,
+    pub burst: f64,
+    pub bytes: bool,
+    /// Tokens per second.
+    pub rate_per_second: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -233,6 +277,17 @@ pub fn render_explanation(e: &Explanation) -> String {
         }
         (None, Some(why)) => out.push_str(&format!("reference: {why}\n")),
         (None, None) => {}
+    }
+    if let Some(b) = &e.bucket {
+        let unit = if b.bytes { "bytes" } else { "packets" };
+        out.push_str(&format!(
+            "bucket of this source under {}: {:.1} of {:.0} {unit} left after this probe, \
+             refilling at {:.0} {unit}/s\n",
+            b.rule, b.tokens, b.burst, b.rate_per_second
+        ));
+        if e.reference.as_ref().is_some_and(|r| r.verdict == "pass_limit") {
+            out.push_str("note: the reference takes a limit rule's bucket to have room\n");
+        }
     }
     out
 }
@@ -306,6 +361,9 @@ fn describe_rule(rule: &Rule) -> String {
     }
     if let Some(flags) = rule.tcp_flags {
         parts.push(format!("flags {flags}"));
+    }
+    if let Some(limit) = &rule.limit {
+        parts.push(format!("rate {limit}"));
     }
     parts.join(" ")
 }

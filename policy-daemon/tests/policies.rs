@@ -103,8 +103,9 @@ fn run_refuses_an_invalid_policy_with_ex_usage() {
     assert_eq!(out.status.code(), Some(64), "bad configuration exits 64 (EX_USAGE)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr
-            .contains(&format!("{path}:3:10: unknown variant `block`, expected `pass` or `drop`")),
+        stderr.contains(&format!(
+            "{path}:3:10: unknown variant `block`, expected one of `pass`, `drop`, `limit`"
+        )),
         "unexpected stderr: {stderr}"
     );
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use policy_common::{
-    Verdict,
+    LIMIT_SHIFT, Verdict, limit_flags,
     xdp_action::{XDP_DROP, XDP_PASS},
 };
 
@@ -18,15 +18,19 @@ use super::{CliError, DetachArgs, EventsArgs, ExplainArgs, StatusArgs};
 use crate::{
     dataplane::{
         Places,
+        limits::{self, LimitSample},
         pinned::{self, PinnedFilter},
-        state::{State, now_ms},
+        state::{RuleState, State, now_ms},
     },
     packet,
-    policy::reference::{self, IpPacket, L4, Parsed},
+    policy::{
+        self,
+        reference::{self, IpPacket, L4, Parsed},
+    },
     reload::files,
     render::{
-        self, Count, Explanation, InterfaceStatus, LiveOutcome, ReferenceOutcome, RuleStatus,
-        SetStatus,
+        self, BucketStatus, Count, Explanation, InterfaceStatus, LimitStatus, LiveOutcome,
+        ReferenceOutcome, RuleStatus, SetStatus,
     },
     settings,
 };
@@ -118,15 +122,18 @@ fn read_status(places: &Places, only: Option<&str>) -> Result<Vec<InterfaceStatu
             .collect();
         let in_force = state.as_ref().map(|s| s.rules.as_slice()).unwrap_or_default();
         let slots: Vec<u32> = in_force.iter().map(|r| r.slot).collect();
+        let limits = limit_statuses(&filter, in_force);
         let rules = in_force
             .iter()
             .zip(filter.rule_counts(&slots)?)
-            .map(|(rule, c)| RuleStatus {
+            .zip(limits)
+            .map(|((rule, c), limit)| RuleStatus {
                 name: rule.name.clone(),
                 action: rule.action,
                 mode: rule.mode,
                 packets: c.packets,
                 bytes: c.bytes,
+                limit,
             })
             .collect();
         let sets = state
@@ -154,6 +161,34 @@ fn read_status(places: &Places, only: Option<&str>) -> Result<Vec<InterfaceStatu
         });
     }
     Ok(all)
+}
+
+/// What each limit rule of `rules` (the rules in force, in order) counted and holds;
+/// `None` for the other rules, and for all when the limit maps cannot be read (an
+/// older filter).
+fn limit_statuses(filter: &PinnedFilter, rules: &[RuleState]) -> Vec<Option<LimitStatus>> {
+    let none = || rules.iter().map(|_| None).collect();
+    if rules.iter().all(|r| r.action != policy::Action::Limit) {
+        return none();
+    }
+    let Ok(mut maps) = filter.limit_maps() else { return none() };
+    let held = maps.buckets_by_id().unwrap_or_default();
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let config = filter.limit_config(i)?;
+            let figures = maps.figures(rule.slot).ok()?;
+            let sources = held.get(&config.id).copied().unwrap_or(0);
+            let per_token = config.interval as f64 / f64::from(1u32 << LIMIT_SHIFT);
+            Some(LimitStatus {
+                rate_per_second: 1e9 / per_token,
+                burst: config.tolerance as f64 / per_token,
+                bytes: config.flags & limit_flags::BYTES != 0,
+                sample: LimitSample::new(rule.name.clone(), figures, sources),
+            })
+        })
+        .collect()
 }
 
 /// Has the daemon holding each pinned interface (or only `only`) audit its maps now
@@ -313,12 +348,39 @@ fn explain_packet(
             ),
         },
     };
+    let bucket = bucket_status(&filter, &rules, &live.rules, probe.src);
     Ok(Explanation {
         packet: render::describe_packet(probe.src, probe.dst, &probe.l4),
         iface: iface.to_string(),
         live,
         reference,
         reference_missing,
+        bucket,
+    })
+}
+
+/// The bucket of `source` under the first of `moved` (the rules the probe counted for)
+/// that is a limit rule.
+fn bucket_status(
+    filter: &PinnedFilter,
+    rules: &[RuleState],
+    moved: &[String],
+    source: IpAddr,
+) -> Option<BucketStatus> {
+    let (index, rule) = rules
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.action == policy::Action::Limit && moved.iter().any(|m| *m == r.name))?;
+    let config = filter.limit_config(index)?;
+    let maps = filter.limit_maps().ok()?;
+    let bucket = maps.bucket(&config, source, limits::monotonic_now_ns()).ok()?;
+    let per_token = config.interval as f64 / f64::from(1u32 << LIMIT_SHIFT);
+    Some(BucketStatus {
+        rule: rule.name.clone(),
+        tokens: bucket.tokens,
+        burst: bucket.burst,
+        bytes: config.flags & limit_flags::BYTES != 0,
+        rate_per_second: 1e9 / per_token,
     })
 }
 

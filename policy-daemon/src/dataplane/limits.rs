@@ -28,6 +28,32 @@ pub struct LimitFigures {
     pub created: u64,
 }
 
+/// One limit rule of the policy in force, as the metrics and `status` report it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LimitSample {
+    pub rule: String,
+    /// Packets over the limit (dropped, or counted in monitor mode) and their bytes.
+    pub limited_packets: u64,
+    pub limited_bytes: u64,
+    /// Buckets (sources, or source networks) the rule holds now.
+    pub sources: u64,
+    /// Buckets the rule created that the map no longer holds: the least recently used
+    /// ones it dropped to make room.
+    pub evictions: u64,
+}
+
+impl LimitSample {
+    pub fn new(rule: String, figures: LimitFigures, sources: u64) -> Self {
+        Self {
+            rule,
+            limited_packets: figures.limited.packets,
+            limited_bytes: figures.limited.bytes,
+            sources,
+            evictions: figures.created.saturating_sub(sources),
+        }
+    }
+}
+
 /// One source's bucket, as `explain` shows it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Bucket {

@@ -14,12 +14,14 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use policy_common::{
-    CONFIG_MAP, Counter, DropEvent, EVENT_SETTINGS_MAP, EVENTS_MAP, EventSettings, GENERATIONS,
-    GenConfig, RULE_COUNTERS_MAP, VERDICT_COUNTERS_MAP,
+    ACTIVE_MAP, CONFIG_MAP, Counter, DropEvent, EVENT_SETTINGS_MAP, EVENTS_MAP, EventSettings,
+    GENERATIONS, GenConfig, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, LIMITS_MAP, LimitConfig, MAX_RULES,
+    RULE_COUNTERS_MAP, VERDICT_COUNTERS_MAP,
 };
 
 use super::{
     VerdictCounts,
+    limits::{LimitMapError, LimitMaps},
     pins::{PinError, Pins},
     state::{State, StateError},
 };
@@ -116,6 +118,22 @@ impl PinnedFilter {
             return Vec::new();
         };
         (0..GENERATIONS).filter_map(|g| map.get(&g, 0).ok()).collect()
+    }
+
+    /// The bucket parameters of the rule at `index` (rule order) in the generation in
+    /// force, if it is a limit rule.
+    pub fn limit_config(&self, index: usize) -> Option<LimitConfig> {
+        let active = MapData::from_pin(self.pins.map(ACTIVE_MAP)).ok()?;
+        let active = Array::<MapData, u32>::try_from(Map::Array(active)).ok()?.get(&0, 0).ok()?;
+        let limits = MapData::from_pin(self.pins.map(LIMITS_MAP)).ok()?;
+        let limits = Array::<MapData, LimitConfig>::try_from(Map::Array(limits)).ok()?;
+        let index = (active % GENERATIONS) * MAX_RULES as u32 + u32::try_from(index).ok()?;
+        limits.get(&index, 0).ok().filter(|l| l.id != 0)
+    }
+
+    /// The limit rules' counters and buckets.
+    pub fn limit_maps(&self) -> Result<LimitMaps, LimitMapError> {
+        LimitMaps::from_pins(&self.pins.map(LIMIT_STATS_MAP), &self.pins.map(LIMIT_BUCKETS_MAP))
     }
 
     /// The rule counters at these slots (as the state file gives them), in order.

@@ -325,20 +325,38 @@ struct RawSet {
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
     #[serde(default)]
-    action: Action,
+    action: DefaultAction,
     #[serde(default)]
     mode: Mode,
     #[serde(default)]
     fragments: Fragments,
     #[serde(default = "drop_action")]
-    unparsable: Action,
+    unparsable: DefaultAction,
     #[serde(default)]
     i_know_this_blocks_ssh: bool,
 }
 
 /// Unparsable packets are dropped unless a policy says otherwise.
-fn drop_action() -> Action {
-    Action::Drop
+fn drop_action() -> DefaultAction {
+    DefaultAction::Drop
+}
+
+/// The actions `[defaults]` takes: not `limit`, which needs a rule's rate.
+#[derive(Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DefaultAction {
+    #[default]
+    Pass,
+    Drop,
+}
+
+impl From<DefaultAction> for Action {
+    fn from(action: DefaultAction) -> Self {
+        match action {
+            DefaultAction::Pass => Self::Pass,
+            DefaultAction::Drop => Self::Drop,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -387,23 +405,11 @@ pub fn parse_file(
     let defaults = raw.defaults.map(|d| {
         let span = d.span();
         let d = d.into_inner();
-        for (key, action) in [("action", d.action), ("unparsable", d.unparsable)] {
-            if action == Action::Limit {
-                diagnostics.push(diag(
-                    span.clone(),
-                    format!(
-                        "[defaults] {key} cannot be \"limit\": a limit is a rule's (it needs \
-                         a rate and the packets to count); write a [[rule]] with action = \
-                         \"limit\", and \"pass\" or \"drop\" here"
-                    ),
-                ));
-            }
-        }
         let defaults = Defaults {
-            action: d.action,
+            action: d.action.into(),
             mode: d.mode,
             fragments: d.fragments,
-            unparsable: d.unparsable,
+            unparsable: d.unparsable.into(),
             i_know_this_blocks_ssh: d.i_know_this_blocks_ssh,
         };
         (defaults, span)

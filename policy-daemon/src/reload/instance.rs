@@ -17,6 +17,7 @@ use crate::{
         AttachMode, Dataplane, DataplaneError, Places, VerdictCounts, XdpMode,
         apply::ApplyReport,
         error_chain,
+        limits::LimitSample,
         pins::{InterfaceLock, PinError, Pins},
         sets::{self, ChangeError, SetInfo, SetMap, SetSample},
         state::{self, Audit, RuleState, SetState, State},
@@ -48,7 +49,13 @@ pub struct Instance {
     audit: Option<Audit>,
     /// Sweeps of expired set entries so far.
     sweeps: u64,
+    /// The limit rules' buckets by id, from the last walk of the map, and when.
+    limit_walk: Option<(Instant, HashMap<u32, u64>)>,
 }
+
+/// How long a walk of the limit buckets is reused: a walk of a full map (a million
+/// buckets) takes a good part of a second.
+const LIMIT_WALK_EVERY: Duration = Duration::from_secs(10);
 
 /// Every this many sweeps (10 s apart), the sweep walks the sets even when no entry can
 /// have expired, to mend counts a writer that died part-way left wrong.
@@ -93,6 +100,7 @@ impl Instance {
             relinking: false,
             audit: None,
             sweeps: 0,
+            limit_walk: None,
         };
         if !pins.linked() {
             // No filter in force: whatever is pinned is left from a start that failed
@@ -373,6 +381,47 @@ impl Instance {
                 name: s.name.clone(),
                 entries: self.dataplane.sets().count(s.id),
                 counters: self.dataplane.set_counters(s.id),
+            })
+            .collect()
+    }
+
+    /// Each limit rule of the policy in force: its over-limit counters, the buckets it
+    /// holds (from a walk at most [`LIMIT_WALK_EVERY`] old) and its evictions. Empty
+    /// when the policy has no limit rule; a read that fails is logged and left out.
+    pub fn limit_stats(&mut self) -> Vec<LimitSample> {
+        let ruleset = Arc::clone(&self.ruleset);
+        if ruleset.rules.iter().all(|r| r.limit.is_none()) {
+            return Vec::new();
+        }
+        let mut maps = match self.dataplane.limit_maps() {
+            Ok(maps) => maps,
+            Err(err) => {
+                warn!(iface = %self.iface, "reading the limit maps failed: {}", error_chain(&err));
+                return Vec::new();
+            }
+        };
+        let stale = self.limit_walk.as_ref().is_none_or(|(at, _)| at.elapsed() >= LIMIT_WALK_EVERY);
+        if stale {
+            match maps.buckets_by_id() {
+                Ok(counts) => self.limit_walk = Some((Instant::now(), counts)),
+                Err(err) => warn!(
+                    iface = %self.iface,
+                    "walking the limit buckets failed: {}",
+                    error_chain(&err)
+                ),
+            }
+        }
+        let held = self.limit_walk.as_ref().map(|(_, counts)| counts);
+        let slots = self.dataplane.rule_slots();
+        ruleset
+            .rules
+            .iter()
+            .zip(slots)
+            .filter_map(|(rule, slot)| {
+                let limit = rule.limit?;
+                let figures = maps.figures(slot.slot).ok()?;
+                let sources = held.and_then(|h| h.get(&limit.id)).copied().unwrap_or(0);
+                Some(LimitSample::new(rule.name.clone(), figures, sources))
             })
             .collect()
     }
