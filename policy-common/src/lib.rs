@@ -649,8 +649,7 @@ pub struct LimitConfig {
     /// ns per token, shifted left by [`LIMIT_SHIFT`]. A token is a packet, or a byte
     /// with [`limit_flags::BYTES`].
     pub interval: u64,
-    /// ns: the burst's worth of tokens (`burst * interval`), at least one tick of the
-    /// kernel's coarse clock.
+    /// ns: the burst's worth of tokens (`burst * interval`).
     pub tolerance: u64,
     /// The bits of an IPv4 source that pick its bucket (network byte order); 0 with
     /// `per = "rule"`.

@@ -45,9 +45,18 @@ pub enum DaemonError {
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> Result<(), DaemonError> {
-    let Settings { assignments, mode, watch, places, metrics, audit_interval, load, crowdsec } =
-        settings;
-    let options = Options { places, load, mode };
+    let Settings {
+        assignments,
+        mode,
+        watch,
+        places,
+        metrics,
+        audit_interval,
+        load,
+        crowdsec,
+        max_sources,
+    } = settings;
+    let options = Options { places, load, mode, max_sources };
     // Before anything is attached: a taken port stops start-up while nothing changed.
     let metrics = match metrics {
         MetricsAddr::Off => None,

@@ -23,6 +23,7 @@ use crate::{
         files::{Untrusted, check_trusted_file},
     },
 };
+use policy_common::MAX_SOURCES;
 
 /// Where `run` looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/xdp-policy/xdp-policy.toml";
@@ -34,6 +35,8 @@ pub const DEFAULT_STATE_DIR: &str = "/run/xdp-policy";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9559";
 /// Seconds between audits of the kernel's maps against the policy in force.
 pub const DEFAULT_AUDIT_INTERVAL: u64 = 60;
+/// The largest `max_sources`: some 1.5 GiB of kernel memory per interface.
+pub const MAX_MAX_SOURCES: u32 = 16 * 1024 * 1024;
 /// The longest audit interval, in seconds (30 days).
 pub const MAX_AUDIT_INTERVAL: u64 = 30 * 24 * 3600;
 
@@ -58,6 +61,9 @@ pub struct ConfigFile {
     pub insecure_policy_files: Option<bool>,
     /// Act as a CrowdSec bouncer: the local API's decisions go into a named set.
     pub crowdsec: Option<CrowdSecConfig>,
+    /// Buckets the limit rules of an interface keep at most (sources, or source
+    /// networks), when its filter is attached afresh [default: 1,000,000].
+    pub max_sources: Option<u32>,
 }
 
 /// The `[crowdsec]` table.
@@ -181,6 +187,8 @@ pub struct Settings {
     /// How policy files are read: the same for the first load and every reload.
     pub load: LoadOptions,
     pub crowdsec: Option<CrowdSec>,
+    /// Size of each interface's bucket map (`policy_common::LIMIT_BUCKETS_MAP`).
+    pub max_sources: u32,
 }
 
 /// What the command line says; `None`, empty and `false` leave the setting to the
@@ -200,6 +208,7 @@ pub struct Flags {
     pub no_watch: bool,
     pub audit_interval: Option<u64>,
     pub allow_insecure_policy_files: bool,
+    pub max_sources: Option<u32>,
 }
 
 /// Why the settings are unusable (the daemon does not start: exit 64).
@@ -214,6 +223,8 @@ pub enum SettingsError {
     AuditInterval(u64),
     #[error("--iface needs --policy")]
     IfaceWithoutPolicy,
+    #[error("max_sources must be 1 to {MAX_MAX_SOURCES}, not {0}")]
+    MaxSources(u32),
     #[error("[crowdsec] {0}")]
     CrowdSec(String),
     #[error(
@@ -264,6 +275,10 @@ impl Settings {
             },
             load: load_options(flags.allow_insecure_policy_files, &file),
             crowdsec: file.crowdsec.as_ref().map(crowdsec).transpose()?,
+            max_sources: match flags.max_sources.or(file.max_sources).unwrap_or(MAX_SOURCES) {
+                n @ 1..=MAX_MAX_SOURCES => n,
+                n => return Err(SettingsError::MaxSources(n)),
+            },
         })
     }
 }

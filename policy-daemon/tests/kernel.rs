@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::{fmt::Write as _, net::Ipv4Addr, path::Path, time::Instant};
+use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr, path::Path, time::Instant};
 
 use ipnet::Ipv4Net;
 
@@ -1164,4 +1164,109 @@ fn limit_rules_hold_each_bucket_to_its_burst() {
     expect(&mut dataplane, "A after the rule changed", &syn("198.18.1.1"), PassLimit);
     let figures = maps.figures(dataplane.rule_slots()[0].slot).expect("figures");
     assert_eq!((figures.limited.packets, figures.created), (0, 1), "the changed rule counts anew");
+}
+
+/// BPF_PROG_TEST_RUN's part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// One run of the program `fd` on `frame` on the calling thread's CPU: its XDP action.
+fn raw_test_run(fd: i32, frame: &[u8]) -> u32 {
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut attr = TestRunAttr {
+        prog_fd: fd as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat: 1,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: a test-run attr with an input buffer that outlives the call; the kernel
+    // writes only `retval` and `duration` back.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            size_of::<TestRunAttr>(),
+        )
+    };
+    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    attr.retval
+}
+
+/// One source whose packets are judged on both CPUs at once: the bucket, updated by
+/// compare-and-swap, admits its burst and then its rate, within 10%, whichever CPU the
+/// packets are on.
+#[test]
+fn one_source_on_both_cpus_is_held_to_its_rate() {
+    let (rate, burst) = (20_000.0, 100.0);
+    let text = "[[rule]]\nname = \"limit\"\naction = \"limit\"\nprotocol = \"udp\"\ndst_ports = 5000\n\
+                rate = \"20000/s\"\nburst = 100\n";
+    let (_, mut dataplane) = load(text);
+    let frame = Packet::ipv4(udp(5000)).src("198.18.3.3").build();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2);
+    assert!(cpus == 2 || std::env::var_os("CI").is_none(), "CI machines have 2 CPUs");
+    let duration = std::time::Duration::from_secs(2);
+    let fd = {
+        use std::os::fd::AsRawFd as _;
+        dataplane.program_fd().expect("program fd").as_raw_fd()
+    };
+    let start = Instant::now();
+    // Per thread: the CPU it ran on, its runs, the runs passed.
+    let results: Vec<(usize, u64, u64)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..cpus)
+            .map(|cpu| {
+                let frame = &frame;
+                scope.spawn(move || {
+                    let mut set = nix::sched::CpuSet::new();
+                    set.set(cpu).expect("cpu");
+                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                        .expect("sched_setaffinity");
+                    let (mut runs, mut passed) = (0u64, 0u64);
+                    // Bounded by time, and by count in case the clock misbehaves.
+                    while start.elapsed() < duration && runs < 50_000_000 {
+                        passed += u64::from(raw_test_run(fd, frame) == XDP_PASS);
+                        runs += 1;
+                    }
+                    // SAFETY: no arguments.
+                    let on = unsafe { libc::sched_getcpu() } as usize;
+                    (on, runs, passed)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("runner")).collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let passed: u64 = results.iter().map(|r| r.2).sum();
+    let counted = dataplane.verdict_count(Verdict::PassLimit).expect("counter").packets;
+    let expected = burst + rate * elapsed;
+    let error = (passed as f64 - expected) / expected;
+    eprintln!(
+        "one source on {cpus} CPUs for {elapsed:.3} s: {results:?} (cpu, runs, passed); \
+         {passed} passed, expected {expected:.0} ({:+.2}%)",
+        100.0 * error
+    );
+    assert_eq!(passed, counted, "every pass is counted as pass_limit");
+    let on: BTreeSet<usize> = results.iter().map(|r| r.0).collect();
+    assert_eq!(on.len(), cpus, "each thread stayed on its own CPU: {results:?}");
+    assert!(results.iter().all(|r| r.2 > 0), "every CPU passed packets: {results:?}");
+    assert!(error.abs() <= 0.10, "{passed} passed against {expected:.0} expected");
 }

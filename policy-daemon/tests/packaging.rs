@@ -87,7 +87,9 @@ fn every_setting_is_documented_with_its_true_default() {
         audit_interval,
         insecure_policy_files,
         crowdsec,
+        max_sources,
     } = config;
+    assert_eq!(max_sources, Some(policy_common::MAX_SOURCES), "max_sources");
     assert_eq!(xdp_mode, Some(XdpMode::default()), "xdp_mode");
     assert_eq!(pin_dir.as_deref(), Some(Path::new(settings::DEFAULT_PIN_DIR)), "pin_dir");
     assert_eq!(state_dir.as_deref(), Some(Path::new(settings::DEFAULT_STATE_DIR)), "state_dir");

@@ -251,6 +251,10 @@ pub struct RunArgs {
     /// setups; config `insecure_policy_files = true`).
     #[arg(long)]
     pub allow_insecure_policy_files: bool,
+    /// Buckets the limit rules of an interface keep at most (about 92 bytes of kernel
+    /// memory each, allocated when the filter is attached afresh) [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub max_sources: Option<u32>,
 }
 
 fn parse_attach(value: &str) -> Result<(String, PathBuf), String> {
@@ -277,6 +281,7 @@ impl RunArgs {
             no_watch: self.no_watch,
             audit_interval: self.audit_interval,
             allow_insecure_policy_files: self.allow_insecure_policy_files,
+            max_sources: self.max_sources,
         };
         Ok(Settings::resolve(&flags)?)
     }

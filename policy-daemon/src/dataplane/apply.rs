@@ -404,18 +404,7 @@ impl<'a> Image<'a> {
                 })
                 .collect()
         });
-        // A bucket holds at least one tick of the clock it reads.
-        let tick = coarse_tick_ns();
-        let limits = ruleset
-            .rules
-            .iter()
-            .map(|r| {
-                r.limit.map_or_else(LimitConfig::default, |l| LimitConfig {
-                    tolerance: l.tolerance.max(tick),
-                    ..l
-                })
-            })
-            .collect();
+        let limits = ruleset.rules.iter().map(|r| r.limit.unwrap_or_default()).collect();
         Self {
             generation,
             ruleset,
@@ -980,19 +969,6 @@ fn sync_trie<'a, K: Copy + Ord + std::hash::Hash>(
         writes += keys.len();
     }
     Ok(writes)
-}
-
-/// The resolution of the clock the program's buckets read (`CLOCK_MONOTONIC_COARSE`: one
-/// scheduler tick), 4 ms when it cannot be read.
-pub fn coarse_tick_ns() -> u64 {
-    static TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICK.get_or_init(|| {
-        let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: a valid clock id and a pointer to a timespec of ours.
-        let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } == 0;
-        let ns = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
-        if ok && ns > 0 { ns } else { 4_000_000 }
-    })
 }
 
 pub fn v4_key(generation: u32, net: &Ipv4Net) -> V4Key {

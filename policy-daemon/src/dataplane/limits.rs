@@ -186,7 +186,7 @@ pub fn bucket_at(config: &LimitConfig, tat: Option<u64>, now_ns: u64) -> Bucket 
     Bucket { tokens, burst }
 }
 
-/// `CLOCK_MONOTONIC` now, the clock the program's buckets read (its coarse form).
+/// `CLOCK_MONOTONIC` now, the clock the program's buckets read.
 pub fn monotonic_now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid clock id and a pointer to a timespec of ours.

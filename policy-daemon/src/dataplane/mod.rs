@@ -30,7 +30,7 @@ use aya::{
 use ipnet::Ipv4Net;
 use policy_common::{
     Counter, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP,
-    MAP_NAMES, PROGRAM_NAME, RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP,
+    MAP_NAMES, MAX_SOURCES, PROGRAM_NAME, RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP,
     VERDICT_COUNTERS_MAP, Verdict,
 };
 
@@ -296,10 +296,17 @@ impl Dataplane {
     /// Loads the program into the kernel and applies `ruleset` to its maps; attaches
     /// nothing.
     pub fn load(ruleset: &Ruleset) -> Result<Self, DataplaneError> {
+        Self::load_sized(ruleset, MAX_SOURCES)
+    }
+
+    /// [`Self::load`] with a bucket map of `max_sources` entries.
+    pub fn load_sized(ruleset: &Ruleset, max_sources: u32) -> Result<Self, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(DataplaneError::Load)?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(LIMIT_BUCKETS_MAP, max_sources);
+        let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let sets = take_sets(&mut ebpf)?;
         let mut dataplane = Self {
@@ -321,12 +328,35 @@ impl Dataplane {
     /// `rules` (the rules in force with their counter slots, from the state file) lets
     /// unchanged rules keep counting where they were.
     pub fn adopt(pins: &Pins, rules: Vec<RuleSlot>) -> Result<Self, DataplaneError> {
+        Self::adopt_sized(pins, rules, MAX_SOURCES)
+    }
+
+    /// [`Self::adopt`], creating a missing bucket map with `max_sources` entries. A
+    /// pinned one keeps its size (its buckets are in force): a new size takes a fresh
+    /// attach, which is logged.
+    pub fn adopt_sized(
+        pins: &Pins,
+        rules: Vec<RuleSlot>,
+        max_sources: u32,
+    ) -> Result<Self, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
         let map_paths: Vec<_> = MAP_NAMES.iter().map(|name| (*name, pins.map(name))).collect();
         check_pinned_maps(pins, &map_paths)?;
+        let buckets = pins.map(LIMIT_BUCKETS_MAP);
+        if let Ok(info) = aya::maps::MapInfo::from_pin(&buckets)
+            && info.max_entries() != max_sources
+        {
+            tracing::warn!(
+                pinned = info.max_entries(),
+                max_sources,
+                "the pinned limit buckets keep their size: max_sources takes effect when the \
+                 filter is attached afresh (xdp-policy detach, then start)"
+            );
+        }
         let mut loader = EbpfLoader::new();
+        loader.map_max_entries(LIMIT_BUCKETS_MAP, max_sources);
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -698,8 +728,10 @@ fn check_pinned_maps(
         let Some(wanted) = object.maps.get(*name) else { continue };
         let pinned_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
         let found = (pinned_type, info.key_size(), info.value_size(), info.max_entries());
-        let expected =
-            (wanted.map_type(), wanted.key_size(), wanted.value_size(), wanted.max_entries());
+        // The buckets' size is a setting (`max_sources`), whatever the object says.
+        let max_entries =
+            if *name == LIMIT_BUCKETS_MAP { info.max_entries() } else { wanted.max_entries() };
+        let expected = (wanted.map_type(), wanted.key_size(), wanted.value_size(), max_entries);
         if found != expected {
             return Err(stale(StaleMap::Layout { found, expected }));
         }

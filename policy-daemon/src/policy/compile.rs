@@ -364,7 +364,7 @@ pub fn compile(policy: &Policy) -> Ruleset {
                 identity: r.identity(),
                 action: kernel_action(r.action),
                 monitor: r.mode == Mode::Monitor,
-                limit: r.limit.as_ref().map(|l| l.kernel(limit_id(&r.identity()), 0)),
+                limit: r.limit.as_ref().map(|l| l.kernel(limit_id(&r.identity()))),
             })
             .collect(),
         field_bitmaps,

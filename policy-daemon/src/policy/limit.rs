@@ -210,10 +210,8 @@ impl Limit {
         Ok(Self { rate, burst, per })
     }
 
-    /// The kernel's parameters of this limit, with buckets keyed by `id` (non-zero) and
-    /// a tolerance of at least `tick_ns` (the coarse clock's resolution: a bucket
-    /// smaller than one tick of its rate would admit less than its rate).
-    pub fn kernel(&self, id: u32, tick_ns: u64) -> LimitConfig {
+    /// The kernel's parameters of this limit, with buckets keyed by `id` (non-zero).
+    pub fn kernel(&self, id: u32) -> LimitConfig {
         let interval = self.rate.interval();
         let tolerance = u128::from(self.burst) * u128::from(interval) >> LIMIT_SHIFT;
         let tolerance = u64::try_from(tolerance).unwrap_or(u64::MAX / 2).min(u64::MAX / 2);
@@ -231,14 +229,7 @@ impl Limit {
                 (v4_mask, [word(0), word(1), word(2), word(3)])
             }
         };
-        LimitConfig {
-            id: id.max(1),
-            flags,
-            interval,
-            tolerance: tolerance.max(tick_ns),
-            v4_mask,
-            v6_mask,
-        }
+        LimitConfig { id: id.max(1), flags, interval, tolerance, v4_mask, v6_mask }
     }
 }
 
@@ -282,7 +273,7 @@ mod tests {
         let limit =
             Limit::new(Rate::parse("100/s").unwrap(), Some(10), Per::parse("source/24").unwrap())
                 .unwrap();
-        let k = limit.kernel(7, 4_000_000);
+        let k = limit.kernel(7);
         assert_eq!(k.id, 7);
         assert_eq!(k.flags, limit_flags::PER_SOURCE);
         assert_eq!(k.tolerance, 100_000_000, "10 packets at 10 ms");
@@ -290,10 +281,9 @@ mod tests {
         let bytes: Vec<u8> = k.v6_mask.iter().flat_map(|w| w.to_ne_bytes()).collect();
         assert_eq!(&bytes[..8], &[255; 8]);
         assert_eq!(&bytes[8..], &[0; 8]);
-        // A bucket under one tick is raised to it.
         let fast = Limit::new(Rate::parse("1M/s").unwrap(), Some(10), Per::Rule).unwrap();
-        let k = fast.kernel(0, 4_000_000);
-        assert_eq!((k.id, k.flags, k.v4_mask, k.tolerance), (1, 0, 0, 4_000_000));
+        let k = fast.kernel(0);
+        assert_eq!((k.id, k.flags, k.v4_mask, k.tolerance), (1, 0, 0, 10_000));
         // Default burst: one second of the rate.
         let limit = Limit::new(Rate::parse("200/s").unwrap(), None, Per::Rule).unwrap();
         assert_eq!(limit.burst, 200);

@@ -110,10 +110,11 @@ impl Instance {
             if removed > 0 {
                 warn!(iface, pins = removed, "removed the pins of a filter without a link");
             }
-            let attached = Dataplane::load(ruleset).and_then(|mut dataplane| {
-                let mode = dataplane.attach_pinned(iface, options.mode, &pins)?;
-                Ok((dataplane, mode))
-            });
+            let attached =
+                Dataplane::load_sized(ruleset, options.max_sources).and_then(|mut dataplane| {
+                    let mode = dataplane.attach_pinned(iface, options.mode, &pins)?;
+                    Ok((dataplane, mode))
+                });
             return match attached {
                 Ok((dataplane, attached)) => {
                     info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
@@ -133,7 +134,7 @@ impl Instance {
             None
         });
         let slots = previous.iter().flat_map(|s| s.rules.iter().map(RuleState::slot)).collect();
-        let mut dataplane = Dataplane::adopt(&pins, slots)?;
+        let mut dataplane = Dataplane::adopt_sized(&pins, slots, options.max_sources)?;
         {
             let _sets = sets::lock(&pins.maps()).map_err(DataplaneError::Sets)?;
             dataplane.apply(ruleset)?;

@@ -50,6 +50,8 @@ pub struct Options {
     /// How policy files are read.
     pub load: LoadOptions,
     pub mode: XdpMode,
+    /// Size of the limit buckets' map of a filter attached afresh.
+    pub max_sources: u32,
 }
 
 /// A policy read, checked and compiled: ready to apply.
