@@ -194,6 +194,8 @@ pub struct RuleSpec {
     pub protocol: Option<&'static str>,
     /// `(key, value list)`: dst_ports, src_ports, src, dst, icmp_types.
     pub fields: Vec<(&'static str, TomlList)>,
+    /// For a `limit` rule: its `per`.
+    pub per: Option<&'static str>,
 }
 
 /// A TOML list of values; a single value may be written without brackets.
@@ -233,6 +235,12 @@ impl PolicySpec {
             }
             for (key, list) in &rule.fields {
                 let _ = writeln!(out, "{key} = {}", list.render());
+            }
+            if rule.action == "limit" {
+                // A bucket no run of the test can empty: the kernel's verdict is
+                // pass_limit, as the reference (stateless) says.
+                let per = rule.per.unwrap_or("source");
+                let _ = writeln!(out, "rate = \"1/s\"\nburst = 1000000000\nper = \"{per}\"");
             }
             out.push('\n');
         }
@@ -285,6 +293,10 @@ impl PolicySpec {
     pub fn port_only(mut self) -> Self {
         for rule in &mut self.rules {
             rule.fields.retain(|(key, _)| matches!(*key, "dst_ports" | "icmp_types"));
+            // A limit rule's decision is not in the port table.
+            if rule.action == "limit" {
+                rule.action = "drop";
+            }
         }
         self
     }
@@ -414,7 +426,8 @@ fn random_rule(rng: &mut Rng, index: usize, narrow: bool, sets: &[String]) -> Ru
         }
         return RuleSpec {
             name: format!("r{index}"),
-            action: rng.pick(&["pass", "drop"]),
+            action: rng.pick(&["pass", "drop", "pass", "drop", "pass", "drop", "limit"]),
+            per: Some(rng.pick(&["source", "source/24", "source/16,48", "rule"])),
             mode: rng.pick(&[None, None, Some("enforce"), Some("monitor"), Some("monitor")]),
             protocol,
             fields,

@@ -8,10 +8,10 @@ use aya::maps::{Array, LpmTrie, Map, MapData, lpm_trie::Key};
 use policy_common::{
     ACTIVE_MAP, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, DST_V4_MAP, DST_V6_MAP,
     EVENT_CLOCK_MAP, EVENT_SETTINGS_MAP, EVENTS_MAP, FIELD_BITMAPS_MAP, GenConfig, IPV4_KEY_LEN,
-    IPV6_KEY_LEN, PORT_TABLE_MAP, RULE_COUNTERS_MAP, RULES_MAP, RuleBitmap, RuleInfo, SET_HITS_MAP,
-    SET_SCRATCH_MAP, SET_STATS_MAP, SETS_MAP, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP,
-    SRC_V6_MAP, TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP,
-    VERDICT_COUNTERS_MAP, v4_table,
+    IPV6_KEY_LEN, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, LIMITS_MAP, LimitConfig, PORT_TABLE_MAP,
+    RULE_COUNTERS_MAP, RULES_MAP, RuleBitmap, RuleInfo, SET_HITS_MAP, SET_SCRATCH_MAP,
+    SET_STATS_MAP, SETS_MAP, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP,
+    TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP, v4_table,
 };
 
 /// xorshift64*: cheap, deterministic by seed.
@@ -87,6 +87,20 @@ fn scribble(maps: Vec<(String, MapData)>, seed: u64) -> Scribbled {
                 },
                 &mut rng,
             ),
+            LIMITS_MAP => fill(
+                map,
+                &name,
+                |_| true,
+                |r| LimitConfig {
+                    id: r.next() as u32,
+                    flags: r.next() as u32 & 3,
+                    interval: r.next(),
+                    tolerance: r.next(),
+                    v4_mask: r.next() as u32,
+                    v6_mask: [0; 4].map(|_: u32| r.next() as u32),
+                },
+                &mut rng,
+            ),
             RULES_MAP => fill(
                 map,
                 &name,
@@ -123,7 +137,10 @@ fn scribble(maps: Vec<(String, MapData)>, seed: u64) -> Scribbled {
             SRC_V6_MAP | DST_V6_MAP => trie::<IPV6_KEY_LEN>(map, &name, &mut rng),
             // Counters and event sampling: no verdict reads them.
             RULE_COUNTERS_MAP | VERDICT_COUNTERS_MAP | EVENTS_MAP | EVENT_SETTINGS_MAP
-            | EVENT_CLOCK_MAP | SET_STATS_MAP | SET_HITS_MAP => continue,
+            | EVENT_CLOCK_MAP | SET_STATS_MAP | SET_HITS_MAP | LIMIT_STATS_MAP => continue,
+            // The buckets: state the program keeps, no policy's content (a scribbled
+            // bucket is a source's rate, not a verdict the audit could restore).
+            LIMIT_BUCKETS_MAP => continue,
             // Per-CPU scratch space the program writes before it reads.
             SET_SCRATCH_MAP => continue,
             // The audit checks the sets' file entries and finds sets nobody has, but keeps
