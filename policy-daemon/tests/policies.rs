@@ -72,6 +72,15 @@ fn check_accepts_the_examples() {
                 "the rules' flags: {stdout}"
             );
         }
+        if path.ends_with("syn-flood.toml") {
+            assert!(
+                stdout.contains(
+                    "limit-syn-ssh  limit tcp (monitor) dport 22 flags syn,!ack rate 10/m burst \
+                     10 packets per source/24,64\n"
+                ),
+                "the rules' limits: {stdout}"
+            );
+        }
     }
 }
 
