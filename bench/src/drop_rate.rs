@@ -307,6 +307,7 @@ fn report(
     for (variant, what) in [
         (Variant::PolicyPortNative, "xdp-policy native port-only"),
         (Variant::PolicyManyNative, "xdp-policy native 1,000 rules"),
+        (Variant::PolicyLimitNative, "xdp-policy native limit rule (over its rate)"),
         (Variant::PolicyPortSkb, "xdp-policy skb port-only"),
         (Variant::XdpDrop, "XDP_DROP floor"),
     ] {

@@ -1145,9 +1145,9 @@ fn limit_rules_hold_each_bucket_to_its_burst() {
     let buckets = maps.buckets_by_id().expect("buckets");
     assert_eq!(buckets.get(&config.id), Some(&3), "syn-limit's buckets: {buckets:?}");
     let now = policy_daemon::dataplane::limits::monotonic_now_ns();
-    let a = maps.bucket(&config, "198.18.1.1".parse().unwrap(), now).expect("bucket");
-    let b = maps.bucket(&config, "198.18.1.2".parse().unwrap(), now).expect("bucket");
-    let fresh = maps.bucket(&config, "198.18.1.3".parse().unwrap(), now).expect("bucket");
+    let a = maps.bucket(&config, "198.18.1.1".parse().expect("address"), now).expect("bucket");
+    let b = maps.bucket(&config, "198.18.1.2".parse().expect("address"), now).expect("bucket");
+    let fresh = maps.bucket(&config, "198.18.1.3".parse().expect("address"), now).expect("bucket");
     assert!(a.tokens < 0.01 && (b.tokens - 2.0).abs() < 0.01, "A {a:?}, B {b:?}");
     assert!((fresh.tokens - 3.0).abs() < 1e-9 && (fresh.burst - 3.0).abs() < 1e-9, "{fresh:?}");
 

@@ -242,8 +242,8 @@ pub fn parse_nft_counter(json: &str) -> Result<u64> {
 /// What `xdp-policy status --json` says the program did on one interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyCounts {
-    /// Packets dropped by a rule (verdict `drop_rule`).
-    pub drop_rule: u64,
+    /// Packets dropped by a rule (verdicts `drop_rule` and `drop_limit`).
+    pub dropped: u64,
     /// Packets the program saw, summed over all verdicts.
     pub all: u64,
 }
@@ -263,11 +263,13 @@ pub fn parse_policy_status(json: &str, iface: &str) -> Result<PolicyCounts> {
     let all = verdicts.values().map(packets).sum::<Option<u64>>().with_context(|| {
         format!("a verdict without a packet count in `xdp-policy status --json`: {json}")
     })?;
-    let drop_rule = verdicts
-        .get("drop_rule")
-        .and_then(packets)
-        .context("no `drop_rule` count in `xdp-policy status --json`")?;
-    Ok(PolicyCounts { drop_rule, all })
+    let count = |verdict: &str| {
+        verdicts
+            .get(verdict)
+            .and_then(packets)
+            .with_context(|| format!("no `{verdict}` count in `xdp-policy status --json`"))
+    };
+    Ok(PolicyCounts { dropped: count("drop_rule")? + count("drop_limit")?, all })
 }
 
 /// The NAPI kthreads of interfaces named `iface` (in any namespace): pid → name
@@ -354,11 +356,12 @@ mod tests {
     fn reads_xdp_policy_status() {
         let json = r#"[{"iface": "veth1", "attached": true, "state": null,
             "verdicts": {"drop_rule": {"packets": 900, "bytes": 54000},
+                         "drop_limit": {"packets": 0, "bytes": 0},
                          "pass_default": {"packets": 7, "bytes": 420},
                          "pass_not_ip": {"packets": 3, "bytes": 180}},
             "rules": []}]"#;
         let counts = parse_policy_status(json, "veth1").expect("parses");
-        assert_eq!(counts, PolicyCounts { drop_rule: 900, all: 910 });
+        assert_eq!(counts, PolicyCounts { dropped: 900, all: 910 });
         assert!(parse_policy_status(json, "veth0").is_err());
     }
 }

@@ -35,10 +35,11 @@ pub enum Variant {
     PolicyPortSkb,
     PolicyManyNative,
     PolicyManySkb,
+    PolicyLimitNative,
 }
 
 impl Variant {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::NoFilter,
         Self::Iptables,
         Self::Nft,
@@ -49,6 +50,7 @@ impl Variant {
         Self::PolicyPortSkb,
         Self::PolicyManyNative,
         Self::PolicyManySkb,
+        Self::PolicyLimitNative,
     ];
 
     pub fn label(self) -> &'static str {
@@ -63,7 +65,14 @@ impl Variant {
             Self::PolicyPortSkb => "xdp-policy skb, port-only",
             Self::PolicyManyNative => "xdp-policy native, 1,000 rules",
             Self::PolicyManySkb => "xdp-policy skb, 1,000 rules",
+            Self::PolicyLimitNative => "xdp-policy native, limit rule",
         }
+    }
+
+    /// Generated packets that pass before the filter drops the rest: a limit rule's
+    /// new bucket admits its burst (1).
+    pub fn passes_first(self) -> u64 {
+        u64::from(self == Self::PolicyLimitNative)
     }
 
     /// Whether the generated packets are to reach the UDP socket (else they must not).
@@ -80,6 +89,7 @@ impl Variant {
                 | Self::XdpDrop
                 | Self::PolicyPortNative
                 | Self::PolicyManyNative
+                | Self::PolicyLimitNative
         )
     }
 }
@@ -101,9 +111,11 @@ impl Policies {
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
         let policies = Self { dir };
-        for (path, text) in
-            [(policies.port_only(), port_only_policy()), (policies.many(), many_rules_policy())]
-        {
+        for (path, text) in [
+            (policies.port_only(), port_only_policy()),
+            (policies.many(), many_rules_policy()),
+            (policies.limit(), limit_policy()),
+        ] {
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(policies)
@@ -115,6 +127,10 @@ impl Policies {
 
     pub fn many(&self) -> PathBuf {
         self.dir.join("1000-rules.toml")
+    }
+
+    pub fn limit(&self) -> PathBuf {
+        self.dir.join("limit.toml")
     }
 }
 
@@ -132,6 +148,17 @@ pub fn port_only_policy() -> String {
          [defaults]\naction = \"pass\"\nmode = \"enforce\"\n\n\
          [[rule]]\nname = \"bench-drop-port\"\naction = \"drop\"\nprotocol = \"udp\"\n\
          dst_ports = {PORT}\n"
+    )
+}
+
+/// One limit rule on the bench port, per source, whose bucket (burst 1, one token an
+/// hour) admits the first packet and drops the rest: the cost of a bucket's lookup,
+/// clock and check on every packet.
+pub fn limit_policy() -> String {
+    format!(
+        "# xdp-policy bench: limit UDP to port {PORT} to 1 packet an hour per source.\n\
+         [[rule]]\nname = \"bench-limit-port\"\naction = \"limit\"\nprotocol = \"udp\"\n\
+         dst_ports = {PORT}\nrate = \"1/h\"\nburst = 1\n"
     )
 }
 
@@ -265,6 +292,7 @@ pub fn install<'tb>(
         Variant::PolicyPortSkb => policy(policies.port_only(), XdpMode::Skb)?,
         Variant::PolicyManyNative => policy(policies.many(), XdpMode::Native)?,
         Variant::PolicyManySkb => policy(policies.many(), XdpMode::Skb)?,
+        Variant::PolicyLimitNative => policy(policies.limit(), XdpMode::Native)?,
     })
 }
 
@@ -328,7 +356,7 @@ impl Installed<'_> {
             Self::XdpFilter(filter) => FilterCount { dropped: filter.dropped()?, seen: None },
             Self::Policy { pin_dir, state_dir, binary, .. } => {
                 let counts = policy_counts(binary, pin_dir, state_dir)?;
-                FilterCount { dropped: counts.drop_rule, seen: Some(counts.all) }
+                FilterCount { dropped: counts.dropped, seen: Some(counts.all) }
             }
         }))
     }

@@ -370,7 +370,7 @@ fn bucket_status(
     let (index, rule) = rules
         .iter()
         .enumerate()
-        .find(|(_, r)| r.action == policy::Action::Limit && moved.iter().any(|m| *m == r.name))?;
+        .find(|(_, r)| r.action == policy::Action::Limit && moved.contains(&r.name))?;
     let config = filter.limit_config(index)?;
     let maps = filter.limit_maps().ok()?;
     let bucket = maps.bucket(&config, source, limits::monotonic_now_ns()).ok()?;

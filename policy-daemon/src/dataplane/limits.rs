@@ -208,14 +208,14 @@ mod tests {
             v4_mask: u32::from_ne_bytes([255, 255, 255, 0]),
             v6_mask: [u32::MAX, u32::MAX, 0, 0],
         };
-        let key = bucket_key(&config, "198.18.7.9".parse().unwrap());
+        let key = bucket_key(&config, "198.18.7.9".parse().expect("valid"));
         assert_eq!((key.id, key.version), (9, 4));
         assert_eq!(key.addr[0].to_ne_bytes(), [198, 18, 7, 0]);
-        let key = bucket_key(&config, "fd00:1:2:3:4::5".parse().unwrap());
+        let key = bucket_key(&config, "fd00:1:2:3:4::5".parse().expect("valid"));
         assert_eq!(key.version, 6);
         assert_eq!(key.addr[2..], [0, 0]);
         let rule = LimitConfig { flags: 0, ..config };
-        assert_eq!(bucket_key(&rule, "198.18.7.9".parse().unwrap()).addr, [0; 4]);
+        assert_eq!(bucket_key(&rule, "198.18.7.9".parse().expect("valid")).addr, [0; 4]);
     }
 
     #[test]

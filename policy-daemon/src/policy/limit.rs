@@ -213,7 +213,7 @@ impl Limit {
     /// The kernel's parameters of this limit, with buckets keyed by `id` (non-zero).
     pub fn kernel(&self, id: u32) -> LimitConfig {
         let interval = self.rate.interval();
-        let tolerance = u128::from(self.burst) * u128::from(interval) >> LIMIT_SHIFT;
+        let tolerance = (u128::from(self.burst) * u128::from(interval)) >> LIMIT_SHIFT;
         let tolerance = u64::try_from(tolerance).unwrap_or(u64::MAX / 2).min(u64::MAX / 2);
         let mut flags = 0;
         if self.rate.unit == Unit::Bytes {
@@ -225,7 +225,9 @@ impl Limit {
                 flags |= limit_flags::PER_SOURCE;
                 let v4_mask = (u32::MAX.checked_shl(32 - u32::from(v4)).unwrap_or(0)).to_be();
                 let v6 = u128::MAX.checked_shl(128 - u32::from(v6)).unwrap_or(0).to_be_bytes();
-                let word = |i: usize| u32::from_ne_bytes(v6[4 * i..4 * i + 4].try_into().unwrap());
+                let word = |i: usize| {
+                    u32::from_ne_bytes([v6[4 * i], v6[4 * i + 1], v6[4 * i + 2], v6[4 * i + 3]])
+                };
                 (v4_mask, [word(0), word(1), word(2), word(3)])
             }
         };
@@ -239,18 +241,18 @@ mod tests {
 
     #[test]
     fn rates_parse_into_tokens_per_period() {
-        let r = Rate::parse("200/s").unwrap();
+        let r = Rate::parse("200/s").expect("valid");
         assert_eq!((r.tokens, r.period_ns, r.unit), (200, 1_000_000_000, Unit::Packets));
         assert_eq!(r.interval(), 5_000_000 << LIMIT_SHIFT);
-        let r = Rate::parse("20mbit/s").unwrap();
+        let r = Rate::parse("20mbit/s").expect("valid");
         assert_eq!((r.tokens, r.unit), (2_500_000, Unit::Bytes));
-        let r = Rate::parse("5MB/s").unwrap();
+        let r = Rate::parse("5MB/s").expect("valid");
         assert_eq!((r.tokens, r.unit), (5_000_000, Unit::Bytes));
-        let r = Rate::parse("1KiB/s").unwrap();
+        let r = Rate::parse("1KiB/s").expect("valid");
         assert_eq!(r.tokens, 1024);
-        let r = Rate::parse("30/m").unwrap();
+        let r = Rate::parse("30/m").expect("valid");
         assert_eq!((r.tokens, r.period_ns), (30, 60_000_000_000));
-        assert_eq!(Rate::parse("10k/s").unwrap().tokens, 10_000);
+        assert_eq!(Rate::parse("10k/s").expect("valid").tokens, 10_000);
         for bad in ["200", "200/d", "x/s", "0/s", "7bit/s", "5XB/s", "", "1B/h"] {
             assert!(Rate::parse(bad).is_err(), "{bad} parsed");
         }
@@ -270,9 +272,12 @@ mod tests {
 
     #[test]
     fn kernel_parameters_mask_and_scale() {
-        let limit =
-            Limit::new(Rate::parse("100/s").unwrap(), Some(10), Per::parse("source/24").unwrap())
-                .unwrap();
+        let limit = Limit::new(
+            Rate::parse("100/s").expect("valid"),
+            Some(10),
+            Per::parse("source/24").expect("valid"),
+        )
+        .expect("valid");
         let k = limit.kernel(7);
         assert_eq!(k.id, 7);
         assert_eq!(k.flags, limit_flags::PER_SOURCE);
@@ -281,13 +286,15 @@ mod tests {
         let bytes: Vec<u8> = k.v6_mask.iter().flat_map(|w| w.to_ne_bytes()).collect();
         assert_eq!(&bytes[..8], &[255; 8]);
         assert_eq!(&bytes[8..], &[0; 8]);
-        let fast = Limit::new(Rate::parse("1M/s").unwrap(), Some(10), Per::Rule).unwrap();
+        let fast =
+            Limit::new(Rate::parse("1M/s").expect("valid"), Some(10), Per::Rule).expect("valid");
         let k = fast.kernel(0);
         assert_eq!((k.id, k.flags, k.v4_mask, k.tolerance), (1, 0, 0, 10_000));
         // Default burst: one second of the rate.
-        let limit = Limit::new(Rate::parse("200/s").unwrap(), None, Per::Rule).unwrap();
+        let limit =
+            Limit::new(Rate::parse("200/s").expect("valid"), None, Per::Rule).expect("valid");
         assert_eq!(limit.burst, 200);
-        assert!(Limit::new(Rate::parse("1MB/s").unwrap(), Some(10), Per::Rule).is_err());
-        assert!(Limit::new(Rate::parse("1/s").unwrap(), Some(0), Per::Rule).is_err());
+        assert!(Limit::new(Rate::parse("1MB/s").expect("valid"), Some(10), Per::Rule).is_err());
+        assert!(Limit::new(Rate::parse("1/s").expect("valid"), Some(0), Per::Rule).is_err());
     }
 }
