@@ -112,7 +112,7 @@ pub const LIMITS_MAP: &str = "LIMITS";
 /// rule; pinned, so they outlive restarts. The least recently used bucket makes room.
 pub const LIMIT_BUCKETS_MAP: &str = "LIMIT_BUCKETS";
 /// Buckets the program keeps at most (`max_sources`, the default of the daemon's
-/// setting): about 92 bytes of kernel memory each, allocated when the map is created.
+/// setting): about 97 bytes of kernel memory each, allocated when the map is created.
 pub const MAX_SOURCES: u32 = 1_000_000;
 /// `PerCpuArray<Counter>` of `2 * RULE_COUNTER_SLOTS` entries: at a rule's counter slot,
 /// the packets and bytes its limit dropped (or, in monitor mode, would have); at

@@ -756,6 +756,37 @@ xdp_policy_crowdsec_pull_errors_total 1
     }
 
     #[test]
+    fn renders_the_limit_rules() {
+        let e = Exposition::new();
+        let v = verdicts();
+        let r = rules(&["limit-syn"]);
+        let limits = vec![LimitSample {
+            rule: "limit-syn".into(),
+            limited_packets: 797_400,
+            limited_bytes: 47_844_000,
+            sources: 10_001,
+            evictions: 3,
+        }];
+        e.update(&Snapshot { limits: &limits, ..snapshot("eth0", &v, &r) });
+        let text = render(&e);
+        for line in [
+            r#"xdp_policy_rule_limited_packets_total{iface="eth0",rule="limit-syn"} 797400"#,
+            r#"xdp_policy_rule_limited_bytes_total{iface="eth0",rule="limit-syn"} 47844000"#,
+            r#"xdp_policy_rule_limit_sources{iface="eth0",rule="limit-syn"} 10001"#,
+            r#"xdp_policy_rule_limit_evictions_total{iface="eth0",rule="limit-syn"} 3"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+        // Without limit rules, no limit families.
+        e.update(&snapshot("eth0", &v, &r));
+        let text = render(&e);
+        assert!(
+            !text.contains("xdp_policy_rule_limit"),
+            "limit families without limit rules:\n{text}"
+        );
+    }
+
+    #[test]
     fn a_removed_rule_leaves_the_output() {
         let e = Exposition::new();
         let v = verdicts();

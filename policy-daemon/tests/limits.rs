@@ -835,3 +835,130 @@ fn one_source_sending_from_both_cpus_is_held_to_its_rate() {
     assert_eq!(counters.packets(Verdict::DropLimit), sent - received, "drop_limit");
     drop(daemon.stop().expect("stopping the daemon"));
 }
+
+/// The `limit` entry of rule `rule` in `xdp-policy status --json` on rx.
+fn limit_status(testbed: &Testbed, rule: &str) -> serde_json::Value {
+    let out = testbed.xdp_policy(Path::new(DAEMON), &["status", "--json"]).expect("status");
+    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let rules = all[0]["rules"].as_array().expect("rules").clone();
+    let found = rules.iter().find(|r| r["name"] == rule).expect("the limit rule in status");
+    found["limit"].clone()
+}
+
+/// A source's bucket is in the kernel: a restarted daemon adopts it, emptied, and
+/// `status` reports what the rule limited and the sources it holds.
+#[test]
+fn a_bucket_outlives_a_daemon_restart() {
+    let Some(_serial) = serial("a_bucket_outlives_a_daemon_restart") else { return };
+    const PORT: u16 = 7302;
+    let policy = PolicyFile::new(
+        "limits-restart",
+        &limit_policy("limit-restart", "udp", PORT, "", "1/h", 3),
+    );
+    let testbed = Testbed::new().expect("testbed");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
+    let first = testbed.udp_probe(RX_V4.into(), PORT, 5).expect("udp probe").received;
+    assert_eq!(first, 3, "a fresh bucket passes its burst of 3, then one an hour");
+    daemon.stop().expect("stopping the daemon (the filter stays pinned)");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
+    let after = testbed.udp_probe(RX_V4.into(), PORT, 5).expect("udp probe").received;
+    assert_eq!(after, 0, "the adopted bucket is still empty");
+    let limit = limit_status(&testbed, "limit-restart");
+    eprintln!("status after the restart: {limit}");
+    assert_eq!(limit["limited_packets"], 7, "2 over the limit before the restart, 5 after");
+    assert_eq!(limit["sources"], 1, "one source, one bucket");
+    assert_eq!(limit["burst"], 3.0);
+    assert!((limit["rate_per_second"].as_f64().expect("rate") - 1.0 / 3600.0).abs() < 1e-9);
+
+    // `explain` shows the bucket of the source it probes: tx's is empty, another's full
+    // less the probe's own token.
+    let explain = |src: &str| {
+        let (dst, port) = (RX_V4.to_string(), PORT.to_string());
+        let args = [
+            "explain",
+            "--iface",
+            RX_IFACE,
+            "--proto",
+            "udp",
+            "--src",
+            src,
+            "--dst",
+            &dst,
+            "--dst-port",
+            &port,
+        ];
+        let out = support::xdp_policy(&testbed, &args);
+        assert!(out.status.success(), "explain: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = explain(&TX_V4.to_string());
+    assert!(
+        text.contains("verdict drop_limit")
+            && text.contains("bucket of this source under limit-restart: 0.0 of 3 packets left"),
+        "explain for tx:\n{text}"
+    );
+    let text = explain("198.19.200.1");
+    assert!(
+        text.contains("verdict pass_limit")
+            && text.contains("bucket of this source under limit-restart: 2.0 of 3 packets left"),
+        "explain for a new source:\n{text}"
+    );
+    daemon.stop().expect("stopping the daemon");
+}
+
+/// A bucket map smaller than the sources (`--max-sources 100`, 1,000 sources): the
+/// least recently used buckets make room, and the evictions are counted.
+#[test]
+fn a_full_bucket_map_evicts_and_counts_it() {
+    let Some(_serial) = serial("a_full_bucket_map_evicts_and_counts_it") else { return };
+    const PORT: u16 = 7303;
+    const SOURCES: u32 = 1_000;
+    let policy =
+        PolicyFile::new("limits-evict", &limit_policy("limit-evict", "udp", PORT, "", "1/h", 1));
+    let testbed = Testbed::new().expect("testbed");
+    let daemon = testbed
+        .start_daemon_with(Path::new(DAEMON), &policy.0, XdpMode::Skb, &["--max-sources", "100"])
+        .expect("daemon");
+    let size = map_memory(&pinned_map(&testbed, LIMIT_BUCKETS_MAP));
+    eprintln!("LIMIT_BUCKETS with --max-sources 100: {size:?} (max_entries, memlock)");
+    assert_eq!(size.0, 100, "the map has max_sources entries");
+    let macs = macs(&testbed);
+    let wire = tx_wire(&testbed);
+    for n in 0..SOURCES {
+        assert!(send(&wire, &udp_frame(spoofed(2, n), PORT, macs)), "sending from tx");
+    }
+    // Every frame is judged before `status` reads the counters: the verdicts add up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut limit = limit_status(&testbed, "limit-evict");
+    while limit["limited_packets"].as_u64().unwrap_or(0) + pass_limit(&testbed) < u64::from(SOURCES)
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(50));
+        limit = limit_status(&testbed, "limit-evict");
+    }
+    eprintln!("after {SOURCES} sources: {limit}");
+    let held = limit["sources"].as_u64().expect("sources");
+    let evicted = limit["evictions"].as_u64().expect("evictions");
+    assert!(held <= 100, "at most max_sources buckets: {held}");
+    assert!(evicted >= u64::from(SOURCES) - 100, "{evicted} evictions counted");
+    assert_eq!(held + evicted, u64::from(SOURCES), "each bucket created is held or evicted");
+    assert_eq!(pass_limit(&testbed), u64::from(SOURCES), "each source's first packet passes");
+    // The first source's bucket made room long ago: it starts again, full. The last
+    // source's is the most recently used: still there, and empty.
+    assert!(send(&wire, &udp_frame(spoofed(2, 0), PORT, macs)), "sending from tx");
+    assert!(send(&wire, &udp_frame(spoofed(2, SOURCES - 1), PORT, macs)), "sending from tx");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pass_limit(&testbed) == u64::from(SOURCES) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(200));
+    let limit = limit_status(&testbed, "limit-evict");
+    assert_eq!(pass_limit(&testbed), u64::from(SOURCES) + 1, "the evicted source passes again");
+    assert_eq!(limit["limited_packets"], 1, "the last source's bucket was kept, and is empty");
+    daemon.stop().expect("stopping the daemon");
+}
+
+fn pass_limit(testbed: &Testbed) -> u64 {
+    testbed.counters(Path::new(DAEMON)).expect("counters").packets(Verdict::PassLimit)
+}
