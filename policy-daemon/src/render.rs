@@ -141,9 +141,10 @@ pub fn render_status(all: &[InterfaceStatus]) -> String {
         for (r, l) in s.rules.iter().filter_map(|r| Some((r, r.limit.as_ref()?))) {
             let unit = if l.bytes { "bytes" } else { "packets" };
             out.push_str(&format!(
-                "  limit {}: {:.0} {unit}/s, bucket {:.0} {unit}; {} packets ({} bytes) over                  the limit, {} sources held, {} evicted\n",
+                "  limit {}: {}, bucket {:.0} {unit}; {} packets ({} bytes) over the limit, {} \
+                 sources held, {} evicted\n",
                 r.name,
-                l.rate_per_second,
+                rate_text(l.rate_per_second, unit),
                 l.burst,
                 l.sample.limited_packets,
                 l.sample.limited_bytes,
@@ -282,14 +283,32 @@ pub fn render_explanation(e: &Explanation) -> String {
         let unit = if b.bytes { "bytes" } else { "packets" };
         out.push_str(&format!(
             "bucket of this source under {}: {:.1} of {:.0} {unit} left after this probe, \
-             refilling at {:.0} {unit}/s\n",
-            b.rule, b.tokens, b.burst, b.rate_per_second
+             refilling at {}\n",
+            b.rule,
+            b.tokens,
+            b.burst,
+            rate_text(b.rate_per_second, unit)
         ));
         if e.reference.as_ref().is_some_and(|r| r.verdict == "pass_limit") {
             out.push_str("note: the reference takes a limit rule's bucket to have room\n");
         }
     }
     out
+}
+
+/// A rate in the largest period that gives at least one: "200 packets/s", "10
+/// packets/m", "1 packets/h" (fractions kept to three digits).
+fn rate_text(per_second: f64, unit: &str) -> String {
+    let (value, period) = if per_second >= 1.0 {
+        (per_second, "s")
+    } else if per_second * 60.0 >= 1.0 {
+        (per_second * 60.0, "m")
+    } else {
+        (per_second * 3600.0, "h")
+    };
+    let value = format!("{value:.3}");
+    let value = value.trim_end_matches('0').trim_end_matches('.');
+    format!("{value} {unit}/{period}")
 }
 
 /// `PATH: valid, N rules` and a line per rule.
@@ -465,6 +484,15 @@ pub fn event_line(iface: &str, e: &DropEvent, rule_names: &BTreeMap<u32, String>
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn rates_read_in_the_period_that_gives_at_least_one() {
+        assert_eq!(rate_text(200.0, "packets"), "200 packets/s");
+        assert_eq!(rate_text(2_500_000.0, "bytes"), "2500000 bytes/s");
+        assert_eq!(rate_text(10.0 / 60.0, "packets"), "10 packets/m");
+        assert_eq!(rate_text(1.0 / 3600.0, "packets"), "1 packets/h");
+        assert_eq!(rate_text(1.5, "packets"), "1.5 packets/s");
+    }
     use super::*;
 
     fn event(class: L4Class, verdict: Verdict, slot: u32) -> DropEvent {
