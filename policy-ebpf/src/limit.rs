@@ -75,13 +75,13 @@ fn charge(probe: &LimitProbe) -> Option<bool> {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     for _ in 0..LIMIT_CAS_TRIES {
-        let Some(tat) = LIMIT_BUCKETS.get_ptr_mut(&key) else {
+        let Some(tat) = LIMIT_BUCKETS.get_ptr_mut(key) else {
             // A new bucket, full: this packet takes its charge. Another CPU creating it
             // at the same moment makes the insert fail; the next turn charges theirs.
             if charge > config.tolerance {
                 return Some(false);
             }
-            if LIMIT_BUCKETS.insert(&key, &(now + charge), u64::from(BPF_NOEXIST)).is_ok() {
+            if LIMIT_BUCKETS.insert(key, now + charge, u64::from(BPF_NOEXIST)).is_ok() {
                 count(&LIMIT_STATS, RULE_COUNTER_SLOTS + probe.slot, 0);
                 return Some(true);
             }
