@@ -920,13 +920,13 @@ mod tests {
 
     #[test]
     fn enums_round_trip_through_u8() {
-        for action in [Action::Pass, Action::Drop] {
+        for action in [Action::Pass, Action::Drop, Action::Limit] {
             assert_eq!(Action::try_from(action as u8), Ok(action));
         }
         for f in [FragmentAction::Rules, FragmentAction::Pass, FragmentAction::Drop] {
             assert_eq!(FragmentAction::try_from(f as u8), Ok(f));
         }
-        assert_eq!(Action::try_from(2), Err(2));
+        assert_eq!(Action::try_from(3), Err(3));
         assert_eq!(FragmentAction::try_from(3), Err(3));
     }
 
