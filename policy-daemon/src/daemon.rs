@@ -275,6 +275,7 @@ fn publish(metrics: Option<&Metrics>, enforced: &mut [Enforced]) {
                     last_audit: i.last_audit_at(),
                     sets: &sets,
                     limits: &limits,
+                    kernel_memory: i.kernel_memory().total(),
                 }),
                 Err(err) => warn!(
                     iface = i.iface(),

@@ -16,6 +16,7 @@
 //! | `generation` | gauge | `iface`, `policy` |
 //! | `attach_mode_info` (always 1) | gauge | `iface`, `mode` |
 //! | `enforcing` (1: attached; 0: detached, or the interface is gone) | gauge | `iface` |
+//! | `kernel_memory_bytes` (maps and program, the kernel's accounting) | gauge | `iface` |
 //! | `drift_entries_total` (map entries an audit found differing, then repaired) | counter | `iface` |
 //! | `last_audit_timestamp_seconds` | gauge | `iface` |
 //! | `last_reload_successful` (1 or 0) | gauge | `policy` |
@@ -99,6 +100,8 @@ pub struct Snapshot<'a> {
     pub sets: &'a [SetSample],
     /// Each limit rule of the policy in force.
     pub limits: &'a [LimitSample],
+    /// Kernel memory of the filter's maps and program, bytes.
+    pub kernel_memory: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +212,7 @@ impl Exposition {
             last_audit: s.last_audit,
             sets: s.sets.to_vec(),
             limits: s.limits.to_vec(),
+            kernel_memory: s.kernel_memory,
         };
         self.lock().ifaces.insert(s.iface.to_string(), iface);
     }
@@ -256,6 +260,7 @@ struct IfaceState {
     last_audit: Option<SystemTime>,
     sets: Vec<SetSample>,
     limits: Vec<LimitSample>,
+    kernel_memory: u64,
 }
 
 #[derive(Debug, Default)]
@@ -346,6 +351,12 @@ impl Collector for StateCollector {
             "enforcing",
             "Whether the filter is attached to the interface (1), or not: detached, or the interface is gone (0).",
             ifaces.iter().map(|(i, s)| ([("iface", i)], ConstGauge::new(i64::from(s.enforcing)))),
+        )?;
+        family(
+            &mut encoder,
+            "kernel_memory_bytes",
+            "Kernel memory the interface's filter holds (its maps and program), by the kernel's own accounting.",
+            ifaces.iter().map(|(i, s)| ([("iface", i)], ConstGauge::new(s.kernel_memory as i64))),
         )?;
         family(
             &mut encoder,
@@ -625,6 +636,7 @@ mod tests {
             last_audit: Some(at(1_700_000_100, 500)),
             sets: &[],
             limits: &[],
+            kernel_memory: 105_000_000,
         }
     }
 
@@ -704,6 +716,9 @@ xdp_policy_attach_mode_info{iface="eth0",mode="native"} 1
 # HELP xdp_policy_enforcing Whether the filter is attached to the interface (1), or not: detached, or the interface is gone (0).
 # TYPE xdp_policy_enforcing gauge
 xdp_policy_enforcing{iface="eth0"} 1
+# HELP xdp_policy_kernel_memory_bytes Kernel memory the interface's filter holds (its maps and program), by the kernel's own accounting.
+# TYPE xdp_policy_kernel_memory_bytes gauge
+xdp_policy_kernel_memory_bytes{iface="eth0"} 105000000
 # HELP xdp_policy_drift_entries_total Map entries the audits found differing from the policy in force (then repaired), since the daemon started.
 # TYPE xdp_policy_drift_entries_total counter
 xdp_policy_drift_entries_total{iface="eth0"} 7

@@ -17,6 +17,7 @@ use crate::{
     dataplane::{
         VerdictCounts,
         limits::LimitSample,
+        pinned::KernelMemory,
         sets::{AddReport, DelReport, Entry as SetEntry, SetCounters},
         state::{self, Audit, State},
     },
@@ -39,6 +40,8 @@ pub struct InterfaceStatus {
     pub rules: Vec<RuleStatus>,
     /// The policy's named sets with the entries each holds now.
     pub sets: Vec<SetStatus>,
+    /// Kernel memory of the filter's maps and program, bytes.
+    pub kernel_memory: KernelMemory,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,6 +120,14 @@ pub fn render_status(all: &[InterfaceStatus]) -> String {
         if let Some(audit) = s.state.as_ref().and_then(|st| st.audit.as_ref()) {
             out.push_str(&format!("  {}\n", describe_audit(audit)));
         }
+        let m = &s.kernel_memory;
+        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        out.push_str(&format!(
+            "  kernel memory: {:.1} MiB (maps {:.1} MiB, program {:.2} MiB)\n",
+            mib(m.total()),
+            mib(m.maps),
+            mib(m.program)
+        ));
         out.push_str(&verdict_rows("  ", |verdict| {
             let c = s.verdicts.get(verdict.name()).copied().unwrap_or_default();
             (c.packets, c.bytes)

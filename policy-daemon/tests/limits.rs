@@ -836,12 +836,25 @@ fn one_source_sending_from_both_cpus_is_held_to_its_rate() {
     drop(daemon.stop().expect("stopping the daemon"));
 }
 
-/// The `limit` entry of rule `rule` in `xdp-policy status --json` on rx.
-fn limit_status(testbed: &Testbed, rule: &str) -> serde_json::Value {
+/// `xdp-policy status --json` on rx: its one interface.
+fn status_json(testbed: &Testbed) -> serde_json::Value {
     let out = testbed.xdp_policy(Path::new(DAEMON), &["status", "--json"]).expect("status");
     assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
     let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    let rules = all[0]["rules"].as_array().expect("rules").clone();
+    all[0].clone()
+}
+
+/// The kernel memory of rx's filter as `status --json` reports it: maps, program.
+fn kernel_memory(testbed: &Testbed) -> (u64, u64) {
+    let memory = &status_json(testbed)["kernel_memory"];
+    let field = |name: &str| memory[name].as_u64().unwrap_or_else(|| panic!("{name}: {memory}"));
+    (field("maps"), field("program"))
+}
+
+/// The `limit` entry of rule `rule` in `xdp-policy status --json` on rx.
+fn limit_status(testbed: &Testbed, rule: &str) -> serde_json::Value {
+    let all = status_json(testbed);
+    let rules = all["rules"].as_array().expect("rules").clone();
     let found = rules.iter().find(|r| r["name"] == rule).expect("the limit rule in status");
     found["limit"].clone()
 }
@@ -864,6 +877,10 @@ fn a_bucket_outlives_a_daemon_restart() {
     let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
     let after = testbed.udp_probe(RX_V4.into(), PORT, 5).expect("udp probe").received;
     assert_eq!(after, 0, "the adopted bucket is still empty");
+    // The kernel's accounting: the default bucket map alone is 92 MiB.
+    let (maps, program) = kernel_memory(&testbed);
+    eprintln!("kernel memory, max_sources 1,000,000: maps {maps} B, program {program} B");
+    assert!(maps > 92 << 20 && program > 0, "maps {maps} B, program {program} B");
     let limit = limit_status(&testbed, "limit-restart");
     eprintln!("status after the restart: {limit}");
     assert_eq!(limit["limited_packets"], 7, "2 over the limit before the restart, 5 after");
@@ -923,6 +940,9 @@ fn a_full_bucket_map_evicts_and_counts_it() {
     let size = map_memory(&pinned_map(&testbed, LIMIT_BUCKETS_MAP));
     eprintln!("LIMIT_BUCKETS with --max-sources 100: {size:?} (max_entries, memlock)");
     assert_eq!(size.0, 100, "the map has max_sources entries");
+    let (maps, program) = kernel_memory(&testbed);
+    eprintln!("kernel memory, max_sources 100: maps {maps} B, program {program} B");
+    assert!(maps > size.1 && maps < 64 << 20, "maps {maps} B with a {} B bucket map", size.1);
     let macs = macs(&testbed);
     let wire = tx_wire(&testbed);
     for n in 0..SOURCES {

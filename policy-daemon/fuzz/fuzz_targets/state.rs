@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
                 verdicts: Default::default(),
                 rules: Vec::new(),
                 sets,
+                kernel_memory: Default::default(),
             };
             let _ = render::render_status(std::slice::from_ref(&status));
             let _ = serde_json::to_string(&status);

@@ -158,6 +158,7 @@ fn read_status(places: &Places, only: Option<&str>) -> Result<Vec<InterfaceStatu
             verdicts,
             rules,
             sets,
+            kernel_memory: filter.kernel_memory(),
         });
     }
     Ok(all)

@@ -120,6 +120,11 @@ impl PinnedFilter {
         (0..GENERATIONS).filter_map(|g| map.get(&g, 0).ok()).collect()
     }
 
+    /// The kernel memory the filter holds, by the kernel's own accounting.
+    pub fn kernel_memory(&self) -> KernelMemory {
+        kernel_memory(&self.pins)
+    }
+
     /// The bucket parameters of the rule at `index` (rule order) in the generation in
     /// force, if it is a limit rule.
     pub fn limit_config(&self, index: usize) -> Option<LimitConfig> {
@@ -184,6 +189,42 @@ impl PinnedFilter {
 
 fn not_pinned(pin_dir: &Path, iface: &str) -> PinnedError {
     PinnedError::NotPinned { iface: iface.to_string(), pin_dir: pin_dir.to_path_buf() }
+}
+
+/// Kernel memory of one filter, in bytes: what the kernel charges for its maps and its
+/// program (`memlock` in their fdinfo).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelMemory {
+    pub maps: u64,
+    pub program: u64,
+}
+
+impl KernelMemory {
+    pub fn total(&self) -> u64 {
+        self.maps + self.program
+    }
+}
+
+/// The kernel memory of the filter pinned under `pins`; a pin that cannot be opened
+/// counts nothing (an older filter without some map).
+pub fn kernel_memory(pins: &Pins) -> KernelMemory {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let maps = policy_common::MAP_NAMES
+        .iter()
+        .filter_map(|name| MapData::from_pin(pins.map(name)).ok())
+        .filter_map(|map| memlock(map.fd().as_fd().as_raw_fd()))
+        .sum();
+    let program = Xdp::from_pin(pins.program(), XdpAttachType::Interface)
+        .ok()
+        .and_then(|p| p.fd().ok().and_then(|fd| memlock(fd.as_fd().as_raw_fd())))
+        .unwrap_or(0);
+    KernelMemory { maps, program }
+}
+
+/// The `memlock:` line of a BPF object descriptor's fdinfo.
+fn memlock(fd: i32) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// A pinned per-CPU counter map.

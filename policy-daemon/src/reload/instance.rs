@@ -18,6 +18,7 @@ use crate::{
         apply::ApplyReport,
         error_chain,
         limits::LimitSample,
+        pinned::{self, KernelMemory},
         pins::{InterfaceLock, PinError, Pins},
         sets::{self, ChangeError, SetInfo, SetMap, SetSample},
         state::{self, Audit, RuleState, SetState, State},
@@ -384,6 +385,11 @@ impl Instance {
                 counters: self.dataplane.set_counters(s.id),
             })
             .collect()
+    }
+
+    /// Kernel memory of this filter's maps and program, from its pins.
+    pub fn kernel_memory(&self) -> KernelMemory {
+        pinned::kernel_memory(&self.pins)
     }
 
     /// Each limit rule of the policy in force: its over-limit counters, the buckets it
