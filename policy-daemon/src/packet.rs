@@ -3,7 +3,8 @@
 //! packets `explain` runs through the live program, the kernel packet tests and the
 //! bench. Checksums are left zero (the XDP program does not check them), unless
 //! [`Packet::ipv4_checksum`] asks for a valid IPv4 header checksum, as the Linux stack
-//! wants before it delivers a packet.
+//! wants before it delivers a packet, and [`Packet::tcp_segment`] for a TCP segment the
+//! stack takes (checksum, sequence number, window).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -77,6 +78,8 @@ pub struct Packet {
     ipv4_checksum: bool,
     /// The TCP flags byte [default: SYN].
     tcp_flags: u8,
+    /// A real TCP segment with this sequence number (see [`Packet::tcp_segment`]).
+    tcp_seq: Option<u32>,
 }
 
 pub fn tcp(dst_port: u16) -> L4 {
@@ -125,6 +128,7 @@ impl Packet {
             macs: ([0x02, 0, 0, 0, 0, 2], [0x02, 0, 0, 0, 0, 1]),
             ipv4_checksum: false,
             tcp_flags: policy_common::tcp_flags::SYN,
+            tcp_seq: None,
         }
     }
 
@@ -172,6 +176,14 @@ impl Packet {
     /// The TCP flags byte (FIN bit 0 … CWR bit 7).
     pub fn tcp_flags(mut self, flags: u8) -> Self {
         self.tcp_flags = flags;
+        self
+    }
+
+    /// A TCP segment the Linux stack takes as a real one: sequence number `seq`, the
+    /// acknowledgement number 0x2000_0001 when ACK is set, a window of 64,240 and a valid
+    /// TCP checksum (IPv4's header checksum is [`Self::ipv4_checksum`]).
+    pub fn tcp_segment(mut self, seq: u32) -> Self {
+        self.tcp_seq = Some(seq);
         self
     }
 
@@ -282,7 +294,7 @@ impl Packet {
             out.extend_from_slice(&tpid.to_be_bytes());
             out.extend_from_slice(&100u16.to_be_bytes()); // TCI: VLAN 100
         }
-        let l4 = self.l4_bytes();
+        let mut l4 = self.l4_bytes();
         match &self.l3 {
             L3::Arp => {
                 out.extend_from_slice(&ETH_P_ARP.to_be_bytes());
@@ -303,9 +315,11 @@ impl Packet {
                 let frags = (u16::from(*more_fragments) << 13) | (frag_offset & 0x1fff);
                 out.extend_from_slice(&frags.to_be_bytes());
                 out.extend_from_slice(&[64, self.proto(), 0, 0]);
-                out.extend_from_slice(&self.v4(self.src, SRC4).octets());
-                out.extend_from_slice(&self.v4(self.dst, DST4).octets());
+                let (src, dst) = (self.v4(self.src, SRC4), self.v4(self.dst, DST4));
+                out.extend_from_slice(&src.octets());
+                out.extend_from_slice(&dst.octets());
                 out.extend_from_slice(options);
+                self.tcp_checksum(IpAddr::V4(src), IpAddr::V4(dst), &mut l4);
                 if self.ipv4_checksum {
                     let header = &out[header_at..];
                     let checksum = internet_checksum(header).to_be_bytes();
@@ -321,8 +335,10 @@ impl Packet {
                 out.extend_from_slice(&(payload as u16).to_be_bytes());
                 let first = ext.first().map_or(self.proto(), |(p, _)| *p);
                 out.extend_from_slice(&[first, 64]);
-                out.extend_from_slice(&self.v6(self.src, SRC6).octets());
-                out.extend_from_slice(&self.v6(self.dst, DST6).octets());
+                let (src, dst) = (self.v6(self.src, SRC6), self.v6(self.dst, DST6));
+                out.extend_from_slice(&src.octets());
+                out.extend_from_slice(&dst.octets());
+                self.tcp_checksum(IpAddr::V6(src), IpAddr::V6(dst), &mut l4);
                 for (i, (proto, body)) in ext.iter().enumerate() {
                     let next = ext.get(i + 1).map_or(self.proto(), |(p, _)| *p);
                     let len_field = match *proto {
@@ -365,6 +381,16 @@ impl Packet {
         }
     }
 
+    /// With [`Self::tcp_segment`], fills in the TCP checksum of `l4` (a TCP header and
+    /// its payload) between `src` and `dst`.
+    fn tcp_checksum(&self, src: IpAddr, dst: IpAddr, l4: &mut [u8]) {
+        if !matches!(self.l4, L4::Tcp { .. }) || self.tcp_seq.is_none() {
+            return;
+        }
+        let whole = [tcp_pseudo_header(src, dst, l4.len() as u16), l4.to_vec()].concat();
+        l4[16..18].copy_from_slice(&internet_checksum(&whole).to_be_bytes());
+    }
+
     /// The transport header, then the payload.
     fn l4_bytes(&self) -> Vec<u8> {
         let src_port = self.src_port.to_be_bytes();
@@ -375,6 +401,13 @@ impl Packet {
                 h[2..4].copy_from_slice(&dst_port.to_be_bytes());
                 h[12] = data_offset << 4;
                 h[13] = self.tcp_flags;
+                if let Some(seq) = self.tcp_seq {
+                    h[4..8].copy_from_slice(&seq.to_be_bytes());
+                    if self.tcp_flags & policy_common::tcp_flags::ACK != 0 {
+                        h[8..12].copy_from_slice(&0x2000_0001u32.to_be_bytes());
+                    }
+                    h[14..16].copy_from_slice(&64_240u16.to_be_bytes());
+                }
                 h
             }
             L4::Udp { dst_port } => {
@@ -389,6 +422,20 @@ impl Packet {
         };
         bytes.resize(bytes.len() + self.payload, b'x');
         bytes
+    }
+}
+
+/// The TCP pseudo-header (RFC 9293 §3.1, RFC 8200 §8.1) of a segment of `len` bytes.
+pub fn tcp_pseudo_header(src: IpAddr, dst: IpAddr, len: u16) -> Vec<u8> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            [&s.octets()[..], &d.octets(), &[0, IPPROTO_TCP], &len.to_be_bytes()].concat()
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            [&s.octets()[..], &d.octets(), &u32::from(len).to_be_bytes(), &[0, 0, 0, IPPROTO_TCP]]
+                .concat()
+        }
+        _ => panic!("addresses of one family expected"),
     }
 }
 
@@ -415,6 +462,26 @@ mod tests {
             0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         assert_eq!(internet_checksum(&header), 0xb861);
+    }
+
+    #[test]
+    fn a_tcp_segment_has_its_numbers_and_a_valid_checksum() {
+        let (src, dst) = ("198.18.0.7".parse().expect("v4"), "fd00::9".parse().expect("v6"));
+        for (packet, src, dst, at) in [
+            (Packet::ipv4(tcp(443)).src_ip(src).ipv4_checksum(), src, IpAddr::V4(DST4), 34),
+            (Packet::ipv6(tcp(443)).dst_ip(dst), IpAddr::V6(SRC6), dst, 54),
+        ] {
+            let ack = packet.clone().tcp_flags(0x12).tcp_segment(7).build();
+            let syn = packet.tcp_segment(7).build();
+            for frame in [&ack, &syn] {
+                let whole = [tcp_pseudo_header(src, dst, 20), frame[at..].to_vec()].concat();
+                assert_eq!(internet_checksum(&whole), 0, "a valid TCP checksum");
+                assert_eq!(&frame[at + 4..at + 8], &7u32.to_be_bytes(), "the sequence number");
+                assert_eq!(&frame[at + 14..at + 16], &64_240u16.to_be_bytes(), "a window");
+            }
+            assert_eq!(&ack[at + 8..at + 12], &0x2000_0001u32.to_be_bytes(), "ACK's number");
+            assert_eq!(&syn[at + 8..at + 12], &[0; 4], "no acknowledgement without ACK");
+        }
     }
 
     #[test]

@@ -108,24 +108,8 @@ fn status_explain_and_detach_work_on_the_pins() {
     assert!(text.contains("block-7001"), "{text}");
 
     let explain = |port: &str| {
-        let out = xdp_policy(
-            &testbed,
-            &[
-                "explain",
-                "--iface",
-                RX_IFACE,
-                "--proto",
-                "udp",
-                "--src",
-                "198.18.0.1",
-                "--dst",
-                "198.18.0.2",
-                "--dst-port",
-                port,
-            ],
-        );
-        assert!(out.status.success(), "explain: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let port = port.parse().expect("a port");
+        support::explained(&testbed, ("udp", "198.18.0.1", "198.18.0.2", port), &[])
     };
     let dropped = explain("7001");
     assert!(

@@ -21,8 +21,7 @@ mod support;
 
 use std::{
     fmt::Write as _,
-    fs::File,
-    io::{self, Read as _, Seek as _},
+    io,
     net::{IpAddr, SocketAddr, TcpListener},
     os::fd::OwnedFd,
     path::Path,
@@ -34,10 +33,11 @@ use std::{
 use policy_common::Verdict;
 use support::{
     DAEMON, PolicyFile,
-    packet::{self, Packet, internet_checksum},
+    netstat::NetCounters,
+    packet::{self, Packet, internet_checksum, tcp_pseudo_header},
     serial, wire,
 };
-use testbed::{RX_IFACE, RX_V4, RX_V6, TX_IFACE, TX_V4, TX_V6, Testbed, XdpMode};
+use testbed::{RX_IFACE, RX_V4, RX_V6, TX_V4, TX_V6, Testbed, XdpMode};
 
 /// The listener's port: every rule under test drops TCP to it when the flags match.
 const PORT: u16 = 7300;
@@ -120,13 +120,16 @@ fn segment(family: Family, flags: u8, src_port: u16, tx_mac: [u8; 6], rx_mac: [u
         Family::V4 => (Packet::ipv4(packet::tcp(PORT)), IpAddr::V4(TX_V4), IpAddr::V4(RX_V4)),
         Family::V6 => (Packet::ipv6(packet::tcp(PORT)), IpAddr::V6(TX_V6), IpAddr::V6(RX_V6)),
     };
-    let mut frame = packet
+    // Sequence and acknowledgement numbers, a window and the checksum, as a real segment
+    // has them.
+    let frame = packet
         .macs(tx_mac, rx_mac)
         .src_ip(src)
         .dst_ip(dst)
         .src_port(src_port)
         .tcp_flags(flags)
         .ipv4_checksum()
+        .tcp_segment(0x1000_0000 + u32::from(src_port))
         .build();
     let at = match family {
         Family::V4 => 14 + 20,
@@ -134,33 +137,7 @@ fn segment(family: Family, flags: u8, src_port: u16, tx_mac: [u8; 6], rx_mac: [u
     };
     assert_eq!(frame.len(), at + 20, "a bare TCP header after the IP header");
     assert_eq!(frame[at + 13], flags, "the flags byte where TCP has it");
-    // Sequence and acknowledgement numbers and a window, as a real segment has them.
-    let seq = 0x1000_0000 + u32::from(src_port);
-    frame[at + 4..at + 8].copy_from_slice(&seq.to_be_bytes());
-    if flags & ACK != 0 {
-        frame[at + 8..at + 12].copy_from_slice(&0x2000_0001u32.to_be_bytes());
-    }
-    frame[at + 14..at + 16].copy_from_slice(&64_240u16.to_be_bytes());
-    let sum = internet_checksum(&[pseudo_header(src, dst, 20), frame[at..].to_vec()].concat());
-    frame[at + 16..at + 18].copy_from_slice(&sum.to_be_bytes());
     frame
-}
-
-/// The TCP pseudo-header (RFC 9293 §3.1, RFC 8200 §8.1).
-fn pseudo_header(src: IpAddr, dst: IpAddr, len: u16) -> Vec<u8> {
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            [&s.octets()[..], &d.octets(), &[0, packet::IPPROTO_TCP], &len.to_be_bytes()].concat()
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => [
-            &s.octets()[..],
-            &d.octets(),
-            &u32::from(len).to_be_bytes(),
-            &[0, 0, 0, packet::IPPROTO_TCP],
-        ]
-        .concat(),
-        _ => panic!("addresses of one family expected"),
-    }
 }
 
 fn send(socket: &OwnedFd, frame: &[u8]) {
@@ -169,43 +146,14 @@ fn send(socket: &OwnedFd, frame: &[u8]) {
     }
 }
 
-/// rx's `/proc/net/snmp`, opened from a thread inside rx (`/proc/self/net` would be the
-/// namespace of the process's main thread): the file stays rx's whoever reads it.
-struct Snmp(File);
-
-impl Snmp {
-    fn open(testbed: &Testbed) -> Self {
-        let file = testbed
-            .rx()
-            .run(|| File::open("/proc/thread-self/net/snmp"))
-            .expect("entering rx")
-            .expect("opening /proc/thread-self/net/snmp in rx");
-        Self(file)
-    }
-
-    /// `Tcp: InSegs`: the `Tcp:` line of names, then the one of values.
-    fn in_segs(&mut self) -> u64 {
-        let mut text = String::new();
-        self.0.rewind().expect("rewinding /proc/net/snmp");
-        self.0.read_to_string(&mut text).expect("reading /proc/net/snmp");
-        let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-        let (names, values) = (tcp.next(), tcp.next());
-        let (Some(names), Some(values)) = (names, values) else {
-            panic!("no Tcp lines in /proc/net/snmp:\n{text}");
-        };
-        let at = names.split_whitespace().position(|n| n == "InSegs").expect("an InSegs column");
-        values.split_whitespace().nth(at).and_then(|v| v.parse().ok()).expect("an InSegs value")
-    }
-}
-
 /// Sends one segment and says whether rx's TCP received it: InSegs grew by one within
 /// [`DELIVERY_WAIT`] (and by no more), or not at all.
-fn reaches_tcp(wire: &OwnedFd, snmp: &mut Snmp, frame: &[u8], what: &str) -> bool {
-    let before = snmp.in_segs();
+fn reaches_tcp(wire: &OwnedFd, rx: &mut NetCounters, frame: &[u8], what: &str) -> bool {
+    let before = rx.get("Tcp:InSegs");
     send(wire, frame);
     let deadline = Instant::now() + DELIVERY_WAIT;
     let seen = loop {
-        if snmp.in_segs() > before {
+        if rx.get("Tcp:InSegs") > before {
             break true;
         }
         if Instant::now() >= deadline {
@@ -216,7 +164,7 @@ fn reaches_tcp(wire: &OwnedFd, snmp: &mut Snmp, frame: &[u8], what: &str) -> boo
     if seen {
         thread::sleep(AFTER_DELIVERY);
     }
-    let delta = snmp.in_segs() - before;
+    let delta = rx.get("Tcp:InSegs") - before;
     assert_eq!(
         delta,
         u64::from(seen),
@@ -236,7 +184,7 @@ fn run_phase(
     name: String,
     phase: u16,
     wire: &OwnedFd,
-    snmp: &mut Snmp,
+    rx: &mut NetCounters,
     macs: ([u8; 6], [u8; 6]),
 ) -> Phase {
     let mut delivered = [[false; 9]; 2];
@@ -245,7 +193,7 @@ fn run_phase(
             let src_port = FIRST_SRC_PORT + phase * 32 + (f * SEGMENTS.len() + s) as u16;
             let frame = segment(family, flags, src_port, macs.0, macs.1);
             let what = format!("{name}: {segment_name} over {}", family.name());
-            delivered[f][s] = reaches_tcp(wire, snmp, &frame, &what);
+            delivered[f][s] = reaches_tcp(wire, rx, &frame, &what);
         }
     }
     Phase { name, delivered }
@@ -299,8 +247,8 @@ fn tcp_flag_rules_drop_exactly_the_segments_they_name_on_the_wire() {
     let start = Instant::now();
     let policy_file = PolicyFile::new("tcp-flags", &policy("other-port", OTHER_PORT, "syn"));
     let testbed = Testbed::new().expect("the testbed");
-    let (tx, rx) = (testbed.tx().name(), testbed.rx().name());
-    let macs = (wire::mac(tx, TX_IFACE), wire::mac(rx, RX_IFACE));
+    let rx = testbed.rx().name();
+    let macs = wire::macs(&testbed);
     // rx's answers to tx's addresses go to nobody (see the module's documentation).
     for addr in [IpAddr::V4(TX_V4), IpAddr::V6(TX_V6)] {
         let status = Command::new("ip")
@@ -320,21 +268,17 @@ fn tcp_flag_rules_drop_exactly_the_segments_they_name_on_the_wire() {
         })
         .expect("entering rx")
         .expect("listening on the port in rx");
-    let wire = testbed
-        .tx()
-        .run(|| wire::packet_socket(TX_IFACE, 0))
-        .expect("entering tx")
-        .expect("an AF_PACKET socket on tx");
-    let mut snmp = Snmp::open(&testbed);
+    let wire = wire::tx_socket(&testbed);
+    let mut rx_counters = NetCounters::open(testbed.rx());
     // A fresh namespace: nothing has reached its TCP yet, which also shows the file is rx's.
-    assert_eq!(snmp.in_segs(), 0, "rx's Tcp InSegs before any segment was sent");
+    assert_eq!(rx_counters.get("Tcp:InSegs"), 0, "rx's Tcp InSegs before any segment was sent");
 
     let mut phases = Vec::new();
     let mut expected = Vec::new();
     let mut failures = Vec::new();
 
     // The oracle is not vacuous: without a filter, Linux receives every shape.
-    phases.push(run_phase("no filter".into(), 0, &wire, &mut snmp, macs));
+    phases.push(run_phase("no filter".into(), 0, &wire, &mut rx_counters, macs));
     expected.push(None);
 
     // A flags rule on another port: nothing to the listener's port is dropped.
@@ -361,7 +305,7 @@ fn tcp_flag_rules_drop_exactly_the_segments_they_name_on_the_wire() {
             ));
         }
     };
-    let phase = run_phase("other port: \"syn\"".into(), 1, &wire, &mut snmp, macs);
+    let phase = run_phase("other port: \"syn\"".into(), 1, &wire, &mut rx_counters, macs);
     check_counters(&phase, "other-port", &mut failures);
     phases.push(phase);
     expected.push(None);
@@ -373,8 +317,13 @@ fn tcp_flag_rules_drop_exactly_the_segments_they_name_on_the_wire() {
         daemon.wait_for_log("policy applied", applied, RELOAD_DEADLINE).unwrap_or_else(|e| {
             panic!("expected the policy with tcp_flags {flags:?} applied: {e}")
         });
-        let phase =
-            run_phase(format!("tcp_flags = {flags:?}"), 2 + r as u16, &wire, &mut snmp, macs);
+        let phase = run_phase(
+            format!("tcp_flags = {flags:?}"),
+            2 + r as u16,
+            &wire,
+            &mut rx_counters,
+            macs,
+        );
         check_counters(&phase, &rule, &mut failures);
         phases.push(phase);
         expected.push(Some(r));
@@ -399,28 +348,8 @@ fn tcp_flag_rules_drop_exactly_the_segments_they_name_on_the_wire() {
     // `explain` tries a segment with the flags asked for against the live program (the
     // last policy, "=fin,ack", is in force) and the reference.
     let explain = |flags: &str| {
-        let port = PORT.to_string();
         let (src, dst) = (TX_V4.to_string(), RX_V4.to_string());
-        let out = support::xdp_policy(
-            &testbed,
-            &[
-                "explain",
-                "--iface",
-                RX_IFACE,
-                "--proto",
-                "tcp",
-                "--src",
-                &src,
-                "--dst",
-                &dst,
-                "--dst-port",
-                &port,
-                "--tcp-flags",
-                flags,
-            ],
-        );
-        assert!(out.status.success(), "explain: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        support::explained(&testbed, ("tcp", &src, &dst, PORT), &["--tcp-flags", flags])
     };
     let last = format!("flags-{}", RULES.len() - 1);
     let dropped = explain("ack,fin");
@@ -435,23 +364,10 @@ fn tcp_flag_rules_drop_exactly_the_segments_they_name_on_the_wire() {
         passed.contains(&format!("live program on {RX_IFACE}: PASS, verdict pass_default")),
         "{passed}"
     );
-    let bad = support::xdp_policy(
+    let bad = support::explain(
         &testbed,
-        &[
-            "explain",
-            "--iface",
-            RX_IFACE,
-            "--proto",
-            "udp",
-            "--src",
-            "198.18.0.1",
-            "--dst",
-            "198.18.0.2",
-            "--dst-port",
-            "53",
-            "--tcp-flags",
-            "syn",
-        ],
+        ("udp", "198.18.0.1", "198.18.0.2", 53),
+        &["--tcp-flags", "syn"],
     );
     assert_eq!(bad.status.code(), Some(64), "--tcp-flags with udp: {bad:?}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--tcp-flags goes with --proto tcp"));
@@ -512,7 +428,7 @@ fn the_expectation_table_and_the_segments_are_consistent() {
                 Family::V6 => (54, IpAddr::V6(TX_V6), IpAddr::V6(RX_V6)),
             };
             assert_eq!(frame[at + 13], flags, "{name}: flags byte");
-            let whole = [pseudo_header(src, dst, 20), frame[at..].to_vec()].concat();
+            let whole = [tcp_pseudo_header(src, dst, 20), frame[at..].to_vec()].concat();
             assert_eq!(internet_checksum(&whole), 0, "{name} over {}: TCP checksum", family.name());
         }
     }

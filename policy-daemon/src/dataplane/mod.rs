@@ -692,10 +692,13 @@ impl Dataplane {
     }
 
     /// Runs the loaded program once on `packet` (BPF_PROG_TEST_RUN) and returns its XDP
-    /// action. Counters are updated as for a real packet.
-    pub fn test_run(&mut self, packet: &[u8]) -> Result<u32, DataplaneError> {
+    /// action. Counters are updated as for a real packet. Takes `&self`: threads may run
+    /// it at once, each on its own CPU.
+    pub fn test_run(&self, packet: &[u8]) -> Result<u32, DataplaneError> {
+        let program = self.ebpf.program(PROGRAM_NAME).ok_or(DataplaneError::MissingProgram)?;
+        let program: &Xdp = program.try_into().map_err(DataplaneError::ProgramType)?;
         let opts = TestRunOptions { data_in: Some(packet), ..TestRunOptions::default() };
-        let result = self.program()?.test_run(opts).map_err(DataplaneError::TestRun)?;
+        let result = program.test_run(opts).map_err(DataplaneError::TestRun)?;
         Ok(result.return_value)
     }
 }

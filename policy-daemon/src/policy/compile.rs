@@ -359,12 +359,15 @@ pub fn compile(policy: &Policy) -> Ruleset {
         config,
         rules: rules
             .iter()
-            .map(|r| CompiledRule {
-                name: r.name.clone(),
-                identity: r.identity(),
-                action: kernel_action(r.action),
-                monitor: r.mode == Mode::Monitor,
-                limit: r.limit.as_ref().map(|l| l.kernel(limit_id(&r.identity()))),
+            .map(|r| {
+                let identity = r.identity();
+                CompiledRule {
+                    name: r.name.clone(),
+                    action: kernel_action(r.action),
+                    monitor: r.mode == Mode::Monitor,
+                    limit: r.limit.as_ref().map(|l| l.kernel(limit_id(&identity))),
+                    identity,
+                }
             })
             .collect(),
         field_bitmaps,
@@ -428,7 +431,7 @@ fn kernel_action(action: Action) -> common::Action {
 
 /// The bucket id of a limit rule: from its identity, so a rule keeps its buckets across
 /// reloads and restarts while it is unchanged, and a changed one starts afresh.
-pub fn limit_id(identity: &str) -> u32 {
+fn limit_id(identity: &str) -> u32 {
     u32::from_str_radix(&identity[..8.min(identity.len())], 16).unwrap_or(1).max(1)
 }
 

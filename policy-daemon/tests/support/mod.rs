@@ -3,6 +3,7 @@
 
 pub mod corpus;
 pub mod crafted;
+pub mod netstat;
 pub use policy_daemon::packet;
 pub mod random;
 pub mod scribble;
@@ -30,6 +31,31 @@ pub const DAEMON: &str = env!("CARGO_BIN_EXE_xdp-policy");
 /// testbed's pins are visible.
 pub fn xdp_policy(testbed: &testbed::Testbed, args: &[&str]) -> std::process::Output {
     testbed.xdp_policy(std::path::Path::new(DAEMON), args).expect("running xdp-policy")
+}
+
+/// `xdp-policy explain` of a packet to rx's filter: `--proto PROTO --src SRC --dst DST
+/// --dst-port PORT`, then `extra`.
+pub fn explain(
+    testbed: &testbed::Testbed,
+    (proto, src, dst, port): (&str, &str, &str, u16),
+    extra: &[&str],
+) -> std::process::Output {
+    let port = port.to_string();
+    let mut args = vec!["explain", "--iface", testbed::RX_IFACE, "--proto", proto];
+    args.extend(["--src", src, "--dst", dst, "--dst-port", &port]);
+    args.extend_from_slice(extra);
+    xdp_policy(testbed, &args)
+}
+
+/// [`explain`], which must succeed: its text.
+pub fn explained(
+    testbed: &testbed::Testbed,
+    packet: (&str, &str, &str, u16),
+    extra: &[&str],
+) -> String {
+    let out = explain(testbed, packet, extra);
+    assert!(out.status.success(), "explain: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The id of the XDP program attached to rx's interface, as the kernel shows it.

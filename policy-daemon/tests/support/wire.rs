@@ -67,3 +67,17 @@ pub fn mac(netns: &str, iface: &str) -> [u8; 6] {
         text.split(':').map(|b| u8::from_str_radix(b, 16).expect("a MAC address byte")).collect();
     bytes.try_into().expect("a 6-byte MAC address")
 }
+
+/// tx's and rx's MAC addresses.
+pub fn macs(testbed: &testbed::Testbed) -> ([u8; 6], [u8; 6]) {
+    (mac(testbed.tx().name(), testbed::TX_IFACE), mac(testbed.rx().name(), testbed::RX_IFACE))
+}
+
+/// An AF_PACKET socket on tx's interface, sending only.
+pub fn tx_socket(testbed: &testbed::Testbed) -> OwnedFd {
+    testbed
+        .tx()
+        .run(|| packet_socket(testbed::TX_IFACE, 0))
+        .expect("entering tx")
+        .expect("an AF_PACKET socket on tx")
+}
