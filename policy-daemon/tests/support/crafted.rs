@@ -182,6 +182,16 @@ pub fn deny_list() -> String {
     )
 }
 
+/// A limit every attack must not get through once its one bucket is empty: TCP and UDP
+/// to [`BLOCKED_PORT`] share a bucket of one packet an hour; default pass.
+pub fn limit_list() -> String {
+    format!(
+        "[defaults]\naction = \"pass\"\n\n\
+         [[rule]]\nname = \"limited\"\naction = \"limit\"\ndst_ports = {BLOCKED_PORT}\n\
+         rate = \"1/h\"\nburst = 1\nper = \"rule\"\n"
+    )
+}
+
 /// Every shot, in the order they are to be sent.
 pub fn corpus(params: &Params) -> Vec<Shot> {
     assert!(params.epoch < MAX_EPOCHS, "epoch {} is not below {MAX_EPOCHS}", params.epoch);
