@@ -155,8 +155,19 @@ pub mod set_stat {
 /// for the other classes (see [`tcp_flags`]). One lookup for both fields.
 pub const TCP_FLAGS_MAP: &str = "TCP_FLAGS";
 
+/// `Array<u32>` of [`LAYOUT_ENTRIES`]: at 0, the [`LAYOUT_VERSION`] of the maps pinned
+/// beside it (the program does not read it). Pins without it are layout 1.
+pub const LAYOUT_MAP: &str = "LAYOUT";
+pub const LAYOUT_ENTRIES: u32 = 4;
+/// The version of the maps' layout: what each map holds and how it is keyed. A daemon
+/// that finds an older layout pinned migrates it in place; one that finds a newer one
+/// refuses it. Bump it whenever a map's meaning changes, even if its sizes do not.
+/// 1: everything up to the release that added this map; 2: `LIMIT_BUCKETS` sized to the
+/// policy (one entry without a limit rule), and this map.
+pub const LAYOUT_VERSION: u32 = 2;
+
 /// Every map the program declares, for checks that the built object carries them all.
-pub const MAP_NAMES: [&str; 30] = [
+pub const MAP_NAMES: [&str; 31] = [
     ACTIVE_MAP,
     PORT_TABLE_MAP,
     V4_L1_MAP,
@@ -187,6 +198,7 @@ pub const MAP_NAMES: [&str; 30] = [
     LIMITS_MAP,
     LIMIT_BUCKETS_MAP,
     LIMIT_STATS_MAP,
+    LAYOUT_MAP,
 ];
 
 /// Rules per policy: one bit each in a [`RuleBitmap`].

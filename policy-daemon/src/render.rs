@@ -42,6 +42,8 @@ pub struct InterfaceStatus {
     pub sets: Vec<SetStatus>,
     /// Kernel memory of the filter's maps and program, bytes.
     pub kernel_memory: KernelMemory,
+    /// The layout version of the pinned maps, if they can be read.
+    pub layout: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,6 +118,11 @@ pub fn render_status(all: &[InterfaceStatus]) -> String {
                 }
                 None => out.push_str(&format!("{}: {attached}, no state file\n", s.iface)),
             },
+        }
+        if let Some(st) = &s.state {
+            let version = if st.version.is_empty() { "before 0.2.0" } else { &st.version };
+            let layout = s.layout.map(|l| format!(", map layout {l}")).unwrap_or_default();
+            out.push_str(&format!("  daemon: xdp-policy {version} (pid {}){layout}\n", st.pid));
         }
         if let Some(audit) = s.state.as_ref().and_then(|st| st.audit.as_ref()) {
             out.push_str(&format!("  {}\n", describe_audit(audit)));

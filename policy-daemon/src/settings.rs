@@ -62,7 +62,7 @@ pub struct ConfigFile {
     /// Act as a CrowdSec bouncer: the local API's decisions go into a named set.
     pub crowdsec: Option<CrowdSecConfig>,
     /// Buckets the limit rules of an interface keep at most (sources, or source
-    /// networks), when its filter is attached afresh [default: 1,000,000].
+    /// networks), preallocated while its policy has a limit rule [default: 1,000,000].
     pub max_sources: Option<u32>,
 }
 

@@ -7,10 +7,10 @@ use aya_ebpf::{
 };
 use policy_common::{
     BITMAP_WORDS, Counter, EVENTS_BYTES, EventSettings, GENERATIONS, GenConfig, IPV4_KEY_LEN,
-    IPV6_KEY_LEN, LIMIT_STATS_SLOTS, LimitConfig, LimitKey, MAX_PORT_CLASSES, MAX_PREFIXES,
-    MAX_RULES, MAX_SET_ENTRIES, MAX_SOURCES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS, RuleBitmap,
-    RuleInfo, SET_HIT_SLOTS, SET_KEY_LEN, SET_STATS_ENTRIES, SetEntry, VERDICT_SLOTS, field_bitmap,
-    port_table, tcp_flags, v4_table,
+    IPV6_KEY_LEN, LAYOUT_ENTRIES, LIMIT_STATS_SLOTS, LimitConfig, LimitKey, MAX_PORT_CLASSES,
+    MAX_PREFIXES, MAX_RULES, MAX_SET_ENTRIES, MAX_SOURCES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS,
+    RuleBitmap, RuleInfo, SET_HIT_SLOTS, SET_KEY_LEN, SET_STATS_ENTRIES, SetEntry, VERDICT_SLOTS,
+    field_bitmap, port_table, tcp_flags, v4_table,
 };
 
 const _: () = assert!(BITMAP_WORDS == 16, "classify::first_match unrolls 16 words");
@@ -114,6 +114,11 @@ pub static LIMIT_BUCKETS: LruHashMap<LimitKey, u64> = LruHashMap::with_max_entri
 /// Packets over each rule's limit, and buckets created ([`policy_common::LIMIT_STATS_MAP`]).
 #[map(name = "LIMIT_STATS")]
 pub static LIMIT_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(LIMIT_STATS_SLOTS, 0);
+
+/// The layout version of the maps ([`policy_common::LAYOUT_MAP`]), written by the
+/// daemon; declared here so that the object carries it.
+#[map(name = "LAYOUT")]
+pub static LAYOUT: Array<u32> = Array::with_max_entries(LAYOUT_ENTRIES, 0);
 
 #[map(name = "RULE_COUNTERS")]
 pub static RULE_COUNTERS: PerCpuArray<Counter> =

@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
                 rules: Vec::new(),
                 sets,
                 kernel_memory: Default::default(),
+                layout: Some(2),
             };
             let _ = render::render_status(std::slice::from_ref(&status));
             let _ = serde_json::to_string(&status);

@@ -159,6 +159,7 @@ fn read_status(places: &Places, only: Option<&str>) -> Result<Vec<InterfaceStatu
             rules,
             sets,
             kernel_memory: filter.kernel_memory(),
+            layout: filter.layout(),
         });
     }
     Ok(all)

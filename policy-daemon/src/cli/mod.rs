@@ -252,7 +252,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub allow_insecure_policy_files: bool,
     /// Buckets the limit rules of an interface keep at most (about 97 bytes of kernel
-    /// memory each, allocated when the filter is attached afresh) [default: 1000000].
+    /// memory each, preallocated while the policy has a limit rule) [default: 1000000].
     #[arg(long, value_name = "N")]
     pub max_sources: Option<u32>,
 }

@@ -36,6 +36,38 @@ pub struct BatchError {
     pub source: io::Error,
 }
 
+/// Entries of a map as the kernel holds them: `count` keys of `key_size` bytes back to
+/// back, and as many values of `value_size` bytes (for per-CPU maps: every possible
+/// CPU's value, each rounded up to 8 bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEntries {
+    pub key_size: usize,
+    pub value_size: usize,
+    pub count: usize,
+    pub keys: Vec<u8>,
+    pub values: Vec<u8>,
+}
+
+impl RawEntries {
+    pub fn new(key_size: usize, value_size: usize) -> Self {
+        Self { key_size, value_size, count: 0, keys: Vec::new(), values: Vec::new() }
+    }
+
+    pub fn push(&mut self, key: &[u8], value: &[u8]) {
+        self.keys.extend_from_slice(key);
+        self.values.extend_from_slice(value);
+        self.count += 1;
+    }
+
+    pub fn key(&self, i: usize) -> &[u8] {
+        &self.keys[i * self.key_size..(i + 1) * self.key_size]
+    }
+
+    pub fn value(&self, i: usize) -> &[u8] {
+        &self.values[i * self.value_size..(i + 1) * self.value_size]
+    }
+}
+
 /// Whether a map takes one batch operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Support {
@@ -88,6 +120,15 @@ impl BatchMap {
 
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    pub fn key_size(&self) -> usize {
+        self.key_size
+    }
+
+    /// For per-CPU maps: every possible CPU's value, each rounded up to 8 bytes.
+    pub fn value_size(&self) -> usize {
+        self.value_size
     }
 
     /// Sets `keys[i]` to `values[i]` for every `i`, in order. `values` holds one map
@@ -157,42 +198,132 @@ impl BatchMap {
         &mut self,
         visit: &mut dyn FnMut(&K, &V),
     ) -> Option<Result<(), BatchError>> {
-        if self.lookups == Support::No {
-            return None;
-        }
         if let Err(e) = self.check::<K>(size_of::<V>() == self.value_size) {
             return Some(Err(e));
         }
-        let mut keys: Vec<K> = Vec::with_capacity(LOOKUP_CHUNK);
-        let mut values: Vec<V> = Vec::with_capacity(LOOKUP_CHUNK);
-        // Where the previous call stopped (a key of the map), and where this one stops.
-        let (mut cursor, mut next) = (vec![0u8; self.key_size], vec![0u8; self.key_size]);
+        self.walk(&mut |key, value| {
+            // SAFETY: `check` verified that the map's keys and values are the sizes of
+            // `K` and `V`, and every bit pattern is a valid `Pod`.
+            let (key, value) = unsafe {
+                (
+                    ptr::read_unaligned(key.as_ptr().cast::<K>()),
+                    ptr::read_unaligned(value.as_ptr().cast::<V>()),
+                )
+            };
+            visit(&key, &value);
+        })
+    }
+
+    /// Every entry of the map as the kernel holds it (see [`RawEntries`]): through
+    /// BPF_MAP_LOOKUP_BATCH, or BPF_MAP_GET_NEXT_KEY and a lookup per key where the
+    /// kernel does not offer it.
+    pub fn dump(&mut self) -> Result<RawEntries, BatchError> {
+        let mut out = RawEntries::new(self.key_size, self.value_size);
+        if let Some(result) = self.walk(&mut |key, value| out.push(key, value)) {
+            return result.map(|()| out);
+        }
+        out = RawEntries::new(self.key_size, self.value_size);
+        let mut key = vec![0u8; self.key_size];
+        let mut value = vec![0u8; self.value_size];
         let mut first = true;
         loop {
-            let mut attr = batch_attr(
-                &self.fd,
-                keys.as_mut_ptr().cast::<u8>(),
-                values.as_mut_ptr().cast::<u8>(),
-                LOOKUP_CHUNK as u32,
+            let mut attr = zeroed_attr();
+            attr.__bindgen_anon_2.map_fd = self.fd.as_raw_fd() as u32;
+            attr.__bindgen_anon_2.key = if first { 0 } else { key.as_ptr() as u64 };
+            let mut next = vec![0u8; self.key_size];
+            attr.__bindgen_anon_2.__bindgen_anon_1.next_key = next.as_mut_ptr() as u64;
+            // SAFETY: `key` and `next` hold one key of the map's size each.
+            match unsafe { sys_bpf(bpf_cmd::BPF_MAP_GET_NEXT_KEY, &mut attr) } {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+                Err(source) => return Err(BatchError { done: out.count, source }),
+            }
+            first = false;
+            key = next;
+            let mut attr = elem_attr(&self.fd, key.as_ptr(), value.as_mut_ptr());
+            attr.__bindgen_anon_2.flags = 0;
+            // SAFETY: one key and room for one value of the map's sizes.
+            match unsafe { sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr) } {
+                Ok(()) => out.push(&key, &value),
+                // Deleted since its key was read.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => return Err(BatchError { done: out.count, source }),
+            }
+        }
+    }
+
+    /// The value of `key` (of the map's key size) as the kernel holds it; `None` if the
+    /// map has no such key.
+    pub fn lookup(&self, key: &[u8]) -> Result<Option<Vec<u8>>, io::Error> {
+        if key.len() != self.key_size {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        let mut value = vec![0u8; self.value_size];
+        let mut attr = elem_attr(&self.fd, key.as_ptr(), value.as_mut_ptr());
+        attr.__bindgen_anon_2.flags = 0;
+        // SAFETY: one key of the map's key size and room for one value of its size.
+        match unsafe { sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr) } {
+            Ok(()) => Ok(Some(value)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `entries`, read by [`Self::dump`] from a map with the same key and value
+    /// sizes.
+    pub fn load(&mut self, entries: &RawEntries) -> Result<(), BatchError> {
+        let fits = entries.key_size == self.key_size
+            && entries.value_size == self.value_size
+            && entries.keys.len() == entries.count * self.key_size
+            && entries.values.len() == entries.count * self.value_size;
+        if !fits {
+            let message = format!(
+                "entries of {}-byte keys and {}-byte values do not fit map `{}` (key {} \
+                 bytes, value {} bytes)",
+                entries.key_size, entries.value_size, self.name, self.key_size, self.value_size
             );
+            let source = io::Error::new(io::ErrorKind::InvalidInput, message);
+            return Err(BatchError { done: 0, source });
+        }
+        for start in (0..entries.count).step_by(LOOKUP_CHUNK) {
+            let count = (entries.count - start).min(LOOKUP_CHUNK);
+            let keys = entries.keys[start * self.key_size..].as_ptr();
+            let values = entries.values[start * self.value_size..].as_ptr();
+            self.run(Op::Update, count, keys, values)
+                .map_err(|e| BatchError { done: start + e.done, source: e.source })?;
+        }
+        Ok(())
+    }
+
+    /// Calls `visit` with the bytes of every entry's key and value, read through
+    /// BPF_MAP_LOOKUP_BATCH a chunk at a time; `None` if the kernel does not offer it
+    /// for this map.
+    fn walk(&mut self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Option<Result<(), BatchError>> {
+        if self.lookups == Support::No {
+            return None;
+        }
+        let (key_size, value_size) = (self.key_size, self.value_size);
+        let mut keys = vec![0u8; LOOKUP_CHUNK * key_size];
+        let mut values = vec![0u8; LOOKUP_CHUNK * value_size];
+        // Where the previous call stopped (a key of the map), and where this one stops.
+        let (mut cursor, mut next) = (vec![0u8; key_size], vec![0u8; key_size]);
+        let mut first = true;
+        loop {
+            let mut attr =
+                batch_attr(&self.fd, keys.as_mut_ptr(), values.as_mut_ptr(), LOOKUP_CHUNK as u32);
             attr.batch.in_batch = if first { 0 } else { cursor.as_ptr() as u64 };
             attr.batch.out_batch = next.as_mut_ptr() as u64;
             // SAFETY: `keys` and `values` have room for LOOKUP_CHUNK keys and values of
-            // the sizes `check` verified; `cursor` and `next` hold one key each.
+            // the map's sizes; `cursor` and `next` hold one key each.
             let result = unsafe { sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
+            // `batch_done` caps it at the capacity: the kernel wrote that many.
             let done = batch_done(&attr, LOOKUP_CHUNK);
-            // SAFETY: the kernel wrote the first `done` keys and values (`batch_done`
-            // caps it at the capacity), and every bit pattern is a valid `Pod`.
-            unsafe {
-                keys.set_len(done);
-                values.set_len(done);
+            for i in 0..done {
+                visit(
+                    &keys[i * key_size..(i + 1) * key_size],
+                    &values[i * value_size..(i + 1) * value_size],
+                );
             }
-            for (key, value) in keys.iter().zip(&values) {
-                visit(key, value);
-            }
-            let seen = done;
-            keys.clear();
-            values.clear();
             match result {
                 Ok(()) => {}
                 // The end of the map.
@@ -200,7 +331,7 @@ impl BatchMap {
                     self.lookups = Support::Yes;
                     return Some(Ok(()));
                 }
-                Err(e) => match self.settle(Op::Lookup, seen, Err(e)) {
+                Err(e) => match self.settle(Op::Lookup, done, Err(e)) {
                     Settled::Unsupported => return None,
                     Settled::Done(result) => return Some(result),
                 },

@@ -527,7 +527,7 @@ impl Maps for KernelMaps {
 /// Returns after an RCU grace period. XDP programs run inside RCU read-side critical
 /// sections, and membarrier(MEMBARRIER_CMD_GLOBAL) returns after synchronize_rcu(): once
 /// it returns, no packet is still being judged by a generation `ACTIVE` no longer names.
-fn wait_for_rcu_grace_period() {
+pub(super) fn wait_for_rcu_grace_period() {
     const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
     // SAFETY: membarrier takes no pointers; the arguments are plain integers.
     let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };

@@ -10,6 +10,7 @@ pub mod apply;
 mod batch;
 mod kernel;
 pub mod limits;
+pub mod migrate;
 pub mod pinned;
 pub mod pins;
 pub mod sets;
@@ -19,7 +20,7 @@ use std::{fmt, net::Ipv4Addr};
 
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
-    maps::{MapData, MapError, PerCpuArray},
+    maps::{Array, MapData, MapError, PerCpuArray},
     pin::PinError as AyaPinError,
     programs::{
         ProgramError, Xdp, XdpMode as AyaXdpFlags,
@@ -29,9 +30,9 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use policy_common::{
-    Counter, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP,
-    MAP_NAMES, MAX_SOURCES, PROGRAM_NAME, RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP,
-    VERDICT_COUNTERS_MAP, Verdict,
+    Counter, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, LAYOUT_MAP, LAYOUT_VERSION,
+    LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, MAP_NAMES, MAX_SOURCES, PROGRAM_NAME, RULE_COUNTERS_MAP,
+    SET_HITS_MAP, SET_STATS_MAP, SETS_MAP, VERDICT_COUNTERS_MAP, Verdict,
 };
 
 use self::{
@@ -166,6 +167,20 @@ pub enum DataplaneError {
         dir.display()
     )]
     StalePins { dir: std::path::PathBuf, map: &'static str, why: Box<StaleMap> },
+    #[error(
+        "the filter pinned in {} was set up by a newer xdp-policy (map layout {found}; this \
+         version knows layouts up to {LAYOUT_VERSION}) and is left in force as it is: to go \
+         back to this version, `xdp-policy detach` the interface (the filter is off until \
+         this version attaches again), then start",
+        dir.display()
+    )]
+    NewerLayout { dir: std::path::PathBuf, found: u32 },
+    #[error("carrying map `{map}` over to the new maps failed")]
+    Carry {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("pinning {} failed", path.display())]
     Pin {
         path: std::path::PathBuf,
@@ -301,11 +316,19 @@ impl Dataplane {
 
     /// [`Self::load`] with a bucket map of `max_sources` entries.
     pub fn load_sized(ruleset: &Ruleset, max_sources: u32) -> Result<Self, DataplaneError> {
+        let mut dataplane = Self::load_program(max_sources)?;
+        dataplane.apply(ruleset)?;
+        Ok(dataplane)
+    }
+
+    /// Loads the program into the kernel on new, empty maps (a bucket map of `buckets`
+    /// entries) marked with this [`LAYOUT_VERSION`]; applies and attaches nothing.
+    fn load_program(buckets: u32) -> Result<Self, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(LIMIT_BUCKETS_MAP, max_sources);
+        loader.map_max_entries(LIMIT_BUCKETS_MAP, buckets);
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let sets = take_sets(&mut ebpf)?;
@@ -318,7 +341,13 @@ impl Dataplane {
             maps_pinned: false,
         };
         dataplane.program()?.load().map_err(DataplaneError::ProgramLoad)?;
-        dataplane.apply(ruleset)?;
+        let layout =
+            dataplane.ebpf.map_mut(LAYOUT_MAP).ok_or(DataplaneError::MissingMap(LAYOUT_MAP))?;
+        let mut layout = Array::<_, u32>::try_from(layout)
+            .map_err(|source| DataplaneError::MapType { map: LAYOUT_MAP, source })?;
+        layout
+            .set(0, LAYOUT_VERSION, 0)
+            .map_err(|source| DataplaneError::MapType { map: LAYOUT_MAP, source })?;
         Ok(dataplane)
     }
 
@@ -326,37 +355,17 @@ impl Dataplane {
     /// pinned: it is in force), with their counters, and applies nothing yet. Neither
     /// generation's contents are trusted: each is written whole by its first apply.
     /// `rules` (the rules in force with their counter slots, from the state file) lets
-    /// unchanged rules keep counting where they were.
-    pub fn adopt(pins: &Pins, rules: Vec<RuleSlot>) -> Result<Self, DataplaneError> {
-        Self::adopt_sized(pins, rules, MAX_SOURCES)
-    }
-
-    /// [`Self::adopt`], creating a missing bucket map with `max_sources` entries. A
-    /// pinned one keeps its size (its buckets are in force): a new size takes a fresh
-    /// attach, which is logged.
-    pub fn adopt_sized(
-        pins: &Pins,
-        rules: Vec<RuleSlot>,
-        max_sources: u32,
-    ) -> Result<Self, DataplaneError> {
+    /// unchanged rules keep counting where they were. The maps must be of this layout,
+    /// with a bucket map of `buckets` entries ([`migrate::examine`] says
+    /// [`migrate::Pinned::Fits`]); others are migrated ([`Self::migrate`]).
+    pub fn adopt(pins: &Pins, rules: Vec<RuleSlot>, buckets: u32) -> Result<Self, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
         let map_paths: Vec<_> = MAP_NAMES.iter().map(|name| (*name, pins.map(name))).collect();
-        check_pinned_maps(pins, &map_paths)?;
-        let buckets = pins.map(LIMIT_BUCKETS_MAP);
-        if let Ok(info) = aya::maps::MapInfo::from_pin(&buckets)
-            && info.max_entries() != max_sources
-        {
-            tracing::warn!(
-                pinned = info.max_entries(),
-                max_sources,
-                "the pinned limit buckets keep their size: max_sources takes effect when the \
-                 filter is attached afresh (xdp-policy detach, then start)"
-            );
-        }
+        check_pinned_maps(pins, &map_paths, Some(buckets))?;
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(LIMIT_BUCKETS_MAP, max_sources);
+        loader.map_max_entries(LIMIT_BUCKETS_MAP, buckets);
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -386,24 +395,48 @@ impl Dataplane {
     /// Pins every map under `pins` (for maps this process created: only once the
     /// program is attached, so that no pinned maps exist without a filter in force).
     fn pin_maps(&mut self, pins: &Pins) -> Result<(), DataplaneError> {
-        for name in MAP_NAMES {
-            let path = pins.map(name);
-            let pinned = match self.maps.data(name) {
-                Some(map) => map.pin(&path),
-                None if name == SETS_MAP => self.sets.data().pin(&path),
-                None if name == SET_STATS_MAP || name == SET_HITS_MAP => {
-                    match self.sets.counter_maps() {
-                        Some((stats, _)) if name == SET_STATS_MAP => stats.pin(&path),
-                        Some((_, hits)) => hits.pin(&path),
-                        None => return Err(DataplaneError::MissingMap(name)),
-                    }
-                }
-                None => self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?.pin(&path),
-            };
-            pinned.map_err(|source| DataplaneError::Pin { path, source })?;
-        }
+        self.pin_maps_in(&pins.maps())?;
         self.maps_pinned = true;
         Ok(())
+    }
+
+    /// Pins every map in `dir`.
+    fn pin_maps_in(&self, dir: &std::path::Path) -> Result<(), DataplaneError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|error| pins::PinError::Io { path: dir.to_path_buf(), error })?;
+        for name in MAP_NAMES {
+            let path = dir.join(name);
+            self.map_data(name)?
+                .pin(&path)
+                .map_err(|source| DataplaneError::Pin { path, source })?;
+        }
+        Ok(())
+    }
+
+    /// The map `name` of the loaded program, wherever this process keeps it.
+    fn map_data(&self, name: &'static str) -> Result<&MapData, DataplaneError> {
+        if let Some(map) = self.maps.data(name) {
+            return Ok(map);
+        }
+        let counters = self.sets.counter_maps();
+        match name {
+            SETS_MAP => Ok(self.sets.data()),
+            SET_STATS_MAP => {
+                counters.map(|(stats, _)| stats).ok_or(DataplaneError::MissingMap(name))
+            }
+            SET_HITS_MAP => counters.map(|(_, hits)| hits).ok_or(DataplaneError::MissingMap(name)),
+            _ => match self.ebpf.map(name) {
+                Some(
+                    aya::maps::Map::Array(data)
+                    | aya::maps::Map::PerCpuArray(data)
+                    | aya::maps::Map::LruHashMap(data)
+                    | aya::maps::Map::HashMap(data)
+                    | aya::maps::Map::RingBuf(data)
+                    | aya::maps::Map::LpmTrie(data),
+                ) => Ok(data),
+                _ => Err(DataplaneError::MissingMap(name)),
+            },
+        }
     }
 
     /// Attaches to `iface` and pins the maps (if this process created them), the link
@@ -465,6 +498,14 @@ impl Dataplane {
             _ => {}
         }
         self.program()?.pin(&path).map_err(|source| DataplaneError::Pin { path, source })
+    }
+
+    /// The entries the bucket map was created with.
+    pub fn bucket_entries(&self) -> Result<u32, DataplaneError> {
+        let map = self.map_data(LIMIT_BUCKETS_MAP)?;
+        map.info()
+            .map(|info| info.max_entries())
+            .map_err(|source| DataplaneError::MapRead { map: LIMIT_BUCKETS_MAP, source })
     }
 
     /// The rules in force with their counter slots, in rule order.
@@ -712,9 +753,11 @@ fn pinned_link_info(path: &std::path::Path) -> Result<LinkInfo, DataplaneError> 
 /// Pinned maps are reused as they are, so each must be exactly what this version of the
 /// program declares (type, key and value size, entries): a map left by another version
 /// would be read with the wrong layout.
+/// `buckets`: the size the bucket map must have (`None`: any, a setting of its own).
 fn check_pinned_maps(
     pins: &Pins,
     map_paths: &[(&'static str, std::path::PathBuf)],
+    buckets: Option<u32>,
 ) -> Result<(), DataplaneError> {
     let object = aya_obj::Object::parse(OBJECT).map_err(DataplaneError::Object)?;
     for (name, path) in map_paths {
@@ -731,9 +774,12 @@ fn check_pinned_maps(
         let Some(wanted) = object.maps.get(*name) else { continue };
         let pinned_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
         let found = (pinned_type, info.key_size(), info.value_size(), info.max_entries());
-        // The buckets' size is a setting (`max_sources`), whatever the object says.
-        let max_entries =
-            if *name == LIMIT_BUCKETS_MAP { info.max_entries() } else { wanted.max_entries() };
+        // The buckets' size is the daemon's to choose, whatever the object says.
+        let max_entries = match buckets {
+            _ if *name != LIMIT_BUCKETS_MAP => wanted.max_entries(),
+            Some(size) => size,
+            None => info.max_entries(),
+        };
         let expected = (wanted.map_type(), wanted.key_size(), wanted.value_size(), max_entries);
         if found != expected {
             return Err(stale(StaleMap::Layout { found, expected }));

@@ -125,6 +125,11 @@ impl PinnedFilter {
         kernel_memory(&self.pins)
     }
 
+    /// The layout version of the pinned maps (see [`super::migrate`]), if they can be read.
+    pub fn layout(&self) -> Option<u32> {
+        super::migrate::pinned_layout(&self.pins.maps()).ok()
+    }
+
     /// The bucket parameters of the rule at `index` (rule order) in the generation in
     /// force, if it is a limit rule.
     pub fn limit_config(&self, index: usize) -> Option<LimitConfig> {

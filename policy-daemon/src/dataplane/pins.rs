@@ -2,6 +2,11 @@
 //! outlives the daemon: `<pin_dir>/<iface>/{program,link,maps/<MAP>}`. A daemon that
 //! finds the link pinned adopts the maps and replaces the program on the link; only
 //! `xdp-policy detach` removes the pins (and with the last one, the filter).
+//!
+//! A migration to a new layout of the maps (see `super::migrate`) pins the new maps in
+//! `maps-new` beside `maps`, swaps the program on the link, then renames `maps` to
+//! `maps-old`, `maps-new` to `maps`, and removes `maps-old`: whoever opens `maps` finds
+//! one whole set of maps, the old or the new. (A bpffs refuses names with a dot.)
 
 use std::{
     fs, io,
@@ -74,6 +79,36 @@ impl Pins {
         self.maps().join(name)
     }
 
+    /// Where a migration pins the new maps until the program on the link uses them.
+    pub fn staged_maps(&self) -> PathBuf {
+        self.dir.join("maps-new")
+    }
+
+    /// Where the maps a migration replaced are, until they are removed.
+    pub fn retired_maps(&self) -> PathBuf {
+        self.dir.join("maps-old")
+    }
+
+    /// Makes the staged maps the pinned ones (the program on the link uses them now):
+    /// `maps` → `maps-old`, `maps-new` → `maps`, then `maps-old` removed. Each step can
+    /// be redone after a crash: a missing `maps-new` means the renames are done.
+    pub fn commit_staged(&self) -> Result<(), PinError> {
+        let (staged, maps, retired) = (self.staged_maps(), self.maps(), self.retired_maps());
+        if staged.exists() {
+            if maps.exists() {
+                remove_dir_if_there(&retired)?;
+                fs::rename(&maps, &retired).map_err(io_err(&maps))?;
+            }
+            fs::rename(&staged, &maps).map_err(io_err(&staged))?;
+        }
+        remove_dir_if_there(&retired).map(drop)
+    }
+
+    /// Removes the maps of a migration that did not reach the swap; whether there were.
+    pub fn remove_staged(&self) -> Result<bool, PinError> {
+        remove_dir_if_there(&self.staged_maps())
+    }
+
     /// Whether a link is pinned here: the filter is (or was) in force.
     pub fn linked(&self) -> bool {
         self.link().exists()
@@ -118,7 +153,11 @@ impl Pins {
             fs::remove_file(&path).map_err(io_err(&path))?;
             removed += 1;
         }
-        Ok(removed + usize::from(remove_if_there(&self.program())?))
+        let others = [self.staged_maps(), self.retired_maps()]
+            .iter()
+            .map(|dir| remove_dir_if_there(dir).map(usize::from))
+            .sum::<Result<usize, PinError>>()?;
+        Ok(removed + others + usize::from(remove_if_there(&self.program())?))
     }
 
     /// Removes the link's pin (a link whose interface went away, to attach afresh).
@@ -158,6 +197,15 @@ impl Pins {
 /// Removes the file at `path`; whether there was one.
 fn remove_if_there(path: &Path) -> Result<bool, PinError> {
     match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Removes the directory at `path` and what it holds; whether there was one.
+fn remove_dir_if_there(path: &Path) -> Result<bool, PinError> {
+    match fs::remove_dir_all(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_err(path)(e)),

@@ -111,13 +111,23 @@ pub struct SetsLock {
 }
 
 /// Takes the lock on the sets of the filter whose maps are pinned in `maps_dir`,
-/// waiting for another holder to finish.
+/// waiting for another holder to finish. A migration (`super::migrate`) holds it while
+/// it copies the sets, then renames new maps into `maps_dir`: a lock taken on the
+/// directory it replaced is let go and taken again on the new one.
 pub fn lock(maps_dir: &Path) -> Result<SetsLock, SetMapError> {
+    use std::os::unix::fs::MetadataExt as _;
     let err = |source| SetMapError::Lock { path: maps_dir.to_path_buf(), source };
-    let dir = fs::File::open(maps_dir)
-        .map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
-    let lock = Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, errno)| err(errno))?;
-    Ok(SetsLock { _lock: lock })
+    let errno = |e: std::io::Error| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(0)));
+    loop {
+        let dir = fs::File::open(maps_dir).map_err(errno)?;
+        let locked = dir.metadata().map_err(errno)?.ino();
+        let lock = Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, errno)| err(errno))?;
+        match fs::metadata(maps_dir) {
+            Ok(now) if now.ino() == locked => return Ok(SetsLock { _lock: lock }),
+            Ok(_) => continue,
+            Err(e) => return Err(errno(e)),
+        }
+    }
 }
 
 /// `CLOCK_BOOTTIME` now, in nanoseconds: the clock the program compares expiries with

@@ -35,6 +35,9 @@ pub struct State {
     /// The daemon that wrote this (0: unknown, from an older version).
     #[serde(default)]
     pub pid: u32,
+    /// The version of that daemon (empty: one older than 0.2.0).
+    #[serde(default)]
+    pub version: String,
     /// The last audit of the kernel's maps against the policy, if any ran yet.
     #[serde(default)]
     pub audit: Option<Audit>,
@@ -231,6 +234,7 @@ mod tests {
             attach_mode: AttachMode::Native,
             interface_present: true,
             pid: 4242,
+            version: "0.2.0".into(),
             audit: Some(Audit {
                 at_ms: 1_790_000_000_250,
                 count: 3,
@@ -273,6 +277,7 @@ mod tests {
             attach_mode: AttachMode::Skb,
             interface_present: true,
             pid: 1,
+            version: String::new(),
             audit: None,
             sets: Vec::new(),
             rules: vec![RuleState {

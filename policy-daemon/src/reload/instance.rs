@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use policy_common::Counter;
+use policy_common::{Counter, LAYOUT_VERSION};
 use tracing::{debug, error, info, warn};
 
 use super::{Options, StartError};
@@ -18,6 +18,7 @@ use crate::{
         apply::ApplyReport,
         error_chain,
         limits::LimitSample,
+        migrate::{self, Pinned, Recovered},
         pinned::{self, KernelMemory},
         pins::{InterfaceLock, PinError, Pins},
         sets::{self, ChangeError, SetInfo, SetMap, SetSample},
@@ -28,6 +29,8 @@ use crate::{
 
 pub struct Instance {
     iface: String,
+    /// The bucket map's size when the policy has a limit rule (`max_sources`).
+    max_sources: u32,
     pins: Pins,
     /// This daemon's hold on the interface; given up when the filter is detached.
     lock: Option<InterfaceLock>,
@@ -102,6 +105,7 @@ impl Instance {
             audit: None,
             sweeps: 0,
             limit_walk: None,
+            max_sources: options.max_sources,
         };
         if !pins.linked() {
             // No filter in force: whatever is pinned is left from a start that failed
@@ -111,11 +115,11 @@ impl Instance {
             if removed > 0 {
                 warn!(iface, pins = removed, "removed the pins of a filter without a link");
             }
-            let attached =
-                Dataplane::load_sized(ruleset, options.max_sources).and_then(|mut dataplane| {
-                    let mode = dataplane.attach_pinned(iface, options.mode, &pins)?;
-                    Ok((dataplane, mode))
-                });
+            let buckets = migrate::bucket_entries(ruleset, options.max_sources);
+            let attached = Dataplane::load_sized(ruleset, buckets).and_then(|mut dataplane| {
+                let mode = dataplane.attach_pinned(iface, options.mode, &pins)?;
+                Ok((dataplane, mode))
+            });
             return match attached {
                 Ok((dataplane, attached)) => {
                     info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
@@ -130,44 +134,94 @@ impl Instance {
                 }
             };
         }
+        match migrate::recover(&pins)? {
+            Recovered::Nothing => {}
+            Recovered::Finished => {
+                warn!(iface, "finished a migration a crash interrupted after its swap");
+            }
+            Recovered::Undone => warn!(
+                iface,
+                "undid a migration a crash interrupted before its swap: the old maps are in \
+                 force, migrating again"
+            ),
+        }
         let previous = State::read(state_dir, iface).unwrap_or_else(|e| {
             warn!(iface, "ignoring the state file: {}", error_chain(&e));
             None
         });
         let slots = previous.iter().flat_map(|s| s.rules.iter().map(RuleState::slot)).collect();
-        let mut dataplane = Dataplane::adopt_sized(&pins, slots, options.max_sources)?;
-        {
-            let _sets = sets::lock(&pins.maps()).map_err(DataplaneError::Sets)?;
-            dataplane.apply(ruleset)?;
-        }
         let generation = previous.as_ref().map_or(0, |s| s.generation) + 1;
-        match dataplane.replace_on_pinned_link(&pins) {
-            Ok(()) => {
-                // Without a state file, the mode asked for is the best guess: under
-                // `auto`, native (which it tries first).
-                let asked = match options.mode {
-                    XdpMode::Skb => AttachMode::Skb,
-                    XdpMode::Auto | XdpMode::Native => AttachMode::Native,
-                };
-                let mode = previous.as_ref().map_or(asked, |s| s.attach_mode);
-                info!(iface, "adopted the pinned filter: program replaced on its link, no detach");
-                Ok(instance(dataplane, mode, generation, pins))
+        // Without a state file, the mode asked for is the best guess: under `auto`,
+        // native (which it tries first).
+        let asked = match options.mode {
+            XdpMode::Skb => AttachMode::Skb,
+            XdpMode::Auto | XdpMode::Native => AttachMode::Native,
+        };
+        let mode = previous.as_ref().map_or(asked, |s| s.attach_mode);
+        let buckets = migrate::bucket_entries(ruleset, options.max_sources);
+        let sets_lock = sets::lock(&pins.maps()).map_err(DataplaneError::Sets)?;
+        // The interface went away since the link was pinned (the kernel released the
+        // link from it): attach afresh. Any other failure leaves the pinned filter as
+        // it is.
+        let relink = |mut dataplane: Dataplane, e: DataplaneError| {
+            warn!(iface, "the pinned link cannot be reused, attaching again: {}", error_chain(&e));
+            let attached = dataplane.attach_pinned(iface, options.mode, &pins)?;
+            info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
+            Ok::<_, DataplaneError>((dataplane, attached))
+        };
+        let dataplane = match migrate::examine(&pins, buckets)? {
+            Pinned::Fits => {
+                let mut dataplane = Dataplane::adopt(&pins, slots, buckets)?;
+                dataplane.apply(ruleset)?;
+                drop(sets_lock);
+                match dataplane.replace_on_pinned_link(&pins) {
+                    Ok(()) => {
+                        info!(
+                            iface,
+                            "adopted the pinned filter: program replaced on its link, no detach"
+                        );
+                        dataplane
+                    }
+                    Err(e) if e.link_defunct() => {
+                        pins.unpin_link().map_err(DataplaneError::from)?;
+                        let (dataplane, attached) = relink(dataplane, e)?;
+                        return Ok(instance(dataplane, attached, generation, pins.clone()));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
-            // The interface went away since (the kernel released the link from it):
-            // attach afresh. Any other failure leaves the pinned filter as it is.
-            Err(e) if e.link_defunct() => {
-                warn!(
-                    iface,
-                    "the pinned link cannot be reused, attaching again: {}",
-                    error_chain(&e)
-                );
-                pins.unpin_link().map_err(DataplaneError::from)?;
-                let attached = dataplane.attach_pinned(iface, options.mode, &pins)?;
-                info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
-                Ok(instance(dataplane, attached, generation, pins))
+            Pinned::Migrate { from, why } => {
+                match Dataplane::migrate(&pins, slots, ruleset, buckets) {
+                    Ok((dataplane, carried)) => {
+                        info!(
+                            iface,
+                            from_layout = from,
+                            to_layout = LAYOUT_VERSION,
+                            because = why,
+                            carried = carried.summary(),
+                            not_carried = carried.skipped_summary(),
+                            second_copy = carried.second_copy,
+                            to_swap_ms = carried.to_swap_ms,
+                            total_ms = carried.total_ms,
+                            "migrated the pinned filter to new maps: program swapped on its \
+                             link, no detach"
+                        );
+                        dataplane
+                    }
+                    // Nothing to carry the old maps' contents to: they go with the link.
+                    Err(e) if e.link_defunct() => {
+                        drop(sets_lock);
+                        pins.unpin_link().map_err(DataplaneError::from)?;
+                        pins.remove_unlinked().map_err(DataplaneError::from)?;
+                        let (dataplane, attached) =
+                            relink(Dataplane::load_sized(ruleset, buckets)?, e)?;
+                        return Ok(instance(dataplane, attached, 1, pins.clone()));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
-            Err(e) => Err(e.into()),
-        }
+        };
+        Ok(instance(dataplane, mode, generation, pins))
     }
 
     pub fn iface(&self) -> &str {
@@ -228,7 +282,28 @@ impl Instance {
         } else {
             // `xdp-policy set` may be writing the sets (the maps are pinned by now).
             let _sets = sets::lock(&self.pins.maps()).map_err(DataplaneError::Sets)?;
-            let report = self.dataplane.apply(ruleset)?;
+            let buckets = migrate::bucket_entries(ruleset, self.max_sources);
+            let report = if buckets != self.dataplane.bucket_entries()? && self.pins.linked() {
+                // The first limit rule, or the last one gone: a bucket map of another
+                // size, which only new maps can have.
+                let slots = self.dataplane.rule_slots().to_vec();
+                let (dataplane, carried) = Dataplane::migrate(&self.pins, slots, ruleset, buckets)?;
+                info!(
+                    iface = self.iface,
+                    buckets,
+                    carried = carried.summary(),
+                    not_carried = carried.skipped_summary(),
+                    second_copy = carried.second_copy,
+                    to_swap_ms = carried.to_swap_ms,
+                    total_ms = carried.total_ms,
+                    "moved the filter to new maps with a bucket map of another size: program \
+                     swapped on its link, no detach"
+                );
+                self.dataplane = dataplane;
+                carried.applied
+            } else {
+                self.dataplane.apply(ruleset)?
+            };
             self.ruleset = Arc::clone(ruleset);
             self.generation += 1;
             Some(report)
@@ -539,6 +614,7 @@ impl Instance {
             interface_present: self.ifindex != 0,
             rules,
             pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             audit: self.audit.clone(),
             sets: self
                 .policy

@@ -50,7 +50,7 @@ pub struct Options {
     /// How policy files are read.
     pub load: LoadOptions,
     pub mode: XdpMode,
-    /// Size of the limit buckets' map of a filter attached afresh.
+    /// Size of the limit buckets' map while the policy has a limit rule.
     pub max_sources: u32,
 }
 

@@ -143,6 +143,8 @@ fn scribble(maps: Vec<(String, MapData)>, seed: u64) -> Scribbled {
             LIMIT_BUCKETS_MAP => continue,
             // Per-CPU scratch space the program writes before it reads.
             SET_SCRATCH_MAP => continue,
+            // The daemon's note of the maps' layout, which the program does not read.
+            policy_common::LAYOUT_MAP => continue,
             // The audit checks the sets' file entries and finds sets nobody has, but keeps
             // no record of run-time entries: scribbled ones of a known set would stay.
             SETS_MAP => continue,

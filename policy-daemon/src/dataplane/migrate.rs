@@ -1,0 +1,398 @@
+//! Upgrades that keep enforcing: a daemon that finds the maps of an older layout pinned
+//! (or of other sizes than the policy needs) builds a new set of maps beside them and
+//! swaps its program onto the link, without a detach.
+//!
+//! 1. [`examine`]: the pinned maps' [`LAYOUT_VERSION`] (in the `LAYOUT` map, which
+//!    layout 1 did not have) and shapes. A newer layout is refused: this daemon cannot
+//!    read it, and downgrading means `xdp-policy detach`.
+//! 2. [`Dataplane::migrate`]: the program is loaded on new maps, what must outlive the
+//!    change is copied from the pinned maps ([`CARRIED`]: counters, the named sets,
+//!    limit buckets, the generation in force), the policy applied, the new maps pinned
+//!    in `maps-new`, and the program swapped onto the link (the kernel swaps it
+//!    atomically: every packet meets one program or the other, each with a whole
+//!    policy). What the old program wrote between the copy and the swap is copied a
+//!    second time, then `maps-new` becomes `maps` and the old maps go.
+//! 3. [`recover`], at every start: a migration a crash interrupted is finished if the
+//!    program on the link already uses the new maps, else its new maps are removed and
+//!    the next start migrates again. Never a mix.
+
+use std::{path::Path, time::Instant};
+
+use aya::maps::{Array, Map, MapData, MapInfo};
+use policy_common::{
+    ACTIVE_MAP, CONFIG_MAP, EVENT_SETTINGS_MAP, LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP,
+    LIMIT_STATS_MAP, MAP_NAMES, RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP,
+    VERDICT_COUNTERS_MAP,
+};
+
+use super::{
+    Dataplane, DataplaneError, StaleMap,
+    apply::{ApplyReport, Generations, RuleSlot},
+    batch::{BatchError, BatchMap, RawEntries},
+    check_pinned_maps, error_chain,
+    pins::Pins,
+    sets::FileEntries,
+};
+use crate::policy::Ruleset;
+
+/// How a map's contents cross a migration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Carry {
+    /// Copied once: only the daemon writes it (under the sets lock, which the migration
+    /// holds), or the copy is what the new maps start from.
+    Once,
+    /// Per-CPU counters the program adds to: copied, then what the old program added
+    /// until the swap is added too.
+    Counters,
+    /// The limit buckets the program updates: copied, then copied again, the later
+    /// (more used) of the two times kept for a bucket both hold.
+    Buckets,
+}
+
+/// The maps whose contents outlive a migration; the others hold the policy, which is
+/// applied whole to the new maps, or nothing that needs to last (the event ring, the
+/// per-CPU scratch and event clock).
+const CARRIED: [(&str, Carry); 10] = [
+    // The generation in force and its configuration: the new policy goes to the other
+    // generation, as an apply on the old maps would, so that the set hits counted under
+    // the old one are credited to their sets at the next apply.
+    (ACTIVE_MAP, Carry::Once),
+    (CONFIG_MAP, Carry::Once),
+    (SETS_MAP, Carry::Once),
+    (SET_STATS_MAP, Carry::Once),
+    (EVENT_SETTINGS_MAP, Carry::Once),
+    (VERDICT_COUNTERS_MAP, Carry::Counters),
+    (RULE_COUNTERS_MAP, Carry::Counters),
+    (LIMIT_STATS_MAP, Carry::Counters),
+    (SET_HITS_MAP, Carry::Counters),
+    (LIMIT_BUCKETS_MAP, Carry::Buckets),
+];
+
+/// The entries of the bucket map for `ruleset`: `max_sources` if it has a limit rule,
+/// else one (a preallocated map of a million buckets holds about 92 MiB of kernel
+/// memory). A reload that adds the first limit rule migrates to a bigger map.
+pub fn bucket_entries(ruleset: &Ruleset, max_sources: u32) -> u32 {
+    if ruleset.rules.iter().any(|rule| rule.limit.is_some()) { max_sources } else { 1 }
+}
+
+/// What [`examine`] found pinned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pinned {
+    /// This layout, with the sizes wanted: adopt the maps as they are.
+    Fits,
+    /// An older layout, or other sizes: migrate. `why` says what differs.
+    Migrate { from: u32, why: String },
+}
+
+/// The layout version of the maps pinned under `pins` (1 if they have no `LAYOUT`
+/// map, which layout 1 did not have).
+pub fn pinned_layout(maps_dir: &Path) -> Result<u32, DataplaneError> {
+    let path = maps_dir.join(LAYOUT_MAP);
+    if !path.exists() {
+        return Ok(1);
+    }
+    let read = || -> Result<u32, aya::maps::MapError> {
+        let map = Array::<_, u32>::try_from(Map::Array(MapData::from_pin(&path)?))?;
+        map.get(&0, 0)
+    };
+    read().map_err(|source| DataplaneError::MapRead { map: LAYOUT_MAP, source })
+}
+
+/// Whether the maps pinned under `pins` can be adopted as they are by this version
+/// with a bucket map of `buckets` entries, or must be migrated. A newer layout is an
+/// error ([`DataplaneError::NewerLayout`]).
+pub fn examine(pins: &Pins, buckets: u32) -> Result<Pinned, DataplaneError> {
+    let found = pinned_layout(&pins.maps())?;
+    if found > LAYOUT_VERSION {
+        return Err(DataplaneError::NewerLayout { dir: pins.dir().to_path_buf(), found });
+    }
+    if found < LAYOUT_VERSION {
+        return Ok(Pinned::Migrate { from: found, why: format!("layout {found}") });
+    }
+    let map_paths: Vec<_> = MAP_NAMES.iter().map(|name| (*name, pins.map(name))).collect();
+    if let Some((name, _)) = map_paths.iter().find(|(_, path)| !path.exists()) {
+        return Ok(Pinned::Migrate { from: found, why: format!("map {name} missing") });
+    }
+    match check_pinned_maps(pins, &map_paths, Some(buckets)) {
+        Ok(()) => Ok(Pinned::Fits),
+        Err(DataplaneError::StalePins { map, why, .. })
+            if matches!(*why, StaleMap::Layout { .. }) =>
+        {
+            Ok(Pinned::Migrate { from: found, why: format!("map {map}: {why}") })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What [`recover`] did with a migration a crash interrupted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recovered {
+    /// None was interrupted.
+    Nothing,
+    /// The program on the link used the new maps: they are now the pinned ones.
+    Finished,
+    /// It did not: the new maps were removed, the old ones are in force.
+    Undone,
+}
+
+/// Finishes or undoes a migration a crash interrupted (see the module's description).
+/// Call with the interface's lock held, before anything else reads the pins.
+pub fn recover(pins: &Pins) -> Result<Recovered, DataplaneError> {
+    let staged = pins.staged_maps();
+    if !staged.exists() {
+        if pins.retired_maps().exists() {
+            // Killed after the renames, before the old maps were removed.
+            pins.commit_staged()?;
+            return Ok(Recovered::Finished);
+        }
+        return Ok(Recovered::Nothing);
+    }
+    let on_link = if pins.linked() { link_map_ids(pins)? } else { Vec::new() };
+    let staged_active = MapInfo::from_pin(staged.join(ACTIVE_MAP)).ok().map(|info| info.id());
+    if staged_active.is_some_and(|id| on_link.contains(&id)) {
+        pins.commit_staged()?;
+        Ok(Recovered::Finished)
+    } else {
+        pins.remove_staged()?;
+        Ok(Recovered::Undone)
+    }
+}
+
+/// The ids of the maps the program on the pinned link uses.
+fn link_map_ids(pins: &Pins) -> Result<Vec<u32>, DataplaneError> {
+    let program_id = super::pinned_link_info(&pins.link())?.program_id();
+    for program in aya::programs::loaded_programs() {
+        let Ok(program) = program else { continue };
+        if program.id() == program_id {
+            return program
+                .map_ids()
+                .map(Option::unwrap_or_default)
+                .map_err(DataplaneError::ProgramType);
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// What a migration carried over, for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Carried {
+    /// The apply of the policy to the new maps.
+    pub applied: ApplyReport,
+    /// Map → entries copied from the old maps.
+    pub maps: Vec<(&'static str, usize)>,
+    /// Maps not carried, and why.
+    pub skipped: Vec<(&'static str, String)>,
+    /// Entries the second copy changed (what the old program wrote after the first).
+    pub second_copy: usize,
+    /// From the start of the migration to the swap, and to the end.
+    pub to_swap_ms: u64,
+    pub total_ms: u64,
+}
+
+impl Carried {
+    /// `MAP entries, ...` for the log.
+    pub fn summary(&self) -> String {
+        self.maps.iter().map(|(map, n)| format!("{map} {n}")).collect::<Vec<_>>().join(", ")
+    }
+
+    pub fn skipped_summary(&self) -> String {
+        self.skipped.iter().map(|(map, why)| format!("{map}: {why}")).collect::<Vec<_>>().join("; ")
+    }
+}
+
+/// One carried map: the old map's handle, the new map's, and what the first copy read.
+struct Pair {
+    name: &'static str,
+    how: Carry,
+    old: BatchMap,
+    new: BatchMap,
+    first: RawEntries,
+}
+
+fn carry_err(map: &'static str) -> impl Fn(BatchError) -> DataplaneError {
+    move |e| DataplaneError::Carry { map, source: e.source }
+}
+
+/// A crash injected at a step of a migration, for the tests that check what the next
+/// start makes of it (`XDP_POLICY_TEST_CRASH_MIGRATION=staged|swapped`). The process
+/// aborts as a `kill -9` would leave it: nothing cleaned up.
+fn crash_point(step: &str) {
+    if std::env::var("XDP_POLICY_TEST_CRASH_MIGRATION").is_ok_and(|at| at == step) {
+        tracing::error!(step, "crashing the migration as asked (XDP_POLICY_TEST_CRASH_MIGRATION)");
+        std::process::abort();
+    }
+}
+
+impl Dataplane {
+    /// Migrates the filter pinned under `pins` to new maps of this layout, with a bucket
+    /// map of `buckets` entries, and `ruleset` in force (see the module's description).
+    /// `rules`: the rules in force with their counter slots (from the state file), so
+    /// that unchanged rules keep counting where they were. On error before the swap the
+    /// pinned filter stays as it was and the new maps are removed.
+    ///
+    /// The caller holds the interface's lock and the sets lock of `pins.maps()`.
+    pub fn migrate(
+        pins: &Pins,
+        rules: Vec<RuleSlot>,
+        ruleset: &Ruleset,
+        buckets: u32,
+    ) -> Result<(Self, Carried), DataplaneError> {
+        let started = Instant::now();
+        pins.remove_staged()?;
+        let mut next = Self::load_program(buckets)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Cpus(source))?;
+        let mut carried = Carried {
+            applied: ApplyReport { kernel_generation: 0, writes: 0 },
+            maps: Vec::new(),
+            skipped: Vec::new(),
+            second_copy: 0,
+            to_swap_ms: 0,
+            total_ms: 0,
+        };
+        let with_limits = ruleset.rules.iter().any(|rule| rule.limit.is_some());
+        let mut pairs = Vec::new();
+        for (name, how) in CARRIED {
+            if how == Carry::Buckets && !with_limits {
+                carried.skipped.push((name, "the policy has no limit rule".into()));
+                continue;
+            }
+            let path = pins.map(name);
+            let old = match MapData::from_pin(&path) {
+                Ok(old) => old,
+                Err(_) if !path.exists() => {
+                    carried.skipped.push((name, "not in the old maps".into()));
+                    continue;
+                }
+                Err(source) => return Err(DataplaneError::MapRead { map: name, source }),
+            };
+            let batch = |map: &MapData| {
+                BatchMap::new(name, map, cpus)
+                    .map_err(|source| DataplaneError::MapRead { map: name, source })
+            };
+            let (old, new) = (batch(&old)?, batch(next.map_data(name)?)?);
+            if (old.key_size(), old.value_size()) != (new.key_size(), new.value_size()) {
+                let why = format!(
+                    "its entries changed size ({}+{} bytes, now {}+{})",
+                    old.key_size(),
+                    old.value_size(),
+                    new.key_size(),
+                    new.value_size()
+                );
+                carried.skipped.push((name, why));
+                continue;
+            }
+            pairs.push(Pair { name, how, old, new, first: RawEntries::new(0, 0) });
+        }
+        // What the program does not write first: the apply needs the generation in
+        // force and the sets. What it writes last, just before the swap, so that a
+        // crash between the swap and the second copy loses as little as can be.
+        let mut first_copy = |pairs: &mut Vec<Pair>, written: bool| {
+            for pair in pairs.iter_mut().filter(|p| (p.how != Carry::Once) == written) {
+                pair.first = pair.old.dump().map_err(carry_err(pair.name))?;
+                pair.new.load(&pair.first).map_err(carry_err(pair.name))?;
+                carried.maps.push((pair.name, pair.first.count));
+            }
+            Ok::<_, DataplaneError>(())
+        };
+        first_copy(&mut pairs, false)?;
+        next.generations = Generations::adopt(next.maps.active_generation()?, rules);
+        next.file_entries = FileEntries::unknown();
+        let applied = next.apply(ruleset)?;
+        first_copy(&mut pairs, true)?;
+        carried.applied = applied;
+        let staged = pins.staged_maps();
+        let swapped = next.pin_maps_in(&staged).and_then(|()| {
+            crash_point("staged");
+            next.replace_on_pinned_link(pins)
+        });
+        if let Err(e) = swapped {
+            if let Err(removing) = pins.remove_staged() {
+                tracing::warn!("removing the new maps of the failed migration: {removing}");
+            }
+            return Err(e);
+        }
+        carried.to_swap_ms = started.elapsed().as_millis() as u64;
+        crash_point("swapped");
+        // Packets the old program was judging during the swap are counted once it ends.
+        super::kernel::wait_for_rcu_grace_period();
+        for pair in &mut pairs {
+            carried.second_copy += second_copy(pair).unwrap_or_else(|e| {
+                tracing::warn!(
+                    map = pair.name,
+                    "the second copy failed; what the old program wrote since the first is \
+                     lost: {}",
+                    error_chain(&e)
+                );
+                0
+            });
+        }
+        pins.commit_staged()?;
+        next.maps_pinned = true;
+        carried.total_ms = started.elapsed().as_millis() as u64;
+        Ok((next, carried))
+    }
+}
+
+/// Copies what the old program wrote since the first copy; returns the entries changed.
+fn second_copy(pair: &mut Pair) -> Result<usize, DataplaneError> {
+    if pair.how == Carry::Once {
+        return Ok(0);
+    }
+    let last = pair.old.dump().map_err(carry_err(pair.name))?;
+    let mut changed = 0;
+    match pair.how {
+        Carry::Counters => {
+            // Arrays: the same keys in the same order in both reads. The new program
+            // counts into the same values meanwhile, and no system call adds to a map
+            // value: each is read and written back at once, so that only a packet
+            // counted in the microseconds between the two calls can be lost.
+            for i in 0..last.count.min(pair.first.count) {
+                let (first, last_value) = (pair.first.value(i), last.value(i));
+                if first == last_value {
+                    continue;
+                }
+                let key = last.key(i);
+                let Some(mut value) = pair.new.lookup(key).map_err(carry_io(pair.name))? else {
+                    continue;
+                };
+                let lanes = first.chunks_exact(8).zip(last_value.chunks_exact(8));
+                for (lane, (then, later)) in value.chunks_exact_mut(8).zip(lanes) {
+                    let added = u64_of(later).wrapping_sub(u64_of(then));
+                    lane.copy_from_slice(&u64_of(lane).wrapping_add(added).to_ne_bytes());
+                }
+                let mut one = RawEntries::new(last.key_size, last.value_size);
+                one.push(key, &value);
+                pair.new.load(&one).map_err(carry_err(pair.name))?;
+                changed += 1;
+            }
+        }
+        Carry::Buckets => {
+            // Up to a million buckets: read the new map whole, once. A bucket the new
+            // program charges between that read and the write may lose that charge.
+            let now = pair.new.dump().map_err(carry_err(pair.name))?;
+            let held: std::collections::HashMap<&[u8], u64> =
+                (0..now.count).map(|i| (now.key(i), u64_of(now.value(i)))).collect();
+            let mut later = RawEntries::new(last.key_size, last.value_size);
+            for i in 0..last.count {
+                let tat = u64_of(last.value(i));
+                if held.get(last.key(i)).is_none_or(|&new_tat| new_tat < tat) {
+                    later.push(last.key(i), last.value(i));
+                }
+            }
+            pair.new.load(&later).map_err(carry_err(pair.name))?;
+            changed = later.count;
+        }
+        Carry::Once => {}
+    }
+    Ok(changed)
+}
+
+fn carry_io(map: &'static str) -> impl Fn(std::io::Error) -> DataplaneError {
+    move |source| DataplaneError::Carry { map, source }
+}
+
+fn u64_of(bytes: &[u8]) -> u64 {
+    let mut lane = [0u8; 8];
+    lane.copy_from_slice(&bytes[..8]);
+    u64::from_ne_bytes(lane)
+}

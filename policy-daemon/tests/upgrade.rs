@@ -1,0 +1,329 @@
+//! Upgrades that keep enforcing, with the real `xdp-policy run` in a veth namespace pair
+//! and a UDP stream to a blocked and an open port as the judge:
+//! - a filter whose maps are of an older layout (pins without the `LAYOUT` map, as every
+//!   version before 0.2.0 left them) is migrated in place: 0 datagrams through to the
+//!   blocked port, none lost to the open one, counters continue, `status` names the new
+//!   version and layout;
+//! - a filter of a newer layout is refused, named, and left in force;
+//! - a migration killed before its swap is redone by the next start, one killed after
+//!   it (also between its renames) is finished: never a mix;
+//! - a reload that adds the first limit rule moves the filter to maps with a bucket map
+//!   of `max_sources` entries (one entry without a limit rule), and back.
+//!
+//! The upgrade from the package of the previous layout to this one, under systemd, is
+//! the systemd layer's (`cargo xtask systemd-test`).
+//!
+//! Needs root (see `support::privileged`); the tests share kernel state, so each holds
+//! `support::serial`.
+
+mod support;
+
+use std::{fs, path::Path, path::PathBuf, time::Duration};
+
+use aya::maps::{Array, Map, MapData, MapInfo};
+use policy_common::{LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP};
+use support::{DAEMON, PolicyFile, block_udp, serial, xdp_policy};
+use testbed::{DaemonCommand, RX_IFACE, RX_V4, StreamResult, Testbed, TestbedError, XdpMode};
+
+const BLOCKED: u16 = 7101;
+const OPEN: u16 = 7102;
+
+fn pins(testbed: &Testbed) -> PathBuf {
+    testbed.dirs().pin_dir().join(RX_IFACE)
+}
+
+/// Makes the pinned maps look as every version before the `LAYOUT` map left them.
+fn make_layout_1(testbed: &Testbed) {
+    fs::remove_file(pins(testbed).join("maps").join(LAYOUT_MAP)).expect("removing LAYOUT");
+}
+
+fn status_json(testbed: &Testbed) -> serde_json::Value {
+    let out = xdp_policy(testbed, &["status", "--json"]);
+    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("status --json")
+}
+
+/// `status --verify`: the kernel holds the policy in force.
+fn assert_verified(testbed: &Testbed, step: &str) {
+    let out = xdp_policy(testbed, &["status", "--verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{step}: the audit found drift:\n{text}");
+    assert!(text.contains("the kernel held the policy in force"), "{step}: {text}");
+}
+
+/// Nothing is left of a migration beside the maps in force.
+fn assert_one_map_set(testbed: &Testbed, step: &str) {
+    let mut entries: Vec<String> = fs::read_dir(pins(testbed))
+        .expect("the pin directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["link", "maps", "program"], "{step}: pins");
+}
+
+/// The stream's verdict: nothing through to the blocked port, nothing lost to the open
+/// one, and enough traffic to mean something.
+fn assert_enforced_throughout(result: &StreamResult, step: &str) {
+    eprintln!(
+        "{step}: blocked port {} sent, {} received; open port {} sent, {} received",
+        result.sent[0], result.received[0], result.sent[1], result.received[1]
+    );
+    assert_eq!(result.received[0], 0, "{step}: datagrams to the blocked port got through");
+    assert_eq!(result.received[1], result.sent[1], "{step}: the open port lost datagrams");
+    assert!(result.sent[0] > 300, "{step}: too little traffic: {}", result.sent[0]);
+}
+
+/// The blocked rule's packets, from `status --json`.
+fn blocked_count(testbed: &Testbed) -> u64 {
+    let status = status_json(testbed);
+    status[0]["rules"][0]["packets"].as_u64().expect("the rule's packets")
+}
+
+/// The blocked rule counted the stream's datagrams to it (`before` counted already),
+/// but for what the migration's second copy can lose: a datagram counted by the new
+/// program in the microseconds between reading a counter and writing it back.
+fn assert_counted(testbed: &Testbed, before: u64, result: &StreamResult, step: &str) {
+    let counted = blocked_count(testbed) - before;
+    eprintln!("{step}: the rule counted {counted} of {} blocked datagrams", result.sent[0]);
+    assert!(
+        counted <= result.sent[0] && counted + 2 >= result.sent[0],
+        "{step}: the rule counted {counted}, {} were sent",
+        result.sent[0]
+    );
+}
+
+#[test]
+fn an_older_layout_is_migrated_in_place_under_a_stream() {
+    let Some(_serial) = serial("an_older_layout_is_migrated_in_place_under_a_stream") else {
+        return;
+    };
+    let policy = PolicyFile::new("upgrade", &block_udp(BLOCKED));
+    let testbed = Testbed::new().expect("testbed");
+    let first = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
+    assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 50).expect("probe").received, 0);
+    first.kill9();
+    make_layout_1(&testbed);
+    let before = blocked_count(&testbed);
+    assert_eq!(before, 50);
+    assert_eq!(status_json(&testbed)[0]["layout"], 1);
+
+    let mut log = String::new();
+    let result = testbed
+        .udp_stream([BLOCKED, OPEN], Duration::from_secs(30), Duration::from_micros(300), |_| {
+            std::thread::sleep(Duration::from_millis(300));
+            let daemon = testbed
+                .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+                .expect("the migrating daemon");
+            log = daemon.log();
+            std::thread::sleep(Duration::from_millis(300));
+            daemon.kill9();
+            // The same version again: nothing to migrate.
+            let again = testbed
+                .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+                .expect("the restarted daemon");
+            assert!(again.log().contains("adopted the pinned filter"), "{}", again.log());
+            std::thread::sleep(Duration::from_millis(300));
+            again.kill9();
+        })
+        .expect("the udp stream");
+    assert!(
+        log.contains("migrated the pinned filter to new maps")
+            && log.contains("from_layout=1")
+            && log.contains(&format!("to_layout={LAYOUT_VERSION}"))
+            && log.contains("RULE_COUNTERS 2048"),
+        "{log}"
+    );
+    assert_enforced_throughout(&result, "migration and restart");
+    assert_counted(&testbed, before, &result, "migration and restart");
+    let status = status_json(&testbed);
+    assert_eq!(status[0]["layout"], LAYOUT_VERSION);
+    assert_eq!(status[0]["state"]["version"], env!("CARGO_PKG_VERSION"));
+    let text = String::from_utf8_lossy(&xdp_policy(&testbed, &["status"]).stdout).into_owned();
+    assert!(
+        text.contains(&format!("daemon: xdp-policy {} (pid", env!("CARGO_PKG_VERSION")))
+            && text.contains(&format!("map layout {LAYOUT_VERSION}")),
+        "{text}"
+    );
+    assert_one_map_set(&testbed, "after the migration");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
+    assert_verified(&testbed, "after the migration");
+    daemon.stop().expect("stopping");
+}
+
+#[test]
+fn a_newer_layout_is_refused_and_left_in_force() {
+    let Some(_serial) = serial("a_newer_layout_is_refused_and_left_in_force") else { return };
+    let policy = PolicyFile::new("downgrade", &block_udp(BLOCKED));
+    let testbed = Testbed::new().expect("testbed");
+    let first = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
+    first.stop().expect("stopping");
+    let layout = pins(&testbed).join("maps").join(LAYOUT_MAP);
+    let data = MapData::from_pin(&layout).expect("the LAYOUT pin");
+    let mut map = Array::<_, u32>::try_from(Map::Array(data)).expect("an array");
+    map.set(0, LAYOUT_VERSION + 1, 0).expect("writing a newer layout");
+
+    let command = DaemonCommand::new(Path::new(DAEMON), &policy.0, XdpMode::Skb);
+    let stderr = match testbed.start(&command) {
+        Err(TestbedError::DaemonExited { status, stderr, .. }) => {
+            assert!(!status.success(), "{stderr}");
+            stderr
+        }
+        Ok(daemon) => panic!("a daemon took a newer layout:\n{}", daemon.log()),
+        Err(other) => panic!("{other}"),
+    };
+    assert!(
+        stderr
+            .contains(&format!("set up by a newer xdp-policy (map layout {};", LAYOUT_VERSION + 1))
+            && stderr.contains("xdp-policy detach"),
+        "{stderr}"
+    );
+    assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 10).expect("probe").received, 0);
+    assert_eq!(testbed.udp_probe(RX_V4.into(), OPEN, 10).expect("probe").received, 10);
+    assert_eq!(map.get(&0, 0).expect("LAYOUT"), LAYOUT_VERSION + 1, "the pins were left alone");
+    assert_eq!(status_json(&testbed)[0]["layout"], LAYOUT_VERSION + 1);
+}
+
+/// Kills (aborts) a migration at each of its steps under a stream; the next start
+/// finishes it or redoes it, and the filter is whole and in force all along.
+#[test]
+fn a_migration_killed_at_any_step_is_finished_or_redone() {
+    let Some(_serial) = serial("a_migration_killed_at_any_step_is_finished_or_redone") else {
+        return;
+    };
+    let policy = PolicyFile::new("crash", &block_udp(BLOCKED));
+    // (where it crashes, whether the renames are half done, what the next start logs)
+    let cases = [
+        ("staged", false, "undid a migration a crash interrupted before its swap"),
+        ("swapped", false, "finished a migration a crash interrupted after its swap"),
+        ("swapped", true, "finished a migration a crash interrupted after its swap"),
+    ];
+    for (step, half_renamed, expected) in cases {
+        let case = format!("crash at {step}{}", if half_renamed { ", maps renamed" } else { "" });
+        let testbed = Testbed::new().expect("testbed");
+        let first =
+            testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
+        first.stop().expect("stopping");
+        make_layout_1(&testbed);
+        let before = blocked_count(&testbed);
+        let mut log = String::new();
+        let result = testbed
+            .udp_stream(
+                [BLOCKED, OPEN],
+                Duration::from_secs(30),
+                Duration::from_micros(300),
+                |_| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    let env = [("XDP_POLICY_TEST_CRASH_MIGRATION", step)];
+                    let command = DaemonCommand {
+                        env: &env,
+                        ..DaemonCommand::new(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+                    };
+                    match testbed.start(&command) {
+                        Err(TestbedError::DaemonExited { stderr, .. }) => {
+                            assert!(stderr.contains("crashing the migration as asked"), "{stderr}")
+                        }
+                        Ok(daemon) => panic!("{case}: it did not crash:\n{}", daemon.log()),
+                        Err(other) => panic!("{case}: {other}"),
+                    }
+                    let maps = pins(&testbed).join("maps");
+                    assert!(pins(&testbed).join("maps-new").exists(), "{case}: no maps-new");
+                    if half_renamed {
+                        // As if killed between the two renames of the commit.
+                        fs::rename(&maps, pins(&testbed).join("maps-old")).expect("renaming");
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                    let daemon = testbed
+                        .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+                        .unwrap_or_else(|e| panic!("{case}: the next start: {e}"));
+                    log = daemon.log();
+                    std::thread::sleep(Duration::from_millis(300));
+                    daemon.stop().expect("stopping");
+                },
+            )
+            .expect("the udp stream");
+        assert!(log.contains(expected), "{case}: {log}");
+        assert_eq!(
+            log.contains("migrated the pinned filter to new maps"),
+            step == "staged",
+            "{case}: migrated again only if the crash came before the swap:\n{log}"
+        );
+        assert_enforced_throughout(&result, &case);
+        // The migration that crashed after its swap lost its second copy: what the old
+        // program counted between the first copy of the counters and the swap, which
+        // come one right after the other (a few datagrams at most).
+        if step == "staged" {
+            assert_counted(&testbed, before, &result, &case);
+        } else {
+            let counted = blocked_count(&testbed) - before;
+            eprintln!("{case}: the rule counted {counted} of {}", result.sent[0]);
+            assert!(counted <= result.sent[0] && counted + 20 >= result.sent[0], "{case}");
+        }
+        assert_eq!(status_json(&testbed)[0]["layout"], LAYOUT_VERSION, "{case}");
+        assert_one_map_set(&testbed, &case);
+        let daemon =
+            testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
+        assert_verified(&testbed, &case);
+        daemon.stop().expect("stopping");
+    }
+}
+
+/// The pinned bucket map's entries.
+fn bucket_entries(testbed: &Testbed) -> u32 {
+    let path = pins(testbed).join("maps").join(LIMIT_BUCKETS_MAP);
+    MapInfo::from_pin(path).expect("the bucket map").max_entries()
+}
+
+#[test]
+fn the_bucket_map_is_sized_by_the_policy_and_moved_on_reload() {
+    let Some(_serial) = serial("the_bucket_map_is_sized_by_the_policy_and_moved_on_reload") else {
+        return;
+    };
+    const LIMITED: u16 = 7103;
+    let limit = format!(
+        "[[rule]]\nname = \"limit-{LIMITED}\"\naction = \"limit\"\nprotocol = \"udp\"\n\
+         dst_ports = [{LIMITED}]\nrate = \"1/h\"\nburst = 3\n"
+    );
+    let plain = block_udp(BLOCKED);
+    let policy = PolicyFile::new("sized", &plain);
+    let testbed = Testbed::new().expect("testbed");
+    let daemon = testbed
+        .start(&DaemonCommand {
+            extra: &["--max-sources", "5000"],
+            ..DaemonCommand::new(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+        })
+        .expect("daemon");
+    assert_eq!(bucket_entries(&testbed), 1, "no limit rule: a bucket map of one entry");
+    let small = status_json(&testbed)[0]["kernel_memory"]["maps"].as_u64().expect("memory");
+    assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 20).expect("probe").received, 0);
+
+    let result = testbed
+        .udp_stream([BLOCKED, OPEN], Duration::from_secs(30), Duration::from_micros(300), |_| {
+            policy.write(&format!("{plain}{limit}"));
+            daemon.wait_for_log("policy applied", 2, Duration::from_secs(10)).expect("reload");
+        })
+        .expect("the udp stream");
+    assert!(daemon.log().contains("moved the filter to new maps"), "{}", daemon.log());
+    assert_enforced_throughout(&result, "the first limit rule");
+    assert_counted(&testbed, 20, &result, "the first limit rule");
+    assert_eq!(bucket_entries(&testbed), 5000, "a limit rule: max_sources buckets");
+    let received = testbed.udp_probe(RX_V4.into(), LIMITED, 6).expect("probe").received;
+    assert_eq!(received, 3, "the limit rule passes its burst of 3, then one an hour");
+    let big = status_json(&testbed)[0]["kernel_memory"]["maps"].as_u64().expect("memory");
+    eprintln!("maps: {small} B with one bucket, {big} B with 5,000");
+    assert!(big > small + 5000 * 64, "maps {small} B, then {big} B");
+
+    // The limit rule stays, another rule comes: no move, the bucket is kept.
+    policy.write(&format!("{plain}{limit}{}", block_udp(OPEN + 10)));
+    daemon.wait_for_log("policy applied", 3, Duration::from_secs(10)).expect("reload");
+    assert_eq!(daemon.log().matches("moved the filter to new maps").count(), 1);
+    assert_eq!(testbed.udp_probe(RX_V4.into(), LIMITED, 3).expect("probe").received, 0);
+
+    // The last limit rule gone: back to one entry.
+    policy.write(&plain);
+    daemon.wait_for_log("policy applied", 4, Duration::from_secs(10)).expect("reload");
+    assert_eq!(bucket_entries(&testbed), 1);
+    assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 10).expect("probe").received, 0);
+    assert_one_map_set(&testbed, "after the moves");
+    assert_verified(&testbed, "after the moves");
+    daemon.stop().expect("stopping");
+}
