@@ -136,7 +136,7 @@ fn run(command: Command) -> Result<()> {
         Command::SystemdTest => {
             let toolchain = setup::ensure()?;
             let deb = package::build(&toolchain)?;
-            systemd::test(&deb)
+            systemd::test(&deb, &package::build_previous_layout()?)
         }
         Command::SystemdTestListen { ports } => systemd::wire::listen(&ports),
         Command::Package { verify } => {
@@ -158,5 +158,5 @@ fn systemd_layer(toolchain: &setup::Toolchain) -> Result<()> {
         return Ok(());
     }
     let deb = package::build(toolchain)?;
-    systemd::test(&deb)
+    systemd::test(&deb, &package::build_previous_layout()?)
 }

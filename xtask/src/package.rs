@@ -45,6 +45,63 @@ pub fn build(toolchain: &Toolchain) -> Result<PathBuf> {
     Ok(deb)
 }
 
+/// The last commit whose pinned maps are of layout 1 (every version before 0.2.0): the
+/// systemd layer installs its package, then upgrades to this one's under a stream.
+pub const PREVIOUS_LAYOUT_COMMIT: &str = "07ccab9607db1894af5f6ec7e68c290673fea1cf";
+
+/// The .deb of [`PREVIOUS_LAYOUT_COMMIT`], built from its tree (`git archive`) by its own
+/// `cargo xtask package` under `target/previous-layout/`, once: it is kept there.
+pub fn build_previous_layout() -> Result<PathBuf> {
+    let dir = build::target_dir().join("previous-layout");
+    let tree = dir.join("tree");
+    let debs = dir.join("target").join("debian");
+    let built = |debs: &Path| -> Option<PathBuf> {
+        let mut found: Vec<PathBuf> = fs::read_dir(debs)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+            .collect();
+        found.sort();
+        found.pop()
+    };
+    if let Some(deb) = built(&debs) {
+        eprintln!("xtask: package: the previous layout's package, built before: {}", deb.display());
+        return Ok(deb);
+    }
+    let _ = fs::remove_dir_all(&tree);
+    fs::create_dir_all(&tree).with_context(|| format!("creating {}", tree.display()))?;
+    let mut archive = std::process::Command::new("git")
+        .current_dir(workspace_root())
+        .args(["archive", "--format=tar", PREVIOUS_LAYOUT_COMMIT])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running git archive")?;
+    let tar_input = archive.stdout.take().context("git archive's output")?;
+    let untar = std::process::Command::new("tar")
+        .args(["-x", "-C"])
+        .arg(&tree)
+        .stdin(tar_input)
+        .status()
+        .context("running tar")?;
+    let archived = archive.wait().context("waiting for git archive")?;
+    ensure!(
+        archived.success() && untar.success(),
+        "extracting commit {PREVIOUS_LAYOUT_COMMIT} failed: the repository must hold it (a \
+         full clone, not a shallow one)"
+    );
+    eprintln!("xtask: package: building the package of {PREVIOUS_LAYOUT_COMMIT} (layout 1)");
+    run_cmd(
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(&tree)
+            .args(["xtask", "package"])
+            .env("CARGO_TARGET_DIR", dir.join("target"))
+            .env_remove("XDP_POLICY_EBPF_OBJECT"),
+    )
+    .context("building the previous layout's package")?;
+    built(&debs).with_context(|| format!("no .deb in {} after the build", debs.display()))
+}
+
 /// Installs `deb`, checks the binary outside systemd, purges it (the test
 /// `testbed/tests/package.rs`). Needs root, and a machine without the package.
 pub fn verify(deb: &Path) -> Result<()> {
