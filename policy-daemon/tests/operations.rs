@@ -338,11 +338,12 @@ fn a_kill_during_a_reload_leaves_nothing_half_applied() {
     }
 }
 
-/// Pins left by a different version (here: a map of another type where `RULES` should
-/// be) stop the start-up with a message saying what to do, and `detach` clears them.
+/// Pins whose maps do not fit this version (here: a map of another type where `RULES`
+/// should be) are never adopted: the daemon migrates the filter to new maps, saying
+/// which map did not fit, and the policy is enforced throughout.
 #[test]
-fn stale_pins_are_refused_with_a_clear_message() {
-    let Some(_serial) = serial("stale_pins_are_refused_with_a_clear_message") else { return };
+fn pins_that_do_not_fit_are_migrated_never_adopted() {
+    let Some(_serial) = serial("pins_that_do_not_fit_are_migrated_never_adopted") else { return };
     let policy = policy_file();
     let testbed = Testbed::new().expect("testbed");
     testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon").kill9();
@@ -351,31 +352,21 @@ fn stale_pins_are_refused_with_a_clear_message() {
     let other = aya::maps::MapData::from_pin(maps.join("VERDICTS")).expect("VERDICTS");
     other.pin(maps.join("RULES")).expect("pinning VERDICTS as RULES");
 
-    // The old program is still attached (that is the point of pinning); the new daemon
-    // must give up with a clear message, never become ready.
-    match testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb) {
-        Err(TestbedError::DaemonExited { status, stderr, .. }) => {
-            assert!(!status.success(), "a daemon on stale pins must not run");
-            assert!(
-                stderr.contains(
-                    "do not fit this version of xdp-policy (map `RULES`: pinned (type, key \
-                     bytes, value bytes, entries) (6, 4, 16, 32), this version needs (2, 4, 8, \
-                     2048))"
-                ),
-                "{stderr}"
-            );
-            assert!(stderr.contains("remove them with `xdp-policy detach`"), "{stderr}");
-        }
-        Ok(daemon) => panic!("a daemon on stale pins became ready:\n{}", daemon.log()),
-        Err(other) => panic!("expected the daemon to exit refusing the pins: {other}"),
-    }
-    // Refused, but the old filter still enforces.
-    assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 5).expect("probe").received, 0);
-
-    let out = xdp_policy(&testbed, &["detach"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
+    let log = daemon.log();
+    assert!(
+        log.contains("migrated the pinned filter to new maps")
+            && log.contains(
+                "map RULES: pinned (type, key bytes, value bytes, entries) (6, 4, 16, 32), this \
+                 version needs (2, 4, 8, 2048)"
+            ),
+        "{log}"
+    );
     assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 5).expect("probe").received, 0);
+    let rules = aya::maps::MapInfo::from_pin(maps.join("RULES")).expect("RULES");
+    assert_eq!((rules.value_size(), rules.max_entries()), (8, 2048), "RULES is the new one");
+    let out = xdp_policy(&testbed, &["status", "--verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     drop(daemon);
 }
 

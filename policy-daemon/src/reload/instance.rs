@@ -300,6 +300,7 @@ impl Instance {
                      swapped on its link, no detach"
                 );
                 self.dataplane = dataplane;
+                self.limit_walk = None;
                 carried.applied
             } else {
                 self.dataplane.apply(ruleset)?
