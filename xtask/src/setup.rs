@@ -22,9 +22,9 @@ const NIGHTLY_CANDIDATES: [&str; 2] = ["nightly", "nightly-2026-07-01"];
 /// rust-src for `-Z build-std=core`; clippy for `cargo xtask lint` of the eBPF crate.
 const NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
 /// Debian packages: the LLVM bpf-linker links against, and the tools the tests use
-/// (fail2ban and crowdsec: the integration tests run the real ones).
-const DEBIAN_PACKAGES: [&str; 6] =
-    ["llvm-22-dev", "iproute2", "iputils-ping", "procps", "fail2ban", "crowdsec"];
+/// (fail2ban, crowdsec and xdp-tools: the integration tests run the real ones).
+const DEBIAN_PACKAGES: [&str; 7] =
+    ["llvm-22-dev", "iproute2", "iputils-ping", "procps", "fail2ban", "crowdsec", "xdp-tools"];
 /// crowdsec's post-installation script registers with CrowdSec's central API unless
 /// this file exists and is not empty (its README.Debian): without the internet the
 /// registration fails, and so does the installation.

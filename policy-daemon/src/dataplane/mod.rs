@@ -11,6 +11,7 @@ mod batch;
 mod kernel;
 pub mod limits;
 pub mod migrate;
+pub mod netlink;
 pub mod pinned;
 pub mod pins;
 pub mod sets;
@@ -154,6 +155,20 @@ pub enum DataplaneError {
         iface: String,
         mode: AttachMode,
         hint: AttachHint,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(
+        "`{iface}` already runs XDP program {} (id {}, {} mode), and xdp-policy takes an \
+         interface alone: unload that program first (`xdp-loader unload {iface} --all`, or \
+         with the tool that loaded it), then start again",
+        holder.name.as_deref().map(|n| format!("`{n}`")).unwrap_or_else(|| "(name unknown)".into()),
+        holder.id,
+        holder.mode
+    )]
+    Occupied {
+        iface: String,
+        holder: Box<netlink::AttachedProgram>,
         #[source]
         source: ProgramError,
     },
@@ -619,7 +634,11 @@ impl Dataplane {
             XdpMode::Skb => self.attach_in(iface, AttachMode::Skb),
             XdpMode::Auto => match self.attach_in(iface, AttachMode::Native) {
                 Ok(attached) => Ok(attached),
-                Err(e @ DataplaneError::UnknownInterface(_)) => Err(e),
+                // Another program holds the interface in one mode or the other: generic
+                // mode is refused just the same.
+                Err(
+                    e @ (DataplaneError::UnknownInterface(_) | DataplaneError::Occupied { .. }),
+                ) => Err(e),
                 Err(e) => {
                     tracing::warn!(
                         iface,
@@ -643,12 +662,19 @@ impl Dataplane {
             Err(ProgramError::UnknownInterface { name }) => {
                 Err(DataplaneError::UnknownInterface(name))
             }
-            Err(source) => Err(DataplaneError::Attach {
-                iface: iface.to_string(),
-                mode,
-                hint: attach_hint(mode, &source),
-                source,
-            }),
+            Err(source) => {
+                let hint = attach_hint(mode, &source);
+                if hint == AttachHint::Occupied
+                    && let Some(holder) = holder_of(iface)
+                {
+                    return Err(DataplaneError::Occupied {
+                        iface: iface.to_string(),
+                        holder: Box::new(holder),
+                        source,
+                    });
+                }
+                Err(DataplaneError::Attach { iface: iface.to_string(), mode, hint, source })
+            }
         }
     }
 
@@ -786,6 +812,13 @@ fn check_pinned_maps(
         }
     }
     Ok(())
+}
+
+/// The XDP program that holds `iface`, if the kernel names one (a failed lookup is no
+/// worse than the attach error it would have explained).
+fn holder_of(iface: &str) -> Option<netlink::AttachedProgram> {
+    let ifindex = nix::net::if_::if_nametoindex(iface).ok()?;
+    netlink::attached_program(ifindex).ok().flatten()
 }
 
 /// Advice for an attach error the kernel reports with nothing but an errno.
