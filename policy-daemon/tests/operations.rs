@@ -12,7 +12,7 @@ mod support;
 
 use std::{fs, path::Path, process::Command, time::Duration};
 
-use testbed::{RX_IFACE, RX_V4, Testbed, TestbedError, XdpMode};
+use testbed::{RX_IFACE, RX_V4, Testbed, XdpMode};
 
 use support::{DAEMON, PolicyFile, block_udp, serial, xdp_policy};
 
