@@ -174,10 +174,22 @@ impl Session<'_> {
         self.container.path(inside).symlink_metadata().is_ok()
     }
 
-    /// `apt-get install` of the package file `inside` the container.
+    /// `apt-get install` of the package file `inside` the container; an upgrade keeps
+    /// the configuration files the administrator changed (`--force-confold`, as an
+    /// unattended upgrade does) instead of asking.
     fn apt_install(&self, inside: &str) -> Result<()> {
         let out = self.container.output_within(
-            &["apt-get", "install", "-y", "--no-install-recommends", inside],
+            &[
+                "apt-get",
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "-o",
+                "Dpkg::Options::=--force-confdef",
+                "-o",
+                "Dpkg::Options::=--force-confold",
+                inside,
+            ],
             Duration::from_secs(180),
         )?;
         ensure!(
