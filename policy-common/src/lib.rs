@@ -163,7 +163,7 @@ pub const LAYOUT_ENTRIES: u32 = 4;
 /// that finds an older layout pinned migrates it in place; one that finds a newer one
 /// refuses it. Bump it whenever a map's meaning changes, even if its sizes do not.
 /// 1: everything up to the release that added this map; 2: `LIMIT_BUCKETS` sized to the
-/// policy (one entry without a limit rule), and this map.
+/// policy (one entry without a limit rule), `SET_STATS` not preallocated, and this map.
 pub const LAYOUT_VERSION: u32 = 2;
 
 /// Every map the program declares, for checks that the built object carries them all.

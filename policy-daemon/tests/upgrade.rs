@@ -2,8 +2,8 @@
 //! and a UDP stream to a blocked and an open port as the judge:
 //! - a filter whose maps are of an older layout (pins without the `LAYOUT` map, as every
 //!   version before 0.2.0 left them) is migrated in place: 0 datagrams through to the
-//!   blocked port, none lost to the open one, counters continue, `status` names the new
-//!   version and layout;
+//!   blocked port, none lost to the open one, counters continue, a ban added at run time
+//!   stays with its set's counters, `status` names the new version and layout;
 //! - a filter of a newer layout is refused, named, and left in force;
 //! - a migration killed before its swap is redone by the next start, one killed after
 //!   it (also between its renames) is finished: never a mix;
@@ -23,10 +23,13 @@ use std::{fs, path::Path, path::PathBuf, time::Duration};
 use aya::maps::{Array, Map, MapData, MapInfo};
 use policy_common::{LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP};
 use support::{DAEMON, PolicyFile, block_udp, serial, xdp_policy};
-use testbed::{DaemonCommand, RX_IFACE, RX_V4, StreamResult, Testbed, TestbedError, XdpMode};
+use testbed::{
+    DaemonCommand, RX_IFACE, RX_V4, StreamResult, TX_V4, Testbed, TestbedError, XdpMode,
+};
 
 const BLOCKED: u16 = 7101;
 const OPEN: u16 = 7102;
+const BANNED: u16 = 7104;
 
 fn pins(testbed: &Testbed) -> PathBuf {
     testbed.dirs().pin_dir().join(RX_IFACE)
@@ -97,10 +100,18 @@ fn an_older_layout_is_migrated_in_place_under_a_stream() {
     let Some(_serial) = serial("an_older_layout_is_migrated_in_place_under_a_stream") else {
         return;
     };
-    let policy = PolicyFile::new("upgrade", &block_udp(BLOCKED));
+    // A named set with a run-time entry (a ban) too: it must outlive the migration.
+    let banned = format!(
+        "[[set]]\nname = \"banned\"\n\n[[rule]]\nname = \"drop-banned\"\naction = \"drop\"\n\
+         protocol = \"udp\"\nsrc = [\"@banned\"]\ndst_ports = [{BANNED}]\n"
+    );
+    let policy = PolicyFile::new("upgrade", &format!("{}{banned}", block_udp(BLOCKED)));
     let testbed = Testbed::new().expect("testbed");
     let first = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
     assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 50).expect("probe").received, 0);
+    let added = xdp_policy(&testbed, &["set", "add", "banned", &TX_V4.to_string()]);
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert_eq!(testbed.udp_probe(RX_V4.into(), BANNED, 10).expect("probe").received, 0);
     first.kill9();
     make_layout_1(&testbed);
     let before = blocked_count(&testbed);
@@ -145,8 +156,19 @@ fn an_older_layout_is_migrated_in_place_under_a_stream() {
         "{text}"
     );
     assert_one_map_set(&testbed, "after the migration");
+    // The ban is still in force, and the set's counters ran on.
+    assert_eq!(testbed.udp_probe(RX_V4.into(), BANNED, 10).expect("probe").received, 0);
     let daemon = testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
     assert_verified(&testbed, "after the migration");
+    let set = &status_json(&testbed)[0]["sets"][0];
+    eprintln!("the set after the migration: {set}");
+    assert_eq!((set["entries"].as_u64(), set["adds"].as_u64()), (Some(1), Some(1)), "{set}");
+    // Every datagram from tx was looked up in the set and found: the 10 probes before
+    // the migration, the stream's, and the 10 after (but for what the second copy may
+    // lose).
+    let hits = set["hits"].as_u64().expect("hits");
+    let expected = 20 + result.sent[0] + result.sent[1];
+    assert!(hits <= expected && hits + 2 >= expected, "{hits} hits, {expected} expected: {set}");
     daemon.stop().expect("stopping");
 }
 

@@ -2,6 +2,7 @@
 //! daemon looks up (`policy_common::*_MAP`). Layouts are documented there.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -88,9 +89,11 @@ pub static SETS: LpmTrie<[u32; SET_KEY_LEN / 4], SetEntry> =
 pub static SET_SCRATCH: PerCpuArray<RuleBitmap> = PerCpuArray::with_max_entries(2, 0);
 
 /// Each set's counters ([`policy_common::SET_STATS_MAP`]), kept by the daemon and the
-/// commands; declared here so that the object carries it.
+/// commands; declared here so that the object carries it. Not preallocated: a policy
+/// without sets uses none of its 4,096 entries (320 KiB preallocated).
 #[map(name = "SET_STATS")]
-pub static SET_STATS: HashMap<[u32; 2], u64> = HashMap::with_max_entries(SET_STATS_ENTRIES, 0);
+pub static SET_STATS: HashMap<[u32; 2], u64> =
+    HashMap::with_max_entries(SET_STATS_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Hits per generation and set slot ([`policy_common::SET_HITS_MAP`]).
 #[map(name = "SET_HITS")]
