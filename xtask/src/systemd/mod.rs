@@ -15,8 +15,11 @@
 //! back; `systemctl restart` under a UDP stream to a dropped port lets no datagram
 //! through; `systemctl stop` leaves the filter in force; the daemon logs to the journal
 //! natively, with priorities and fields; no system call of the unit was refused by its
-//! seccomp filter; `apt purge` leaves nothing, no filter either. The container, its veth
-//! and the bpffs are removed however a step ends.
+//! seccomp filter; `apt purge` leaves nothing, no filter either. Then the package of the
+//! previous map layout is installed and enforcing, and this one installed over it under
+//! a stream: nothing through, the maps migrated in place, the rule's counter runs on,
+//! `status` names the new version; and purged again. The container, its veth and the
+//! bpffs are removed however a step ends.
 
 mod container;
 mod journal;
