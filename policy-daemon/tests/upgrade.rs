@@ -7,8 +7,9 @@
 //! - a filter of a newer layout is refused, named, and left in force;
 //! - a migration killed before its swap is redone by the next start, one killed after
 //!   it (also between its renames) is finished: never a mix;
-//! - a reload that adds the first limit rule moves the filter to maps with a bucket map
-//!   of `max_sources` entries (one entry without a limit rule), and back.
+//! - maps are sized by the policy (the bucket map, the port table, the IPv4 address
+//!   tables: one entry each when unused), and a reload that needs other sizes moves the
+//!   filter to new maps, carrying the buckets.
 //!
 //! The upgrade from the package of the previous layout to this one, under systemd, is
 //! the systemd layer's (`cargo xtask systemd-test`).
@@ -21,7 +22,9 @@ mod support;
 use std::{fs, path::Path, path::PathBuf, time::Duration};
 
 use aya::maps::{Array, Map, MapData, MapInfo};
-use policy_common::{LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP};
+use policy_common::{
+    LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP, PORT_TABLE_MAP, V4_L1_MAP, port_table, v4_table,
+};
 use support::{DAEMON, PolicyFile, block_udp, serial, xdp_policy};
 use testbed::{
     DaemonCommand, RX_IFACE, RX_V4, StreamResult, TX_V4, Testbed, TestbedError, XdpMode,
@@ -289,22 +292,39 @@ fn a_migration_killed_at_any_step_is_finished_or_redone() {
     }
 }
 
-/// The pinned bucket map's entries.
-fn bucket_entries(testbed: &Testbed) -> u32 {
-    let path = pins(testbed).join("maps").join(LIMIT_BUCKETS_MAP);
-    MapInfo::from_pin(path).expect("the bucket map").max_entries()
+/// The entries of the pinned map `name`.
+fn entries(testbed: &Testbed, name: &str) -> u32 {
+    let path = pins(testbed).join("maps").join(name);
+    MapInfo::from_pin(path).unwrap_or_else(|e| panic!("{name}: {e}")).max_entries()
 }
 
+/// The entries of the bucket map, the port table and the first IPv4 address table.
+fn sizes(testbed: &Testbed) -> [u32; 3] {
+    [LIMIT_BUCKETS_MAP, PORT_TABLE_MAP, V4_L1_MAP].map(|name| entries(testbed, name))
+}
+
+/// The maps' kernel memory, bytes.
+fn maps_memory(testbed: &Testbed) -> u64 {
+    status_json(testbed)[0]["kernel_memory"]["maps"].as_u64().expect("memory")
+}
+
+/// The maps that follow the policy are sized for it, and a reload that needs other
+/// sizes moves the filter to new maps (under a stream: nothing through, every datagram
+/// counted), carrying the limit buckets.
 #[test]
-fn the_bucket_map_is_sized_by_the_policy_and_moved_on_reload() {
-    let Some(_serial) = serial("the_bucket_map_is_sized_by_the_policy_and_moved_on_reload") else {
+fn maps_are_sized_by_the_policy_and_moved_on_reload() {
+    let Some(_serial) = serial("maps_are_sized_by_the_policy_and_moved_on_reload") else {
         return;
     };
     const LIMITED: u16 = 7103;
+    const FULL_PORT_TABLE: u32 = 2 * port_table::PER_GENERATION;
+    const FULL_V4_L1: u32 = 2 * 2 * v4_table::L1_ENTRIES;
     let limit = format!(
         "[[rule]]\nname = \"limit-{LIMITED}\"\naction = \"limit\"\nprotocol = \"udp\"\n\
          dst_ports = [{LIMITED}]\nrate = \"1/h\"\nburst = 3\n"
     );
+    // IPv4 prefixes: the address tables (198.19/16 holds neither veth end).
+    let prefix = "[[rule]]\nname = \"lab\"\naction = \"drop\"\nsrc = [\"198.19.0.0/16\"]\n";
     let plain = block_udp(BLOCKED);
     let policy = PolicyFile::new("sized", &plain);
     let testbed = Testbed::new().expect("testbed");
@@ -314,8 +334,9 @@ fn the_bucket_map_is_sized_by_the_policy_and_moved_on_reload() {
             ..DaemonCommand::new(Path::new(DAEMON), &policy.0, XdpMode::Skb)
         })
         .expect("daemon");
-    assert_eq!(bucket_entries(&testbed), 1, "no limit rule: a bucket map of one entry");
-    let small = status_json(&testbed)[0]["kernel_memory"]["maps"].as_u64().expect("memory");
+    // A port-only policy: the port table, one bucket, no address tables.
+    assert_eq!(sizes(&testbed), [1, FULL_PORT_TABLE, 1]);
+    let port_only = maps_memory(&testbed);
     assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 20).expect("probe").received, 0);
 
     let result = testbed
@@ -327,25 +348,45 @@ fn the_bucket_map_is_sized_by_the_policy_and_moved_on_reload() {
     assert!(daemon.log().contains("moved the filter to new maps"), "{}", daemon.log());
     assert_enforced_throughout(&result, "the first limit rule");
     assert_counted(&testbed, 20, &result, "the first limit rule");
-    assert_eq!(bucket_entries(&testbed), 5000, "a limit rule: max_sources buckets");
+    // A limit rule: max_sources buckets, and no port table (a limit is not port-only).
+    assert_eq!(sizes(&testbed), [5000, 1, 1]);
+    let limits = maps_memory(&testbed);
     let received = testbed.udp_probe(RX_V4.into(), LIMITED, 6).expect("probe").received;
     assert_eq!(received, 3, "the limit rule passes its burst of 3, then one an hour");
-    let big = status_json(&testbed)[0]["kernel_memory"]["maps"].as_u64().expect("memory");
-    eprintln!("maps: {small} B with one bucket, {big} B with 5,000");
-    assert!(big > small + 5000 * 64, "maps {small} B, then {big} B");
 
-    // The limit rule stays, another rule comes: no move, the bucket is kept.
-    policy.write(&format!("{plain}{limit}{}", block_udp(OPEN + 10)));
+    // IPv4 prefixes come: the address tables, and the bucket carried over (still empty).
+    policy.write(&format!("{plain}{limit}{prefix}"));
     daemon.wait_for_log("policy applied", 3, Duration::from_secs(10)).expect("reload");
-    assert_eq!(daemon.log().matches("moved the filter to new maps").count(), 1);
+    assert_eq!(daemon.log().matches("moved the filter to new maps").count(), 2);
+    assert_eq!(sizes(&testbed), [5000, 1, FULL_V4_L1]);
+    let tables = maps_memory(&testbed);
     assert_eq!(testbed.udp_probe(RX_V4.into(), LIMITED, 3).expect("probe").received, 0);
 
-    // The last limit rule gone: back to one entry.
-    policy.write(&plain);
+    // Another rule of the same kind: the same sizes, no move.
+    policy.write(&format!("{plain}{limit}{prefix}{}", block_udp(OPEN + 10)));
     daemon.wait_for_log("policy applied", 4, Duration::from_secs(10)).expect("reload");
-    assert_eq!(bucket_entries(&testbed), 1);
+    assert_eq!(daemon.log().matches("moved the filter to new maps").count(), 2);
+
+    // Back to the port-only policy: back to its sizes.
+    policy.write(&plain);
+    daemon.wait_for_log("policy applied", 5, Duration::from_secs(10)).expect("reload");
+    assert_eq!(daemon.log().matches("moved the filter to new maps").count(), 3);
+    assert_eq!(sizes(&testbed), [1, FULL_PORT_TABLE, 1]);
     assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 10).expect("probe").received, 0);
+    assert_eq!(testbed.udp_probe(RX_V4.into(), OPEN, 10).expect("probe").received, 10);
     assert_one_map_set(&testbed, "after the moves");
     assert_verified(&testbed, "after the moves");
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    eprintln!(
+        "maps: port-only {:.1} MiB; with a limit rule (5,000 buckets) {:.1} MiB; with IPv4 \
+         prefixes too {:.1} MiB",
+        mib(port_only),
+        mib(limits),
+        mib(tables)
+    );
+    assert!(
+        port_only < 9 << 20 && limits < 5 << 20 && tables > 20 << 20,
+        "{port_only} {limits} {tables}"
+    );
     daemon.stop().expect("stopping");
 }

@@ -21,8 +21,8 @@ use std::{path::Path, time::Instant};
 use aya::maps::{Array, Map, MapData, MapInfo};
 use policy_common::{
     ACTIVE_MAP, CONFIG_MAP, EVENT_SETTINGS_MAP, LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP,
-    LIMIT_STATS_MAP, MAP_NAMES, RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP,
-    VERDICT_COUNTERS_MAP,
+    LIMIT_STATS_MAP, MAP_NAMES, PORT_TABLE_MAP, RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP,
+    SETS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP,
 };
 
 use super::{
@@ -68,11 +68,72 @@ const CARRIED: [(&str, Carry); 10] = [
     (LIMIT_BUCKETS_MAP, Carry::Buckets),
 ];
 
-/// The entries of the bucket map for `ruleset`: `max_sources` if it has a limit rule,
-/// else one (a preallocated map of a million buckets holds about 92 MiB of kernel
-/// memory). A reload that adds the first limit rule migrates to a bigger map.
-pub fn bucket_entries(ruleset: &Ruleset, max_sources: u32) -> u32 {
-    if ruleset.rules.iter().any(|rule| rule.limit.is_some()) { max_sources } else { 1 }
+/// The sizes of the maps that follow the policy; the others have the object's. A map
+/// the policy does not use has one entry (the program does not read it): the bucket map
+/// without a limit rule (a preallocated million buckets hold about 92 MiB of kernel
+/// memory), the port table without a port-only policy (5 MiB), the IPv4 address tables
+/// without IPv4 prefixes in table form (20 MiB). A reload that needs other sizes moves
+/// the filter to new maps ([`Dataplane::migrate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    pub buckets: u32,
+    pub port_table: bool,
+    pub v4_tables: bool,
+}
+
+/// The IPv4 address tables' maps.
+const V4_TABLE_MAPS: [&str; 4] = [V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, V4_CLASSES_MAP];
+
+impl Sizes {
+    /// What `ruleset` needs, with `max_sources` buckets if it has a limit rule.
+    pub fn for_ruleset(ruleset: &Ruleset, max_sources: u32) -> Self {
+        let limits = ruleset.rules.iter().any(|rule| rule.limit.is_some());
+        Self {
+            buckets: if limits { max_sources } else { 1 },
+            port_table: ruleset.port_table.is_some(),
+            v4_tables: ruleset.v4_tables.iter().any(Option::is_some),
+        }
+    }
+
+    /// Every map at full size: any policy fits (for tests and benchmarks that apply
+    /// many policies to one program).
+    pub fn full(max_sources: u32) -> Self {
+        Self { buckets: max_sources, port_table: true, v4_tables: true }
+    }
+
+    /// The entries of map `name`; `None`: the object's.
+    pub fn entries(&self, name: &str) -> Option<u32> {
+        match name {
+            LIMIT_BUCKETS_MAP => Some(self.buckets),
+            PORT_TABLE_MAP if !self.port_table => Some(1),
+            _ if !self.v4_tables && V4_TABLE_MAPS.contains(&name) => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The sizes of maps whose entries `entries_of` reads.
+    pub fn of(
+        mut entries_of: impl FnMut(&'static str) -> Result<u32, DataplaneError>,
+    ) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            buckets: entries_of(LIMIT_BUCKETS_MAP)?,
+            port_table: entries_of(PORT_TABLE_MAP)? > 1,
+            v4_tables: entries_of(V4_L1_MAP)? > 1,
+        })
+    }
+}
+
+impl std::fmt::Display for Sizes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let used = |yes: bool| if yes { "used" } else { "unused" };
+        write!(
+            f,
+            "{} buckets, port table {}, IPv4 address tables {}",
+            self.buckets,
+            used(self.port_table),
+            used(self.v4_tables)
+        )
+    }
 }
 
 /// What [`examine`] found pinned.
@@ -99,9 +160,9 @@ pub fn pinned_layout(maps_dir: &Path) -> Result<u32, DataplaneError> {
 }
 
 /// Whether the maps pinned under `pins` can be adopted as they are by this version
-/// with a bucket map of `buckets` entries, or must be migrated. A newer layout is an
-/// error ([`DataplaneError::NewerLayout`]).
-pub fn examine(pins: &Pins, buckets: u32) -> Result<Pinned, DataplaneError> {
+/// with maps of `sizes`, or must be migrated. A newer layout is an error
+/// ([`DataplaneError::NewerLayout`]).
+pub fn examine(pins: &Pins, sizes: &Sizes) -> Result<Pinned, DataplaneError> {
     let found = pinned_layout(&pins.maps())?;
     if found > LAYOUT_VERSION {
         return Err(DataplaneError::NewerLayout { dir: pins.dir().to_path_buf(), found });
@@ -113,7 +174,7 @@ pub fn examine(pins: &Pins, buckets: u32) -> Result<Pinned, DataplaneError> {
     if let Some((name, _)) = map_paths.iter().find(|(_, path)| !path.exists()) {
         return Ok(Pinned::Migrate { from: found, why: format!("map {name} missing") });
     }
-    match check_pinned_maps(pins, &map_paths, Some(buckets)) {
+    match check_pinned_maps(pins, &map_paths, sizes) {
         Ok(()) => Ok(Pinned::Fits),
         Err(DataplaneError::StalePins { map, why, .. })
             if matches!(*why, StaleMap::Layout { .. }) =>
@@ -224,8 +285,8 @@ fn crash_point(step: &str) {
 }
 
 impl Dataplane {
-    /// Migrates the filter pinned under `pins` to new maps of this layout, with a bucket
-    /// map of `buckets` entries, and `ruleset` in force (see the module's description).
+    /// Migrates the filter pinned under `pins` to new maps of this layout and of `sizes`,
+    /// with `ruleset` in force (see the module's description).
     /// `rules`: the rules in force with their counter slots (from the state file), so
     /// that unchanged rules keep counting where they were. On error before the swap the
     /// pinned filter stays as it was and the new maps are removed.
@@ -235,11 +296,11 @@ impl Dataplane {
         pins: &Pins,
         rules: Vec<RuleSlot>,
         ruleset: &Ruleset,
-        buckets: u32,
+        sizes: &Sizes,
     ) -> Result<(Self, Carried), DataplaneError> {
         let started = Instant::now();
         pins.remove_staged()?;
-        let mut next = Self::load_program(buckets)?;
+        let mut next = Self::load_program(sizes)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Cpus(source))?;
         let mut carried = Carried {
             applied: ApplyReport { kernel_generation: 0, writes: 0 },

@@ -39,6 +39,7 @@ use policy_common::{
 use self::{
     apply::{AddrFieldId, ApplyReport, Drift, Generations, MapWriteError, Maps as _, RuleSlot},
     kernel::KernelMaps,
+    migrate::Sizes,
     pins::Pins,
     sets::{FileEntries, FileSet, SetMap, SetMapError, SyncReport},
 };
@@ -326,24 +327,29 @@ impl Dataplane {
     /// Loads the program into the kernel and applies `ruleset` to its maps; attaches
     /// nothing.
     pub fn load(ruleset: &Ruleset) -> Result<Self, DataplaneError> {
-        Self::load_sized(ruleset, MAX_SOURCES)
+        Self::load_sized(ruleset, &Sizes::full(MAX_SOURCES))
     }
 
-    /// [`Self::load`] with a bucket map of `max_sources` entries.
-    pub fn load_sized(ruleset: &Ruleset, max_sources: u32) -> Result<Self, DataplaneError> {
-        let mut dataplane = Self::load_program(max_sources)?;
+    /// [`Self::load`] with maps of `sizes`, which must fit `ruleset` and whatever is
+    /// applied later.
+    pub fn load_sized(ruleset: &Ruleset, sizes: &Sizes) -> Result<Self, DataplaneError> {
+        let mut dataplane = Self::load_program(sizes)?;
         dataplane.apply(ruleset)?;
         Ok(dataplane)
     }
 
-    /// Loads the program into the kernel on new, empty maps (a bucket map of `buckets`
-    /// entries) marked with this [`LAYOUT_VERSION`]; applies and attaches nothing.
-    fn load_program(buckets: u32) -> Result<Self, DataplaneError> {
+    /// Loads the program into the kernel on new, empty maps of `sizes`, marked with this
+    /// [`LAYOUT_VERSION`]; applies and attaches nothing.
+    fn load_program(sizes: &Sizes) -> Result<Self, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(LIMIT_BUCKETS_MAP, buckets);
+        for name in MAP_NAMES {
+            if let Some(entries) = sizes.entries(name) {
+                loader.map_max_entries(name, entries);
+            }
+        }
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let sets = take_sets(&mut ebpf)?;
@@ -370,17 +376,16 @@ impl Dataplane {
     /// pinned: it is in force), with their counters, and applies nothing yet. Neither
     /// generation's contents are trusted: each is written whole by its first apply.
     /// `rules` (the rules in force with their counter slots, from the state file) lets
-    /// unchanged rules keep counting where they were. The maps must be of this layout,
-    /// with a bucket map of `buckets` entries ([`migrate::examine`] says
-    /// [`migrate::Pinned::Fits`]); others are migrated ([`Self::migrate`]).
-    pub fn adopt(pins: &Pins, rules: Vec<RuleSlot>, buckets: u32) -> Result<Self, DataplaneError> {
+    /// unchanged rules keep counting where they were. The maps must be of this layout and
+    /// of `sizes` ([`migrate::examine`] says [`migrate::Pinned::Fits`]); others are
+    /// migrated ([`Self::migrate`]).
+    pub fn adopt(pins: &Pins, rules: Vec<RuleSlot>, sizes: &Sizes) -> Result<Self, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
         let map_paths: Vec<_> = MAP_NAMES.iter().map(|name| (*name, pins.map(name))).collect();
-        check_pinned_maps(pins, &map_paths, Some(buckets))?;
+        check_pinned_maps(pins, &map_paths, sizes)?;
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(LIMIT_BUCKETS_MAP, buckets);
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -515,12 +520,14 @@ impl Dataplane {
         self.program()?.pin(&path).map_err(|source| DataplaneError::Pin { path, source })
     }
 
-    /// The entries the bucket map was created with.
-    pub fn bucket_entries(&self) -> Result<u32, DataplaneError> {
-        let map = self.map_data(LIMIT_BUCKETS_MAP)?;
-        map.info()
-            .map(|info| info.max_entries())
-            .map_err(|source| DataplaneError::MapRead { map: LIMIT_BUCKETS_MAP, source })
+    /// The sizes the maps that follow the policy were created with.
+    pub fn sizes(&self) -> Result<Sizes, DataplaneError> {
+        Sizes::of(|name| {
+            self.map_data(name)?
+                .info()
+                .map(|info| info.max_entries())
+                .map_err(|source| DataplaneError::MapRead { map: name, source })
+        })
     }
 
     /// The rules in force with their counter slots, in rule order.
@@ -779,11 +786,11 @@ fn pinned_link_info(path: &std::path::Path) -> Result<LinkInfo, DataplaneError> 
 /// Pinned maps are reused as they are, so each must be exactly what this version of the
 /// program declares (type, key and value size, entries): a map left by another version
 /// would be read with the wrong layout.
-/// `buckets`: the size the bucket map must have (`None`: any, a setting of its own).
+/// The sizes of the maps that follow the policy are `sizes`'.
 fn check_pinned_maps(
     pins: &Pins,
     map_paths: &[(&'static str, std::path::PathBuf)],
-    buckets: Option<u32>,
+    sizes: &Sizes,
 ) -> Result<(), DataplaneError> {
     let object = aya_obj::Object::parse(OBJECT).map_err(DataplaneError::Object)?;
     for (name, path) in map_paths {
@@ -800,12 +807,7 @@ fn check_pinned_maps(
         let Some(wanted) = object.maps.get(*name) else { continue };
         let pinned_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
         let found = (pinned_type, info.key_size(), info.value_size(), info.max_entries());
-        // The buckets' size is the daemon's to choose, whatever the object says.
-        let max_entries = match buckets {
-            _ if *name != LIMIT_BUCKETS_MAP => wanted.max_entries(),
-            Some(size) => size,
-            None => info.max_entries(),
-        };
+        let max_entries = sizes.entries(name).unwrap_or(wanted.max_entries());
         let expected = (wanted.map_type(), wanted.key_size(), wanted.value_size(), max_entries);
         if found != expected {
             return Err(stale(StaleMap::Layout { found, expected }));

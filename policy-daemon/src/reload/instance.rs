@@ -18,7 +18,7 @@ use crate::{
         apply::ApplyReport,
         error_chain,
         limits::LimitSample,
-        migrate::{self, Pinned, Recovered},
+        migrate::{self, Pinned, Recovered, Sizes},
         pinned::{self, KernelMemory},
         pins::{InterfaceLock, PinError, Pins},
         sets::{self, ChangeError, SetInfo, SetMap, SetSample},
@@ -115,8 +115,8 @@ impl Instance {
             if removed > 0 {
                 warn!(iface, pins = removed, "removed the pins of a filter without a link");
             }
-            let buckets = migrate::bucket_entries(ruleset, options.max_sources);
-            let attached = Dataplane::load_sized(ruleset, buckets).and_then(|mut dataplane| {
+            let sizes = Sizes::for_ruleset(ruleset, options.max_sources);
+            let attached = Dataplane::load_sized(ruleset, &sizes).and_then(|mut dataplane| {
                 let mode = dataplane.attach_pinned(iface, options.mode, &pins)?;
                 Ok((dataplane, mode))
             });
@@ -158,7 +158,7 @@ impl Instance {
             XdpMode::Auto | XdpMode::Native => AttachMode::Native,
         };
         let mode = previous.as_ref().map_or(asked, |s| s.attach_mode);
-        let buckets = migrate::bucket_entries(ruleset, options.max_sources);
+        let sizes = Sizes::for_ruleset(ruleset, options.max_sources);
         let sets_lock = sets::lock(&pins.maps()).map_err(DataplaneError::Sets)?;
         // The interface went away since the link was pinned (the kernel released the
         // link from it): attach afresh. Any other failure leaves the pinned filter as
@@ -169,9 +169,9 @@ impl Instance {
             info!(iface, mode = %attached, pin = %pins.link().display(), "attached and pinned");
             Ok::<_, DataplaneError>((dataplane, attached))
         };
-        let dataplane = match migrate::examine(&pins, buckets)? {
+        let dataplane = match migrate::examine(&pins, &sizes)? {
             Pinned::Fits => {
-                let mut dataplane = Dataplane::adopt(&pins, slots, buckets)?;
+                let mut dataplane = Dataplane::adopt(&pins, slots, &sizes)?;
                 dataplane.apply(ruleset)?;
                 drop(sets_lock);
                 match dataplane.replace_on_pinned_link(&pins) {
@@ -191,13 +191,14 @@ impl Instance {
                 }
             }
             Pinned::Migrate { from, why } => {
-                match Dataplane::migrate(&pins, slots, ruleset, buckets) {
+                match Dataplane::migrate(&pins, slots, ruleset, &sizes) {
                     Ok((dataplane, carried)) => {
                         info!(
                             iface,
                             from_layout = from,
                             to_layout = LAYOUT_VERSION,
                             because = why,
+                            sizes = %sizes,
                             carried = carried.summary(),
                             not_carried = carried.skipped_summary(),
                             second_copy = carried.second_copy,
@@ -214,7 +215,7 @@ impl Instance {
                         pins.unpin_link().map_err(DataplaneError::from)?;
                         pins.remove_unlinked().map_err(DataplaneError::from)?;
                         let (dataplane, attached) =
-                            relink(Dataplane::load_sized(ruleset, buckets)?, e)?;
+                            relink(Dataplane::load_sized(ruleset, &sizes)?, e)?;
                         return Ok(instance(dataplane, attached, 1, pins.clone()));
                     }
                     Err(e) => return Err(e.into()),
@@ -282,22 +283,23 @@ impl Instance {
         } else {
             // `xdp-policy set` may be writing the sets (the maps are pinned by now).
             let _sets = sets::lock(&self.pins.maps()).map_err(DataplaneError::Sets)?;
-            let buckets = migrate::bucket_entries(ruleset, self.max_sources);
-            let report = if buckets != self.dataplane.bucket_entries()? && self.pins.linked() {
-                // The first limit rule, or the last one gone: a bucket map of another
-                // size, which only new maps can have.
+            let sizes = Sizes::for_ruleset(ruleset, self.max_sources);
+            let report = if sizes != self.dataplane.sizes()? && self.pins.linked() {
+                // The first limit rule, or the last one gone, a policy that becomes
+                // port-only or gets IPv4 prefixes, or the other way: maps of other
+                // sizes, which only new maps can have.
                 let slots = self.dataplane.rule_slots().to_vec();
-                let (dataplane, carried) = Dataplane::migrate(&self.pins, slots, ruleset, buckets)?;
+                let (dataplane, carried) = Dataplane::migrate(&self.pins, slots, ruleset, &sizes)?;
                 info!(
                     iface = self.iface,
-                    buckets,
+                    sizes = %sizes,
                     carried = carried.summary(),
                     not_carried = carried.skipped_summary(),
                     second_copy = carried.second_copy,
                     to_swap_ms = carried.to_swap_ms,
                     total_ms = carried.total_ms,
-                    "moved the filter to new maps with a bucket map of another size: program \
-                     swapped on its link, no detach"
+                    "moved the filter to new maps sized for the policy: program swapped on its \
+                     link, no detach"
                 );
                 self.dataplane = dataplane;
                 self.limit_walk = None;
