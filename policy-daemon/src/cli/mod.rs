@@ -342,6 +342,12 @@ impl CliError {
             // The policy is invalid or would lock SSH out, or another daemon holds the
             // interface.
             Self::Daemon(DaemonError::Start(StartError::Prepare(_) | StartError::InUse(_))) => 64,
+            // Pins of a newer version: this one cannot take them, however often it tries.
+            Self::Daemon(DaemonError::Start(StartError::Dataplane(e)))
+                if matches!(**e, crate::dataplane::DataplaneError::NewerLayout { .. }) =>
+            {
+                64
+            }
             _ => 1,
         }
     }

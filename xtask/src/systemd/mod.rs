@@ -707,7 +707,7 @@ impl Session<'_> {
     /// installed over it (an upgrade: its postinst restarts the running unit) under a
     /// UDP stream to a dropped port: nothing gets through, the new daemon migrates the
     /// pinned maps in place and logs it, the rule's counter runs on, and `status` names
-    /// the new version and layout. Then purged.
+    /// the new version and layout. Then the downgrade back, and purged.
     fn upgrade(&self, previous: &Path, deb: &Path) -> Result<()> {
         const PREVIOUS: &str = "/tmp/xdp-policy-previous.deb";
         self.container.copy_in(previous, PREVIOUS)?;
@@ -752,15 +752,55 @@ impl Session<'_> {
             stream.sent_blocked
         );
         self.wire.expect(&[PORTS[0]], "after the upgrade")?;
-        eprintln!(
-            "xtask: systemd-test: upgraded {} to {} under a stream ({stream}); migrated from \
-             layout 1 in place ({}); the rule counted {counted} of {}",
+        let upgraded = format!(
+            "upgraded {} to {} under a stream ({stream}); migrated from layout 1 in place ({}); \
+             the rule counted {counted} of {}",
             old.trim(),
             new.trim(),
             field(&migrated, "CARRIED").unwrap_or("?"),
             stream.sent_blocked
         );
+        self.downgrade(PREVIOUS)?;
+        eprintln!("xtask: systemd-test: {upgraded}");
         self.purge()
+    }
+
+    /// The previous version installed over this one: its daemon refuses the newer
+    /// layout and leaves the filter in force; `xdp-policy detach` and a start then
+    /// attach it afresh.
+    fn downgrade(&self, previous: &str) -> Result<()> {
+        let cursor = self.journal.cursor()?;
+        let out = self.container.output_within(
+            &[
+                "apt-get",
+                "install",
+                "-y",
+                "--allow-downgrades",
+                "-o",
+                "Dpkg::Options::=--force-confold",
+                previous,
+            ],
+            Duration::from_secs(180),
+        )?;
+        ensure!(out.status.success(), "apt install of {previous} (a downgrade): {}", out.status);
+        let refused = self.journal.await_entry(&cursor, "the refusal", LOG_TIMEOUT, |e| {
+            message(e).contains("do not fit this version of xdp-policy")
+        })?;
+        // The previous version exits 1 on pins it cannot take, so systemd tries again
+        // (and again refused) until its start limit: failed or between attempts.
+        let state = self.show("ActiveState")?;
+        ensure!(state != "active", "the downgraded unit is {state}");
+        self.wire.expect(&[PORTS[0]], "after the downgrade, before the detach")?;
+        self.run(&[BINARY, "detach"])?;
+        self.run(&["systemctl", "restart", journal::UNIT])?;
+        ensure!(self.show("ActiveState")? == "active", "the downgraded unit did not start");
+        self.wire.await_enforced(&[PORTS[0]], "the downgraded version", RELOAD_TIMEOUT)?;
+        eprintln!(
+            "xtask: systemd-test: downgraded: the previous version refused the newer pins ({}) \
+             and the filter stayed in force; after `xdp-policy detach` it attached afresh",
+            message(&refused)
+        );
+        Ok(())
     }
 
     /// Packets the policy's one rule has dropped, from `xdp-policy status --json`.
