@@ -6,7 +6,8 @@
 //!   stays with its set's counters, `status` names the new version and layout;
 //! - a filter of a newer layout is refused, named, and left in force;
 //! - a migration killed before its swap is redone by the next start, one killed after
-//!   it (also between its renames) is finished: never a mix;
+//!   it (also between its renames) is finished: never a mix; and killed with SIGKILL at
+//!   moments spread over a migration, the next start leaves one whole filter;
 //! - maps are sized by the policy (the bucket map, the port table, the IPv4 address
 //!   tables: one entry each when unused), and a reload that needs other sizes moves the
 //!   filter to new maps, carrying the buckets.
@@ -291,6 +292,107 @@ fn a_migration_killed_at_any_step_is_finished_or_redone() {
         assert_verified(&testbed, &case);
         daemon.stop().expect("stopping");
     }
+}
+
+/// A migrating daemon killed (SIGKILL) at moments spread over its start, wherever that
+/// falls: loading the program, copying, applying, or after it is ready. Each time the
+/// next start leaves one whole filter of this layout, enforced all along. (The pinning,
+/// the swap and the renames take a few milliseconds at the end, which a timed kill
+/// rarely hits: the crash points of the test above stop it exactly there.)
+#[test]
+fn migrations_killed_at_random_moments_leave_one_whole_filter() {
+    let Some(_serial) = serial("migrations_killed_at_random_moments_leave_one_whole_filter") else {
+        return;
+    };
+    let policy = PolicyFile::new("kill-9", &block_udp(BLOCKED));
+    let layout_1 = || {
+        let testbed = Testbed::new().expect("testbed");
+        let first =
+            testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
+        first.stop().expect("stopping");
+        make_layout_1(&testbed);
+        testbed
+    };
+    // How long a migrating start takes here, from spawn to ready: the kills are spread
+    // over it, the last ones where the swap and the renames are.
+    // (Under the same stream as the kills: it slows the migration down.)
+    let took = {
+        let testbed = layout_1();
+        let mut took = Duration::ZERO;
+        testbed
+            .udp_stream(
+                [BLOCKED, OPEN],
+                Duration::from_secs(30),
+                Duration::from_micros(300),
+                |_| {
+                    let began = std::time::Instant::now();
+                    let daemon = testbed
+                        .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+                        .expect("daemon");
+                    took = began.elapsed();
+                    assert!(
+                        daemon.log().contains("migrated the pinned filter"),
+                        "{}",
+                        daemon.log()
+                    );
+                    drop(daemon);
+                },
+            )
+            .expect("the udp stream");
+        took
+    };
+    let mut outcomes = vec![format!("a migrating start took {took:?}")];
+    for fraction in [0.2, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1] {
+        let delay = format!("{:.3}", took.as_secs_f64() * fraction);
+        let delay = delay.as_str();
+        let testbed = layout_1();
+        let mut next_log = String::new();
+        let result = testbed
+            .udp_stream(
+                [BLOCKED, OPEN],
+                Duration::from_secs(30),
+                Duration::from_micros(300),
+                |_| {
+                    let launcher = ["timeout", "-s", "KILL", delay];
+                    let command = DaemonCommand {
+                        launcher: &launcher,
+                        ..DaemonCommand::new(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+                    };
+                    let killed = match testbed.start(&command) {
+                        Err(TestbedError::DaemonExited { .. }) => "killed before ready",
+                        Ok(daemon) => {
+                            // Ready first: the kill comes while it runs.
+                            std::thread::sleep(Duration::from_secs(2));
+                            drop(daemon);
+                            "ready before the kill"
+                        }
+                        Err(other) => panic!("after {delay} s: {other}"),
+                    };
+                    let daemon = testbed
+                        .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+                        .unwrap_or_else(|e| panic!("the start after a kill at {delay} s: {e}"));
+                    next_log = daemon.log();
+                    daemon.stop().expect("stopping");
+                    outcomes.push(format!("{delay} s: {killed}"));
+                },
+            )
+            .expect("the udp stream");
+        let step = format!("killed at {delay} s");
+        assert_enforced_throughout(&result, &step);
+        let next = ["undid a migration", "finished a migration", "migrated the pinned", "adopted"]
+            .into_iter()
+            .filter(|what| next_log.contains(what))
+            .collect::<Vec<_>>()
+            .join(", ");
+        outcomes.last_mut().expect("an outcome").push_str(&format!("; then {next}"));
+        assert_eq!(status_json(&testbed)[0]["layout"], LAYOUT_VERSION, "{step}");
+        assert_one_map_set(&testbed, &step);
+        let daemon =
+            testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
+        assert_verified(&testbed, &step);
+        drop(daemon);
+    }
+    eprintln!("kills: {}", outcomes.join(" | "));
 }
 
 /// The entries of the pinned map `name`.

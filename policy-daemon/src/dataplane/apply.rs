@@ -590,6 +590,21 @@ impl Generations {
         }
     }
 
+    /// The state of new maps a migration filled (`super::migrate`): `ACTIVE` and `CONFIG`
+    /// copied from the old maps (`active` the generation in force there, `rules` its
+    /// rules with their counter slots), everything else zero as created. No program
+    /// reads them yet.
+    pub fn carried(active: u32, rules: Vec<RuleSlot>) -> Self {
+        let copied = || Shadow { config: None, ..Shadow::zeroed() };
+        Self {
+            shadows: (0..GENERATIONS).map(|_| copied()).collect(),
+            active: active % GENERATIONS,
+            slots: rules.iter().map(|r| (r.identity.clone(), r.slot)).collect(),
+            active_rules: rules,
+            readers_pending: false,
+        }
+    }
+
     pub fn active(&self) -> u32 {
         self.active
     }

@@ -356,7 +356,7 @@ impl Dataplane {
             Ok::<_, DataplaneError>(())
         };
         first_copy(&mut pairs, false)?;
-        next.generations = Generations::adopt(next.maps.active_generation()?, rules);
+        next.generations = Generations::carried(next.maps.active_generation()?, rules);
         next.file_entries = FileEntries::unknown();
         let applied = next.apply(ruleset)?;
         first_copy(&mut pairs, true)?;

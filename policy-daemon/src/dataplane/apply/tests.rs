@@ -723,6 +723,36 @@ fn an_adopted_generation_is_written_whole_before_it_is_trusted() {
 }
 
 #[test]
+fn new_maps_a_migration_filled_are_written_only_where_the_policy_needs() {
+    // A migration's new maps: ACTIVE and CONFIG copied from the old ones (generation 1
+    // in force there, with a policy of address tables), all else zero as created.
+    let mut old = FakeMaps::default();
+    let mut before = Generations::new();
+    let tables = ruleset_with_tables(&table_policy("198.18.0.0/16", 3));
+    before.apply(&mut old, &tables).expect("old policy");
+    assert_eq!(old.active, 1);
+    let mut maps = FakeMaps::default();
+    maps.active = 1;
+    maps.active_raw = old.active_raw;
+    let config = old.values.get("config/1").cloned().expect("generation 1's config");
+    maps.values.insert("config/1".into(), config);
+
+    let mut carried = Generations::carried(maps.active, before.active_rules().to_vec());
+    let port_only = ruleset(PORT_ONLY);
+    carried.apply(&mut maps, &port_only).expect("the policy, into the new maps");
+    assert_eq!(maps.active, 0);
+    assert_in_force(&carried, &mut maps, &port_only, "the migration's apply");
+    // A few entries, not every port word and table entry of the generation.
+    assert!(maps.writes.len() < 1000, "{} writes", maps.writes.len());
+    assert!(maps.waits.is_empty(), "no program reads the new maps: nothing to wait for");
+    // Back into generation 1, whose config was copied: written whole where needed.
+    carried.apply(&mut maps, &tables).expect("the tables policy again");
+    assert_in_force(&carried, &mut maps, &tables, "the next apply");
+    carried.apply(&mut maps, &port_only).expect("and back");
+    assert_in_force(&carried, &mut maps, &port_only, "and back");
+}
+
+#[test]
 fn adopted_rule_entries_are_written_even_when_they_look_like_zeros() {
     // The previous daemon left drop rules in both generations' first entries.
     let mut maps = FakeMaps::default();
