@@ -731,9 +731,7 @@ fn new_maps_a_migration_filled_are_written_only_where_the_policy_needs() {
     let tables = ruleset_with_tables(&table_policy("198.18.0.0/16", 3));
     before.apply(&mut old, &tables).expect("old policy");
     assert_eq!(old.active, 1);
-    let mut maps = FakeMaps::default();
-    maps.active = 1;
-    maps.active_raw = old.active_raw;
+    let mut maps = FakeMaps { active: 1, active_raw: old.active_raw, ..FakeMaps::default() };
     let config = old.values.get("config/1").cloned().expect("generation 1's config");
     maps.values.insert("config/1".into(), config);
 
