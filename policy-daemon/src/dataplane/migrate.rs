@@ -344,22 +344,24 @@ impl Dataplane {
             }
             pairs.push(Pair { name, how, old, new, first: RawEntries::new(0, 0) });
         }
-        // What the program does not write first: the apply needs the generation in
-        // force and the sets. What it writes last, just before the swap, so that a
-        // crash between the swap and the second copy loses as little as can be.
-        let mut first_copy = |pairs: &mut Vec<Pair>, written: bool| {
-            for pair in pairs.iter_mut().filter(|p| (p.how != Carry::Once) == written) {
+        // First what the apply reads: the generation in force, the sets, and the set
+        // hits (it credits those of the generation it writes to their sets). The rest
+        // of what the program writes last, just before the swap, so that a crash
+        // between the swap and the second copy loses as little as can be.
+        let read_by_apply = |p: &Pair| p.how == Carry::Once || p.name == SET_HITS_MAP;
+        let mut first_copy = |pairs: &mut Vec<Pair>, before_apply: bool| {
+            for pair in pairs.iter_mut().filter(|p| read_by_apply(p) == before_apply) {
                 pair.first = pair.old.dump().map_err(carry_err(pair.name))?;
                 pair.new.load(&pair.first).map_err(carry_err(pair.name))?;
                 carried.maps.push((pair.name, pair.first.count));
             }
             Ok::<_, DataplaneError>(())
         };
-        first_copy(&mut pairs, false)?;
+        first_copy(&mut pairs, true)?;
         next.generations = Generations::carried(next.maps.active_generation()?, rules);
         next.file_entries = FileEntries::unknown();
         let applied = next.apply(ruleset)?;
-        first_copy(&mut pairs, true)?;
+        first_copy(&mut pairs, false)?;
         carried.applied = applied;
         let staged = pins.staged_maps();
         let swapped = next.pin_maps_in(&staged).and_then(|()| {
