@@ -68,6 +68,16 @@ fn assert_one_map_set(testbed: &Testbed, step: &str) {
     assert_eq!(entries, ["link", "maps", "program"], "{step}: pins");
 }
 
+/// A UDP stream to the blocked and the open port (one datagram every 300 µs, at most
+/// 30 s) while `during` runs.
+fn stream(testbed: &Testbed, during: impl FnOnce()) -> StreamResult {
+    testbed
+        .udp_stream([BLOCKED, OPEN], Duration::from_secs(30), Duration::from_micros(300), |_| {
+            during()
+        })
+        .expect("the udp stream")
+}
+
 /// The stream's verdict: nothing through to the blocked port, nothing lost to the open
 /// one, and enough traffic to mean something.
 fn assert_enforced_throughout(result: &StreamResult, step: &str) {
@@ -132,24 +142,22 @@ fn an_older_layout_is_migrated_in_place_under_a_stream() {
     assert_eq!(status_json(&testbed)[0]["layout"], 1);
 
     let mut log = String::new();
-    let result = testbed
-        .udp_stream([BLOCKED, OPEN], Duration::from_secs(30), Duration::from_micros(300), |_| {
-            std::thread::sleep(Duration::from_millis(300));
-            let daemon = testbed
-                .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
-                .expect("the migrating daemon");
-            log = daemon.log();
-            std::thread::sleep(Duration::from_millis(300));
-            daemon.kill9();
-            // The same version again: nothing to migrate.
-            let again = testbed
-                .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
-                .expect("the restarted daemon");
-            assert!(again.log().contains("adopted the pinned filter"), "{}", again.log());
-            std::thread::sleep(Duration::from_millis(300));
-            again.kill9();
-        })
-        .expect("the udp stream");
+    let result = stream(&testbed, || {
+        std::thread::sleep(Duration::from_millis(300));
+        let daemon = testbed
+            .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+            .expect("the migrating daemon");
+        log = daemon.log();
+        std::thread::sleep(Duration::from_millis(300));
+        daemon.kill9();
+        // The same version again: nothing to migrate.
+        let again = testbed
+            .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+            .expect("the restarted daemon");
+        assert!(again.log().contains("adopted the pinned filter"), "{}", again.log());
+        std::thread::sleep(Duration::from_millis(300));
+        again.kill9();
+    });
     assert!(
         log.contains("migrated the pinned filter to new maps")
             && log.contains("from_layout=1")
@@ -242,41 +250,34 @@ fn a_migration_killed_at_any_step_is_finished_or_redone() {
         make_layout_1(&testbed);
         let before = blocked_count(&testbed);
         let mut log = String::new();
-        let result = testbed
-            .udp_stream(
-                [BLOCKED, OPEN],
-                Duration::from_secs(30),
-                Duration::from_micros(300),
-                |_| {
-                    std::thread::sleep(Duration::from_millis(300));
-                    let env = [("XDP_POLICY_TEST_CRASH_MIGRATION", step)];
-                    let command = DaemonCommand {
-                        env: &env,
-                        ..DaemonCommand::new(Path::new(DAEMON), &policy.0, XdpMode::Skb)
-                    };
-                    match testbed.start(&command) {
-                        Err(TestbedError::DaemonExited { stderr, .. }) => {
-                            assert!(stderr.contains("crashing the migration as asked"), "{stderr}")
-                        }
-                        Ok(daemon) => panic!("{case}: it did not crash:\n{}", daemon.log()),
-                        Err(other) => panic!("{case}: {other}"),
-                    }
-                    let maps = pins(&testbed).join("maps");
-                    assert!(pins(&testbed).join("maps-new").exists(), "{case}: no maps-new");
-                    if half_renamed {
-                        // As if killed between the two renames of the commit.
-                        fs::rename(&maps, pins(&testbed).join("maps-old")).expect("renaming");
-                    }
-                    std::thread::sleep(Duration::from_millis(300));
-                    let daemon = testbed
-                        .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
-                        .unwrap_or_else(|e| panic!("{case}: the next start: {e}"));
-                    log = daemon.log();
-                    std::thread::sleep(Duration::from_millis(300));
-                    daemon.stop().expect("stopping");
-                },
-            )
-            .expect("the udp stream");
+        let result = stream(&testbed, || {
+            std::thread::sleep(Duration::from_millis(300));
+            let env = [("XDP_POLICY_TEST_CRASH_MIGRATION", step)];
+            let command = DaemonCommand {
+                env: &env,
+                ..DaemonCommand::new(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+            };
+            match testbed.start(&command) {
+                Err(TestbedError::DaemonExited { stderr, .. }) => {
+                    assert!(stderr.contains("crashing the migration as asked"), "{stderr}")
+                }
+                Ok(daemon) => panic!("{case}: it did not crash:\n{}", daemon.log()),
+                Err(other) => panic!("{case}: {other}"),
+            }
+            let maps = pins(&testbed).join("maps");
+            assert!(pins(&testbed).join("maps-new").exists(), "{case}: no maps-new");
+            if half_renamed {
+                // As if killed between the two renames of the commit.
+                fs::rename(&maps, pins(&testbed).join("maps-old")).expect("renaming");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let daemon = testbed
+                .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+                .unwrap_or_else(|e| panic!("{case}: the next start: {e}"));
+            log = daemon.log();
+            std::thread::sleep(Duration::from_millis(300));
+            daemon.stop().expect("stopping");
+        });
         assert!(log.contains(expected), "{case}: {log}");
         assert_eq!(
             log.contains("migrated the pinned filter to new maps"),
@@ -328,26 +329,14 @@ fn migrations_killed_at_random_moments_leave_one_whole_filter() {
     let took = {
         let testbed = layout_1();
         let mut took = Duration::ZERO;
-        testbed
-            .udp_stream(
-                [BLOCKED, OPEN],
-                Duration::from_secs(30),
-                Duration::from_micros(300),
-                |_| {
-                    let began = std::time::Instant::now();
-                    let daemon = testbed
-                        .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
-                        .expect("daemon");
-                    took = began.elapsed();
-                    assert!(
-                        daemon.log().contains("migrated the pinned filter"),
-                        "{}",
-                        daemon.log()
-                    );
-                    drop(daemon);
-                },
-            )
-            .expect("the udp stream");
+        stream(&testbed, || {
+            let began = std::time::Instant::now();
+            let daemon =
+                testbed.start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb).expect("daemon");
+            took = began.elapsed();
+            assert!(daemon.log().contains("migrated the pinned filter"), "{}", daemon.log());
+            drop(daemon);
+        });
         took
     };
     let mut outcomes = vec![format!("a migrating start took {took:?}")];
@@ -356,36 +345,29 @@ fn migrations_killed_at_random_moments_leave_one_whole_filter() {
         let delay = delay.as_str();
         let testbed = layout_1();
         let mut next_log = String::new();
-        let result = testbed
-            .udp_stream(
-                [BLOCKED, OPEN],
-                Duration::from_secs(30),
-                Duration::from_micros(300),
-                |_| {
-                    let launcher = ["timeout", "-s", "KILL", delay];
-                    let command = DaemonCommand {
-                        launcher: &launcher,
-                        ..DaemonCommand::new(Path::new(DAEMON), &policy.0, XdpMode::Skb)
-                    };
-                    let killed = match testbed.start(&command) {
-                        Err(TestbedError::DaemonExited { .. }) => "killed before ready",
-                        Ok(daemon) => {
-                            // Ready first: the kill comes while it runs.
-                            std::thread::sleep(Duration::from_secs(2));
-                            drop(daemon);
-                            "ready before the kill"
-                        }
-                        Err(other) => panic!("after {delay} s: {other}"),
-                    };
-                    let daemon = testbed
-                        .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
-                        .unwrap_or_else(|e| panic!("the start after a kill at {delay} s: {e}"));
-                    next_log = daemon.log();
-                    daemon.stop().expect("stopping");
-                    outcomes.push(format!("{delay} s: {killed}"));
-                },
-            )
-            .expect("the udp stream");
+        let result = stream(&testbed, || {
+            let launcher = ["timeout", "-s", "KILL", delay];
+            let command = DaemonCommand {
+                launcher: &launcher,
+                ..DaemonCommand::new(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+            };
+            let killed = match testbed.start(&command) {
+                Err(TestbedError::DaemonExited { .. }) => "killed before ready",
+                Ok(daemon) => {
+                    // Ready first: the kill comes while it runs.
+                    std::thread::sleep(Duration::from_secs(2));
+                    drop(daemon);
+                    "ready before the kill"
+                }
+                Err(other) => panic!("after {delay} s: {other}"),
+            };
+            let daemon = testbed
+                .start_daemon(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+                .unwrap_or_else(|e| panic!("the start after a kill at {delay} s: {e}"));
+            next_log = daemon.log();
+            daemon.stop().expect("stopping");
+            outcomes.push(format!("{delay} s: {killed}"));
+        });
         let step = format!("killed at {delay} s");
         assert_enforced_throughout(&result, &step);
         let next = ["undid a migration", "finished a migration", "migrated the pinned", "adopted"]
@@ -451,12 +433,10 @@ fn maps_are_sized_by_the_policy_and_moved_on_reload() {
     let port_only = maps_memory(&testbed);
     assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 20).expect("probe").received, 0);
 
-    let result = testbed
-        .udp_stream([BLOCKED, OPEN], Duration::from_secs(30), Duration::from_micros(300), |_| {
-            policy.write(&format!("{plain}{limit}"));
-            daemon.wait_for_log("policy applied", 2, Duration::from_secs(10)).expect("reload");
-        })
-        .expect("the udp stream");
+    let result = stream(&testbed, || {
+        policy.write(&format!("{plain}{limit}"));
+        daemon.wait_for_log("policy applied", 2, Duration::from_secs(10)).expect("reload");
+    });
     assert!(daemon.log().contains("moved the filter to new maps"), "{}", daemon.log());
     assert_enforced_throughout(&result, "the first limit rule");
     assert_counted(&testbed, 20, &result, "the first limit rule");

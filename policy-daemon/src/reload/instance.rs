@@ -18,7 +18,7 @@ use crate::{
         apply::ApplyReport,
         error_chain,
         limits::LimitSample,
-        migrate::{self, Pinned, Recovered, Sizes},
+        migrate::{self, Carried, Pinned, Recovered, Sizes},
         pinned::{self, KernelMemory},
         pins::{InterfaceLock, PinError, Pins},
         sets::{self, ChangeError, SetInfo, SetMap, SetSample},
@@ -193,20 +193,8 @@ impl Instance {
             Pinned::Migrate { from, why } => {
                 match Dataplane::migrate(&pins, slots, ruleset, &sizes) {
                     Ok((dataplane, carried)) => {
-                        info!(
-                            iface,
-                            from_layout = from,
-                            to_layout = LAYOUT_VERSION,
-                            because = why,
-                            sizes = %sizes,
-                            carried = carried.summary(),
-                            not_carried = carried.skipped_summary(),
-                            second_copy = carried.second_copy,
-                            to_swap_ms = carried.to_swap_ms,
-                            total_ms = carried.total_ms,
-                            "migrated the pinned filter to new maps: program swapped on its \
-                             link, no detach"
-                        );
+                        let what = "migrated the pinned filter to new maps";
+                        log_move(iface, what, from, &why, &sizes, &carried);
                         dataplane
                     }
                     // Nothing to carry the old maps' contents to: they go with the link.
@@ -290,17 +278,9 @@ impl Instance {
                 // sizes, which only new maps can have.
                 let slots = self.dataplane.rule_slots().to_vec();
                 let (dataplane, carried) = Dataplane::migrate(&self.pins, slots, ruleset, &sizes)?;
-                info!(
-                    iface = self.iface,
-                    sizes = %sizes,
-                    carried = carried.summary(),
-                    not_carried = carried.skipped_summary(),
-                    second_copy = carried.second_copy,
-                    to_swap_ms = carried.to_swap_ms,
-                    total_ms = carried.total_ms,
-                    "moved the filter to new maps sized for the policy: program swapped on its \
-                     link, no detach"
-                );
+                let what = "moved the filter to new maps sized for the policy";
+                let why = "the policy needs maps of other sizes";
+                log_move(&self.iface, what, LAYOUT_VERSION, why, &sizes, &carried);
                 self.dataplane = dataplane;
                 self.limit_walk = None;
                 carried.applied
@@ -642,6 +622,24 @@ impl Instance {
 /// The index of `iface`, 0 if there is no such interface (in this network namespace);
 /// `None` when the lookup itself failed (out of file descriptors, say): that says
 /// nothing about the interface, which must not be taken for gone.
+/// Logs a move of the filter to new maps ([`Dataplane::migrate`]): `what` happened,
+/// from maps of layout `from`, and `why`.
+fn log_move(iface: &str, what: &str, from: u32, why: &str, sizes: &Sizes, carried: &Carried) {
+    info!(
+        iface,
+        from_layout = from,
+        to_layout = LAYOUT_VERSION,
+        because = why,
+        sizes = %sizes,
+        carried = carried.summary(),
+        not_carried = carried.skipped_summary(),
+        second_copy = carried.second_copy,
+        to_swap_ms = carried.to_swap_ms,
+        total_ms = carried.total_ms,
+        "{what}: program swapped on its link, no detach"
+    );
+}
+
 fn ifindex(iface: &str) -> Option<u32> {
     match nix::net::if_::if_nametoindex(iface) {
         Ok(index) => Some(index),
