@@ -51,7 +51,9 @@ enum Carry {
 
 /// The maps whose contents outlive a migration; the others hold the policy, which is
 /// applied whole to the new maps, or nothing that needs to last (the event ring, the
-/// per-CPU scratch and event clock).
+/// per-CPU scratch and event clock). A map is carried byte for byte when its key and
+/// value sizes are unchanged: a layout that changes what one of these holds without
+/// changing its sizes must skip it (or convert it) here for pins of older layouts.
 const CARRIED: [(&str, Carry); 10] = [
     // The generation in force and its configuration: the new policy goes to the other
     // generation, as an apply on the old maps would, so that the set hits counted under
