@@ -20,6 +20,10 @@ use core::mem::size_of;
 /// every name here is at most 15 bytes long.
 pub const PROGRAM_NAME: &str = "policy_xdp";
 
+/// Name of the port program in the eBPF object: for a policy a port table decides
+/// ([`active::PORT_TABLE`]), on the same maps; it judges no other generation.
+pub const PORTS_PROGRAM_NAME: &str = "policy_ports";
+
 /// `Array<u32>` of one entry: the generation the program reads (`value % GENERATIONS`),
 /// with [`active::PORT_TABLE`] set when that generation has a port table.
 pub const ACTIVE_MAP: &str = "ACTIVE";
@@ -944,7 +948,7 @@ mod tests {
 
     #[test]
     fn names_fit_the_kernel_object_name_limit() {
-        for name in MAP_NAMES.iter().chain([&PROGRAM_NAME]) {
+        for name in MAP_NAMES.iter().chain([&PROGRAM_NAME, &PORTS_PROGRAM_NAME]) {
             assert!(name.len() <= 15, "{name} is longer than 15 bytes");
         }
     }

@@ -44,6 +44,8 @@ pub struct InterfaceStatus {
     pub kernel_memory: KernelMemory,
     /// The layout version of the pinned maps, if they can be read.
     pub layout: Option<u32>,
+    /// The program on the link, by its kernel name, if it can be read.
+    pub program: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -126,6 +128,16 @@ pub fn render_status(all: &[InterfaceStatus]) -> String {
         }
         if let Some(audit) = s.state.as_ref().and_then(|st| st.audit.as_ref()) {
             out.push_str(&format!("  {}\n", describe_audit(audit)));
+        }
+        if let Some(program) = &s.program {
+            let what = match program.as_str() {
+                policy_common::PORTS_PROGRAM_NAME => {
+                    " (the port program: the rules look at \
+                                                      protocol and destination port only)"
+                }
+                _ => "",
+            };
+            out.push_str(&format!("  program: {program}{what}\n"));
         }
         let m = &s.kernel_memory;
         let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);

@@ -42,8 +42,14 @@ impl Decision {
     }
 }
 
+/// Classifies `packet` against the active generation. `FULL` is the program that can
+/// judge every generation; without it, the port program (`policy_ports`), which reads
+/// nothing but the protocol and the destination port, and judges only generations with
+/// a port table: the daemon puts it on the link only while such a generation is active
+/// and takes it off before it flips to another. Should it ever meet another generation
+/// anyway, it drops: it cannot see the fields that generation's rules look at.
 #[inline(always)]
-pub fn classify(packet: &Packet, ctx: &XdpContext) -> Decision {
+pub fn classify<const FULL: bool>(packet: &Packet, ctx: &XdpContext) -> Decision {
     if packet.family == Family::NotIp {
         return Decision::of(Verdict::PassNotIp);
     }
@@ -52,6 +58,9 @@ pub fn classify(packet: &Packet, ctx: &XdpContext) -> Decision {
     // gives this packet the old ruleset or the new one, never a mix.
     let active = ACTIVE.get(0).copied().unwrap_or(0);
     let generation = active % GENERATIONS;
+    if !FULL && active & active::PORT_TABLE == 0 {
+        return Decision::of(Verdict::DropUnparsable);
+    }
     // A generation whose rules look at nothing but protocol and destination port has
     // every (class, port) decided in one table: one lookup instead of one per field.
     // Non-first fragments have no ports and take the general path.
@@ -83,8 +92,8 @@ pub fn classify(packet: &Packet, ctx: &XdpContext) -> Decision {
             Ok(FragmentAction::Rules) | Err(_) => {}
         }
     }
-    match first_match(generation, config, packet, l4) {
-        Some(rule) => decide_rule(generation, rule, packet, ctx),
+    match first_match::<FULL>(generation, config, packet, l4) {
+        Some(rule) => decide_rule::<FULL>(generation, rule, packet, ctx),
         None => decide_default(config, l4),
     }
 }
@@ -103,7 +112,12 @@ pub fn unparsable() -> Decision {
 }
 
 #[inline(always)]
-fn decide_rule(generation: u32, rule: u32, packet: &Packet, ctx: &XdpContext) -> Decision {
+fn decide_rule<const FULL: bool>(
+    generation: u32,
+    rule: u32,
+    packet: &Packet,
+    ctx: &XdpContext,
+) -> Decision {
     let index = generation * MAX_RULES as u32 + rule;
     let Some(info) = RULES.get(index) else {
         return Decision::of(Verdict::PassDefault);
@@ -111,6 +125,8 @@ fn decide_rule(generation: u32, rule: u32, packet: &Packet, ctx: &XdpContext) ->
     let verdict = match Action::try_from(info.action) {
         Ok(Action::Drop) if info.monitor != 0 => Verdict::MonitorRule,
         Ok(Action::Drop) => Verdict::DropRule,
+        // A generation with a port table has no limit rule.
+        Ok(Action::Limit) if !FULL => Verdict::DropLimit,
         Ok(Action::Limit) => {
             let probe = LimitProbe {
                 src: packet.src,
@@ -192,8 +208,10 @@ fn v4_table_lookup(generation: u32, field: u32, addr: u32) -> Option<&'static Ru
 }
 
 /// The lowest rule every field admits, if any.
+/// Without `FULL`, only the transport class and the destination port are looked at
+/// (all a generation with a port table constrains).
 #[inline(always)]
-fn first_match(
+fn first_match<const FULL: bool>(
     generation: u32,
     config: &GenConfig,
     packet: &Packet,
@@ -203,7 +221,7 @@ fn first_match(
     // Named sets: the rules naming a set that holds the source (the destination)
     // address, in this CPU's scratch entries, taken into the AND through a mask; without
     // sets the mask is 0 and nothing of the sets is read.
-    let sets = if config.src_sets | config.dst_sets != 0 {
+    let sets = if FULL && config.src_sets | config.dst_sets != 0 {
         let probe = SetProbe {
             ids: config.set_ids,
             src: packet.src,
@@ -236,7 +254,7 @@ fn first_match(
     } else {
         Some(port_bitmap(&DPORT_CLASSES, &DPORT_BITMAPS, generation, l4.dport)?)
     };
-    let sport_rules = if fields & field::SPORT == 0 {
+    let sport_rules = if !FULL || fields & field::SPORT == 0 {
         None
     } else if l4.fragment {
         Some(field_bitmap(generation, field_bitmap::SPORT_UNCONSTRAINED)?)
@@ -247,7 +265,9 @@ fn first_match(
     let prefix_v6 = GENERATION_PREFIX_BITS + 128;
     let gen_byte = generation as u8;
     let v4 = |a: &[u32; 4]| ipv4_key(gen_byte, a[0].to_ne_bytes());
-    let (src_rules, dst_rules) = if packet.family == Family::V4 {
+    let (src_rules, dst_rules) = if !FULL {
+        (None, None)
+    } else if packet.family == Family::V4 {
         (
             if fields & field::SRC_V4_TABLE != 0 {
                 Some(v4_table_lookup(generation, 0, packet.src[0])?)

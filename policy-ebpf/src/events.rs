@@ -12,8 +12,11 @@ use crate::{
     parse::{Family, Packet, address_bytes},
 };
 
+/// Whether a summary of this packet goes into the ring now: its verdict is a drop (or
+/// would be), sampling is on, and this CPU's interval has passed. Returns the time,
+/// which the CPU's clock now holds.
 #[inline(always)]
-pub fn sample(decision: &Decision, packet: &Packet) {
+pub fn due(decision: &Decision) -> Option<u64> {
     let interesting = matches!(
         decision.verdict,
         Verdict::DropRule
@@ -25,22 +28,28 @@ pub fn sample(decision: &Decision, packet: &Packet) {
             | Verdict::MonitorLimit
     );
     if !interesting {
-        return;
+        return None;
     }
-    let Some(settings) = EVENT_SETTINGS.get(0) else { return };
+    let settings = EVENT_SETTINGS.get(0)?;
     if settings.interval_ns == 0 {
-        return;
+        return None;
     }
-    let Some(last) = EVENT_CLOCK.get_ptr_mut(0) else { return };
+    let last = EVENT_CLOCK.get_ptr_mut(0)?;
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a per-CPU slot from a successful lookup; this CPU runs one program at a time.
     unsafe {
         if now.wrapping_sub(*last) < settings.interval_ns {
-            return;
+            return None;
         }
         *last = now;
     }
+    Some(now)
+}
+
+/// Puts the summary of `packet` into the ring, with the addresses `src` and `dst`.
+#[inline(always)]
+pub fn emit(decision: &Decision, packet: &Packet, (src, dst): ([u32; 4], [u32; 4]), now: u64) {
     if let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) {
         entry.write(DropEvent {
             time_ns: now,
@@ -52,8 +61,8 @@ pub fn sample(decision: &Decision, packet: &Packet) {
             src_port: packet.l4.sport,
             dst_port: packet.l4.dport,
             _pad2: 0,
-            src: address_bytes(packet.src),
-            dst: address_bytes(packet.dst),
+            src: address_bytes(src),
+            dst: address_bytes(dst),
         });
         entry.submit(0);
     }

@@ -23,20 +23,43 @@ const _: () = assert!(
         && xdp_action::XDP_ABORTED == policy_common::xdp_action::XDP_ABORTED
 );
 
+/// The program that judges every policy.
 #[xdp]
 pub fn policy_xdp(ctx: XdpContext) -> u32 {
-    let parsed = parse::parse(&ctx);
-    let (decision, packet) = match &parsed {
-        Ok(packet) => (classify::classify(packet, &ctx), Some(packet)),
-        Err(parse::Unparsable) => (classify::unparsable(), None),
+    run::<true>(&ctx)
+}
+
+/// The program for policies whose rules look at nothing but the protocol and the
+/// destination port (a port table decides them): it reads no address and has no sets
+/// or limits, so it is a fraction of the size and cost of `policy_xdp`. The daemon
+/// loads it for such a policy and swaps programs on the link when a reload changes
+/// that (see `classify::classify`).
+#[xdp]
+pub fn policy_ports(ctx: XdpContext) -> u32 {
+    run::<false>(&ctx)
+}
+
+#[inline(always)]
+fn run<const FULL: bool>(ctx: &XdpContext) -> u32 {
+    let parsed = parse::parse::<FULL>(ctx);
+    let decision = match &parsed {
+        Ok(packet) => classify::classify::<FULL>(packet, ctx),
+        Err(parse::Unparsable) => classify::unparsable(),
     };
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     maps::count(&maps::VERDICT_COUNTERS, decision.verdict as u32, bytes);
     if let Some(slot) = decision.counter_slot {
         maps::count(&maps::RULE_COUNTERS, slot, bytes);
     }
-    if let Some(packet) = packet {
-        events::sample(&decision, packet);
+    if let Ok(packet) = &parsed
+        && let Some(now) = events::due(&decision)
+    {
+        if FULL {
+            events::emit(&decision, packet, (packet.src, packet.dst), now);
+        } else if let Some(addresses) = parse::addresses(ctx, packet) {
+            // Read now, for the one packet in an interval whose summary is kept.
+            events::emit(&decision, packet, addresses, now);
+        }
     }
     if decision.verdict.drops() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }

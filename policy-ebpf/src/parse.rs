@@ -62,6 +62,9 @@ pub struct Packet {
     pub src: [u32; 4],
     pub dst: [u32; 4],
     pub l4: Transport,
+    /// Offset of the IP header in the frame (0 if not IP): where [`addresses`] reads
+    /// them for a packet parsed without.
+    pub ip: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -83,12 +86,13 @@ impl Packet {
             flag_index: tcp_flags::other(L4Class::Other),
             fragment: false,
         },
+        ip: 0,
     };
 
     #[inline(always)]
-    fn v4(src: [u8; 4], dst: [u8; 4], l4: Transport) -> Self {
+    fn v4(src: [u8; 4], dst: [u8; 4], l4: Transport, ip: usize) -> Self {
         let (src, dst) = (u32::from_ne_bytes(src), u32::from_ne_bytes(dst));
-        Self { family: Family::V4, src: [src, 0, 0, 0], dst: [dst, 0, 0, 0], l4 }
+        Self { family: Family::V4, src: [src, 0, 0, 0], dst: [dst, 0, 0, 0], l4, ip }
     }
 }
 
@@ -219,8 +223,32 @@ impl Cursor<'_> {
     }
 }
 
+/// The source and destination address of `packet`, parsed without them, read where
+/// its IP header is (see [`Packet::src`] for their form).
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Unparsable> {
+pub fn addresses(ctx: &XdpContext, packet: &Packet) -> Option<([u32; 4], [u32; 4])> {
+    let cursor = Cursor { ctx, offset: packet.ip, end: ctx.data_end() - ctx.data() };
+    match packet.family {
+        Family::V4 => {
+            let ip = cursor.peek::<Ipv4Hdr>().ok()?;
+            // SAFETY: bounds checked by `peek`.
+            let (src, dst) = unsafe { ((*ip).src_addr, (*ip).dst_addr) };
+            let (src, dst) = (u32::from_ne_bytes(src), u32::from_ne_bytes(dst));
+            Some(([src, 0, 0, 0], [dst, 0, 0, 0]))
+        }
+        Family::V6 => {
+            let ip = cursor.peek::<Ipv6Hdr>().ok()?;
+            // SAFETY: bounds checked by `peek`.
+            unsafe { Some((words(&(*ip).src_addr), words(&(*ip).dst_addr))) }
+        }
+        Family::NotIp => None,
+    }
+}
+
+/// Parses the packet; without `ADDRESSES`, the addresses are not read (left zero): the
+/// same checks, the same outcome, fewer loads, for a program that never looks at them.
+#[inline(always)]
+pub fn parse<const ADDRESSES: bool>(ctx: &XdpContext) -> Result<Packet, Unparsable> {
     let mut cursor = Cursor { ctx, offset: 0, end: ctx.data_end() - ctx.data() };
     let eth = cursor.read::<EthHdr>()?;
     // SAFETY: `read` checked that the header lies inside the packet.
@@ -234,8 +262,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Unparsable> {
         ether_type = unsafe { (*vlan).ether_type };
     }
     match ether_type {
-        ETHER_TYPE_IPV4 => parse_ipv4(cursor),
-        ETHER_TYPE_IPV6 => parse_ipv6(cursor),
+        ETHER_TYPE_IPV4 => parse_ipv4::<ADDRESSES>(cursor),
+        ETHER_TYPE_IPV6 => parse_ipv6::<ADDRESSES>(cursor),
         // More tags than the bound: whatever is inside may well be IP.
         ETHER_TYPE_VLAN | ETHER_TYPE_QINQ => Err(Unparsable),
         _ => Ok(Packet::NOT_IP),
@@ -251,7 +279,8 @@ fn fragment(proto: u8, v6: bool) -> Transport {
 }
 
 #[inline(always)]
-fn parse_ipv4(mut cursor: Cursor) -> Result<Packet, Unparsable> {
+fn parse_ipv4<const ADDRESSES: bool>(mut cursor: Cursor) -> Result<Packet, Unparsable> {
+    let start = cursor.offset;
     let ip = cursor.peek::<Ipv4Hdr>()?;
     // SAFETY: bounds checked by `peek`.
     let (version, header_len, total_len, frag_offset, proto, src, dst) = unsafe {
@@ -261,8 +290,8 @@ fn parse_ipv4(mut cursor: Cursor) -> Result<Packet, Unparsable> {
             (*ip).tot_len(),
             (*ip).frag_offset(),
             (*ip).proto,
-            (*ip).src_addr,
-            (*ip).dst_addr,
+            if ADDRESSES { (*ip).src_addr } else { [0; 4] },
+            if ADDRESSES { (*ip).dst_addr } else { [0; 4] },
         )
     };
     if version != 4 || usize::from(header_len) < Ipv4Hdr::LEN {
@@ -277,11 +306,11 @@ fn parse_ipv4(mut cursor: Cursor) -> Result<Packet, Unparsable> {
     } else {
         parse_transport(cursor, proto, false)?
     };
-    Ok(Packet::v4(src, dst, l4))
+    Ok(Packet::v4(src, dst, l4, start))
 }
 
 #[inline(always)]
-fn parse_ipv6(mut cursor: Cursor) -> Result<Packet, Unparsable> {
+fn parse_ipv6<const ADDRESSES: bool>(mut cursor: Cursor) -> Result<Packet, Unparsable> {
     let start = cursor.offset;
     let ip = cursor.read::<Ipv6Hdr>()?;
     // SAFETY: bounds checked by `read`.
@@ -290,8 +319,8 @@ fn parse_ipv6(mut cursor: Cursor) -> Result<Packet, Unparsable> {
             (*ip).version(),
             (*ip).payload_len(),
             (*ip).next_hdr,
-            words(&(*ip).src_addr),
-            words(&(*ip).dst_addr),
+            if ADDRESSES { words(&(*ip).src_addr) } else { [0; 4] },
+            if ADDRESSES { words(&(*ip).dst_addr) } else { [0; 4] },
         )
     };
     if version != 6 {
@@ -310,7 +339,8 @@ fn parse_ipv6(mut cursor: Cursor) -> Result<Packet, Unparsable> {
                 // SAFETY: bounds checked by `read`.
                 let (next, offset_flags) = unsafe { ((*frag).next_hdr, (*frag).offset_flags) };
                 if u16::from_be_bytes(offset_flags) >> 3 != 0 {
-                    return Ok(Packet { family: Family::V6, src, dst, l4: fragment(next, true) });
+                    let l4 = fragment(next, true);
+                    return Ok(Packet { family: Family::V6, src, dst, l4, ip: start });
                 }
                 next_hdr = next;
                 continue;
@@ -334,7 +364,7 @@ fn parse_ipv6(mut cursor: Cursor) -> Result<Packet, Unparsable> {
             }
             _ => {
                 let l4 = parse_transport(cursor, next_hdr, true)?;
-                return Ok(Packet { family: Family::V6, src, dst, l4 });
+                return Ok(Packet { family: Family::V6, src, dst, l4, ip: start });
             }
         };
         cursor.skip(len)?;

@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
                 sets,
                 kernel_memory: Default::default(),
                 layout: Some(2),
+                program: Some("policy_ports".into()),
             };
             let _ = render::render_status(std::slice::from_ref(&status));
             let _ = serde_json::to_string(&status);

@@ -160,6 +160,7 @@ fn read_status(places: &Places, only: Option<&str>) -> Result<Vec<InterfaceStatu
             sets,
             kernel_memory: filter.kernel_memory(),
             layout: filter.layout(),
+            program: filter.program_name(),
         });
     }
     Ok(all)

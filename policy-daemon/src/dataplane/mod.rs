@@ -32,8 +32,8 @@ use aya::{
 use ipnet::Ipv4Net;
 use policy_common::{
     Counter, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, LAYOUT_MAP, LAYOUT_VERSION,
-    LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, MAP_NAMES, MAX_SOURCES, PROGRAM_NAME, RULE_COUNTERS_MAP,
-    SET_HITS_MAP, SET_STATS_MAP, SETS_MAP, VERDICT_COUNTERS_MAP, Verdict,
+    LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, MAP_NAMES, MAX_SOURCES, PORTS_PROGRAM_NAME, PROGRAM_NAME,
+    RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP, VERDICT_COUNTERS_MAP, Verdict,
 };
 
 use self::{
@@ -119,12 +119,12 @@ pub enum DataplaneError {
     NoObject,
     #[error("loading the eBPF object failed")]
     Load(#[source] aya::EbpfError),
-    #[error("the eBPF object has no program `{PROGRAM_NAME}`")]
-    MissingProgram,
-    #[error("program `{PROGRAM_NAME}` is not an XDP program")]
+    #[error("the eBPF object has no program `{0}`")]
+    MissingProgram(&'static str),
+    #[error("a call on the XDP program failed")]
     ProgramType(#[source] ProgramError),
-    #[error("the kernel rejected program `{PROGRAM_NAME}`")]
-    ProgramLoad(#[source] ProgramError),
+    #[error("the kernel rejected program `{0}`")]
+    ProgramLoad(&'static str, #[source] ProgramError),
     #[error("the eBPF object has no map `{0}`")]
     MissingMap(&'static str),
     #[error("the named sets")]
@@ -175,7 +175,7 @@ pub enum DataplaneError {
     },
     #[error("interface `{0}` does not exist")]
     UnknownInterface(String),
-    #[error("BPF_PROG_TEST_RUN of `{PROGRAM_NAME}` failed")]
+    #[error("BPF_PROG_TEST_RUN of the XDP program failed")]
     TestRun(#[source] ProgramError),
     #[error(
         "the pinned maps in {} do not fit this version of xdp-policy (map `{map}`: {why}): \
@@ -311,9 +311,55 @@ impl VerdictCounts {
     }
 }
 
+/// Which of the object's programs judges packets: both use the same maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// `policy_xdp`, which judges every policy.
+    Full,
+    /// `policy_ports`, for a policy a port table decides (its rules look at nothing but
+    /// the protocol and the destination port): it reads no address, no set, no limit,
+    /// and judges no other generation (it drops what it cannot judge).
+    Ports,
+}
+
+impl Program {
+    /// The cheapest program that judges `ruleset`.
+    pub fn for_ruleset(ruleset: &Ruleset) -> Self {
+        if ruleset.port_table.is_some() { Self::Ports } else { Self::Full }
+    }
+
+    /// Its name in the object and in the kernel.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Full => PROGRAM_NAME,
+            Self::Ports => PORTS_PROGRAM_NAME,
+        }
+    }
+
+    /// The program the kernel names `name` (15 bytes at most) runs; any other name, a
+    /// version's before the port program or another tool's, is taken for one that
+    /// judges everything.
+    fn named(name: &str) -> Self {
+        if name == PORTS_PROGRAM_NAME { Self::Ports } else { Self::Full }
+    }
+}
+
+impl fmt::Display for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The loaded program and its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// The program for the policy last applied (loaded on first use).
+    program: Program,
+    /// The pinned link this process put its program on, or adopted, and which program
+    /// runs there: an apply that changes programs swaps them around its flip.
+    link: Option<(Pins, Program)>,
+    /// Waited between a flip and the swap after it (tests: see [`Self::delay_swaps`]).
+    swap_delay: std::time::Duration,
     maps: KernelMaps,
     /// The named sets' entries, and what is known of the file entries among them.
     sets: SetMap,
@@ -355,13 +401,15 @@ impl Dataplane {
         let sets = take_sets(&mut ebpf)?;
         let mut dataplane = Self {
             ebpf,
+            program: Program::Full,
+            link: None,
+            swap_delay: std::time::Duration::ZERO,
             maps,
             sets,
             file_entries: FileEntries::empty(),
             generations: Generations::new(),
             maps_pinned: false,
         };
-        dataplane.program()?.load().map_err(DataplaneError::ProgramLoad)?;
         let layout =
             dataplane.ebpf.map_mut(LAYOUT_MAP).ok_or(DataplaneError::MissingMap(LAYOUT_MAP))?;
         let mut layout = Array::<_, u32>::try_from(layout)
@@ -400,16 +448,18 @@ impl Dataplane {
         })?;
         let sets = take_sets(&mut ebpf)?;
         let generations = Generations::adopt(maps.active_generation()?, rules);
-        let mut dataplane = Self {
+        let on_link = pinned_link_program(&pins.link()).unwrap_or(Program::Full);
+        Ok(Self {
             ebpf,
+            program: on_link,
+            link: Some((pins.clone(), on_link)),
+            swap_delay: std::time::Duration::ZERO,
             maps,
             sets,
             file_entries: FileEntries::unknown(),
             generations,
             maps_pinned: true,
-        };
-        dataplane.program()?.load().map_err(DataplaneError::ProgramLoad)?;
-        Ok(dataplane)
+        })
     }
 
     /// Pins every map under `pins` (for maps this process created: only once the
@@ -478,6 +528,7 @@ impl Dataplane {
             .map_err(|source| DataplaneError::PinnedLink { path: pins.link(), source })?;
         link.pin(pins.link())
             .map_err(|source| DataplaneError::Pin { path: pins.link(), source })?;
+        self.link = Some((pins.clone(), self.program));
         self.pin_program(pins)?;
         Ok(mode)
     }
@@ -497,6 +548,7 @@ impl Dataplane {
         // Hold no descriptor of the link: its pin alone keeps it, so `detach` (removing
         // the pin) takes the filter off even while a daemon runs.
         drop(program.take_link(id).map_err(DataplaneError::ProgramType)?);
+        self.link = Some((pins.clone(), self.program));
         self.pin_program(pins)
     }
 
@@ -541,7 +593,96 @@ impl Dataplane {
     /// The sets' file entries are written first (a set's contents are shared by both
     /// generations); once the new generation is in force, the entries of sets it no
     /// longer has are removed.
+    ///
+    /// A policy that needs the other program ([`Program::for_ruleset`]) gets it on the
+    /// link: the full program goes on before the flip (it judges the generation in force
+    /// as well), the port program after it, so that the port program never meets a
+    /// generation it cannot judge.
     pub fn apply(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, DataplaneError> {
+        let wanted = Program::for_ruleset(ruleset);
+        let previous = self.program;
+        self.before_flip(wanted)?;
+        let report = self.write_and_flip(ruleset).inspect_err(|_| {
+            // The generation in force is the previous one: so is its program, unless the
+            // full one went on the link for the flip that failed.
+            self.program = self.program_on_link().unwrap_or(previous);
+        })?;
+        self.after_flip(wanted);
+        Ok(report)
+    }
+
+    /// Loads `wanted`, and puts the full program on the link if the port program runs
+    /// there and `wanted` is the full one; waits until no packet is still judged by the
+    /// port program.
+    fn before_flip(&mut self, wanted: Program) -> Result<(), DataplaneError> {
+        let previous = std::mem::replace(&mut self.program, wanted);
+        if let Err(e) = self.program() {
+            self.program = previous;
+            return Err(e);
+        }
+        if let Some((pins, Program::Ports)) = self.link.clone()
+            && wanted == Program::Full
+        {
+            self.swap_on_link(&pins)?;
+            self.maps.wait_for_readers();
+        }
+        Ok(())
+    }
+
+    /// Puts the program for the policy now in force on the link, if another runs there.
+    /// A failure leaves the full program there, which judges every policy: logged, not
+    /// an error of the apply, which took effect.
+    fn after_flip(&mut self, wanted: Program) {
+        let Some((pins, on_link)) = self.link.clone() else { return };
+        if on_link == wanted {
+            return;
+        }
+        std::thread::sleep(self.swap_delay);
+        if let Err(e) = self.swap_on_link(&pins) {
+            tracing::warn!(
+                program = %wanted,
+                on_link = %on_link,
+                "could not put the program for this policy on the link, where the one that \
+                 runs judges it too: {}",
+                error_chain(&e)
+            );
+        }
+    }
+
+    /// [`Self::replace_on_pinned_link`], where a link that is gone or no longer on an
+    /// interface runs nothing that must be swapped: forgotten instead.
+    fn swap_on_link(&mut self, pins: &Pins) -> Result<(), DataplaneError> {
+        if !pins.linked() {
+            self.link = None;
+            return Ok(());
+        }
+        match self.replace_on_pinned_link(pins) {
+            Err(e) if e.link_defunct() => {
+                self.link = None;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// For tests: waits `delay` between each flip and the swap of programs after it,
+    /// widening the moment in which the program already on the link judges the new
+    /// generation.
+    pub fn delay_swaps(&mut self, delay: std::time::Duration) {
+        self.swap_delay = delay;
+    }
+
+    /// The program the link runs, if this process knows of one.
+    pub fn program_on_link(&self) -> Option<Program> {
+        self.link.as_ref().map(|(_, program)| *program)
+    }
+
+    /// The program for the policy last applied.
+    pub fn current_program(&self) -> Program {
+        self.program
+    }
+
+    fn write_and_flip(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, DataplaneError> {
         self.sync_sets(ruleset, false)?;
         // The generation about to be written: once no packet reads it, its set slots'
         // hits go to the sets that held them, before the slots change hands.
@@ -615,17 +756,30 @@ impl Dataplane {
     /// The sets' file entries are written again whole, and entries of sets the policy
     /// does not have removed.
     pub fn repair(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, DataplaneError> {
+        let wanted = Program::for_ruleset(ruleset);
+        let previous = self.program;
+        self.before_flip(wanted)?;
         self.file_entries = FileEntries::distrusted();
-        self.sync_sets(ruleset, false)?;
-        let report =
-            self.generations.repair(&mut self.maps, ruleset).map_err(DataplaneError::Apply)?;
+        let report = self
+            .sync_sets(ruleset, false)
+            .and_then(|()| {
+                self.generations.repair(&mut self.maps, ruleset).map_err(DataplaneError::Apply)
+            })
+            .inspect_err(|_| self.program = self.program_on_link().unwrap_or(previous))?;
         self.sync_sets(ruleset, true)?;
+        self.after_flip(wanted);
         Ok(report)
     }
 
+    /// The program for the policy last applied, loaded into the kernel on first use.
     fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
-        let program = self.ebpf.program_mut(PROGRAM_NAME).ok_or(DataplaneError::MissingProgram)?;
-        program.try_into().map_err(DataplaneError::ProgramType)
+        let name = self.program.name();
+        let program = self.ebpf.program_mut(name).ok_or(DataplaneError::MissingProgram(name))?;
+        let program: &mut Xdp = program.try_into().map_err(DataplaneError::ProgramType)?;
+        if program.fd().is_err() {
+            program.load().map_err(|source| DataplaneError::ProgramLoad(name, source))?;
+        }
+        Ok(program)
     }
 
     /// Attaches the program to `iface` and returns the mode and the link's id. With
@@ -769,12 +923,25 @@ impl Dataplane {
     /// action. Counters are updated as for a real packet. Takes `&self`: threads may run
     /// it at once, each on its own CPU.
     pub fn test_run(&self, packet: &[u8]) -> Result<u32, DataplaneError> {
-        let program = self.ebpf.program(PROGRAM_NAME).ok_or(DataplaneError::MissingProgram)?;
+        let name = self.program.name();
+        let program = self.ebpf.program(name).ok_or(DataplaneError::MissingProgram(name))?;
         let program: &Xdp = program.try_into().map_err(DataplaneError::ProgramType)?;
         let opts = TestRunOptions { data_in: Some(packet), ..TestRunOptions::default() };
         let result = program.test_run(opts).map_err(DataplaneError::TestRun)?;
         Ok(result.return_value)
     }
+}
+
+/// Which program runs on the link pinned at `path`, by its name in the kernel.
+fn pinned_link_program(path: &std::path::Path) -> Option<Program> {
+    Some(Program::named(&pinned_link_program_name(path)?))
+}
+
+/// The kernel's name of the program on the link pinned at `path`.
+pub(crate) fn pinned_link_program_name(path: &std::path::Path) -> Option<String> {
+    let id = pinned_link_info(path).ok()?.program_id();
+    let info = aya::programs::loaded_programs().flatten().find(|p| p.id() == id)?;
+    Some(info.name_as_str()?.to_string())
 }
 
 /// What the kernel says of the link pinned at `path`.

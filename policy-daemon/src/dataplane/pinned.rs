@@ -125,6 +125,12 @@ impl PinnedFilter {
         kernel_memory(&self.pins)
     }
 
+    /// The name of the program on the pinned link (`policy_xdp`, or `policy_ports`
+    /// for a policy a port table decides), if the link can be read.
+    pub fn program_name(&self) -> Option<String> {
+        super::pinned_link_program_name(&self.pins.link())
+    }
+
     /// The layout version of the pinned maps (see [`super::migrate`]), if they can be read.
     pub fn layout(&self) -> Option<u32> {
         super::migrate::pinned_layout(&self.pins.maps()).ok()

@@ -14,7 +14,7 @@ use tracing::{debug, error, info, warn};
 use super::{Options, StartError};
 use crate::{
     dataplane::{
-        AttachMode, Dataplane, DataplaneError, Places, VerdictCounts, XdpMode,
+        AttachMode, Dataplane, DataplaneError, Places, Program, VerdictCounts, XdpMode,
         apply::ApplyReport,
         error_chain,
         limits::LimitSample,
@@ -75,6 +75,11 @@ pub struct Counts {
 }
 
 impl Instance {
+    /// The program judging the policy in force (see [`Program`]).
+    pub fn program(&self) -> Program {
+        self.dataplane.current_program()
+    }
+
     /// Brings up one interface: takes its lock, adopts its pinned filter if there is one,
     /// else attaches a new one and pins it.
     pub fn start(

@@ -153,6 +153,7 @@ impl Enforced {
                 compile_us = prepared.took.as_micros() as u64,
                 apply_us = began.elapsed().as_micros() as u64,
                 mode = %instance.mode(),
+                program = %instance.program(),
                 "policy applied"
             );
             instance.write_state(&assignment.policy, &options.places);
@@ -227,6 +228,7 @@ impl Enforced {
                         compile_us = prepared.took.as_micros() as u64,
                         apply_us = began.elapsed().as_micros() as u64,
                         map_writes = report.writes,
+                        program = %instance.program(),
                         "policy applied"
                     );
                 }
