@@ -10,7 +10,9 @@
 //! dropped). Delivery is read from the stack itself: the UDP token on rx's socket, rx's
 //! SYN-ACK to the shot's own source port, the echo reply with the shot's id, rx's
 //! neighbour advertisement or ARP reply, all captured on tx. The test fails on any attack
-//! that arrives under (b) or (c), with a table naming each; on a control that does not
+//! that arrives under (b) or (c), with a table naming each (each list is run twice: as it
+//! is, judged by the port program, and with a rule on a source prefix no shot uses, which
+//! takes the full program); on a control that does not
 //! arrive under every phase; and, so the oracle is never vacuous, on a shape known to be
 //! delivered by Linux that was not delivered under (a).
 //!
@@ -61,9 +63,17 @@ enum Phase {
     NoFilter,
     AllowList,
     DenyList,
+    AllowListFull,
+    DenyListFull,
 }
 
-const PHASES: [Phase; 3] = [Phase::NoFilter, Phase::AllowList, Phase::DenyList];
+const PHASES: [Phase; 5] =
+    [Phase::NoFilter, Phase::AllowList, Phase::DenyList, Phase::AllowListFull, Phase::DenyListFull];
+
+/// A rule on a source prefix no shot uses (documentation addresses): it changes no
+/// verdict, and takes the policy to the full program.
+const FULL_PROGRAM_RULE: &str =
+    "\n[[rule]]\nname = \"full-program\"\naction = \"drop\"\nsrc = [\"2001:db8:ffff::/48\"]\n";
 
 impl Phase {
     fn name(self) -> &'static str {
@@ -71,29 +81,47 @@ impl Phase {
             Self::NoFilter => "no filter",
             Self::AllowList => "allow-list",
             Self::DenyList => "deny-list",
+            Self::AllowListFull => "allow, full prog",
+            Self::DenyListFull => "deny, full prog",
+        }
+    }
+
+    /// The program that judges the phase's policy.
+    fn program(self) -> Option<&'static str> {
+        match self {
+            Self::NoFilter => None,
+            Self::AllowList | Self::DenyList => Some("policy_ports"),
+            Self::AllowListFull | Self::DenyListFull => Some("policy_xdp"),
         }
     }
 }
 
-/// The two policies, each alone in a temporary directory (root's, not group- or
+/// The policies, each alone in a temporary directory (root's, not group- or
 /// world-writable, as `run` requires) removed on drop.
 struct Policies {
     allow: PolicyFile,
     deny: PolicyFile,
+    allow_full: PolicyFile,
+    deny_full: PolicyFile,
 }
 
 impl Policies {
     fn write() -> Self {
+        let (allow, deny) = (crafted::allow_list(), crafted::deny_list());
         Self {
-            allow: PolicyFile::new("evasion-allow", &crafted::allow_list()),
-            deny: PolicyFile::new("evasion-deny", &crafted::deny_list()),
+            allow: PolicyFile::new("evasion-allow", &allow),
+            deny: PolicyFile::new("evasion-deny", &deny),
+            allow_full: PolicyFile::new("evasion-allow-full", &(allow + FULL_PROGRAM_RULE)),
+            deny_full: PolicyFile::new("evasion-deny-full", &(deny + FULL_PROGRAM_RULE)),
         }
     }
 
     fn path(&self, phase: Phase) -> PathBuf {
         match phase {
             Phase::AllowList => self.allow.0.clone(),
-            _ => self.deny.0.clone(),
+            Phase::AllowListFull => self.allow_full.0.clone(),
+            Phase::DenyListFull => self.deny_full.0.clone(),
+            Phase::NoFilter | Phase::DenyList => self.deny.0.clone(),
         }
     }
 }
@@ -327,7 +355,7 @@ struct ModeRun {
     /// The shots of the first phase (the others differ only in their identifiers).
     shots: Vec<Shot>,
     /// Per phase, whether each shot was delivered.
-    delivered: [Vec<bool>; 3],
+    delivered: [Vec<bool>; PHASES.len()],
     /// Per phase with a daemon, the verdict counts it printed when it stopped.
     counters: Vec<(Phase, Counters)>,
     seconds: f64,
@@ -341,7 +369,7 @@ fn run_mode(mode: XdpMode, expect: AttachMode, first_epoch: u16, policies: &Poli
     let rx_mac = wire::mac(testbed.rx().name(), RX_IFACE);
     pin_neighbours(&testbed, tx_mac, rx_mac);
     let wire = Wire::open(&testbed);
-    let mut delivered: [Vec<bool>; 3] = Default::default();
+    let mut delivered: [Vec<bool>; PHASES.len()] = Default::default();
     let mut counters = Vec::new();
     let mut shots = Vec::new();
     for (i, phase) in PHASES.into_iter().enumerate() {
@@ -354,6 +382,8 @@ fn run_mode(mode: XdpMode, expect: AttachMode, first_epoch: u16, policies: &Poli
                     panic!("expected xdp-policy to attach ({}): {}", phase.name(), error_chain(&e))
                 });
             assert_eq!(daemon.mode(), expect, "attach mode; log:\n{}", daemon.log());
+            let program = format!("program={}", phase.program().unwrap_or_default());
+            assert!(daemon.log().contains(&program), "{program}; log:\n{}", daemon.log());
             daemon
         });
         delivered[i] = run_phase(&wire, &testbed, &corpus);
@@ -438,7 +468,7 @@ fn table(runs: &[ModeRun], rows: impl Iterator<Item = usize>) -> String {
                 .iter()
                 .map(|r| match (r.delivered[p][i], shot.kind, phase) {
                     (false, _, _) => "-",
-                    (true, Kind::Attack, Phase::AllowList | Phase::DenyList) => "LEAK",
+                    (true, Kind::Attack, p) if p != Phase::NoFilter => "LEAK",
                     (true, _, _) => "yes",
                 })
                 .collect();
@@ -474,7 +504,7 @@ fn failures(runs: &[ModeRun]) -> Vec<String> {
     let mut out = Vec::new();
     let leaked: Vec<usize> = (0..shots.len())
         .filter(|&i| shots[i].kind == Kind::Attack)
-        .filter(|&i| runs.iter().any(|r| r.delivered[1][i] || r.delivered[2][i]))
+        .filter(|&i| runs.iter().any(|r| r.delivered[1..].iter().any(|phase| phase[i])))
         .collect();
     if !leaked.is_empty() {
         out.push(format!(
