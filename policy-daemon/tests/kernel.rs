@@ -8,11 +8,11 @@ use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr, path::Path, tim
 use ipnet::Ipv4Net;
 
 use policy_common::{
-    MAP_NAMES, PROGRAM_NAME, Verdict, field,
+    MAP_NAMES, PORTS_PROGRAM_NAME, PROGRAM_NAME, Verdict, field,
     xdp_action::{XDP_DROP, XDP_PASS},
 };
 use policy_daemon::{
-    dataplane::{Dataplane, apply::AddrFieldId, embedded_object},
+    dataplane::{Dataplane, Program, apply::AddrFieldId, embedded_object},
     policy::{self, Policy, reference},
 };
 use support::packet::*;
@@ -697,7 +697,9 @@ fn embedded_object_has_every_program_and_map() {
         "the daemon was built without its eBPF object: run the tests with `cargo xtask test`"
     );
     let parsed = aya_obj::Object::parse(object).expect("the embedded object parses");
-    assert!(parsed.programs.contains_key(PROGRAM_NAME), "no program {PROGRAM_NAME} in the object");
+    for program in [PROGRAM_NAME, PORTS_PROGRAM_NAME] {
+        assert!(parsed.programs.contains_key(program), "no program {program} in the object");
+    }
     for name in MAP_NAMES {
         assert!(name.len() <= 15, "map name {name} is longer than the kernel keeps");
         assert!(parsed.maps.contains_key(name), "no map {name} in the object");
@@ -717,19 +719,25 @@ fn the_program_verifies_with_a_margin() {
         return;
     }
     use std::os::fd::AsRawFd as _;
-    let (_, mut dataplane) = load(POLICY);
-    let fd = dataplane.program_fd().expect("the program's descriptor").as_raw_fd();
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
-    let verified: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("verified_insns:")?.trim().parse().ok())
-        .expect("verified_insns in the program's fdinfo");
-    println!("the verifier walked {verified} instructions (limit {VERIFIER_LIMIT})");
-    assert!(
-        verified < VERIFIER_LIMIT * 9 / 10,
-        "the verifier walked {verified} instructions, within 10% of its limit of \
-         {VERIFIER_LIMIT}: find the branch that multiplied its paths"
-    );
+    // The full program, and the port program (a policy of protocol and port rules).
+    let port_only =
+        "[[rule]]\nname = \"a\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = 9\n";
+    for (text, program) in [(POLICY, Program::Full), (port_only, Program::Ports)] {
+        let (_, mut dataplane) = load(text);
+        assert_eq!(dataplane.current_program(), program);
+        let fd = dataplane.program_fd().expect("the program's descriptor").as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
+        let verified: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("verified_insns:")?.trim().parse().ok())
+            .expect("verified_insns in the program's fdinfo");
+        println!("{program}: the verifier walked {verified} instructions (limit {VERIFIER_LIMIT})");
+        assert!(
+            verified < VERIFIER_LIMIT * 9 / 10,
+            "{program}: the verifier walked {verified} instructions, within 10% of its limit \
+             of {VERIFIER_LIMIT}: find the branch that multiplied its paths"
+        );
+    }
 }
 
 /// The limits hold in the kernel: 100,000 IPv4 prefixes plus IPv6 ones in one policy,
