@@ -285,11 +285,75 @@ struct Shadow {
     tcp_flags: Vec<RuleBitmap>,
     port_words: HashMap<PortFieldId, Vec<u64>>,
     port_bitmaps: HashMap<PortFieldId, Vec<RuleBitmap>>,
-    v4: HashMap<AddrFieldId, HashMap<V4Key, RuleBitmap>>,
-    v6: HashMap<AddrFieldId, HashMap<V6Key, RuleBitmap>>,
+    v4: HashMap<AddrFieldId, TrieShadow<V4Key>>,
+    v6: HashMap<AddrFieldId, TrieShadow<V6Key>>,
     port_table: Vec<u32>,
     /// The IPv4 address tables of the source and the destination field.
     v4_tables: [V4TableShadow; 2],
+}
+
+/// What one field's trie holds in one generation: each key's bitmap as an index into the
+/// distinct bitmaps held. A block list of 100,000 networks has a handful of distinct
+/// bitmaps: a few bytes an entry instead of the bitmap's 128.
+#[derive(Clone)]
+struct TrieShadow<K> {
+    entries: HashMap<K, u32>,
+    bitmaps: Vec<RuleBitmap>,
+    ids: HashMap<RuleBitmap, u32>,
+}
+
+impl<K: Copy + Eq + std::hash::Hash> TrieShadow<K> {
+    fn new() -> Self {
+        Self { entries: HashMap::new(), bitmaps: Vec::new(), ids: HashMap::new() }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn get(&self, key: &K) -> Option<&RuleBitmap> {
+        self.entries.get(key).map(|&id| &self.bitmaps[id as usize])
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &K> {
+        self.entries.keys()
+    }
+
+    fn insert(&mut self, key: K, bitmap: &RuleBitmap) {
+        let id = match self.ids.get(bitmap) {
+            Some(&id) => id,
+            None => {
+                let id = self.bitmaps.len() as u32;
+                self.bitmaps.push(*bitmap);
+                self.ids.insert(*bitmap, id);
+                id
+            }
+        };
+        self.entries.insert(key, id);
+    }
+
+    fn remove(&mut self, key: &K) {
+        self.entries.remove(key);
+    }
+
+    /// Forgets the bitmaps no entry holds any more, once they outnumber the entries:
+    /// keeps the record from growing with every reload that changes bitmaps.
+    fn compact(&mut self) {
+        if self.bitmaps.len() <= 64 + 2 * self.entries.len() {
+            return;
+        }
+        let mut bitmaps = Vec::new();
+        let mut ids: HashMap<RuleBitmap, u32> = HashMap::new();
+        for id in self.entries.values_mut() {
+            let bitmap = self.bitmaps[*id as usize];
+            *id = *ids.entry(bitmap).or_insert_with(|| {
+                bitmaps.push(bitmap);
+                bitmaps.len() as u32 - 1
+            });
+        }
+        self.bitmaps = bitmaps;
+        self.ids = ids;
+    }
 }
 
 /// What one field's IPv4 address tables hold in one generation. Blocks and classes past
@@ -322,8 +386,11 @@ impl Shadow {
         fn ports<T>() -> HashMap<PortFieldId, Vec<T>> {
             HashMap::from([(PortFieldId::Dst, Vec::new()), (PortFieldId::Src, Vec::new())])
         }
-        fn tries<K>() -> HashMap<AddrFieldId, HashMap<K, RuleBitmap>> {
-            HashMap::from([(AddrFieldId::Src, HashMap::new()), (AddrFieldId::Dst, HashMap::new())])
+        fn tries<K: Copy + Eq + std::hash::Hash>() -> HashMap<AddrFieldId, TrieShadow<K>> {
+            HashMap::from([
+                (AddrFieldId::Src, TrieShadow::new()),
+                (AddrFieldId::Dst, TrieShadow::new()),
+            ])
         }
         Self {
             tries_known: false,
@@ -734,17 +801,17 @@ fn write_generation(
     let force_tries = !shadow.tries_known;
     if force_tries {
         for field in [AddrFieldId::Src, AddrFieldId::Dst] {
-            let mut v4 = HashMap::new();
+            let mut v4 = TrieShadow::new();
             maps.visit_v4(field, &mut |key, _| {
                 if key.1[0] == generation as u8 {
-                    v4.insert(key, RuleBitmap::EMPTY);
+                    v4.insert(key, &RuleBitmap::EMPTY);
                 }
             })?;
             shadow.v4.insert(field, v4);
-            let mut v6 = HashMap::new();
+            let mut v6 = TrieShadow::new();
             maps.visit_v6(field, &mut |key, _| {
                 if key.1[0] == generation as u8 {
-                    v6.insert(key, RuleBitmap::EMPTY);
+                    v6.insert(key, &RuleBitmap::EMPTY);
                 }
             })?;
             shadow.v6.insert(field, v6);
@@ -945,7 +1012,7 @@ fn sync_array<V: Copy + PartialEq>(
 /// entries at any time. Records in `current` what was written, also when a batch
 /// stopped part-way. `write(keys, None)` removes, `write(keys, Some(bitmaps))` inserts.
 fn sync_trie<'a, K: Copy + Ord + std::hash::Hash>(
-    current: &mut HashMap<K, RuleBitmap>,
+    current: &mut TrieShadow<K>,
     wanted: impl Iterator<Item = (K, &'a RuleBitmap)> + Clone,
     force: bool,
     mut write: impl FnMut(&[K], Option<&[RuleBitmap]>) -> Result<(), MapWriteError>,
@@ -979,10 +1046,13 @@ fn sync_trie<'a, K: Copy + Ord + std::hash::Hash>(
     if !keys.is_empty() {
         let result = write(&keys, Some(&bitmaps));
         let written = result.as_ref().map_or_else(|e| e.written.min(keys.len()), |()| keys.len());
-        current.extend(keys[..written].iter().copied().zip(bitmaps[..written].iter().copied()));
+        for (key, bitmap) in keys[..written].iter().zip(&bitmaps[..written]) {
+            current.insert(*key, bitmap);
+        }
         result?;
         writes += keys.len();
     }
+    current.compact();
     Ok(writes)
 }
 

@@ -23,6 +23,47 @@ use super::{
     reference::{IpPacket, L4},
 };
 
+/// The networks of one address field and family, each with the rules it admits (an
+/// address gets those of the longest network holding it), in prefix order. Each distinct
+/// bitmap is held once: a block list of 100,000 networks has a handful, and its networks
+/// then take 12 bytes each rather than 136.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prefixes<N> {
+    nets: Vec<(N, u32)>,
+    bitmaps: Vec<RuleBitmap>,
+}
+
+impl<N> Prefixes<N> {
+    fn new(entries: Vec<(N, RuleBitmap)>) -> Self {
+        let mut ids: std::collections::HashMap<RuleBitmap, u32> = Default::default();
+        let mut bitmaps = Vec::new();
+        let nets = entries
+            .into_iter()
+            .map(|(net, bitmap)| {
+                let id = *ids.entry(bitmap).or_insert_with(|| {
+                    bitmaps.push(bitmap);
+                    bitmaps.len() as u32 - 1
+                });
+                (net, id)
+            })
+            .collect();
+        Self { nets, bitmaps }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    /// Each network with its bitmap, in prefix order.
+    pub fn iter(&self) -> impl Iterator<Item = (&N, &RuleBitmap)> + Clone + '_ {
+        self.nets.iter().map(|(net, id)| (net, &self.bitmaps[*id as usize]))
+    }
+}
+
 /// What a generation of the kernel maps holds for one policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ruleset {
@@ -33,10 +74,10 @@ pub struct Ruleset {
     pub field_bitmaps: Vec<RuleBitmap>,
     pub dport: PortField,
     pub sport: PortField,
-    pub src_v4: Vec<(Ipv4Net, RuleBitmap)>,
-    pub dst_v4: Vec<(Ipv4Net, RuleBitmap)>,
-    pub src_v6: Vec<(Ipv6Net, RuleBitmap)>,
-    pub dst_v6: Vec<(Ipv6Net, RuleBitmap)>,
+    pub src_v4: Prefixes<Ipv4Net>,
+    pub dst_v4: Prefixes<Ipv4Net>,
+    pub src_v6: Prefixes<Ipv6Net>,
+    pub dst_v6: Prefixes<Ipv6Net>,
     /// `PORT_TABLE` of one generation, when the rules constrain nothing but the protocol
     /// and the destination port (or ICMP type): for each (transport class, port), at
     /// index `class * 65,536 + port`, the first matching rule + 1, or 0 for none. The
@@ -172,7 +213,7 @@ impl Ruleset {
 }
 
 fn longest<N>(
-    entries: &[(N, RuleBitmap)],
+    entries: &Prefixes<N>,
     contains: impl Fn(&N) -> bool,
     len: fn(&N) -> u8,
 ) -> Option<RuleBitmap> {
@@ -373,10 +414,10 @@ pub fn compile(policy: &Policy) -> Ruleset {
         field_bitmaps,
         dport: port_field(&dport_values),
         sport: port_field(&sport_values),
-        src_v4,
-        dst_v4,
-        src_v6,
-        dst_v6,
+        src_v4: Prefixes::new(src_v4),
+        dst_v4: Prefixes::new(dst_v4),
+        src_v6: Prefixes::new(src_v6),
+        dst_v6: Prefixes::new(dst_v6),
         port_table: None,
         v4_tables,
         sets: policy.sets.clone(),

@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-pub use compile::{PortField, Ruleset, compile};
+pub use compile::{PortField, Prefixes, Ruleset, compile};
 pub use diagnostic::{Diagnostic, Location};
 use ipnet::IpNet;
 use policy_common::{L4Class, MAX_PREFIXES, MAX_RULES, MAX_SET_REFS};

@@ -485,13 +485,14 @@ fn a_nested_prefix_carries_the_rules_of_its_covering_prefixes() {
     let ruleset = compile(&policy);
     let entry = |n: &str| {
         let n: ipnet::Ipv4Net = n.parse().expect("net");
-        ruleset.src_v4.iter().find(|(net, _)| *net == n).map(|(_, b)| *b).expect("entry")
+        ruleset.src_v4.iter().find(|(net, _)| **net == n).map(|(_, b)| *b).expect("entry")
     };
     let bits = |b: RuleBitmap| (0..3).filter(|i| b.contains(*i)).collect::<Vec<_>>();
     assert_eq!(bits(entry("0.0.0.0/0")), vec![2]);
     assert_eq!(bits(entry("198.18.0.0/15")), vec![0, 2]);
     assert_eq!(bits(entry("198.18.1.0/24")), vec![0, 1, 2]);
-    assert!(ruleset.src_v6.len() == 1 && bits(ruleset.src_v6[0].1) == vec![2]);
+    let first = ruleset.src_v6.iter().next().map(|(_, b)| *b).expect("the /0");
+    assert!(ruleset.src_v6.len() == 1 && bits(first) == vec![2]);
     // Few prefixes: IPv4 source addresses are looked up in the address tables.
     assert_eq!(
         ruleset.config.fields,
