@@ -832,7 +832,10 @@ fn write_generation(
     writes += sync_array(&mut shadow.tcp_flags, &ruleset.tcp_flags, base, |i, v| {
         maps.set_bitmaps(BitmapMap::TcpFlags, i, v)
     })?;
-    for (id, words) in &image.port_words {
+    // A generation with a port table has its packets decided by it: the program never
+    // reads its port classes (their maps may have one entry).
+    let port_words = if image.port_table.is_none() { &image.port_words[..] } else { &[] };
+    for (id, words) in port_words {
         let id = *id;
         let bitmaps = shadow.port_bitmaps.get_mut(&id).expect("both fields present");
         let base = generation * MAX_PORT_CLASSES;
@@ -924,7 +927,8 @@ fn audit_generation(
         len(ruleset.tcp_flags.len()),
     )?;
     drift.compare(TCP_FLAGS_MAP, &ruleset.tcp_flags, &held);
-    for (id, words) in &image.port_words {
+    let port_words = if image.port_table.is_none() { &image.port_words[..] } else { &[] };
+    for (id, words) in port_words {
         let held = maps.port_classes(*id, generation * PORT_CLASS_WORDS, len(words.len()))?;
         drift.compare(id.classes_map(), words, &held);
         let wanted = image.port_bitmaps(*id);

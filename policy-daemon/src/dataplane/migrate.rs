@@ -20,9 +20,10 @@ use std::{path::Path, time::Instant};
 
 use aya::maps::{Array, Map, MapData, MapInfo};
 use policy_common::{
-    ACTIVE_MAP, CONFIG_MAP, EVENT_SETTINGS_MAP, LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP,
-    LIMIT_STATS_MAP, MAP_NAMES, PORT_TABLE_MAP, RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP,
-    SETS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP,
+    ACTIVE_MAP, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, EVENT_SETTINGS_MAP, LAYOUT_MAP,
+    LAYOUT_VERSION, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, MAP_NAMES, PORT_TABLE_MAP,
+    RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP,
+    V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP,
 };
 
 use super::{
@@ -73,18 +74,23 @@ const CARRIED: [(&str, Carry); 10] = [
 /// The sizes of the maps that follow the policy; the others have the object's. A map
 /// the policy does not use has one entry (the program does not read it): the bucket map
 /// without a limit rule (a preallocated million buckets hold about 92 MiB of kernel
-/// memory), the port table without a port-only policy (5 MiB), the IPv4 address tables
-/// without IPv4 prefixes in table form (20 MiB). A reload that needs other sizes moves
-/// the filter to new maps ([`Dataplane::migrate`]).
+/// memory), the port table without a port-only policy (5 MiB), the port classes and
+/// their bitmaps with one (a port table decides its packets: 2.5 MiB), the IPv4 address
+/// tables without IPv4 prefixes in table form (20 MiB). A reload that needs other sizes
+/// moves the filter to new maps ([`Dataplane::migrate`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sizes {
     pub buckets: u32,
     pub port_table: bool,
+    pub port_classes: bool,
     pub v4_tables: bool,
 }
 
 /// The IPv4 address tables' maps.
 const V4_TABLE_MAPS: [&str; 4] = [V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, V4_CLASSES_MAP];
+/// The port classes' maps.
+const PORT_CLASS_MAPS: [&str; 4] =
+    [DPORT_CLASSES_MAP, SPORT_CLASSES_MAP, DPORT_BITMAPS_MAP, SPORT_BITMAPS_MAP];
 
 impl Sizes {
     /// What `ruleset` needs, with `max_sources` buckets if it has a limit rule.
@@ -93,6 +99,8 @@ impl Sizes {
         Self {
             buckets: if limits { max_sources } else { 1 },
             port_table: ruleset.port_table.is_some(),
+            // The program reads a generation's port classes only without a port table.
+            port_classes: ruleset.port_table.is_none(),
             v4_tables: ruleset.v4_tables.iter().any(Option::is_some),
         }
     }
@@ -100,7 +108,7 @@ impl Sizes {
     /// Every map at full size: any policy fits (for tests and benchmarks that apply
     /// many policies to one program).
     pub fn full(max_sources: u32) -> Self {
-        Self { buckets: max_sources, port_table: true, v4_tables: true }
+        Self { buckets: max_sources, port_table: true, port_classes: true, v4_tables: true }
     }
 
     /// The entries of map `name`; `None`: the object's.
@@ -109,6 +117,7 @@ impl Sizes {
             LIMIT_BUCKETS_MAP => Some(self.buckets),
             PORT_TABLE_MAP if !self.port_table => Some(1),
             _ if !self.v4_tables && V4_TABLE_MAPS.contains(&name) => Some(1),
+            _ if !self.port_classes && PORT_CLASS_MAPS.contains(&name) => Some(1),
             _ => None,
         }
     }
@@ -120,6 +129,7 @@ impl Sizes {
         Ok(Self {
             buckets: entries_of(LIMIT_BUCKETS_MAP)?,
             port_table: entries_of(PORT_TABLE_MAP)? > 1,
+            port_classes: entries_of(DPORT_CLASSES_MAP)? > 1,
             v4_tables: entries_of(V4_L1_MAP)? > 1,
         })
     }
@@ -130,9 +140,10 @@ impl std::fmt::Display for Sizes {
         let used = |yes: bool| if yes { "used" } else { "unused" };
         write!(
             f,
-            "{} buckets, port table {}, IPv4 address tables {}",
+            "{} buckets, port table {}, port classes {}, IPv4 address tables {}",
             self.buckets,
             used(self.port_table),
+            used(self.port_classes),
             used(self.v4_tables)
         )
     }

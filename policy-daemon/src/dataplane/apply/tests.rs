@@ -822,16 +822,18 @@ fn the_audit_finds_one_changed_entry_in_any_map() {
         CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, FIELD_BITMAPS_MAP, PORT_TABLE_MAP,
         RULES_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP,
     };
-    let common = [CONFIG_MAP, RULES_MAP, FIELD_BITMAPS_MAP, DPORT_CLASSES_MAP, SPORT_CLASSES_MAP];
+    let common = [CONFIG_MAP, RULES_MAP, FIELD_BITMAPS_MAP];
+    let classes = [DPORT_CLASSES_MAP, SPORT_CLASSES_MAP, DPORT_BITMAPS_MAP];
     let v6 = "[[rule]]\nname = \"v6\"\naction = \"drop\"\nsrc = \"2001:db8::/32\"\n";
     let policies = [
         (
             ruleset_with_tables(&table_policy("198.18.0.0/24", 2)),
-            vec![DPORT_BITMAPS_MAP, V4_L1_MAP, V4_L2_MAP, V4_CLASSES_MAP],
+            [&classes[..], &[V4_L1_MAP, V4_L2_MAP, V4_CLASSES_MAP]].concat(),
         ),
-        (ruleset(TWO_RULES), vec![DPORT_BITMAPS_MAP, SRC_V4_MAP]),
-        (ruleset(PORT_ONLY), vec![DPORT_BITMAPS_MAP, PORT_TABLE_MAP]),
-        (ruleset(&format!("{TWO_RULES}{v6}")), vec![SRC_V4_MAP, SRC_V6_MAP]),
+        (ruleset(TWO_RULES), [&classes[..], &[SRC_V4_MAP]].concat()),
+        // The port table decides: the port classes are neither written nor read.
+        (ruleset(PORT_ONLY), vec![PORT_TABLE_MAP]),
+        (ruleset(&format!("{TWO_RULES}{v6}")), [&classes[..], &[SRC_V4_MAP, SRC_V6_MAP]].concat()),
     ];
     for (p, (rules, maps_used)) in policies.iter().enumerate() {
         let mut maps = FakeMaps::default();
@@ -857,13 +859,13 @@ fn the_audit_finds_one_changed_entry_in_any_map() {
             })
             .collect();
         // Unwritten (zero) cells of the active generation's big arrays: the port classes
-        // are always read; the IPv4 table only by the policy that has one (0), the port
-        // table only by the port-only policy (2).
+        // are read by every policy but the port-only one (2), the IPv4 table only by the
+        // policy that has one (0), the port table only by the port-only policy.
         let g = generations.active();
         for k in (0..PORT_CLASS_WORDS).step_by(1021) {
             for field in ["Dst", "Src"] {
                 let key = format!("classes/{field}/{}", g * PORT_CLASS_WORDS + k);
-                cells.push((key, Value::Word(0), 1));
+                cells.push((key, Value::Word(0), u64::from(p != 2)));
             }
         }
         for k in (0..v4_table::L1_ENTRIES).step_by(4099) {
