@@ -4,7 +4,9 @@
 //! `policies`), each measurement `repeat` runs of one packet timed around the syscall.
 //! Rounds interleave every variant and packet; what is reported is a variant's time
 //! minus the floor's (a trivial `return XDP_PASS` program, i.e. the test-run overhead)
-//! measured in the same round, summarised over the rounds.
+//! measured in the same round, summarised over the rounds. Next to the floor, the limit:
+//! the minimal port filter (`raw::MinimalPortFilter`), what any port filter costs at
+//! least.
 
 use std::{
     os::fd::{AsFd as _, BorrowedFd, OwnedFd},
@@ -35,6 +37,8 @@ use crate::{
 const MIXED_RULES: [usize; 5] = [1, 10, 100, 300, 1000];
 /// Networks in the block-list variant.
 const PREFIXES: usize = 100_000;
+/// The minimal port filter's line.
+const LIMIT: &str = "limit: minimal port filter (IPv4 UDP)";
 /// Targets (ns per packet above the floor).
 const PORT_ONLY_TARGET_NS: f64 = 4.0;
 const MIXED_TARGET_NS: f64 = 40.0;
@@ -71,6 +75,7 @@ fn probes() -> Vec<Probe> {
 /// What a variant's program is, so it stays loaded while measured.
 enum Program {
     Raw(OwnedFd),
+    Limit(raw::MinimalPortFilter),
     Policy(Box<Dataplane>),
     XdpFilter(OwnedFd),
 }
@@ -88,6 +93,7 @@ impl Variant {
     fn fd(&mut self) -> Result<BorrowedFd<'_>> {
         Ok(match &mut self.program {
             Program::Raw(fd) | Program::XdpFilter(fd) => OwnedFd::as_fd(fd),
+            Program::Limit(filter) => filter.prog(),
             Program::Policy(dataplane) => dataplane.program_fd()?,
         })
     }
@@ -99,6 +105,12 @@ fn drops_hits(probe: &Probe) -> Option<u32> {
 
 fn drops_udp_hits(probe: &Probe) -> Option<u32> {
     Some(if probe.hit && probe.label.contains("UDP") { XDP_DROP } else { XDP_PASS })
+}
+
+/// The minimal port filter's judgement: it drops IPv4 UDP hits and passes everything
+/// else (TCP and IPv6 without looking at the port).
+fn drops_ipv4_udp_hits(probe: &Probe) -> Option<u32> {
+    Some(if probe.hit && probe.label == "IPv4 UDP hit" { XDP_DROP } else { XDP_PASS })
 }
 
 fn drops_tcp_hits(probe: &Probe) -> Option<u32> {
@@ -235,6 +247,15 @@ pub fn run(opts: &Opts) -> Result<Section> {
         judges: passes_all,
         rules: None,
     }];
+    let limit =
+        raw::MinimalPortFilter::load("bench_limit").context("loading the minimal port filter")?;
+    limit.deny_port(HIT_PORT).context("setting the minimal port filter's port")?;
+    variants.push(Variant {
+        name: LIMIT.into(),
+        program: Program::Limit(limit),
+        judges: drops_ipv4_udp_hits,
+        rules: None,
+    });
     variants.push(policy_variant(
         "xdp-policy port-only (10 rules)".into(),
         &policies::port_only(10),
@@ -327,6 +348,14 @@ pub fn run(opts: &Opts) -> Result<Section> {
                 bail!("{name} returned {action} for {} (expected {expected})", probe.label);
             }
         }
+        // The minimal port filter counts what it drops: once each probe it drops.
+        if let Program::Limit(filter) = &variant.program {
+            let dropped = probes.iter().filter(|p| judges(p) == Some(XDP_DROP)).count();
+            let counted = filter.drops().context("reading the minimal port filter's counter")?;
+            if counted != dropped as u64 {
+                bail!("{name} counted {counted} drops, {dropped} expected");
+            }
+        }
     }
 
     let pinned = PinnedToLastCpu::new()?;
@@ -385,6 +414,12 @@ pub fn run(opts: &Opts) -> Result<Section> {
          rotated each round. Figures are ns per packet **above the floor** (a program that \
          only returns XDP_PASS: the test-run overhead, {floor_ns:.1} ns median here), median \
          (IQR) over the rounds of the difference to the floor measured in the same round. \
+         The *limit* line is the least a port filter can do: a hand-assembled program that \
+         checks the frame's length once, reads EtherType, the IPv4 version and header length \
+         (no options) and the protocol, looks the UDP destination port up in an array of \
+         65,536 entries and, if its entry is set, adds one to a per-CPU counter and drops; \
+         it passes TCP and IPv6 without a lookup, so its IPv4 UDP hit is the figure to \
+         compare with. \
          *hit* packets are dropped by the policy's last rule (the worst case for a \
          first-match list); *miss* packets match no rule. xdp-filter is loaded with \
          `LIBXDP_SKIP_DISPATCHER=1`, denying destination port {HIT_PORT} (TCP and UDP); \
@@ -442,6 +477,16 @@ pub fn run(opts: &Opts) -> Result<Section> {
     // Summary rows.
     let find = |prefix: &str| variants.iter().position(|v| v.name.starts_with(prefix));
     let mut summary = Vec::new();
+    let udp_hit = probes.iter().position(|p| p.label == "IPv4 UDP hit");
+    let limit = find(LIMIT);
+    if let (Some(v), Some(p)) = (limit, udp_hit) {
+        summary.push(SummaryRow::new(
+            "limit: minimal port filter (ns/pkt above floor)",
+            format!("{} (IPv4 UDP hit {})", overall(v).cell(1), above(v, p).cell(1)),
+            "",
+            Mark::Info,
+        ));
+    }
     if let Some(v) = find("xdp-policy port-only") {
         let s = overall(v);
         summary.push(SummaryRow::new(
@@ -450,6 +495,19 @@ pub fn run(opts: &Opts) -> Result<Section> {
             format!("≤ +{PORT_ONLY_TARGET_NS:.0} ns"),
             Mark::of(s.median <= PORT_ONLY_TARGET_NS),
         ));
+        if let (Some(l), Some(p)) = (limit, udp_hit) {
+            let (policy, limit) = (above(v, p).median, above(l, p).median);
+            summary.push(SummaryRow::new(
+                "xdp-policy port-only ÷ limit, IPv4 UDP hit (ns/pkt above floor)",
+                format!(
+                    "{:.1}× ({policy:+.1} against {limit:+.1}: {:+.1} ns)",
+                    policy / limit,
+                    policy - limit
+                ),
+                "",
+                Mark::Info,
+            ));
+        }
     }
     let mixed_medians: Vec<(usize, f64)> =
         mixed.iter().map(|&v| (variants[v].rules.unwrap_or(0), overall(v).median)).collect();
