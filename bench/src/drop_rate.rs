@@ -1,6 +1,7 @@
 //! Drop rate on a veth pair: the rx end's NAPI thread's CPU time per packet with each
 //! filter dropping a flood of 60-byte UDP frames, from no filter through iptables and
-//! nftables to xdp-filter, xdp-policy and a trivial XDP_DROP (the floor).
+//! nftables to xdp-filter, xdp-policy, the minimal port filter (the limit) and a trivial
+//! XDP_DROP (the floor).
 //!
 //! Every measurement gets a fresh testbed (namespaces, veth pair with GRO and threaded
 //! NAPI, the filter), so no variant inherits another's state; the variants are run
@@ -15,6 +16,7 @@ mod variants;
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -39,6 +41,8 @@ use crate::{
 const TARGET_FLOOR_RATIO: f64 = 1.10;
 /// iptables raw ÷ xdp-policy port-only, at least.
 const TARGET_IPTABLES_RATIO: f64 = 4.5;
+/// Measurements by variant (its index in [`Variant::ALL`]), each with its round.
+type Samples = BTreeMap<usize, Vec<(usize, Sample)>>;
 
 pub fn run(opts: &Opts) -> Result<Section> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -59,40 +63,9 @@ pub fn run(opts: &Opts) -> Result<Section> {
     let iptables = crate::opts::command_output("iptables", &["-V"])
         .unwrap_or_else(|e| format!("unknown ({e:#})"));
 
-    let mut samples: BTreeMap<usize, Vec<(usize, Sample)>> = BTreeMap::new();
     let mut failures = Vec::new();
-    for round in 0..reps {
-        for k in 0..Variant::ALL.len() {
-            let index = (round + k) % Variant::ALL.len();
-            let variant = Variant::ALL[index];
-            if interrupted.flag.load(Ordering::Relaxed) {
-                bail!("interrupted");
-            }
-            eprint!("drop: round {}/{reps}, {:<34}", round + 1, variant.label());
-            match rig::measure(variant, &plan, &opts.daemon, &policies, &interrupted.flag) {
-                Ok(sample) => {
-                    let wrong = sample.check.mismatches();
-                    eprintln!(
-                        " {:7.1} ns/pkt, {:5.2} Mpps processed, generator {:5.2} Mpps{}",
-                        sample.ns_per_packet,
-                        sample.processed_mpps,
-                        sample.generated_mpps,
-                        if wrong.is_empty() {
-                            String::new()
-                        } else {
-                            format!(", MISMATCH: {}", wrong.join("; "))
-                        }
-                    );
-                    samples.entry(index).or_default().push((round, sample));
-                }
-                Err(e) if interrupted.flag.load(Ordering::Relaxed) => return Err(e),
-                Err(e) => {
-                    eprintln!(" failed: {e:#}");
-                    failures.push(format!("{} (round {}): {e:#}", variant.label(), round + 1));
-                }
-            }
-        }
-    }
+    let rig = Rig { daemon: &opts.daemon, policies: &policies, interrupted: &interrupted.flag };
+    let samples = rig.rounds("drop", &Variant::ALL, reps, &plan, &mut failures)?;
     if samples.is_empty() {
         bail!(
             "every measurement failed; the first: {}",
@@ -100,6 +73,70 @@ pub fn run(opts: &Opts) -> Result<Section> {
         );
     }
     report(opts, &plan, reps, &iptables, &samples, &failures)
+}
+
+/// What every measurement of a run shares.
+struct Rig<'a> {
+    daemon: &'a Path,
+    policies: &'a Policies,
+    interrupted: &'a AtomicBool,
+}
+
+impl Rig<'_> {
+    /// Measures every one of `variants` once a round for `reps` rounds, the order rotated
+    /// every round; a measurement that fails is added to `failures` (labelled with
+    /// `what`) and the others go on.
+    fn rounds(
+        &self,
+        what: &str,
+        variants: &[Variant],
+        reps: usize,
+        plan: &Plan,
+        failures: &mut Vec<String>,
+    ) -> Result<Samples> {
+        let mut samples = Samples::new();
+        for round in 0..reps {
+            for k in 0..variants.len() {
+                let variant = variants[(round + k) % variants.len()];
+                if self.interrupted.load(Ordering::Relaxed) {
+                    bail!("interrupted");
+                }
+                eprint!("{what}: round {}/{reps}, {:<34}", round + 1, variant.label());
+                match rig::measure(variant, plan, self.daemon, self.policies, self.interrupted) {
+                    Ok(sample) => {
+                        let wrong = sample.check.mismatches();
+                        eprintln!(
+                            " {:7.1} ns/pkt, {:5.2} Mpps processed, generator {:5.2} Mpps{}",
+                            sample.ns_per_packet,
+                            sample.processed_mpps,
+                            sample.generated_mpps,
+                            if wrong.is_empty() {
+                                String::new()
+                            } else {
+                                format!(", MISMATCH: {}", wrong.join("; "))
+                            }
+                        );
+                        samples.entry(slot(variant)).or_default().push((round, sample));
+                    }
+                    Err(e) if self.interrupted.load(Ordering::Relaxed) => return Err(e),
+                    Err(e) => {
+                        eprintln!(" failed: {e:#}");
+                        failures.push(format!(
+                            "{what}, {} (round {}): {e:#}",
+                            variant.label(),
+                            round + 1
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(samples)
+    }
+}
+
+/// Where `variant`'s measurements are kept: its index in [`Variant::ALL`].
+fn slot(variant: Variant) -> usize {
+    Variant::ALL.iter().position(|v| *v == variant).unwrap_or(usize::MAX)
 }
 
 /// Ctrl-C during the benchmark: the first stops it at the next check (the guards clean
@@ -132,16 +169,12 @@ impl Drop for Interrupt {
 }
 
 /// The measurements of `variant`, by round.
-fn by_round(
-    samples: &BTreeMap<usize, Vec<(usize, Sample)>>,
-    variant: Variant,
-) -> BTreeMap<usize, &Sample> {
-    let index = Variant::ALL.iter().position(|v| *v == variant).unwrap_or(usize::MAX);
-    samples.get(&index).into_iter().flatten().map(|(round, s)| (*round, s)).collect()
+fn by_round(samples: &Samples, variant: Variant) -> BTreeMap<usize, &Sample> {
+    samples.get(&slot(variant)).into_iter().flatten().map(|(round, s)| (*round, s)).collect()
 }
 
 /// Per-round ratios `num ÷ den` of ns/packet, for the rounds that measured both.
-fn ratios(samples: &BTreeMap<usize, Vec<(usize, Sample)>>, num: Variant, den: Variant) -> Vec<f64> {
+fn ratios(samples: &Samples, num: Variant, den: Variant) -> Vec<f64> {
     let (num, den) = (by_round(samples, num), by_round(samples, den));
     num.iter()
         .filter_map(|(round, n)| Some(n.ns_per_packet / den.get(round)?.ns_per_packet))
@@ -171,12 +204,59 @@ fn thousands(n: u64) -> String {
     out
 }
 
+/// The cross-check cell of `variant`'s row, and how many of its runs disagreed.
+fn check_cell(variant: Variant, runs: &BTreeMap<usize, &Sample>) -> (String, usize) {
+    let wrong: Vec<String> = runs
+        .iter()
+        .flat_map(|(round, s)| {
+            s.check.mismatches().into_iter().map(move |m| format!("round {}: {m}", round + 1))
+        })
+        .collect();
+    if !wrong.is_empty() {
+        return (format!("**{}**", wrong.join("; ")), wrong.len());
+    }
+    let filter = runs.values().next().map_or("", |s| {
+        match (s.check.filter.is_some(), variant.native_xdp()) {
+            (true, true) => "filter = veth XDP drops = processed",
+            (true, false) => "filter = processed",
+            (false, true) => "veth XDP drops = processed",
+            (false, false) => "socket = processed",
+        }
+    });
+    let socket = if variant.delivers() { "all reached the socket" } else { "0 reached the socket" };
+    (format!("ok ({filter}; {socket})"), 0)
+}
+
+/// A summary row of the ratio `num ÷ den` of ns/packet per round, or "not measured".
+fn ratio_row(
+    samples: &Samples,
+    metric: &str,
+    (num, den): (Variant, Variant),
+    target: (String, &dyn Fn(f64) -> bool),
+) -> SummaryRow {
+    let (target, met) = target;
+    match Summary::of(&ratios(samples, num, den)) {
+        Some(s) => SummaryRow::new(
+            metric,
+            format!("{}× (n={})", s.cell(2), s.n),
+            target.clone(),
+            if target.is_empty() { Mark::Info } else { Mark::of(met(s.median)) },
+        ),
+        None => SummaryRow::new(
+            metric,
+            "not measured",
+            target.clone(),
+            if target.is_empty() { Mark::Info } else { Mark::Missed },
+        ),
+    }
+}
+
 fn report(
     opts: &Opts,
     plan: &Plan,
     reps: usize,
     iptables: &str,
-    samples: &BTreeMap<usize, Vec<(usize, Sample)>>,
+    samples: &Samples,
     failures: &[String],
 ) -> Result<Section> {
     let all = || samples.values().flatten().map(|(_, s)| s);
@@ -202,16 +282,10 @@ fn report(
         let runs = by_round(samples, variant);
         let ns: Vec<f64> = runs.values().map(|s| s.ns_per_packet).collect();
         let Some(ns_summary) = Summary::of(&ns) else {
-            table.row(&[
-                label,
-                "failed".into(),
-                "".into(),
-                "".into(),
-                "".into(),
-                "".into(),
-                "".into(),
-                "0".into(),
-            ]);
+            let mut cells = vec![label, "failed".into()];
+            cells.extend(std::iter::repeat_n(String::new(), 5));
+            cells.push("0".into());
+            table.row(&cells);
             continue;
         };
         bars.push((label.clone(), ns_summary));
@@ -230,29 +304,8 @@ fn report(
                 .map_or("–".to_owned(), |s| thousands(s.median as u64));
         let busy = Summary::of(&runs.values().map(|s| 100.0 * s.napi_busy).collect::<Vec<_>>())
             .map_or("–".to_owned(), |s| format!("{:.0} %", s.median));
-        let wrong: Vec<String> = runs
-            .iter()
-            .flat_map(|(round, s)| {
-                s.check.mismatches().into_iter().map(move |m| format!("round {}: {m}", round + 1))
-            })
-            .collect();
-        mismatches += wrong.len();
-        let check = if wrong.is_empty() {
-            let filter = runs.values().next().map_or("", |s| {
-                match (s.check.filter.is_some(), variant.native_xdp()) {
-                    (true, true) => "filter = veth XDP drops = processed",
-                    (true, false) => "filter = processed",
-                    (false, true) => "veth XDP drops = processed",
-                    (false, false) => "socket = processed",
-                }
-            });
-            format!(
-                "ok ({filter}; {})",
-                if variant.delivers() { "all reached the socket" } else { "0 reached the socket" }
-            )
-        } else {
-            format!("**{}**", wrong.join("; "))
-        };
+        let (check, wrong) = check_cell(variant, &runs);
+        mismatches += wrong;
         table.row(&[
             label,
             ns_summary.cell(1),
@@ -273,42 +326,32 @@ fn report(
         &bars,
     )?;
 
-    let mut summary = Vec::new();
-    let floor_ratio = Summary::of(&ratios(samples, Variant::PolicyPortNative, Variant::XdpDrop));
-    summary.push(match floor_ratio {
-        Some(s) => SummaryRow::new(
+    let mut summary = vec![
+        ratio_row(
+            samples,
             "drop: xdp-policy native port-only ÷ XDP_DROP floor (ns/pkt)",
-            format!("{}× (n={})", s.cell(2), s.n),
-            format!("≤ {TARGET_FLOOR_RATIO:.2}×"),
-            Mark::of(s.median <= TARGET_FLOOR_RATIO),
+            (Variant::PolicyPortNative, Variant::XdpDrop),
+            (format!("≤ {TARGET_FLOOR_RATIO:.2}×"), &|r| r <= TARGET_FLOOR_RATIO),
         ),
-        None => SummaryRow::new(
-            "drop: xdp-policy native port-only ÷ XDP_DROP floor (ns/pkt)",
-            "not measured",
-            format!("≤ {TARGET_FLOOR_RATIO:.2}×"),
-            Mark::Missed,
-        ),
-    });
-    let ipt_ratio = Summary::of(&ratios(samples, Variant::Iptables, Variant::PolicyPortNative));
-    summary.push(match ipt_ratio {
-        Some(s) => SummaryRow::new(
+        ratio_row(
+            samples,
             "drop: iptables raw ÷ xdp-policy native port-only (ns/pkt)",
-            format!("{}× (n={})", s.cell(2), s.n),
-            format!("≥ {TARGET_IPTABLES_RATIO:.1}×"),
-            Mark::of(s.median >= TARGET_IPTABLES_RATIO),
+            (Variant::Iptables, Variant::PolicyPortNative),
+            (format!("≥ {TARGET_IPTABLES_RATIO:.1}×"), &|r| r >= TARGET_IPTABLES_RATIO),
         ),
-        None => SummaryRow::new(
-            "drop: iptables raw ÷ xdp-policy native port-only (ns/pkt)",
-            "not measured",
-            format!("≥ {TARGET_IPTABLES_RATIO:.1}×"),
-            Mark::Missed,
+        ratio_row(
+            samples,
+            "drop: xdp-policy native port-only ÷ limit (ns/pkt)",
+            (Variant::PolicyPortNative, Variant::LimitNative),
+            (String::new(), &|_| true),
         ),
-    });
+    ];
     for (variant, what) in [
         (Variant::PolicyPortNative, "xdp-policy native port-only"),
         (Variant::PolicyManyNative, "xdp-policy native 1,000 rules"),
         (Variant::PolicyLimitNative, "xdp-policy native limit rule (over its rate)"),
         (Variant::PolicyPortSkb, "xdp-policy skb port-only"),
+        (Variant::LimitNative, "limit: minimal port filter, native"),
         (Variant::XdpDrop, "XDP_DROP floor"),
     ] {
         let ns: Vec<f64> = by_round(samples, variant).values().map(|s| s.ns_per_packet).collect();
@@ -373,7 +416,11 @@ fn report(
          rotated every round; ratios to the floor are taken per round against the XDP_DROP \
          measured in the same round, then summarised. iptables: `{iptables}`. nft: a netdev \
          ingress chain on veth1, priority -500, `udp dport {PORT} counter drop`. xdp-filter: \
-         `xdp-filter load -m native [-f udp]` + `port -p udp {PORT}`. xdp-policy: the real \
+         `xdp-filter load -m native [-f udp]` + `port -p udp {PORT}`. limit: the minimal \
+         port filter of the program-cost section (one bounds check; EtherType, IPv4 without \
+         options, UDP; the destination port looked up in a 65,536-entry array; a per-CPU \
+         drop counter, which is its count in the cross-check), attached natively with a \
+         bpf_link as XDP_DROP is. xdp-policy: the real \
          daemon (`xdp-policy run`), port-only = one UDP drop rule; 1,000 rules = a generated \
          mix of UDP/TCP/any rules with IPv4 and IPv6 source and destination CIDRs, port \
          lists and ranges, passes and drops, the traffic hitting a drop rule at position \

@@ -332,6 +332,9 @@ mod tests {
         assert!(check(Variant::NoFilter, 100, 0, None, 100).mismatches().is_empty());
         assert!(check(Variant::Nft, 100, 0, Some(100), 0).mismatches().is_empty());
         assert!(check(Variant::XdpDrop, 100, 100, None, 0).mismatches().is_empty());
+        assert!(check(Variant::LimitNative, 100, 100, Some(100), 0).mismatches().is_empty());
+        assert_eq!(check(Variant::LimitNative, 100, 100, Some(99), 0).mismatches().len(), 1);
+        assert_eq!(check(Variant::LimitNative, 100, 99, Some(100), 0).mismatches().len(), 1);
         assert_eq!(check(Variant::NoFilter, 100, 0, None, 90).mismatches().len(), 1);
         assert_eq!(check(Variant::Iptables, 100, 0, Some(99), 1).mismatches().len(), 2);
         assert_eq!(check(Variant::XdpFilterUdp, 100, 98, Some(100), 0).mismatches().len(), 1);

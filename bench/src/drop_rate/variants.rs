@@ -3,7 +3,7 @@
 
 use std::{
     fmt::Write as _,
-    os::fd::{AsFd as _, OwnedFd},
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -31,6 +31,9 @@ pub enum Variant {
     XdpFilterUdp,
     XdpFilterAll,
     XdpDrop,
+    /// The minimal port filter (`raw::MinimalPortFilter`): what a port filter costs at
+    /// least.
+    LimitNative,
     PolicyPortNative,
     PolicyPortSkb,
     PolicyManyNative,
@@ -39,13 +42,14 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::NoFilter,
         Self::Iptables,
         Self::Nft,
         Self::XdpFilterUdp,
         Self::XdpFilterAll,
         Self::XdpDrop,
+        Self::LimitNative,
         Self::PolicyPortNative,
         Self::PolicyPortSkb,
         Self::PolicyManyNative,
@@ -61,6 +65,7 @@ impl Variant {
             Self::XdpFilterUdp => "xdp-filter native, udp-only",
             Self::XdpFilterAll => "xdp-filter native, all features",
             Self::XdpDrop => "XDP_DROP native (floor)",
+            Self::LimitNative => "limit: minimal port filter, native",
             Self::PolicyPortNative => "xdp-policy native, port-only",
             Self::PolicyPortSkb => "xdp-policy skb, port-only",
             Self::PolicyManyNative => "xdp-policy native, 1,000 rules",
@@ -87,6 +92,7 @@ impl Variant {
             Self::XdpFilterUdp
                 | Self::XdpFilterAll
                 | Self::XdpDrop
+                | Self::LimitNative
                 | Self::PolicyPortNative
                 | Self::PolicyManyNative
                 | Self::PolicyLimitNative
@@ -228,6 +234,7 @@ pub enum Installed<'tb> {
     Nft { netns: String },
     XdpFilter(XdpFilter),
     XdpDrop { _link: OwnedFd },
+    Limit { filter: raw::MinimalPortFilter, _link: OwnedFd },
     Policy { daemon: Option<Daemon<'tb>>, pin_dir: PathBuf, state_dir: PathBuf, binary: PathBuf },
 }
 
@@ -279,14 +286,17 @@ pub fn install<'tb>(
         }
         Variant::XdpDrop => {
             let prog = raw::load_constant_xdp(1, "bench_drop").context("loading XDP_DROP")?;
-            let link = testbed
-                .rx()
-                .run(|| -> std::io::Result<OwnedFd> {
-                    let index = nix::net::if_::if_nametoindex(RX_IFACE)?;
-                    raw::xdp_link(prog.as_fd(), index, raw::XDP_FLAGS_DRV_MODE)
-                })?
+            let link = native_link(testbed, prog.as_fd())
                 .context("attaching XDP_DROP to veth1 (native)")?;
             Installed::XdpDrop { _link: link }
+        }
+        Variant::LimitNative => {
+            let filter = raw::MinimalPortFilter::load("bench_limit")
+                .context("loading the minimal port filter")?;
+            filter.deny_port(PORT).context("setting the minimal port filter's port")?;
+            let link = native_link(testbed, filter.prog())
+                .context("attaching the minimal port filter to veth1 (native)")?;
+            Installed::Limit { filter, _link: link }
         }
         Variant::PolicyPortNative => policy(policies.port_only(), XdpMode::Native)?,
         Variant::PolicyPortSkb => policy(policies.port_only(), XdpMode::Skb)?,
@@ -294,6 +304,16 @@ pub fn install<'tb>(
         Variant::PolicyManySkb => policy(policies.many(), XdpMode::Skb)?,
         Variant::PolicyLimitNative => policy(policies.limit(), XdpMode::Native)?,
     })
+}
+
+/// Attaches `prog` to rx's veth1 in native mode with a bpf_link, attached while the
+/// returned link lives.
+fn native_link(testbed: &Testbed, prog: BorrowedFd<'_>) -> Result<OwnedFd> {
+    let link = testbed.rx().run(|| -> std::io::Result<OwnedFd> {
+        let index = nix::net::if_::if_nametoindex(RX_IFACE)?;
+        raw::xdp_link(prog, index, raw::XDP_FLAGS_DRV_MODE)
+    })?;
+    Ok(link?)
 }
 
 fn nft_apply(netns: &str, ruleset: &str) -> Result<()> {
@@ -354,6 +374,10 @@ impl Installed<'_> {
                 FilterCount { dropped: counters::parse_nft_counter(&json)?, seen: None }
             }
             Self::XdpFilter(filter) => FilterCount { dropped: filter.dropped()?, seen: None },
+            Self::Limit { filter, .. } => FilterCount {
+                dropped: filter.drops().context("reading the minimal port filter's counter")?,
+                seen: None,
+            },
             Self::Policy { pin_dir, state_dir, binary, .. } => {
                 let counts = policy_counts(binary, pin_dir, state_dir)?;
                 FilterCount { dropped: counts.dropped, seen: Some(counts.all) }
