@@ -1,8 +1,9 @@
 //! The few bpf() commands the bench needs that aya 0.14 does not offer on a bare file
 //! descriptor: loading a two-instruction XDP program and the minimal port filter (a
 //! hand-assembled program with two maps of its own), opening a program someone else
-//! loaded (xdp-filter's) by id, BPF_PROG_TEST_RUN on any program descriptor, and
-//! attaching a program to an interface with a bpf_link.
+//! loaded (xdp-filter's) by id, BPF_PROG_TEST_RUN on any program descriptor, reading a
+//! program's run-time statistics, and attaching a program to an interface with a
+//! bpf_link.
 
 use std::{
     io,
@@ -426,24 +427,43 @@ pub fn test_run(prog: BorrowedFd<'_>, run: &TestRun<'_>) -> io::Result<(u32, u32
 /// The program's machine code as the JIT produced it (for `objdump -b binary
 /// -m i386:x86-64 -D`), to read a `perf` profile of it by offset.
 pub fn jited_image(prog: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
-    let info_of = |buffer: Option<&mut Vec<u8>>| -> io::Result<bpf_prog_info> {
-        // SAFETY: bpf_prog_info is plain integers; zero asks for nothing.
-        let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-        if let Some(buffer) = buffer {
-            info.jited_prog_len = buffer.len() as u32;
-            info.jited_prog_insns = buffer.as_mut_ptr() as u64;
-        }
-        let mut attr = zeroed_attr();
-        attr.info.bpf_fd = prog.as_raw_fd() as u32;
-        attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
-        attr.info.info = &mut info as *mut bpf_prog_info as u64;
-        sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-        Ok(info)
-    };
-    let len = info_of(None)?.jited_prog_len;
+    let len = prog_info(prog, None)?.jited_prog_len;
     let mut image = vec![0u8; len as usize];
-    info_of(Some(&mut image))?;
+    prog_info(prog, Some(&mut image))?;
     Ok(image)
+}
+
+/// The program's `bpf_prog_info` (BPF_OBJ_GET_INFO_BY_FD), with its JITed code copied
+/// into `jited` if given (as much as fits).
+fn prog_info(prog: BorrowedFd<'_>, jited: Option<&mut Vec<u8>>) -> io::Result<bpf_prog_info> {
+    // SAFETY: bpf_prog_info is plain integers; zero asks for nothing.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    if let Some(buffer) = jited {
+        info.jited_prog_len = buffer.len() as u32;
+        info.jited_prog_insns = buffer.as_mut_ptr() as u64;
+    }
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = prog.as_raw_fd() as u32;
+    attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
+    attr.info.info = &mut info as *mut bpf_prog_info as u64;
+    sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info)
+}
+
+/// A program's run-time statistics (`bpf_prog_info`), counted by the kernel only while
+/// `kernel.bpf_stats_enabled` is on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Nanoseconds spent in the program, summed over its runs.
+    pub run_time_ns: u64,
+    /// Runs counted.
+    pub run_cnt: u64,
+}
+
+/// The program's run-time statistics so far (BPF_OBJ_GET_INFO_BY_FD).
+pub fn run_stats(prog: BorrowedFd<'_>) -> io::Result<RunStats> {
+    let info = prog_info(prog, None)?;
+    Ok(RunStats { run_time_ns: info.run_time_ns, run_cnt: info.run_cnt })
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
 //! One measurement: a fresh testbed with the device under test on veth1 (GRO on,
 //! threaded NAPI, its kthread pinned to one vCPU), the generator on the other vCPU,
-//! and the counters read around a window of steady traffic.
+//! and the counters read around a window of steady traffic; for an XDP filter, then the
+//! kernel's run-time statistics of its program over a second window, the traffic still
+//! flowing.
 
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, UdpSocket},
+    os::fd::{AsFd as _, OwnedFd},
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
     thread,
@@ -19,6 +22,7 @@ use super::{
     generator::Generator,
     variants::{self, FilterCount, PORT, Policies, Variant},
 };
+use crate::{raw, xdpfilter::xdp_prog_id};
 
 /// veth1's counter of frames its NAPI poll took off the ring: with or without an XDP
 /// program, for frames from ndo_xdp_xmit (the generator's) and skbs alike.
@@ -29,12 +33,18 @@ pub const XDP_DROPS: &str = "rx_queue_0_xdp_drops";
 const NAPI_PRIORITY: i32 = 50;
 /// How long the ring may take to drain after the generator stops.
 const DRAIN: Duration = Duration::from_millis(100);
+/// The sysctl that turns the kernel's per-program run-time statistics on and off.
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// How long to run, and on which CPUs.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
     pub warmup: Duration,
+    /// The NAPI window (the kernel's program statistics off).
     pub window: Duration,
+    /// The window after it in which the kernel's program statistics are on (XDP
+    /// variants only).
+    pub stats_window: Duration,
     pub gen_cpu: usize,
     pub napi_cpu: usize,
 }
@@ -45,11 +55,11 @@ impl Plan {
         (self.limit().as_secs_f64() * 30e6) as u64
     }
 
-    /// The generator's time limit: warm-up, window and three seconds for reading the
-    /// counters (with both CPUs taken by real-time threads, the bench's own thread may
-    /// wait up to a second for its turn).
+    /// The generator's time limit: warm-up, both windows and three seconds for reading
+    /// the counters (with both CPUs taken by real-time threads, the bench's own thread
+    /// may wait up to a second for its turn).
     fn limit(&self) -> Duration {
-        self.warmup + self.window + Duration::from_secs(3)
+        self.warmup + self.window + self.stats_window + Duration::from_secs(3)
     }
 }
 
@@ -67,6 +77,10 @@ pub struct Sample {
     pub napi_busy: f64,
     /// Frames the generator sent per second.
     pub generated_mpps: f64,
+    /// The filter's XDP program's mean run time (ns per run, Δrun_time_ns ÷ Δrun_cnt
+    /// from the kernel's statistics) in the second window; `None` for the filters that
+    /// are not XDP programs.
+    pub program_ns: Option<f64>,
     /// Whether the NAPI thread and the generator got SCHED_FIFO.
     pub fifo: bool,
     pub check: Check,
@@ -169,6 +183,70 @@ fn snapshot(ethtool: &counters::EthtoolReader, napi: u32) -> Result<Snapshot> {
     Ok(Snapshot { stats, napi_ns, at })
 }
 
+/// The kernel's per-program run-time statistics turned on (`kernel.bpf_stats_enabled`)
+/// while this lives; the previous setting is written back when it is dropped, on every
+/// way out.
+struct BpfStatsOn {
+    previous: String,
+}
+
+impl BpfStatsOn {
+    fn new() -> Result<Self> {
+        let previous = std::fs::read_to_string(BPF_STATS)
+            .with_context(|| format!("reading {BPF_STATS}"))?
+            .trim()
+            .to_owned();
+        std::fs::write(BPF_STATS, "1").with_context(|| format!("writing 1 to {BPF_STATS}"))?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for BpfStatsOn {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(BPF_STATS, &self.previous) {
+            eprintln!("bench: restoring {BPF_STATS} to {}: {e}", self.previous);
+        }
+    }
+}
+
+/// The XDP program attached to veth1 in rx, opened by its id (which `ip link` shows).
+struct AttachedProgram {
+    id: u32,
+    fd: OwnedFd,
+}
+
+impl AttachedProgram {
+    fn open(rx: &str) -> Result<Self> {
+        let id = xdp_prog_id(rx, RX_IFACE)?;
+        let fd = raw::prog_fd_by_id(id)
+            .with_context(|| format!("opening the XDP program {id} on {RX_IFACE}"))?;
+        Ok(Self { id, fd })
+    }
+
+    /// The program's mean run time over `window`, the statistics on just for it:
+    /// Δrun_time_ns ÷ Δrun_cnt.
+    fn ns_per_run<T>(
+        &self,
+        window: Duration,
+        interrupted: &AtomicBool,
+        sender: &thread::ScopedJoinHandle<'_, T>,
+    ) -> Result<f64> {
+        let _stats = BpfStatsOn::new()?;
+        let read = || {
+            raw::run_stats(self.fd.as_fd())
+                .with_context(|| format!("reading the statistics of XDP program {}", self.id))
+        };
+        let first = read()?;
+        sleep_unless(window, interrupted, sender)?;
+        let last = read()?;
+        let runs = last.run_cnt.wrapping_sub(first.run_cnt);
+        if runs == 0 {
+            bail!("XDP program {} counted no runs with the statistics on", self.id);
+        }
+        Ok(last.run_time_ns.wrapping_sub(first.run_time_ns) as f64 / runs as f64)
+    }
+}
+
 /// Sets the flag when dropped: the generator stops on every way out.
 struct StopOnDrop<'a>(&'a AtomicBool);
 
@@ -203,6 +281,7 @@ pub fn measure(
     let napi = threaded_napi(&testbed)?;
     crate::opts::pin_to_cpu(napi, plan.napi_cpu).context("pinning the NAPI thread")?;
     let fifo = make_realtime(napi, NAPI_PRIORITY);
+    let program = if variant.xdp() { Some(AttachedProgram::open(rx)?) } else { None };
 
     let ethtool = counters::EthtoolReader::open(testbed.rx(), RX_IFACE)?;
     let start_stats = counters::ethtool_stats(rx, RX_IFACE)?;
@@ -210,24 +289,42 @@ pub fn measure(
     let start_udp = counters::udp_counters(testbed.rx())?;
 
     let stop = AtomicBool::new(false);
-    let (sent, first, last) = thread::scope(|scope| -> Result<_> {
+    let (sent, first, last, program_ns) = thread::scope(|scope| -> Result<_> {
         let sender =
             scope.spawn(|| generator.run(tx, plan.gen_cpu, &stop, plan.limit(), plan.max_frames()));
-        let window = || -> Result<(Snapshot, Snapshot)> {
+        let window = || -> Result<(Snapshot, Snapshot, Option<f64>)> {
             let _stop = StopOnDrop(&stop);
             sleep_unless(plan.warmup, interrupted, &sender)?;
             let first = snapshot(&ethtool, napi)?;
             sleep_unless(plan.window, interrupted, &sender)?;
             let last = snapshot(&ethtool, napi)?;
-            Ok((first, last))
+            // The statistics cost every run a clock read or two: on only now, after the
+            // NAPI window.
+            let program_ns = match &program {
+                Some(program) => {
+                    Some(program.ns_per_run(plan.stats_window, interrupted, &sender)?)
+                }
+                None => None,
+            };
+            Ok((first, last, program_ns))
         };
         let window = window();
         let sent = sender.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         // The generator's own error first: it explains a window cut short.
         let sent = sent.context("the traffic generator failed")?;
-        let (first, last) = window?;
-        Ok((sent, first, last))
+        let (first, last, program_ns) = window?;
+        Ok((sent, first, last, program_ns))
     })?;
+    if let Some(program) = &program {
+        let now = xdp_prog_id(rx, RX_IFACE)?;
+        if now != program.id {
+            bail!(
+                "the XDP program on {RX_IFACE} changed during the run ({} → {now}): its \
+                 statistics are not the filter's",
+                program.id
+            );
+        }
+    }
     thread::sleep(DRAIN);
     // What waits in the socket's queue was delivered too: reading it moves it into
     // InDatagrams.
@@ -260,6 +357,7 @@ pub fn measure(
         napi_busy: napi_ns as f64 / 1e9 / seconds,
         window_packets,
         generated_mpps: sent.frames as f64 / sent.elapsed.as_secs_f64() / 1e6,
+        program_ns,
         fifo: fifo && sent.realtime,
         check: Check {
             variant,
@@ -310,6 +408,28 @@ fn sleep_unless<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_generator_runs_through_both_windows() {
+        let plan = Plan {
+            warmup: Duration::from_millis(500),
+            window: Duration::from_secs(3),
+            stats_window: Duration::from_secs(1),
+            gen_cpu: 0,
+            napi_cpu: 1,
+        };
+        assert_eq!(plan.limit(), Duration::from_millis(7500));
+    }
+
+    #[test]
+    fn xdp_variants_are_the_ones_with_a_program() {
+        let xdp: Vec<Variant> = Variant::ALL.into_iter().filter(|v| v.xdp()).collect();
+        assert_eq!(xdp.len(), 9, "{xdp:?}");
+        for variant in [Variant::NoFilter, Variant::Iptables, Variant::Nft] {
+            assert!(!variant.xdp(), "{variant:?}");
+        }
+        assert!(Variant::ALL.iter().filter(|v| v.native_xdp()).all(|v| v.xdp()));
+    }
 
     fn check(
         variant: Variant,

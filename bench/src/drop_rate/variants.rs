@@ -98,6 +98,12 @@ impl Variant {
                 | Self::PolicyLimitNative
         )
     }
+
+    /// Whether the filter is an XDP program on veth1 (native or generic), whose run
+    /// time the kernel's statistics can count.
+    pub fn xdp(self) -> bool {
+        self.native_xdp() || matches!(self, Self::PolicyPortSkb | Self::PolicyManySkb)
+    }
 }
 
 /// The policy files for the xdp-policy variants, in a directory removed when dropped.
