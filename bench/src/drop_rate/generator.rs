@@ -1,7 +1,8 @@
 //! The traffic generator: BPF_PROG_RUN with live frames of a two-instruction XDP_TX
 //! program on the tx veth. Each run "receives" a 60-byte UDP frame on veth0 and
 //! transmits it with XDP_TX, that is into veth1's receive ring, as a NIC's frames
-//! would arrive; one vCPU sends about 10 Mpps this way.
+//! would arrive; one vCPU sends about 10 Mpps this way. Paced, it sends a fixed rate
+//! instead: a small burst of runs every [`PACE_TICK`].
 //!
 //! The same program stays attached (generic mode) to the tx namespace's `lo`: with no
 //! XDP program anywhere in the namespace, every live-frames run would enable and
@@ -32,6 +33,14 @@ const BATCH_SIZE: u32 = 64;
 const XDP_TX: u32 = 3;
 /// SCHED_FIFO priority of the generator thread (below the NAPI thread's, on another CPU).
 const GEN_PRIORITY: i32 = 40;
+/// A paced generator's time between calls: each call's burst (rate × tick, 200 frames at
+/// 2 Mpps) fits veth1's 256-frame ring, so a burst is never dropped there for arriving
+/// all at once.
+pub const PACE_TICK: Duration = Duration::from_micros(100);
+/// How far a paced generator may fall behind its schedule (a preempted thread) and
+/// still catch up; further behind, it starts a new schedule from now rather than send
+/// the missed bursts back to back.
+const PACE_SLIP: Duration = Duration::from_millis(1);
 
 /// A UDP/IPv4 frame of [`FRAME_LEN`] bytes, with a valid IPv4 header checksum and no
 /// UDP checksum (optional over IPv4): what the Linux stack delivers.
@@ -123,7 +132,9 @@ impl Generator {
     }
 
     /// Sends from a thread in `tx` pinned to `cpu` until `stop` is set, `limit` has
-    /// passed or `max_frames` are sent, whichever comes first.
+    /// passed or `max_frames` are sent, whichever comes first: as fast as it can, or
+    /// paced to `rate` frames per second (bursts of rate × [`PACE_TICK`] on a schedule of
+    /// absolute deadlines, so that late wake-ups do not add up).
     pub fn run(
         &self,
         tx: &NetNs,
@@ -131,6 +142,7 @@ impl Generator {
         stop: &AtomicBool,
         limit: Duration,
         max_frames: u64,
+        rate: Option<f64>,
     ) -> Result<Sent> {
         tx.run(|| {
             crate::opts::pin_to_cpu(0, cpu).context("pinning the generator thread")?;
@@ -146,12 +158,17 @@ impl Generator {
                     libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, -20);
                 }
             }
+            let repeat = match rate {
+                Some(rate) => (rate * PACE_TICK.as_secs_f64()).round().max(1.0) as u32,
+                None => REPEAT,
+            };
             let start = Instant::now();
+            let mut deadline = start;
             let mut frames = 0u64;
             let run = raw::TestRun {
                 data: &self.frame,
                 ctx: Some(&self.ctx),
-                repeat: REPEAT,
+                repeat,
                 flags: raw::TEST_XDP_LIVE_FRAMES,
                 batch_size: BATCH_SIZE,
             };
@@ -160,7 +177,16 @@ impl Generator {
                 // themselves are the result, counted on veth1.
                 raw::test_run(self.prog.as_fd(), &run)
                     .context("BPF_PROG_RUN with live frames (the generator)")?;
-                frames += u64::from(REPEAT);
+                frames += u64::from(repeat);
+                if rate.is_some() {
+                    deadline += PACE_TICK;
+                    let now = Instant::now();
+                    if deadline > now {
+                        std::thread::sleep(deadline - now);
+                    } else if now - deadline > PACE_SLIP {
+                        deadline = now;
+                    }
+                }
             }
             Ok(Sent { frames, elapsed: start.elapsed(), realtime })
         })?

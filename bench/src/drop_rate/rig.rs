@@ -36,7 +36,7 @@ const DRAIN: Duration = Duration::from_millis(100);
 /// The sysctl that turns the kernel's per-program run-time statistics on and off.
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// How long to run, and on which CPUs.
+/// How long to run, on which CPUs, and how fast to send.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
     pub warmup: Duration,
@@ -47,6 +47,8 @@ pub struct Plan {
     pub stats_window: Duration,
     pub gen_cpu: usize,
     pub napi_cpu: usize,
+    /// Frames per second the generator is paced to; `None`: as fast as it can.
+    pub rate: Option<f64>,
 }
 
 impl Plan {
@@ -290,8 +292,9 @@ pub fn measure(
 
     let stop = AtomicBool::new(false);
     let (sent, first, last, program_ns) = thread::scope(|scope| -> Result<_> {
-        let sender =
-            scope.spawn(|| generator.run(tx, plan.gen_cpu, &stop, plan.limit(), plan.max_frames()));
+        let sender = scope.spawn(|| {
+            generator.run(tx, plan.gen_cpu, &stop, plan.limit(), plan.max_frames(), plan.rate)
+        });
         let window = || -> Result<(Snapshot, Snapshot, Option<f64>)> {
             let _stop = StopOnDrop(&stop);
             sleep_unless(plan.warmup, interrupted, &sender)?;
@@ -417,6 +420,7 @@ mod tests {
             stats_window: Duration::from_secs(1),
             gen_cpu: 0,
             napi_cpu: 1,
+            rate: None,
         };
         assert_eq!(plan.limit(), Duration::from_millis(7500));
     }
