@@ -3,9 +3,11 @@
 //!
 //! Three benchmarks, each a section of the result file `bench/results/<date>.md`:
 //! - `prog`: the program's cost per packet (BPF_PROG_TEST_RUN), against a trivial XDP
-//!   program and xdp-filter, for rule sets from port-only to 100,000 prefixes;
+//!   program, the minimal port filter (the limit) and xdp-filter, for rule sets from
+//!   port-only to 100,000 prefixes;
 //! - `drop`: drop rate on a veth pair fed by a live-frames XDP_TX generator, against no
-//!   filter, iptables, nftables, xdp-filter and a trivial XDP_DROP;
+//!   filter, iptables, nftables, xdp-filter, the limit and a trivial XDP_DROP, with the
+//!   XDP programs' own run time (bpf_stats), then again at a fixed rate below saturation;
 //! - `control`: reload latency, compile and apply times, memory and idle CPU;
 //! - `sets`: the cost of a rule naming a set of up to 1,000,000 entries, and of changing
 //!   sets (one add, a million-entry load, its memory).
