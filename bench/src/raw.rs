@@ -302,9 +302,13 @@ fn minimal_port_filter(ports: i32, drops: i32) -> Vec<bpf_insn> {
         jumps.push((insns.len(), to));
         insns.push(insn(code, dst, src, 0, imm));
     };
-    let map = |insns: &mut Vec<bpf_insn>, fd: i32| {
+    // r0 = bpf_map_lookup_elem(map `fd`, the u32 key at r10 - 4).
+    let lookup = |insns: &mut Vec<bpf_insn>, fd: i32| {
+        insns.push(insn(op::MOV_X, R2, R10, 0, 0));
+        insns.push(insn(op::ADD_K, R2, 0, 0, -4));
         insns.push(insn(op::LD_DW, R1, BPF_PSEUDO_MAP_FD as u8, 0, fd));
         insns.push(insn(0, 0, 0, 0, 0));
+        insns.push(insn(op::CALL, 0, 0, 0, MAP_LOOKUP_ELEM));
     };
     // r2 = xdp_md->data, r3 = xdp_md->data_end; one bounds check for every read below.
     insns.push(insn(op::LDX_W, R2, R1, 0, 0));
@@ -325,19 +329,13 @@ fn minimal_port_filter(ports: i32, drops: i32) -> Vec<bpf_insn> {
     insns.push(insn(op::LDX_H, R4, R2, 36, 0));
     insns.push(insn(op::TO_BE, R4, 0, 0, 16));
     insns.push(insn(op::STX_W, R10, R4, -4, 0));
-    insns.push(insn(op::MOV_X, R2, R10, 0, 0));
-    insns.push(insn(op::ADD_K, R2, 0, 0, -4));
-    map(&mut insns, ports);
-    insns.push(insn(op::CALL, 0, 0, 0, MAP_LOOKUP_ELEM));
+    lookup(&mut insns, ports);
     jump(&mut insns, op::JEQ_K, R0, 0, 0, Exit::Pass);
     insns.push(insn(op::LDX_W, R1, R0, 0, 0));
     jump(&mut insns, op::JEQ_K, R1, 0, 0, Exit::Pass);
     // Counted: this CPU's drop counter += 1.
     insns.push(insn(op::ST_W, R10, 0, -4, 0));
-    insns.push(insn(op::MOV_X, R2, R10, 0, 0));
-    insns.push(insn(op::ADD_K, R2, 0, 0, -4));
-    map(&mut insns, drops);
-    insns.push(insn(op::CALL, 0, 0, 0, MAP_LOOKUP_ELEM));
+    lookup(&mut insns, drops);
     jump(&mut insns, op::JEQ_K, R0, 0, 0, Exit::Drop);
     insns.push(insn(op::LDX_DW, R1, R0, 0, 0));
     insns.push(insn(op::ADD_K, R1, 0, 0, 1));

@@ -169,8 +169,6 @@ fn a_hundred_reloads_under_traffic_misclassify_nothing() {
         return;
     };
     const RELOADS: usize = 100;
-    let dir = support::temp_dir("storm");
-    let policy = dir.path().join("policy.toml");
     // Port A flips between dropped and passed; the rule for port B never changes, so
     // its counter runs on across all the reloads.
     let version = |i: usize| {
@@ -180,39 +178,57 @@ fn a_hundred_reloads_under_traffic_misclassify_nothing() {
             if i.is_multiple_of(2) { "drop" } else { "pass" }
         )
     };
-    fs::write(&policy, version(0)).expect("writing the policy");
-    let testbed = Testbed::new().expect("testbed");
-    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpMode::Skb).expect("daemon");
-
     let started = Instant::now();
-    let result = testbed
-        .udp_stream([PORT_A, PORT_B], Duration::from_secs(20), Duration::from_micros(200), |_| {
-            for i in 1..=RELOADS {
-                save_by_rename(&policy, &version(i));
-                daemon.wait_for_log("policy applied", i + 1, RELOAD_DEADLINE).expect("a reload");
-            }
-        })
-        .expect("the udp stream");
+    let stream = (Duration::from_secs(20), Duration::from_micros(200));
+    let (result, output, counters) =
+        reloads_under_stream("storm", RELOADS, stream, version, |_, _| {});
     let elapsed = started.elapsed();
-    let output = daemon.stop().expect("stopping");
-    let counters = testbed.counters(Path::new(DAEMON)).expect("the counters");
     eprintln!(
-        "reload storm: {RELOADS} reloads in {elapsed:?}; port A {} sent, {} received; port B {} sent, \
-         {} received; drop_rule {}, pass_rule {}, rule steady {}",
-        result.sent[0],
-        result.received[0],
-        result.sent[1],
-        result.received[1],
+        "reload storm: {RELOADS} reloads in {elapsed:?}; {}; drop_rule {}, pass_rule {}, rule \
+         steady {}",
+        result.describe(["A", "B"]),
         counters.packets(Verdict::DropRule),
         counters.packets(Verdict::PassRule),
         counters.rules.get("steady").copied().unwrap_or_default(),
     );
-    assert!(output.stderr.matches("policy applied").count() == RELOADS + 1);
+    assert!(output.matches("policy applied").count() == RELOADS + 1);
     assert_nothing_misclassified(&result, &counters);
     assert!(
         counters.packets(Verdict::DropRule) > 0 && result.received[0] > 0,
         "both versions were in force"
     );
+}
+
+/// Starts the daemon (skb mode) on `version(0)`, then saves `version(1)` … `version(reloads)`
+/// by rename, each once the one before is applied, under a UDP stream to ports A and B (a
+/// datagram every `stream.1`, for at most `stream.0`); `after(testbed, i)` runs once
+/// version `i` is applied. Stops the daemon and returns what the stream saw, the daemon's
+/// log and its counters.
+fn reloads_under_stream(
+    name: &str,
+    reloads: usize,
+    stream: (Duration, Duration),
+    version: impl Fn(usize) -> String,
+    mut after: impl FnMut(&Testbed, usize),
+) -> (StreamResult, String, Counters) {
+    let dir = support::temp_dir(name);
+    let policy = dir.path().join("policy.toml");
+    fs::write(&policy, version(0)).expect("writing the policy");
+    let testbed = Testbed::new().expect("testbed");
+    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpMode::Skb).expect("daemon");
+    after(&testbed, 0);
+    let result = testbed
+        .udp_stream([PORT_A, PORT_B], stream.0, stream.1, |_| {
+            for i in 1..=reloads {
+                save_by_rename(&policy, &version(i));
+                daemon.wait_for_log("policy applied", i + 1, RELOAD_DEADLINE).expect("a reload");
+                after(&testbed, i);
+            }
+        })
+        .expect("the udp stream");
+    let output = daemon.stop().expect("stopping");
+    let counters = testbed.counters(Path::new(DAEMON)).expect("the counters");
+    (result, output.stderr, counters)
 }
 
 /// The program on the link, from `status --json`.
@@ -228,8 +244,6 @@ fn reloads_that_change_programs_under_traffic_leak_nothing() {
         return;
     };
     const RELOADS: usize = 12;
-    let dir = support::temp_dir("programs");
-    let policy = dir.path().join("policy.toml");
     // The same verdicts every time: port A dropped, port B passed. Even versions look at
     // protocol and port only (the port program, with a port table), odd ones at the
     // source too (the full program, without one): every reload moves the filter to new
@@ -242,29 +256,20 @@ fn reloads_that_change_programs_under_traffic_leak_nothing() {
              [[rule]]\nname = \"open\"\naction = \"pass\"\nprotocol = \"udp\"\ndst_ports = {PORT_B}\n{src}"
         )
     };
-    fs::write(&policy, version(0)).expect("writing the policy");
-    let testbed = Testbed::new().expect("testbed");
-    let daemon = testbed.start_daemon(Path::new(DAEMON), &policy, XdpMode::Skb).expect("daemon");
-    assert_eq!(program_on_link(&testbed), "policy_ports");
     let mut seen = Vec::new();
-    let result = testbed
-        .udp_stream([PORT_A, PORT_B], Duration::from_secs(30), Duration::from_micros(300), |_| {
-            for i in 1..=RELOADS {
-                save_by_rename(&policy, &version(i));
-                daemon.wait_for_log("policy applied", i + 1, RELOAD_DEADLINE).expect("a reload");
-                seen.push(program_on_link(&testbed));
+    let stream = (Duration::from_secs(30), Duration::from_micros(300));
+    let (result, output, counters) =
+        reloads_under_stream("programs", RELOADS, stream, version, |testbed, i| {
+            if i == 0 {
+                assert_eq!(program_on_link(testbed), "policy_ports");
+            } else {
+                seen.push(program_on_link(testbed));
             }
-        })
-        .expect("the udp stream");
-    let output = daemon.stop().expect("stopping");
-    let counters = testbed.counters(Path::new(DAEMON)).expect("the counters");
+        });
     eprintln!(
-        "program swaps: {RELOADS} reloads, programs {seen:?}; port A {} sent, {} received; port \
-         B {} sent, {} received; drop_rule {}, pass_rule {}, drop_unparsable {}",
-        result.sent[0],
-        result.received[0],
-        result.sent[1],
-        result.received[1],
+        "program swaps: {RELOADS} reloads, programs {seen:?}; {}; drop_rule {}, pass_rule {}, \
+         drop_unparsable {}",
+        result.describe(["A", "B"]),
         counters.packets(Verdict::DropRule),
         counters.packets(Verdict::PassRule),
         counters.packets(Verdict::DropUnparsable),
@@ -274,8 +279,8 @@ fn reloads_that_change_programs_under_traffic_leak_nothing() {
         .collect();
     assert_eq!(seen, wanted, "the program on the link after each reload");
     assert_eq!(
-        output.stderr.matches("program=policy_ports").count()
-            + output.stderr.matches("program=policy_xdp").count(),
+        output.matches("program=policy_ports").count()
+            + output.matches("program=policy_xdp").count(),
         RELOADS + 1,
         "every apply names its program"
     );

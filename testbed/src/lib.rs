@@ -634,6 +634,16 @@ pub struct StreamResult {
     pub arrivals: [Vec<Duration>; 2],
 }
 
+impl StreamResult {
+    /// "port A 10 sent, 0 received; port B 10 sent, 10 received", the ports named `names`.
+    pub fn describe(&self, names: [&str; 2]) -> String {
+        let port = |i: usize| {
+            format!("port {} {} sent, {} received", names[i], self.sent[i], self.received[i])
+        };
+        format!("{}; {}", port(0), port(1))
+    }
+}
+
 /// What a TCP probe saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcpOutcome {
