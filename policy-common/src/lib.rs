@@ -414,7 +414,9 @@ pub mod active {
     pub const PORT_TABLE: u32 = 1 << 8;
 }
 
-/// Layout of [`PORT_TABLE_MAP`].
+/// Layout of [`PORT_TABLE_MAP`]: 16-bit entries, four to a `u64` word (an array's values
+/// take 8 bytes each in the kernel, whatever their size: 4-byte entries took twice the
+/// memory and four to a word a quarter).
 pub mod port_table {
     use super::{L4Class, Verdict};
 
@@ -422,27 +424,43 @@ pub mod port_table {
     pub const PORTS: u32 = 1 << 16;
     /// Entries per generation.
     pub const PER_GENERATION: u32 = L4Class::COUNT * PORTS;
+    /// Entries per word.
+    pub const PER_WORD: u32 = 4;
+    /// Words per generation.
+    pub const WORDS_PER_GENERATION: u32 = PER_GENERATION / PER_WORD;
 
-    /// Index of (generation, class, port).
+    /// Index of the entry of (generation, class, port).
     pub const fn index(generation: u32, class: u32, port: u16) -> u32 {
         generation * PER_GENERATION + class * PORTS + port as u32
     }
 
+    /// The word holding entry `index`, and the entry's shift in it.
+    pub const fn word(index: u32) -> (u32, u32) {
+        (index / PER_WORD, 16 * (index % PER_WORD))
+    }
+
     /// Marks an entry as a rule's decision (0 means no rule matches).
-    pub const DECIDED: u32 = 1 << 31;
+    pub const DECIDED: u16 = 1 << 15;
 
     /// The entry of a packet that rule with counter slot `slot` decides as `verdict`.
-    pub const fn entry(verdict: Verdict, slot: u16) -> u32 {
-        DECIDED | (verdict as u32) << 16 | slot as u32
+    pub const fn entry(verdict: Verdict, slot: u16) -> u16 {
+        DECIDED | (verdict as u16) << 12 | slot
     }
 
     /// Verdict and counter slot of a non-zero entry.
     pub const fn decode(entry: u32) -> (u32, u32) {
-        ((entry >> 16) & 0xff, entry & 0xffff)
+        ((entry >> 12) & 0x7, entry & 0xfff)
     }
+
+    const _: () = assert!(
+        (Verdict::PassRule as u16) < 8
+            && (Verdict::DropRule as u16) < 8
+            && (Verdict::MonitorRule as u16) < 8,
+        "the rule verdicts fit in 3 bits"
+    );
 }
 
-const _: () = assert!(RULE_COUNTER_SLOTS <= 1 << 16, "port table entries hold 16-bit slots");
+const _: () = assert!(RULE_COUNTER_SLOTS <= 1 << 12, "port table entries hold 12-bit slots");
 
 /// Bits of [`GenConfig::fields`]: the fields at least one rule constrains. The program
 /// skips the lookups of the others.

@@ -411,7 +411,7 @@ fn maps_are_sized_by_the_policy_and_moved_on_reload() {
         return;
     };
     const LIMITED: u16 = 7103;
-    const FULL_PORT_TABLE: u32 = 2 * port_table::PER_GENERATION;
+    const FULL_PORT_TABLE: u32 = 2 * port_table::WORDS_PER_GENERATION;
     const FULL_V4_L1: u32 = 2 * 2 * v4_table::L1_ENTRIES;
     let limit = format!(
         "[[rule]]\nname = \"limit-{LIMITED}\"\naction = \"limit\"\nprotocol = \"udp\"\n\

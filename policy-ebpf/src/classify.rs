@@ -65,8 +65,10 @@ pub fn classify<const FULL: bool>(packet: &Packet, ctx: &XdpContext) -> Decision
     // every (class, port) decided in one table: one lookup instead of one per field.
     // Non-first fragments have no ports and take the general path.
     if active & active::PORT_TABLE != 0 && !l4.fragment {
-        let index = port_table::index(generation, l4.class as u32, l4.dport);
-        if let Some(&entry) = PORT_TABLE.get(index) {
+        let (word, shift) =
+            port_table::word(port_table::index(generation, l4.class as u32, l4.dport));
+        if let Some(&word) = PORT_TABLE.get(word) {
+            let entry = ((word >> shift) & 0xffff) as u32;
             if entry != 0 {
                 let (verdict, slot) = port_table::decode(entry);
                 let verdict = match verdict {

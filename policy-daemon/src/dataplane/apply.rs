@@ -54,7 +54,6 @@ pub enum V4Level {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EntryMap {
     V4Table(V4Level),
-    PortTable,
 }
 
 /// The array maps of [`RuleBitmap`]s.
@@ -97,7 +96,6 @@ impl EntryMap {
             Self::V4Table(V4Level::L1) => V4_L1_MAP,
             Self::V4Table(V4Level::L2) => V4_L2_MAP,
             Self::V4Table(V4Level::L3) => V4_L3_MAP,
-            Self::PortTable => PORT_TABLE_MAP,
         }
     }
 }
@@ -203,7 +201,9 @@ pub trait Maps {
         indices: &[u32],
         words: &[u64],
     ) -> Result<(), MapWriteError>;
-    /// Entries of `V4_L1`, `V4_L2`, `V4_L3` or `PORT_TABLE` (see `policy_common`).
+    /// Words of `PORT_TABLE` (see `policy_common::port_table`).
+    fn set_port_table(&mut self, indices: &[u32], words: &[u64]) -> Result<(), MapWriteError>;
+    /// Entries of `V4_L1`, `V4_L2` or `V4_L3` (see `policy_common`).
     fn set_entries(
         &mut self,
         map: EntryMap,
@@ -254,6 +254,7 @@ pub trait Maps {
         start: u32,
         count: u32,
     ) -> Result<Vec<u64>, MapReadError>;
+    fn port_table(&mut self, start: u32, count: u32) -> Result<Vec<u64>, MapReadError>;
     fn entries(&mut self, map: EntryMap, start: u32, count: u32) -> Result<Vec<u32>, MapReadError>;
     /// Calls `visit` with every entry of an IPv4 trie, of every generation.
     fn visit_v4(
@@ -287,7 +288,8 @@ struct Shadow {
     port_bitmaps: HashMap<PortFieldId, Vec<RuleBitmap>>,
     v4: HashMap<AddrFieldId, TrieShadow<V4Key>>,
     v6: HashMap<AddrFieldId, TrieShadow<V6Key>>,
-    port_table: Vec<u32>,
+    /// `PORT_TABLE`'s words (see `policy_common::port_table`).
+    port_table: Vec<u64>,
     /// The IPv4 address tables of the source and the destination field.
     v4_tables: [V4TableShadow; 2],
 }
@@ -421,7 +423,7 @@ impl Shadow {
             field_bitmaps: vec![RuleBitmap::EMPTY; field_bitmap::PER_GENERATION as usize],
             tcp_flags: vec![RuleBitmap::EMPTY; tcp_flags::PER_GENERATION as usize],
             port_words: HashMap::from([(PortFieldId::Dst, words()), (PortFieldId::Src, words())]),
-            port_table: vec![0; port_table::PER_GENERATION as usize],
+            port_table: vec![0; port_table::WORDS_PER_GENERATION as usize],
             v4_tables: [zero_table(), zero_table()],
             ..Self::unknown()
         }
@@ -438,7 +440,8 @@ struct Image<'a> {
     /// `LIMITS` of the generation's rules (all zero for a rule that does not limit).
     limits: Vec<LimitConfig>,
     port_words: [(PortFieldId, Vec<u64>); 2],
-    port_table: Option<Vec<u32>>,
+    /// `PORT_TABLE`'s words of the generation, for a ruleset with a port table.
+    port_table: Option<Vec<u64>>,
 }
 
 impl<'a> Image<'a> {
@@ -468,6 +471,11 @@ impl<'a> Image<'a> {
                         };
                         port_table::entry(verdict, info.counter_slot as u16)
                     }
+                })
+                .collect::<Vec<u16>>()
+                .chunks(port_table::PER_WORD as usize)
+                .map(|entries| {
+                    entries.iter().rev().fold(0u64, |word, &entry| word << 16 | u64::from(entry))
                 })
                 .collect()
         });
@@ -886,11 +894,10 @@ fn write_generation(
             None => maps.remove_v6(id, keys),
         })?;
     }
-    if let Some(entries) = &image.port_table {
-        let base = generation * port_table::PER_GENERATION;
-        writes += sync_array(&mut shadow.port_table, entries, base, |i, v| {
-            maps.set_entries(EntryMap::PortTable, i, v)
-        })?;
+    if let Some(words) = &image.port_table {
+        let base = generation * port_table::WORDS_PER_GENERATION;
+        writes +=
+            sync_array(&mut shadow.port_table, words, base, |i, v| maps.set_port_table(i, v))?;
     }
     // Last: the config says how many rule words are in use and which fields.
     if shadow.config != Some(ruleset.config) {
@@ -963,13 +970,10 @@ fn audit_generation(
         let visit = |f: &mut dyn FnMut(V6Key, &RuleBitmap)| maps.visit_v6(id, f);
         compare_trie(drift, id.v6_map(), generation, image.v6(id).collect(), visit, |k| &k.1)?;
     }
-    if let Some(entries) = &image.port_table {
-        let held = maps.entries(
-            EntryMap::PortTable,
-            generation * port_table::PER_GENERATION,
-            len(entries.len()),
-        )?;
-        drift.compare(PORT_TABLE_MAP, entries, &held);
+    if let Some(words) = &image.port_table {
+        let held =
+            maps.port_table(generation * port_table::WORDS_PER_GENERATION, len(words.len()))?;
+        drift.compare(PORT_TABLE_MAP, words, &held);
     }
     Ok(())
 }

@@ -37,7 +37,7 @@ pub struct KernelMaps {
     limits: Batched<Array<MapData, LimitConfig>>,
     pub limit_stats: PerCpuArray<MapData, Counter>,
     limit_stats_batch: BatchMap,
-    port_table: Batched<Array<MapData, u32>>,
+    port_table: Batched<Array<MapData, u64>>,
     v4_l1: Batched<Array<MapData, u32>>,
     v4_l2: Batched<Array<MapData, u32>>,
     v4_l3: Batched<Array<MapData, u32>>,
@@ -148,7 +148,7 @@ impl KernelMaps {
             active: take(ebpf, ACTIVE_MAP)?,
             config: take_batch::<Array<MapData, GenConfig>>(ebpf, CONFIG_MAP, cpus)?,
             rules: take_batch::<Array<MapData, RuleInfo>>(ebpf, RULES_MAP, cpus)?,
-            port_table: take_batch::<Array<MapData, u32>>(ebpf, PORT_TABLE_MAP, cpus)?,
+            port_table: take_batch::<Array<MapData, u64>>(ebpf, PORT_TABLE_MAP, cpus)?,
             v4_l1: take_batch::<Array<MapData, u32>>(ebpf, V4_L1_MAP, cpus)?,
             v4_l2: take_batch::<Array<MapData, u32>>(ebpf, V4_L2_MAP, cpus)?,
             v4_l3: take_batch::<Array<MapData, u32>>(ebpf, V4_L3_MAP, cpus)?,
@@ -329,7 +329,6 @@ impl KernelMaps {
             EntryMap::V4Table(V4Level::L1) => &mut self.v4_l1.batch,
             EntryMap::V4Table(V4Level::L2) => &mut self.v4_l2.batch,
             EntryMap::V4Table(V4Level::L3) => &mut self.v4_l3.batch,
-            EntryMap::PortTable => &mut self.port_table.batch,
         }
     }
 
@@ -368,6 +367,10 @@ impl Maps for KernelMaps {
         bitmaps: &[RuleBitmap],
     ) -> Result<(), MapWriteError> {
         write_array(self.bitmap_map(map), indices, bitmaps)
+    }
+
+    fn set_port_table(&mut self, indices: &[u32], words: &[u64]) -> Result<(), MapWriteError> {
+        write_array(&mut self.port_table.batch, indices, words)
     }
 
     fn set_port_classes(
@@ -488,6 +491,10 @@ impl Maps for KernelMaps {
         count: u32,
     ) -> Result<Vec<RuleBitmap>, MapReadError> {
         read_array(self.bitmap_map(map), start, count)
+    }
+
+    fn port_table(&mut self, start: u32, count: u32) -> Result<Vec<u64>, MapReadError> {
+        read_array(&mut self.port_table.batch, start, count)
     }
 
     fn port_classes(

@@ -132,7 +132,7 @@ fn scribble(maps: Vec<(String, MapData)>, seed: u64) -> Scribbled {
                 |r| r.value() as u32,
                 &mut rng,
             ),
-            PORT_TABLE_MAP => fill(map, &name, |i| i % 8 == 0, |r| r.next() as u32, &mut rng),
+            PORT_TABLE_MAP => fill(map, &name, |i| i % 2 == 0, |r| r.next(), &mut rng),
             SRC_V4_MAP | DST_V4_MAP => trie::<IPV4_KEY_LEN>(map, &name, &mut rng),
             SRC_V6_MAP | DST_V6_MAP => trie::<IPV6_KEY_LEN>(map, &name, &mut rng),
             // Counters and event sampling: no verdict reads them.

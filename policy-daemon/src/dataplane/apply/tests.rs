@@ -72,7 +72,6 @@ fn bitmap_cell(map: BitmapMap, index: u32) -> String {
 fn entry_cell(map: EntryMap, index: u32) -> String {
     match map {
         EntryMap::V4Table(level) => format!("v4table/{level:?}/{index}"),
-        EntryMap::PortTable => format!("port_table/{index}"),
     }
 }
 
@@ -187,6 +186,12 @@ impl Maps for FakeMaps {
             (format!("classes/{field:?}/{i}"), Some(Value::Word(**w)))
         })
     }
+    fn set_port_table(&mut self, indices: &[u32], words: &[u64]) -> Result<(), MapWriteError> {
+        let entries: Vec<_> = indices.iter().zip(words).collect();
+        self.batch("port_table", &entries, |_, (i, w)| {
+            (format!("port_table/{i}"), Some(Value::Word(**w)))
+        })
+    }
     fn set_entries(
         &mut self,
         map: EntryMap,
@@ -293,6 +298,12 @@ impl Maps for FakeMaps {
         count: u32,
     ) -> Result<Vec<u64>, MapReadError> {
         Ok(self.read(&format!("classes/{field:?}"), start, count, |v| match v {
+            Some(Value::Word(w)) => *w,
+            _ => 0,
+        }))
+    }
+    fn port_table(&mut self, start: u32, count: u32) -> Result<Vec<u64>, MapReadError> {
+        Ok(self.read("port_table", start, count, |v| match v {
             Some(Value::Word(w)) => *w,
             _ => 0,
         }))
@@ -569,8 +580,14 @@ const PORT_ONLY: &str = "[[rule]]\nname = \"ssh\"\naction = \"pass\"\nprotocol =
 const PORT_ONLY_NARROWER: &str =
     "[[rule]]\nname = \"low-udp\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = \"1-10\"\n";
 
-fn table_cell(maps: &FakeMaps, generation: u32, class: L4Class, port: u16) -> Option<&String> {
-    maps.cells.get(&format!("port_table/{}", port_table::index(generation, class as u32, port)))
+/// The port table's entry for (generation, class, port), if its word was written and
+/// the entry is not 0.
+fn table_cell(maps: &FakeMaps, generation: u32, class: L4Class, port: u16) -> Option<u16> {
+    let (word, shift) = port_table::word(port_table::index(generation, class as u32, port));
+    let word = maps.values.get(&format!("port_table/{word}"))?;
+    let Value::Word(word) = word else { return None };
+    let entry = (word >> shift) as u16;
+    (entry != 0).then_some(entry)
 }
 
 #[test]
@@ -580,19 +597,22 @@ fn port_only_rulesets_are_written_to_the_port_table_and_flagged_in_active() {
     generations.apply(&mut maps, &ruleset(PORT_ONLY)).expect("port-only");
     assert_eq!(maps.cells.get("active").map(String::as_str), Some("1+table"));
     // Slots 0 and 1 (fresh maps); the TCP rule passes, the UDP one drops.
-    let ssh = port_table::entry(Verdict::PassRule, 0).to_string();
-    let low = port_table::entry(Verdict::DropRule, 1).to_string();
-    assert_eq!(table_cell(&maps, 1, L4Class::Tcp, 22), Some(&ssh));
+    let ssh = port_table::entry(Verdict::PassRule, 0);
+    let low = port_table::entry(Verdict::DropRule, 1);
+    assert_eq!(table_cell(&maps, 1, L4Class::Tcp, 22), Some(ssh));
     for port in 1..=10 {
-        assert_eq!(table_cell(&maps, 1, L4Class::Udp, port), Some(&low));
+        assert_eq!(table_cell(&maps, 1, L4Class::Udp, port), Some(low));
     }
+    assert_eq!(table_cell(&maps, 1, L4Class::Udp, 11), None);
+    assert_eq!(table_cell(&maps, 1, L4Class::Udp, 0), None);
     let table_writes = maps.writes.iter().filter(|w| w.starts_with("port_table/")).count();
-    assert_eq!(table_writes, 11, "only the decided (class, port) pairs are written");
+    // tcp/22's word, and udp 0-3, 4-7 and 8-11.
+    assert_eq!(table_writes, 4, "only the words of decided (class, port) pairs are written");
 
     // The UDP rule alone, into generation 0: it keeps its slot; tcp/22 is undecided.
     generations.apply(&mut maps, &ruleset(PORT_ONLY_NARROWER)).expect("narrower");
     assert_eq!(maps.cells.get("active").map(String::as_str), Some("0+table"));
-    assert_eq!(table_cell(&maps, 0, L4Class::Udp, 5), Some(&low));
+    assert_eq!(table_cell(&maps, 0, L4Class::Udp, 5), Some(low));
     assert_eq!(table_cell(&maps, 0, L4Class::Tcp, 22), None);
 
     // A ruleset with addresses has no table: ACTIVE says so.
@@ -607,7 +627,7 @@ fn port_only_rulesets_are_written_to_the_port_table_and_flagged_in_active() {
         maps.writes[before..].iter().filter(|w| w.starts_with("port_table/")).collect();
     // Generation 0 still holds this table (the rule got slot 1 again): nothing to write.
     assert!(written.is_empty(), "{written:?}");
-    assert_eq!(table_cell(&maps, 0, L4Class::Udp, 5), Some(&low));
+    assert_eq!(table_cell(&maps, 0, L4Class::Udp, 5), Some(low));
 }
 
 #[test]
@@ -872,9 +892,9 @@ fn the_audit_finds_one_changed_entry_in_any_map() {
             let index = v4_table::l1_index(g, 0, k);
             cells.push((format!("v4table/L1/{index}"), Value::Entry(0), u64::from(p == 0)));
         }
-        for k in (0..port_table::PER_GENERATION).step_by(10_007) {
-            let index = g * port_table::PER_GENERATION + k;
-            cells.push((format!("port_table/{index}"), Value::Entry(0), u64::from(p == 2)));
+        for k in (0..port_table::WORDS_PER_GENERATION).step_by(10_007) {
+            let index = g * port_table::WORDS_PER_GENERATION + k;
+            cells.push((format!("port_table/{index}"), Value::Word(0), u64::from(p == 2)));
         }
         let mut found = std::collections::BTreeSet::new();
         for (key, value, expected) in cells {
