@@ -36,9 +36,10 @@ pub const V4_L2_MAP: &str = "V4_L2";
 pub const V4_L3_MAP: &str = "V4_L3";
 /// `Array<RuleBitmap>`, index [`v4_table::class_index`]: address class → rules.
 pub const V4_CLASSES_MAP: &str = "V4_CLASSES";
-/// `Array<u32>`, index [`port_table::index`]: for a generation whose rules constrain
-/// nothing but the protocol and the destination port (or ICMP type), the decision for
-/// each (transport class, destination port), so that such a policy costs one lookup per
+/// `Array<u64>` of 16-bit entries four to a word, entry index [`port_table::index`] (its
+/// word and shift: [`port_table::word`]): for a generation whose rules constrain nothing
+/// but the protocol and the destination port (or ICMP type), the decision for each
+/// (transport class, destination port), so that such a policy costs one lookup per
 /// packet instead of one per field. Entry values: [`port_table::entry`], 0 = no rule.
 pub const PORT_TABLE_MAP: &str = "PORT_TABLE";
 /// `Array<GenConfig>`, one entry per generation.
