@@ -41,16 +41,7 @@ fn zeroed_attr() -> bpf_attr {
 /// Loads the XDP program `r0 = action; exit`: the floor of the per-packet cost (with
 /// XDP_PASS) and the traffic generator (with XDP_TX, run with live frames).
 pub fn load_constant_xdp(action: u32, name: &str) -> io::Result<OwnedFd> {
-    // SAFETY: bpf_insn is plain integers; zero is a valid value of each.
-    let mut mov: bpf_insn = unsafe { std::mem::zeroed() };
-    mov.code = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
-    mov.set_dst_reg(0);
-    mov.imm = action as i32;
-    let mut exit = mov;
-    exit.set_dst_reg(0);
-    exit.imm = 0;
-    exit.code = 0x95; // BPF_JMP | BPF_EXIT
-    load_xdp(&[mov, exit], name)
+    load_xdp(&[insn(op::MOV_K, R0, 0, 0, action as i32), insn(op::EXIT, 0, 0, 0, 0)], name)
 }
 
 /// Loads `insns` as an XDP program named `name` (at most 15 bytes are kept).
@@ -151,7 +142,10 @@ impl MinimalPortFilter {
     /// per-CPU array returns one 8-byte value for each possible CPU).
     pub fn drops(&self) -> io::Result<u64> {
         let key = 0u32;
-        let mut values = vec![0u64; possible_cpus()?];
+        let cpus = aya::util::nr_cpus().map_err(|(path, e)| {
+            io::Error::new(e.kind(), format!("reading the possible CPUs ({path}): {e}"))
+        })?;
+        let mut values = vec![0u64; cpus];
         let mut attr = zeroed_attr();
         // SAFETY: plain integer fields of the element member; the key and the value
         // buffer (8 bytes per possible CPU, what the kernel writes) outlive the call.
@@ -189,32 +183,6 @@ fn create_map(
     let fd = sys_bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)?;
     // SAFETY: BPF_MAP_CREATE returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// How many CPUs the kernel counts as possible (`/sys/devices/system/cpu/possible`): the
-/// number of values a per-CPU map holds per entry.
-fn possible_cpus() -> io::Result<usize> {
-    let path = "/sys/devices/system/cpu/possible";
-    let text = std::fs::read_to_string(path)?;
-    count_cpu_list(&text).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("unexpected {path}: `{}`", text.trim()))
-    })
-}
-
-/// The CPUs in a kernel CPU list (`0-1`, `0,2-5`); `None` if it is not one.
-fn count_cpu_list(text: &str) -> Option<usize> {
-    let mut count = 0;
-    for part in text.trim().split(',') {
-        let (first, last) = match part.split_once('-') {
-            Some((first, last)) => (first.parse::<usize>().ok()?, last.parse::<usize>().ok()?),
-            None => {
-                let cpu = part.parse::<usize>().ok()?;
-                (cpu, cpu)
-            }
-        };
-        count += last.checked_sub(first)? + 1;
-    }
-    Some(count)
 }
 
 /// The encodings the minimal port filter uses (`code` of struct bpf_insn).
@@ -467,20 +435,9 @@ pub fn run_stats(prog: BorrowedFd<'_>) -> io::Result<RunStats> {
 #[cfg(test)]
 mod tests {
     use policy_daemon::packet::{Packet, tcp, udp};
+    use testbed::privileged;
 
     use super::*;
-
-    /// Whether this process may run tests that need root (bpf()). Not root: in CI (`CI`
-    /// set) that is a failure, since CI runs as root; elsewhere the test is skipped with
-    /// the reason printed.
-    fn privileged(test: &str) -> bool {
-        if nix::unistd::geteuid().is_root() {
-            return true;
-        }
-        assert!(std::env::var_os("CI").is_none(), "{test} needs root, and CI must run it");
-        eprintln!("skipping {test}: it needs root (bpf()); run the tests as root");
-        false
-    }
 
     #[test]
     fn minimal_port_filter_encoding() {
@@ -511,15 +468,6 @@ mod tests {
         assert_eq!(tail, [(op::MOV_K, 1), (op::EXIT, 0), (op::MOV_K, 2), (op::EXIT, 0)]);
         let swap = insns.iter().find(|i| i.code == op::TO_BE).expect("a byte swap");
         assert_eq!(swap.imm, 16);
-    }
-
-    #[test]
-    fn counts_cpu_lists() {
-        assert_eq!(count_cpu_list("0-1\n"), Some(2));
-        assert_eq!(count_cpu_list("0"), Some(1));
-        assert_eq!(count_cpu_list("0,2-5,7"), Some(6));
-        assert_eq!(count_cpu_list("3-1"), None);
-        assert_eq!(count_cpu_list(""), None);
     }
 
     #[test]

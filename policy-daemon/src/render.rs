@@ -132,8 +132,7 @@ pub fn render_status(all: &[InterfaceStatus]) -> String {
         if let Some(program) = &s.program {
             let what = match program.as_str() {
                 policy_common::PORTS_PROGRAM_NAME => {
-                    " (the port program: the rules look at \
-                                                      protocol and destination port only)"
+                    " (the port program: the rules look at protocol and destination port only)"
                 }
                 _ => "",
             };

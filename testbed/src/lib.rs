@@ -190,6 +190,22 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Whether this process may run test `test`, which needs root (bpf(), netlink,
+/// namespaces).
+///
+/// Not root: in CI (`CI` set) that is a failure, since CI runs as root and such tests
+/// must never silently skip; elsewhere the test is skipped with the reason printed.
+pub fn privileged(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} needs root, and CI must run it: run the tests as root");
+    }
+    eprintln!("skipping {test}: it needs root (bpf(), XDP); run `cargo xtask test` as root");
+    false
+}
+
 /// A named network namespace (`ip netns add`), deleted when dropped.
 #[derive(Debug)]
 pub struct NetNs {

@@ -26,7 +26,7 @@ use policy_common::{
     Verdict, active, field_bitmap, ipv4_key, ipv6_key, port_table, tcp_flags, v4_table,
 };
 
-use crate::policy::{Ruleset, V4Table};
+use crate::policy::{BitmapPool, Ruleset, V4Table};
 
 /// The two port fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -300,13 +300,12 @@ struct Shadow {
 #[derive(Clone)]
 struct TrieShadow<K> {
     entries: HashMap<K, u32>,
-    bitmaps: Vec<RuleBitmap>,
-    ids: HashMap<RuleBitmap, u32>,
+    bitmaps: BitmapPool,
 }
 
 impl<K: Copy + Eq + std::hash::Hash> TrieShadow<K> {
     fn new() -> Self {
-        Self { entries: HashMap::new(), bitmaps: Vec::new(), ids: HashMap::new() }
+        Self { entries: HashMap::new(), bitmaps: BitmapPool::default() }
     }
 
     fn len(&self) -> usize {
@@ -314,7 +313,7 @@ impl<K: Copy + Eq + std::hash::Hash> TrieShadow<K> {
     }
 
     fn get(&self, key: &K) -> Option<&RuleBitmap> {
-        self.entries.get(key).map(|&id| &self.bitmaps[id as usize])
+        self.entries.get(key).map(|&id| self.bitmaps.get(id))
     }
 
     fn keys(&self) -> impl Iterator<Item = &K> {
@@ -322,15 +321,7 @@ impl<K: Copy + Eq + std::hash::Hash> TrieShadow<K> {
     }
 
     fn insert(&mut self, key: K, bitmap: &RuleBitmap) {
-        let id = match self.ids.get(bitmap) {
-            Some(&id) => id,
-            None => {
-                let id = self.bitmaps.len() as u32;
-                self.bitmaps.push(*bitmap);
-                self.ids.insert(*bitmap, id);
-                id
-            }
-        };
+        let id = self.bitmaps.intern(bitmap);
         self.entries.insert(key, id);
     }
 
@@ -344,17 +335,11 @@ impl<K: Copy + Eq + std::hash::Hash> TrieShadow<K> {
         if self.bitmaps.len() <= 64 + 2 * self.entries.len() {
             return;
         }
-        let mut bitmaps = Vec::new();
-        let mut ids: HashMap<RuleBitmap, u32> = HashMap::new();
+        let mut bitmaps = BitmapPool::default();
         for id in self.entries.values_mut() {
-            let bitmap = self.bitmaps[*id as usize];
-            *id = *ids.entry(bitmap).or_insert_with(|| {
-                bitmaps.push(bitmap);
-                bitmaps.len() as u32 - 1
-            });
+            *id = bitmaps.intern(self.bitmaps.get(*id));
         }
         self.bitmaps = bitmaps;
-        self.ids = ids;
     }
 }
 

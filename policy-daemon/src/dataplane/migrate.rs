@@ -74,7 +74,7 @@ const CARRIED: [(&str, Carry); 10] = [
 /// The sizes of the maps that follow the policy; the others have the object's. A map
 /// the policy does not use has one entry (the program does not read it): the bucket map
 /// without a limit rule (a preallocated million buckets hold about 92 MiB of kernel
-/// memory), the port table without a port-only policy (5 MiB), the port classes and
+/// memory), the port table without a port-only policy (1.25 MiB), the port classes and
 /// their bitmaps with one (a port table decides its packets: 2.5 MiB), the IPv4 address
 /// tables without IPv4 prefixes in table form (20 MiB). A reload that needs other sizes
 /// moves the filter to new maps ([`Dataplane::migrate`]).
@@ -234,17 +234,12 @@ pub fn recover(pins: &Pins) -> Result<Recovered, DataplaneError> {
 
 /// The ids of the maps the program on the pinned link uses.
 fn link_map_ids(pins: &Pins) -> Result<Vec<u32>, DataplaneError> {
-    let program_id = super::pinned_link_info(&pins.link())?.program_id();
-    for program in aya::programs::loaded_programs() {
-        let Ok(program) = program else { continue };
-        if program.id() == program_id {
-            return program
-                .map_ids()
-                .map(Option::unwrap_or_default)
-                .map_err(DataplaneError::ProgramType);
+    match super::pinned_link_program_info(&pins.link())? {
+        Some(program) => {
+            program.map_ids().map(Option::unwrap_or_default).map_err(DataplaneError::ProgramType)
         }
+        None => Ok(Vec::new()),
     }
-    Ok(Vec::new())
 }
 
 /// What a migration carried over, for the log.

@@ -613,7 +613,8 @@ impl Dataplane {
 
     /// Loads `wanted`, and puts the full program on the link if the port program runs
     /// there and `wanted` is the full one; waits until no packet is still judged by the
-    /// port program.
+    /// port program: a grace period that starts after the swap (one an earlier flip
+    /// started may end while a port program run that began later still reads `ACTIVE`).
     fn before_flip(&mut self, wanted: Program) -> Result<(), DataplaneError> {
         let previous = std::mem::replace(&mut self.program, wanted);
         if let Err(e) = self.program() {
@@ -624,7 +625,7 @@ impl Dataplane {
             && wanted == Program::Full
         {
             self.swap_on_link(&pins)?;
-            self.maps.wait_for_readers();
+            kernel::wait_for_rcu_grace_period();
         }
         Ok(())
     }
@@ -939,9 +940,17 @@ fn pinned_link_program(path: &std::path::Path) -> Option<Program> {
 
 /// The kernel's name of the program on the link pinned at `path`.
 pub(crate) fn pinned_link_program_name(path: &std::path::Path) -> Option<String> {
-    let id = pinned_link_info(path).ok()?.program_id();
-    let info = aya::programs::loaded_programs().flatten().find(|p| p.id() == id)?;
+    let info = pinned_link_program_info(path).ok()??;
     Some(info.name_as_str()?.to_string())
+}
+
+/// What the kernel says of the program on the link pinned at `path`; `None` if it is
+/// no longer loaded.
+fn pinned_link_program_info(
+    path: &std::path::Path,
+) -> Result<Option<aya::programs::ProgramInfo>, DataplaneError> {
+    let id = pinned_link_info(path)?.program_id();
+    Ok(aya::programs::loaded_programs().flatten().find(|p| p.id() == id))
 }
 
 /// What the kernel says of the link pinned at `path`.

@@ -35,19 +35,9 @@ pub struct Prefixes<N> {
 
 impl<N> Prefixes<N> {
     fn new(entries: Vec<(N, RuleBitmap)>) -> Self {
-        let mut ids: std::collections::HashMap<RuleBitmap, u32> = Default::default();
-        let mut bitmaps = Vec::new();
-        let nets = entries
-            .into_iter()
-            .map(|(net, bitmap)| {
-                let id = *ids.entry(bitmap).or_insert_with(|| {
-                    bitmaps.push(bitmap);
-                    bitmaps.len() as u32 - 1
-                });
-                (net, id)
-            })
-            .collect();
-        Self { nets, bitmaps }
+        let mut pool = BitmapPool::default();
+        let nets = entries.into_iter().map(|(net, bitmap)| (net, pool.intern(&bitmap))).collect();
+        Self { nets, bitmaps: pool.into_bitmaps() }
     }
 
     pub fn len(&self) -> usize {
@@ -61,6 +51,41 @@ impl<N> Prefixes<N> {
     /// Each network with its bitmap, in prefix order.
     pub fn iter(&self) -> impl Iterator<Item = (&N, &RuleBitmap)> + Clone + '_ {
         self.nets.iter().map(|(net, id)| (net, &self.bitmaps[*id as usize]))
+    }
+}
+
+/// Distinct bitmaps, each held once and named by its index: what [`Prefixes`] and the
+/// apply's record of the tries hold instead of a bitmap per network.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct BitmapPool {
+    bitmaps: Vec<RuleBitmap>,
+    ids: std::collections::HashMap<RuleBitmap, u32>,
+}
+
+impl BitmapPool {
+    /// The index of `bitmap`, added if it is new.
+    pub(crate) fn intern(&mut self, bitmap: &RuleBitmap) -> u32 {
+        if let Some(&id) = self.ids.get(bitmap) {
+            return id;
+        }
+        let id = self.bitmaps.len() as u32;
+        self.bitmaps.push(*bitmap);
+        self.ids.insert(*bitmap, id);
+        id
+    }
+
+    /// The bitmap of index `id` (one [`Self::intern`] returned).
+    pub(crate) fn get(&self, id: u32) -> &RuleBitmap {
+        &self.bitmaps[id as usize]
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.bitmaps.len()
+    }
+
+    /// The bitmaps by index, without the lookup of new ones.
+    fn into_bitmaps(self) -> Vec<RuleBitmap> {
+        self.bitmaps
     }
 }
 

@@ -23,6 +23,7 @@ use std::{
     time::Duration,
 };
 
+pub(crate) use compile::BitmapPool;
 pub use compile::{PortField, Prefixes, Ruleset, compile};
 pub use diagnostic::{Diagnostic, Location};
 use ipnet::IpNet;

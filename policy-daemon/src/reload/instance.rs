@@ -624,9 +624,6 @@ impl Instance {
     }
 }
 
-/// The index of `iface`, 0 if there is no such interface (in this network namespace);
-/// `None` when the lookup itself failed (out of file descriptors, say): that says
-/// nothing about the interface, which must not be taken for gone.
 /// Logs a move of the filter to new maps ([`Dataplane::migrate`]): `what` happened,
 /// from maps of layout `from`, and `why`.
 fn log_move(iface: &str, what: &str, from: u32, why: &str, sizes: &Sizes, carried: &Carried) {
@@ -645,6 +642,9 @@ fn log_move(iface: &str, what: &str, from: u32, why: &str, sizes: &Sizes, carrie
     );
 }
 
+/// The index of `iface`, 0 if there is no such interface (in this network namespace);
+/// `None` when the lookup itself failed (out of file descriptors, say): that says
+/// nothing about the interface, which must not be taken for gone.
 fn ifindex(iface: &str) -> Option<u32> {
     match nix::net::if_::if_nametoindex(iface) {
         Ok(index) => Some(index),

@@ -973,3 +973,20 @@ fn named_slots(generations: &Generations) -> Vec<(String, u32)> {
 fn fake_element(key: &str) -> Element {
     key.rsplit('/').next().and_then(|i| i.parse().ok()).map_or(Element::Unknown, Element::Entry)
 }
+
+#[test]
+fn a_trie_record_forgets_the_bitmaps_no_entry_holds() {
+    let mut record = TrieShadow::new();
+    for i in 0..1000u64 {
+        let bitmap = RuleBitmap { words: [i; 16] };
+        record.insert(1u32, &bitmap);
+        record.insert(2u32, &RuleBitmap::EMPTY);
+        record.compact();
+        assert_eq!(record.get(&1), Some(&bitmap), "round {i}");
+        assert_eq!(record.get(&2), Some(&RuleBitmap::EMPTY), "round {i}");
+    }
+    // Two entries: at most 64 + 2 × 2 bitmaps are kept, not the 1,001 ever held.
+    assert!(record.bitmaps.len() <= 68, "{} bitmaps kept", record.bitmaps.len());
+    record.remove(&1);
+    assert_eq!((record.len(), record.get(&1)), (1, None));
+}
