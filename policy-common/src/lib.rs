@@ -25,7 +25,8 @@ pub const PROGRAM_NAME: &str = "policy_xdp";
 pub const PORTS_PROGRAM_NAME: &str = "policy_ports";
 
 /// `Array<u32>` of one entry: the generation the program reads (`value % GENERATIONS`),
-/// with [`active::PORT_TABLE`] set when that generation has a port table.
+/// with [`active::PORT_TABLE`] set when that generation has a port table, and then the
+/// port table's row of each transport class ([`active::row`]).
 pub const ACTIVE_MAP: &str = "ACTIVE";
 /// `Array<u32>`, index [`v4_table::l1_index`]: the first level of the IPv4 address
 /// tables (see [`v4_table`]), by the address's top 16 bits.
@@ -36,11 +37,15 @@ pub const V4_L2_MAP: &str = "V4_L2";
 pub const V4_L3_MAP: &str = "V4_L3";
 /// `Array<RuleBitmap>`, index [`v4_table::class_index`]: address class → rules.
 pub const V4_CLASSES_MAP: &str = "V4_CLASSES";
-/// `Array<u64>` of 16-bit entries four to a word, entry index [`port_table::index`] (its
-/// word and shift: [`port_table::word`]): for a generation whose rules constrain nothing
-/// but the protocol and the destination port (or ICMP type), the decision for each
-/// (transport class, destination port), so that such a policy costs one lookup per
-/// packet instead of one per field. Entry values: [`port_table::entry`], 0 = no rule.
+/// `Array<u64>` of 16-bit entries four to a word, in rows of [`port_table::PORTS`]
+/// entries, entry index [`port_table::index`] (its word and shift: [`port_table::word`]):
+/// for a generation whose rules constrain nothing but the protocol and the destination
+/// port (or ICMP type), the decision for each (transport class, destination port), so
+/// that such a policy costs one lookup per packet instead of one per field. `ACTIVE`
+/// names each class's row ([`active::row`]); a class without one has no rule, and
+/// classes with the same decisions share one. Each generation has rows of its own
+/// (sized to the policy by the daemon). Entry values: [`port_table::entry`], 0 = no
+/// rule.
 pub const PORT_TABLE_MAP: &str = "PORT_TABLE";
 /// `Array<GenConfig>`, one entry per generation.
 pub const CONFIG_MAP: &str = "CONFIG";
@@ -168,8 +173,10 @@ pub const LAYOUT_ENTRIES: u32 = 4;
 /// that finds an older layout pinned migrates it in place; one that finds a newer one
 /// refuses it. Bump it whenever a map's meaning changes, even if its sizes do not.
 /// 1: everything up to the release that added this map; 2: `LIMIT_BUCKETS` sized to the
-/// policy (one entry without a limit rule), `SET_STATS` not preallocated, and this map.
-pub const LAYOUT_VERSION: u32 = 2;
+/// policy (one entry without a limit rule), `SET_STATS` not preallocated, and this map;
+/// 3: `PORT_TABLE` in rows named by `ACTIVE` ([`active::row`]), and `LIMITS` and
+/// `LIMIT_STATS` of one entry without a limit rule.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Every map the program declares, for checks that the built object carries them all.
 pub const MAP_NAMES: [&str; 31] = [
@@ -410,9 +417,38 @@ pub mod field_bitmap {
 /// Bits of the [`ACTIVE_MAP`] value besides the generation. They are multiples of
 /// [`GENERATIONS`], so `value % GENERATIONS` stays the generation.
 pub mod active {
+    use super::L4Class;
+
     /// The active generation has a port table ([`super::PORT_TABLE_MAP`]) and the
     /// program decides non-fragments with it.
     pub const PORT_TABLE: u32 = 1 << 8;
+    /// Where the rows of the transport classes start: 4 bits each, in [`L4Class`] order.
+    pub const ROWS_SHIFT: u32 = 12;
+    /// Rows the port table can have: a row field holds 0 (no row) or a row + 1.
+    pub const MAX_ROWS: u32 = 15;
+
+    /// The bits of `ACTIVE` naming the port table's row of `class` (`None`: the class
+    /// has no row, no rule decides its packets).
+    pub const fn row(class: L4Class, row: Option<u32>) -> u32 {
+        match row {
+            Some(row) => (row + 1) << (ROWS_SHIFT + 4 * class as u32),
+            None => 0,
+        }
+    }
+
+    /// The row of `class` in `ACTIVE` value `value`, + 1 (0: none).
+    pub const fn row_of(value: u32, class: u32) -> u32 {
+        (value >> (ROWS_SHIFT + 4 * class)) & 0xf
+    }
+
+    const _: () = assert!(
+        ROWS_SHIFT + 4 * L4Class::COUNT <= 32 && (1 << ROWS_SHIFT) > PORT_TABLE,
+        "the rows fit above the flags"
+    );
+    const _: () = assert!(
+        MAX_ROWS >= super::GENERATIONS * L4Class::COUNT,
+        "every class of both generations can have a row"
+    );
 }
 
 /// Layout of [`PORT_TABLE_MAP`]: 16-bit entries, four to a `u64` word (an array's values
@@ -421,18 +457,18 @@ pub mod active {
 pub mod port_table {
     use super::{L4Class, Verdict};
 
-    /// Destination ports (or ICMP types) per transport class.
+    /// Destination ports (or ICMP types) per transport class: the entries of a row.
     pub const PORTS: u32 = 1 << 16;
-    /// Entries per generation.
-    pub const PER_GENERATION: u32 = L4Class::COUNT * PORTS;
     /// Entries per word.
     pub const PER_WORD: u32 = 4;
-    /// Words per generation.
-    pub const WORDS_PER_GENERATION: u32 = PER_GENERATION / PER_WORD;
+    /// Words per row.
+    pub const WORDS_PER_ROW: u32 = PORTS / PER_WORD;
+    /// Rows per generation at most: one per class.
+    pub const MAX_ROWS_PER_GENERATION: u32 = L4Class::COUNT;
 
-    /// Index of the entry of (generation, class, port).
-    pub const fn index(generation: u32, class: u32, port: u16) -> u32 {
-        generation * PER_GENERATION + class * PORTS + port as u32
+    /// Index of the entry of `port` in row `row`.
+    pub const fn index(row: u32, port: u16) -> u32 {
+        row * PORTS + port as u32
     }
 
     /// The word holding entry `index`, and the entry's shift in it.

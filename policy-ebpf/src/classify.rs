@@ -63,12 +63,17 @@ pub fn classify<const FULL: bool>(packet: &Packet, ctx: &XdpContext) -> Decision
     }
     // A generation whose rules look at nothing but protocol and destination port has
     // every (class, port) decided in one table: one lookup instead of one per field.
-    // Non-first fragments have no ports and take the general path.
+    // The generation names each class's row in the table (none: no rule decides the
+    // class). Non-first fragments have no ports and take the general path.
     if active & active::PORT_TABLE != 0 && !l4.fragment {
-        let (word, shift) =
-            port_table::word(port_table::index(generation, l4.class as u32, l4.dport));
-        if let Some(&word) = PORT_TABLE.get(word) {
-            let entry = ((word >> shift) & 0xffff) as u32;
+        let entry = match active::row_of(active, l4.class as u32) {
+            0 => Some(0),
+            row => {
+                let (word, shift) = port_table::word(port_table::index(row - 1, l4.dport));
+                PORT_TABLE.get(word).map(|&word| ((word >> shift) & 0xffff) as u32)
+            }
+        };
+        if let Some(entry) = entry {
             if entry != 0 {
                 let (verdict, slot) = port_table::decode(entry);
                 let verdict = match verdict {

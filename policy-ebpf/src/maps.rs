@@ -20,8 +20,10 @@ const _: () = assert!(BITMAP_WORDS == 16, "classify::first_match unrolls 16 word
 pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "PORT_TABLE")]
-pub static PORT_TABLE: Array<u64> =
-    Array::with_max_entries(GENERATIONS * port_table::WORDS_PER_GENERATION, 0);
+pub static PORT_TABLE: Array<u64> = Array::with_max_entries(
+    GENERATIONS * port_table::MAX_ROWS_PER_GENERATION * port_table::WORDS_PER_ROW,
+    0,
+);
 
 #[map(name = "V4_L1")]
 pub static V4_L1: Array<u32> = Array::with_max_entries(GENERATIONS * 2 * v4_table::L1_ENTRIES, 0);

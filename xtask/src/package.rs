@@ -45,14 +45,17 @@ pub fn build(toolchain: &Toolchain) -> Result<PathBuf> {
     Ok(deb)
 }
 
-/// The last commit whose pinned maps are of layout 1 (every version before 0.2.0): the
-/// systemd layer installs its package, then upgrades to this one's under a stream.
-pub const PREVIOUS_LAYOUT_COMMIT: &str = "07ccab9607db1894af5f6ec7e68c290673fea1cf";
+/// The last commit whose pinned maps are of [`PREVIOUS_LAYOUT`] (0.2.0, the port table
+/// in one block per generation): the systemd layer installs its package, then upgrades
+/// to this one's under a stream.
+pub const PREVIOUS_LAYOUT_COMMIT: &str = "ca26305bc8c6045e49cf2dbe6153a81acfbd28cf";
+/// The map layout of [`PREVIOUS_LAYOUT_COMMIT`] (`policy_common::LAYOUT_VERSION` there).
+pub const PREVIOUS_LAYOUT: u32 = 2;
 
 /// The .deb of [`PREVIOUS_LAYOUT_COMMIT`], built from its tree (`git archive`) by its own
-/// `cargo xtask package` under `target/previous-layout/`, once: it is kept there.
+/// `cargo xtask package` under `target/previous-layout/COMMIT/`, once: it is kept there.
 pub fn build_previous_layout() -> Result<PathBuf> {
-    let dir = build::target_dir().join("previous-layout");
+    let dir = build::target_dir().join("previous-layout").join(&PREVIOUS_LAYOUT_COMMIT[..12]);
     let tree = dir.join("tree");
     let debs = dir.join("target").join("debian");
     let built = |debs: &Path| -> Option<PathBuf> {
@@ -90,7 +93,10 @@ pub fn build_previous_layout() -> Result<PathBuf> {
         "extracting commit {PREVIOUS_LAYOUT_COMMIT} failed: the repository must hold it (a \
          full clone, not a shallow one)"
     );
-    eprintln!("xtask: package: building the package of {PREVIOUS_LAYOUT_COMMIT} (layout 1)");
+    eprintln!(
+        "xtask: package: building the package of {PREVIOUS_LAYOUT_COMMIT} (layout \
+         {PREVIOUS_LAYOUT})"
+    );
     run_cmd(
         std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .current_dir(&tree)

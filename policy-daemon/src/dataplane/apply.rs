@@ -20,10 +20,10 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use policy_common::{
     ACTIVE_MAP, Action, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, DST_V4_MAP, DST_V6_MAP,
     FIELD_BITMAPS_MAP, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN,
-    LIMITS_MAP, LimitConfig, MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS, PORT_TABLE_MAP,
-    RULE_COUNTER_SLOTS, RULES_MAP, RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP,
-    SRC_V4_MAP, SRC_V6_MAP, TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP,
-    Verdict, active, field_bitmap, ipv4_key, ipv6_key, port_table, tcp_flags, v4_table,
+    L4Class, LIMITS_MAP, LimitConfig, MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS,
+    PORT_TABLE_MAP, RULE_COUNTER_SLOTS, RULES_MAP, RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP,
+    SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP, TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP,
+    V4_L3_MAP, Verdict, active, field_bitmap, ipv4_key, ipv6_key, port_table, tcp_flags, v4_table,
 };
 
 use crate::policy::{BitmapPool, Ruleset, V4Table};
@@ -225,9 +225,11 @@ pub trait Maps {
     ) -> Result<(), MapWriteError>;
     fn remove_v6(&mut self, field: AddrFieldId, keys: &[V6Key]) -> Result<(), MapWriteError>;
     fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), MapWriteError>;
-    /// Makes `generation` the one the program reads, with its port table if `port_table`
-    /// (one write of `ACTIVE`: the generation and the flag change together).
-    fn set_active(&mut self, generation: u32, port_table: bool) -> Result<(), MapWriteError>;
+    /// Writes `ACTIVE`: the generation the program reads, with its port table's flag
+    /// and rows (one write: they change together).
+    fn set_active(&mut self, value: u32) -> Result<(), MapWriteError>;
+    /// `PORT_TABLE`'s rows per generation (see `policy_common::port_table`).
+    fn port_table_rows(&self) -> u32;
     /// Starts an RCU grace period after a flip of `ACTIVE`, without waiting for it to
     /// end: the apply that flipped need not wait for packets still reading the
     /// generation it left, only the next apply, which rewrites that generation.
@@ -288,7 +290,8 @@ struct Shadow {
     port_bitmaps: HashMap<PortFieldId, Vec<RuleBitmap>>,
     v4: HashMap<AddrFieldId, TrieShadow<V4Key>>,
     v6: HashMap<AddrFieldId, TrieShadow<V6Key>>,
-    /// `PORT_TABLE`'s words (see `policy_common::port_table`).
+    /// The words of the generation's rows of `PORT_TABLE` (see
+    /// `policy_common::port_table`).
     port_table: Vec<u64>,
     /// The IPv4 address tables of the source and the destination field.
     v4_tables: [V4TableShadow; 2],
@@ -408,7 +411,11 @@ impl Shadow {
             field_bitmaps: vec![RuleBitmap::EMPTY; field_bitmap::PER_GENERATION as usize],
             tcp_flags: vec![RuleBitmap::EMPTY; tcp_flags::PER_GENERATION as usize],
             port_words: HashMap::from([(PortFieldId::Dst, words()), (PortFieldId::Src, words())]),
-            port_table: vec![0; port_table::WORDS_PER_GENERATION as usize],
+            port_table: vec![
+                0;
+                (port_table::MAX_ROWS_PER_GENERATION * port_table::WORDS_PER_ROW)
+                    as usize
+            ],
             v4_tables: [zero_table(), zero_table()],
             ..Self::unknown()
         }
@@ -422,15 +429,29 @@ struct Image<'a> {
     generation: u32,
     ruleset: &'a Ruleset,
     rules: Vec<RuleInfo>,
-    /// `LIMITS` of the generation's rules (all zero for a rule that does not limit).
+    /// `LIMITS` of the generation's rules (all zero for a rule that does not limit);
+    /// none without a limit rule.
     limits: Vec<LimitConfig>,
     port_words: [(PortFieldId, Vec<u64>); 2],
-    /// `PORT_TABLE`'s words of the generation, for a ruleset with a port table.
-    port_table: Option<Vec<u64>>,
+    /// The generation's rows of `PORT_TABLE`, for a ruleset with a port table.
+    port_table: Option<PortImage>,
+}
+
+/// What one generation holds of `PORT_TABLE`: its rows, from the first word of its
+/// region (`generation * rows_per_generation` rows in), and `ACTIVE`'s bits naming each
+/// class's row.
+struct PortImage {
+    words: Vec<u64>,
+    /// The first word of the generation's region.
+    base: u32,
+    rows: u32,
+    active: u32,
 }
 
 impl<'a> Image<'a> {
-    fn new(ruleset: &'a Ruleset, slots: &[u32], generation: u32) -> Self {
+    /// The image of `ruleset` in `generation` of maps whose port table holds
+    /// `rows_per_generation` rows a generation.
+    fn new(ruleset: &'a Ruleset, slots: &[u32], generation: u32, rows_per_generation: u32) -> Self {
         let rules: Vec<RuleInfo> = ruleset
             .rules
             .iter()
@@ -442,9 +463,12 @@ impl<'a> Image<'a> {
                 counter_slot: *slot,
             })
             .collect();
-        let port_table = ruleset.port_table.as_ref().map(|table| {
-            table
+        let port_table = ruleset.port_rows().map(|ports| {
+            let first_row = generation * rows_per_generation;
+            let words = ports
+                .rows
                 .iter()
+                .flat_map(|row| row.iter())
                 .map(|&rule| match rule.checked_sub(1) {
                     None => 0,
                     Some(rule) => {
@@ -462,9 +486,24 @@ impl<'a> Image<'a> {
                 .map(|entries| {
                     entries.iter().rev().fold(0u64, |word, &entry| word << 16 | u64::from(entry))
                 })
-                .collect()
+                .collect();
+            let active =
+                L4Class::ALL.iter().zip(ports.class_rows).fold(0, |bits, (&class, row)| {
+                    bits | active::row(class, row.map(|r| first_row + r))
+                });
+            PortImage {
+                words,
+                base: first_row * port_table::WORDS_PER_ROW,
+                rows: ports.rows.len() as u32,
+                active,
+            }
         });
-        let limits = ruleset.rules.iter().map(|r| r.limit.unwrap_or_default()).collect();
+        // Without a limit rule the program reads no `LIMITS` entry (the map may have one).
+        let limits = if ruleset.rules.iter().any(|r| r.limit.is_some()) {
+            ruleset.rules.iter().map(|r| r.limit.unwrap_or_default()).collect()
+        } else {
+            Vec::new()
+        };
         Self {
             generation,
             ruleset,
@@ -517,7 +556,15 @@ impl<'a> Image<'a> {
 
     /// `ACTIVE` with this generation in force.
     fn active(&self) -> u32 {
-        self.generation | if self.port_table.is_some() { active::PORT_TABLE } else { 0 }
+        match &self.port_table {
+            Some(ports) => self.generation | active::PORT_TABLE | ports.active,
+            None => self.generation,
+        }
+    }
+
+    /// Whether the port table's rows fit maps of `rows_per_generation` rows a generation.
+    fn fits(&self, rows_per_generation: u32) -> bool {
+        self.port_table.as_ref().is_none_or(|ports| ports.rows <= rows_per_generation)
     }
 }
 
@@ -698,6 +745,21 @@ impl Generations {
         maps: &mut impl Maps,
         ruleset: &Ruleset,
     ) -> Result<ApplyReport, MapWriteError> {
+        // Before anything is written: maps sized for a smaller port table cannot take it.
+        let rows = maps.port_table_rows();
+        let needed = ruleset.port_rows().map_or(0, |ports| ports.rows.len() as u32);
+        if needed > rows {
+            return Err(MapWriteError {
+                map: PORT_TABLE_MAP,
+                element: Element::Unknown,
+                batch: 0,
+                written: 0,
+                source: format!(
+                    "the policy needs {needed} port table rows a generation, the map has {rows}"
+                )
+                .into(),
+            });
+        }
         // Also before zeroing counter slots: the old generation's rules count into
         // them until its last packet is judged.
         self.settle(maps);
@@ -709,10 +771,10 @@ impl Generations {
         if !fresh.is_empty() {
             maps.zero_rule_counters(&fresh)?;
         }
-        let image = Image::new(ruleset, &slots, target);
+        let image = Image::new(ruleset, &slots, target, rows);
         let writes =
             fresh.len() + write_generation(&mut self.shadows[target as usize], maps, &image)?;
-        maps.set_active(target, image.port_table.is_some())?;
+        maps.set_active(image.active())?;
         maps.start_grace_period();
         self.readers_pending = true;
         self.active = target;
@@ -732,8 +794,14 @@ impl Generations {
     /// read. Counters and event settings are not part of it.
     pub fn audit(&self, maps: &mut impl Maps, ruleset: &Ruleset) -> Result<Drift, MapReadError> {
         let slots: Vec<u32> = self.active_rules.iter().map(|r| r.slot).collect();
-        let image = Image::new(ruleset, &slots, self.active);
+        let rows = maps.port_table_rows();
+        let image = Image::new(ruleset, &slots, self.active, rows);
         let mut drift = Drift::default();
+        if !image.fits(rows) {
+            // Maps too small for the policy in force hold some other policy.
+            drift.add(PORT_TABLE_MAP, 1);
+            return Ok(drift);
+        }
         drift.add(ACTIVE_MAP, u64::from(maps.active()? != image.active()));
         audit_generation(&mut drift, maps, &image)?;
         Ok(drift)
@@ -879,10 +947,10 @@ fn write_generation(
             None => maps.remove_v6(id, keys),
         })?;
     }
-    if let Some(words) = &image.port_table {
-        let base = generation * port_table::WORDS_PER_GENERATION;
-        writes +=
-            sync_array(&mut shadow.port_table, words, base, |i, v| maps.set_port_table(i, v))?;
+    if let Some(ports) = &image.port_table {
+        writes += sync_array(&mut shadow.port_table, &ports.words, ports.base, |i, v| {
+            maps.set_port_table(i, v)
+        })?;
     }
     // Last: the config says how many rule words are in use and which fields.
     if shadow.config != Some(ruleset.config) {
@@ -905,8 +973,10 @@ fn audit_generation(
     drift.compare(CONFIG_MAP, &[ruleset.config], &[maps.config(generation)?]);
     let rules = maps.rules(generation * MAX_RULES as u32, len(image.rules.len()))?;
     drift.compare(RULES_MAP, &image.rules, &rules);
-    let limits = maps.limits(generation * MAX_RULES as u32, len(image.limits.len()))?;
-    drift.compare(LIMITS_MAP, &image.limits, &limits);
+    if !image.limits.is_empty() {
+        let limits = maps.limits(generation * MAX_RULES as u32, len(image.limits.len()))?;
+        drift.compare(LIMITS_MAP, &image.limits, &limits);
+    }
     let fields = maps.bitmaps(
         BitmapMap::Fields,
         generation * field_bitmap::PER_GENERATION,
@@ -955,10 +1025,9 @@ fn audit_generation(
         let visit = |f: &mut dyn FnMut(V6Key, &RuleBitmap)| maps.visit_v6(id, f);
         compare_trie(drift, id.v6_map(), generation, image.v6(id).collect(), visit, |k| &k.1)?;
     }
-    if let Some(words) = &image.port_table {
-        let held =
-            maps.port_table(generation * port_table::WORDS_PER_GENERATION, len(words.len()))?;
-        drift.compare(PORT_TABLE_MAP, words, &held);
+    if let Some(ports) = &image.port_table {
+        let held = maps.port_table(ports.base, len(ports.words.len()))?;
+        drift.compare(PORT_TABLE_MAP, &ports.words, &held);
     }
     Ok(())
 }

@@ -85,6 +85,7 @@ pub struct BatchMap {
     key_size: usize,
     /// For per-CPU maps: the value of every possible CPU, each rounded up to 8 bytes.
     value_size: usize,
+    max_entries: u32,
     updates: Support,
     deletes: Support,
     lookups: Support,
@@ -112,6 +113,7 @@ impl BatchMap {
             fd,
             key_size: info.key_size() as usize,
             value_size,
+            max_entries: info.max_entries(),
             updates: Support::Unknown,
             deletes: Support::Unknown,
             lookups: Support::Unknown,
@@ -124,6 +126,12 @@ impl BatchMap {
 
     pub fn key_size(&self) -> usize {
         self.key_size
+    }
+
+    /// The map's entries as the kernel created it (aya's handles of pinned maps report
+    /// the object's).
+    pub fn max_entries(&self) -> u32 {
+        self.max_entries
     }
 
     /// For per-CPU maps: every possible CPU's value, each rounded up to 8 bytes.

@@ -13,7 +13,7 @@ use policy_common::{
     FIELD_BITMAPS_MAP, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN, LIMIT_STATS_MAP, LIMITS_MAP,
     LimitConfig, PORT_TABLE_MAP, RULE_COUNTER_SLOTS, RULE_COUNTERS_MAP, RULES_MAP, RuleBitmap,
     RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP, TCP_FLAGS_MAP,
-    V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP, active,
+    V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP, port_table,
 };
 
 use super::{
@@ -173,7 +173,7 @@ impl KernelMaps {
 
     /// What `ACTIVE` holds: the generation the program reads.
     pub fn active_generation(&self) -> Result<u32, DataplaneError> {
-        // The value also carries flags (`policy_common::active`), multiples of GENERATIONS.
+        // The value also carries flags and rows (`policy_common::active`), multiples of GENERATIONS.
         self.active
             .get(&0, 0)
             .map(|value| value % policy_common::GENERATIONS)
@@ -418,7 +418,11 @@ impl Maps for KernelMaps {
             let element = slots.get(e.done).map(|s| Element::Slot(*s));
             batch_failed(RULE_COUNTERS_MAP, element, slots.len(), e)
         })?;
-        // The slot's limit counters too: over-limit packets, buckets created.
+        // The slot's limit counters too: over-limit packets, buckets created (unless the
+        // map has no room for them: there is no limit rule).
+        if self.limit_stats_batch.max_entries() <= 1 {
+            return Ok(());
+        }
         let limit_slots: Vec<u32> =
             slots.iter().flat_map(|s| [*s, RULE_COUNTER_SLOTS + *s]).collect();
         let zeros = vec![Counter::default(); limit_slots.len() * self.cpus];
@@ -437,8 +441,13 @@ impl Maps for KernelMaps {
         write_array(self.entry_map(map), indices, entries)
     }
 
-    fn set_active(&mut self, generation: u32, port_table: bool) -> Result<(), MapWriteError> {
-        let value = generation | if port_table { active::PORT_TABLE } else { 0 };
+    fn port_table_rows(&self) -> u32 {
+        let words = self.port_table.batch.max_entries();
+        let rows = words / (policy_common::GENERATIONS * port_table::WORDS_PER_ROW);
+        rows.min(port_table::MAX_ROWS_PER_GENERATION)
+    }
+
+    fn set_active(&mut self, value: u32) -> Result<(), MapWriteError> {
         self.active.set(0, value, 0).map_err(|source| MapWriteError {
             map: ACTIVE_MAP,
             element: Element::Entry(0),

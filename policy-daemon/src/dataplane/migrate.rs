@@ -20,10 +20,11 @@ use std::{path::Path, time::Instant};
 
 use aya::maps::{Array, Map, MapData, MapInfo};
 use policy_common::{
-    ACTIVE_MAP, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, EVENT_SETTINGS_MAP, LAYOUT_MAP,
-    LAYOUT_VERSION, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, MAP_NAMES, PORT_TABLE_MAP,
-    RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP,
-    V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP,
+    ACTIVE_MAP, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, EVENT_SETTINGS_MAP, GENERATIONS,
+    LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, LIMITS_MAP, MAP_NAMES,
+    PORT_TABLE_MAP, RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP, SPORT_BITMAPS_MAP,
+    SPORT_CLASSES_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP,
+    port_table,
 };
 
 use super::{
@@ -72,16 +73,21 @@ const CARRIED: [(&str, Carry); 10] = [
 ];
 
 /// The sizes of the maps that follow the policy; the others have the object's. A map
-/// the policy does not use has one entry (the program does not read it): the bucket map
-/// without a limit rule (a preallocated million buckets hold about 92 MiB of kernel
-/// memory), the port table without a port-only policy (1.25 MiB), the port classes and
-/// their bitmaps with one (a port table decides its packets: 2.5 MiB), the IPv4 address
-/// tables without IPv4 prefixes in table form (20 MiB). A reload that needs other sizes
-/// moves the filter to new maps ([`Dataplane::migrate`]).
+/// the policy does not use has one entry (the program does not read it): the limits'
+/// maps without a limit rule (a preallocated million buckets hold about 92 MiB of
+/// kernel memory, the limits and their counters 256 KiB), the port table without a
+/// port-only policy (1.25 MiB with all its rows; a port-only policy has a row a
+/// generation for each transport class it decides differently, 128 KiB each), the port
+/// classes and their bitmaps with one (a port table decides its packets: 2.5 MiB), the
+/// IPv4 address tables without IPv4 prefixes in table form (20 MiB). A reload that
+/// needs other sizes moves the filter to new maps ([`Dataplane::migrate`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sizes {
     pub buckets: u32,
-    pub port_table: bool,
+    /// `LIMITS` and `LIMIT_STATS` at the object's size.
+    pub limits: bool,
+    /// The port table's rows per generation (0: the map has one entry).
+    pub port_rows: u32,
     pub port_classes: bool,
     pub v4_tables: bool,
 }
@@ -98,7 +104,8 @@ impl Sizes {
         let limits = ruleset.rules.iter().any(|rule| rule.limit.is_some());
         Self {
             buckets: if limits { max_sources } else { 1 },
-            port_table: ruleset.port_table.is_some(),
+            limits,
+            port_rows: ruleset.port_rows().map_or(0, |ports| ports.rows.len() as u32),
             // The program reads a generation's port classes only without a port table.
             port_classes: ruleset.port_table.is_none(),
             v4_tables: ruleset.v4_tables.iter().any(Option::is_some),
@@ -108,14 +115,24 @@ impl Sizes {
     /// Every map at full size: any policy fits (for tests and benchmarks that apply
     /// many policies to one program).
     pub fn full(max_sources: u32) -> Self {
-        Self { buckets: max_sources, port_table: true, port_classes: true, v4_tables: true }
+        Self {
+            buckets: max_sources,
+            limits: true,
+            port_rows: port_table::MAX_ROWS_PER_GENERATION,
+            port_classes: true,
+            v4_tables: true,
+        }
     }
 
     /// The entries of map `name`; `None`: the object's.
     pub fn entries(&self, name: &str) -> Option<u32> {
         match name {
             LIMIT_BUCKETS_MAP => Some(self.buckets),
-            PORT_TABLE_MAP if !self.port_table => Some(1),
+            LIMITS_MAP | LIMIT_STATS_MAP if !self.limits => Some(1),
+            PORT_TABLE_MAP => Some(match self.port_rows {
+                0 => 1,
+                rows => GENERATIONS * rows * port_table::WORDS_PER_ROW,
+            }),
             _ if !self.v4_tables && V4_TABLE_MAPS.contains(&name) => Some(1),
             _ if !self.port_classes && PORT_CLASS_MAPS.contains(&name) => Some(1),
             _ => None,
@@ -128,7 +145,8 @@ impl Sizes {
     ) -> Result<Self, DataplaneError> {
         Ok(Self {
             buckets: entries_of(LIMIT_BUCKETS_MAP)?,
-            port_table: entries_of(PORT_TABLE_MAP)? > 1,
+            limits: entries_of(LIMITS_MAP)? > 1,
+            port_rows: entries_of(PORT_TABLE_MAP)? / (GENERATIONS * port_table::WORDS_PER_ROW),
             port_classes: entries_of(DPORT_CLASSES_MAP)? > 1,
             v4_tables: entries_of(V4_L1_MAP)? > 1,
         })
@@ -140,9 +158,10 @@ impl std::fmt::Display for Sizes {
         let used = |yes: bool| if yes { "used" } else { "unused" };
         write!(
             f,
-            "{} buckets, port table {}, port classes {}, IPv4 address tables {}",
+            "{} buckets, limits {}, port table rows {}, port classes {}, IPv4 address tables {}",
             self.buckets,
-            used(self.port_table),
+            used(self.limits),
+            self.port_rows,
             used(self.port_classes),
             used(self.v4_tables)
         )
@@ -321,7 +340,8 @@ impl Dataplane {
         let with_limits = ruleset.rules.iter().any(|rule| rule.limit.is_some());
         let mut pairs = Vec::new();
         for (name, how) in CARRIED {
-            if how == Carry::Buckets && !with_limits {
+            // Without a limit rule the new maps have no room for the limits' counters.
+            if (how == Carry::Buckets || name == LIMIT_STATS_MAP) && !with_limits {
                 carried.skipped.push((name, "the policy has no limit rule".into()));
                 continue;
             }

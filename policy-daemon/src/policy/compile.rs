@@ -123,6 +123,15 @@ pub struct Ruleset {
     pub tcp_flags: Vec<RuleBitmap>,
 }
 
+/// The rows of a port table ([`Ruleset::port_rows`]).
+#[derive(Debug)]
+pub struct PortRows<'a> {
+    /// Distinct rows: for each port, the first matching rule + 1, or 0.
+    pub rows: Vec<&'a [u16]>,
+    /// Each transport class's row in `rows`; `None`: no rule decides the class.
+    pub class_rows: [Option<u32>; L4Class::COUNT as usize],
+}
+
 impl Ruleset {
     /// [`Self::port_table`] read the way the kernel reads it: the rule that decides a
     /// non-fragment of `class` to `port`, `Some(None)` when none does, `None` when this
@@ -131,6 +140,27 @@ impl Ruleset {
         let table = self.port_table.as_ref()?;
         let entry = table[class as usize * common::port_table::PORTS as usize + usize::from(port)];
         Some(entry.checked_sub(1).map(usize::from))
+    }
+
+    /// The rows of [`Self::port_table`] the kernel holds (`None` without a port table):
+    /// one per transport class that some rule decides, shared by classes decided alike.
+    pub fn port_rows(&self) -> Option<PortRows<'_>> {
+        let table = self.port_table.as_ref()?;
+        let mut rows = PortRows { rows: Vec::new(), class_rows: [None; L4Class::COUNT as usize] };
+        for (class, row) in table.chunks(common::port_table::PORTS as usize).enumerate() {
+            if row.iter().all(|&entry| entry == 0) {
+                continue;
+            }
+            let index = match rows.rows.iter().position(|held| *held == row) {
+                Some(index) => index,
+                None => {
+                    rows.rows.push(row);
+                    rows.rows.len() - 1
+                }
+            };
+            rows.class_rows[class] = Some(index as u32);
+        }
+        Some(rows)
     }
 
     /// The rule the XDP program's bitmap search picks for `packet`, read from these map

@@ -24,7 +24,7 @@ use std::{
 };
 
 pub(crate) use compile::BitmapPool;
-pub use compile::{PortField, Prefixes, Ruleset, compile};
+pub use compile::{PortField, PortRows, Prefixes, Ruleset, compile};
 pub use diagnostic::{Diagnostic, Location};
 use ipnet::IpNet;
 use policy_common::{L4Class, MAX_PREFIXES, MAX_RULES, MAX_SET_REFS};

@@ -728,8 +728,9 @@ impl Session<'_> {
         let migrated = self.journal.await_entry(&cursor, "the migration", LOG_TIMEOUT, |e| {
             message(e).starts_with("migrated the pinned filter to new maps")
         })?;
+        let from = package::PREVIOUS_LAYOUT.to_string();
         ensure!(
-            field(&migrated, "FROM_LAYOUT") == Some("1")
+            field(&migrated, "FROM_LAYOUT") == Some(from.as_str())
                 && field(&migrated, "IFACE") == Some(IFACE),
             "the migration was logged as {migrated:?}"
         );
@@ -740,7 +741,7 @@ impl Session<'_> {
         let version = env!("CARGO_PKG_VERSION");
         ensure!(
             status.contains(&format!("daemon: xdp-policy {version} (pid"))
-                && status.contains("map layout 2"),
+                && status.contains(&format!("map layout {}", package::PREVIOUS_LAYOUT + 1)),
             "status after the upgrade:\n{status}"
         );
         // Every datagram to the dropped port was counted by its rule, but for what the
@@ -753,8 +754,8 @@ impl Session<'_> {
         );
         self.wire.expect(&[PORTS[0]], "after the upgrade")?;
         let upgraded = format!(
-            "upgraded {} to {} under a stream ({stream}); migrated from layout 1 in place ({}); \
-             the rule counted {counted} of {}",
+            "upgraded {} to {} under a stream ({stream}); migrated from layout {from} in place \
+             ({}); the rule counted {counted} of {}",
             old.trim(),
             new.trim(),
             field(&migrated, "CARRIED").unwrap_or("?"),
@@ -784,7 +785,7 @@ impl Session<'_> {
         )?;
         ensure!(out.status.success(), "apt install of {previous} (a downgrade): {}", out.status);
         let refused = self.journal.await_entry(&cursor, "the refusal", LOG_TIMEOUT, |e| {
-            message(e).contains("do not fit this version of xdp-policy")
+            message(e).contains("was set up by a newer xdp-policy")
         })?;
         // The previous version exits 1 on pins it cannot take, so systemd tries again
         // (and again refused) until its start limit: failed or between attempts.

@@ -58,6 +58,8 @@ struct FakeMaps {
     /// Every trie key ever inserted, to answer `visit_v4`/`visit_v6` from `values`.
     v4: Vec<V4Key>,
     v6: Vec<V6Key>,
+    /// The port table's rows per generation (`None`: all of them).
+    port_rows: Option<u32>,
 }
 
 fn bitmap_cell(map: BitmapMap, index: u32) -> String {
@@ -243,17 +245,19 @@ impl Maps for FakeMaps {
             (format!("zero/{slot}"), Some(Value::Zeroed))
         })
     }
-    fn set_active(&mut self, generation: u32, port_table: bool) -> Result<(), MapWriteError> {
-        self.batch("active", &[generation], |_, g| {
-            let value = g | if port_table { active::PORT_TABLE } else { 0 };
-            ("active".into(), Some(Value::Entry(value)))
-        })?;
+    fn set_active(&mut self, value: u32) -> Result<(), MapWriteError> {
+        self.batch("active", &[value], |_, v| ("active".into(), Some(Value::Entry(*v))))?;
         // Rendered as the tests compare it.
+        let generation = value % GENERATIONS;
+        let port_table = value & active::PORT_TABLE != 0;
         let shown = format!("{generation}{}", if port_table { "+table" } else { "" });
         self.cells.insert("active".into(), shown);
         self.active = generation;
-        self.active_raw = generation | if port_table { active::PORT_TABLE } else { 0 };
+        self.active_raw = value;
         Ok(())
+    }
+    fn port_table_rows(&self) -> u32 {
+        self.port_rows.unwrap_or(port_table::MAX_ROWS_PER_GENERATION)
     }
     fn start_grace_period(&mut self) {
         self.grace_periods += 1;
@@ -580,10 +584,12 @@ const PORT_ONLY: &str = "[[rule]]\nname = \"ssh\"\naction = \"pass\"\nprotocol =
 const PORT_ONLY_NARROWER: &str =
     "[[rule]]\nname = \"low-udp\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = \"1-10\"\n";
 
-/// The port table's entry for (generation, class, port), if its word was written and
-/// the entry is not 0.
+/// The port table's entry for (generation, class, port), if `ACTIVE` names the class's
+/// row, its word was written and the entry is not 0. `generation` is the active one.
 fn table_cell(maps: &FakeMaps, generation: u32, class: L4Class, port: u16) -> Option<u16> {
-    let (word, shift) = port_table::word(port_table::index(generation, class as u32, port));
+    assert_eq!(maps.active, generation, "the rows of the active generation");
+    let row = active::row_of(maps.active_raw, class as u32).checked_sub(1)?;
+    let (word, shift) = port_table::word(port_table::index(row, port));
     let word = maps.values.get(&format!("port_table/{word}"))?;
     let Value::Word(word) = word else { return None };
     let entry = (word >> shift) as u16;
@@ -628,6 +634,53 @@ fn port_only_rulesets_are_written_to_the_port_table_and_flagged_in_active() {
     // Generation 0 still holds this table (the rule got slot 1 again): nothing to write.
     assert!(written.is_empty(), "{written:?}");
     assert_eq!(table_cell(&maps, 0, L4Class::Udp, 5), Some(low));
+}
+
+#[test]
+fn port_table_rows_are_shared_by_classes_decided_alike_and_kept_to_their_generation() {
+    // One rule for TCP and UDP alike: one row, which both classes name; ICMP, ICMPv6 and
+    // the other protocols have none (no rule decides them).
+    let alike = ruleset("[[rule]]\nname = \"dns\"\naction = \"drop\"\ndst_ports = 53\n");
+    let rows = alike.port_rows().expect("a port table");
+    assert_eq!(rows.rows.len(), 1);
+    assert_eq!(rows.class_rows, [Some(0), Some(0), None, None, None]);
+    // Two rules: two rows.
+    assert_eq!(ruleset(PORT_ONLY).port_rows().expect("a port table").rows.len(), 2);
+
+    let mut maps = FakeMaps::default();
+    let mut generations = Generations::new();
+    generations.apply(&mut maps, &alike).expect("apply");
+    // Generation 1's region starts MAX_ROWS_PER_GENERATION rows in; both classes name its
+    // first row (row 5, written 6 in ACTIVE), ICMP none.
+    let g1 = port_table::MAX_ROWS_PER_GENERATION;
+    for class in [L4Class::Tcp, L4Class::Udp] {
+        assert_eq!(active::row_of(maps.active_raw, class as u32), g1 + 1);
+    }
+    assert_eq!(active::row_of(maps.active_raw, L4Class::Icmp as u32), 0);
+    let drop = port_table::entry(Verdict::DropRule, 0);
+    assert_eq!(table_cell(&maps, 1, L4Class::Tcp, 53), Some(drop));
+    assert_eq!(table_cell(&maps, 1, L4Class::Udp, 53), Some(drop));
+    assert_eq!(table_cell(&maps, 1, L4Class::Icmp, 53), None);
+    let (word, _) = port_table::word(port_table::index(g1, 53));
+    assert!(maps.values.contains_key(&format!("port_table/{word}")));
+    // The next generation writes its own region (row 0 on).
+    generations.apply(&mut maps, &ruleset(PORT_ONLY)).expect("apply");
+    assert_eq!(active::row_of(maps.active_raw, L4Class::Tcp as u32), 1);
+    assert_eq!(active::row_of(maps.active_raw, L4Class::Udp as u32), 2);
+    assert!(generations.audit(&mut maps, &ruleset(PORT_ONLY)).expect("audit").is_empty());
+
+    // Maps sized for one row a generation: generation 1 starts one row in, and a policy
+    // of two rows is refused before anything is written, the one in force staying.
+    let mut maps = FakeMaps { port_rows: Some(1), ..FakeMaps::default() };
+    let mut generations = Generations::new();
+    generations.apply(&mut maps, &alike).expect("apply");
+    assert_eq!(active::row_of(maps.active_raw, L4Class::Udp as u32), 2);
+    let (writes, active) = (maps.writes.len(), maps.active_raw);
+    let err = generations.apply(&mut maps, &ruleset(PORT_ONLY)).expect_err("two rows");
+    assert_eq!(err.map, PORT_TABLE_MAP);
+    assert!(err.to_string().contains("PORT_TABLE"), "{err}");
+    assert_eq!((maps.writes.len(), maps.active_raw), (writes, active));
+    assert!(generations.audit(&mut maps, &alike).expect("audit").is_empty());
 }
 
 #[test]
@@ -892,8 +945,10 @@ fn the_audit_finds_one_changed_entry_in_any_map() {
             let index = v4_table::l1_index(g, 0, k);
             cells.push((format!("v4table/L1/{index}"), Value::Entry(0), u64::from(p == 0)));
         }
-        for k in (0..port_table::WORDS_PER_GENERATION).step_by(10_007) {
-            let index = g * port_table::WORDS_PER_GENERATION + k;
+        let rows = rules.port_rows().map_or(1, |ports| ports.rows.len() as u32);
+        let region = g * port_table::MAX_ROWS_PER_GENERATION * port_table::WORDS_PER_ROW;
+        for k in (0..rows * port_table::WORDS_PER_ROW).step_by(10_007) {
+            let index = region + k;
             cells.push((format!("port_table/{index}"), Value::Word(0), u64::from(p == 2)));
         }
         let mut found = std::collections::BTreeSet::new();
