@@ -37,6 +37,14 @@ pub const V4_L2_MAP: &str = "V4_L2";
 pub const V4_L3_MAP: &str = "V4_L3";
 /// `Array<RuleBitmap>`, index [`v4_table::class_index`]: address class → rules.
 pub const V4_CLASSES_MAP: &str = "V4_CLASSES";
+/// `Array<u32>`, index [`v6_table::l1_index`]: the first level of the IPv6 address
+/// tables (see [`v6_table`]), by the address's top 16 bits.
+pub const V6_L1_MAP: &str = "V6_L1";
+/// `Array<u32>`, index [`v6_table::block_index`]: blocks of every further level, by
+/// the address's next byte.
+pub const V6_BLOCKS_MAP: &str = "V6_BLOCKS";
+/// `Array<RuleBitmap>`, index [`v6_table::class_index`]: address class → rules.
+pub const V6_CLASSES_MAP: &str = "V6_CLASSES";
 /// `Array<u64>` of 16-bit entries four to a word, in rows of [`port_table::PORTS`]
 /// entries, entry index [`port_table::index`] (its word and shift: [`port_table::word`]):
 /// for a generation whose rules constrain nothing but the protocol and the destination
@@ -175,17 +183,20 @@ pub const LAYOUT_ENTRIES: u32 = 4;
 /// 1: everything up to the release that added this map; 2: `LIMIT_BUCKETS` sized to the
 /// policy (one entry without a limit rule), `SET_STATS` not preallocated, and this map;
 /// 3: `PORT_TABLE` in rows named by `ACTIVE` ([`active::row`]), and `LIMITS` and
-/// `LIMIT_STATS` of one entry without a limit rule.
+/// `LIMIT_STATS` of one entry without a limit rule, and the IPv6 address tables.
 pub const LAYOUT_VERSION: u32 = 3;
 
 /// Every map the program declares, for checks that the built object carries them all.
-pub const MAP_NAMES: [&str; 31] = [
+pub const MAP_NAMES: [&str; 34] = [
     ACTIVE_MAP,
     PORT_TABLE_MAP,
     V4_L1_MAP,
     V4_L2_MAP,
     V4_L3_MAP,
     V4_CLASSES_MAP,
+    V6_L1_MAP,
+    V6_BLOCKS_MAP,
+    V6_CLASSES_MAP,
     CONFIG_MAP,
     RULES_MAP,
     FIELD_BITMAPS_MAP,
@@ -516,10 +527,16 @@ pub mod field {
     /// The same for destination addresses.
     pub const DST_V4_TABLE: u32 = 1 << 6;
     /// No rule names an IPv6 source network: every IPv6 source admits the rules of
-    /// `field_bitmap::SRC_V6_DEFAULT`, no trie walk needed.
+    /// `field_bitmap::SRC_V6_DEFAULT`, which the program reads as class 0 of the IPv6
+    /// address tables (`V6_CLASSES`), no walk needed.
     pub const SRC_V6_DEFAULT_ONLY: u32 = 1 << 7;
     /// The same for IPv6 destinations.
     pub const DST_V6_DEFAULT_ONLY: u32 = 1 << 8;
+    /// IPv6 source addresses are looked up in the address tables ([`super::v6_table`]),
+    /// not in the `SRC_V6` trie.
+    pub const SRC_V6_TABLE: u32 = 1 << 11;
+    /// The same for IPv6 destination addresses.
+    pub const DST_V6_TABLE: u32 = 1 << 12;
     /// A rule matches TCP flags (the class-and-flags lookup in
     /// [`super::TCP_FLAGS_MAP`] is done whatever the policy; this says the policy is no
     /// longer decided by protocol and port alone).
@@ -611,6 +628,48 @@ pub mod v4_table {
     /// Index of (generation, field, class) in `V4_CLASSES`.
     pub const fn class_index(generation: u32, field: u32, class: u32) -> u32 {
         (generation * 2 + field) * CLASSES + class
+    }
+}
+
+/// IPv6 address tables: the IPv6 form of [`v4_table`]. A first level by the top 16 bits
+/// of the address, then a block of 256 entries by each further byte, as deep as the
+/// longest prefix under those bits needs, ending in an address class: one array load
+/// for an address no prefix longer than /16 covers, 1 + (length - 16) / 8 rounded up
+/// for one inside a prefix. Used for a field whose IPv6 prefixes fit in [`BLOCKS`]
+/// blocks and [`CLASSES`] classes; larger sets stay in the tries.
+///
+/// An entry is a class, or [`BLOCK`] | the index of a block (in the field's and
+/// generation's share of `V6_BLOCKS`, whatever its level). Fields: 0 = source, 1 =
+/// destination.
+pub mod v6_table {
+    /// First-level entries per field and generation.
+    pub const L1_ENTRIES: u32 = 1 << 16;
+    /// Blocks of 256 entries per field and generation, all levels together.
+    pub const BLOCKS: u32 = 512;
+    /// Address classes per field and generation. Class 0 is the `/0`'s: all a field
+    /// without IPv6 prefixes has (`field::SRC_V6_DEFAULT_ONLY`), read without a walk.
+    pub const CLASSES: u32 = 1024;
+    /// Entries of `V6_CLASSES` per class: one per generation and field, so that the
+    /// classes 0 a policy without IPv6 tables needs are the first four entries.
+    pub const CLASS_STRIDE: u32 = super::GENERATIONS * 2;
+    /// An entry that refers to a block.
+    pub const BLOCK: u32 = 1 << 31;
+    /// The levels under the first: one per byte after the top two.
+    pub const LEVELS: usize = 14;
+
+    /// Index of (generation, field, top 16 bits) in `V6_L1`.
+    pub const fn l1_index(generation: u32, field: u32, top: u32) -> u32 {
+        (generation * 2 + field) * L1_ENTRIES + top
+    }
+
+    /// Index of (generation, field, block, byte) in `V6_BLOCKS`.
+    pub const fn block_index(generation: u32, field: u32, block: u32, byte: u32) -> u32 {
+        ((generation * 2 + field) * BLOCKS + block) * 256 + byte
+    }
+
+    /// Index of (generation, field, class) in `V6_CLASSES`.
+    pub const fn class_index(generation: u32, field: u32, class: u32) -> u32 {
+        class * CLASS_STRIDE + generation * 2 + field
     }
 }
 

@@ -12,7 +12,7 @@ use policy_common::{
     Action, BITMAP_WORDS, FragmentAction, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, L4Class,
     MAX_PORT_CLASSES, MAX_RULES, MAX_SET_REFS, PORT_CLASS_WORDS, RuleBitmap, SET_EXPIRED_STEPS,
     SET_KEY_PREFIX_BITS, Verdict, active, field, field_bitmap, ipv4_key, ipv6_key, port_table,
-    tcp_flags, v4_table,
+    tcp_flags, v4_table, v6_table,
 };
 
 use crate::{
@@ -20,7 +20,7 @@ use crate::{
     maps::{
         ACTIVE, CONFIG, DPORT_BITMAPS, DPORT_CLASSES, DST_V4, DST_V6, FIELD_BITMAPS, PORT_TABLE,
         RULES, SET_HITS, SET_SCRATCH, SETS, SPORT_BITMAPS, SPORT_CLASSES, SRC_V4, SRC_V6,
-        TCP_FLAGS, V4_CLASSES, V4_L1, V4_L2, V4_L3,
+        TCP_FLAGS, V4_CLASSES, V4_L1, V4_L2, V4_L3, V6_BLOCKS, V6_CLASSES, V6_L1,
     },
     parse::{Family, Packet, Transport, address_bytes},
 };
@@ -214,6 +214,58 @@ fn v4_table_lookup(generation: u32, field: u32, addr: u32) -> Option<&'static Ru
     V4_CLASSES.get(v4_table::class_index(generation, field, entry))
 }
 
+/// What [`xdp_policy_v6_class`] looks up.
+#[repr(C)]
+pub struct V6Probe {
+    /// The address, as in `Packet::src`.
+    pub addr: [u32; 4],
+    pub generation: u32,
+    /// 0 source, 1 destination.
+    pub field: u32,
+}
+
+/// The rules the longest prefix matching `addr` (words in network byte order, as in
+/// the packet) admits, through the IPv6 address tables of `field` (0 source, 1
+/// destination).
+#[inline(always)]
+fn v6_table_lookup(generation: u32, field: u32, addr: &[u32; 4]) -> Option<&'static RuleBitmap> {
+    let probe = V6Probe { addr: *addr, generation, field };
+    let class = u32::try_from(xdp_policy_v6_class(&probe)).ok()?;
+    V6_CLASSES.get(v6_table::class_index(generation, field, class))
+}
+
+/// The address class of `probe`'s address in the IPv6 address tables: the first level
+/// by the top 16 bits, then a block by each further byte for as long as the entry names
+/// one. -1 when an entry cannot be read.
+///
+/// A global function (exported by the linker, see xtask's build): the verifier checks
+/// its walk once on its own, not on every path of the classifier that reaches it.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xdp_policy_v6_class(probe: *const V6Probe) -> i32 {
+    // SAFETY: null or a `V6Probe` of the caller's (the verifier checks the size).
+    let Some(probe) = (unsafe { probe.as_ref() }) else { return -1 };
+    let (generation, field, addr) = (probe.generation, probe.field, &probe.addr);
+    let first = u32::from_be(addr[0]);
+    let Some(&first) = V6_L1.get(v6_table::l1_index(generation, field, first >> 16)) else {
+        return -1;
+    };
+    let mut entry = first;
+    for byte in 2..16 {
+        if entry & v6_table::BLOCK == 0 {
+            break;
+        }
+        let word = u32::from_be(addr[byte / 4]);
+        let value = (word >> (24 - 8 * (byte % 4))) & 0xff;
+        let block = entry & !v6_table::BLOCK;
+        match V6_BLOCKS.get(v6_table::block_index(generation, field, block, value)) {
+            Some(&next) => entry = next,
+            None => return -1,
+        }
+    }
+    if entry & v6_table::BLOCK != 0 { -1 } else { entry as i32 }
+}
+
 /// The lowest rule every field admits, if any.
 /// Without `FULL`, only the transport class and the destination port are looked at
 /// (all a generation with a port table constrains).
@@ -293,8 +345,13 @@ fn first_match<const FULL: bool>(
         )
     } else {
         (
+            // A field without IPv6 prefixes: the /0's class. From the same map as the
+            // tables' classes: a bitmap from one more map doubled the paths the verifier
+            // walks after it.
             if fields & field::SRC_V6_DEFAULT_ONLY != 0 {
-                Some(field_bitmap(generation, field_bitmap::SRC_V6_DEFAULT)?)
+                Some(V6_CLASSES.get(v6_table::class_index(generation, 0, 0))?)
+            } else if fields & field::SRC_V6_TABLE != 0 {
+                Some(v6_table_lookup(generation, 0, &packet.src)?)
             } else if fields & field::SRC != 0 {
                 Some(
                     SRC_V6
@@ -304,7 +361,9 @@ fn first_match<const FULL: bool>(
                 None
             },
             if fields & field::DST_V6_DEFAULT_ONLY != 0 {
-                Some(field_bitmap(generation, field_bitmap::DST_V6_DEFAULT)?)
+                Some(V6_CLASSES.get(v6_table::class_index(generation, 1, 0))?)
+            } else if fields & field::DST_V6_TABLE != 0 {
+                Some(v6_table_lookup(generation, 1, &packet.dst)?)
             } else if fields & field::DST != 0 {
                 Some(
                     DST_V6

@@ -11,7 +11,7 @@ use policy_common::{
     IPV6_KEY_LEN, LAYOUT_ENTRIES, LIMIT_STATS_SLOTS, LimitConfig, LimitKey, MAX_PORT_CLASSES,
     MAX_PREFIXES, MAX_RULES, MAX_SET_ENTRIES, MAX_SOURCES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS,
     RuleBitmap, RuleInfo, SET_HIT_SLOTS, SET_KEY_LEN, SET_STATS_ENTRIES, SetEntry, VERDICT_SLOTS,
-    field_bitmap, port_table, tcp_flags, v4_table,
+    field_bitmap, port_table, tcp_flags, v4_table, v6_table,
 };
 
 const _: () = assert!(BITMAP_WORDS == 16, "classify::first_match unrolls 16 words");
@@ -37,6 +37,17 @@ pub static V4_L3: Array<u32> = Array::with_max_entries(GENERATIONS * 2 * v4_tabl
 #[map(name = "V4_CLASSES")]
 pub static V4_CLASSES: Array<RuleBitmap> =
     Array::with_max_entries(GENERATIONS * 2 * v4_table::CLASSES, 0);
+
+#[map(name = "V6_L1")]
+pub static V6_L1: Array<u32> = Array::with_max_entries(GENERATIONS * 2 * v6_table::L1_ENTRIES, 0);
+
+#[map(name = "V6_BLOCKS")]
+pub static V6_BLOCKS: Array<u32> =
+    Array::with_max_entries(GENERATIONS * 2 * v6_table::BLOCKS * 256, 0);
+
+#[map(name = "V6_CLASSES")]
+pub static V6_CLASSES: Array<RuleBitmap> =
+    Array::with_max_entries(v6_table::CLASS_STRIDE * v6_table::CLASSES, 0);
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);

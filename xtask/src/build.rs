@@ -58,6 +58,7 @@ fn ebpf_cargo(toolchain: &Toolchain, subcommand: &str) -> Command {
         // once per path that calls them (see policy-ebpf/src/classify.rs).
         "-Clink-arg=--export=xdp_policy_sets".into(),
         "-Clink-arg=--export=xdp_policy_limit".into(),
+        "-Clink-arg=--export=xdp_policy_v6_class".into(),
     ]
     .join("\x1f")
     .into();

@@ -23,10 +23,11 @@ use policy_common::{
     L4Class, LIMITS_MAP, LimitConfig, MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS,
     PORT_TABLE_MAP, RULE_COUNTER_SLOTS, RULES_MAP, RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP,
     SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP, TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP,
-    V4_L3_MAP, Verdict, active, field_bitmap, ipv4_key, ipv6_key, port_table, tcp_flags, v4_table,
+    V4_L3_MAP, V6_BLOCKS_MAP, V6_CLASSES_MAP, V6_L1_MAP, Verdict, active, field_bitmap, ipv4_key,
+    ipv6_key, port_table, tcp_flags, v4_table, v6_table,
 };
 
-use crate::policy::{BitmapPool, Ruleset, V4Table};
+use crate::policy::{BitmapPool, Ruleset, V4Table, V6Table};
 
 /// The two port fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,6 +55,9 @@ pub enum V4Level {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EntryMap {
     V4Table(V4Level),
+    /// `V6_L1` and `V6_BLOCKS`.
+    V6L1,
+    V6Blocks,
 }
 
 /// The array maps of [`RuleBitmap`]s.
@@ -63,6 +67,7 @@ pub enum BitmapMap {
     TcpFlags,
     Ports(PortFieldId),
     V4Classes,
+    V6Classes,
 }
 
 impl PortFieldId {
@@ -96,6 +101,8 @@ impl EntryMap {
             Self::V4Table(V4Level::L1) => V4_L1_MAP,
             Self::V4Table(V4Level::L2) => V4_L2_MAP,
             Self::V4Table(V4Level::L3) => V4_L3_MAP,
+            Self::V6L1 => V6_L1_MAP,
+            Self::V6Blocks => V6_BLOCKS_MAP,
         }
     }
 }
@@ -108,6 +115,7 @@ impl BitmapMap {
             Self::Ports(PortFieldId::Dst) => DPORT_BITMAPS_MAP,
             Self::Ports(PortFieldId::Src) => SPORT_BITMAPS_MAP,
             Self::V4Classes => V4_CLASSES_MAP,
+            Self::V6Classes => V6_CLASSES_MAP,
         }
     }
 }
@@ -295,6 +303,8 @@ struct Shadow {
     port_table: Vec<u64>,
     /// The IPv4 address tables of the source and the destination field.
     v4_tables: [V4TableShadow; 2],
+    /// The IPv6 address tables of the source and the destination field.
+    v6_tables: [V6TableShadow; 2],
 }
 
 /// What one field's trie holds in one generation: each key's bitmap as an index into the
@@ -356,6 +366,14 @@ struct V4TableShadow {
     classes: Vec<RuleBitmap>,
 }
 
+/// The same for the IPv6 address tables.
+#[derive(Clone, Default)]
+struct V6TableShadow {
+    l1: Vec<u32>,
+    blocks: Vec<u32>,
+    classes: Vec<RuleBitmap>,
+}
+
 const ZERO_CONFIG: GenConfig = GenConfig {
     words: 0,
     fields: 0,
@@ -395,6 +413,7 @@ impl Shadow {
             v6: tries(),
             port_table: Vec::new(),
             v4_tables: Default::default(),
+            v6_tables: Default::default(),
         }
     }
 
@@ -403,6 +422,8 @@ impl Shadow {
         let words = || vec![0u64; PORT_CLASS_WORDS as usize];
         let zero_table =
             || V4TableShadow { l1: vec![0; v4_table::L1_ENTRIES as usize], ..Default::default() };
+        let zero_v6_table =
+            || V6TableShadow { l1: vec![0; v6_table::L1_ENTRIES as usize], ..Default::default() };
         Self {
             tries_known: true,
             config: Some(ZERO_CONFIG),
@@ -417,6 +438,7 @@ impl Shadow {
                     as usize
             ],
             v4_tables: [zero_table(), zero_table()],
+            v6_tables: [zero_v6_table(), zero_v6_table()],
             ..Self::unknown()
         }
     }
@@ -545,13 +567,25 @@ impl<'a> Image<'a> {
             .then(|| entries.iter().map(move |(net, b)| (v4_key(generation, net), b)))
     }
 
-    fn v6(&self, field: AddrFieldId) -> impl Iterator<Item = (V6Key, &'a RuleBitmap)> + Clone {
-        let entries = match field {
-            AddrFieldId::Src => &self.ruleset.src_v6,
-            AddrFieldId::Dst => &self.ruleset.dst_v6,
+    /// The IPv6 address tables of field `index` (0 source, 1 destination), if it has them.
+    fn v6_table(&self, index: usize) -> Option<&'a V6Table> {
+        self.ruleset.v6_tables[index].as_ref()
+    }
+
+    /// The IPv6 trie entries of a field, `None` when the field is read from the address
+    /// tables instead (its trie is then left as it is).
+    fn v6(
+        &self,
+        field: AddrFieldId,
+    ) -> Option<impl Iterator<Item = (V6Key, &'a RuleBitmap)> + Clone> {
+        let (index, entries) = match field {
+            AddrFieldId::Src => (0, &self.ruleset.src_v6),
+            AddrFieldId::Dst => (1, &self.ruleset.dst_v6),
         };
         let generation = self.generation;
-        entries.iter().map(move |(net, b)| (v6_key(generation, net), b))
+        self.ruleset.v6_tables[index]
+            .is_none()
+            .then(|| entries.iter().map(move |(net, b)| (v6_key(generation, net), b)))
     }
 
     /// `ACTIVE` with this generation in force.
@@ -930,6 +964,25 @@ fn write_generation(
                 maps.set_entries(EntryMap::V4Table(V4Level::L1), i, v)
             })?;
     }
+    for (field, held) in shadow.v6_tables.iter_mut().enumerate() {
+        let Some(table) = image.v6_table(field) else { continue };
+        let f = field as u32;
+        writes += sync_strided(
+            &mut held.classes,
+            &table.classes,
+            v6_table::class_index(generation, f, 0),
+            v6_table::CLASS_STRIDE,
+            |i, v| maps.set_bitmaps(BitmapMap::V6Classes, i, v),
+        )?;
+        let base = v6_table::block_index(generation, f, 0, 0);
+        writes += sync_array(&mut held.blocks, &table.blocks, base, |i, v| {
+            maps.set_entries(EntryMap::V6Blocks, i, v)
+        })?;
+        let base = v6_table::l1_index(generation, f, 0);
+        writes += sync_array(&mut held.l1, &table.l1, base, |i, v| {
+            maps.set_entries(EntryMap::V6L1, i, v)
+        })?;
+    }
     for id in [AddrFieldId::Src, AddrFieldId::Dst] {
         // A field read from the address tables: its IPv4 trie is left as it is (what it
         // holds stays recorded, for when it is used again).
@@ -941,8 +994,9 @@ fn write_generation(
         })?;
     }
     for id in [AddrFieldId::Src, AddrFieldId::Dst] {
+        let Some(wanted) = image.v6(id) else { continue };
         let held = shadow.v6.get_mut(&id).expect("both fields present");
-        writes += sync_trie(held, image.v6(id), force_tries, |keys, bitmaps| match bitmaps {
+        writes += sync_trie(held, wanted, force_tries, |keys, bitmaps| match bitmaps {
             Some(bitmaps) => maps.insert_v6(id, keys, bitmaps),
             None => maps.remove_v6(id, keys),
         })?;
@@ -1017,13 +1071,37 @@ fn audit_generation(
             drift.compare(map.name(), wanted, &held);
         }
     }
+    for field in 0..2 {
+        let Some(table) = image.v6_table(field) else { continue };
+        let f = field as u32;
+        // Every `CLASS_STRIDE`th entry from the field's first class.
+        let stride = v6_table::CLASS_STRIDE as usize;
+        let span = (table.classes.len() - 1) * stride + 1;
+        let first = v6_table::class_index(generation, f, 0);
+        let held = maps.bitmaps(BitmapMap::V6Classes, first, len(span))?;
+        let held: Vec<RuleBitmap> = held.into_iter().step_by(stride).collect();
+        drift.compare(V6_CLASSES_MAP, &table.classes, &held);
+        for (map, wanted, start) in [
+            (EntryMap::V6L1, &table.l1, v6_table::l1_index(generation, f, 0)),
+            (EntryMap::V6Blocks, &table.blocks, v6_table::block_index(generation, f, 0, 0)),
+        ] {
+            if wanted.is_empty() {
+                // A field without IPv6 prefixes: class 0 alone.
+                continue;
+            }
+            let held = maps.entries(map, start, len(wanted.len()))?;
+            drift.compare(map.name(), wanted, &held);
+        }
+    }
     for id in [AddrFieldId::Src, AddrFieldId::Dst] {
         if let Some(wanted) = image.v4(id) {
             let visit = |f: &mut dyn FnMut(V4Key, &RuleBitmap)| maps.visit_v4(id, f);
             compare_trie(drift, id.v4_map(), generation, wanted.collect(), visit, |k| &k.1)?;
         }
-        let visit = |f: &mut dyn FnMut(V6Key, &RuleBitmap)| maps.visit_v6(id, f);
-        compare_trie(drift, id.v6_map(), generation, image.v6(id).collect(), visit, |k| &k.1)?;
+        if let Some(wanted) = image.v6(id) {
+            let visit = |f: &mut dyn FnMut(V6Key, &RuleBitmap)| maps.visit_v6(id, f);
+            compare_trie(drift, id.v6_map(), generation, wanted.collect(), visit, |k| &k.1)?;
+        }
     }
     if let Some(ports) = &image.port_table {
         let held = maps.port_table(ports.base, len(ports.words.len()))?;
@@ -1042,27 +1120,39 @@ fn sync_array<V: Copy + PartialEq>(
     base: u32,
     write: impl FnOnce(&[u32], &[V]) -> Result<(), MapWriteError>,
 ) -> Result<usize, MapWriteError> {
-    let (indices, values): (Vec<u32>, Vec<V>) = wanted
+    sync_strided(current, wanted, base, 1, write)
+}
+
+/// [`sync_array`] for an array whose `i`th element is at `base + i * stride`.
+fn sync_strided<V: Copy + PartialEq>(
+    current: &mut Vec<V>,
+    wanted: &[V],
+    base: u32,
+    stride: u32,
+    write: impl FnOnce(&[u32], &[V]) -> Result<(), MapWriteError>,
+) -> Result<usize, MapWriteError> {
+    let (positions, values): (Vec<usize>, Vec<V>) = wanted
         .iter()
         .enumerate()
         .filter(|(i, v)| current.get(*i) != Some(*v))
-        .map(|(i, v)| (base + i as u32, *v))
+        .map(|(i, v)| (i, *v))
         .unzip();
-    if indices.is_empty() {
+    if positions.is_empty() {
         return Ok(0);
     }
+    let indices: Vec<u32> = positions.iter().map(|i| base + *i as u32 * stride).collect();
     let result = write(&indices, &values);
     let written = result.as_ref().map_or_else(|e| e.written.min(indices.len()), |()| indices.len());
-    if let Some(last) = indices[..written].last() {
-        let needed = (last - base) as usize + 1;
+    if let Some(last) = positions[..written].last() {
+        let needed = last + 1;
         if current.len() < needed {
-            // Every index past the record's end is unknown, so in the batch: the loop
+            // Every position past the record's end is unknown, so in the batch: the loop
             // below overwrites each placeholder up to `needed`.
             current.resize(needed, values[0]);
         }
     }
-    for (index, value) in indices.iter().zip(&values).take(written) {
-        current[(index - base) as usize] = *value;
+    for (position, value) in positions.iter().zip(&values).take(written) {
+        current[*position] = *value;
     }
     result.map(|()| indices.len())
 }

@@ -13,7 +13,8 @@ use policy_common::{
     FIELD_BITMAPS_MAP, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN, LIMIT_STATS_MAP, LIMITS_MAP,
     LimitConfig, PORT_TABLE_MAP, RULE_COUNTER_SLOTS, RULE_COUNTERS_MAP, RULES_MAP, RuleBitmap,
     RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP, TCP_FLAGS_MAP,
-    V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP, port_table,
+    V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, V6_BLOCKS_MAP, V6_CLASSES_MAP, V6_L1_MAP,
+    VERDICT_COUNTERS_MAP, port_table,
 };
 
 use super::{
@@ -42,6 +43,9 @@ pub struct KernelMaps {
     v4_l2: Batched<Array<MapData, u32>>,
     v4_l3: Batched<Array<MapData, u32>>,
     v4_classes: Batched<Array<MapData, RuleBitmap>>,
+    v6_l1: Batched<Array<MapData, u32>>,
+    v6_blocks: Batched<Array<MapData, u32>>,
+    v6_classes: Batched<Array<MapData, RuleBitmap>>,
     field_bitmaps: Batched<Array<MapData, RuleBitmap>>,
     tcp_flags: Batched<Array<MapData, RuleBitmap>>,
     dport_classes: Batched<Array<MapData, u64>>,
@@ -153,6 +157,9 @@ impl KernelMaps {
             v4_l2: take_batch::<Array<MapData, u32>>(ebpf, V4_L2_MAP, cpus)?,
             v4_l3: take_batch::<Array<MapData, u32>>(ebpf, V4_L3_MAP, cpus)?,
             v4_classes: take_batch::<Array<MapData, RuleBitmap>>(ebpf, V4_CLASSES_MAP, cpus)?,
+            v6_l1: take_batch::<Array<MapData, u32>>(ebpf, V6_L1_MAP, cpus)?,
+            v6_blocks: take_batch::<Array<MapData, u32>>(ebpf, V6_BLOCKS_MAP, cpus)?,
+            v6_classes: take_batch::<Array<MapData, RuleBitmap>>(ebpf, V6_CLASSES_MAP, cpus)?,
             field_bitmaps: take_batch::<Array<MapData, RuleBitmap>>(ebpf, FIELD_BITMAPS_MAP, cpus)?,
             tcp_flags: take_batch::<Array<MapData, RuleBitmap>>(ebpf, TCP_FLAGS_MAP, cpus)?,
             dport_classes: take_batch::<Array<MapData, u64>>(ebpf, DPORT_CLASSES_MAP, cpus)?,
@@ -297,6 +304,9 @@ impl KernelMaps {
             V4_L2_MAP => self.v4_l2._map.map_data(),
             V4_L3_MAP => self.v4_l3._map.map_data(),
             V4_CLASSES_MAP => self.v4_classes._map.map_data(),
+            V6_L1_MAP => self.v6_l1._map.map_data(),
+            V6_BLOCKS_MAP => self.v6_blocks._map.map_data(),
+            V6_CLASSES_MAP => self.v6_classes._map.map_data(),
             FIELD_BITMAPS_MAP => self.field_bitmaps._map.map_data(),
             TCP_FLAGS_MAP => self.tcp_flags._map.map_data(),
             DPORT_CLASSES_MAP => self.dport_classes._map.map_data(),
@@ -321,6 +331,7 @@ impl KernelMaps {
             BitmapMap::Ports(PortFieldId::Dst) => &mut self.dport_bitmaps.batch,
             BitmapMap::Ports(PortFieldId::Src) => &mut self.sport_bitmaps.batch,
             BitmapMap::V4Classes => &mut self.v4_classes.batch,
+            BitmapMap::V6Classes => &mut self.v6_classes.batch,
         }
     }
 
@@ -329,6 +340,8 @@ impl KernelMaps {
             EntryMap::V4Table(V4Level::L1) => &mut self.v4_l1.batch,
             EntryMap::V4Table(V4Level::L2) => &mut self.v4_l2.batch,
             EntryMap::V4Table(V4Level::L3) => &mut self.v4_l3.batch,
+            EntryMap::V6L1 => &mut self.v6_l1.batch,
+            EntryMap::V6Blocks => &mut self.v6_blocks.batch,
         }
     }
 

@@ -23,8 +23,8 @@ use policy_common::{
     ACTIVE_MAP, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, EVENT_SETTINGS_MAP, GENERATIONS,
     LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, LIMITS_MAP, MAP_NAMES,
     PORT_TABLE_MAP, RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP, SPORT_BITMAPS_MAP,
-    SPORT_CLASSES_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP,
-    port_table,
+    SPORT_CLASSES_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, V6_BLOCKS_MAP,
+    V6_CLASSES_MAP, V6_L1_MAP, VERDICT_COUNTERS_MAP, port_table, v6_table,
 };
 
 use super::{
@@ -35,7 +35,7 @@ use super::{
     pins::Pins,
     sets::FileEntries,
 };
-use crate::policy::Ruleset;
+use crate::policy::{Ruleset, V6Table};
 
 /// How a map's contents cross a migration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,10 +90,16 @@ pub struct Sizes {
     pub port_rows: u32,
     pub port_classes: bool,
     pub v4_tables: bool,
+    /// `V6_L1` and `V6_BLOCKS` (a field's IPv6 prefixes in the tables).
+    pub v6_tables: bool,
+    /// The classes `V6_CLASSES` has room for (a field without IPv6 prefixes has one).
+    pub v6_classes: u32,
 }
 
 /// The IPv4 address tables' maps.
 const V4_TABLE_MAPS: [&str; 4] = [V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, V4_CLASSES_MAP];
+/// The IPv6 address tables' maps that hold the walk.
+const V6_TABLE_MAPS: [&str; 2] = [V6_L1_MAP, V6_BLOCKS_MAP];
 /// The port classes' maps.
 const PORT_CLASS_MAPS: [&str; 4] =
     [DPORT_CLASSES_MAP, SPORT_CLASSES_MAP, DPORT_BITMAPS_MAP, SPORT_BITMAPS_MAP];
@@ -109,6 +115,12 @@ impl Sizes {
             // The program reads a generation's port classes only without a port table.
             port_classes: ruleset.port_table.is_none(),
             v4_tables: ruleset.v4_tables.iter().any(Option::is_some),
+            v6_tables: ruleset.v6_tables.iter().flatten().any(V6Table::walked),
+            v6_classes: match &ruleset.v6_tables {
+                [None, None] => 0,
+                tables if tables.iter().flatten().any(V6Table::walked) => v6_table::CLASSES,
+                _ => 1,
+            },
         }
     }
 
@@ -121,6 +133,8 @@ impl Sizes {
             port_rows: port_table::MAX_ROWS_PER_GENERATION,
             port_classes: true,
             v4_tables: true,
+            v6_tables: true,
+            v6_classes: v6_table::CLASSES,
         }
     }
 
@@ -134,6 +148,8 @@ impl Sizes {
                 rows => GENERATIONS * rows * port_table::WORDS_PER_ROW,
             }),
             _ if !self.v4_tables && V4_TABLE_MAPS.contains(&name) => Some(1),
+            _ if !self.v6_tables && V6_TABLE_MAPS.contains(&name) => Some(1),
+            V6_CLASSES_MAP => Some((self.v6_classes * v6_table::CLASS_STRIDE).max(1)),
             _ if !self.port_classes && PORT_CLASS_MAPS.contains(&name) => Some(1),
             _ => None,
         }
@@ -149,6 +165,8 @@ impl Sizes {
             port_rows: entries_of(PORT_TABLE_MAP)? / (GENERATIONS * port_table::WORDS_PER_ROW),
             port_classes: entries_of(DPORT_CLASSES_MAP)? > 1,
             v4_tables: entries_of(V4_L1_MAP)? > 1,
+            v6_tables: entries_of(V6_L1_MAP)? > 1,
+            v6_classes: entries_of(V6_CLASSES_MAP)? / v6_table::CLASS_STRIDE,
         })
     }
 }
@@ -158,12 +176,15 @@ impl std::fmt::Display for Sizes {
         let used = |yes: bool| if yes { "used" } else { "unused" };
         write!(
             f,
-            "{} buckets, limits {}, port table rows {}, port classes {}, IPv4 address tables {}",
+            "{} buckets, limits {}, port table rows {}, port classes {}, IPv4 address tables {}, \
+             IPv6 address tables {} ({} classes)",
             self.buckets,
             used(self.limits),
             self.port_rows,
             used(self.port_classes),
-            used(self.v4_tables)
+            used(self.v4_tables),
+            used(self.v6_tables),
+            self.v6_classes
         )
     }
 }

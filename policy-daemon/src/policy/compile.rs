@@ -19,7 +19,7 @@ use policy_common::{
 };
 
 use super::{
-    Action, Fragments, Mode, Policy, PortRange, Rule, SetDef, V4Table,
+    Action, Fragments, Mode, Policy, PortRange, Rule, SetDef, V4Table, V6Table,
     reference::{IpPacket, L4},
 };
 
@@ -113,6 +113,12 @@ pub struct Ruleset {
     /// whose prefixes fit (`config.fields` then has `SRC_V4_TABLE` / `DST_V4_TABLE`):
     /// the program reads them instead of the field's IPv4 trie.
     pub v4_tables: [Option<V4Table>; 2],
+    /// The IPv6 address tables of the source and the destination field, for a field
+    /// whose IPv6 prefixes fit (`config.fields` then has `SRC_V6_TABLE` /
+    /// `DST_V6_TABLE`): the program reads them instead of the field's IPv6 trie. For a
+    /// field with no IPv6 prefix but the `/0` (`SRC_V6_DEFAULT_ONLY` /
+    /// `DST_V6_DEFAULT_ONLY`), its one class, which the program reads without a walk.
+    pub v6_tables: [Option<V6Table>; 2],
     /// The policy's sets with the entries of their files. The rules naming them are in
     /// `config.set_ids` and the `field_bitmap::SET_RULES` bitmaps.
     pub sets: Vec<SetDef>,
@@ -133,6 +139,19 @@ pub struct PortRows<'a> {
 }
 
 impl Ruleset {
+    /// The same rules with every address field read from its tries, not from address
+    /// tables (for tests of the tries, which otherwise hold only sets too large for the
+    /// tables). An IPv6 field without prefixes keeps its one class: it has no trie walk.
+    pub fn without_address_tables(mut self) -> Self {
+        self.v4_tables = [None, None];
+        self.v6_tables = self.v6_tables.map(|table| table.filter(|t| !t.walked()));
+        self.config.fields &= !(field::SRC_V4_TABLE
+            | field::DST_V4_TABLE
+            | field::SRC_V6_TABLE
+            | field::DST_V6_TABLE);
+        self
+    }
+
     /// [`Self::port_table`] read the way the kernel reads it: the rule that decides a
     /// non-fragment of `class` to `port`, `Some(None)` when none does, `None` when this
     /// ruleset has no port table.
@@ -216,6 +235,11 @@ impl Ruleset {
                 } else {
                     field_bitmap::DST_V6_DEFAULT
                 }),
+                IpAddr::V6(a)
+                    if fields & [field::SRC_V6_TABLE, field::DST_V6_TABLE][field] != 0 =>
+                {
+                    *self.v6_tables[field].as_ref().expect("a table for its bit").lookup(a)
+                }
                 _ => self.lpm(addr, field == 0),
             };
         let src =
@@ -434,14 +458,26 @@ pub fn compile(policy: &Policy) -> Ruleset {
     let v4_tables = [table_of(field::SRC, &src_v4), table_of(field::DST, &dst_v4)];
     let (src_v6, dst_v6) = (prefixes(&src, v6), prefixes(&dst, v6));
     // An IPv6 trie with nothing but its /0 gives every address the same rules: those
-    // go in a field bitmap, and the program skips the walk.
-    for (entries, used, only) in [
-        (&src_v6, field::SRC, field::SRC_V6_DEFAULT_ONLY),
-        (&dst_v6, field::DST, field::DST_V6_DEFAULT_ONLY),
-    ] {
+    // go in a field bitmap, and the program skips the walk. Other prefix sets that fit
+    // go to the address tables.
+    let mut v6_tables = [None, None];
+    for ((entries, used, only, table_bit), table) in [
+        (&src_v6, field::SRC, field::SRC_V6_DEFAULT_ONLY, field::SRC_V6_TABLE),
+        (&dst_v6, field::DST, field::DST_V6_DEFAULT_ONLY, field::DST_V6_TABLE),
+    ]
+    .into_iter()
+    .zip(&mut v6_tables)
+    {
         field_bitmaps.push(entries[0].1);
-        if config.fields & used != 0 && entries.len() == 1 {
+        if config.fields & used == 0 {
+            continue;
+        }
+        if entries.len() == 1 {
             config.fields |= only;
+            *table = Some(V6Table::default_only(entries[0].1));
+        } else if let Some(built) = V6Table::build(entries) {
+            config.fields |= table_bit;
+            *table = Some(built);
         }
     }
     field_bitmaps.extend(set_rules);
@@ -475,6 +511,7 @@ pub fn compile(policy: &Policy) -> Ruleset {
         dst_v6: Prefixes::new(dst_v6),
         port_table: None,
         v4_tables,
+        v6_tables,
         sets: policy.sets.clone(),
         tcp_flags,
     };

@@ -15,6 +15,7 @@ pub mod reference;
 mod schema;
 mod shadow;
 mod v4_table;
+mod v6_table;
 
 use std::{
     collections::HashMap,
@@ -34,6 +35,7 @@ pub use schema::{
 };
 use sha2::{Digest as _, Sha256};
 pub use v4_table::V4Table;
+pub use v6_table::V6Table;
 
 /// A validated policy: the rules of one file, or of every `*.toml` file of a directory
 /// in file-name order.

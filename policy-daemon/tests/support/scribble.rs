@@ -11,7 +11,8 @@ use policy_common::{
     IPV6_KEY_LEN, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, LIMITS_MAP, LimitConfig, PORT_TABLE_MAP,
     RULE_COUNTERS_MAP, RULES_MAP, RuleBitmap, RuleInfo, SET_HITS_MAP, SET_SCRATCH_MAP,
     SET_STATS_MAP, SETS_MAP, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP,
-    TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, VERDICT_COUNTERS_MAP, v4_table,
+    TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, V6_BLOCKS_MAP, V6_CLASSES_MAP,
+    V6_L1_MAP, VERDICT_COUNTERS_MAP, v4_table, v6_table,
 };
 
 /// xorshift64*: cheap, deterministic by seed.
@@ -114,7 +115,7 @@ fn scribble(maps: Vec<(String, MapData)>, seed: u64) -> Scribbled {
                 &mut rng,
             ),
             FIELD_BITMAPS_MAP | DPORT_BITMAPS_MAP | SPORT_BITMAPS_MAP | V4_CLASSES_MAP
-            | TCP_FLAGS_MAP => fill(map, &name, |_| true, Rng::bitmap, &mut rng),
+            | V6_CLASSES_MAP | TCP_FLAGS_MAP => fill(map, &name, |_| true, Rng::bitmap, &mut rng),
             DPORT_CLASSES_MAP | SPORT_CLASSES_MAP => fill(
                 map,
                 &name,
@@ -129,6 +130,14 @@ fn scribble(maps: Vec<(String, MapData)>, seed: u64) -> Scribbled {
                 map,
                 &name,
                 |i| (i / 256) % v4_table::BLOCKS < 8 || i % 64 == 0,
+                |r| r.value() as u32,
+                &mut rng,
+            ),
+            V6_L1_MAP => fill(map, &name, |i| i % 4 == 0, |r| r.value() as u32, &mut rng),
+            V6_BLOCKS_MAP => fill(
+                map,
+                &name,
+                |i| (i / 256) % v6_table::BLOCKS < 8 || i % 64 == 0,
                 |r| r.value() as u32,
                 &mut rng,
             ),

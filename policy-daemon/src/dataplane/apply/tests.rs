@@ -68,12 +68,15 @@ fn bitmap_cell(map: BitmapMap, index: u32) -> String {
         BitmapMap::TcpFlags => format!("tcpflags/{index}"),
         BitmapMap::Ports(field) => format!("portmap/{field:?}/{index}"),
         BitmapMap::V4Classes => format!("v4class/{index}"),
+        BitmapMap::V6Classes => format!("v6class/{index}"),
     }
 }
 
 fn entry_cell(map: EntryMap, index: u32) -> String {
     match map {
         EntryMap::V4Table(level) => format!("v4table/{level:?}/{index}"),
+        EntryMap::V6L1 => format!("v6table/L1/{index}"),
+        EntryMap::V6Blocks => format!("v6table/blocks/{index}"),
     }
 }
 
@@ -354,10 +357,7 @@ impl Maps for FakeMaps {
 /// The compiled ruleset of `text`, its IPv4 addresses in the tries (as a policy with
 /// more prefixes than the address tables hold): most tests here are about the tries.
 fn ruleset(text: &str) -> Ruleset {
-    let mut ruleset = ruleset_with_tables(text);
-    ruleset.v4_tables = [None, None];
-    ruleset.config.fields &= !(field::SRC_V4_TABLE | field::DST_V4_TABLE);
-    ruleset
+    ruleset_with_tables(text).without_address_tables()
 }
 
 /// The compiled ruleset of `text` as `compile` makes it.
@@ -894,6 +894,7 @@ fn the_audit_finds_one_changed_entry_in_any_map() {
     use policy_common::{
         CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, FIELD_BITMAPS_MAP, PORT_TABLE_MAP,
         RULES_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP,
+        V6_BLOCKS_MAP, V6_CLASSES_MAP, V6_L1_MAP,
     };
     let common = [CONFIG_MAP, RULES_MAP, FIELD_BITMAPS_MAP];
     let classes = [DPORT_CLASSES_MAP, SPORT_CLASSES_MAP, DPORT_BITMAPS_MAP];
@@ -907,6 +908,11 @@ fn the_audit_finds_one_changed_entry_in_any_map() {
         // The port table decides: the port classes are neither written nor read.
         (ruleset(PORT_ONLY), vec![PORT_TABLE_MAP]),
         (ruleset(&format!("{TWO_RULES}{v6}")), [&classes[..], &[SRC_V4_MAP, SRC_V6_MAP]].concat()),
+        // The IPv6 address tables instead of the trie.
+        (
+            ruleset_with_tables(&format!("{TWO_RULES}{v6}")),
+            [&classes[..], &[V4_L1_MAP, V6_L1_MAP, V6_BLOCKS_MAP, V6_CLASSES_MAP]].concat(),
+        ),
     ];
     for (p, (rules, maps_used)) in policies.iter().enumerate() {
         let mut maps = FakeMaps::default();
@@ -932,8 +938,9 @@ fn the_audit_finds_one_changed_entry_in_any_map() {
             })
             .collect();
         // Unwritten (zero) cells of the active generation's big arrays: the port classes
-        // are read by every policy but the port-only one (2), the IPv4 table only by the
-        // policy that has one (0), the port table only by the port-only policy.
+        // are read by every policy but the port-only one (2), the address tables only by
+        // the policies that have them (0 and 4), the port table only by the port-only
+        // policy.
         let g = generations.active();
         for k in (0..PORT_CLASS_WORDS).step_by(1021) {
             for field in ["Dst", "Src"] {
@@ -943,7 +950,10 @@ fn the_audit_finds_one_changed_entry_in_any_map() {
         }
         for k in (0..v4_table::L1_ENTRIES).step_by(4099) {
             let index = v4_table::l1_index(g, 0, k);
-            cells.push((format!("v4table/L1/{index}"), Value::Entry(0), u64::from(p == 0)));
+            let read = p == 0 || p == 4;
+            cells.push((format!("v4table/L1/{index}"), Value::Entry(0), u64::from(read)));
+            let index = v6_table::l1_index(g, 0, k);
+            cells.push((format!("v6table/L1/{index}"), Value::Entry(0), u64::from(p == 4)));
         }
         let rows = rules.port_rows().map_or(1, |ports| ports.rows.len() as u32);
         let region = g * port_table::MAX_ROWS_PER_GENERATION * port_table::WORDS_PER_ROW;
