@@ -222,21 +222,37 @@ pub struct V6Probe {
     pub generation: u32,
     /// 0 source, 1 destination.
     pub field: u32,
+    /// The byte of the address the walk goes on from, with `entry` the block entry the
+    /// levels above it gave.
+    pub start: u32,
+    pub entry: u32,
 }
 
 /// The rules the longest prefix matching `addr` (words in network byte order, as in
 /// the packet) admits, through the IPv6 address tables of `field` (0 source, 1
 /// destination).
+/// The first three levels (the first 32 bits) are read here; a walk further down, for an
+/// address inside a prefix longer than /32, is a call.
 #[inline(always)]
 fn v6_table_lookup(generation: u32, field: u32, addr: &[u32; 4]) -> Option<&'static RuleBitmap> {
-    let probe = V6Probe { addr: *addr, generation, field };
-    let class = u32::try_from(xdp_policy_v6_class(&probe)).ok()?;
+    let first = u32::from_be(addr[0]);
+    let mut class = *V6_L1.get(v6_table::l1_index(generation, field, first >> 16))?;
+    for shift in [8, 0] {
+        if class & v6_table::BLOCK != 0 {
+            let (block, byte) = (class & !v6_table::BLOCK, (first >> shift) & 0xff);
+            class = *V6_BLOCKS.get(v6_table::block_index(generation, field, block, byte))?;
+        }
+    }
+    if class & v6_table::BLOCK != 0 {
+        let probe = V6Probe { addr: *addr, generation, field, start: 4, entry: class };
+        class = u32::try_from(xdp_policy_v6_class(&probe)).ok()?;
+    }
     V6_CLASSES.get(v6_table::class_index(generation, field, class))
 }
 
-/// The address class of `probe`'s address in the IPv6 address tables: the first level
-/// by the top 16 bits, then a block by each further byte for as long as the entry names
-/// one. -1 when an entry cannot be read.
+/// The address class of `probe`'s address in the IPv6 address tables: from the block
+/// `probe.entry` names, a block by each further byte from `probe.start` for as long as
+/// the entry names one. -1 when an entry cannot be read.
 ///
 /// A global function (exported by the linker, see xtask's build): the verifier checks
 /// its walk once on its own, not on every path of the classifier that reaches it.
@@ -246,12 +262,11 @@ pub extern "C" fn xdp_policy_v6_class(probe: *const V6Probe) -> i32 {
     // SAFETY: null or a `V6Probe` of the caller's (the verifier checks the size).
     let Some(probe) = (unsafe { probe.as_ref() }) else { return -1 };
     let (generation, field, addr) = (probe.generation, probe.field, &probe.addr);
-    let first = u32::from_be(addr[0]);
-    let Some(&first) = V6_L1.get(v6_table::l1_index(generation, field, first >> 16)) else {
-        return -1;
-    };
-    let mut entry = first;
+    let mut entry = probe.entry;
     for byte in 2..16 {
+        if byte < probe.start as usize {
+            continue;
+        }
         if entry & v6_table::BLOCK == 0 {
             break;
         }
