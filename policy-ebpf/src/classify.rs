@@ -222,15 +222,14 @@ pub struct V6Probe {
     pub generation: u32,
     /// 0 source, 1 destination.
     pub field: u32,
-    /// The byte of the address the walk goes on from, with `entry` the block entry the
-    /// levels above it gave.
-    pub start: u32,
+    /// The entry the first 32 bits of the address led to: a block.
     pub entry: u32,
 }
 
 /// The rules the longest prefix matching `addr` (words in network byte order, as in
 /// the packet) admits, through the IPv6 address tables of `field` (0 source, 1
 /// destination).
+///
 /// The first three levels (the first 32 bits) are read here; a walk further down, for an
 /// address inside a prefix longer than /32, is a call.
 #[inline(always)]
@@ -244,15 +243,15 @@ fn v6_table_lookup(generation: u32, field: u32, addr: &[u32; 4]) -> Option<&'sta
         }
     }
     if class & v6_table::BLOCK != 0 {
-        let probe = V6Probe { addr: *addr, generation, field, start: 4, entry: class };
+        let probe = V6Probe { addr: *addr, generation, field, entry: class };
         class = u32::try_from(xdp_policy_v6_class(&probe)).ok()?;
     }
     V6_CLASSES.get(v6_table::class_index(generation, field, class))
 }
 
 /// The address class of `probe`'s address in the IPv6 address tables: from the block
-/// `probe.entry` names, a block by each further byte from `probe.start` for as long as
-/// the entry names one. -1 when an entry cannot be read.
+/// `probe.entry` names, a block by each further byte from the fifth for as long as the
+/// entry names one. -1 when an entry cannot be read.
 ///
 /// A global function (exported by the linker, see xtask's build): the verifier checks
 /// its walk once on its own, not on every path of the classifier that reaches it.
@@ -263,10 +262,7 @@ pub extern "C" fn xdp_policy_v6_class(probe: *const V6Probe) -> i32 {
     let Some(probe) = (unsafe { probe.as_ref() }) else { return -1 };
     let (generation, field, addr) = (probe.generation, probe.field, &probe.addr);
     let mut entry = probe.entry;
-    for byte in 2..16 {
-        if byte < probe.start as usize {
-            continue;
-        }
+    for byte in 4..16 {
         if entry & v6_table::BLOCK == 0 {
             break;
         }

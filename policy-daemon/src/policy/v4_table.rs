@@ -36,13 +36,13 @@ impl V4Table {
         debug_assert_eq!(default_route.0.prefix_len(), 0);
         let mut table =
             Self { l1: Vec::new(), l2: Vec::new(), l3: Vec::new(), classes: Vec::new() };
-        let mut ids: HashMap<RuleBitmap, u32> = HashMap::new();
-        let default_class = table.class(&mut ids, &default_route.1)?;
+        let mut ids = ClassIds::default();
+        let default_class = ids.class(&mut table.classes, &default_route.1, CLASSES)?;
         table.l1 = vec![default_class; L1_ENTRIES as usize];
         // Containers come first, so painting in order leaves each address with the class
         // of its longest prefix.
         for (net, bitmap) in rest {
-            let class = table.class(&mut ids, bitmap)?;
+            let class = ids.class(&mut table.classes, bitmap, CLASSES)?;
             let start = u32::from(net.network());
             let len = u32::from(net.prefix_len());
             let top = (start >> 16) as usize;
@@ -50,13 +50,13 @@ impl V4Table {
                 table.l1[top..top + (1 << (16 - len))].fill(class);
                 continue;
             }
-            let block2 = Self::block(&mut table.l1[top], &mut table.l2)?;
+            let block2 = block(&mut table.l1[top], &mut table.l2, BLOCK, BLOCKS)?;
             let third = block2 * 256 + ((start >> 8) & 0xff) as usize;
             if len <= 24 {
                 table.l2[third..third + (1 << (24 - len))].fill(class);
                 continue;
             }
-            let block3 = Self::block(&mut table.l2[third], &mut table.l3)?;
+            let block3 = block(&mut table.l2[third], &mut table.l3, BLOCK, BLOCKS)?;
             let last = block3 * 256 + (start & 0xff) as usize;
             table.l3[last..last + (1 << (32 - len))].fill(class);
         }
@@ -90,35 +90,6 @@ impl V4Table {
         self.l3 = kept;
     }
 
-    /// The class of `bitmap`, a new one if it has none yet; `None` past the limit.
-    fn class(&mut self, ids: &mut HashMap<RuleBitmap, u32>, bitmap: &RuleBitmap) -> Option<u32> {
-        if let Some(id) = ids.get(bitmap) {
-            return Some(*id);
-        }
-        let id = self.classes.len() as u32;
-        if id >= CLASSES {
-            return None;
-        }
-        self.classes.push(*bitmap);
-        ids.insert(*bitmap, id);
-        Some(id)
-    }
-
-    /// The block `entry` refers to, making one (filled with the class `entry` held)
-    /// if it holds a class; `None` past the limit.
-    fn block(entry: &mut u32, level: &mut Vec<u32>) -> Option<usize> {
-        if *entry & BLOCK != 0 {
-            return Some((*entry & !BLOCK) as usize);
-        }
-        let block = level.len() / 256;
-        if block as u32 >= BLOCKS {
-            return None;
-        }
-        level.extend(std::iter::repeat_n(*entry, 256));
-        *entry = BLOCK | block as u32;
-        Some(block)
-    }
-
     /// The rules of the longest prefix holding `addr`, read the way the program reads
     /// the tables.
     pub fn lookup(&self, addr: std::net::Ipv4Addr) -> &RuleBitmap {
@@ -134,6 +105,64 @@ impl V4Table {
         }
         &self.classes[entry as usize]
     }
+}
+
+/// The classes of an address table being numbered: each distinct bitmap once, in order
+/// of first use (shared by the IPv4 and the IPv6 tables).
+#[derive(Default)]
+pub(super) struct ClassIds(HashMap<RuleBitmap, u32>);
+
+impl ClassIds {
+    /// The class of `bitmap` in `classes`, a new one if it has none yet; `None` past
+    /// `limit` classes.
+    pub(super) fn class(
+        &mut self,
+        classes: &mut Vec<RuleBitmap>,
+        bitmap: &RuleBitmap,
+        limit: u32,
+    ) -> Option<u32> {
+        if let Some(id) = self.0.get(bitmap) {
+            return Some(*id);
+        }
+        let id = classes.len() as u32;
+        if id >= limit {
+            return None;
+        }
+        classes.push(*bitmap);
+        self.0.insert(*bitmap, id);
+        Some(id)
+    }
+}
+
+/// The block of 256 entries `entry` refers to (`flag` | its index in `blocks`), making
+/// one (filled with the class `entry` held) if it holds a class; `None` past `limit`
+/// blocks.
+pub(super) fn block(
+    entry: &mut u32,
+    blocks: &mut Vec<u32>,
+    flag: u32,
+    limit: u32,
+) -> Option<usize> {
+    if *entry & flag != 0 {
+        return Some((*entry & !flag) as usize);
+    }
+    let block = blocks.len() / 256;
+    if block as u32 >= limit {
+        return None;
+    }
+    blocks.extend(std::iter::repeat_n(*entry, 256));
+    *entry = flag | block as u32;
+    Some(block)
+}
+
+/// A bitmap of `rules` (for the tables' tests).
+#[cfg(test)]
+pub(super) fn bitmap(rules: &[usize]) -> RuleBitmap {
+    let mut b = RuleBitmap::EMPTY;
+    for r in rules {
+        b.set(*r);
+    }
+    b
 }
 
 /// The second-level entry a third-level block folds into: a `HOST` entry when it is all
@@ -155,14 +184,6 @@ fn host_entry(block: &[u32]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bitmap(rules: &[usize]) -> RuleBitmap {
-        let mut b = RuleBitmap::EMPTY;
-        for r in rules {
-            b.set(*r);
-        }
-        b
-    }
 
     #[test]
     fn every_address_gets_its_longest_prefix() {

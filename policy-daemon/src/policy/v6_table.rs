@@ -4,13 +4,15 @@
 //! them with one array load per level instead of walking an LPM trie. Only for prefix
 //! sets that fit the block and class limits; larger ones stay in the tries.
 
-use std::{collections::HashMap, net::Ipv6Addr};
+use std::net::Ipv6Addr;
 
 use ipnet::Ipv6Net;
 use policy_common::{
     RuleBitmap,
     v6_table::{BLOCK, BLOCKS, CLASSES, L1_ENTRIES},
 };
+
+use super::v4_table::{ClassIds, block};
 
 /// One address field's tables for one generation, as the kernel maps hold them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,13 +45,13 @@ impl V6Table {
         let (default_route, rest) = entries.split_first()?;
         debug_assert_eq!(default_route.0.prefix_len(), 0);
         let mut table = Self { l1: Vec::new(), blocks: Vec::new(), classes: Vec::new() };
-        let mut ids: HashMap<RuleBitmap, u32> = HashMap::new();
-        let default_class = table.class(&mut ids, &default_route.1)?;
+        let mut ids = ClassIds::default();
+        let default_class = ids.class(&mut table.classes, &default_route.1, CLASSES)?;
         table.l1 = vec![default_class; L1_ENTRIES as usize];
         // Containers come first, so painting in order leaves each address with the class
         // of its longest prefix.
         for (net, bitmap) in rest {
-            let class = table.class(&mut ids, bitmap)?;
+            let class = ids.class(&mut table.classes, bitmap, CLASSES)?;
             let bytes = net.network().octets();
             let len = usize::from(net.prefix_len());
             let top = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
@@ -57,7 +59,7 @@ impl V6Table {
                 table.l1[top..top + (1 << (16 - len))].fill(class);
                 continue;
             }
-            let mut block = block(&mut table.l1[top], &mut table.blocks)?;
+            let mut block = block(&mut table.l1[top], &mut table.blocks, BLOCK, BLOCKS)?;
             // Bits of the address the levels down to this block's have taken.
             for (byte, taken) in bytes.iter().skip(2).zip((24..=128).step_by(8)) {
                 let at = block * 256 + usize::from(*byte);
@@ -66,25 +68,11 @@ impl V6Table {
                     break;
                 }
                 let mut entry = table.blocks[at];
-                block = self::block(&mut entry, &mut table.blocks)?;
+                block = super::v4_table::block(&mut entry, &mut table.blocks, BLOCK, BLOCKS)?;
                 table.blocks[at] = entry;
             }
         }
         Some(table)
-    }
-
-    /// The class of `bitmap`, a new one if it has none yet; `None` past the limit.
-    fn class(&mut self, ids: &mut HashMap<RuleBitmap, u32>, bitmap: &RuleBitmap) -> Option<u32> {
-        if let Some(id) = ids.get(bitmap) {
-            return Some(*id);
-        }
-        let id = self.classes.len() as u32;
-        if id >= CLASSES {
-            return None;
-        }
-        self.classes.push(*bitmap);
-        ids.insert(*bitmap, id);
-        Some(id)
     }
 
     /// The rules of the longest prefix holding `addr`, read the way the program reads
@@ -105,32 +93,10 @@ impl V6Table {
     }
 }
 
-/// The block `entry` refers to, making one in `blocks` (filled with the class `entry`
-/// held) if it holds a class; `None` past the limit.
-fn block(entry: &mut u32, blocks: &mut Vec<u32>) -> Option<usize> {
-    if *entry & BLOCK != 0 {
-        return Some((*entry & !BLOCK) as usize);
-    }
-    let block = blocks.len() / 256;
-    if block as u32 >= BLOCKS {
-        return None;
-    }
-    blocks.extend(std::iter::repeat_n(*entry, 256));
-    *entry = BLOCK | block as u32;
-    Some(block)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bitmap(rules: &[usize]) -> RuleBitmap {
-        let mut b = RuleBitmap::EMPTY;
-        for r in rules {
-            b.set(*r);
-        }
-        b
-    }
+    use crate::policy::v4_table::bitmap;
 
     fn net(s: &str) -> Ipv6Net {
         s.parse().expect("test net")
