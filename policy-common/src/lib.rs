@@ -412,15 +412,10 @@ pub mod field_bitmap {
     pub const DPORT_UNCONSTRAINED: u32 = L4Class::COUNT + 1;
     /// Rules without a source port constraint.
     pub const SPORT_UNCONSTRAINED: u32 = L4Class::COUNT + 2;
-    /// What the `SRC_V6` trie's `/0` holds: every IPv6 source gets it when the trie holds
-    /// nothing else (see `field::SRC_V6_DEFAULT_ONLY`).
-    pub const SRC_V6_DEFAULT: u32 = L4Class::COUNT + 3;
-    /// The same for destinations.
-    pub const DST_V6_DEFAULT: u32 = L4Class::COUNT + 4;
     /// The first of 2 × [`super::MAX_SET_REFS`] entries: the rules naming set
     /// `GenConfig::set_ids[i]` in `src` (`i` < `MAX_SET_REFS`) or in `dst` (the others).
     /// An address in that set admits them, whatever its address class admits.
-    pub const SET_RULES: u32 = L4Class::COUNT + 5;
+    pub const SET_RULES: u32 = L4Class::COUNT + 3;
     /// Entries per generation.
     pub const PER_GENERATION: u32 = SET_RULES + 2 * super::MAX_SET_REFS as u32;
 }
@@ -526,9 +521,9 @@ pub mod field {
     pub const SRC_V4_TABLE: u32 = 1 << 5;
     /// The same for destination addresses.
     pub const DST_V4_TABLE: u32 = 1 << 6;
-    /// No rule names an IPv6 source network: every IPv6 source admits the rules of
-    /// `field_bitmap::SRC_V6_DEFAULT`, which the program reads as class 0 of the IPv6
-    /// address tables (`V6_CLASSES`), no walk needed.
+    /// No rule names an IPv6 source network: every IPv6 source admits the rules of the
+    /// `/0`, which the program reads as class 0 of the IPv6 address tables
+    /// (`V6_CLASSES`), no walk needed.
     pub const SRC_V6_DEFAULT_ONLY: u32 = 1 << 7;
     /// The same for IPv6 destinations.
     pub const DST_V6_DEFAULT_ONLY: u32 = 1 << 8;

@@ -26,11 +26,11 @@ use std::{fs, path::Path, path::PathBuf, time::Duration};
 use aya::maps::{Array, Map, MapData, MapInfo};
 use policy_common::{
     GENERATIONS, LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP, LIMITS_MAP, MAX_RULES,
-    PORT_TABLE_MAP, V4_L1_MAP, port_table, v4_table,
+    PORT_TABLE_MAP, V4_L1_MAP, V6_CLASSES_MAP, V6_L1_MAP, port_table, v4_table, v6_table,
 };
 use support::{DAEMON, PolicyFile, block_udp, serial, xdp_policy};
 use testbed::{
-    DaemonCommand, RX_IFACE, RX_V4, StreamResult, TX_V4, Testbed, TestbedError, XdpMode,
+    DaemonCommand, RX_IFACE, RX_V4, RX_V6, StreamResult, TX_V4, Testbed, TestbedError, XdpMode,
 };
 
 const BLOCKED: u16 = 7101;
@@ -427,12 +427,11 @@ fn maps_are_sized_by_the_policy_and_moved_on_reload() {
     let plain = block_udp(BLOCKED);
     let policy = PolicyFile::new("sized", &plain);
     let testbed = Testbed::new().expect("testbed");
-    let daemon = testbed
-        .start(&DaemonCommand {
-            extra: &["--max-sources", "5000"],
-            ..DaemonCommand::new(Path::new(DAEMON), &policy.0, XdpMode::Skb)
-        })
-        .expect("daemon");
+    let command = DaemonCommand {
+        extra: &["--max-sources", "5000"],
+        ..DaemonCommand::new(Path::new(DAEMON), &policy.0, XdpMode::Skb)
+    };
+    let daemon = testbed.start(&command).expect("daemon");
     // A port-only policy: the port table's UDP row, one bucket, no limits, no address
     // tables.
     assert_eq!(sizes(&testbed), [1, 1, ROW, 1]);
@@ -486,9 +485,34 @@ fn maps_are_sized_by_the_policy_and_moved_on_reload() {
     // One rule for TCP and UDP alike: one row again, which both classes share.
     policy.write(&plain.replace("protocol = \"udp\"\n", ""));
     daemon.wait_for_log("policy applied", 7, Duration::from_secs(10)).expect("reload");
+    assert_eq!(daemon.log().matches("moved the filter to new maps").count(), 5);
     assert_eq!(sizes(&testbed), [1, 1, ROW, 1]);
     assert_eq!(testbed.udp_probe(RX_V4.into(), BLOCKED, 10).expect("probe").received, 0);
     assert_eq!(testbed.udp_probe(RX_V4.into(), OPEN, 10).expect("probe").received, 10);
+
+    // An IPv6 source network longer than /32 (the sender is fd00::1): the IPv6 address
+    // tables, walked past their first 32 bits; IPv4 to the same port still passes.
+    let v6 = format!(
+        "{plain}[[rule]]\nname = \"v6-lab\"\naction = \"drop\"\nprotocol = \"udp\"\n\
+         src = [\"fd00::/64\"]\ndst_ports = [{OPEN}]\n"
+    );
+    policy.write(&v6);
+    daemon.wait_for_log("policy applied", 8, Duration::from_secs(10)).expect("reload");
+    assert_eq!(daemon.log().matches("moved the filter to new maps").count(), 6);
+    let v6_tables = [V6_L1_MAP, V6_CLASSES_MAP].map(|name| entries(&testbed, name));
+    assert_eq!(
+        v6_tables,
+        [GENERATIONS * 2 * v6_table::L1_ENTRIES, v6_table::CLASS_STRIDE * v6_table::CLASSES]
+    );
+    let probe =
+        |addr: std::net::IpAddr, port| testbed.udp_probe(addr, port, 10).expect("probe").received;
+    assert_eq!([probe(RX_V6.into(), OPEN), probe(RX_V4.into(), OPEN)], [0, 10]);
+    assert_eq!(probe(RX_V6.into(), BLOCKED), 0);
+    // A restart adopts the sized maps as they are, and enforces the same.
+    daemon.stop().expect("stopping");
+    let daemon = testbed.start(&command).expect("the restarted daemon");
+    assert!(daemon.log().contains("adopted the pinned filter"), "{}", daemon.log());
+    assert_eq!([probe(RX_V6.into(), OPEN), probe(RX_V4.into(), OPEN)], [0, 10]);
     assert_one_map_set(&testbed, "after the moves");
     assert_verified(&testbed, "after the moves");
     let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);

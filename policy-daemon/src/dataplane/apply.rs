@@ -55,7 +55,6 @@ pub enum V4Level {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EntryMap {
     V4Table(V4Level),
-    /// `V6_L1` and `V6_BLOCKS`.
     V6L1,
     V6Blocks,
 }
@@ -779,33 +778,30 @@ impl Generations {
         maps: &mut impl Maps,
         ruleset: &Ruleset,
     ) -> Result<ApplyReport, MapWriteError> {
-        // Before anything is written: maps sized for a smaller port table cannot take it.
+        let target = self.next_generation();
+        let slots = self.plan_slots(ruleset);
         let rows = maps.port_table_rows();
-        let needed = ruleset.port_rows().map_or(0, |ports| ports.rows.len() as u32);
-        if needed > rows {
+        let image = Image::new(ruleset, &slots, target, rows);
+        // Before anything is written: maps sized for a smaller port table cannot take it.
+        if !image.fits(rows) {
             return Err(MapWriteError {
                 map: PORT_TABLE_MAP,
                 element: Element::Unknown,
                 batch: 0,
                 written: 0,
-                source: format!(
-                    "the policy needs {needed} port table rows a generation, the map has {rows}"
-                )
-                .into(),
+                source: format!("the policy needs more port table rows than the map's {rows}")
+                    .into(),
             });
         }
         // Also before zeroing counter slots: the old generation's rules count into
         // them until its last packet is judged.
         self.settle(maps);
-        let target = self.next_generation();
-        let slots = self.plan_slots(ruleset);
         let used: HashSet<u32> = self.slots.values().copied().collect();
         // Slots the active generation does not use: no packet counts into them now.
         let fresh: Vec<u32> = slots.iter().copied().filter(|s| !used.contains(s)).collect();
         if !fresh.is_empty() {
             maps.zero_rule_counters(&fresh)?;
         }
-        let image = Image::new(ruleset, &slots, target, rows);
         let writes =
             fresh.len() + write_generation(&mut self.shadows[target as usize], maps, &image)?;
         maps.set_active(image.active())?;

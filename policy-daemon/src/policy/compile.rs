@@ -65,13 +65,22 @@ pub(crate) struct BitmapPool {
 impl BitmapPool {
     /// The index of `bitmap`, added if it is new.
     pub(crate) fn intern(&mut self, bitmap: &RuleBitmap) -> u32 {
+        self.intern_within(bitmap, u32::MAX).expect("fewer than u32::MAX bitmaps")
+    }
+
+    /// [`Self::intern`], `None` when `bitmap` is new and `limit` bitmaps are held (the
+    /// address tables' classes).
+    pub(crate) fn intern_within(&mut self, bitmap: &RuleBitmap, limit: u32) -> Option<u32> {
         if let Some(&id) = self.ids.get(bitmap) {
-            return id;
+            return Some(id);
         }
         let id = self.bitmaps.len() as u32;
+        if id >= limit {
+            return None;
+        }
         self.bitmaps.push(*bitmap);
         self.ids.insert(*bitmap, id);
-        id
+        Some(id)
     }
 
     /// The bitmap of index `id` (one [`Self::intern`] returned).
@@ -84,7 +93,7 @@ impl BitmapPool {
     }
 
     /// The bitmaps by index, without the lookup of new ones.
-    fn into_bitmaps(self) -> Vec<RuleBitmap> {
+    pub(crate) fn into_bitmaps(self) -> Vec<RuleBitmap> {
         self.bitmaps
     }
 }
@@ -225,27 +234,23 @@ impl Ruleset {
             (true, false) => *self.sport.lookup(sport),
         };
         let address =
-            |addr: IpAddr, field: usize, [table_bit, v6_bit, used_bit]: [u32; 3]| match addr {
+            |addr: IpAddr, field: usize, [table_bit, v6_bits, used_bit]: [u32; 3]| match addr {
                 _ if fields & used_bit == 0 => all,
                 IpAddr::V4(a) if fields & table_bit != 0 => {
                     *self.v4_tables[field].as_ref().expect("a table for its bit").lookup(a)
                 }
-                IpAddr::V6(_) if fields & v6_bit != 0 => fb(if field == 0 {
-                    field_bitmap::SRC_V6_DEFAULT
-                } else {
-                    field_bitmap::DST_V6_DEFAULT
-                }),
-                IpAddr::V6(a)
-                    if fields & [field::SRC_V6_TABLE, field::DST_V6_TABLE][field] != 0 =>
-                {
-                    *self.v6_tables[field].as_ref().expect("a table for its bit").lookup(a)
+                // The tables, or the one class of a field without IPv6 prefixes.
+                IpAddr::V6(a) if fields & v6_bits != 0 => {
+                    *self.v6_tables[field].as_ref().expect("a table for its bits").lookup(a)
                 }
                 _ => self.lpm(addr, field == 0),
             };
-        let src =
-            address(packet.src, 0, [field::SRC_V4_TABLE, field::SRC_V6_DEFAULT_ONLY, field::SRC]);
-        let dst =
-            address(packet.dst, 1, [field::DST_V4_TABLE, field::DST_V6_DEFAULT_ONLY, field::DST]);
+        let v6_bits = [
+            field::SRC_V6_DEFAULT_ONLY | field::SRC_V6_TABLE,
+            field::DST_V6_DEFAULT_ONLY | field::DST_V6_TABLE,
+        ];
+        let src = address(packet.src, 0, [field::SRC_V4_TABLE, v6_bits[0], field::SRC]);
+        let dst = address(packet.dst, 1, [field::DST_V4_TABLE, v6_bits[1], field::DST]);
         let src = self.with_sets(src, 0, packet.src, usize::from(self.config.src_sets));
         let dst = self.with_sets(dst, 1, packet.dst, usize::from(self.config.dst_sets));
         (0..self.config.words as usize).find_map(|w| {
@@ -457,9 +462,9 @@ pub fn compile(policy: &Policy) -> Ruleset {
     };
     let v4_tables = [table_of(field::SRC, &src_v4), table_of(field::DST, &dst_v4)];
     let (src_v6, dst_v6) = (prefixes(&src, v6), prefixes(&dst, v6));
-    // An IPv6 trie with nothing but its /0 gives every address the same rules: those
-    // go in a field bitmap, and the program skips the walk. Other prefix sets that fit
-    // go to the address tables.
+    // An IPv6 trie with nothing but its /0 gives every address the same rules: that
+    // one class goes in the address tables' map, and the program skips the walk. Other
+    // prefix sets that fit go to the address tables.
     let mut v6_tables = [None, None];
     for ((entries, used, only, table_bit), table) in [
         (&src_v6, field::SRC, field::SRC_V6_DEFAULT_ONLY, field::SRC_V6_TABLE),
@@ -468,7 +473,6 @@ pub fn compile(policy: &Policy) -> Ruleset {
     .into_iter()
     .zip(&mut v6_tables)
     {
-        field_bitmaps.push(entries[0].1);
         if config.fields & used == 0 {
             continue;
         }

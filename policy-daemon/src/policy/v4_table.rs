@@ -4,8 +4,6 @@
 //! for prefix sets that fit (`policy_common::v4_table`'s block and class limits); larger
 //! ones stay in the tries.
 
-use std::collections::HashMap;
-
 use ipnet::Ipv4Net;
 use policy_common::{
     RuleBitmap,
@@ -13,6 +11,8 @@ use policy_common::{
         BLOCK, BLOCKS, CLASSES, HOST, HOST_CLASSES, L1_ENTRIES, host as host_pack, host_class,
     },
 };
+
+use super::BitmapPool;
 
 /// One address field's tables for one generation, as the kernel maps hold them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,13 +36,13 @@ impl V4Table {
         debug_assert_eq!(default_route.0.prefix_len(), 0);
         let mut table =
             Self { l1: Vec::new(), l2: Vec::new(), l3: Vec::new(), classes: Vec::new() };
-        let mut ids = ClassIds::default();
-        let default_class = ids.class(&mut table.classes, &default_route.1, CLASSES)?;
+        let mut classes = BitmapPool::default();
+        let default_class = classes.intern_within(&default_route.1, CLASSES)?;
         table.l1 = vec![default_class; L1_ENTRIES as usize];
         // Containers come first, so painting in order leaves each address with the class
         // of its longest prefix.
         for (net, bitmap) in rest {
-            let class = ids.class(&mut table.classes, bitmap, CLASSES)?;
+            let class = classes.intern_within(bitmap, CLASSES)?;
             let start = u32::from(net.network());
             let len = u32::from(net.prefix_len());
             let top = (start >> 16) as usize;
@@ -61,6 +61,7 @@ impl V4Table {
             table.l3[last..last + (1 << (32 - len))].fill(class);
         }
         table.fold_host_blocks();
+        table.classes = classes.into_bitmaps();
         Some(table)
     }
 
@@ -107,33 +108,6 @@ impl V4Table {
     }
 }
 
-/// The classes of an address table being numbered: each distinct bitmap once, in order
-/// of first use (shared by the IPv4 and the IPv6 tables).
-#[derive(Default)]
-pub(super) struct ClassIds(HashMap<RuleBitmap, u32>);
-
-impl ClassIds {
-    /// The class of `bitmap` in `classes`, a new one if it has none yet; `None` past
-    /// `limit` classes.
-    pub(super) fn class(
-        &mut self,
-        classes: &mut Vec<RuleBitmap>,
-        bitmap: &RuleBitmap,
-        limit: u32,
-    ) -> Option<u32> {
-        if let Some(id) = self.0.get(bitmap) {
-            return Some(*id);
-        }
-        let id = classes.len() as u32;
-        if id >= limit {
-            return None;
-        }
-        classes.push(*bitmap);
-        self.0.insert(*bitmap, id);
-        Some(id)
-    }
-}
-
 /// The block of 256 entries `entry` refers to (`flag` | its index in `blocks`), making
 /// one (filled with the class `entry` held) if it holds a class; `None` past `limit`
 /// blocks.
@@ -155,14 +129,51 @@ pub(super) fn block(
     Some(block)
 }
 
-/// A bitmap of `rules` (for the tables' tests).
+/// What the IPv4 and the IPv6 tables' tests share.
 #[cfg(test)]
-pub(super) fn bitmap(rules: &[usize]) -> RuleBitmap {
-    let mut b = RuleBitmap::EMPTY;
-    for r in rules {
-        b.set(*r);
+pub(super) mod testing {
+    use ipnet::IpNet;
+    use policy_common::RuleBitmap;
+
+    /// A bitmap of `rules`.
+    pub fn bitmap(rules: &[usize]) -> RuleBitmap {
+        let mut b = RuleBitmap::EMPTY;
+        for r in rules {
+            b.set(*r);
+        }
+        b
     }
-    b
+
+    /// Each of `nets` (sorted, distinct) its own rule, its bitmap holding the rules of
+    /// every net covering it, as `compile` builds them.
+    pub fn with_covering_rules<N: Copy + Into<IpNet>>(nets: &[N]) -> Vec<(N, RuleBitmap)> {
+        nets.iter()
+            .map(|net| {
+                let covering: Vec<usize> = nets
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| (**c).into().contains(&(*net).into()))
+                    .map(|(i, _)| i % 1000)
+                    .collect();
+                (*net, bitmap(&covering))
+            })
+            .collect()
+    }
+
+    /// The bitmap of the longest of `entries` holding `addr`: a linear longest-prefix
+    /// match, the tables' oracle.
+    pub fn longest_match<N: Copy + Into<IpNet>>(
+        entries: &[(N, RuleBitmap)],
+        addr: std::net::IpAddr,
+    ) -> RuleBitmap {
+        entries
+            .iter()
+            .map(|(n, b)| ((*n).into(), b))
+            .filter(|(n, _): &(IpNet, _)| n.contains(&addr))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .map(|(_, b)| *b)
+            .expect("the /0")
+    }
 }
 
 /// The second-level entry a third-level block folds into: a `HOST` entry when it is all
@@ -183,7 +194,7 @@ fn host_entry(block: &[u32]) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{testing::*, *};
 
     #[test]
     fn every_address_gets_its_longest_prefix() {
@@ -249,20 +260,7 @@ mod tests {
         }
         nets.sort();
         nets.dedup();
-        // Each prefix its own rule, the bitmap holding every covering prefix's rule, as
-        // `compile` builds them.
-        let entries: Vec<(Ipv4Net, RuleBitmap)> = nets
-            .iter()
-            .map(|net| {
-                let covering: Vec<usize> = nets
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, n)| n.contains(net))
-                    .map(|(i, _)| i % 1000)
-                    .collect();
-                (*net, bitmap(&covering))
-            })
-            .collect();
+        let entries = with_covering_rules(&nets);
         let table = V4Table::build(&entries).expect("fits");
         assert!(table.l2.iter().any(|e| e & HOST != 0), "some host routes fold");
         let mut probes: Vec<u32> = nets.iter().map(|n| u32::from(n.network())).collect();
@@ -270,13 +268,7 @@ mod tests {
         probes.extend((0..20_000).map(|_| 0x0a00_0000 | (next() & 0x00ff_ffff)));
         for addr in probes {
             let addr = std::net::Ipv4Addr::from(addr);
-            let expected = entries
-                .iter()
-                .filter(|(n, _)| n.contains(&addr))
-                .max_by_key(|(n, _)| n.prefix_len())
-                .map(|(_, b)| *b)
-                .expect("the /0");
-            assert_eq!(*table.lookup(addr), expected, "{addr}");
+            assert_eq!(*table.lookup(addr), longest_match(&entries, addr.into()), "{addr}");
         }
     }
 }

@@ -12,7 +12,7 @@ use policy_common::{
     v6_table::{BLOCK, BLOCKS, CLASSES, L1_ENTRIES},
 };
 
-use super::v4_table::{ClassIds, block};
+use super::{BitmapPool, v4_table::block};
 
 /// One address field's tables for one generation, as the kernel maps hold them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,13 +45,13 @@ impl V6Table {
         let (default_route, rest) = entries.split_first()?;
         debug_assert_eq!(default_route.0.prefix_len(), 0);
         let mut table = Self { l1: Vec::new(), blocks: Vec::new(), classes: Vec::new() };
-        let mut ids = ClassIds::default();
-        let default_class = ids.class(&mut table.classes, &default_route.1, CLASSES)?;
+        let mut classes = BitmapPool::default();
+        let default_class = classes.intern_within(&default_route.1, CLASSES)?;
         table.l1 = vec![default_class; L1_ENTRIES as usize];
         // Containers come first, so painting in order leaves each address with the class
         // of its longest prefix.
         for (net, bitmap) in rest {
-            let class = ids.class(&mut table.classes, bitmap, CLASSES)?;
+            let class = classes.intern_within(bitmap, CLASSES)?;
             let bytes = net.network().octets();
             let len = usize::from(net.prefix_len());
             let top = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
@@ -59,19 +59,20 @@ impl V6Table {
                 table.l1[top..top + (1 << (16 - len))].fill(class);
                 continue;
             }
-            let mut block = block(&mut table.l1[top], &mut table.blocks, BLOCK, BLOCKS)?;
-            // Bits of the address the levels down to this block's have taken.
+            let mut current = block(&mut table.l1[top], &mut table.blocks, BLOCK, BLOCKS)?;
+            // Bits of the address the levels down to the current block's have taken.
             for (byte, taken) in bytes.iter().skip(2).zip((24..=128).step_by(8)) {
-                let at = block * 256 + usize::from(*byte);
+                let at = current * 256 + usize::from(*byte);
                 if len <= taken {
                     table.blocks[at..at + (1 << (taken - len))].fill(class);
                     break;
                 }
                 let mut entry = table.blocks[at];
-                block = super::v4_table::block(&mut entry, &mut table.blocks, BLOCK, BLOCKS)?;
+                current = block(&mut entry, &mut table.blocks, BLOCK, BLOCKS)?;
                 table.blocks[at] = entry;
             }
         }
+        table.classes = classes.into_bitmaps();
         Some(table)
     }
 
@@ -96,7 +97,7 @@ impl V6Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::v4_table::bitmap;
+    use crate::policy::v4_table::testing::{bitmap, longest_match, with_covering_rules};
 
     fn net(s: &str) -> Ipv6Net {
         s.parse().expect("test net")
@@ -166,18 +167,7 @@ mod tests {
         }
         nets.sort();
         nets.dedup();
-        let entries: Vec<(Ipv6Net, RuleBitmap)> = nets
-            .iter()
-            .map(|n| {
-                let covering: Vec<usize> = nets
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| c.contains(n))
-                    .map(|(i, _)| i % 1000)
-                    .collect();
-                (*n, bitmap(&covering))
-            })
-            .collect();
+        let entries = with_covering_rules(&nets);
         let table = V6Table::build(&entries).expect("fits");
         let mut probes: Vec<u128> = nets.iter().map(|n| u128::from(n.network())).collect();
         probes.extend(nets.iter().map(|n| u128::from(n.network()) ^ 1));
@@ -189,13 +179,7 @@ mod tests {
         }
         for addr in probes {
             let addr = Ipv6Addr::from(addr);
-            let expected = entries
-                .iter()
-                .filter(|(n, _)| n.contains(&addr))
-                .max_by_key(|(n, _)| n.prefix_len())
-                .map(|(_, b)| *b)
-                .expect("the /0");
-            assert_eq!(*table.lookup(addr), expected, "{addr}");
+            assert_eq!(*table.lookup(addr), longest_match(&entries, addr.into()), "{addr}");
         }
     }
 }
