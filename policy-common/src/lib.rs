@@ -183,8 +183,13 @@ pub const LAYOUT_ENTRIES: u32 = 4;
 /// 1: everything up to the release that added this map; 2: `LIMIT_BUCKETS` sized to the
 /// policy (one entry without a limit rule), `SET_STATS` not preallocated, and this map;
 /// 3: `PORT_TABLE` in rows named by `ACTIVE` ([`active::row`]), and `LIMITS` and
-/// `LIMIT_STATS` of one entry without a limit rule, and the IPv6 address tables.
-pub const LAYOUT_VERSION: u32 = 3;
+/// `LIMIT_STATS` of one entry without a limit rule, and the IPv6 address tables;
+/// 4: the address tables' blocks and classes interleaved by generation and field
+/// ([`v4_table::block_index`], [`v4_table::class_index`], the same for IPv6), so that
+/// their maps are sized to the policy, and IPv4 fields without IPv4 prefixes read
+/// class 0 ([`field::SRC_V4_DEFAULT_ONLY`]); the port classes' bitmaps interleaved by
+/// generation ([`port_bitmap_index`]), and sized as well.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Every map the program declares, for checks that the built object carries them all.
 pub const MAP_NAMES: [&str; 34] = [
@@ -230,11 +235,20 @@ pub const MAX_RULES: usize = 1024;
 pub const BITMAP_WORDS: usize = MAX_RULES / 64;
 /// Rule generations kept in every rule map.
 pub const GENERATIONS: u32 = 2;
+/// The address tables' shares of their maps: one per generation and address field.
+pub const REGIONS: u32 = GENERATIONS * 2;
 /// Distinct port classes per port field: N rules with one range each cut the port space
 /// into at most 2N + 1 classes.
 pub const MAX_PORT_CLASSES: u32 = 4096;
 /// Entries of a port-class map per generation (four ports per entry).
 pub const PORT_CLASS_WORDS: u32 = (1 << 16) / 4;
+
+/// Index of (generation, class) in `DPORT_BITMAPS` or `SPORT_BITMAPS`: interleaved by
+/// generation, so that a map of `n * GENERATIONS` entries holds classes 0 to n - 1 of
+/// both.
+pub const fn port_bitmap_index(generation: u32, class: u32) -> u32 {
+    class * GENERATIONS + generation
+}
 /// Prefixes per address field and IP version (src IPv4, dst IPv4, src IPv6, dst IPv6).
 /// The tries allocate entries as they are inserted (BPF_F_NO_PREALLOC), so the limit
 /// costs no memory until it is used.
@@ -532,6 +546,12 @@ pub mod field {
     pub const SRC_V6_TABLE: u32 = 1 << 11;
     /// The same for IPv6 destination addresses.
     pub const DST_V6_TABLE: u32 = 1 << 12;
+    /// No rule names an IPv4 source network: every IPv4 source admits the rules of the
+    /// `/0`, which the program reads as class 0 of the IPv4 address tables
+    /// (`V4_CLASSES`), no walk needed.
+    pub const SRC_V4_DEFAULT_ONLY: u32 = 1 << 13;
+    /// The same for IPv4 destinations.
+    pub const DST_V4_DEFAULT_ONLY: u32 = 1 << 14;
     /// A rule matches TCP flags (the class-and-flags lookup in
     /// [`super::TCP_FLAGS_MAP`] is done whatever the policy; this says the policy is no
     /// longer decided by protocol and port alone).
@@ -615,14 +635,18 @@ pub mod v4_table {
         (generation * 2 + field) * L1_ENTRIES + top
     }
 
-    /// Index of (generation, field, block, byte) in `V4_L2` or `V4_L3`.
+    /// Index of (generation, field, block, byte) in `V4_L2` or `V4_L3`: the blocks of
+    /// one number are side by side for every generation and field ([`super::REGIONS`]),
+    /// so that a map of `n * REGIONS * 256` entries holds blocks 0 to n - 1 of each.
     pub const fn block_index(generation: u32, field: u32, block: u32, byte: u32) -> u32 {
-        ((generation * 2 + field) * BLOCKS + block) * 256 + byte
+        (block * super::REGIONS + generation * 2 + field) * 256 + byte
     }
 
-    /// Index of (generation, field, class) in `V4_CLASSES`.
+    /// Index of (generation, field, class) in `V4_CLASSES`; interleaved as the blocks
+    /// are, so that the classes 0 of fields without IPv4 prefixes are the first four
+    /// entries.
     pub const fn class_index(generation: u32, field: u32, class: u32) -> u32 {
-        (generation * 2 + field) * CLASSES + class
+        class * super::REGIONS + generation * 2 + field
     }
 }
 
@@ -646,7 +670,7 @@ pub mod v6_table {
     pub const CLASSES: u32 = 1024;
     /// Entries of `V6_CLASSES` per class: one per generation and field, so that the
     /// classes 0 a policy without IPv6 tables needs are the first four entries.
-    pub const CLASS_STRIDE: u32 = super::GENERATIONS * 2;
+    pub const CLASS_STRIDE: u32 = super::REGIONS;
     /// An entry that refers to a block.
     pub const BLOCK: u32 = 1 << 31;
     /// The levels under the first: one per byte after the top two.
@@ -657,9 +681,10 @@ pub mod v6_table {
         (generation * 2 + field) * L1_ENTRIES + top
     }
 
-    /// Index of (generation, field, block, byte) in `V6_BLOCKS`.
+    /// Index of (generation, field, block, byte) in `V6_BLOCKS`, interleaved as
+    /// [`super::v4_table::block_index`].
     pub const fn block_index(generation: u32, field: u32, block: u32, byte: u32) -> u32 {
-        ((generation * 2 + field) * BLOCKS + block) * 256 + byte
+        (block * super::REGIONS + generation * 2 + field) * 256 + byte
     }
 
     /// Index of (generation, field, class) in `V6_CLASSES`.

@@ -26,8 +26,10 @@ use std::{fs, path::Path, path::PathBuf, time::Duration};
 use aya::maps::{Array, Map, MapData, MapInfo};
 use policy_common::{
     GENERATIONS, LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP, LIMITS_MAP, MAX_RULES,
-    PORT_TABLE_MAP, V4_L1_MAP, V6_CLASSES_MAP, V6_L1_MAP, port_table, v4_table, v6_table,
+    PORT_TABLE_MAP, REGIONS, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, V6_BLOCKS_MAP,
+    V6_CLASSES_MAP, V6_L1_MAP, port_table, v4_table, v6_table,
 };
+use policy_daemon::dataplane::migrate::TableRoom;
 use support::{DAEMON, PolicyFile, block_udp, serial, xdp_policy};
 use testbed::{
     DaemonCommand, RX_IFACE, RX_V4, RX_V6, StreamResult, TX_V4, Testbed, TestbedError, XdpMode,
@@ -417,7 +419,7 @@ fn maps_are_sized_by_the_policy_and_moved_on_reload() {
     // A row a generation for each transport class the policy decides differently.
     const ROW: u32 = GENERATIONS * port_table::WORDS_PER_ROW;
     const LIMITS: u32 = GENERATIONS * MAX_RULES as u32;
-    const FULL_V4_L1: u32 = 2 * 2 * v4_table::L1_ENTRIES;
+    const FULL_V4_L1: u32 = REGIONS * v4_table::L1_ENTRIES;
     let limit = format!(
         "[[rule]]\nname = \"limit-{LIMITED}\"\naction = \"limit\"\nprotocol = \"udp\"\n\
          dst_ports = [{LIMITED}]\nrate = \"1/h\"\nburst = 3\n"
@@ -452,10 +454,13 @@ fn maps_are_sized_by_the_policy_and_moved_on_reload() {
     assert_eq!(received, 3, "the limit rule passes its burst of 3, then one an hour");
 
     // IPv4 prefixes come: the address tables, and the bucket carried over (still empty).
+    // A /16 is decided in the first level: no block, and room for the fewest classes.
     policy.write(&format!("{plain}{limit}{prefix}"));
     daemon.wait_for_log("policy applied", 3, Duration::from_secs(10)).expect("reload");
     assert_eq!(daemon.log().matches("moved the filter to new maps").count(), 2);
     assert_eq!(sizes(&testbed), [5000, LIMITS, 1, FULL_V4_L1]);
+    let v4_tables = [V4_L2_MAP, V4_L3_MAP, V4_CLASSES_MAP].map(|name| entries(&testbed, name));
+    assert_eq!(v4_tables, [1, 1, TableRoom::MIN_CLASSES * REGIONS]);
     let tables = maps_memory(&testbed);
     assert_eq!(testbed.udp_probe(RX_V4.into(), LIMITED, 3).expect("probe").received, 0);
 
@@ -499,11 +504,17 @@ fn maps_are_sized_by_the_policy_and_moved_on_reload() {
     policy.write(&v6);
     daemon.wait_for_log("policy applied", 8, Duration::from_secs(10)).expect("reload");
     assert_eq!(daemon.log().matches("moved the filter to new maps").count(), 6);
-    let v6_tables = [V6_L1_MAP, V6_CLASSES_MAP].map(|name| entries(&testbed, name));
+    // The /64 takes a block for each of its bytes past the first level (six: room for
+    // eight), and two classes (room for the fewest). The IPv4 source field has no
+    // prefix: its one class, no IPv4 tables.
+    let v6_tables = [V6_L1_MAP, V6_BLOCKS_MAP, V6_CLASSES_MAP].map(|name| entries(&testbed, name));
     assert_eq!(
         v6_tables,
-        [GENERATIONS * 2 * v6_table::L1_ENTRIES, v6_table::CLASS_STRIDE * v6_table::CLASSES]
+        [REGIONS * v6_table::L1_ENTRIES, 8 * REGIONS * 256, TableRoom::MIN_CLASSES * REGIONS]
     );
+    let v4_tables = [V4_L1_MAP, V4_L2_MAP, V4_CLASSES_MAP].map(|name| entries(&testbed, name));
+    assert_eq!(v4_tables, [1, 1, TableRoom::MIN_CLASSES * REGIONS]);
+    let v6_only = maps_memory(&testbed);
     let probe =
         |addr: std::net::IpAddr, port| testbed.udp_probe(addr, port, 10).expect("probe").received;
     assert_eq!([probe(RX_V6.into(), OPEN), probe(RX_V4.into(), OPEN)], [0, 10]);
@@ -517,15 +528,21 @@ fn maps_are_sized_by_the_policy_and_moved_on_reload() {
     assert_verified(&testbed, "after the moves");
     let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
     eprintln!(
-        "maps: port-only {:.1} MiB; with a limit rule (5,000 buckets) {:.1} MiB; with IPv4 \
-         prefixes too {:.1} MiB",
+        "maps: port-only {:.2} MiB; with a limit rule (5,000 buckets) {:.2} MiB; with an IPv4 \
+         /16 too {:.2} MiB; port rules and an IPv6 /64 {:.2} MiB",
         mib(port_only),
         mib(limits),
-        mib(tables)
+        mib(tables),
+        mib(v6_only)
     );
+    // The address tables cost their first level (2 MiB a family: the kernel holds each
+    // 4-byte entry in 8 bytes) and little more.
     assert!(
-        port_only <= 1 << 20 && limits < 5 << 20 && tables > 20 << 20,
-        "{port_only} {limits} {tables}"
+        port_only <= 1 << 20
+            && limits < 5 << 20
+            && tables < limits + (5 << 19)
+            && v6_only < 6 << 20,
+        "{port_only} {limits} {tables} {v6_only}"
     );
     daemon.stop().expect("stopping");
 }

@@ -11,8 +11,8 @@ use aya_ebpf::{
 use policy_common::{
     Action, BITMAP_WORDS, FragmentAction, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, L4Class,
     MAX_PORT_CLASSES, MAX_RULES, MAX_SET_REFS, PORT_CLASS_WORDS, RuleBitmap, SET_EXPIRED_STEPS,
-    SET_KEY_PREFIX_BITS, Verdict, active, field, field_bitmap, ipv4_key, ipv6_key, port_table,
-    tcp_flags, v4_table, v6_table,
+    SET_KEY_PREFIX_BITS, Verdict, active, field, field_bitmap, ipv4_key, ipv6_key,
+    port_bitmap_index, port_table, tcp_flags, v4_table, v6_table,
 };
 
 use crate::{
@@ -191,7 +191,7 @@ fn port_bitmap(
     if class >= MAX_PORT_CLASSES {
         return None;
     }
-    bitmaps.get(generation * MAX_PORT_CLASSES + class)
+    bitmaps.get(port_bitmap_index(generation, class))
 }
 
 /// The rules the longest prefix matching `addr` (network byte order, as in the packet)
@@ -339,14 +339,19 @@ fn first_match<const FULL: bool>(
         (None, None)
     } else if packet.family == Family::V4 {
         (
-            if fields & field::SRC_V4_TABLE != 0 {
+            // A field without IPv4 prefixes: the /0's class, as for IPv6 below.
+            if fields & field::SRC_V4_DEFAULT_ONLY != 0 {
+                Some(V4_CLASSES.get(v4_table::class_index(generation, 0, 0))?)
+            } else if fields & field::SRC_V4_TABLE != 0 {
                 Some(v4_table_lookup(generation, 0, packet.src[0])?)
             } else if fields & field::SRC != 0 {
                 Some(SRC_V4.get(Key::new(prefix_v4, v4(&packet.src)))?)
             } else {
                 None
             },
-            if fields & field::DST_V4_TABLE != 0 {
+            if fields & field::DST_V4_DEFAULT_ONLY != 0 {
+                Some(V4_CLASSES.get(v4_table::class_index(generation, 1, 0))?)
+            } else if fields & field::DST_V4_TABLE != 0 {
                 Some(v4_table_lookup(generation, 1, packet.dst[0])?)
             } else if fields & field::DST != 0 {
                 Some(DST_V4.get(Key::new(prefix_v4, v4(&packet.dst)))?)

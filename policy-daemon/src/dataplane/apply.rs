@@ -20,14 +20,15 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use policy_common::{
     ACTIVE_MAP, Action, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, DST_V4_MAP, DST_V6_MAP,
     FIELD_BITMAPS_MAP, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN,
-    L4Class, LIMITS_MAP, LimitConfig, MAX_PORT_CLASSES, MAX_RULES, PORT_CLASS_WORDS,
-    PORT_TABLE_MAP, RULE_COUNTER_SLOTS, RULES_MAP, RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP,
-    SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP, TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP,
-    V4_L3_MAP, V6_BLOCKS_MAP, V6_CLASSES_MAP, V6_L1_MAP, Verdict, active, field_bitmap, ipv4_key,
-    ipv6_key, port_table, tcp_flags, v4_table, v6_table,
+    L4Class, LIMITS_MAP, LimitConfig, MAX_RULES, PORT_CLASS_WORDS, PORT_TABLE_MAP, REGIONS,
+    RULE_COUNTER_SLOTS, RULES_MAP, RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP,
+    SRC_V4_MAP, SRC_V6_MAP, TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP,
+    V6_BLOCKS_MAP, V6_CLASSES_MAP, V6_L1_MAP, Verdict, active, field, field_bitmap, ipv4_key,
+    ipv6_key, port_bitmap_index, port_table, tcp_flags, v4_table, v6_table,
 };
 
-use crate::policy::{BitmapPool, Ruleset, V4Table, V6Table};
+use super::migrate::TableRoom;
+use crate::policy::{BitmapPool, PortField, Ruleset, V4Table, V6Table};
 
 /// The two port fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,6 +76,27 @@ impl PortFieldId {
             Self::Dst => DPORT_CLASSES_MAP,
             Self::Src => SPORT_CLASSES_MAP,
         }
+    }
+
+    /// The field of `ruleset`.
+    pub fn of(self, ruleset: &Ruleset) -> &PortField {
+        match self {
+            Self::Dst => &ruleset.dport,
+            Self::Src => &ruleset.sport,
+        }
+    }
+
+    /// The port fields whose classes the program reads for `ruleset`: those a rule
+    /// constrains, unless a port table decides its packets.
+    pub fn read_by(ruleset: &Ruleset) -> Vec<Self> {
+        if ruleset.port_table.is_some() {
+            return Vec::new();
+        }
+        [(Self::Dst, field::DPORT), (Self::Src, field::SPORT)]
+            .into_iter()
+            .filter(|(_, bit)| ruleset.config.fields & bit != 0)
+            .map(|(id, _)| id)
+            .collect()
     }
 }
 
@@ -237,6 +259,8 @@ pub trait Maps {
     fn set_active(&mut self, value: u32) -> Result<(), MapWriteError>;
     /// `PORT_TABLE`'s rows per generation (see `policy_common::port_table`).
     fn port_table_rows(&self) -> u32;
+    /// The room the address tables' maps have.
+    fn table_room(&self) -> TableRoom;
     /// Starts an RCU grace period after a flip of `ACTIVE`, without waiting for it to
     /// end: the apply that flipped need not wait for packets still reading the
     /// generation it left, only the next apply, which rewrites that generation.
@@ -453,7 +477,9 @@ struct Image<'a> {
     /// `LIMITS` of the generation's rules (all zero for a rule that does not limit);
     /// none without a limit rule.
     limits: Vec<LimitConfig>,
-    port_words: [(PortFieldId, Vec<u64>); 2],
+    /// The port fields the program reads (see [`PortFieldId::read_by`]), with their class
+    /// words.
+    port_words: Vec<(PortFieldId, Vec<u64>)>,
     /// The generation's rows of `PORT_TABLE`, for a ruleset with a port table.
     port_table: Option<PortImage>,
 }
@@ -530,19 +556,16 @@ impl<'a> Image<'a> {
             ruleset,
             rules,
             limits,
-            port_words: [
-                (PortFieldId::Dst, ruleset.dport.class_words()),
-                (PortFieldId::Src, ruleset.sport.class_words()),
-            ],
+            port_words: PortFieldId::read_by(ruleset)
+                .into_iter()
+                .map(|id| (id, id.of(ruleset).class_words()))
+                .collect(),
             port_table,
         }
     }
 
     fn port_bitmaps(&self, field: PortFieldId) -> &'a [RuleBitmap] {
-        match field {
-            PortFieldId::Dst => &self.ruleset.dport.bitmaps,
-            PortFieldId::Src => &self.ruleset.sport.bitmaps,
-        }
+        &field.of(self.ruleset).bitmaps
     }
 
     /// The address tables of field `index` (0 source, 1 destination), if it has them.
@@ -595,9 +618,22 @@ impl<'a> Image<'a> {
         }
     }
 
-    /// Whether the port table's rows fit maps of `rows_per_generation` rows a generation.
-    fn fits(&self, rows_per_generation: u32) -> bool {
-        self.port_table.as_ref().is_none_or(|ports| ports.rows <= rows_per_generation)
+    /// Why the image does not fit maps of `rows_per_generation` port table rows a
+    /// generation and address tables of `room`: the map it would write past the end of.
+    fn misfit(&self, rows_per_generation: u32, room: &TableRoom) -> Option<(&'static str, String)> {
+        if self.port_table.as_ref().is_some_and(|ports| ports.rows > rows_per_generation) {
+            let why = format!(
+                "the policy needs more port table rows than the map's {rows_per_generation}"
+            );
+            return Some((PORT_TABLE_MAP, why));
+        }
+        let used = TableRoom::used_by(self.ruleset);
+        (!room.holds(&used)).then(|| {
+            (
+                V4_L1_MAP,
+                format!("the policy's address tables ({used}) do not fit the maps' ({room})"),
+            )
+        })
     }
 }
 
@@ -782,15 +818,15 @@ impl Generations {
         let slots = self.plan_slots(ruleset);
         let rows = maps.port_table_rows();
         let image = Image::new(ruleset, &slots, target, rows);
-        // Before anything is written: maps sized for a smaller port table cannot take it.
-        if !image.fits(rows) {
+        // Before anything is written: maps sized for a smaller port table or smaller
+        // address tables cannot take it.
+        if let Some((map, why)) = image.misfit(rows, &maps.table_room()) {
             return Err(MapWriteError {
-                map: PORT_TABLE_MAP,
+                map,
                 element: Element::Unknown,
                 batch: 0,
                 written: 0,
-                source: format!("the policy needs more port table rows than the map's {rows}")
-                    .into(),
+                source: why.into(),
             });
         }
         // Also before zeroing counter slots: the old generation's rules count into
@@ -827,9 +863,9 @@ impl Generations {
         let rows = maps.port_table_rows();
         let image = Image::new(ruleset, &slots, self.active, rows);
         let mut drift = Drift::default();
-        if !image.fits(rows) {
+        if let Some((map, _)) = image.misfit(rows, &maps.table_room()) {
             // Maps too small for the policy in force hold some other policy.
-            drift.add(PORT_TABLE_MAP, 1);
+            drift.add(map, 1);
             return Ok(drift);
         }
         drift.add(ACTIVE_MAP, u64::from(maps.active()? != image.active()));
@@ -923,16 +959,15 @@ fn write_generation(
     writes += sync_array(&mut shadow.tcp_flags, &ruleset.tcp_flags, base, |i, v| {
         maps.set_bitmaps(BitmapMap::TcpFlags, i, v)
     })?;
-    // A generation with a port table has its packets decided by it: the program never
-    // reads its port classes (their maps may have one entry).
-    let port_words = if image.port_table.is_none() { &image.port_words[..] } else { &[] };
-    for (id, words) in port_words {
+    for (id, words) in &image.port_words {
         let id = *id;
         let bitmaps = shadow.port_bitmaps.get_mut(&id).expect("both fields present");
-        let base = generation * MAX_PORT_CLASSES;
-        writes += sync_array(bitmaps, image.port_bitmaps(id), base, |i, v| {
-            maps.set_bitmaps(BitmapMap::Ports(id), i, v)
-        })?;
+        writes += sync_share(
+            bitmaps,
+            image.port_bitmaps(id),
+            Share::port_classes(generation),
+            |i, v| maps.set_bitmaps(BitmapMap::Ports(id), i, v),
+        )?;
         let held = shadow.port_words.get_mut(&id).expect("both fields present");
         let base = generation * PORT_CLASS_WORDS;
         writes += sync_array(held, words, base, |i, v| maps.set_port_classes(id, i, v))?;
@@ -941,17 +976,16 @@ fn write_generation(
         let Some(table) = image.v4_table(field) else { continue };
         let f = field as u32;
         // Blocks and classes before the first level that refers to them.
-        writes += sync_array(
+        writes += sync_share(
             &mut held.classes,
             &table.classes,
-            v4_table::class_index(generation, f, 0),
+            Share::classes(generation, f),
             |i, v| maps.set_bitmaps(BitmapMap::V4Classes, i, v),
         )?;
         for (level, wanted, held) in
             [(V4Level::L3, &table.l3, &mut held.l3), (V4Level::L2, &table.l2, &mut held.l2)]
         {
-            let base = v4_table::block_index(generation, f, 0, 0);
-            writes += sync_array(held, wanted, base, |i, v| {
+            writes += sync_share(held, wanted, Share::blocks(generation, f), |i, v| {
                 maps.set_entries(EntryMap::V4Table(level), i, v)
             })?;
         }
@@ -963,17 +997,16 @@ fn write_generation(
     for (field, held) in shadow.v6_tables.iter_mut().enumerate() {
         let Some(table) = image.v6_table(field) else { continue };
         let f = field as u32;
-        writes += sync_strided(
+        writes += sync_share(
             &mut held.classes,
             &table.classes,
-            v6_table::class_index(generation, f, 0),
-            v6_table::CLASS_STRIDE,
+            Share::classes(generation, f),
             |i, v| maps.set_bitmaps(BitmapMap::V6Classes, i, v),
         )?;
-        let base = v6_table::block_index(generation, f, 0, 0);
-        writes += sync_array(&mut held.blocks, &table.blocks, base, |i, v| {
-            maps.set_entries(EntryMap::V6Blocks, i, v)
-        })?;
+        writes +=
+            sync_share(&mut held.blocks, &table.blocks, Share::blocks(generation, f), |i, v| {
+                maps.set_entries(EntryMap::V6Blocks, i, v)
+            })?;
         let base = v6_table::l1_index(generation, f, 0);
         writes += sync_array(&mut held.l1, &table.l1, base, |i, v| {
             maps.set_entries(EntryMap::V6L1, i, v)
@@ -1039,54 +1072,44 @@ fn audit_generation(
         len(ruleset.tcp_flags.len()),
     )?;
     drift.compare(TCP_FLAGS_MAP, &ruleset.tcp_flags, &held);
-    let port_words = if image.port_table.is_none() { &image.port_words[..] } else { &[] };
-    for (id, words) in port_words {
+    for (id, words) in &image.port_words {
         let held = maps.port_classes(*id, generation * PORT_CLASS_WORDS, len(words.len()))?;
         drift.compare(id.classes_map(), words, &held);
         let wanted = image.port_bitmaps(*id);
-        let held =
-            maps.bitmaps(BitmapMap::Ports(*id), generation * MAX_PORT_CLASSES, len(wanted.len()))?;
-        drift.compare(BitmapMap::Ports(*id).name(), wanted, &held);
+        let share = Share::port_classes(generation);
+        let held = maps.bitmaps(BitmapMap::Ports(*id), share.base, share.span(wanted.len()))?;
+        drift.compare(BitmapMap::Ports(*id).name(), wanted, &share.pick(held));
     }
     for field in 0..2 {
         let Some(table) = image.v4_table(field) else { continue };
         let f = field as u32;
-        let held = maps.bitmaps(
-            BitmapMap::V4Classes,
-            v4_table::class_index(generation, f, 0),
-            len(table.classes.len()),
-        )?;
-        drift.compare(V4_CLASSES_MAP, &table.classes, &held);
-        for (level, wanted, start) in [
-            (V4Level::L1, &table.l1, v4_table::l1_index(generation, f, 0)),
-            (V4Level::L2, &table.l2, v4_table::block_index(generation, f, 0, 0)),
-            (V4Level::L3, &table.l3, v4_table::block_index(generation, f, 0, 0)),
+        let share = Share::classes(generation, f);
+        let held =
+            maps.bitmaps(BitmapMap::V4Classes, share.base, share.span(table.classes.len()))?;
+        drift.compare(V4_CLASSES_MAP, &table.classes, &share.pick(held));
+        for (level, wanted, share) in [
+            (V4Level::L1, &table.l1, Share::contiguous(v4_table::l1_index(generation, f, 0))),
+            (V4Level::L2, &table.l2, Share::blocks(generation, f)),
+            (V4Level::L3, &table.l3, Share::blocks(generation, f)),
         ] {
             let map = EntryMap::V4Table(level);
-            let held = maps.entries(map, start, len(wanted.len()))?;
-            drift.compare(map.name(), wanted, &held);
+            let held = maps.entries(map, share.base, share.span(wanted.len()))?;
+            drift.compare(map.name(), wanted, &share.pick(held));
         }
     }
     for field in 0..2 {
         let Some(table) = image.v6_table(field) else { continue };
         let f = field as u32;
-        // Every `CLASS_STRIDE`th entry from the field's first class.
-        let stride = v6_table::CLASS_STRIDE as usize;
-        let span = (table.classes.len() - 1) * stride + 1;
-        let first = v6_table::class_index(generation, f, 0);
-        let held = maps.bitmaps(BitmapMap::V6Classes, first, len(span))?;
-        let held: Vec<RuleBitmap> = held.into_iter().step_by(stride).collect();
-        drift.compare(V6_CLASSES_MAP, &table.classes, &held);
-        for (map, wanted, start) in [
-            (EntryMap::V6L1, &table.l1, v6_table::l1_index(generation, f, 0)),
-            (EntryMap::V6Blocks, &table.blocks, v6_table::block_index(generation, f, 0, 0)),
+        let share = Share::classes(generation, f);
+        let held =
+            maps.bitmaps(BitmapMap::V6Classes, share.base, share.span(table.classes.len()))?;
+        drift.compare(V6_CLASSES_MAP, &table.classes, &share.pick(held));
+        for (map, wanted, share) in [
+            (EntryMap::V6L1, &table.l1, Share::contiguous(v6_table::l1_index(generation, f, 0))),
+            (EntryMap::V6Blocks, &table.blocks, Share::blocks(generation, f)),
         ] {
-            if wanted.is_empty() {
-                // A field without IPv6 prefixes: class 0 alone.
-                continue;
-            }
-            let held = maps.entries(map, start, len(wanted.len()))?;
-            drift.compare(map.name(), wanted, &held);
+            let held = maps.entries(map, share.base, share.span(wanted.len()))?;
+            drift.compare(map.name(), wanted, &share.pick(held));
         }
     }
     for id in [AddrFieldId::Src, AddrFieldId::Dst] {
@@ -1106,6 +1129,65 @@ fn audit_generation(
     Ok(())
 }
 
+/// Where the elements of one generation's (and one field's) share of an array map lie:
+/// in runs of `run` consecutive entries, `stride` entries apart, from `base`. The
+/// address tables' blocks and classes are interleaved by generation and field
+/// (`policy_common::v4_table::block_index`); everything else is one run.
+#[derive(Clone, Copy)]
+struct Share {
+    base: u32,
+    run: u32,
+    stride: u32,
+}
+
+impl Share {
+    fn contiguous(base: u32) -> Self {
+        Self { base, run: u32::MAX, stride: 0 }
+    }
+
+    /// A field's address table blocks (`V4_L2`, `V4_L3`, `V6_BLOCKS`): 256 entries each.
+    fn blocks(generation: u32, field: u32) -> Self {
+        debug_assert_eq!(v4_table::block_index(0, 0, 1, 0), v6_table::block_index(0, 0, 1, 0));
+        Self {
+            base: v4_table::block_index(generation, field, 0, 0),
+            run: 256,
+            stride: REGIONS * 256,
+        }
+    }
+
+    /// A field's address classes (`V4_CLASSES`, `V6_CLASSES`).
+    fn classes(generation: u32, field: u32) -> Self {
+        debug_assert_eq!(v4_table::class_index(0, 0, 1), v6_table::class_index(0, 0, 1));
+        Self { base: v4_table::class_index(generation, field, 0), run: 1, stride: REGIONS }
+    }
+
+    /// A port field's class bitmaps (`DPORT_BITMAPS`, `SPORT_BITMAPS`).
+    fn port_classes(generation: u32) -> Self {
+        debug_assert_eq!(port_bitmap_index(0, 1), GENERATIONS);
+        Self { base: port_bitmap_index(generation, 0), run: 1, stride: GENERATIONS }
+    }
+
+    /// The map index of element `i`.
+    fn index(&self, i: usize) -> u32 {
+        let i = i as u32;
+        self.base + i / self.run * self.stride + i % self.run
+    }
+
+    /// The entries from `base` that hold the first `len` elements.
+    fn span(&self, len: usize) -> u32 {
+        if len == 0 { 0 } else { self.index(len - 1) - self.base + 1 }
+    }
+
+    /// The elements among entries read from `base`.
+    fn pick<V: Copy>(&self, entries: Vec<V>) -> Vec<V> {
+        if self.run == u32::MAX {
+            return entries;
+        }
+        let at = |i: usize| (self.index(i) - self.base) as usize;
+        (0..).map(at).take_while(|&p| p < entries.len()).map(|p| entries[p]).collect()
+    }
+}
+
 /// Writes, in one batch, the entries of `wanted` that differ from what `current` (one
 /// generation of an array map, from index `base`) records, and those past its end
 /// (unknown); then records in `current` what was written, also when the batch stopped
@@ -1116,15 +1198,14 @@ fn sync_array<V: Copy + PartialEq>(
     base: u32,
     write: impl FnOnce(&[u32], &[V]) -> Result<(), MapWriteError>,
 ) -> Result<usize, MapWriteError> {
-    sync_strided(current, wanted, base, 1, write)
+    sync_share(current, wanted, Share::contiguous(base), write)
 }
 
-/// [`sync_array`] for an array whose `i`th element is at `base + i * stride`.
-fn sync_strided<V: Copy + PartialEq>(
+/// [`sync_array`] for a share of an array laid out as `share` says.
+fn sync_share<V: Copy + PartialEq>(
     current: &mut Vec<V>,
     wanted: &[V],
-    base: u32,
-    stride: u32,
+    share: Share,
     write: impl FnOnce(&[u32], &[V]) -> Result<(), MapWriteError>,
 ) -> Result<usize, MapWriteError> {
     let (positions, values): (Vec<usize>, Vec<V>) = wanted
@@ -1136,7 +1217,7 @@ fn sync_strided<V: Copy + PartialEq>(
     if positions.is_empty() {
         return Ok(0);
     }
-    let indices: Vec<u32> = positions.iter().map(|i| base + *i as u32 * stride).collect();
+    let indices: Vec<u32> = positions.iter().map(|i| share.index(*i)).collect();
     let result = write(&indices, &values);
     let written = result.as_ref().map_or_else(|e| e.written.min(indices.len()), |()| indices.len());
     if let Some(last) = positions[..written].last() {

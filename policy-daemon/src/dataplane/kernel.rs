@@ -24,6 +24,7 @@ use super::{
         V4Key, V4Level, V6Key,
     },
     batch::{BatchError, BatchMap},
+    migrate::TableRoom,
 };
 
 /// Every map of the program, taken out of the [`Ebpf`] object with its type checked,
@@ -452,6 +453,26 @@ impl Maps for KernelMaps {
         entries: &[u32],
     ) -> Result<(), MapWriteError> {
         write_array(self.entry_map(map), indices, entries)
+    }
+
+    fn table_room(&self) -> TableRoom {
+        let entries = |name| {
+            Ok(match name {
+                V4_L1_MAP => self.v4_l1.batch.max_entries(),
+                V4_L2_MAP => self.v4_l2.batch.max_entries(),
+                V4_L3_MAP => self.v4_l3.batch.max_entries(),
+                V4_CLASSES_MAP => self.v4_classes.batch.max_entries(),
+                V6_L1_MAP => self.v6_l1.batch.max_entries(),
+                V6_BLOCKS_MAP => self.v6_blocks.batch.max_entries(),
+                V6_CLASSES_MAP => self.v6_classes.batch.max_entries(),
+                DPORT_BITMAPS_MAP => self.dport_bitmaps.batch.max_entries(),
+                SPORT_BITMAPS_MAP => self.sport_bitmaps.batch.max_entries(),
+                DPORT_CLASSES_MAP => self.dport_classes.batch.max_entries(),
+                SPORT_CLASSES_MAP => self.sport_classes.batch.max_entries(),
+                _ => unreachable!("TableRoom::of reads the tables' maps only"),
+            })
+        };
+        TableRoom::of(entries).expect("the sizes are at hand")
     }
 
     fn port_table_rows(&self) -> u32 {

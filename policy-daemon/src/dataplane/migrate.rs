@@ -22,20 +22,21 @@ use aya::maps::{Array, Map, MapData, MapInfo};
 use policy_common::{
     ACTIVE_MAP, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, EVENT_SETTINGS_MAP, GENERATIONS,
     LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, LIMITS_MAP, MAP_NAMES,
-    PORT_TABLE_MAP, RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP, SPORT_BITMAPS_MAP,
-    SPORT_CLASSES_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, V6_BLOCKS_MAP,
-    V6_CLASSES_MAP, V6_L1_MAP, VERDICT_COUNTERS_MAP, port_table, v6_table,
+    MAX_PORT_CLASSES, PORT_TABLE_MAP, REGIONS, RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP,
+    SETS_MAP, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP,
+    V4_L3_MAP, V6_BLOCKS_MAP, V6_CLASSES_MAP, V6_L1_MAP, VERDICT_COUNTERS_MAP, port_table,
+    v4_table, v6_table,
 };
 
 use super::{
     Dataplane, DataplaneError, StaleMap,
-    apply::{ApplyReport, Generations, RuleSlot},
+    apply::{ApplyReport, Generations, PortFieldId, RuleSlot},
     batch::{BatchError, BatchMap, RawEntries},
     check_pinned_maps, error_chain,
     pins::Pins,
     sets::FileEntries,
 };
-use crate::policy::{Ruleset, V6Table};
+use crate::policy::{Ruleset, V4Table, V6Table};
 
 /// How a map's contents cross a migration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,10 +78,10 @@ const CARRIED: [(&str, Carry); 10] = [
 /// maps without a limit rule (a preallocated million buckets hold about 92 MiB of
 /// kernel memory, the limits and their counters 256 KiB), the port table without a
 /// port-only policy (1.25 MiB with all its rows; a port-only policy has a row a
-/// generation for each transport class it decides differently, 128 KiB each), the port
-/// classes and their bitmaps with one (a port table decides its packets: 2.5 MiB), the
-/// IPv4 address tables without IPv4 prefixes in table form (20 MiB). A reload that
-/// needs other sizes moves the filter to new maps ([`Dataplane::migrate`]).
+/// generation for each transport class it decides differently, 128 KiB each). The
+/// address tables and the port classes have room for what the policy uses
+/// ([`TableRoom`]). A reload that needs other sizes moves the filter to new maps
+/// ([`Dataplane::migrate`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sizes {
     pub buckets: u32,
@@ -88,21 +89,8 @@ pub struct Sizes {
     pub limits: bool,
     /// The port table's rows per generation (0: the map has one entry).
     pub port_rows: u32,
-    pub port_classes: bool,
-    pub v4_tables: bool,
-    /// `V6_L1` and `V6_BLOCKS` (a field's IPv6 prefixes in the tables).
-    pub v6_tables: bool,
-    /// The classes `V6_CLASSES` has room for (a field without IPv6 prefixes has one).
-    pub v6_classes: u32,
+    pub tables: TableRoom,
 }
-
-/// The IPv4 address tables' maps.
-const V4_TABLE_MAPS: [&str; 4] = [V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, V4_CLASSES_MAP];
-/// The IPv6 address tables' maps that hold the walk.
-const V6_TABLE_MAPS: [&str; 2] = [V6_L1_MAP, V6_BLOCKS_MAP];
-/// The port classes' maps.
-const PORT_CLASS_MAPS: [&str; 4] =
-    [DPORT_CLASSES_MAP, SPORT_CLASSES_MAP, DPORT_BITMAPS_MAP, SPORT_BITMAPS_MAP];
 
 impl Sizes {
     /// What `ruleset` needs, with `max_sources` buckets if it has a limit rule.
@@ -112,15 +100,7 @@ impl Sizes {
             buckets: if limits { max_sources } else { 1 },
             limits,
             port_rows: ruleset.port_rows().map_or(0, |ports| ports.rows.len() as u32),
-            // The program reads a generation's port classes only without a port table.
-            port_classes: ruleset.port_table.is_none(),
-            v4_tables: ruleset.v4_tables.iter().any(Option::is_some),
-            v6_tables: ruleset.v6_tables.iter().flatten().any(V6Table::walked),
-            v6_classes: match &ruleset.v6_tables {
-                [None, None] => 0,
-                tables if tables.iter().flatten().any(V6Table::walked) => v6_table::CLASSES,
-                _ => 1,
-            },
+            tables: TableRoom::for_ruleset(ruleset),
         }
     }
 
@@ -131,10 +111,7 @@ impl Sizes {
             buckets: max_sources,
             limits: true,
             port_rows: port_table::MAX_ROWS_PER_GENERATION,
-            port_classes: true,
-            v4_tables: true,
-            v6_tables: true,
-            v6_classes: v6_table::CLASSES,
+            tables: TableRoom::FULL,
         }
     }
 
@@ -147,11 +124,7 @@ impl Sizes {
                 0 => 1,
                 rows => GENERATIONS * rows * port_table::WORDS_PER_ROW,
             }),
-            _ if !self.v4_tables && V4_TABLE_MAPS.contains(&name) => Some(1),
-            _ if !self.v6_tables && V6_TABLE_MAPS.contains(&name) => Some(1),
-            V6_CLASSES_MAP => Some((self.v6_classes * v6_table::CLASS_STRIDE).max(1)),
-            _ if !self.port_classes && PORT_CLASS_MAPS.contains(&name) => Some(1),
-            _ => None,
+            _ => self.tables.entries(name),
         }
     }
 
@@ -163,28 +136,175 @@ impl Sizes {
             buckets: entries_of(LIMIT_BUCKETS_MAP)?,
             limits: entries_of(LIMITS_MAP)? > 1,
             port_rows: entries_of(PORT_TABLE_MAP)? / (GENERATIONS * port_table::WORDS_PER_ROW),
-            port_classes: entries_of(DPORT_CLASSES_MAP)? > 1,
-            v4_tables: entries_of(V4_L1_MAP)? > 1,
-            v6_tables: entries_of(V6_L1_MAP)? > 1,
-            v6_classes: entries_of(V6_CLASSES_MAP)? / v6_table::CLASS_STRIDE,
+            tables: TableRoom::of(entries_of)?,
         })
     }
 }
 
 impl std::fmt::Display for Sizes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let used = |yes: bool| if yes { "used" } else { "unused" };
+        let used = if self.limits { "used" } else { "unused" };
         write!(
             f,
-            "{} buckets, limits {}, port table rows {}, port classes {}, IPv4 address tables {}, \
-             IPv6 address tables {} ({} classes)",
-            self.buckets,
-            used(self.limits),
-            self.port_rows,
-            used(self.port_classes),
-            used(self.v4_tables),
-            used(self.v6_tables),
-            self.v6_classes
+            "{} buckets, limits {used}, port table rows {}, {}",
+            self.buckets, self.port_rows, self.tables
+        )
+    }
+}
+
+/// The room the address tables' maps have, per generation and field: whether the first
+/// level is there (2 MiB per family, all four shares), and how many blocks of each
+/// deeper level and classes; and each port field's: its classes by port (256 KiB), and
+/// room for how many class bitmaps. The blocks and classes are interleaved by generation
+/// and field (`policy_common::v4_table::block_index`, `port_bitmap_index`), so a map
+/// with room for `n` holds numbers 0 to n - 1 of each share. 0: the program does not
+/// read the maps (one entry). A policy gets the next power of two above what its
+/// tables use (at least [`TableRoom::MIN_BLOCKS`] and [`TableRoom::MIN_CLASSES`]), so
+/// that most reloads that change a few prefixes fit the maps they have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableRoom {
+    pub v4_l1: bool,
+    pub v4_l2: u32,
+    pub v4_l3: u32,
+    pub v4_classes: u32,
+    pub v6_l1: bool,
+    pub v6_blocks: u32,
+    pub v6_classes: u32,
+    pub dport_classes: u32,
+    pub sport_classes: u32,
+}
+
+impl TableRoom {
+    /// The least room a table in use gets: 16 KiB of blocks, 8 KiB of classes.
+    pub const MIN_BLOCKS: u32 = 4;
+    pub const MIN_CLASSES: u32 = 16;
+
+    /// Room for any tables.
+    pub const FULL: Self = Self {
+        v4_l1: true,
+        v4_l2: v4_table::BLOCKS,
+        v4_l3: v4_table::BLOCKS,
+        v4_classes: v4_table::CLASSES,
+        v6_l1: true,
+        v6_blocks: v6_table::BLOCKS,
+        v6_classes: v6_table::CLASSES,
+        dport_classes: MAX_PORT_CLASSES,
+        sport_classes: MAX_PORT_CLASSES,
+    };
+
+    /// What `ruleset`'s tables use ([`Self::used_by`]), rounded up.
+    pub fn for_ruleset(ruleset: &Ruleset) -> Self {
+        let used = Self::used_by(ruleset);
+        let room = |n: u32, min: u32, limit: u32| match n {
+            0 => 0,
+            n => n.next_power_of_two().max(min).min(limit),
+        };
+        Self {
+            v4_l1: used.v4_l1,
+            v4_l2: room(used.v4_l2, Self::MIN_BLOCKS, v4_table::BLOCKS),
+            v4_l3: room(used.v4_l3, Self::MIN_BLOCKS, v4_table::BLOCKS),
+            v4_classes: room(used.v4_classes, Self::MIN_CLASSES, v4_table::CLASSES),
+            v6_l1: used.v6_l1,
+            v6_blocks: room(used.v6_blocks, Self::MIN_BLOCKS, v6_table::BLOCKS),
+            v6_classes: room(used.v6_classes, Self::MIN_CLASSES, v6_table::CLASSES),
+            dport_classes: room(used.dport_classes, Self::MIN_CLASSES, MAX_PORT_CLASSES),
+            sport_classes: room(used.sport_classes, Self::MIN_CLASSES, MAX_PORT_CLASSES),
+        }
+    }
+
+    /// Exactly what `ruleset`'s tables use: the most of either field.
+    pub fn used_by(ruleset: &Ruleset) -> Self {
+        let read = PortFieldId::read_by(ruleset);
+        let ports = |id: PortFieldId| {
+            if read.contains(&id) { id.of(ruleset).bitmaps.len() as u32 } else { 0 }
+        };
+        let blocks = |entries: &[u32]| (entries.len() / 256) as u32;
+        let (v4, v6) = (ruleset.v4_tables.iter().flatten(), ruleset.v6_tables.iter().flatten());
+        let most = |values: &mut dyn Iterator<Item = u32>| values.max().unwrap_or(0);
+        Self {
+            v4_l1: v4.clone().any(V4Table::walked),
+            v4_l2: most(&mut v4.clone().map(|t| blocks(&t.l2))),
+            v4_l3: most(&mut v4.clone().map(|t| blocks(&t.l3))),
+            v4_classes: most(&mut v4.map(|t| t.classes.len() as u32)),
+            v6_l1: v6.clone().any(V6Table::walked),
+            v6_blocks: most(&mut v6.clone().map(|t| blocks(&t.blocks))),
+            v6_classes: most(&mut v6.map(|t| t.classes.len() as u32)),
+            dport_classes: ports(PortFieldId::Dst),
+            sport_classes: ports(PortFieldId::Src),
+        }
+    }
+
+    /// Whether tables that use `used` fit in this room.
+    pub fn holds(&self, used: &Self) -> bool {
+        (self.v4_l1 || !used.v4_l1)
+            && used.v4_l2 <= self.v4_l2
+            && used.v4_l3 <= self.v4_l3
+            && used.v4_classes <= self.v4_classes
+            && (self.v6_l1 || !used.v6_l1)
+            && used.v6_blocks <= self.v6_blocks
+            && used.v6_classes <= self.v6_classes
+            && used.dport_classes <= self.dport_classes
+            && used.sport_classes <= self.sport_classes
+    }
+
+    /// The entries of map `name` if it is one of the tables'; `None` for the first
+    /// levels in use (the object's size) and the other maps.
+    pub fn entries(&self, name: &str) -> Option<u32> {
+        let blocks = |n: u32| Some((n * REGIONS * 256).max(1));
+        let first = |used: bool| if used { None } else { Some(1) };
+        match name {
+            V4_L1_MAP => first(self.v4_l1),
+            V4_L2_MAP => blocks(self.v4_l2),
+            V4_L3_MAP => blocks(self.v4_l3),
+            V4_CLASSES_MAP => Some((self.v4_classes * REGIONS).max(1)),
+            V6_L1_MAP => first(self.v6_l1),
+            V6_BLOCKS_MAP => blocks(self.v6_blocks),
+            V6_CLASSES_MAP => Some((self.v6_classes * REGIONS).max(1)),
+            DPORT_CLASSES_MAP => first(self.dport_classes > 0),
+            SPORT_CLASSES_MAP => first(self.sport_classes > 0),
+            DPORT_BITMAPS_MAP => Some((self.dport_classes * GENERATIONS).max(1)),
+            SPORT_BITMAPS_MAP => Some((self.sport_classes * GENERATIONS).max(1)),
+            _ => None,
+        }
+    }
+
+    /// The room of maps whose entries `entries_of` reads.
+    pub fn of(
+        mut entries_of: impl FnMut(&'static str) -> Result<u32, DataplaneError>,
+    ) -> Result<Self, DataplaneError> {
+        let mut blocks = |name| Ok::<_, DataplaneError>(entries_of(name)? / (REGIONS * 256));
+        let (v4_l2, v4_l3, v6_blocks) =
+            (blocks(V4_L2_MAP)?, blocks(V4_L3_MAP)?, blocks(V6_BLOCKS_MAP)?);
+        Ok(Self {
+            v4_l1: entries_of(V4_L1_MAP)? > 1,
+            v4_l2,
+            v4_l3,
+            v4_classes: entries_of(V4_CLASSES_MAP)? / REGIONS,
+            v6_l1: entries_of(V6_L1_MAP)? > 1,
+            v6_blocks,
+            v6_classes: entries_of(V6_CLASSES_MAP)? / REGIONS,
+            dport_classes: entries_of(DPORT_BITMAPS_MAP)? / GENERATIONS,
+            sport_classes: entries_of(SPORT_BITMAPS_MAP)? / GENERATIONS,
+        })
+    }
+}
+
+impl std::fmt::Display for TableRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let first = |yes: bool| if yes { "a first level" } else { "no first level" };
+        write!(
+            f,
+            "IPv4 address tables {}, {}+{} blocks, {} classes; IPv6 address tables {}, {} \
+             blocks, {} classes; port classes {} (destination), {} (source)",
+            first(self.v4_l1),
+            self.v4_l2,
+            self.v4_l3,
+            self.v4_classes,
+            first(self.v6_l1),
+            self.v6_blocks,
+            self.v6_classes,
+            self.dport_classes,
+            self.sport_classes
         )
     }
 }
@@ -507,4 +627,59 @@ fn u64_of(bytes: &[u8]) -> u64 {
     let mut lane = [0u8; 8];
     lane.copy_from_slice(&bytes[..8]);
     u64::from_ne_bytes(lane)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::policy::{compile, parse};
+
+    fn ruleset(text: &str) -> Ruleset {
+        compile(&parse([(Path::new("t.toml"), text)]).expect("valid test policy"))
+    }
+
+    /// The tables' maps get the next power of two above what the policy uses (at
+    /// least the least room), nothing for a family without tables, and sizes read back
+    /// from maps of those entries are the same.
+    #[test]
+    fn table_room_follows_the_policy_and_reads_back() {
+        let none = TableRoom::for_ruleset(&ruleset(
+            "[[rule]]\nname = \"a\"\naction = \"drop\"\ndst_ports = 9\n",
+        ));
+        assert_eq!(none, TableRoom::of(|name| Ok(none.entries(name).unwrap_or(1))).expect("of"));
+        assert!(!none.v4_l1 && !none.v6_l1 && none.v4_classes == 0 && none.v6_classes == 0);
+        // A rule each: five /24s (in one second-level block), nine hosts of one /24 (a
+        // third-level block), an IPv6 /48 (a block for each of its bytes past the first
+        // level's two).
+        let mut nets: Vec<String> = (0..5).map(|i| format!("198.18.{i}.0/24")).collect();
+        nets.extend((1..10).map(|i| format!("198.18.200.{i}")));
+        nets.push("fd00:1::/48".into());
+        let text: String = nets
+            .iter()
+            .enumerate()
+            .map(|(i, net)| {
+                format!("[[rule]]\nname = \"r{i}\"\naction = \"drop\"\nsrc = [\"{net}\"]\n")
+            })
+            .collect();
+        let ruleset = ruleset(&text);
+        let used = TableRoom::used_by(&ruleset);
+        assert_eq!((used.v4_l2, used.v4_l3), (1, 1));
+        assert_eq!(used.v4_classes, 1 + 5 + 9, "the /0's, the /24s', the hosts'");
+        assert_eq!((used.v6_blocks, used.v6_classes), (4, 2));
+        let room = TableRoom::for_ruleset(&ruleset);
+        assert!(room.v4_l1 && room.v6_l1);
+        assert_eq!((room.v4_l2, room.v4_l3, room.v4_classes), (4, 4, 16));
+        assert_eq!((room.v6_blocks, room.v6_classes), (4, 16));
+        assert!(room.holds(&used) && !none.holds(&used) && TableRoom::FULL.holds(&used));
+        let entries = |name| Ok(room.entries(name).unwrap_or(REGIONS * v4_table::L1_ENTRIES));
+        assert_eq!(TableRoom::of(entries).expect("of"), room);
+        assert_eq!(room.entries(V4_CLASSES_MAP), Some(16 * REGIONS));
+        assert_eq!(room.entries(V4_L2_MAP), Some(4 * REGIONS * 256));
+        // One more class past a power of two: twice the room.
+        let mut more = used;
+        more.v4_classes = 17;
+        assert!(!room.holds(&more));
+    }
 }

@@ -120,7 +120,9 @@ pub struct Ruleset {
     pub port_table: Option<Vec<u16>>,
     /// The IPv4 address tables of the source and the destination field, for a field
     /// whose prefixes fit (`config.fields` then has `SRC_V4_TABLE` / `DST_V4_TABLE`):
-    /// the program reads them instead of the field's IPv4 trie.
+    /// the program reads them instead of the field's IPv4 trie. For a field with no
+    /// IPv4 prefix but the `/0` (`SRC_V4_DEFAULT_ONLY` / `DST_V4_DEFAULT_ONLY`), its one
+    /// class, which the program reads without a walk.
     pub v4_tables: [Option<V4Table>; 2],
     /// The IPv6 address tables of the source and the destination field, for a field
     /// whose IPv6 prefixes fit (`config.fields` then has `SRC_V6_TABLE` /
@@ -152,7 +154,7 @@ impl Ruleset {
     /// tables (for tests of the tries, which otherwise hold only sets too large for the
     /// tables). An IPv6 field without prefixes keeps its one class: it has no trie walk.
     pub fn without_address_tables(mut self) -> Self {
-        self.v4_tables = [None, None];
+        self.v4_tables = self.v4_tables.map(|table| table.filter(|t| !t.walked()));
         self.v6_tables = self.v6_tables.map(|table| table.filter(|t| !t.walked()));
         self.config.fields &= !(field::SRC_V4_TABLE
             | field::DST_V4_TABLE
@@ -234,10 +236,11 @@ impl Ruleset {
             (true, false) => *self.sport.lookup(sport),
         };
         let address =
-            |addr: IpAddr, field: usize, [table_bit, v6_bits, used_bit]: [u32; 3]| match addr {
+            |addr: IpAddr, field: usize, [v4_bits, v6_bits, used_bit]: [u32; 3]| match addr {
                 _ if fields & used_bit == 0 => all,
-                IpAddr::V4(a) if fields & table_bit != 0 => {
-                    *self.v4_tables[field].as_ref().expect("a table for its bit").lookup(a)
+                // The tables, or the one class of a field without IPv4 prefixes.
+                IpAddr::V4(a) if fields & v4_bits != 0 => {
+                    *self.v4_tables[field].as_ref().expect("a table for its bits").lookup(a)
                 }
                 // The tables, or the one class of a field without IPv6 prefixes.
                 IpAddr::V6(a) if fields & v6_bits != 0 => {
@@ -249,8 +252,12 @@ impl Ruleset {
             field::SRC_V6_DEFAULT_ONLY | field::SRC_V6_TABLE,
             field::DST_V6_DEFAULT_ONLY | field::DST_V6_TABLE,
         ];
-        let src = address(packet.src, 0, [field::SRC_V4_TABLE, v6_bits[0], field::SRC]);
-        let dst = address(packet.dst, 1, [field::DST_V4_TABLE, v6_bits[1], field::DST]);
+        let v4_bits = [
+            field::SRC_V4_DEFAULT_ONLY | field::SRC_V4_TABLE,
+            field::DST_V4_DEFAULT_ONLY | field::DST_V4_TABLE,
+        ];
+        let src = address(packet.src, 0, [v4_bits[0], v6_bits[0], field::SRC]);
+        let dst = address(packet.dst, 1, [v4_bits[1], v6_bits[1], field::DST]);
         let src = self.with_sets(src, 0, packet.src, usize::from(self.config.src_sets));
         let dst = self.with_sets(dst, 1, packet.dst, usize::from(self.config.dst_sets));
         (0..self.config.words as usize).find_map(|w| {
@@ -457,14 +464,29 @@ pub fn compile(policy: &Policy) -> Ruleset {
     let src: Vec<_> = rules.iter().map(|r| r.src.as_deref()).collect();
     let dst: Vec<_> = rules.iter().map(|r| r.dst.as_deref()).collect();
     let (src_v4, dst_v4) = (prefixes(&src, v4), prefixes(&dst, v4));
-    let table_of = |used: u32, entries: &[(Ipv4Net, RuleBitmap)]| {
-        if fields & used != 0 { V4Table::build(entries) } else { None }
-    };
-    let v4_tables = [table_of(field::SRC, &src_v4), table_of(field::DST, &dst_v4)];
     let (src_v6, dst_v6) = (prefixes(&src, v6), prefixes(&dst, v6));
-    // An IPv6 trie with nothing but its /0 gives every address the same rules: that
-    // one class goes in the address tables' map, and the program skips the walk. Other
-    // prefix sets that fit go to the address tables.
+    // A trie with nothing but its /0 gives every address the same rules: that one class
+    // goes in the address tables' classes, and the program skips the walk. Other prefix
+    // sets that fit go to the address tables.
+    let mut v4_tables = [None, None];
+    for ((entries, used, only, table_bit), table) in [
+        (&src_v4, field::SRC, field::SRC_V4_DEFAULT_ONLY, field::SRC_V4_TABLE),
+        (&dst_v4, field::DST, field::DST_V4_DEFAULT_ONLY, field::DST_V4_TABLE),
+    ]
+    .into_iter()
+    .zip(&mut v4_tables)
+    {
+        if config.fields & used == 0 {
+            continue;
+        }
+        if entries.len() == 1 {
+            config.fields |= only;
+            *table = Some(V4Table::default_only(entries[0].1));
+        } else if let Some(built) = V4Table::build(entries) {
+            config.fields |= table_bit;
+            *table = Some(built);
+        }
+    }
     let mut v6_tables = [None, None];
     for ((entries, used, only, table_bit), table) in [
         (&src_v6, field::SRC, field::SRC_V6_DEFAULT_ONLY, field::SRC_V6_TABLE),
@@ -486,11 +508,6 @@ pub fn compile(policy: &Policy) -> Ruleset {
     }
     field_bitmaps.extend(set_rules);
     debug_assert_eq!(field_bitmaps.len(), field_bitmap::PER_GENERATION as usize);
-    for (table, bit) in v4_tables.iter().zip([field::SRC_V4_TABLE, field::DST_V4_TABLE]) {
-        if table.is_some() {
-            config.fields |= bit;
-        }
-    }
     let mut ruleset = Ruleset {
         config,
         rules: rules

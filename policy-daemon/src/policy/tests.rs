@@ -762,3 +762,33 @@ fn a_rule_with_flags_is_shadowed_only_by_one_admitting_all_its_flags() {
     without.tcp_flags = None;
     assert_ne!(rule("syn").identity(), without.identity());
 }
+
+/// A field with IPv6 prefixes and no IPv4 one reads the IPv4 `/0`'s one class (no IPv4
+/// tables), and the other way round.
+#[test]
+fn a_field_of_one_family_reads_one_class_of_the_other() {
+    let v6_only = "[[rule]]\nname = \"a\"\naction = \"drop\"\nsrc = [\"fd00:1::/48\"]\n";
+    let ruleset = compile(&valid(v6_only));
+    assert_eq!(
+        ruleset.config.fields,
+        field::SRC | field::SRC_V4_DEFAULT_ONLY | field::SRC_V6_TABLE
+    );
+    let table = ruleset.v4_tables[0].as_ref().expect("the /0's class");
+    assert!(!table.walked());
+    assert_eq!(table.classes.len(), 1);
+    for addr in ["198.18.0.1", "0.0.0.0", "255.255.255.255"] {
+        let rules = table.lookup(addr.parse().expect("addr"));
+        assert!(!rules.contains(0), "{addr}: no IPv4 address is in an IPv6 network");
+    }
+    let v4_only = "[[rule]]\nname = \"a\"\naction = \"drop\"\ndst = [\"198.18.0.0/24\"]\n";
+    let ruleset = compile(&valid(v4_only));
+    assert_eq!(
+        ruleset.config.fields,
+        field::DST | field::DST_V4_TABLE | field::DST_V6_DEFAULT_ONLY
+    );
+    // Without address tables (the tries), the one class stays: it has no walk.
+    let tries = ruleset.clone().without_address_tables();
+    assert_eq!(tries.config.fields, field::DST | field::DST_V6_DEFAULT_ONLY);
+    let ruleset = compile(&valid(v6_only)).without_address_tables();
+    assert_eq!(ruleset.config.fields, field::SRC | field::SRC_V4_DEFAULT_ONLY);
+}

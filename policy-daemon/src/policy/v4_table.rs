@@ -28,6 +28,17 @@ pub struct V4Table {
 }
 
 impl V4Table {
+    /// The tables of a field whose only IPv4 prefix is the `/0`: its class alone (class
+    /// 0), which the program reads without a walk (`field::SRC_V4_DEFAULT_ONLY`).
+    pub fn default_only(bitmap: RuleBitmap) -> Self {
+        Self { l1: Vec::new(), l2: Vec::new(), l3: Vec::new(), classes: vec![bitmap] }
+    }
+
+    /// Whether the program walks these tables (else it reads class 0 only).
+    pub fn walked(&self) -> bool {
+        !self.l1.is_empty()
+    }
+
     /// The tables of a field's trie entries (as `compile` makes them: every bitmap
     /// already holds the rules of its covering prefixes, the `/0` first, a prefix after
     /// every prefix containing it). `None` when they do not fit.
@@ -94,6 +105,9 @@ impl V4Table {
     /// The rules of the longest prefix holding `addr`, read the way the program reads
     /// the tables.
     pub fn lookup(&self, addr: std::net::Ipv4Addr) -> &RuleBitmap {
+        if !self.walked() {
+            return &self.classes[0];
+        }
         let addr = u32::from(addr);
         let mut entry = self.l1[(addr >> 16) as usize];
         if entry & BLOCK != 0 {

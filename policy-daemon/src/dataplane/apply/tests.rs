@@ -60,6 +60,8 @@ struct FakeMaps {
     v6: Vec<V6Key>,
     /// The port table's rows per generation (`None`: all of them).
     port_rows: Option<u32>,
+    /// The address tables' room; `None`: room for any.
+    table_room: Option<TableRoom>,
 }
 
 fn bitmap_cell(map: BitmapMap, index: u32) -> String {
@@ -261,6 +263,9 @@ impl Maps for FakeMaps {
     }
     fn port_table_rows(&self) -> u32 {
         self.port_rows.unwrap_or(port_table::MAX_ROWS_PER_GENERATION)
+    }
+    fn table_room(&self) -> TableRoom {
+        self.table_room.unwrap_or(TableRoom::FULL)
     }
     fn start_grace_period(&mut self) {
         self.grace_periods += 1;
@@ -561,12 +566,14 @@ fn adopted_maps_are_rewritten_whole_and_stale_prefixes_removed() {
         maps.writes[writes_before..].iter().filter(|w| w.contains("v4")).collect::<Vec<_>>()
     );
     let new_writes = &maps.writes[writes_before..];
+    // The destination port's classes (the only port field a rule constrains).
     assert!(
-        new_writes.iter().filter(|w| w.starts_with("classes/")).count() >= 2 * 16384,
+        new_writes.iter().filter(|w| w.starts_with("classes/Dst")).count() >= 16384,
         "every port word"
     );
+    assert!(!new_writes.iter().any(|w| w.starts_with("classes/Src")), "no source port's");
     assert!(
-        maps.batches.iter().any(|b| *b == ("classes/Src".to_string(), 16384)),
+        maps.batches.iter().any(|b| *b == ("classes/Dst".to_string(), 16384)),
         "a generation's port words in one batch: {:?}",
         maps.batches
     );
@@ -897,7 +904,9 @@ fn the_audit_finds_one_changed_entry_in_any_map() {
         V6_BLOCKS_MAP, V6_CLASSES_MAP, V6_L1_MAP,
     };
     let common = [CONFIG_MAP, RULES_MAP, FIELD_BITMAPS_MAP];
-    let classes = [DPORT_CLASSES_MAP, SPORT_CLASSES_MAP, DPORT_BITMAPS_MAP];
+    // The destination port's classes: no policy here but the last has a source port.
+    let classes = [DPORT_CLASSES_MAP, DPORT_BITMAPS_MAP];
+    let sport = "[[rule]]\nname = \"dns\"\naction = \"drop\"\nprotocol = \"udp\"\nsrc_ports = 53\n";
     let v6 = "[[rule]]\nname = \"v6\"\naction = \"drop\"\nsrc = \"2001:db8::/32\"\n";
     let policies = [
         (
@@ -913,6 +922,8 @@ fn the_audit_finds_one_changed_entry_in_any_map() {
             ruleset_with_tables(&format!("{TWO_RULES}{v6}")),
             [&classes[..], &[V4_L1_MAP, V6_L1_MAP, V6_BLOCKS_MAP, V6_CLASSES_MAP]].concat(),
         ),
+        // The source port's classes alone.
+        (ruleset(sport), vec![SPORT_CLASSES_MAP, SPORT_BITMAPS_MAP]),
     ];
     for (p, (rules, maps_used)) in policies.iter().enumerate() {
         let mut maps = FakeMaps::default();
@@ -937,15 +948,16 @@ fn the_audit_finds_one_changed_entry_in_any_map() {
                 cells.into_iter().step_by(step).map(|(key, value)| (key, value, 1))
             })
             .collect();
-        // Unwritten (zero) cells of the active generation's big arrays: the port classes
-        // are read by every policy but the port-only one (2), the address tables only by
-        // the policies that have them (0 and 4), the port table only by the port-only
-        // policy.
+        // Unwritten (zero) cells of the active generation's big arrays: a port field's
+        // classes are read by the policies that constrain it, but for the port-only one
+        // (2), the address tables only by the policies that have them (0 and 4), the
+        // port table only by the port-only policy.
         let g = generations.active();
+        let read = PortFieldId::read_by(rules);
         for k in (0..PORT_CLASS_WORDS).step_by(1021) {
-            for field in ["Dst", "Src"] {
-                let key = format!("classes/{field}/{}", g * PORT_CLASS_WORDS + k);
-                cells.push((key, Value::Word(0), u64::from(p != 2)));
+            for field in [PortFieldId::Dst, PortFieldId::Src] {
+                let key = format!("classes/{field:?}/{}", g * PORT_CLASS_WORDS + k);
+                cells.push((key, Value::Word(0), u64::from(read.contains(&field))));
             }
         }
         for k in (0..v4_table::L1_ENTRIES).step_by(4099) {
@@ -1054,4 +1066,96 @@ fn a_trie_record_forgets_the_bitmaps_no_entry_holds() {
     assert!(record.bitmaps.len() <= 68, "{} bitmaps kept", record.bitmaps.len());
     record.remove(&1);
     assert_eq!((record.len(), record.get(&1)), (1, None));
+}
+
+/// Where a written cell of the address tables' maps lies: (map, index).
+fn table_cell_index(key: &str) -> Option<(&str, u32)> {
+    let (map, index) = key.rsplit_once('/')?;
+    let map = map.strip_prefix("remove ").unwrap_or(map);
+    let tables = ["v4table/L2", "v4table/L3", "v4class", "v6table/blocks", "v6class"];
+    tables.contains(&map).then(|| (map, index.parse().expect("an index")))
+}
+
+/// The address tables of both fields and both generations share their maps,
+/// interleaved: a generation written never touches the other's entries, every entry
+/// written lies within the room the policy's sizes give, and a policy that needs more
+/// room than the maps have is refused before anything is written.
+#[test]
+fn address_tables_keep_to_their_shares_and_their_room() {
+    const WIDE: &str = "[[rule]]\nname = \"a\"\naction = \"drop\"\n\
+        src = [\"198.18.1.0/24\", \"198.18.2.7\", \"198.18.4.128/25\", \"fd00:1::/48\"]\n\
+        dst = [\"198.18.3.0/25\", \"fd00:2::/40\", \"fd00:3:1::/64\"]\n";
+    const OTHER: &str = "[[rule]]\nname = \"b\"\naction = \"drop\"\n\
+        src = [\"198.18.9.0/24\", \"198.18.10.0/26\", \"fd00:9::/64\"]\n\
+        dst = [\"198.18.11.1\", \"fd00:8::/56\"]\n";
+    let (wide, other) = (ruleset_with_tables(WIDE), ruleset_with_tables(OTHER));
+    for (name, r) in [("wide", &wide), ("other", &other)] {
+        let fields = r.config.fields;
+        for bit in
+            [field::SRC_V4_TABLE, field::DST_V4_TABLE, field::SRC_V6_TABLE, field::DST_V6_TABLE]
+        {
+            assert_ne!(fields & bit, 0, "{name}: every field in the tables");
+        }
+    }
+    let room = TableRoom::for_ruleset(&wide);
+    assert!(room.holds(&TableRoom::used_by(&other)), "{room} holds {}", TableRoom::used_by(&other));
+    let mut maps = FakeMaps { table_room: Some(room), ..FakeMaps::default() };
+    let mut generations = Generations::new();
+    // Generation 1, then 0, then 1 again: what 0 wrote must not have touched 1's
+    // entries, which the third apply finds as it left them (its record says so) and the
+    // audit reads back.
+    generations.apply(&mut maps, &wide).expect("apply");
+    generations.apply(&mut maps, &other).expect("apply");
+    generations.apply(&mut maps, &wide).expect("apply");
+    assert!(generations.audit(&mut maps, &wide).expect("audit").is_empty());
+    for key in &maps.writes {
+        let Some((map, index)) = table_cell_index(key) else { continue };
+        let name = match map {
+            "v4table/L2" => V4_L2_MAP,
+            "v4table/L3" => V4_L3_MAP,
+            "v4class" => V4_CLASSES_MAP,
+            "v6table/blocks" => V6_BLOCKS_MAP,
+            _ => V6_CLASSES_MAP,
+        };
+        let entries = room.entries(name).expect("a table map");
+        assert!(index < entries, "{key}: past the {entries} entries of {name}");
+    }
+    // Maps with room for a smaller policy: refused, nothing written, the policy in force
+    // kept.
+    let small = ruleset_with_tables(
+        "[[rule]]\nname = \"c\"\naction = \"drop\"\nsrc = [\"198.18.1.0/24\"]\n",
+    );
+    let mut maps =
+        FakeMaps { table_room: Some(TableRoom::for_ruleset(&small)), ..FakeMaps::default() };
+    let mut generations = Generations::new();
+    generations.apply(&mut maps, &small).expect("apply");
+    let (writes, active) = (maps.writes.len(), maps.active_raw);
+    let err = generations.apply(&mut maps, &wide).expect_err("too little room");
+    assert_eq!(err.map, V4_L1_MAP);
+    assert!(err.source.to_string().contains("do not fit"), "{}", err.source);
+    assert_eq!((maps.writes.len(), maps.active_raw), (writes, active));
+    assert!(generations.audit(&mut maps, &small).expect("audit").is_empty());
+    // The audit of the wider policy on those maps: drift (they cannot hold it).
+    assert!(!generations.audit(&mut maps, &wide).expect("audit").is_empty());
+}
+
+/// A share's elements: their map indices, the span that holds the first n, and the
+/// elements picked from a read of that span.
+#[test]
+fn shares_place_and_pick_their_elements() {
+    let blocks = Share::blocks(1, 1);
+    assert_eq!(blocks.base, v4_table::block_index(1, 1, 0, 0));
+    assert_eq!(blocks.index(255), v4_table::block_index(1, 1, 0, 255));
+    assert_eq!(blocks.index(256 + 7), v4_table::block_index(1, 1, 1, 7));
+    assert_eq!(blocks.span(0), 0);
+    assert_eq!(blocks.span(512), v4_table::block_index(1, 1, 1, 255) - blocks.base + 1);
+    let read: Vec<u32> = (0..blocks.span(512)).map(|i| blocks.base + i).collect();
+    let picked = blocks.pick(read);
+    let wanted: Vec<u32> = (0..512).map(|i| blocks.index(i)).collect();
+    assert_eq!(picked, wanted);
+    let classes = Share::classes(0, 1);
+    assert_eq!(classes.index(3), v6_table::class_index(0, 1, 3));
+    assert_eq!(classes.pick((0..classes.span(3)).collect::<Vec<u32>>()), vec![0, 4, 8]);
+    let flat = Share::contiguous(10);
+    assert_eq!((flat.index(5), flat.span(5)), (15, 5));
 }
