@@ -188,7 +188,8 @@ pub const LAYOUT_ENTRIES: u32 = 4;
 /// ([`v4_table::block_index`], [`v4_table::class_index`], the same for IPv6), so that
 /// their maps are sized to the policy, and IPv4 fields without IPv4 prefixes read
 /// class 0 ([`field::SRC_V4_DEFAULT_ONLY`]); the port classes' bitmaps interleaved by
-/// generation ([`port_bitmap_index`]), and sized as well.
+/// generation ([`port_bitmap_index`]), and sized as well; the first levels' entries
+/// 16 bits each, four to a word ([`v4_table::l1_word`]).
 pub const LAYOUT_VERSION: u32 = 4;
 
 /// Every map the program declares, for checks that the built object carries them all.
@@ -629,10 +630,36 @@ pub mod v4_table {
     }
     /// First-level entries per field and generation.
     pub const L1_ENTRIES: u32 = 1 << 16;
+    /// First-level entries are 16 bits, four to a word of `V4_L1` (the kernel holds an
+    /// array's values in 8 bytes each, whatever their size: 512 KiB for all four
+    /// shares instead of 2 MiB). A class (below [`CLASSES`]) or [`L1_BLOCK`] | a block
+    /// (below [`BLOCKS`]).
+    pub const L1_PER_WORD: u32 = 4;
+    /// A first-level entry that refers to a block: [`BLOCK`] in the 16-bit form.
+    pub const L1_BLOCK: u32 = 1 << 15;
+    const _: () = assert!(CLASSES <= L1_BLOCK && BLOCKS <= L1_BLOCK);
 
-    /// Index of (generation, field, top 16 bits) in `V4_L1`.
+    /// Index of (generation, field, top 16 bits) among the first-level entries: entry
+    /// `i` is bits `16 * (i % 4)` up of word `i / 4` ([`l1_word`]).
     pub const fn l1_index(generation: u32, field: u32, top: u32) -> u32 {
         (generation * 2 + field) * L1_ENTRIES + top
+    }
+
+    /// The word of `V4_L1` (or `V6_L1`) that holds first-level entry `index`, and the
+    /// shift of its 16 bits.
+    pub const fn l1_word(index: u32) -> (u32, u32) {
+        (index / L1_PER_WORD, 16 * (index % L1_PER_WORD))
+    }
+
+    /// The entry (as the other levels write it: [`BLOCK`] | block, or a class) of a
+    /// first-level entry's 16 bits.
+    pub const fn l1_entry(bits: u32) -> u32 {
+        (bits & !L1_BLOCK) | (bits & L1_BLOCK) << 16
+    }
+
+    /// The 16 bits of first-level entry `entry`; the inverse of [`l1_entry`].
+    pub const fn l1_bits(entry: u32) -> u16 {
+        ((entry & !BLOCK) | (entry & BLOCK) >> 16) as u16
     }
 
     /// Index of (generation, field, block, byte) in `V4_L2` or `V4_L3`: the blocks of
@@ -676,10 +703,14 @@ pub mod v6_table {
     /// The levels under the first: one per byte after the top two.
     pub const LEVELS: usize = 14;
 
-    /// Index of (generation, field, top 16 bits) in `V6_L1`.
+    /// Index of (generation, field, top 16 bits) among the first-level entries, which
+    /// `V6_L1` packs as `V4_L1` does ([`super::v4_table::l1_word`]).
     pub const fn l1_index(generation: u32, field: u32, top: u32) -> u32 {
         (generation * 2 + field) * L1_ENTRIES + top
     }
+    const _: () =
+        assert!(CLASSES <= super::v4_table::L1_BLOCK && BLOCKS <= super::v4_table::L1_BLOCK);
+    const _: () = assert!(BLOCK == super::v4_table::BLOCK);
 
     /// Index of (generation, field, block, byte) in `V6_BLOCKS`, interleaved as
     /// [`super::v4_table::block_index`].

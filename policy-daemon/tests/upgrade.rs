@@ -27,7 +27,7 @@ use aya::maps::{Array, Map, MapData, MapInfo};
 use policy_common::{
     GENERATIONS, LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP, LIMITS_MAP, MAX_RULES,
     PORT_TABLE_MAP, REGIONS, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, V6_BLOCKS_MAP,
-    V6_CLASSES_MAP, V6_L1_MAP, port_table, v4_table, v6_table,
+    V6_CLASSES_MAP, V6_L1_MAP, port_table, v4_table,
 };
 use policy_daemon::dataplane::migrate::TableRoom;
 use support::{DAEMON, PolicyFile, block_udp, serial, xdp_policy};
@@ -419,7 +419,7 @@ fn maps_are_sized_by_the_policy_and_moved_on_reload() {
     // A row a generation for each transport class the policy decides differently.
     const ROW: u32 = GENERATIONS * port_table::WORDS_PER_ROW;
     const LIMITS: u32 = GENERATIONS * MAX_RULES as u32;
-    const FULL_V4_L1: u32 = REGIONS * v4_table::L1_ENTRIES;
+    const FULL_V4_L1: u32 = REGIONS * v4_table::L1_ENTRIES / v4_table::L1_PER_WORD;
     let limit = format!(
         "[[rule]]\nname = \"limit-{LIMITED}\"\naction = \"limit\"\nprotocol = \"udp\"\n\
          dst_ports = [{LIMITED}]\nrate = \"1/h\"\nburst = 3\n"
@@ -508,10 +508,7 @@ fn maps_are_sized_by_the_policy_and_moved_on_reload() {
     // eight), and two classes (room for the fewest). The IPv4 source field has no
     // prefix: its one class, no IPv4 tables.
     let v6_tables = [V6_L1_MAP, V6_BLOCKS_MAP, V6_CLASSES_MAP].map(|name| entries(&testbed, name));
-    assert_eq!(
-        v6_tables,
-        [REGIONS * v6_table::L1_ENTRIES, 8 * REGIONS * 256, TableRoom::MIN_CLASSES * REGIONS]
-    );
+    assert_eq!(v6_tables, [FULL_V4_L1, 8 * REGIONS * 256, TableRoom::MIN_CLASSES * REGIONS]);
     let v4_tables = [V4_L1_MAP, V4_L2_MAP, V4_CLASSES_MAP].map(|name| entries(&testbed, name));
     assert_eq!(v4_tables, [1, 1, TableRoom::MIN_CLASSES * REGIONS]);
     let v6_only = maps_memory(&testbed);
@@ -535,13 +532,13 @@ fn maps_are_sized_by_the_policy_and_moved_on_reload() {
         mib(tables),
         mib(v6_only)
     );
-    // The address tables cost their first level (2 MiB a family: the kernel holds each
-    // 4-byte entry in 8 bytes) and little more.
+    // A port field's classes cost 256 KiB and little more; the address tables their
+    // first level (512 KiB a family) and little more.
     assert!(
         port_only <= 1 << 20
-            && limits < 5 << 20
-            && tables < limits + (5 << 19)
-            && v6_only < 6 << 20,
+            && limits < 2 << 20
+            && tables < limits + (3 << 18)
+            && v6_only < 7 << 18,
         "{port_only} {limits} {tables} {v6_only}"
     );
     daemon.stop().expect("stopping");

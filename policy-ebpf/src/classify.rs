@@ -199,7 +199,8 @@ fn port_bitmap(
 #[inline(always)]
 fn v4_table_lookup(generation: u32, field: u32, addr: u32) -> Option<&'static RuleBitmap> {
     let addr = u32::from_be(addr);
-    let mut entry = *V4_L1.get(v4_table::l1_index(generation, field, addr >> 16))?;
+    let (word, shift) = v4_table::l1_word(v4_table::l1_index(generation, field, addr >> 16));
+    let mut entry = v4_table::l1_entry((*V4_L1.get(word)? >> shift) as u32 & 0xffff);
     if entry & v4_table::BLOCK != 0 {
         let block = entry & !v4_table::BLOCK;
         let byte = (addr >> 8) & 0xff;
@@ -235,7 +236,8 @@ pub struct V6Probe {
 #[inline(always)]
 fn v6_table_lookup(generation: u32, field: u32, addr: &[u32; 4]) -> Option<&'static RuleBitmap> {
     let first = u32::from_be(addr[0]);
-    let mut class = *V6_L1.get(v6_table::l1_index(generation, field, first >> 16))?;
+    let (word, shift) = v4_table::l1_word(v6_table::l1_index(generation, field, first >> 16));
+    let mut class = v4_table::l1_entry((*V6_L1.get(word)? >> shift) as u32 & 0xffff);
     for shift in [8, 0] {
         if class & v6_table::BLOCK != 0 {
             let (block, byte) = (class & !v6_table::BLOCK, (first >> shift) & 0xff);

@@ -26,7 +26,8 @@ pub static PORT_TABLE: Array<u64> = Array::with_max_entries(
 );
 
 #[map(name = "V4_L1")]
-pub static V4_L1: Array<u32> = Array::with_max_entries(GENERATIONS * 2 * v4_table::L1_ENTRIES, 0);
+pub static V4_L1: Array<u64> =
+    Array::with_max_entries(GENERATIONS * 2 * v4_table::L1_ENTRIES / v4_table::L1_PER_WORD, 0);
 
 #[map(name = "V4_L2")]
 pub static V4_L2: Array<u32> = Array::with_max_entries(GENERATIONS * 2 * v4_table::BLOCKS * 256, 0);
@@ -39,7 +40,8 @@ pub static V4_CLASSES: Array<RuleBitmap> =
     Array::with_max_entries(GENERATIONS * 2 * v4_table::CLASSES, 0);
 
 #[map(name = "V6_L1")]
-pub static V6_L1: Array<u32> = Array::with_max_entries(GENERATIONS * 2 * v6_table::L1_ENTRIES, 0);
+pub static V6_L1: Array<u64> =
+    Array::with_max_entries(GENERATIONS * 2 * v6_table::L1_ENTRIES / v4_table::L1_PER_WORD, 0);
 
 #[map(name = "V6_BLOCKS")]
 pub static V6_BLOCKS: Array<u32> =

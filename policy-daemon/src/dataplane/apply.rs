@@ -44,10 +44,9 @@ pub enum AddrFieldId {
     Dst,
 }
 
-/// The levels of the IPv4 address tables (`V4_L1`, `V4_L2`, `V4_L3`).
+/// The levels of the IPv4 address tables under the first (`V4_L2`, `V4_L3`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum V4Level {
-    L1,
     L2,
     L3,
 }
@@ -56,8 +55,24 @@ pub enum V4Level {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EntryMap {
     V4Table(V4Level),
-    V6L1,
     V6Blocks,
+}
+
+/// The address tables' first levels: `u64` words of four 16-bit entries
+/// (`policy_common::v4_table::l1_word`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WordMap {
+    V4L1,
+    V6L1,
+}
+
+impl WordMap {
+    fn name(self) -> &'static str {
+        match self {
+            Self::V4L1 => V4_L1_MAP,
+            Self::V6L1 => V6_L1_MAP,
+        }
+    }
 }
 
 /// The array maps of [`RuleBitmap`]s.
@@ -119,10 +134,8 @@ impl AddrFieldId {
 impl EntryMap {
     fn name(self) -> &'static str {
         match self {
-            Self::V4Table(V4Level::L1) => V4_L1_MAP,
             Self::V4Table(V4Level::L2) => V4_L2_MAP,
             Self::V4Table(V4Level::L3) => V4_L3_MAP,
-            Self::V6L1 => V6_L1_MAP,
             Self::V6Blocks => V6_BLOCKS_MAP,
         }
     }
@@ -232,7 +245,14 @@ pub trait Maps {
     ) -> Result<(), MapWriteError>;
     /// Words of `PORT_TABLE` (see `policy_common::port_table`).
     fn set_port_table(&mut self, indices: &[u32], words: &[u64]) -> Result<(), MapWriteError>;
-    /// Entries of `V4_L1`, `V4_L2` or `V4_L3` (see `policy_common`).
+    /// Words of `V4_L1` or `V6_L1` (see `policy_common::v4_table::l1_word`).
+    fn set_words(
+        &mut self,
+        map: WordMap,
+        indices: &[u32],
+        words: &[u64],
+    ) -> Result<(), MapWriteError>;
+    /// Entries of `V4_L2`, `V4_L3` or `V6_BLOCKS` (see `policy_common`).
     fn set_entries(
         &mut self,
         map: EntryMap,
@@ -289,6 +309,7 @@ pub trait Maps {
     ) -> Result<Vec<u64>, MapReadError>;
     fn port_table(&mut self, start: u32, count: u32) -> Result<Vec<u64>, MapReadError>;
     fn entries(&mut self, map: EntryMap, start: u32, count: u32) -> Result<Vec<u32>, MapReadError>;
+    fn words(&mut self, map: WordMap, start: u32, count: u32) -> Result<Vec<u64>, MapReadError>;
     /// Calls `visit` with every entry of an IPv4 trie, of every generation.
     fn visit_v4(
         &mut self,
@@ -383,7 +404,8 @@ impl<K: Copy + Eq + std::hash::Hash> TrieShadow<K> {
 /// what a ruleset uses are left as they are: no first-level entry refers to them.
 #[derive(Clone, Default)]
 struct V4TableShadow {
-    l1: Vec<u32>,
+    /// The first level's words.
+    l1: Vec<u64>,
     l2: Vec<u32>,
     l3: Vec<u32>,
     classes: Vec<RuleBitmap>,
@@ -392,7 +414,7 @@ struct V4TableShadow {
 /// The same for the IPv6 address tables.
 #[derive(Clone, Default)]
 struct V6TableShadow {
-    l1: Vec<u32>,
+    l1: Vec<u64>,
     blocks: Vec<u32>,
     classes: Vec<RuleBitmap>,
 }
@@ -443,10 +465,10 @@ impl Shadow {
     /// A generation of freshly created maps: all zero, tries empty.
     fn zeroed() -> Self {
         let words = || vec![0u64; PORT_CLASS_WORDS as usize];
-        let zero_table =
-            || V4TableShadow { l1: vec![0; v4_table::L1_ENTRIES as usize], ..Default::default() };
-        let zero_v6_table =
-            || V6TableShadow { l1: vec![0; v6_table::L1_ENTRIES as usize], ..Default::default() };
+        // A field's share of a first level, in words.
+        const L1_WORDS: usize = (v4_table::L1_ENTRIES / v4_table::L1_PER_WORD) as usize;
+        let zero_table = || V4TableShadow { l1: vec![0; L1_WORDS], ..Default::default() };
+        let zero_v6_table = || V6TableShadow { l1: vec![0; L1_WORDS], ..Default::default() };
         Self {
             tries_known: true,
             config: Some(ZERO_CONFIG),
@@ -989,10 +1011,10 @@ fn write_generation(
                 maps.set_entries(EntryMap::V4Table(level), i, v)
             })?;
         }
-        writes +=
-            sync_array(&mut held.l1, &table.l1, v4_table::l1_index(generation, f, 0), |i, v| {
-                maps.set_entries(EntryMap::V4Table(V4Level::L1), i, v)
-            })?;
+        let (base, _) = v4_table::l1_word(v4_table::l1_index(generation, f, 0));
+        writes += sync_array(&mut held.l1, &l1_words(&table.l1), base, |i, v| {
+            maps.set_words(WordMap::V4L1, i, v)
+        })?;
     }
     for (field, held) in shadow.v6_tables.iter_mut().enumerate() {
         let Some(table) = image.v6_table(field) else { continue };
@@ -1007,9 +1029,9 @@ fn write_generation(
             sync_share(&mut held.blocks, &table.blocks, Share::blocks(generation, f), |i, v| {
                 maps.set_entries(EntryMap::V6Blocks, i, v)
             })?;
-        let base = v6_table::l1_index(generation, f, 0);
-        writes += sync_array(&mut held.l1, &table.l1, base, |i, v| {
-            maps.set_entries(EntryMap::V6L1, i, v)
+        let (base, _) = v4_table::l1_word(v6_table::l1_index(generation, f, 0));
+        writes += sync_array(&mut held.l1, &l1_words(&table.l1), base, |i, v| {
+            maps.set_words(WordMap::V6L1, i, v)
         })?;
     }
     for id in [AddrFieldId::Src, AddrFieldId::Dst] {
@@ -1087,8 +1109,8 @@ fn audit_generation(
         let held =
             maps.bitmaps(BitmapMap::V4Classes, share.base, share.span(table.classes.len()))?;
         drift.compare(V4_CLASSES_MAP, &table.classes, &share.pick(held));
+        audit_l1(drift, maps, WordMap::V4L1, &table.l1, v4_table::l1_index(generation, f, 0))?;
         for (level, wanted, share) in [
-            (V4Level::L1, &table.l1, Share::contiguous(v4_table::l1_index(generation, f, 0))),
             (V4Level::L2, &table.l2, Share::blocks(generation, f)),
             (V4Level::L3, &table.l3, Share::blocks(generation, f)),
         ] {
@@ -1104,13 +1126,10 @@ fn audit_generation(
         let held =
             maps.bitmaps(BitmapMap::V6Classes, share.base, share.span(table.classes.len()))?;
         drift.compare(V6_CLASSES_MAP, &table.classes, &share.pick(held));
-        for (map, wanted, share) in [
-            (EntryMap::V6L1, &table.l1, Share::contiguous(v6_table::l1_index(generation, f, 0))),
-            (EntryMap::V6Blocks, &table.blocks, Share::blocks(generation, f)),
-        ] {
-            let held = maps.entries(map, share.base, share.span(wanted.len()))?;
-            drift.compare(map.name(), wanted, &share.pick(held));
-        }
+        audit_l1(drift, maps, WordMap::V6L1, &table.l1, v6_table::l1_index(generation, f, 0))?;
+        let share = Share::blocks(generation, f);
+        let held = maps.entries(EntryMap::V6Blocks, share.base, share.span(table.blocks.len()))?;
+        drift.compare(V6_BLOCKS_MAP, &table.blocks, &share.pick(held));
     }
     for id in [AddrFieldId::Src, AddrFieldId::Dst] {
         if let Some(wanted) = image.v4(id) {
@@ -1126,6 +1145,34 @@ fn audit_generation(
         let held = maps.port_table(ports.base, len(ports.words.len()))?;
         drift.compare(PORT_TABLE_MAP, &ports.words, &held);
     }
+    Ok(())
+}
+
+/// The first-level words of a table's entries (`policy_common::v4_table::l1_word`):
+/// none for a table without a first level.
+fn l1_words(l1: &[u32]) -> Vec<u64> {
+    l1.chunks(v4_table::L1_PER_WORD as usize)
+        .map(|entries| {
+            entries
+                .iter()
+                .rev()
+                .fold(0u64, |word, &entry| word << 16 | u64::from(v4_table::l1_bits(entry)))
+        })
+        .collect()
+}
+
+/// Compares a table's first level, from entry `first`, with the words of `map`.
+fn audit_l1(
+    drift: &mut Drift,
+    maps: &mut impl Maps,
+    map: WordMap,
+    l1: &[u32],
+    first: u32,
+) -> Result<(), MapReadError> {
+    let wanted = l1_words(l1);
+    let (base, _) = v4_table::l1_word(first);
+    let held = maps.words(map, base, wanted.len() as u32)?;
+    drift.compare(map.name(), &wanted, &held);
     Ok(())
 }
 

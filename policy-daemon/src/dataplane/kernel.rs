@@ -21,7 +21,7 @@ use super::{
     DataplaneError,
     apply::{
         AddrFieldId, BitmapMap, Element, EntryMap, MapReadError, MapWriteError, Maps, PortFieldId,
-        V4Key, V4Level, V6Key,
+        V4Key, V4Level, V6Key, WordMap,
     },
     batch::{BatchError, BatchMap},
     migrate::TableRoom,
@@ -40,11 +40,11 @@ pub struct KernelMaps {
     pub limit_stats: PerCpuArray<MapData, Counter>,
     limit_stats_batch: BatchMap,
     port_table: Batched<Array<MapData, u64>>,
-    v4_l1: Batched<Array<MapData, u32>>,
+    v4_l1: Batched<Array<MapData, u64>>,
     v4_l2: Batched<Array<MapData, u32>>,
     v4_l3: Batched<Array<MapData, u32>>,
     v4_classes: Batched<Array<MapData, RuleBitmap>>,
-    v6_l1: Batched<Array<MapData, u32>>,
+    v6_l1: Batched<Array<MapData, u64>>,
     v6_blocks: Batched<Array<MapData, u32>>,
     v6_classes: Batched<Array<MapData, RuleBitmap>>,
     field_bitmaps: Batched<Array<MapData, RuleBitmap>>,
@@ -154,11 +154,11 @@ impl KernelMaps {
             config: take_batch::<Array<MapData, GenConfig>>(ebpf, CONFIG_MAP, cpus)?,
             rules: take_batch::<Array<MapData, RuleInfo>>(ebpf, RULES_MAP, cpus)?,
             port_table: take_batch::<Array<MapData, u64>>(ebpf, PORT_TABLE_MAP, cpus)?,
-            v4_l1: take_batch::<Array<MapData, u32>>(ebpf, V4_L1_MAP, cpus)?,
+            v4_l1: take_batch::<Array<MapData, u64>>(ebpf, V4_L1_MAP, cpus)?,
             v4_l2: take_batch::<Array<MapData, u32>>(ebpf, V4_L2_MAP, cpus)?,
             v4_l3: take_batch::<Array<MapData, u32>>(ebpf, V4_L3_MAP, cpus)?,
             v4_classes: take_batch::<Array<MapData, RuleBitmap>>(ebpf, V4_CLASSES_MAP, cpus)?,
-            v6_l1: take_batch::<Array<MapData, u32>>(ebpf, V6_L1_MAP, cpus)?,
+            v6_l1: take_batch::<Array<MapData, u64>>(ebpf, V6_L1_MAP, cpus)?,
             v6_blocks: take_batch::<Array<MapData, u32>>(ebpf, V6_BLOCKS_MAP, cpus)?,
             v6_classes: take_batch::<Array<MapData, RuleBitmap>>(ebpf, V6_CLASSES_MAP, cpus)?,
             field_bitmaps: take_batch::<Array<MapData, RuleBitmap>>(ebpf, FIELD_BITMAPS_MAP, cpus)?,
@@ -338,11 +338,16 @@ impl KernelMaps {
 
     fn entry_map(&mut self, map: EntryMap) -> &mut BatchMap {
         match map {
-            EntryMap::V4Table(V4Level::L1) => &mut self.v4_l1.batch,
             EntryMap::V4Table(V4Level::L2) => &mut self.v4_l2.batch,
             EntryMap::V4Table(V4Level::L3) => &mut self.v4_l3.batch,
-            EntryMap::V6L1 => &mut self.v6_l1.batch,
             EntryMap::V6Blocks => &mut self.v6_blocks.batch,
+        }
+    }
+
+    fn word_map(&mut self, map: WordMap) -> &mut BatchMap {
+        match map {
+            WordMap::V4L1 => &mut self.v4_l1.batch,
+            WordMap::V6L1 => &mut self.v6_l1.batch,
         }
     }
 
@@ -444,6 +449,15 @@ impl Maps for KernelMaps {
             let element = limit_slots.get(e.done).map(|s| Element::Slot(*s));
             batch_failed(LIMIT_STATS_MAP, element, limit_slots.len(), e)
         })
+    }
+
+    fn set_words(
+        &mut self,
+        map: WordMap,
+        indices: &[u32],
+        words: &[u64],
+    ) -> Result<(), MapWriteError> {
+        write_array(self.word_map(map), indices, words)
     }
 
     fn set_entries(
@@ -555,6 +569,10 @@ impl Maps for KernelMaps {
 
     fn entries(&mut self, map: EntryMap, start: u32, count: u32) -> Result<Vec<u32>, MapReadError> {
         read_array(self.entry_map(map), start, count)
+    }
+
+    fn words(&mut self, map: WordMap, start: u32, count: u32) -> Result<Vec<u64>, MapReadError> {
+        read_array(self.word_map(map), start, count)
     }
 
     fn visit_v4(

@@ -9,10 +9,10 @@ use policy_common::{
     ACTIVE_MAP, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, DST_V4_MAP, DST_V6_MAP,
     EVENT_CLOCK_MAP, EVENT_SETTINGS_MAP, EVENTS_MAP, FIELD_BITMAPS_MAP, GenConfig, IPV4_KEY_LEN,
     IPV6_KEY_LEN, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, LIMITS_MAP, LimitConfig, PORT_TABLE_MAP,
-    RULE_COUNTERS_MAP, RULES_MAP, RuleBitmap, RuleInfo, SET_HITS_MAP, SET_SCRATCH_MAP,
+    REGIONS, RULE_COUNTERS_MAP, RULES_MAP, RuleBitmap, RuleInfo, SET_HITS_MAP, SET_SCRATCH_MAP,
     SET_STATS_MAP, SETS_MAP, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, SRC_V4_MAP, SRC_V6_MAP,
     TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, V6_BLOCKS_MAP, V6_CLASSES_MAP,
-    V6_L1_MAP, VERDICT_COUNTERS_MAP, v4_table, v6_table,
+    V6_L1_MAP, VERDICT_COUNTERS_MAP,
 };
 
 /// xorshift64*: cheap, deterministic by seed.
@@ -123,21 +123,27 @@ fn scribble(maps: Vec<(String, MapData)>, seed: u64) -> Scribbled {
                 |r| r.value().wrapping_mul(0x0001_0001_0001_0001),
                 &mut rng,
             ),
-            V4_L1_MAP => fill(map, &name, |i| i % 4 == 0, |r| r.value() as u32, &mut rng),
-            // The first blocks of each generation and field (what a small policy uses),
-            // and one entry in 64 of the rest.
+            // Words of four 16-bit entries.
+            V4_L1_MAP | V6_L1_MAP => fill(
+                map,
+                &name,
+                |i| i % 4 == 0,
+                |r| r.value().wrapping_mul(0x0001_0001_0001_0001),
+                &mut rng,
+            ),
+            // The first blocks of each generation and field (what a small policy uses:
+            // they are interleaved), and one entry in 64 of the rest.
             V4_L2_MAP | V4_L3_MAP => fill(
                 map,
                 &name,
-                |i| (i / 256) % v4_table::BLOCKS < 8 || i % 64 == 0,
+                |i| i / 256 < 8 * REGIONS || i % 64 == 0,
                 |r| r.value() as u32,
                 &mut rng,
             ),
-            V6_L1_MAP => fill(map, &name, |i| i % 4 == 0, |r| r.value() as u32, &mut rng),
             V6_BLOCKS_MAP => fill(
                 map,
                 &name,
-                |i| (i / 256) % v6_table::BLOCKS < 8 || i % 64 == 0,
+                |i| i / 256 < 8 * REGIONS || i % 64 == 0,
                 |r| r.value() as u32,
                 &mut rng,
             ),

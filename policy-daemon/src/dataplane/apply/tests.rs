@@ -74,10 +74,28 @@ fn bitmap_cell(map: BitmapMap, index: u32) -> String {
     }
 }
 
+fn word_cell(map: WordMap, index: u32) -> String {
+    match map {
+        WordMap::V4L1 => format!("v4table/L1/{index}"),
+        WordMap::V6L1 => format!("v6table/L1/{index}"),
+    }
+}
+
+impl FakeMaps {
+    /// First-level entry `index` of `map` (0 where its word was never written).
+    fn l1_entry(&self, map: WordMap, index: u32) -> u32 {
+        let (word, shift) = v4_table::l1_word(index);
+        let word = match self.values.get(&word_cell(map, word)) {
+            Some(Value::Word(w)) => *w,
+            _ => 0,
+        };
+        v4_table::l1_entry((word >> shift) as u32 & 0xffff)
+    }
+}
+
 fn entry_cell(map: EntryMap, index: u32) -> String {
     match map {
         EntryMap::V4Table(level) => format!("v4table/{level:?}/{index}"),
-        EntryMap::V6L1 => format!("v6table/L1/{index}"),
         EntryMap::V6Blocks => format!("v6table/blocks/{index}"),
     }
 }
@@ -199,6 +217,17 @@ impl Maps for FakeMaps {
             (format!("port_table/{i}"), Some(Value::Word(**w)))
         })
     }
+    fn set_words(
+        &mut self,
+        map: WordMap,
+        indices: &[u32],
+        words: &[u64],
+    ) -> Result<(), MapWriteError> {
+        let pairs: Vec<_> = indices.iter().zip(words).collect();
+        let name = word_cell(map, 0);
+        let name = name.trim_end_matches("/0");
+        self.batch(name, &pairs, |_, (i, w)| (word_cell(map, **i), Some(Value::Word(**w))))
+    }
     fn set_entries(
         &mut self,
         map: EntryMap,
@@ -316,6 +345,13 @@ impl Maps for FakeMaps {
     }
     fn port_table(&mut self, start: u32, count: u32) -> Result<Vec<u64>, MapReadError> {
         Ok(self.read("port_table", start, count, |v| match v {
+            Some(Value::Word(w)) => *w,
+            _ => 0,
+        }))
+    }
+    fn words(&mut self, map: WordMap, start: u32, count: u32) -> Result<Vec<u64>, MapReadError> {
+        let name = word_cell(map, 0);
+        Ok(self.read(name.trim_end_matches("/0"), start, count, |v| match v {
             Some(Value::Word(w)) => *w,
             _ => 0,
         }))
@@ -727,8 +763,7 @@ fn small_ipv4_prefix_sets_go_to_the_address_tables_not_the_trie() {
     generations.apply(&mut maps, &tables).expect("tables");
     assert!(!maps.writes.iter().any(|w| w.starts_with("v4/Src/")), "the trie is left alone");
     // 192.0.2.0/24: one second-level block under 192.0; classes: the /0's and the /24's.
-    let l1 = format!("v4table/L1/{}", v4_table::l1_index(1, 0, 0xc000));
-    assert_eq!(maps.cells.get(&l1), Some(&(v4_table::BLOCK).to_string()));
+    assert_eq!(maps.l1_entry(WordMap::V4L1, v4_table::l1_index(1, 0, 0xc000)), v4_table::BLOCK);
     let l2 = format!("v4table/L2/{}", v4_table::block_index(1, 0, 0, 2));
     assert_eq!(maps.cells.get(&l2).map(String::as_str), Some("1"));
     assert_eq!(maps.writes.iter().filter(|w| w.starts_with("v4class/")).count(), 2);
@@ -777,8 +812,12 @@ fn an_adopted_generation_is_written_whole_before_it_is_trusted() {
     let old = ruleset_with_tables(&table_policy("198.18.0.0/16", 3));
     before.apply(&mut maps, &old).expect("old policy");
     before.apply(&mut maps, &ruleset(PORT_ONLY)).expect("port-only");
-    let stale_l1 = format!("v4table/L1/{}", v4_table::l1_index(1, 0, 0xc612));
-    assert!(maps.cells.contains_key(&stale_l1), "the old /16 is in generation 1's tables");
+    let stale_l1 = v4_table::l1_index(1, 0, 0xc612);
+    assert_ne!(
+        maps.l1_entry(WordMap::V4L1, stale_l1),
+        0,
+        "the old /16 is in generation 1's tables"
+    );
 
     // The next daemon adopts the maps and applies three policies in turn: the third
     // writes generation 1's tables again, now for 198.19.0.0/16.
@@ -795,11 +834,8 @@ fn an_adopted_generation_is_written_whole_before_it_is_trusted() {
     assert_eq!(maps.active, 1);
     // 198.18.0.0/16 belongs to no network of the policy now: the /0's class, 0 (an
     // entry never written is 0 too).
-    let held = maps.values.get(&stale_l1);
-    assert!(
-        matches!(held, None | Some(Value::Entry(0))),
-        "198.18/16 still maps to the old class or block: {held:?}"
-    );
+    let held = maps.l1_entry(WordMap::V4L1, stale_l1);
+    assert_eq!(held, 0, "198.18/16 still maps to the old class or block");
 }
 
 #[test]
@@ -961,11 +997,11 @@ fn the_audit_finds_one_changed_entry_in_any_map() {
             }
         }
         for k in (0..v4_table::L1_ENTRIES).step_by(4099) {
-            let index = v4_table::l1_index(g, 0, k);
+            let (word, _) = v4_table::l1_word(v4_table::l1_index(g, 0, k));
             let read = p == 0 || p == 4;
-            cells.push((format!("v4table/L1/{index}"), Value::Entry(0), u64::from(read)));
-            let index = v6_table::l1_index(g, 0, k);
-            cells.push((format!("v6table/L1/{index}"), Value::Entry(0), u64::from(p == 4)));
+            cells.push((word_cell(WordMap::V4L1, word), Value::Word(0), u64::from(read)));
+            let (word, _) = v4_table::l1_word(v6_table::l1_index(g, 0, k));
+            cells.push((word_cell(WordMap::V6L1, word), Value::Word(0), u64::from(p == 4)));
         }
         let rows = rules.port_rows().map_or(1, |ports| ports.rows.len() as u32);
         let region = g * port_table::MAX_ROWS_PER_GENERATION * port_table::WORDS_PER_ROW;
