@@ -640,9 +640,10 @@ pub mod v4_table {
     const _: () = assert!(CLASSES <= L1_BLOCK && BLOCKS <= L1_BLOCK);
 
     /// Index of (generation, field, top 16 bits) among the first-level entries: entry
-    /// `i` is bits `16 * (i % 4)` up of word `i / 4` ([`l1_word`]).
+    /// `i` is bits `16 * (i % 4)` up of word `i / 4` ([`l1_word`]). Field first, so
+    /// that a policy with tables for the source alone needs the first half.
     pub const fn l1_index(generation: u32, field: u32, top: u32) -> u32 {
-        (generation * 2 + field) * L1_ENTRIES + top
+        (field * super::GENERATIONS + generation) * L1_ENTRIES + top
     }
 
     /// The word of `V4_L1` (or `V6_L1`) that holds first-level entry `index`, and the
@@ -704,9 +705,10 @@ pub mod v6_table {
     pub const LEVELS: usize = 14;
 
     /// Index of (generation, field, top 16 bits) among the first-level entries, which
-    /// `V6_L1` packs as `V4_L1` does ([`super::v4_table::l1_word`]).
+    /// `V6_L1` packs as `V4_L1` does ([`super::v4_table::l1_word`]); field first, as
+    /// there.
     pub const fn l1_index(generation: u32, field: u32, top: u32) -> u32 {
-        (generation * 2 + field) * L1_ENTRIES + top
+        (field * super::GENERATIONS + generation) * L1_ENTRIES + top
     }
     const _: () =
         assert!(CLASSES <= super::v4_table::L1_BLOCK && BLOCKS <= super::v4_table::L1_BLOCK);

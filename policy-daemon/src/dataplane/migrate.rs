@@ -152,8 +152,9 @@ impl std::fmt::Display for Sizes {
     }
 }
 
-/// The room the address tables' maps have, per generation and field: whether the first
-/// level is there (2 MiB per family, all four shares), and how many blocks of each
+/// The room the address tables' maps have, per generation and field: the fields whose
+/// first level is there (256 KiB a field and family, both generations: 1 for the source
+/// alone, 2 for the destination too, which comes second), and how many blocks of each
 /// deeper level and classes; and each port field's: its classes by port (256 KiB), and
 /// room for how many class bitmaps. The blocks and classes are interleaved by generation
 /// and field (`policy_common::v4_table::block_index`, `port_bitmap_index`), so a map
@@ -163,11 +164,11 @@ impl std::fmt::Display for Sizes {
 /// that most reloads that change a few prefixes fit the maps they have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableRoom {
-    pub v4_l1: bool,
+    pub v4_l1: u32,
     pub v4_l2: u32,
     pub v4_l3: u32,
     pub v4_classes: u32,
-    pub v6_l1: bool,
+    pub v6_l1: u32,
     pub v6_blocks: u32,
     pub v6_classes: u32,
     pub dport_classes: u32,
@@ -178,14 +179,16 @@ impl TableRoom {
     /// The least room a table in use gets: 16 KiB of blocks, 8 KiB of classes.
     pub const MIN_BLOCKS: u32 = 4;
     pub const MIN_CLASSES: u32 = 16;
+    /// The words of a field's first level, both generations.
+    const L1_WORDS: u32 = GENERATIONS * v4_table::L1_ENTRIES / v4_table::L1_PER_WORD;
 
     /// Room for any tables.
     pub const FULL: Self = Self {
-        v4_l1: true,
+        v4_l1: 2,
         v4_l2: v4_table::BLOCKS,
         v4_l3: v4_table::BLOCKS,
         v4_classes: v4_table::CLASSES,
-        v6_l1: true,
+        v6_l1: 2,
         v6_blocks: v6_table::BLOCKS,
         v6_classes: v6_table::CLASSES,
         dport_classes: MAX_PORT_CLASSES,
@@ -220,13 +223,23 @@ impl TableRoom {
         };
         let blocks = |entries: &[u32]| (entries.len() / 256) as u32;
         let (v4, v6) = (ruleset.v4_tables.iter().flatten(), ruleset.v6_tables.iter().flatten());
+        // The fields from the first whose first level is read.
+        let first = |walked: [bool; 2]| match walked {
+            [_, true] => 2,
+            [true, false] => 1,
+            [false, false] => 0,
+        };
+        let v4_l1 =
+            first(ruleset.v4_tables.each_ref().map(|t| t.as_ref().is_some_and(V4Table::walked)));
+        let v6_l1 =
+            first(ruleset.v6_tables.each_ref().map(|t| t.as_ref().is_some_and(V6Table::walked)));
         let most = |values: &mut dyn Iterator<Item = u32>| values.max().unwrap_or(0);
         Self {
-            v4_l1: v4.clone().any(V4Table::walked),
+            v4_l1,
             v4_l2: most(&mut v4.clone().map(|t| blocks(&t.l2))),
             v4_l3: most(&mut v4.clone().map(|t| blocks(&t.l3))),
             v4_classes: most(&mut v4.map(|t| t.classes.len() as u32)),
-            v6_l1: v6.clone().any(V6Table::walked),
+            v6_l1,
             v6_blocks: most(&mut v6.clone().map(|t| blocks(&t.blocks))),
             v6_classes: most(&mut v6.map(|t| t.classes.len() as u32)),
             dport_classes: ports(PortFieldId::Dst),
@@ -236,28 +249,29 @@ impl TableRoom {
 
     /// Whether tables that use `used` fit in this room.
     pub fn holds(&self, used: &Self) -> bool {
-        (self.v4_l1 || !used.v4_l1)
+        used.v4_l1 <= self.v4_l1
             && used.v4_l2 <= self.v4_l2
             && used.v4_l3 <= self.v4_l3
             && used.v4_classes <= self.v4_classes
-            && (self.v6_l1 || !used.v6_l1)
+            && used.v6_l1 <= self.v6_l1
             && used.v6_blocks <= self.v6_blocks
             && used.v6_classes <= self.v6_classes
             && used.dport_classes <= self.dport_classes
             && used.sport_classes <= self.sport_classes
     }
 
-    /// The entries of map `name` if it is one of the tables'; `None` for the first
-    /// levels in use (the object's size) and the other maps.
+    /// The entries of map `name` if it is one of the tables'; `None` for the port
+    /// fields' classes in use (the object's size) and the other maps.
     pub fn entries(&self, name: &str) -> Option<u32> {
         let blocks = |n: u32| Some((n * REGIONS * 256).max(1));
         let first = |used: bool| if used { None } else { Some(1) };
+        let l1 = |fields: u32| Some((fields * Self::L1_WORDS).max(1));
         match name {
-            V4_L1_MAP => first(self.v4_l1),
+            V4_L1_MAP => l1(self.v4_l1),
             V4_L2_MAP => blocks(self.v4_l2),
             V4_L3_MAP => blocks(self.v4_l3),
             V4_CLASSES_MAP => Some((self.v4_classes * REGIONS).max(1)),
-            V6_L1_MAP => first(self.v6_l1),
+            V6_L1_MAP => l1(self.v6_l1),
             V6_BLOCKS_MAP => blocks(self.v6_blocks),
             V6_CLASSES_MAP => Some((self.v6_classes * REGIONS).max(1)),
             DPORT_CLASSES_MAP => first(self.dport_classes > 0),
@@ -276,11 +290,11 @@ impl TableRoom {
         let (v4_l2, v4_l3, v6_blocks) =
             (blocks(V4_L2_MAP)?, blocks(V4_L3_MAP)?, blocks(V6_BLOCKS_MAP)?);
         Ok(Self {
-            v4_l1: entries_of(V4_L1_MAP)? > 1,
+            v4_l1: entries_of(V4_L1_MAP)? / Self::L1_WORDS,
             v4_l2,
             v4_l3,
             v4_classes: entries_of(V4_CLASSES_MAP)? / REGIONS,
-            v6_l1: entries_of(V6_L1_MAP)? > 1,
+            v6_l1: entries_of(V6_L1_MAP)? / Self::L1_WORDS,
             v6_blocks,
             v6_classes: entries_of(V6_CLASSES_MAP)? / REGIONS,
             dport_classes: entries_of(DPORT_BITMAPS_MAP)? / GENERATIONS,
@@ -291,7 +305,11 @@ impl TableRoom {
 
 impl std::fmt::Display for TableRoom {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let first = |yes: bool| if yes { "a first level" } else { "no first level" };
+        let first = |fields: u32| match fields {
+            0 => "no first level",
+            1 => "the source's first level",
+            _ => "both fields' first levels",
+        };
         write!(
             f,
             "IPv4 address tables {}, {}+{} blocks, {} classes; IPv6 address tables {}, {} \
@@ -635,8 +653,9 @@ mod tests {
 
     use super::*;
     use crate::policy::{compile, parse};
+    use policy_common::PORT_CLASS_WORDS;
 
-    fn ruleset(text: &str) -> Ruleset {
+    fn compiled(text: &str) -> Ruleset {
         compile(&parse([(Path::new("t.toml"), text)]).expect("valid test policy"))
     }
 
@@ -645,11 +664,11 @@ mod tests {
     /// from maps of those entries are the same.
     #[test]
     fn table_room_follows_the_policy_and_reads_back() {
-        let none = TableRoom::for_ruleset(&ruleset(
+        let none = TableRoom::for_ruleset(&compiled(
             "[[rule]]\nname = \"a\"\naction = \"drop\"\ndst_ports = 9\n",
         ));
         assert_eq!(none, TableRoom::of(|name| Ok(none.entries(name).unwrap_or(1))).expect("of"));
-        assert!(!none.v4_l1 && !none.v6_l1 && none.v4_classes == 0 && none.v6_classes == 0);
+        assert_eq!([none.v4_l1, none.v6_l1, none.v4_classes, none.v6_classes], [0; 4]);
         // A rule each: five /24s (in one second-level block), nine hosts of one /24 (a
         // third-level block), an IPv6 /48 (a block for each of its bytes past the first
         // level's two).
@@ -663,20 +682,25 @@ mod tests {
                 format!("[[rule]]\nname = \"r{i}\"\naction = \"drop\"\nsrc = [\"{net}\"]\n")
             })
             .collect();
-        let ruleset = ruleset(&text);
+        let ruleset = compiled(&text);
         let used = TableRoom::used_by(&ruleset);
         assert_eq!((used.v4_l2, used.v4_l3), (1, 1));
         assert_eq!(used.v4_classes, 1 + 5 + 9, "the /0's, the /24s', the hosts'");
         assert_eq!((used.v6_blocks, used.v6_classes), (4, 2));
         let room = TableRoom::for_ruleset(&ruleset);
-        assert!(room.v4_l1 && room.v6_l1);
+        assert_eq!([room.v4_l1, room.v6_l1], [1, 1], "the source's first levels alone");
         assert_eq!((room.v4_l2, room.v4_l3, room.v4_classes), (4, 4, 16));
         assert_eq!((room.v6_blocks, room.v6_classes), (4, 16));
         assert!(room.holds(&used) && !none.holds(&used) && TableRoom::FULL.holds(&used));
-        let entries = |name| Ok(room.entries(name).unwrap_or(REGIONS * v4_table::L1_ENTRIES));
+        let entries = |name| Ok(room.entries(name).unwrap_or(GENERATIONS * PORT_CLASS_WORDS));
         assert_eq!(TableRoom::of(entries).expect("of"), room);
         assert_eq!(room.entries(V4_CLASSES_MAP), Some(16 * REGIONS));
         assert_eq!(room.entries(V4_L2_MAP), Some(4 * REGIONS * 256));
+        // A destination's first level comes after the source's: both fields' room.
+        let dst =
+            compiled("[[rule]]\nname = \"d\"\naction = \"drop\"\ndst = [\"198.18.0.0/16\"]\n");
+        assert_eq!(TableRoom::for_ruleset(&dst).v4_l1, 2);
+        assert_eq!(TableRoom::for_ruleset(&dst).entries(V4_L1_MAP), Some(2 * TableRoom::L1_WORDS));
         // One more class past a power of two: twice the room.
         let mut more = used;
         more.v4_classes = 17;
