@@ -290,29 +290,6 @@ fn first_match<const FULL: bool>(
     l4: &Transport,
 ) -> Option<u32> {
     let fields = config.fields;
-    // Named sets: the rules naming a set that holds the source (the destination)
-    // address, in this CPU's scratch entries, taken into the AND through a mask; without
-    // sets the mask is 0 and nothing of the sets is read.
-    let sets = if FULL && config.src_sets | config.dst_sets != 0 {
-        let probe = SetProbe {
-            ids: config.set_ids,
-            src: packet.src,
-            dst: packet.dst,
-            generation,
-            src_count: u32::from(config.src_sets).min(MAX_SET_REFS as u32),
-            dst_count: u32::from(config.dst_sets).min(MAX_SET_REFS as u32),
-            version: if packet.family == Family::V4 { 4 } else { 6 },
-            words: config.words,
-        };
-        if xdp_policy_sets(&probe) != 0 {
-            return None;
-        }
-        // SAFETY: per-CPU entries, valid for this CPU; `xdp_policy_sets` just wrote them,
-        // on this CPU, for this packet.
-        unsafe { Some((&*SET_SCRATCH.get_ptr(0)?, &*SET_SCRATCH.get_ptr(1)?)) }
-    } else {
-        None
-    };
     // The transport class, and for TCP its flags, in one lookup: for a policy without
     // flags the TCP entries all hold the TCP class's rules, and for a policy that does
     // not constrain the class every class entry holds every rule. Never skipped: a field
@@ -393,19 +370,35 @@ fn first_match<const FULL: bool>(
         )
     };
     let any = l4_rules;
-    // An address in a set a field names admits the rules naming the set, on top of
-    // what its address class admits. One mask for both fields: two doubled the paths
-    // the verifier walks.
-    let (set_src, set_dst, mask) = match sets {
-        Some((src, dst)) => (src, dst, u64::MAX),
-        None => (any, any, 0),
-    };
+    let (mut src_rules, mut dst_rules) = (src_rules.unwrap_or(any), dst_rules.unwrap_or(any));
+    // Named sets: an address in a set a field names admits the rules naming the set, on
+    // top of what its address class admits. Both merged in this CPU's scratch entries,
+    // which then stand for the address fields; without sets nothing of them is read.
+    if FULL && config.src_sets | config.dst_sets != 0 {
+        let probe = SetProbe {
+            ids: config.set_ids,
+            src: packet.src,
+            dst: packet.dst,
+            generation,
+            src_count: u32::from(config.src_sets).min(MAX_SET_REFS as u32),
+            dst_count: u32::from(config.dst_sets).min(MAX_SET_REFS as u32),
+            version: if packet.family == Family::V4 { 4 } else { 6 },
+            words: config.words,
+        };
+        if xdp_policy_sets(&probe, src_rules, dst_rules) != 0 {
+            return None;
+        }
+        // SAFETY: per-CPU entries, valid for this CPU; `xdp_policy_sets` just wrote them,
+        // on this CPU, for this packet.
+        unsafe {
+            src_rules = &*SET_SCRATCH.get_ptr(0)?;
+            dst_rules = &*SET_SCRATCH.get_ptr(1)?;
+        }
+    }
     lowest_common(
         config.words,
         [l4_rules, dport_rules.unwrap_or(any), sport_rules.unwrap_or(any)],
-        [src_rules.unwrap_or(any), dst_rules.unwrap_or(any)],
-        [set_src, set_dst],
-        mask,
+        [src_rules, dst_rules],
     )
 }
 
@@ -424,8 +417,8 @@ pub struct SetProbe {
     words: u32,
 }
 
-/// Writes this CPU's two scratch bitmaps: the rules naming a source set that holds the
-/// packet's source address, and those naming a destination set holding its destination.
+/// Writes this CPU's two scratch bitmaps: the rules the source address's class admits
+/// (`src`) and those naming a source set that holds it; the same for the destination.
 /// Returns 0, or 1 when a map the program always has could not be read.
 ///
 /// A global function (exported by the linker, see xtask's build): the verifier checks it
@@ -433,29 +426,41 @@ pub struct SetProbe {
 /// which would take the program past the verifier's limit.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn xdp_policy_sets(probe: *const SetProbe) -> i32 {
-    // SAFETY: null or a `SetProbe` of the caller's (the verifier checks the size).
-    let Some(probe) = (unsafe { probe.as_ref() }) else { return 1 };
+pub extern "C" fn xdp_policy_sets(
+    probe: *const SetProbe,
+    src: *const RuleBitmap,
+    dst: *const RuleBitmap,
+) -> i32 {
+    // SAFETY: null or a `SetProbe` and bitmaps of the caller's (the verifier checks the
+    // sizes).
+    let (Some(probe), Some(src), Some(dst)) =
+        (unsafe { (probe.as_ref(), src.as_ref(), dst.as_ref()) })
+    else {
+        return 1;
+    };
     let words = probe.words as usize;
     // The clock is read once, and only for an entry that expires: on a VM the helper
     // cost more than the lookup itself, and most entries (files, permanent bans) and
     // every miss need no time.
     let mut now = 0;
     for field in 0..2u32 {
-        let (count, addr) =
-            if field == 0 { (probe.src_count, &probe.src) } else { (probe.dst_count, &probe.dst) };
+        let (count, addr, class) = if field == 0 {
+            (probe.src_count, &probe.src, src)
+        } else {
+            (probe.dst_count, &probe.dst, dst)
+        };
         let Some(merged) = SET_SCRATCH.get_ptr_mut(field) else { return 1 };
         // SAFETY: this CPU's scratch entry, which nothing else uses while the program
         // runs on this CPU.
         let merged = unsafe { &mut *merged };
-        // Word by word, volatile: written as one store, LLVM calls a memset that
+        // Word by word, volatile: written as one copy, LLVM calls a memcpy that
         // bpf-linker exports as a byte loop, which cost more than the lookups.
         for w in 0..BITMAP_WORDS {
             if w >= words {
                 break;
             }
             // SAFETY: a word of the entry.
-            unsafe { core::ptr::write_volatile(&raw mut merged.words[w], 0) };
+            unsafe { core::ptr::write_volatile(&raw mut merged.words[w], class.words[w]) };
         }
         for i in 0..MAX_SET_REFS as u32 {
             if i >= count {
@@ -521,31 +526,19 @@ fn in_set(id: u32, version: u8, addr: &[u32; 4], now: &mut u64) -> bool {
 }
 
 /// The lowest rule every field admits, looking at the first `words` words: set in all
-/// of `fields` and, for each address field, in its bitmap or (where `mask` is all ones)
-/// in its sets' bitmap. Written out word by word with constant indices: a loop over the
-/// words lost its bound in the verifier and cost orders of magnitude more verified
-/// instructions.
+/// of `fields` and both `addresses` (with their sets' rules merged in). Written out word
+/// by word with constant indices: a loop over the words lost its bound in the verifier
+/// and cost orders of magnitude more verified instructions.
 #[inline(always)]
-fn lowest_common(
-    words: u32,
-    fields: [&RuleBitmap; 3],
-    addresses: [&RuleBitmap; 2],
-    sets: [&RuleBitmap; 2],
-    mask: u64,
-) -> Option<u32> {
+fn lowest_common(words: u32, fields: [&RuleBitmap; 3], addresses: [&RuleBitmap; 2]) -> Option<u32> {
     let [a, b, c] = fields;
     let [d, e] = addresses;
-    let [ds, es] = sets;
     macro_rules! word {
         ($w:literal) => {
             if $w >= words {
                 return None;
             }
-            let x = a.words[$w]
-                & b.words[$w]
-                & c.words[$w]
-                & (d.words[$w] | (ds.words[$w] & mask))
-                & (e.words[$w] | (es.words[$w] & mask));
+            let x = a.words[$w] & b.words[$w] & c.words[$w] & d.words[$w] & e.words[$w];
             if x != 0 {
                 return Some($w * 64 + lowest_bit(x));
             }
