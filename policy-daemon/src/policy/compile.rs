@@ -501,7 +501,7 @@ pub fn compile(policy: &Policy) -> Ruleset {
         if entries.len() == 1 {
             config.fields |= only;
             *table = Some(V6Table::default_only(entries[0].1));
-        } else if let Some(built) = V6Table::build(entries) {
+        } else if let Some(built) = V6Table::build_for_lookups(entries) {
             config.fields |= table_bit;
             *table = Some(built);
         }
