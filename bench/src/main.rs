@@ -62,6 +62,10 @@ struct Args {
     /// Directory for the result file and its plots.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// The result file's name, without `.md` (its plots' names start with it): the date,
+    /// or `<date>-quick`, unless given (a second run the same day, say `<date>b`).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -79,7 +83,11 @@ fn main() -> Result<()> {
         args.only.clone()
     };
     let date = command_output("date", &["+%F"])?;
-    let stem = if args.quick { format!("{date}-quick") } else { date.clone() };
+    let stem = match &args.name {
+        Some(name) => name.clone(),
+        None if args.quick => format!("{date}-quick"),
+        None => date.clone(),
+    };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let opts =
