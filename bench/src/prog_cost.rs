@@ -472,11 +472,11 @@ pub fn run(opts: &Opts) -> Result<Section> {
         "ns per packet above the floor",
         &curve,
     )?;
-    body.push_str(&format!(
+    body.push_str(
         "\n### Cost against rule count\n\nThe mixed-rule policies above, ns per packet above \
          the floor, median (IQR) over the rounds of the mean over the four hit or the four \
-         miss probes.\n\n"
-    ));
+         miss probes.\n\n",
+    );
     let mut table = Table::new(&["mixed rules", "hit (the last rule drops)", "miss (no rule)"]);
     for (i, (rules, hit)) in curve[0].points.iter().enumerate() {
         let miss = &curve[1].points[i].1;
