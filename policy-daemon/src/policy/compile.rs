@@ -465,47 +465,26 @@ pub fn compile(policy: &Policy) -> Ruleset {
     let dst: Vec<_> = rules.iter().map(|r| r.dst.as_deref()).collect();
     let (src_v4, dst_v4) = (prefixes(&src, v4), prefixes(&dst, v4));
     let (src_v6, dst_v6) = (prefixes(&src, v6), prefixes(&dst, v6));
-    // A trie with nothing but its /0 gives every address the same rules: that one class
-    // goes in the address tables' classes, and the program skips the walk. Other prefix
-    // sets that fit go to the address tables.
-    let mut v4_tables = [None, None];
-    for ((entries, used, only, table_bit), table) in [
-        (&src_v4, field::SRC, field::SRC_V4_DEFAULT_ONLY, field::SRC_V4_TABLE),
-        (&dst_v4, field::DST, field::DST_V4_DEFAULT_ONLY, field::DST_V4_TABLE),
-    ]
-    .into_iter()
-    .zip(&mut v4_tables)
-    {
-        if config.fields & used == 0 {
-            continue;
-        }
-        if entries.len() == 1 {
-            config.fields |= only;
-            *table = Some(V4Table::default_only(entries[0].1));
-        } else if let Some(built) = V4Table::build(entries) {
-            config.fields |= table_bit;
-            *table = Some(built);
-        }
-    }
-    let mut v6_tables = [None, None];
-    for ((entries, used, only, table_bit), table) in [
-        (&src_v6, field::SRC, field::SRC_V6_DEFAULT_ONLY, field::SRC_V6_TABLE),
-        (&dst_v6, field::DST, field::DST_V6_DEFAULT_ONLY, field::DST_V6_TABLE),
-    ]
-    .into_iter()
-    .zip(&mut v6_tables)
-    {
-        if config.fields & used == 0 {
-            continue;
-        }
-        if entries.len() == 1 {
-            config.fields |= only;
-            *table = Some(V6Table::default_only(entries[0].1));
-        } else if let Some(built) = V6Table::build_for_lookups(entries) {
-            config.fields |= table_bit;
-            *table = Some(built);
-        }
-    }
+    let v4_tables = address_tables(
+        &mut config.fields,
+        [&src_v4, &dst_v4],
+        [
+            [field::SRC, field::SRC_V4_DEFAULT_ONLY, field::SRC_V4_TABLE],
+            [field::DST, field::DST_V4_DEFAULT_ONLY, field::DST_V4_TABLE],
+        ],
+        V4Table::default_only,
+        V4Table::build,
+    );
+    let v6_tables = address_tables(
+        &mut config.fields,
+        [&src_v6, &dst_v6],
+        [
+            [field::SRC, field::SRC_V6_DEFAULT_ONLY, field::SRC_V6_TABLE],
+            [field::DST, field::DST_V6_DEFAULT_ONLY, field::DST_V6_TABLE],
+        ],
+        V6Table::default_only,
+        V6Table::build_for_lookups,
+    );
     field_bitmaps.extend(set_rules);
     debug_assert_eq!(field_bitmaps.len(), field_bitmap::PER_GENERATION as usize);
     let mut ruleset = Ruleset {
@@ -667,6 +646,36 @@ fn port_field(values: &[Option<Vec<PortRange>>]) -> PortField {
         classes[*start as usize..end as usize].fill(class);
     }
     PortField { classes, bitmaps }
+}
+
+/// The address tables of one family for the source and the destination field (`[used,
+/// default only, table]` bits of each in `bits`), setting their bits in `fields`: for a
+/// field a rule constrains, its one class when its only prefix is the `/0` (every
+/// address the same rules: the program skips the walk), the tables when its prefixes fit
+/// them, else none (the trie).
+fn address_tables<N, T>(
+    fields: &mut u32,
+    entries: [&[(N, RuleBitmap)]; 2],
+    bits: [[u32; 3]; 2],
+    default_only: fn(RuleBitmap) -> T,
+    build: fn(&[(N, RuleBitmap)]) -> Option<T>,
+) -> [Option<T>; 2] {
+    let mut tables = [None, None];
+    for ((entries, [used, only, table_bit]), table) in
+        entries.into_iter().zip(bits).zip(&mut tables)
+    {
+        if *fields & used == 0 {
+            continue;
+        }
+        if entries.len() == 1 {
+            *fields |= only;
+            *table = Some(default_only(entries[0].1));
+        } else if let Some(built) = build(entries) {
+            *fields |= table_bit;
+            *table = Some(built);
+        }
+    }
+    tables
 }
 
 /// The trie entries of one address field and IP version: every prefix any rule names,
