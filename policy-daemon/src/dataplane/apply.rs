@@ -650,12 +650,8 @@ impl<'a> Image<'a> {
             return Some((PORT_TABLE_MAP, why));
         }
         let used = TableRoom::used_by(self.ruleset);
-        (!room.holds(&used)).then(|| {
-            (
-                V4_L1_MAP,
-                format!("the policy's address tables ({used}) do not fit the maps' ({room})"),
-            )
-        })
+        let map = room.short_of(&used)?;
+        Some((map, format!("the policy's tables ({used}) do not fit the maps' ({room})")))
     }
 }
 

@@ -249,15 +249,24 @@ impl TableRoom {
 
     /// Whether tables that use `used` fit in this room.
     pub fn holds(&self, used: &Self) -> bool {
-        used.v4_l1 <= self.v4_l1
-            && used.v4_l2 <= self.v4_l2
-            && used.v4_l3 <= self.v4_l3
-            && used.v4_classes <= self.v4_classes
-            && used.v6_l1 <= self.v6_l1
-            && used.v6_blocks <= self.v6_blocks
-            && used.v6_classes <= self.v6_classes
-            && used.dport_classes <= self.dport_classes
-            && used.sport_classes <= self.sport_classes
+        self.short_of(used).is_none()
+    }
+
+    /// The first map without room for tables that use `used`.
+    pub fn short_of(&self, used: &Self) -> Option<&'static str> {
+        [
+            (used.v4_l1 > self.v4_l1, V4_L1_MAP),
+            (used.v4_l2 > self.v4_l2, V4_L2_MAP),
+            (used.v4_l3 > self.v4_l3, V4_L3_MAP),
+            (used.v4_classes > self.v4_classes, V4_CLASSES_MAP),
+            (used.v6_l1 > self.v6_l1, V6_L1_MAP),
+            (used.v6_blocks > self.v6_blocks, V6_BLOCKS_MAP),
+            (used.v6_classes > self.v6_classes, V6_CLASSES_MAP),
+            (used.dport_classes > self.dport_classes, DPORT_BITMAPS_MAP),
+            (used.sport_classes > self.sport_classes, SPORT_BITMAPS_MAP),
+        ]
+        .into_iter()
+        .find_map(|(short, map)| short.then_some(map))
     }
 
     /// The entries of map `name` if it is one of the tables'; `None` for the port
