@@ -45,11 +45,11 @@ mod support;
 use std::{fmt::Write as _, time::Instant};
 
 use policy_common::{
-    Counter, Verdict,
+    Counter, MAX_SOURCES, Verdict,
     xdp_action::{XDP_DROP, XDP_PASS},
 };
 use policy_daemon::{
-    dataplane::{Dataplane, error_chain},
+    dataplane::{Dataplane, error_chain, migrate::Sizes},
     policy::{
         self, Policy,
         reference::{self, IpPacket, L4, Outcome, Parsed},
@@ -472,7 +472,16 @@ fn check_policy(
     }
 }
 
+/// The program on maps sized for policy `index` alone, as the daemon creates them
+/// (`Sizes::for_ruleset`): the tables' interleaved shares at the room the policy gets.
 fn load(index: usize, policy: &Policy) -> Dataplane {
+    let ruleset = compile(index, policy);
+    Dataplane::load_sized(&ruleset, &Sizes::for_ruleset(&ruleset, MAX_SOURCES))
+        .unwrap_or_else(|e| panic!("loading the program failed: {}", error_chain(&e)))
+}
+
+/// The program on full-size maps, for a run that applies many policies to it.
+fn load_full(index: usize, policy: &Policy) -> Dataplane {
     Dataplane::load(&compile(index, policy))
         .unwrap_or_else(|e| panic!("loading the program failed: {}", error_chain(&e)))
 }
@@ -542,7 +551,7 @@ fn kernel_agrees_with_the_reference_across_reloads() {
         let frames: Vec<FrameSpec> =
             (0..packets).map(|_| random_frame(&mut rng, &policy)).collect();
         match &mut dataplane {
-            None => dataplane = Some(load(index, &policy)),
+            None => dataplane = Some(load_full(index, &policy)),
             Some(d) => {
                 d.apply(&compile(index, &policy)).unwrap_or_else(|e| {
                     panic!("applying policy {index} failed: {}", error_chain(&e))

@@ -1149,10 +1149,11 @@ fn audit_generation(
 fn l1_words(l1: &[u32]) -> Vec<u64> {
     l1.chunks(v4_table::L1_PER_WORD as usize)
         .map(|entries| {
-            entries
-                .iter()
-                .rev()
-                .fold(0u64, |word, &entry| word << 16 | u64::from(v4_table::l1_bits(entry)))
+            entries.iter().rev().fold(0u64, |word, &entry| {
+                let bits = v4_table::l1_bits(entry);
+                debug_assert_eq!(v4_table::l1_entry(u32::from(bits)), entry, "16 bits hold it");
+                word << 16 | u64::from(bits)
+            })
         })
         .collect()
 }
@@ -1223,9 +1224,6 @@ impl Share {
 
     /// The elements among entries read from `base`.
     fn pick<V: Copy>(&self, entries: Vec<V>) -> Vec<V> {
-        if self.run == u32::MAX {
-            return entries;
-        }
         let at = |i: usize| (self.index(i) - self.base) as usize;
         (0..).map(at).take_while(|&p| p < entries.len()).map(|p| entries[p]).collect()
     }

@@ -1194,4 +1194,5 @@ fn shares_place_and_pick_their_elements() {
     assert_eq!(classes.pick((0..classes.span(3)).collect::<Vec<u32>>()), vec![0, 4, 8]);
     let flat = Share::contiguous(10);
     assert_eq!((flat.index(5), flat.span(5)), (15, 5));
+    assert_eq!(flat.pick(vec![7, 8, 9]), vec![7, 8, 9]);
 }
