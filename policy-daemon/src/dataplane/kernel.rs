@@ -481,8 +481,6 @@ impl Maps for KernelMaps {
                 V6_CLASSES_MAP => self.v6_classes.batch.max_entries(),
                 DPORT_BITMAPS_MAP => self.dport_bitmaps.batch.max_entries(),
                 SPORT_BITMAPS_MAP => self.sport_bitmaps.batch.max_entries(),
-                DPORT_CLASSES_MAP => self.dport_classes.batch.max_entries(),
-                SPORT_CLASSES_MAP => self.sport_classes.batch.max_entries(),
                 _ => unreachable!("TableRoom::of reads the tables' maps only"),
             })
         };
