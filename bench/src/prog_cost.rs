@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use policy_common::xdp_action::{XDP_DROP, XDP_PASS};
 use policy_daemon::{
-    dataplane::Dataplane,
+    dataplane::{Dataplane, migrate::Sizes},
     packet::{Packet, tcp, udp},
     policy::{self, Ruleset},
 };
@@ -232,6 +232,7 @@ pub fn run(opts: &Opts) -> Result<Section> {
     let repeat: u32 = if opts.quick { 20_000 } else { 200_000 };
     let probes = probes();
 
+    let first_loads = first_loads(reps)?;
     eprintln!("prog: loading the variants");
     // xdp-filter lives on interfaces: both ends of a throw-away veth pair, one variant on
     // each (its port list is shared between them).
@@ -588,5 +589,42 @@ pub fn run(opts: &Opts) -> Result<Section> {
             ));
         }
     }
+    summary.extend(first_loads);
     Ok(Section { title: "Per-packet program cost (BPF_PROG_TEST_RUN)".into(), body, summary })
+}
+
+/// A fresh filter's first apply short of attaching, for one-rule policies: aya reads
+/// the kernel's BTF, the maps are created at the policy's sizes, the program the policy
+/// needs is loaded (the verifier) and the policy written, as the daemon's first apply
+/// does before it attaches and pins. Milliseconds, median (IQR) of `reps` loads.
+fn first_loads(reps: usize) -> Result<Vec<SummaryRow>> {
+    eprintln!("prog: timing first loads");
+    let policies = [
+        ("one UDP port (the port program)", policies::port_only(1)),
+        (
+            "one IPv4 source prefix (the full program)",
+            "[[rule]]\nname = \"a\"\naction = \"drop\"\nsrc = [\"198.18.0.0/16\"]\n".into(),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (label, text) in policies {
+        let ruleset = compile(&text)?;
+        let sizes = Sizes::for_ruleset(&ruleset, policy_common::MAX_SOURCES);
+        let mut samples = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let start = Instant::now();
+            let dataplane = Dataplane::load_sized(&ruleset, &sizes)
+                .with_context(|| format!("loading xdp-policy for {label}"))?;
+            samples.push(start.elapsed().as_secs_f64() * 1e3);
+            drop(dataplane);
+        }
+        let summary = Summary::of(&samples).expect("at least one load");
+        rows.push(SummaryRow::new(
+            format!("first load and apply, {label} (ms)"),
+            summary.cell(1),
+            "",
+            Mark::Info,
+        ));
+    }
+    Ok(rows)
 }
