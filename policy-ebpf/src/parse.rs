@@ -334,7 +334,8 @@ pub extern "C" fn xdp_policy_tagged(ctx: *mut xdp_md, addresses: u32, out: *mut 
     }
 }
 
-/// An IPv6 extension header [`parse_ipv6`] walks (with `CHAIN`).
+/// The IPv6 extension headers: what [`parse_ipv6`] walks (with `CHAIN`), and what
+/// sends an IPv6 packet to it from [`parse`]: one list for both.
 #[inline(always)]
 fn extension(next_hdr: u8) -> bool {
     matches!(
@@ -473,6 +474,11 @@ fn parse_ipv6<const CHAIN: bool>(
             {
                 return Err(Unparsable);
             }
+            // The one list of what is walked, which `parse` also reads: a header it
+            // names is walked here, whichever path the packet took.
+            if !extension(next_hdr) {
+                break 'chain parse_transport(cursor, next_hdr, true)?;
+            }
             let len = match next_hdr {
                 PROTO_FRAGMENT => {
                     let frag = cursor.read::<Ipv6FragHdr>()?;
@@ -484,15 +490,6 @@ fn parse_ipv6<const CHAIN: bool>(
                     next_hdr = next;
                     continue;
                 }
-                PROTO_HOP_OPTS | PROTO_ROUTING | PROTO_DEST_OPTS | PROTO_MOBILITY | PROTO_HIP
-                | PROTO_SHIM6 => {
-                    let ext = cursor.peek::<Ipv6ExtHdr>()?;
-                    // SAFETY: bounds checked by `peek`.
-                    let (next, len) = unsafe { ((*ext).next_hdr, (*ext).hdr_ext_len) };
-                    next_hdr = next;
-                    // RFC 8200: length in 8-octet units, not counting the first 8 octets.
-                    (usize::from(len) + 1) * 8
-                }
                 PROTO_AH => {
                     let ext = cursor.peek::<Ipv6ExtHdr>()?;
                     // SAFETY: bounds checked by `peek`.
@@ -501,7 +498,15 @@ fn parse_ipv6<const CHAIN: bool>(
                     // RFC 4302: length in 4-octet units, minus 2.
                     (usize::from(len) + 2) * 4
                 }
-                _ => break 'chain parse_transport(cursor, next_hdr, true)?,
+                // Hop-by-hop, routing, destination options, mobility, HIP, shim6.
+                _ => {
+                    let ext = cursor.peek::<Ipv6ExtHdr>()?;
+                    // SAFETY: bounds checked by `peek`.
+                    let (next, len) = unsafe { ((*ext).next_hdr, (*ext).hdr_ext_len) };
+                    next_hdr = next;
+                    // RFC 8200: length in 8-octet units, not counting the first 8 octets.
+                    (usize::from(len) + 1) * 8
+                }
             };
             cursor.skip(len)?;
         }
