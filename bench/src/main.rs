@@ -130,13 +130,24 @@ fn conditions(opts: &Opts) -> Result<String> {
         .unwrap_or_else(|_| "unknown".into());
     let xdp_tools = command_output("dpkg-query", &["-W", "-f", "${Version}", "xdp-tools"])
         .unwrap_or_else(|_| "not installed".into());
+    // What the kernel does about the CPU's speculation flaws on calls and returns: it
+    // sets what a BPF-to-BPF call costs (the prog bench measures one).
+    let mitigation = |flaw: &str| {
+        std::fs::read_to_string(format!("/sys/devices/system/cpu/vulnerabilities/{flaw}"))
+            .map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
+    };
     Ok(format!(
         "- Machine: {cpus} vCPU ({model}), kernel {kernel}; a shared VM whose speed drifts, so \
          every figure is compared with a baseline measured in the same run, interleaved.\n\
+         - The kernel on calls and returns: spectre_v2 \"{spectre_v2}\", spec_rstack_overflow \
+         \"{srso}\", retbleed \"{retbleed}\".\n\
          - xdp-policy {version} at commit {commit}, release build; xdp-filter from Debian's \
          xdp-tools {xdp_tools}.\n\
          - Run: `cargo xtask bench{quick}`.",
         version = env!("CARGO_PKG_VERSION"),
+        spectre_v2 = mitigation("spectre_v2"),
+        srso = mitigation("spec_rstack_overflow"),
+        retbleed = mitigation("retbleed"),
         quick = if opts.quick { " --quick" } else { "" },
     ))
 }

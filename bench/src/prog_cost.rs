@@ -39,6 +39,8 @@ const MIXED_RULES: [usize; 5] = [1, 10, 64, 512, policy_common::MAX_RULES];
 const PREFIXES: usize = 100_000;
 /// The minimal port filter's line.
 const LIMIT: &str = "limit: minimal port filter (IPv4 UDP)";
+/// The floor with its action returned by a function of its own: what one call costs.
+const CALL: &str = "floor through one BPF-to-BPF call";
 /// Targets (ns per packet above the floor).
 const PORT_ONLY_TARGET_NS: f64 = 4.0;
 const MIXED_TARGET_NS: f64 = 40.0;
@@ -248,6 +250,12 @@ pub fn run(opts: &Opts) -> Result<Section> {
         judges: passes_all,
         rules: None,
     }];
+    variants.push(Variant {
+        name: CALL.into(),
+        program: Program::Raw(raw::load_calling_xdp(XDP_PASS, "bench_call")?),
+        judges: passes_all,
+        rules: None,
+    });
     let limit =
         raw::MinimalPortFilter::load("bench_limit").context("loading the minimal port filter")?;
     limit.deny_port(HIT_PORT).context("setting the minimal port filter's port")?;
@@ -576,6 +584,7 @@ pub fn run(opts: &Opts) -> Result<Section> {
         ));
     }
     for (prefix, label) in [
+        (CALL, "one BPF-to-BPF call and its return"),
         ("xdp-policy 100000", "program cost, 100,000 IPv4 prefixes"),
         ("xdp-filter udp-only", "xdp-filter udp-only"),
         ("xdp-filter all", "xdp-filter all features"),

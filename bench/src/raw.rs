@@ -44,6 +44,22 @@ pub fn load_constant_xdp(action: u32, name: &str) -> io::Result<OwnedFd> {
     load_xdp(&[insn(op::MOV_K, R0, 0, 0, action as i32), insn(op::EXIT, 0, 0, 0, 0)], name)
 }
 
+/// Loads the XDP program that returns `action` from a function of its own: the floor
+/// and one BPF-to-BPF call with its return, what a global function costs a packet on
+/// this host (CPU mitigations can make returns dear).
+pub fn load_calling_xdp(action: u32, name: &str) -> io::Result<OwnedFd> {
+    load_xdp(
+        &[
+            // Calls the instruction `imm` after the next: the function below.
+            insn(op::CALL, 0, PSEUDO_CALL, 0, 1),
+            insn(op::EXIT, 0, 0, 0, 0),
+            insn(op::MOV_K, R0, 0, 0, action as i32),
+            insn(op::EXIT, 0, 0, 0, 0),
+        ],
+        name,
+    )
+}
+
 /// Loads `insns` as an XDP program named `name` (at most 15 bytes are kept).
 fn load_xdp(insns: &[bpf_insn], name: &str) -> io::Result<OwnedFd> {
     let license = c"GPL";
@@ -235,6 +251,8 @@ const R3: u8 = 3;
 const R4: u8 = 4;
 /// The frame pointer (read-only; the stack is below it).
 const R10: u8 = 10;
+/// `src_reg` of a call to a function of the program (BPF_PSEUDO_CALL), not a helper.
+const PSEUDO_CALL: u8 = 1;
 /// `bpf_map_lookup_elem`'s helper number.
 const MAP_LOOKUP_ELEM: i32 = 1;
 /// The headers the minimal port filter reads within: Ethernet (14), IPv4 without options
@@ -501,6 +519,19 @@ mod tests {
         let run = TestRun { data: &cases[0].1, ctx: None, repeat: 100, flags: 0, batch_size: 0 };
         test_run(filter.prog(), &run).expect("test run");
         assert_eq!(filter.drops().expect("reads the counter"), 101);
+    }
+
+    #[test]
+    fn the_calling_program_returns_its_functions_action() {
+        if !privileged("the_calling_program_returns_its_functions_action") {
+            return;
+        }
+        let frame = Packet::ipv4(udp(9000)).src("198.18.0.1").dst("198.18.0.2").build();
+        for action in [1, 2] {
+            let prog = load_calling_xdp(action, "bench_call").expect("loads");
+            let run = TestRun { data: &frame, ctx: None, repeat: 1, flags: 0, batch_size: 0 };
+            assert_eq!(test_run(prog.as_fd(), &run).expect("test run").0, action);
+        }
     }
 
     #[test]
