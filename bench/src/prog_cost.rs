@@ -34,7 +34,7 @@ use crate::{
 };
 
 /// Rule counts of the mixed-rules curve (the last: the rule limit).
-const MIXED_RULES: [usize; 5] = [1, 10, 64, 512, policy_common::MAX_RULES];
+const MIXED_RULES: [usize; 6] = [1, 10, 64, 512, 1024, policy_common::MAX_RULES];
 /// Networks in the block-list variant.
 const PREFIXES: usize = 100_000;
 /// The minimal port filter's line.

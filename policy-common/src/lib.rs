@@ -189,8 +189,13 @@ pub const LAYOUT_ENTRIES: u32 = 4;
 /// their maps are sized to the policy, and IPv4 fields without IPv4 prefixes read
 /// class 0 ([`field::SRC_V4_DEFAULT_ONLY`]); the port classes' bitmaps interleaved by
 /// generation ([`port_bitmap_index`]), and sized as well; the first levels' entries
-/// 16 bits each, four to a word ([`v4_table::l1_word`]).
-pub const LAYOUT_VERSION: u32 = 4;
+/// 16 bits each, four to a word ([`v4_table::l1_word`]);
+/// 5: [`MAX_RULES`] 4,096, so every [`RuleBitmap`] has 64 words and a summary word, the
+/// sets' rules by combination of sets ([`field_bitmap::set_rules`]), the
+/// counter slots are twice as many (and [`LIMIT_STATS_MAP`]'s bucket counts start at the
+/// new [`RULE_COUNTER_SLOTS`]), and the port table's entries hold 14-bit slots and a
+/// verdict code ([`port_table::entry`]).
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Every map the program declares, for checks that the built object carries them all.
 pub const MAP_NAMES: [&str; 34] = [
@@ -231,7 +236,7 @@ pub const MAP_NAMES: [&str; 34] = [
 ];
 
 /// Rules per policy: one bit each in a [`RuleBitmap`].
-pub const MAX_RULES: usize = 1024;
+pub const MAX_RULES: usize = 4096;
 /// 64-bit words in a [`RuleBitmap`].
 pub const BITMAP_WORDS: usize = MAX_RULES / 64;
 /// Rule generations kept in every rule map.
@@ -240,7 +245,8 @@ pub const GENERATIONS: u32 = 2;
 pub const REGIONS: u32 = GENERATIONS * 2;
 /// Distinct port classes per port field: N rules with one range each cut the port space
 /// into at most 2N + 1 classes.
-pub const MAX_PORT_CLASSES: u32 = 4096;
+pub const MAX_PORT_CLASSES: u32 = 16384;
+const _: () = assert!(MAX_PORT_CLASSES > 2 * MAX_RULES as u32, "a range per rule always fits");
 /// Entries of a port-class map per generation (four ports per entry).
 pub const PORT_CLASS_WORDS: u32 = (1 << 16) / 4;
 
@@ -345,25 +351,67 @@ pub mod xdp_action {
     pub const XDP_PASS: u32 = 2;
 }
 
-/// One bit per rule: bit `r % 64` of word `r / 64` stands for rule `r`.
+/// One bit per rule: bit `r % 64` of word `r / 64` stands for rule `r`; bit `w` of
+/// `summary` is set when word `w` is not zero. The program ANDs the summaries of a
+/// packet's bitmaps first and reads only the words left in it (one, usually), so that a
+/// lookup costs about the same for 64 rules as for [`MAX_RULES`]. Every bitmap written
+/// to a map must have its summary right: build them with [`RuleBitmap::set`],
+/// [`RuleBitmap::clear`], [`RuleBitmap::union`] or [`RuleBitmap::from_words`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RuleBitmap {
     /// Native byte order.
     pub words: [u64; BITMAP_WORDS],
+    /// Native byte order: the words that are not zero.
+    pub summary: u64,
 }
 
-const _: () = assert!(size_of::<RuleBitmap>() == 128);
+const _: () = assert!(size_of::<RuleBitmap>() == 8 * BITMAP_WORDS + 8);
+const _: () = assert!(BITMAP_WORDS <= 64, "one summary bit per word");
 
 impl RuleBitmap {
-    pub const EMPTY: Self = Self { words: [0; BITMAP_WORDS] };
+    pub const EMPTY: Self = Self { words: [0; BITMAP_WORDS], summary: 0 };
+
+    /// The bitmap of `words`, with its summary.
+    pub const fn from_words(words: [u64; BITMAP_WORDS]) -> Self {
+        let mut summary = 0;
+        let mut w = 0;
+        while w < BITMAP_WORDS {
+            if words[w] != 0 {
+                summary |= 1 << w;
+            }
+            w += 1;
+        }
+        Self { words, summary }
+    }
 
     pub fn set(&mut self, rule: usize) {
         self.words[rule / 64] |= 1 << (rule % 64);
+        self.summary |= 1 << (rule / 64);
+    }
+
+    pub fn clear(&mut self, rule: usize) {
+        self.words[rule / 64] &= !(1 << (rule % 64));
+        if self.words[rule / 64] == 0 {
+            self.summary &= !(1 << (rule / 64));
+        }
+    }
+
+    /// Adds the rules of `other`.
+    pub fn union(&mut self, other: &Self) {
+        for (w, o) in self.words.iter_mut().zip(other.words) {
+            *w |= o;
+        }
+        self.summary |= other.summary;
     }
 
     pub fn contains(&self, rule: usize) -> bool {
         self.words[rule / 64] & (1 << (rule % 64)) != 0
+    }
+
+    /// Whether `summary` is the one of `words`.
+    pub fn summary_holds(&self) -> bool {
+        Self::from_words(self.words).summary == self.summary
     }
 
     /// The lowest rule in both bitmaps.
@@ -427,12 +475,21 @@ pub mod field_bitmap {
     pub const DPORT_UNCONSTRAINED: u32 = L4Class::COUNT + 1;
     /// Rules without a source port constraint.
     pub const SPORT_UNCONSTRAINED: u32 = L4Class::COUNT + 2;
-    /// The first of 2 × [`super::MAX_SET_REFS`] entries: the rules naming set
-    /// `GenConfig::set_ids[i]` in `src` (`i` < `MAX_SET_REFS`) or in `dst` (the others).
-    /// An address in that set admits them, whatever its address class admits.
+    /// The first of 2 × [`SET_COMBINATIONS`] entries: at [`set_rules`]`(field, sets)`,
+    /// the rules naming any of the field's sets in `sets` (bit `k`: the set
+    /// `GenConfig::set_ids[field * MAX_SET_REFS + k]`). An address in those sets admits
+    /// them, whatever its address class admits: the program merges one bitmap into the
+    /// address's, however many of the field's sets hold it.
     pub const SET_RULES: u32 = L4Class::COUNT + 3;
+    /// Combinations of one field's sets.
+    pub const SET_COMBINATIONS: u32 = 1 << super::MAX_SET_REFS;
     /// Entries per generation.
-    pub const PER_GENERATION: u32 = SET_RULES + 2 * super::MAX_SET_REFS as u32;
+    pub const PER_GENERATION: u32 = SET_RULES + 2 * SET_COMBINATIONS;
+
+    /// The entry of the rules naming the sets `sets` of `field` (0 `src`, 1 `dst`).
+    pub const fn set_rules(field: u32, sets: u32) -> u32 {
+        SET_RULES + field * SET_COMBINATIONS + sets % SET_COMBINATIONS
+    }
 }
 
 /// Bits of the [`ACTIVE_MAP`] value besides the generation. They are multiples of
@@ -497,28 +554,41 @@ pub mod port_table {
         (index / PER_WORD, 16 * (index % PER_WORD))
     }
 
-    /// Marks an entry as a rule's decision (0 means no rule matches).
-    pub const DECIDED: u16 = 1 << 15;
+    /// Bits of an entry's counter slot (the low bits); the two above them hold its
+    /// verdict's code ([`code`]), never 0.
+    pub const SLOT_BITS: u32 = 14;
 
-    /// The entry of a packet that rule with counter slot `slot` decides as `verdict`.
+    /// The code of a rule verdict in an entry (1 to 3); `None` for a verdict no port
+    /// table holds.
+    pub const fn code(verdict: Verdict) -> Option<u16> {
+        match verdict {
+            Verdict::PassRule => Some(1),
+            Verdict::DropRule => Some(2),
+            Verdict::MonitorRule => Some(3),
+            _ => None,
+        }
+    }
+
+    /// The entry of a packet that rule with counter slot `slot` decides as `verdict`
+    /// (a rule's verdict: pass, drop or monitor; any other is written as drop).
     pub const fn entry(verdict: Verdict, slot: u16) -> u16 {
-        DECIDED | (verdict as u16) << 12 | slot
+        let code = match code(verdict) {
+            Some(code) => code,
+            None => 2,
+        };
+        code << SLOT_BITS | (slot & ((1 << SLOT_BITS) - 1))
     }
 
-    /// Verdict and counter slot of a non-zero entry.
+    /// Verdict code ([`code`]) and counter slot of a non-zero entry.
     pub const fn decode(entry: u32) -> (u32, u32) {
-        ((entry >> 12) & 0x7, entry & 0xfff)
+        ((entry >> SLOT_BITS) & 0x3, entry & ((1 << SLOT_BITS) - 1))
     }
-
-    const _: () = assert!(
-        (Verdict::PassRule as u16) < 8
-            && (Verdict::DropRule as u16) < 8
-            && (Verdict::MonitorRule as u16) < 8,
-        "the rule verdicts fit in 3 bits"
-    );
 }
 
-const _: () = assert!(RULE_COUNTER_SLOTS <= 1 << 12, "port table entries hold 12-bit slots");
+const _: () = assert!(
+    RULE_COUNTER_SLOTS <= 1 << port_table::SLOT_BITS,
+    "port table entries hold every counter slot"
+);
 
 /// Bits of [`GenConfig::fields`]: the fields at least one rule constrains. The program
 /// skips the lookups of the others.
@@ -1132,5 +1202,44 @@ mod tests {
         assert!(a.contains(700) && !a.contains(699));
         assert_eq!(a.first_common(&b), Some(700));
         assert_eq!(a.first_common(&RuleBitmap::EMPTY), None);
+    }
+
+    /// The summary names exactly the words that are not zero, however the bitmap was
+    /// built: the program reads no other word.
+    #[test]
+    fn the_summary_follows_every_change() {
+        let mut a = RuleBitmap::EMPTY;
+        a.set(0);
+        a.set(65);
+        a.set(MAX_RULES - 1);
+        assert_eq!(a.summary, 1 | 1 << 1 | 1 << (BITMAP_WORDS - 1));
+        a.set(64);
+        a.clear(65);
+        assert_eq!(a.summary, 1 | 1 << 1 | 1 << (BITMAP_WORDS - 1), "rule 64 holds word 1");
+        a.clear(64);
+        assert_eq!(a.summary, 1 | 1 << (BITMAP_WORDS - 1), "word 1 empty");
+        let mut b = RuleBitmap::EMPTY;
+        b.set(200);
+        b.union(&a);
+        assert_eq!(b.summary, 1 | 1 << 3 | 1 << (BITMAP_WORDS - 1));
+        assert!(a.summary_holds() && b.summary_holds());
+        assert_eq!(RuleBitmap::from_words(b.words), b);
+        let mut wrong = b;
+        wrong.summary &= !1;
+        assert!(!wrong.summary_holds());
+    }
+
+    /// Every counter slot and rule verdict round-trips through a port table entry, and
+    /// no entry of a decided port is 0 (no rule).
+    #[test]
+    fn port_table_entries_hold_every_slot_and_verdict() {
+        for verdict in [Verdict::PassRule, Verdict::DropRule, Verdict::MonitorRule] {
+            for slot in [0, 1, 4095, 4096, RULE_COUNTER_SLOTS - 1] {
+                let entry = port_table::entry(verdict, slot as u16);
+                assert_ne!(entry, 0);
+                let code = port_table::code(verdict).expect("a rule verdict") as u32;
+                assert_eq!(port_table::decode(u32::from(entry)), (code, slot));
+            }
+        }
     }
 }

@@ -669,23 +669,88 @@ fn an_empty_policy_passes_everything() {
 }
 
 #[test]
-fn a_full_policy_of_1024_rules_decides_by_its_last_rule() {
-    if !support::privileged("a_full_policy_of_1024_rules_decides_by_its_last_rule") {
+fn a_full_policy_of_4096_rules_decides_by_each_rule() {
+    if !support::privileged("a_full_policy_of_4096_rules_decides_by_each_rule") {
         return;
     }
-    let mut text = String::new();
-    for i in 0..policy_common::MAX_RULES {
-        text.push_str(&format!(
-            "[[rule]]\nname = \"r{i}\"\naction = \"drop\"\nprotocol = \"udp\"\ndst_ports = {}\n",
-            10_000 + i
-        ));
+    const RULES: usize = policy_common::MAX_RULES;
+    assert_eq!(RULES, 4096);
+    // Port-only (the port table decides), then with a source network on every rule (the
+    // classifier's bitmaps: each packet's rule is the only one in its word's summary).
+    for src in ["", "src = \"198.18.0.0/15\"\n"] {
+        let mut text = String::new();
+        for i in 0..RULES {
+            // Every third rule passes, so that a rule found in the wrong word shows.
+            let action = if i % 3 == 0 { "pass" } else { "drop" };
+            text.push_str(&format!(
+                "[[rule]]\nname = \"r{i}\"\naction = \"{action}\"\nprotocol = \"udp\"\n\
+                 dst_ports = {}\n{src}",
+                10_000 + i
+            ));
+        }
+        text.push_str("[defaults]\naction = \"drop\"\n");
+        let (policy, dataplane) = load(&text);
+        assert_eq!(policy.rules.len(), RULES);
+        // The first, a middle and the last rule of every word.
+        let probes = (0..RULES / 64).flat_map(|w| [64 * w, 64 * w + 37, 64 * w + 63]);
+        for rule in probes {
+            let packet = Packet::ipv4(udp(10_000 + rule as u16)).src("198.18.0.7").build();
+            let want = if rule % 3 == 0 { XDP_PASS } else { XDP_DROP };
+            let got = dataplane.test_run(&packet).expect("BPF_PROG_TEST_RUN");
+            assert_eq!(got, want, "rule {rule} ({src:?})");
+            let count = dataplane.rule_count(rule).expect("reading").map(|c| c.packets);
+            assert_eq!(count, Some(1), "rule {rule} counted once ({src:?})");
+        }
+        let miss = Packet::ipv4(udp(9_999)).src("198.18.0.7").build();
+        assert_eq!(dataplane.test_run(&miss).expect("run"), XDP_DROP, "no rule: the default");
+        // Rule 0 passes, if the source is not what the rules ask for.
+        let outside = Packet::ipv4(udp(10_000)).src("198.20.0.7").build();
+        let want = if src.is_empty() { XDP_PASS } else { XDP_DROP };
+        assert_eq!(dataplane.test_run(&outside).expect("run"), want, "outside the rules' network");
     }
-    let (policy, dataplane) = load(&text);
-    assert_eq!(policy.rules.len(), 1024);
-    let last = Packet::ipv4(udp(10_000 + 1023)).build();
-    assert_eq!(dataplane.test_run(&last).expect("BPF_PROG_TEST_RUN"), XDP_DROP);
-    assert_eq!(dataplane.rule_count(1023).expect("reading").map(|c| c.packets), Some(1));
-    assert_eq!(dataplane.test_run(&Packet::ipv4(udp(9_999)).build()).expect("run"), XDP_PASS);
+}
+
+/// A packet whose fields each admit rules in the same bitmap words, but no rule in common
+/// until the third word: the summaries name three words, and the classifier reads past
+/// the first (`xdp_policy_scan`). Without the common rule, every word is read and none
+/// holds one: the default.
+#[test]
+fn a_rule_past_words_without_a_common_rule_is_found() {
+    if !support::privileged("a_rule_past_words_without_a_common_rule_is_found") {
+        return;
+    }
+    let rule = |name: &str, action: &str, port: u16, src: &str| {
+        format!(
+            "[[rule]]\nname = \"{name}\"\naction = \"{action}\"\nprotocol = \"udp\"\n\
+             dst_ports = {port}\nsrc = \"{src}\"\n"
+        )
+    };
+    for answer_port in [53, 56] {
+        let mut text = String::new();
+        for i in 0..131u16 {
+            text.push_str(&match i {
+                0 => rule("a0", "drop", 53, "198.19.1.0/24"),
+                1 => rule("b0", "drop", 54, "198.18.0.0/24"),
+                64 => rule("a1", "drop", 53, "198.19.2.0/24"),
+                65 => rule("b1", "drop", 55, "198.18.0.0/24"),
+                130 => rule("answer", "pass", answer_port, "198.18.0.0/24"),
+                _ => rule(&format!("filler{i}"), "drop", 2000 + i, "198.19.200.0/24"),
+            });
+        }
+        text.push_str("[defaults]\naction = \"drop\"\n");
+        let (policy, dataplane) = load(&text);
+        assert_eq!(policy.rules.len(), 131);
+        let packet = Packet::ipv4(udp(53)).src("198.18.0.7").build();
+        let got = dataplane.test_run(&packet).expect("BPF_PROG_TEST_RUN");
+        if answer_port == 53 {
+            assert_eq!(got, XDP_PASS, "rule 130 decides");
+            assert_eq!(dataplane.rule_count(130).expect("reading").map(|c| c.packets), Some(1));
+        } else {
+            assert_eq!(got, XDP_DROP, "no rule: the default");
+            let counts = dataplane.verdict_counts().expect("reading the counters");
+            assert_eq!(counts.get(Verdict::DropDefault).packets, 1);
+        }
+    }
 }
 
 /// The names userspace looks up exist in the object it embeds (no root needed).

@@ -26,8 +26,8 @@ use std::{fs, path::Path, path::PathBuf, time::Duration};
 use aya::maps::{Array, Map, MapData, MapInfo};
 use policy_common::{
     GENERATIONS, LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP, LIMITS_MAP, MAX_RULES,
-    PORT_TABLE_MAP, REGIONS, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP, V6_BLOCKS_MAP,
-    V6_CLASSES_MAP, V6_L1_MAP, port_table, v4_table,
+    PORT_TABLE_MAP, REGIONS, RULE_COUNTER_SLOTS, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP,
+    V6_BLOCKS_MAP, V6_CLASSES_MAP, V6_L1_MAP, port_table, v4_table,
 };
 use policy_daemon::dataplane::migrate::TableRoom;
 use support::{DAEMON, PolicyFile, block_udp, serial, xdp_policy};
@@ -166,7 +166,7 @@ fn an_older_layout_is_migrated_in_place_under_a_stream() {
         log.contains("migrated the pinned filter to new maps")
             && log.contains("from_layout=1")
             && log.contains(&format!("to_layout={LAYOUT_VERSION}"))
-            && log.contains("RULE_COUNTERS 2048"),
+            && log.contains(&format!("RULE_COUNTERS {RULE_COUNTER_SLOTS}")),
         "{log}"
     );
     assert_enforced_throughout(&result, "migration and restart");
@@ -534,12 +534,13 @@ fn maps_are_sized_by_the_policy_and_moved_on_reload() {
         mib(v6_only)
     );
     // A port field's classes cost 256 KiB and little more; the address tables their
-    // first level (256 KiB a field and family) and little more.
+    // first level (256 KiB a field and family) and little more. Of the 1.3 MiB of a
+    // port-only policy, the maps of 4,096 rules at the object's size take 0.65 MiB on two
+    // CPUs (the rule counters 320 KiB, the class-and-flags bitmaps 266 KiB, the rules
+    // 64 KiB; at 1,024 rules a quarter of that), the port table's row 256 KiB and the
+    // event ring 269 KiB.
     assert!(
-        port_only <= 1 << 20
-            && limits < 2 << 20
-            && tables < limits + (1 << 19)
-            && v6_only < 3 << 19,
+        port_only < 3 << 19 && limits < 7 << 19 && tables < limits + (1 << 19) && v6_only < 2 << 20,
         "{port_only} {limits} {tables} {v6_only}"
     );
     daemon.stop().expect("stopping");

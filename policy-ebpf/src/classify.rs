@@ -1,7 +1,9 @@
 //! Multi-field first-match classification (linear bit-vector search): each field lookup
 //! yields a bitmap of the rules that admit the packet's value; the lowest bit set in all
-//! of them is the first matching rule. The cost does not grow with the number of rules,
-//! only with the number of bitmap words in use (one per 64 rules, all ANDs unrolled).
+//! of them is the first matching rule. The cost hardly grows with the number of rules:
+//! each bitmap's summary word says which of its 64 words hold a rule, so the search ANDs
+//! the five summaries and reads only the words left (one, unless the first of them holds
+//! no common rule).
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns,
@@ -75,11 +77,12 @@ pub fn classify<const FULL: bool>(packet: &Packet, ctx: &XdpContext) -> Decision
         };
         if let Some(entry) = entry {
             if entry != 0 {
-                let (verdict, slot) = port_table::decode(entry);
-                let verdict = match verdict {
-                    v if v == Verdict::DropRule as u32 => Verdict::DropRule,
-                    v if v == Verdict::MonitorRule as u32 => Verdict::MonitorRule,
-                    _ => Verdict::PassRule,
+                let (code, slot) = port_table::decode(entry);
+                // Codes of `port_table::code`; anything else is not written: drop.
+                let verdict = match code {
+                    1 => Verdict::PassRule,
+                    3 => Verdict::MonitorRule,
+                    _ => Verdict::DropRule,
                 };
                 return Decision { verdict, counter_slot: Some(slot) };
             }
@@ -385,21 +388,28 @@ fn first_match<const FULL: bool>(
             version: if packet.family == Family::V4 { 4 } else { 6 },
             words: config.words,
         };
-        if xdp_policy_sets(&probe, src_rules, dst_rules) != 0 {
+        let merged = xdp_policy_sets(&probe, src_rules, dst_rules);
+        if merged < 0 {
             return None;
         }
-        // SAFETY: per-CPU entries, valid for this CPU; `xdp_policy_sets` just wrote them,
-        // on this CPU, for this packet.
+        // SAFETY: per-CPU entries, valid for this CPU; `xdp_policy_sets` just wrote those
+        // it names, on this CPU, for this packet.
         unsafe {
-            src_rules = &*SET_SCRATCH.get_ptr(0)?;
-            dst_rules = &*SET_SCRATCH.get_ptr(1)?;
+            if merged & 1 != 0 {
+                src_rules = &*SET_SCRATCH.get_ptr(0)?;
+            }
+            if merged & 2 != 0 {
+                dst_rules = &*SET_SCRATCH.get_ptr(1)?;
+            }
         }
     }
-    lowest_common(
-        config.words,
-        [l4_rules, dport_rules.unwrap_or(any), sport_rules.unwrap_or(any)],
-        [src_rules, dst_rules],
-    )
+    lowest_common([
+        l4_rules,
+        dport_rules.unwrap_or(any),
+        sport_rules.unwrap_or(any),
+        src_rules,
+        dst_rules,
+    ])
 }
 
 /// What the set lookups of one packet need.
@@ -413,13 +423,17 @@ pub struct SetProbe {
     src_count: u32,
     dst_count: u32,
     version: u32,
-    /// `GenConfig::words`: the bitmap words in use, the only ones written.
+    /// `GenConfig::words`: the bitmap words in use, the only ones copied (the summary
+    /// names no other).
     words: u32,
 }
 
-/// Writes this CPU's two scratch bitmaps: the rules the source address's class admits
-/// (`src`) and those naming a source set that holds it; the same for the destination.
-/// Returns 0, or 1 when a map the program always has could not be read.
+/// Looks the packet's source up in the sets the source field names, and its
+/// destination in the destination's; for a field with a set that holds its address,
+/// writes this CPU's scratch bitmap of the field: the rules the address's class admits
+/// (`src` or `dst`) and those naming one of the sets that hold it. Returns which fields
+/// it wrote (bit 0 the source, bit 1 the destination; the others' bitmaps stand as they
+/// are), or -1 when a map the program always has could not be read.
 ///
 /// A global function (exported by the linker, see xtask's build): the verifier checks it
 /// once, on its own, rather than on every path through the classifier that calls it,
@@ -436,54 +450,58 @@ pub extern "C" fn xdp_policy_sets(
     let (Some(probe), Some(src), Some(dst)) =
         (unsafe { (probe.as_ref(), src.as_ref(), dst.as_ref()) })
     else {
-        return 1;
+        return -1;
     };
     let words = probe.words as usize;
     // The clock is read once, and only for an entry that expires: on a VM the helper
     // cost more than the lookup itself, and most entries (files, permanent bans) and
     // every miss need no time.
     let mut now = 0;
+    let mut written = 0;
     for field in 0..2u32 {
         let (count, addr, class) = if field == 0 {
             (probe.src_count, &probe.src, src)
         } else {
             (probe.dst_count, &probe.dst, dst)
         };
-        let Some(merged) = SET_SCRATCH.get_ptr_mut(field) else { return 1 };
-        // SAFETY: this CPU's scratch entry, which nothing else uses while the program
-        // runs on this CPU.
-        let merged = unsafe { &mut *merged };
-        // Word by word, volatile: written as one copy, LLVM calls a memcpy that
-        // bpf-linker exports as a byte loop, which cost more than the lookups.
-        for w in 0..BITMAP_WORDS {
-            if w >= words {
-                break;
-            }
-            // SAFETY: a word of the entry.
-            unsafe { core::ptr::write_volatile(&raw mut merged.words[w], class.words[w]) };
-        }
+        // The sets that hold the address: bit `i` for the field's `i`th set.
+        let mut holding = 0;
         for i in 0..MAX_SET_REFS as u32 {
             if i >= count {
                 break;
             }
             let slot = field * MAX_SET_REFS as u32 + i;
             let id = probe.ids[(slot as usize) & (2 * MAX_SET_REFS - 1)];
-            if !in_set(id, probe.version as u8, addr, &mut now) {
-                continue;
-            }
-            count_hit(probe.generation * 2 * MAX_SET_REFS as u32 + slot);
-            let Some(rules) = field_bitmap(probe.generation, field_bitmap::SET_RULES + slot) else {
-                return 1;
-            };
-            for w in 0..BITMAP_WORDS {
-                if w >= words {
-                    break;
-                }
-                merged.words[w] |= rules.words[w];
+            if in_set(id, probe.version as u8, addr, &mut now) {
+                count_hit(probe.generation * 2 * MAX_SET_REFS as u32 + slot);
+                holding |= 1 << i;
             }
         }
+        if holding == 0 {
+            continue;
+        }
+        // One bitmap for the sets that hold it, whichever they are: one merge.
+        let index = field_bitmap::set_rules(field, holding);
+        let Some(rules) = field_bitmap(probe.generation, index) else { return -1 };
+        let Some(merged) = SET_SCRATCH.get_ptr_mut(field) else { return -1 };
+        // SAFETY: this CPU's scratch entry, which nothing else uses while the program
+        // runs on this CPU.
+        let merged = unsafe { &mut *merged };
+        // Word by word, volatile, only the words in use (the summary names no other):
+        // written as one copy, LLVM calls a memcpy that bpf-linker exports as a byte
+        // loop, which cost more than the lookups.
+        for w in 0..BITMAP_WORDS {
+            if w >= words {
+                break;
+            }
+            let word = class.words[w] | rules.words[w];
+            // SAFETY: a word of the entry.
+            unsafe { core::ptr::write_volatile(&raw mut merged.words[w], word) };
+        }
+        merged.summary = class.summary | rules.summary;
+        written |= 1 << field;
     }
-    0
+    written
 }
 
 /// Counts a hit of the set in slot `index` (generation and slot) on this CPU.
@@ -525,71 +543,80 @@ fn in_set(id: u32, version: u8, addr: &[u32; 4], now: &mut u64) -> bool {
     false
 }
 
-/// The lowest rule every field admits, looking at the first `words` words: set in all
-/// of `fields` and both `addresses` (with their sets' rules merged in). Written out word
-/// by word with constant indices: a loop over the words lost its bound in the verifier
-/// and cost orders of magnitude more verified instructions.
+/// The lowest rule set in all five bitmaps (the three fields', and the two addresses'
+/// with their sets' rules merged in). The AND of their summaries names the words that
+/// can hold one; the lowest of them is read here, and holds the answer unless a common
+/// rule exists in none of its five words at once. Further words are the business of
+/// [`xdp_policy_scan`], a call, so that the verifier walks that loop once, not on every
+/// path through the classifier (each field's bitmap may come from one of several maps).
 #[inline(always)]
-fn lowest_common(words: u32, fields: [&RuleBitmap; 3], addresses: [&RuleBitmap; 2]) -> Option<u32> {
-    let [a, b, c] = fields;
-    let [d, e] = addresses;
-    macro_rules! word {
-        ($w:literal) => {
-            if $w >= words {
-                return None;
-            }
-            let x = a.words[$w] & b.words[$w] & c.words[$w] & d.words[$w] & e.words[$w];
-            if x != 0 {
-                return Some($w * 64 + lowest_bit(x));
-            }
-        };
+fn lowest_common(bitmaps: [&RuleBitmap; 5]) -> Option<u32> {
+    let [a, b, c, d, e] = bitmaps;
+    let summary = a.summary & b.summary & c.summary & d.summary & e.summary;
+    if summary == 0 {
+        return None;
     }
-    word!(0);
-    word!(1);
-    word!(2);
-    word!(3);
-    word!(4);
-    word!(5);
-    word!(6);
-    word!(7);
-    word!(8);
-    word!(9);
-    word!(10);
-    word!(11);
-    word!(12);
-    word!(13);
-    word!(14);
-    word!(15);
-    None
+    let i = word_index(summary);
+    let x = a.words[i] & b.words[i] & c.words[i] & d.words[i] & e.words[i];
+    if x != 0 {
+        return Some(i as u32 * 64 + lowest_bit(x));
+    }
+    if summary & (summary - 1) == 0 {
+        return None;
+    }
+    u32::try_from(xdp_policy_scan(a, b, c, d, e)).ok()
 }
 
-/// Index of the lowest set bit of a non-zero word, by halving: BPF has no count-trailing-
-/// zeros instruction, and this keeps LLVM from emitting a lookup table.
+/// The lowest rule set in all five bitmaps, -1 if none (or a null pointer): every word
+/// their summaries have in common, lowest first.
+///
+/// A global function (exported by the linker, see xtask's build): the verifier checks its
+/// loop once, on its own.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xdp_policy_scan(
+    a: *const RuleBitmap,
+    b: *const RuleBitmap,
+    c: *const RuleBitmap,
+    d: *const RuleBitmap,
+    e: *const RuleBitmap,
+) -> i32 {
+    // SAFETY: null or bitmaps of the caller's (the verifier checks the sizes).
+    let (Some(a), Some(b), Some(c), Some(d), Some(e)) =
+        (unsafe { (a.as_ref(), b.as_ref(), c.as_ref(), d.as_ref(), e.as_ref()) })
+    else {
+        return -1;
+    };
+    let mut summary = a.summary & b.summary & c.summary & d.summary & e.summary;
+    for _ in 0..BITMAP_WORDS {
+        if summary == 0 {
+            break;
+        }
+        let i = word_index(summary);
+        let x = a.words[i] & b.words[i] & c.words[i] & d.words[i] & e.words[i];
+        if x != 0 {
+            return (i as u32 * 64 + lowest_bit(x)) as i32;
+        }
+        summary &= summary - 1;
+    }
+    -1
+}
+
+/// Index of the lowest set bit of a non-zero word: LLVM's expansion (a multiply and a
+/// 64-byte table in `.rodata`), no branch.
 #[inline(always)]
-fn lowest_bit(mut x: u64) -> u32 {
-    let mut n = 0;
-    if x & 0xffff_ffff == 0 {
-        n += 32;
-        x >>= 32;
-    }
-    if x & 0xffff == 0 {
-        n += 16;
-        x >>= 16;
-    }
-    if x & 0xff == 0 {
-        n += 8;
-        x >>= 8;
-    }
-    if x & 0xf == 0 {
-        n += 4;
-        x >>= 4;
-    }
-    if x & 0x3 == 0 {
-        n += 2;
-        x >>= 2;
-    }
-    if x & 0x1 == 0 {
-        n += 1;
-    }
-    n
+fn lowest_bit(x: u64) -> u32 {
+    x.trailing_zeros()
+}
+
+/// The word of the lowest set bit of a non-zero summary, masked to 0..64 behind a
+/// barrier: LLVM knows the index is below 64 and would leave a plain mask out, but the
+/// verifier sees a byte from a table, up to 255, and refuses it as an index.
+#[inline(always)]
+fn word_index(summary: u64) -> usize {
+    let mut w = u64::from(summary.trailing_zeros());
+    // SAFETY: a register moved onto itself (an empty sequence breaks the line info the
+    // kernel checks); LLVM only loses what it knew of `w`.
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) w, options(pure, nomem, nostack)) };
+    (w & 63) as usize
 }

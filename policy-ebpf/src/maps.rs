@@ -7,14 +7,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use policy_common::{
-    BITMAP_WORDS, Counter, EVENTS_BYTES, EventSettings, GENERATIONS, GenConfig, IPV4_KEY_LEN,
-    IPV6_KEY_LEN, LAYOUT_ENTRIES, LIMIT_STATS_SLOTS, LimitConfig, LimitKey, MAX_PORT_CLASSES,
-    MAX_PREFIXES, MAX_RULES, MAX_SET_ENTRIES, MAX_SOURCES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS,
-    RuleBitmap, RuleInfo, SET_HIT_SLOTS, SET_KEY_LEN, SET_STATS_ENTRIES, SetEntry, VERDICT_SLOTS,
-    field_bitmap, port_table, tcp_flags, v4_table, v6_table,
+    Counter, EVENTS_BYTES, EventSettings, GENERATIONS, GenConfig, IPV4_KEY_LEN, IPV6_KEY_LEN,
+    LAYOUT_ENTRIES, LIMIT_STATS_SLOTS, LimitConfig, LimitKey, MAX_PORT_CLASSES, MAX_PREFIXES,
+    MAX_RULES, MAX_SET_ENTRIES, MAX_SOURCES, PORT_CLASS_WORDS, RULE_COUNTER_SLOTS, RuleBitmap,
+    RuleInfo, SET_HIT_SLOTS, SET_KEY_LEN, SET_STATS_ENTRIES, SetEntry, VERDICT_SLOTS, field_bitmap,
+    port_table, tcp_flags, v4_table, v6_table,
 };
-
-const _: () = assert!(BITMAP_WORDS == 16, "classify::first_match unrolls 16 words");
 
 #[map(name = "ACTIVE")]
 pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);

@@ -59,6 +59,7 @@ fn ebpf_cargo(toolchain: &Toolchain, subcommand: &str) -> Command {
         "-Clink-arg=--export=xdp_policy_sets".into(),
         "-Clink-arg=--export=xdp_policy_limit".into(),
         "-Clink-arg=--export=xdp_policy_v6_class".into(),
+        "-Clink-arg=--export=xdp_policy_scan".into(),
         "-Clink-arg=--export=xdp_policy_ipv4".into(),
         "-Clink-arg=--export=xdp_policy_ipv6".into(),
         "-Clink-arg=--export=xdp_policy_tagged".into(),

@@ -45,12 +45,12 @@ pub fn build(toolchain: &Toolchain) -> Result<PathBuf> {
     Ok(deb)
 }
 
-/// The last commit whose pinned maps are of [`PREVIOUS_LAYOUT`] (0.3.0, the address
-/// tables at full size): the systemd layer installs its package, then upgrades to this
-/// one's under a stream.
-pub const PREVIOUS_LAYOUT_COMMIT: &str = "cf1d4ad0b4eee5f0f5765e052f1724122becab95";
+/// The last commit whose pinned maps are of [`PREVIOUS_LAYOUT`] (0.4.0, bitmaps of 1,024
+/// rules): the systemd layer installs its package, then upgrades to this one's under a
+/// stream.
+pub const PREVIOUS_LAYOUT_COMMIT: &str = "ad572924b47b892f6faf2f09166eeca975e51f35";
 /// The map layout of [`PREVIOUS_LAYOUT_COMMIT`] (`policy_common::LAYOUT_VERSION` there).
-pub const PREVIOUS_LAYOUT: u32 = 3;
+pub const PREVIOUS_LAYOUT: u32 = 4;
 
 /// The .deb of [`PREVIOUS_LAYOUT_COMMIT`], built from its tree (`git archive`) by its own
 /// `cargo xtask package` under `target/previous-layout/COMMIT/`, once: it is kept there.

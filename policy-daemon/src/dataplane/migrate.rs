@@ -22,10 +22,10 @@ use aya::maps::{Array, Map, MapData, MapInfo};
 use policy_common::{
     ACTIVE_MAP, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, EVENT_SETTINGS_MAP, GENERATIONS,
     LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, LIMITS_MAP, MAP_NAMES,
-    MAX_PORT_CLASSES, PORT_TABLE_MAP, REGIONS, RULE_COUNTERS_MAP, SET_HITS_MAP, SET_STATS_MAP,
-    SETS_MAP, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP,
-    V4_L3_MAP, V6_BLOCKS_MAP, V6_CLASSES_MAP, V6_L1_MAP, VERDICT_COUNTERS_MAP, port_table,
-    v4_table, v6_table,
+    MAX_PORT_CLASSES, PORT_TABLE_MAP, REGIONS, RULE_COUNTER_SLOTS, RULE_COUNTERS_MAP, SET_HITS_MAP,
+    SET_STATS_MAP, SETS_MAP, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, V4_CLASSES_MAP, V4_L1_MAP,
+    V4_L2_MAP, V4_L3_MAP, V6_BLOCKS_MAP, V6_CLASSES_MAP, V6_L1_MAP, VERDICT_COUNTERS_MAP,
+    port_table, v4_table, v6_table,
 };
 
 use super::{
@@ -463,6 +463,46 @@ struct Pair {
     old: BatchMap,
     new: BatchMap,
     first: RawEntries,
+    /// Where the old map's entries go in the new one.
+    moves: Moves,
+}
+
+/// How an array's indices change between layouts: from index `from` on, entries move
+/// `by` further (in `LIMIT_STATS`, the buckets' counts follow the counter slots, whose
+/// number grew in layout 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Moves {
+    from: u32,
+    by: u32,
+}
+
+impl Moves {
+    const NONE: Self = Self { from: u32::MAX, by: 0 };
+
+    /// The moves of map `name` from layout `layout` to this one.
+    fn of(name: &str, layout: u32) -> Self {
+        // Layouts before 5 had 2,048 counter slots.
+        const SLOTS_BEFORE_5: u32 = 2 * 1024;
+        if name == LIMIT_STATS_MAP && layout < 5 {
+            Self { from: SLOTS_BEFORE_5, by: RULE_COUNTER_SLOTS - SLOTS_BEFORE_5 }
+        } else {
+            Self::NONE
+        }
+    }
+
+    /// `entries` (of an array: 4-byte keys) at their new indices.
+    fn apply(self, mut entries: RawEntries) -> RawEntries {
+        if self == Self::NONE {
+            return entries;
+        }
+        for key in entries.keys.chunks_exact_mut(4) {
+            let index = u32::from_ne_bytes([key[0], key[1], key[2], key[3]]);
+            if index >= self.from {
+                key.copy_from_slice(&(index + self.by).to_ne_bytes());
+            }
+        }
+        entries
+    }
 }
 
 fn carry_err(map: &'static str) -> impl Fn(BatchError) -> DataplaneError {
@@ -495,6 +535,7 @@ impl Dataplane {
     ) -> Result<(Self, Carried), DataplaneError> {
         let started = Instant::now();
         pins.remove_staged()?;
+        let layout = pinned_layout(&pins.maps())?;
         let mut next = Self::load_program(sizes)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Cpus(source))?;
         let mut carried = Carried {
@@ -538,7 +579,8 @@ impl Dataplane {
                 carried.skipped.push((name, why));
                 continue;
             }
-            pairs.push(Pair { name, how, old, new, first: RawEntries::new(0, 0) });
+            let moves = Moves::of(name, layout);
+            pairs.push(Pair { name, how, old, new, first: RawEntries::new(0, 0), moves });
         }
         // First what the apply reads: the generation in force, the sets, and the set
         // hits (it credits those of the generation it writes to their sets). The rest
@@ -547,7 +589,7 @@ impl Dataplane {
         let read_by_apply = |p: &Pair| p.how == Carry::Once || p.name == SET_HITS_MAP;
         let mut first_copy = |pairs: &mut Vec<Pair>, before_apply: bool| {
             for pair in pairs.iter_mut().filter(|p| read_by_apply(p) == before_apply) {
-                pair.first = pair.old.dump().map_err(carry_err(pair.name))?;
+                pair.first = pair.moves.apply(pair.old.dump().map_err(carry_err(pair.name))?);
                 pair.new.load(&pair.first).map_err(carry_err(pair.name))?;
                 carried.maps.push((pair.name, pair.first.count));
             }
@@ -597,7 +639,7 @@ fn second_copy(pair: &mut Pair) -> Result<usize, DataplaneError> {
     if pair.how == Carry::Once {
         return Ok(0);
     }
-    let last = pair.old.dump().map_err(carry_err(pair.name))?;
+    let last = pair.moves.apply(pair.old.dump().map_err(carry_err(pair.name))?);
     let mut changed = 0;
     match pair.how {
         Carry::Counters => {
@@ -666,6 +708,26 @@ mod tests {
 
     fn compiled(text: &str) -> Ruleset {
         compile(&parse([(Path::new("t.toml"), text)]).expect("valid test policy"))
+    }
+
+    /// Layout 4's limit counters: the rules' drops stay at their slots, the buckets'
+    /// counts (from slot 2,048 on) move to the new `RULE_COUNTER_SLOTS + slot`; other
+    /// maps and this layout's own move nothing.
+    #[test]
+    fn limit_counters_follow_the_counter_slots_from_layout_4() {
+        let mut entries = RawEntries::new(4, 8);
+        for index in [0u32, 7, 2047, 2048, 2050, 4095] {
+            entries.push(&index.to_ne_bytes(), &u64::from(index).to_ne_bytes());
+        }
+        let keys = |e: &RawEntries| -> Vec<u32> {
+            (0..e.count).map(|i| u32::from_ne_bytes(e.key(i).try_into().unwrap())).collect()
+        };
+        let moved = Moves::of(LIMIT_STATS_MAP, 4).apply(entries.clone());
+        let slots = RULE_COUNTER_SLOTS;
+        assert_eq!(keys(&moved), [0, 7, 2047, slots, slots + 2, slots + 2047]);
+        assert_eq!(moved.values, entries.values, "values unchanged");
+        assert_eq!(Moves::of(LIMIT_STATS_MAP, LAYOUT_VERSION).apply(entries.clone()), entries);
+        assert_eq!(Moves::of(RULE_COUNTERS_MAP, 4).apply(entries.clone()), entries);
     }
 
     /// The tables' maps get the next power of two above what the policy uses (at

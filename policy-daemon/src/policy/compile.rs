@@ -131,7 +131,7 @@ pub struct Ruleset {
     /// `DST_V6_DEFAULT_ONLY`), its one class, which the program reads without a walk.
     pub v6_tables: [Option<V6Table>; 2],
     /// The policy's sets with the entries of their files. The rules naming them are in
-    /// `config.set_ids` and the `field_bitmap::SET_RULES` bitmaps.
+    /// `config.set_ids` and the `field_bitmap::set_rules` bitmaps.
     pub sets: Vec<SetDef>,
     /// `TCP_FLAGS` of one generation: the rules a TCP segment with each flags byte
     /// admits by its class and flags, then those a TCP fragment admits, then each
@@ -278,10 +278,8 @@ impl Ruleset {
                 .iter()
                 .any(|s| s.id == id && s.entries.iter().any(|net| net.contains(&addr)));
             if holds {
-                let rules = self.field_bitmaps[(field_bitmap::SET_RULES as usize) + slot];
-                for (w, r) in merged.words.iter_mut().zip(rules.words) {
-                    *w |= r;
-                }
+                let one = field_bitmap::set_rules(field as u32, 1 << i) as usize;
+                merged.union(&self.field_bitmaps[one]);
             }
         }
         merged
@@ -485,7 +483,20 @@ pub fn compile(policy: &Policy) -> Ruleset {
         V6Table::default_only,
         V6Table::build_for_lookups,
     );
-    field_bitmaps.extend(set_rules);
+    // Each combination of a field's sets: the union of their rules.
+    for field in 0..2 {
+        for sets in 0..field_bitmap::SET_COMBINATIONS as usize {
+            let mut union = RuleBitmap::EMPTY;
+            for (k, rules) in
+                set_rules[field * MAX_SET_REFS..(field + 1) * MAX_SET_REFS].iter().enumerate()
+            {
+                if sets & (1 << k) != 0 {
+                    union.union(rules);
+                }
+            }
+            field_bitmaps.push(union);
+        }
+    }
     debug_assert_eq!(field_bitmaps.len(), field_bitmap::PER_GENERATION as usize);
     let mut ruleset = Ruleset {
         config,
@@ -631,11 +642,10 @@ fn port_field(values: &[Option<Vec<PortRange>>]) -> PortField {
     for (i, start) in cuts.iter().enumerate() {
         while let Some((_, rule, delta)) = events.next_if(|(port, ..)| port <= start) {
             covering[rule] += delta;
-            let bit = 1u64 << (rule % 64);
             if covering[rule] > 0 {
-                bitmap.words[rule / 64] |= bit;
+                bitmap.set(rule);
             } else {
-                bitmap.words[rule / 64] &= !bit;
+                bitmap.clear(rule);
             }
         }
         let end = cuts.get(i + 1).copied().unwrap_or(1 << 16);

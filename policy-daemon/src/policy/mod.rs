@@ -561,6 +561,8 @@ fn check_limits(rules: &[Rule], files: &[PathBuf]) -> Vec<Diagnostic> {
             });
         }
     }
+    // Of the rules within the limit only: the others are already an error.
+    let rules = &rules[..rules.len().min(MAX_RULES)];
     for (field, values) in [
         ("dst_ports and icmp_types", rules.iter().map(Rule::dport_values).collect::<Vec<_>>()),
         ("src_ports", rules.iter().map(|r| r.src_ports.clone()).collect()),

@@ -391,13 +391,18 @@ fn defaults_set_twice_across_files() {
 
 #[test]
 fn too_many_rules_names_the_limit() {
+    // Two ports a rule: the rules cut the port space into more classes than a policy may
+    // have, and the count of classes must stop at the rule limit (it panicked past it).
     let text: String = (0..=policy_common::MAX_RULES)
-        .map(|i| format!("[[rule]]\nname = \"r{i}\"\naction = \"drop\"\ndst_ports = {i}\n"))
+        .map(|i| {
+            let (a, b) = (3 * i, 3 * i + 20_000);
+            format!("[[rule]]\nname = \"r{i}\"\naction = \"drop\"\ndst_ports = [{a}, {b}]\n")
+        })
         .collect();
     let err = error(&text);
     assert!(
         err.starts_with(
-            "policies/web.toml:4098:8: too many rules: the policy has 1025, the limit is 1024; \
+            "policies/web.toml:16386:8: too many rules: the policy has 4097, the limit is 4096; \
              this is the first rule past the limit\n"
         ),
         "{err}"

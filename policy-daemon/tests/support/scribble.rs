@@ -33,7 +33,7 @@ impl Rng {
     }
 
     fn bitmap(&mut self) -> RuleBitmap {
-        RuleBitmap { words: std::array::from_fn(|_| self.next()) }
+        RuleBitmap { words: std::array::from_fn(|_| self.next()), summary: self.next() }
     }
 }
 

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use super::*;
 use crate::policy::{self, compile};
-use policy_common::{L4Class, field};
+use policy_common::{BITMAP_WORDS, L4Class, field};
 
 /// A value the fake maps hold; rendered as the tests compare it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -902,7 +902,7 @@ fn scribble(maps: &mut FakeMaps, seed: u64) {
     };
     let cells: Vec<(String, Value)> = maps.values.iter().map(|(k, v)| (k.clone(), *v)).collect();
     for (key, value) in cells {
-        let mut bits = [0u64; 16];
+        let mut bits = [0u64; BITMAP_WORDS];
         bits.iter_mut().for_each(|w| *w = next());
         let other = match value {
             Value::Config(mut c) => {
@@ -917,7 +917,7 @@ fn scribble(maps: &mut FakeMaps, seed: u64) {
                 l.interval ^= next() | 1;
                 Value::Limit(l)
             }
-            Value::Bitmap(_) => Value::Bitmap(RuleBitmap { words: bits }),
+            Value::Bitmap(_) => Value::Bitmap(RuleBitmap::from_words(bits)),
             Value::Word(w) => Value::Word(w ^ (next() | 1)),
             Value::Entry(e) => Value::Entry(e ^ (next() as u32 | 1)),
             Value::Zeroed => Value::Zeroed,
@@ -927,7 +927,10 @@ fn scribble(maps: &mut FakeMaps, seed: u64) {
     for generation in 0..2u8 {
         let key = (8 + 24, ipv4_key(generation, [198, 51, 100, next() as u8]));
         maps.v4.push(key);
-        maps.set(format!("v4/Src/{key:?}"), Some(Value::Bitmap(RuleBitmap { words: [!0; 16] })));
+        maps.set(
+            format!("v4/Src/{key:?}"),
+            Some(Value::Bitmap(RuleBitmap::from_words([!0; BITMAP_WORDS]))),
+        );
     }
     maps.active_raw ^= 1;
 }
@@ -1025,7 +1028,7 @@ fn the_audit_finds_one_changed_entry_in_any_map() {
                     Value::Limit(l)
                 }
                 Value::Bitmap(mut b) => {
-                    b.words[15] ^= 1 << 63;
+                    b.words[BITMAP_WORDS - 1] ^= 1 << 63;
                     Value::Bitmap(b)
                 }
                 Value::Word(w) => Value::Word(w ^ 1),
@@ -1091,7 +1094,7 @@ fn fake_element(key: &str) -> Element {
 fn a_trie_record_forgets_the_bitmaps_no_entry_holds() {
     let mut record = TrieShadow::new();
     for i in 0..1000u64 {
-        let bitmap = RuleBitmap { words: [i; 16] };
+        let bitmap = RuleBitmap::from_words([i; BITMAP_WORDS]);
         record.insert(1u32, &bitmap);
         record.insert(2u32, &RuleBitmap::EMPTY);
         record.compact();
