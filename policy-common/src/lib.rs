@@ -352,11 +352,11 @@ pub mod xdp_action {
 }
 
 /// One bit per rule: bit `r % 64` of word `r / 64` stands for rule `r`; bit `w` of
-/// `summary` is set when word `w` is not zero. The program ANDs the summaries of a
-/// packet's bitmaps first and reads only the words left in it (one, usually), so that a
-/// lookup costs about the same for 64 rules as for [`MAX_RULES`]. Every bitmap written
-/// to a map must have its summary right: build them with [`RuleBitmap::set`],
-/// [`RuleBitmap::clear`], [`RuleBitmap::union`] or [`RuleBitmap::from_words`].
+/// `summary` is set when word `w` is not zero. Past the first 1,024 rules the program
+/// reads a packet's bitmaps only up to the last word their summaries have in common.
+/// Every bitmap written to a map must have its summary right: build them with
+/// [`RuleBitmap::set`], [`RuleBitmap::clear`], [`RuleBitmap::union`] or
+/// [`RuleBitmap::from_words`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RuleBitmap {

@@ -711,9 +711,10 @@ fn a_full_policy_of_4096_rules_decides_by_each_rule() {
 }
 
 /// A packet whose fields each admit rules in the same bitmap words, but no rule in common
-/// until the third word: the summaries name three words, and the classifier reads past
-/// the first (`xdp_policy_scan`). Without the common rule, every word is read and none
-/// holds one: the default.
+/// until the third of them, all past the 16 words the classifier reads inline: the
+/// summaries bound the walk of `xdp_policy_scan`, which must read past the words without
+/// a common rule. Without the common rule, every word is read and none holds one: the
+/// default.
 #[test]
 fn a_rule_past_words_without_a_common_rule_is_found() {
     if !support::privileged("a_rule_past_words_without_a_common_rule_is_found") {
@@ -727,24 +728,26 @@ fn a_rule_past_words_without_a_common_rule_is_found() {
     };
     for answer_port in [53, 56] {
         let mut text = String::new();
-        for i in 0..131u16 {
+        // Words 16 and 17 each hold a rule of the port and one of the source; word 20
+        // the one rule of both.
+        for i in 0..1300u16 {
             text.push_str(&match i {
-                0 => rule("a0", "drop", 53, "198.19.1.0/24"),
-                1 => rule("b0", "drop", 54, "198.18.0.0/24"),
-                64 => rule("a1", "drop", 53, "198.19.2.0/24"),
-                65 => rule("b1", "drop", 55, "198.18.0.0/24"),
-                130 => rule("answer", "pass", answer_port, "198.18.0.0/24"),
+                1024 => rule("a0", "drop", 53, "198.19.1.0/24"),
+                1025 => rule("b0", "drop", 54, "198.18.0.0/24"),
+                1088 => rule("a1", "drop", 53, "198.19.2.0/24"),
+                1089 => rule("b1", "drop", 55, "198.18.0.0/24"),
+                1290 => rule("answer", "pass", answer_port, "198.18.0.0/24"),
                 _ => rule(&format!("filler{i}"), "drop", 2000 + i, "198.19.200.0/24"),
             });
         }
         text.push_str("[defaults]\naction = \"drop\"\n");
         let (policy, dataplane) = load(&text);
-        assert_eq!(policy.rules.len(), 131);
+        assert_eq!(policy.rules.len(), 1300);
         let packet = Packet::ipv4(udp(53)).src("198.18.0.7").build();
         let got = dataplane.test_run(&packet).expect("BPF_PROG_TEST_RUN");
         if answer_port == 53 {
-            assert_eq!(got, XDP_PASS, "rule 130 decides");
-            assert_eq!(dataplane.rule_count(130).expect("reading").map(|c| c.packets), Some(1));
+            assert_eq!(got, XDP_PASS, "rule 1290 decides");
+            assert_eq!(dataplane.rule_count(1290).expect("reading").map(|c| c.packets), Some(1));
         } else {
             assert_eq!(got, XDP_DROP, "no rule: the default");
             let counts = dataplane.verdict_counts().expect("reading the counters");

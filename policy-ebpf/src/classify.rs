@@ -1,9 +1,9 @@
 //! Multi-field first-match classification (linear bit-vector search): each field lookup
 //! yields a bitmap of the rules that admit the packet's value; the lowest bit set in all
-//! of them is the first matching rule. The cost hardly grows with the number of rules:
-//! each bitmap's summary word says which of its 64 words hold a rule, so the search ANDs
-//! the five summaries and reads only the words left (one, unless the first of them holds
-//! no common rule).
+//! of them is the first matching rule. The cost does not grow with the number of rules,
+//! only with the number of bitmap words read (one per 64 rules, up to the first common
+//! rule or the words in use; past 1,024 rules, only up to the last word the bitmaps'
+//! summaries have in common).
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns,
@@ -403,13 +403,10 @@ fn first_match<const FULL: bool>(
             }
         }
     }
-    lowest_common([
-        l4_rules,
-        dport_rules.unwrap_or(any),
-        sport_rules.unwrap_or(any),
-        src_rules,
-        dst_rules,
-    ])
+    lowest_common(
+        config.words,
+        [l4_rules, dport_rules.unwrap_or(any), sport_rules.unwrap_or(any), src_rules, dst_rules],
+    )
 }
 
 /// What the set lookups of one packet need.
@@ -544,34 +541,57 @@ fn in_set(id: u32, version: u8, addr: &[u32; 4], now: &mut u64) -> bool {
 }
 
 /// The lowest rule set in all five bitmaps (the three fields', and the two addresses'
-/// with their sets' rules merged in). The AND of their summaries names the words that
-/// can hold one; the lowest of them is read here, and holds the answer unless a common
-/// rule exists in none of its five words at once. Further words are the business of
-/// [`xdp_policy_scan`], a call, so that the verifier walks that loop once, not on every
-/// path through the classifier (each field's bitmap may come from one of several maps).
+/// with their sets' rules merged in), looking at the first `words` words. The first
+/// [`INLINE_WORDS`] words (1,024 rules) are written out word by word with constant
+/// indices: a loop over the words lost its bound in the verifier and cost orders of
+/// magnitude more verified instructions, and a word costs well under a nanosecond so.
+/// Past them, [`xdp_policy_scan`], a call, so that the verifier walks those words once,
+/// not on every path through the classifier (each field's bitmap may come from one of
+/// several maps).
 #[inline(always)]
-fn lowest_common(bitmaps: [&RuleBitmap; 5]) -> Option<u32> {
+fn lowest_common(words: u32, bitmaps: [&RuleBitmap; 5]) -> Option<u32> {
     let [a, b, c, d, e] = bitmaps;
-    let summary = a.summary & b.summary & c.summary & d.summary & e.summary;
-    if summary == 0 {
-        return None;
+    macro_rules! word {
+        ($w:literal) => {
+            if $w >= words {
+                return None;
+            }
+            let x = a.words[$w] & b.words[$w] & c.words[$w] & d.words[$w] & e.words[$w];
+            if x != 0 {
+                return Some($w * 64 + lowest_bit(x));
+            }
+        };
     }
-    let i = word_index(summary);
-    let x = a.words[i] & b.words[i] & c.words[i] & d.words[i] & e.words[i];
-    if x != 0 {
-        return Some(i as u32 * 64 + lowest_bit(x));
-    }
-    if summary & (summary - 1) == 0 {
+    word!(0);
+    word!(1);
+    word!(2);
+    word!(3);
+    word!(4);
+    word!(5);
+    word!(6);
+    word!(7);
+    word!(8);
+    word!(9);
+    word!(10);
+    word!(11);
+    word!(12);
+    word!(13);
+    word!(14);
+    word!(15);
+    if words <= INLINE_WORDS as u32 {
         return None;
     }
     u32::try_from(xdp_policy_scan(a, b, c, d, e)).ok()
 }
 
-/// The lowest rule set in all five bitmaps, -1 if none (or a null pointer): every word
-/// their summaries have in common, lowest first.
+/// Bitmap words [`lowest_common`] reads inline.
+const INLINE_WORDS: usize = 16;
+
+/// The lowest rule set in all five bitmaps from word [`INLINE_WORDS`] on, -1 if none (or
+/// a null pointer): word by word up to the highest word their summaries have in common.
 ///
 /// A global function (exported by the linker, see xtask's build): the verifier checks its
-/// loop once, on its own.
+/// words once, on its own.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn xdp_policy_scan(
@@ -587,36 +607,80 @@ pub extern "C" fn xdp_policy_scan(
     else {
         return -1;
     };
-    let mut summary = a.summary & b.summary & c.summary & d.summary & e.summary;
-    for _ in 0..BITMAP_WORDS {
-        if summary == 0 {
-            break;
-        }
-        let i = word_index(summary);
-        let x = a.words[i] & b.words[i] & c.words[i] & d.words[i] & e.words[i];
-        if x != 0 {
-            return (i as u32 * 64 + lowest_bit(x)) as i32;
-        }
-        summary &= summary - 1;
+    let summary = a.summary & b.summary & c.summary & d.summary & e.summary;
+    if summary >> INLINE_WORDS == 0 {
+        return -1;
     }
+    // Written out with constant indices, as in `lowest_common`, and bounded by the
+    // summaries' highest common word (past it some bitmap's words are all 0).
+    let last = 63 - summary.leading_zeros();
+    macro_rules! word {
+        ($w:literal) => {
+            if $w > last {
+                return -1;
+            }
+            let x = a.words[$w] & b.words[$w] & c.words[$w] & d.words[$w] & e.words[$w];
+            if x != 0 {
+                return ($w * 64 + lowest_bit(x)) as i32;
+            }
+        };
+    }
+    word!(16);
+    word!(17);
+    word!(18);
+    word!(19);
+    word!(20);
+    word!(21);
+    word!(22);
+    word!(23);
+    word!(24);
+    word!(25);
+    word!(26);
+    word!(27);
+    word!(28);
+    word!(29);
+    word!(30);
+    word!(31);
+    word!(32);
+    word!(33);
+    word!(34);
+    word!(35);
+    word!(36);
+    word!(37);
+    word!(38);
+    word!(39);
+    word!(40);
+    word!(41);
+    word!(42);
+    word!(43);
+    word!(44);
+    word!(45);
+    word!(46);
+    word!(47);
+    word!(48);
+    word!(49);
+    word!(50);
+    word!(51);
+    word!(52);
+    word!(53);
+    word!(54);
+    word!(55);
+    word!(56);
+    word!(57);
+    word!(58);
+    word!(59);
+    word!(60);
+    word!(61);
+    word!(62);
+    word!(63);
     -1
 }
+
+const _: () = assert!(BITMAP_WORDS == 64, "xdp_policy_scan writes out words 16 to 63");
 
 /// Index of the lowest set bit of a non-zero word: LLVM's expansion (a multiply and a
 /// 64-byte table in `.rodata`), no branch.
 #[inline(always)]
 fn lowest_bit(x: u64) -> u32 {
     x.trailing_zeros()
-}
-
-/// The word of the lowest set bit of a non-zero summary, masked to 0..64 behind a
-/// barrier: LLVM knows the index is below 64 and would leave a plain mask out, but the
-/// verifier sees a byte from a table, up to 255, and refuses it as an index.
-#[inline(always)]
-fn word_index(summary: u64) -> usize {
-    let mut w = u64::from(summary.trailing_zeros());
-    // SAFETY: a register moved onto itself (an empty sequence breaks the line info the
-    // kernel checks); LLVM only loses what it knew of `w`.
-    unsafe { core::arch::asm!("{0} = {0}", inout(reg) w, options(pure, nomem, nostack)) };
-    (w & 63) as usize
 }

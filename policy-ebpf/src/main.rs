@@ -8,8 +8,6 @@
 // The bucket's compare-and-swap: the BPF target has no `AtomicU64::compare_exchange`.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
-// One masking instruction LLVM must not drop (`classify::word_index`).
-#![feature(asm_experimental_arch)]
 
 mod classify;
 mod events;

@@ -720,7 +720,9 @@ mod tests {
             entries.push(&index.to_ne_bytes(), &u64::from(index).to_ne_bytes());
         }
         let keys = |e: &RawEntries| -> Vec<u32> {
-            (0..e.count).map(|i| u32::from_ne_bytes(e.key(i).try_into().unwrap())).collect()
+            (0..e.count)
+                .map(|i| u32::from_ne_bytes(e.key(i).try_into().expect("4 bytes")))
+                .collect()
         };
         let moved = Moves::of(LIMIT_STATS_MAP, 4).apply(entries.clone());
         let slots = RULE_COUNTER_SLOTS;

@@ -8,7 +8,9 @@ use super::*;
 use crate::policy::{self, compile};
 use policy_common::{BITMAP_WORDS, L4Class, field};
 
-/// A value the fake maps hold; rendered as the tests compare it.
+/// A value the fake maps hold; rendered as the tests compare it. A bitmap (520 bytes) is
+/// most of them; boxing it would only cost the tests allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Value {
     Config(GenConfig),
