@@ -57,9 +57,12 @@ pub const V6_CLASSES_MAP: &str = "V6_CLASSES";
 pub const PORT_TABLE_MAP: &str = "PORT_TABLE";
 /// `Array<GenConfig>`, one entry per generation.
 pub const CONFIG_MAP: &str = "CONFIG";
-/// `Array<RuleInfo>`, index `generation * MAX_RULES + rule`.
+/// `Array<RuleInfo>`, index [`rule_index`] (interleaved by generation), sized by the
+/// daemon to the policy's rules.
 pub const RULES_MAP: &str = "RULES";
-/// `Array<RuleBitmap>`, index `generation * FIELD_BITMAPS_PER_GEN + FieldBitmap`.
+/// `Array<RuleBitmap>`, index [`field_bitmap::index`] (interleaved by generation): the
+/// entries of [`field_bitmap`]. Without sets, the map holds the entries before
+/// [`field_bitmap::SET_RULES`] only (sized by the daemon).
 pub const FIELD_BITMAPS_MAP: &str = "FIELD_BITMAPS";
 /// `Array<u64>`: destination port → port class, four 16-bit classes per entry (port `p`
 /// is bits `16 * (p % 4)..` of entry `generation * PORT_CLASS_WORDS + p / 4`). For ICMP
@@ -120,7 +123,7 @@ pub const SET_STATS_ENTRIES: u32 = 4 * 1024;
 pub const SET_HITS_MAP: &str = "SET_HITS";
 pub const SET_HIT_SLOTS: u32 = GENERATIONS * 2 * MAX_SET_REFS as u32;
 
-/// `Array<LimitConfig>`, index `generation * MAX_RULES + rule`: the token bucket of each
+/// `Array<LimitConfig>`, index [`rule_index`], as `RULES`: the token bucket of each
 /// `action = "limit"` rule (`id` 0 for every other rule).
 pub const LIMITS_MAP: &str = "LIMITS";
 /// `LruHashMap<LimitKey, u64>`: the buckets, one per limit rule and source (or source
@@ -168,9 +171,12 @@ pub mod set_stat {
 }
 
 /// `Array<RuleBitmap>`: per generation, the rules a packet's transport class admits, and
-/// for TCP its flags too: at `generation * tcp_flags::PER_GENERATION` + the flags byte of
-/// a TCP segment, `tcp_flags::UNKNOWN` for a TCP fragment, `tcp_flags::other(class)`
-/// for the other classes (see [`tcp_flags`]). One lookup for both fields.
+/// for TCP its flags too, at [`tcp_flags::index`] (interleaved by generation) of
+/// `tcp_flags::other(class)` for a class, `tcp_flags::UNKNOWN` for a TCP fragment, and
+/// `tcp_flags::byte(flags)` for a TCP segment (see [`tcp_flags`]). One lookup for both
+/// fields. A generation without a flags rule has the class entries only, and reads its
+/// TCP segments and fragments there; without one in either generation, the map holds
+/// the class entries only (sized by the daemon).
 pub const TCP_FLAGS_MAP: &str = "TCP_FLAGS";
 
 /// `Array<u32>` of [`LAYOUT_ENTRIES`]: at 0, the [`LAYOUT_VERSION`] of the maps pinned
@@ -191,7 +197,9 @@ pub const LAYOUT_ENTRIES: u32 = 4;
 /// generation ([`port_bitmap_index`]), and sized as well; the first levels' entries
 /// 16 bits each, four to a word ([`v4_table::l1_word`]);
 /// 5: [`MAX_RULES`] 4,096, so every [`RuleBitmap`] has 64 words and a summary word, the
-/// sets' rules by combination of sets ([`field_bitmap::set_rules`]), the
+/// sets' rules by combination of sets ([`field_bitmap::set_rules`]), `FIELD_BITMAPS`,
+/// `TCP_FLAGS`, `RULES` and `LIMITS` interleaved by generation and sized (classes first
+/// in `TCP_FLAGS`; [`rule_index`]), the
 /// counter slots are twice as many (and [`LIMIT_STATS_MAP`]'s bucket counts start at the
 /// new [`RULE_COUNTER_SLOTS`]), and the port table's entries hold 14-bit slots and a
 /// verdict code ([`port_table::entry`]).
@@ -241,6 +249,12 @@ pub const MAX_RULES: usize = 4096;
 pub const BITMAP_WORDS: usize = MAX_RULES / 64;
 /// Rule generations kept in every rule map.
 pub const GENERATIONS: u32 = 2;
+
+/// The index of `rule` of `generation` in `RULES` and `LIMITS`: interleaved by
+/// generation, so that a map of `n * GENERATIONS` entries holds rules 0 to n - 1 of both.
+pub const fn rule_index(generation: u32, rule: u32) -> u32 {
+    rule * GENERATIONS + generation
+}
 /// The address tables' shares of their maps: one per generation and address field.
 pub const REGIONS: u32 = GENERATIONS * 2;
 /// Distinct port classes per port field: N rules with one range each cut the port space
@@ -486,6 +500,11 @@ pub mod field_bitmap {
     /// Entries per generation.
     pub const PER_GENERATION: u32 = SET_RULES + 2 * SET_COMBINATIONS;
 
+    /// The map index of `entry` of `generation`.
+    pub const fn index(generation: u32, entry: u32) -> u32 {
+        entry * super::GENERATIONS + generation
+    }
+
     /// The entry of the rules naming the sets `sets` of `field` (0 `src`, 1 `dst`).
     pub const fn set_rules(field: u32, sets: u32) -> u32 {
         SET_RULES + field * SET_COMBINATIONS + sets % SET_COMBINATIONS
@@ -655,15 +674,27 @@ pub mod tcp_flags {
         ("ece", ECE),
         ("cwr", CWR),
     ];
+    /// The entry of a packet of a transport class: that class's rules (for TCP, those
+    /// matching no flags). The first entries: all a generation without a flags rule has.
+    pub const fn other(class: L4Class) -> u32 {
+        class as u32
+    }
     /// The entry of a TCP packet whose flags are unknown (a non-first fragment): the
     /// TCP rules that match no flags.
-    pub const UNKNOWN: u32 = 256;
-    /// The entry of a packet of another transport class: that class's rules.
-    pub const fn other(class: L4Class) -> u32 {
-        UNKNOWN + 1 + class as u32
+    pub const UNKNOWN: u32 = L4Class::COUNT;
+    /// The entry of a TCP segment with flags byte `flags`.
+    pub const fn byte(flags: u8) -> u32 {
+        UNKNOWN + 1 + flags as u32
     }
-    /// Entries per generation: one per flags byte, [`UNKNOWN`], then one per class.
-    pub const PER_GENERATION: u32 = UNKNOWN + 1 + L4Class::COUNT;
+    /// Entries per generation: one per class, [`UNKNOWN`], then one per flags byte.
+    pub const PER_GENERATION: u32 = UNKNOWN + 1 + 256;
+    /// Entries per generation without a flags rule: the classes'.
+    pub const CLASSES_ONLY: u32 = L4Class::COUNT;
+
+    /// The map index of `entry` of `generation`.
+    pub const fn index(generation: u32, entry: u32) -> u32 {
+        entry * super::GENERATIONS + generation
+    }
 }
 
 /// IPv4 address tables: a three-level array lookup (16, 8 and 8 bits of the address)

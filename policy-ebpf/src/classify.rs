@@ -12,9 +12,9 @@ use aya_ebpf::{
 };
 use policy_common::{
     Action, BITMAP_WORDS, FragmentAction, GENERATION_PREFIX_BITS, GENERATIONS, GenConfig, L4Class,
-    MAX_PORT_CLASSES, MAX_RULES, MAX_SET_REFS, PORT_CLASS_WORDS, RuleBitmap, SET_EXPIRED_STEPS,
+    MAX_PORT_CLASSES, MAX_SET_REFS, PORT_CLASS_WORDS, RuleBitmap, SET_EXPIRED_STEPS,
     SET_KEY_PREFIX_BITS, Verdict, active, field, field_bitmap, ipv4_key, ipv6_key,
-    port_bitmap_index, port_table, tcp_flags, v4_table, v6_table,
+    port_bitmap_index, port_table, rule_index, tcp_flags, v4_table, v6_table,
 };
 
 use crate::{
@@ -128,7 +128,7 @@ fn decide_rule<const FULL: bool>(
     packet: &Packet,
     ctx: &XdpContext,
 ) -> Decision {
-    let index = generation * MAX_RULES as u32 + rule;
+    let index = rule_index(generation, rule);
     let Some(info) = RULES.get(index) else {
         return Decision::of(Verdict::PassDefault);
     };
@@ -179,7 +179,7 @@ fn decide_default(config: &GenConfig, l4: &Transport) -> Decision {
 
 #[inline(always)]
 fn field_bitmap(generation: u32, index: u32) -> Option<&'static RuleBitmap> {
-    FIELD_BITMAPS.get(generation * field_bitmap::PER_GENERATION + index)
+    FIELD_BITMAPS.get(field_bitmap::index(generation, index))
 }
 
 #[inline(always)]
@@ -297,8 +297,13 @@ fn first_match<const FULL: bool>(
     // flags the TCP entries all hold the TCP class's rules, and for a policy that does
     // not constrain the class every class entry holds every rule. Never skipped: a field
     // no rule constrains gets no lookup, and this bitmap takes its place in the AND
-    // (x & x == x). The parser chose the index, so the classifier has no branch here.
-    let l4_rules = TCP_FLAGS.get(generation * tcp_flags::PER_GENERATION + l4.flag_index)?;
+    // (x & x == x). The parser chose the index, so the classifier has no branch here: a
+    // generation without a flags rule has the class entries only, and the entry is
+    // chosen by arithmetic (a branch doubled the verifier's paths).
+    let flags_used = (fields / field::TCP_FLAGS) & 1;
+    let class = l4.class as u32;
+    let entry = class + (l4.flag_index - class) * flags_used;
+    let l4_rules = TCP_FLAGS.get(tcp_flags::index(generation, entry))?;
     let dport_rules = if fields & field::DPORT == 0 {
         None
     } else if l4.fragment {

@@ -15,7 +15,7 @@ use crate::maps::{LIMIT_BUCKETS, LIMIT_STATS, LIMITS, count};
 pub struct LimitProbe {
     /// The source address, as in `Packet::src`.
     pub src: [u32; 4],
-    /// `generation * MAX_RULES + rule`: the rule's entry in `LIMITS`.
+    /// `rule_index(generation, rule)`: the rule's entry in `LIMITS`.
     pub index: u32,
     /// The rule's counter slot, where its over-limit packets are counted.
     pub slot: u32,

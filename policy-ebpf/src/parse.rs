@@ -120,9 +120,11 @@ pub struct Transport {
     /// Destination port, or ICMP type; 0 for other protocols.
     pub dport: u16,
     pub sport: u16,
-    /// Where the packet's class and TCP flags are looked up in `TCP_FLAGS`: the flags
-    /// byte (FIN is bit 0, CWR bit 7) of a TCP header, `tcp_flags::UNKNOWN` for a TCP
-    /// fragment, `tcp_flags::other(class)` for the rest. Set here, where the protocol is
+    /// Where the packet's class and TCP flags are looked up in `TCP_FLAGS` (in a
+    /// generation with a flags rule): the entry of a TCP header's flags byte
+    /// (`tcp_flags::byte`), `tcp_flags::UNKNOWN` for a TCP fragment,
+    /// `tcp_flags::other(class)` for the rest; never below `tcp_flags::other(class)`
+    /// (the classifier subtracts it). Set here, where the protocol is
     /// known anyway: a branch on it in the classifier doubled the verifier's paths.
     pub flag_index: u32,
     /// A non-first fragment: `dport` and `sport` are unknown (and its flags: `flag_index`
@@ -527,7 +529,7 @@ fn parse_transport(cursor: Cursor, proto: u8, v6: bool) -> Result<Transport, Unp
             // SAFETY: bounds checked by `peek`; the flags are the header's 14th byte.
             let (source, dest, doff) = unsafe { ((*tcp).source, (*tcp).dest, (*tcp).doff()) };
             // SAFETY: as above.
-            flag_index = u32::from(unsafe { *tcp.cast::<u8>().add(TCP_FLAGS_OFFSET) });
+            flag_index = tcp_flags::byte(unsafe { *tcp.cast::<u8>().add(TCP_FLAGS_OFFSET) });
             // The options too: Linux drops a segment whose header runs past its end.
             if doff < 5 || cursor.offset + 4 * usize::from(doff) > cursor.end {
                 return Err(Unparsable);

@@ -12,7 +12,7 @@ use std::{
 
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
-use policy_common::{MAX_PORT_CLASSES, field_bitmap};
+use policy_common::{MAX_PORT_CLASSES, field, field_bitmap, tcp_flags};
 use policy_daemon::policy::{
     self, Policy, PortField, PortRange, Protocol, Ruleset,
     reference::{self, IpPacket, L4, Parsed},
@@ -48,7 +48,12 @@ fn check_invariants(policy: &Policy, ruleset: &Ruleset) {
     let rules = policy.rules.len();
     assert_eq!(ruleset.rules.len(), rules, "one compiled rule per policy rule");
     assert_eq!(ruleset.config.words as usize, rules.div_ceil(64), "bitmap words for {rules} rules");
-    assert_eq!(ruleset.field_bitmaps.len(), field_bitmap::PER_GENERATION as usize);
+    let with_sets = ruleset.config.src_sets | ruleset.config.dst_sets != 0;
+    let entries = if with_sets { field_bitmap::PER_GENERATION } else { field_bitmap::SET_RULES };
+    assert_eq!(ruleset.field_bitmaps.len(), entries as usize, "field bitmaps");
+    let with_flags = ruleset.config.fields & field::TCP_FLAGS != 0;
+    let entries = if with_flags { tcp_flags::PER_GENERATION } else { tcp_flags::CLASSES_ONLY };
+    assert_eq!(ruleset.tcp_flags.len(), entries as usize, "class-and-flags bitmaps");
     assert!(ruleset.src_v4.iter().any(|(n, _)| n.prefix_len() == 0), "src IPv4 /0");
     assert!(ruleset.dst_v4.iter().any(|(n, _)| n.prefix_len() == 0), "dst IPv4 /0");
     assert!(ruleset.src_v6.iter().any(|(n, _)| n.prefix_len() == 0), "src IPv6 /0");

@@ -24,7 +24,7 @@ use policy_common::{
     RULE_COUNTER_SLOTS, RULES_MAP, RuleBitmap, RuleInfo, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP,
     SRC_V4_MAP, SRC_V6_MAP, TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP, V4_L3_MAP,
     V6_BLOCKS_MAP, V6_CLASSES_MAP, V6_L1_MAP, Verdict, active, field, field_bitmap, ipv4_key,
-    ipv6_key, port_bitmap_index, port_table, tcp_flags, v4_table, v6_table,
+    ipv6_key, port_bitmap_index, port_table, rule_index, tcp_flags, v4_table, v6_table,
 };
 
 use super::migrate::TableRoom;
@@ -963,29 +963,24 @@ fn write_generation(
         }
         shadow.tries_known = true;
     }
-    let rules_base = generation * MAX_RULES as u32;
+    let share = Share::interleaved(generation);
     // The buckets' parameters before the rules that use them.
     let mut writes =
-        sync_array(&mut shadow.limits, &image.limits, rules_base, |i, v| maps.set_limits(i, v))?;
-    writes += sync_array(&mut shadow.rules, &image.rules, rules_base, |i, v| maps.set_rules(i, v))?;
-    let fields_base = generation * field_bitmap::PER_GENERATION;
-    writes +=
-        sync_array(&mut shadow.field_bitmaps, &ruleset.field_bitmaps, fields_base, |i, v| {
-            maps.set_bitmaps(BitmapMap::Fields, i, v)
-        })?;
-    let base = generation * tcp_flags::PER_GENERATION;
-    writes += sync_array(&mut shadow.tcp_flags, &ruleset.tcp_flags, base, |i, v| {
+        sync_share(&mut shadow.limits, &image.limits, share, |i, v| maps.set_limits(i, v))?;
+    writes += sync_share(&mut shadow.rules, &image.rules, share, |i, v| maps.set_rules(i, v))?;
+    writes += sync_share(&mut shadow.field_bitmaps, &ruleset.field_bitmaps, share, |i, v| {
+        maps.set_bitmaps(BitmapMap::Fields, i, v)
+    })?;
+    writes += sync_share(&mut shadow.tcp_flags, &ruleset.tcp_flags, share, |i, v| {
         maps.set_bitmaps(BitmapMap::TcpFlags, i, v)
     })?;
     for (id, words) in &image.port_words {
         let id = *id;
         let bitmaps = shadow.port_bitmaps.get_mut(&id).expect("both fields present");
-        writes += sync_share(
-            bitmaps,
-            image.port_bitmaps(id),
-            Share::port_classes(generation),
-            |i, v| maps.set_bitmaps(BitmapMap::Ports(id), i, v),
-        )?;
+        writes +=
+            sync_share(bitmaps, image.port_bitmaps(id), Share::interleaved(generation), |i, v| {
+                maps.set_bitmaps(BitmapMap::Ports(id), i, v)
+            })?;
         let held = shadow.port_words.get_mut(&id).expect("both fields present");
         let base = generation * PORT_CLASS_WORDS;
         writes += sync_array(held, words, base, |i, v| maps.set_port_classes(id, i, v))?;
@@ -1072,29 +1067,24 @@ fn audit_generation(
     let ruleset = image.ruleset;
     let len = |v: usize| v as u32;
     drift.compare(CONFIG_MAP, &[ruleset.config], &[maps.config(generation)?]);
-    let rules = maps.rules(generation * MAX_RULES as u32, len(image.rules.len()))?;
-    drift.compare(RULES_MAP, &image.rules, &rules);
+    let share = Share::interleaved(generation);
+    let rules = maps.rules(share.base, share.span(image.rules.len()))?;
+    drift.compare(RULES_MAP, &image.rules, &share.pick(rules));
     if !image.limits.is_empty() {
-        let limits = maps.limits(generation * MAX_RULES as u32, len(image.limits.len()))?;
-        drift.compare(LIMITS_MAP, &image.limits, &limits);
+        let limits = maps.limits(share.base, share.span(image.limits.len()))?;
+        drift.compare(LIMITS_MAP, &image.limits, &share.pick(limits));
     }
-    let fields = maps.bitmaps(
-        BitmapMap::Fields,
-        generation * field_bitmap::PER_GENERATION,
-        len(ruleset.field_bitmaps.len()),
-    )?;
-    drift.compare(FIELD_BITMAPS_MAP, &ruleset.field_bitmaps, &fields);
-    let held = maps.bitmaps(
-        BitmapMap::TcpFlags,
-        generation * tcp_flags::PER_GENERATION,
-        len(ruleset.tcp_flags.len()),
-    )?;
-    drift.compare(TCP_FLAGS_MAP, &ruleset.tcp_flags, &held);
+    for (map, wanted) in
+        [(BitmapMap::Fields, &ruleset.field_bitmaps), (BitmapMap::TcpFlags, &ruleset.tcp_flags)]
+    {
+        let held = maps.bitmaps(map, share.base, share.span(wanted.len()))?;
+        drift.compare(map.name(), wanted, &share.pick(held));
+    }
     for (id, words) in &image.port_words {
         let held = maps.port_classes(*id, generation * PORT_CLASS_WORDS, len(words.len()))?;
         drift.compare(id.classes_map(), words, &held);
         let wanted = image.port_bitmaps(*id);
-        let share = Share::port_classes(generation);
+        let share = Share::interleaved(generation);
         let held = maps.bitmaps(BitmapMap::Ports(*id), share.base, share.span(wanted.len()))?;
         drift.compare(BitmapMap::Ports(*id).name(), wanted, &share.pick(held));
     }
@@ -1205,10 +1195,15 @@ impl Share {
         Self { base: v4_table::class_index(generation, field, 0), run: 1, stride: REGIONS }
     }
 
-    /// A port field's class bitmaps (`DPORT_BITMAPS`, `SPORT_BITMAPS`).
-    fn port_classes(generation: u32) -> Self {
+    /// A generation's entries of a map interleaved by generation: a port field's class
+    /// bitmaps (`DPORT_BITMAPS`, `SPORT_BITMAPS`), `FIELD_BITMAPS`, `TCP_FLAGS`, `RULES`,
+    /// `LIMITS`.
+    fn interleaved(generation: u32) -> Self {
+        debug_assert_eq!(rule_index(0, 1), GENERATIONS);
         debug_assert_eq!(port_bitmap_index(0, 1), GENERATIONS);
-        Self { base: port_bitmap_index(generation, 0), run: 1, stride: GENERATIONS }
+        debug_assert_eq!(field_bitmap::index(0, 1), GENERATIONS);
+        debug_assert_eq!(tcp_flags::index(0, 1), GENERATIONS);
+        Self { base: generation, run: 1, stride: GENERATIONS }
     }
 
     /// The map index of element `i`.

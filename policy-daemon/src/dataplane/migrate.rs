@@ -20,12 +20,13 @@ use std::{path::Path, time::Instant};
 
 use aya::maps::{Array, Map, MapData, MapInfo};
 use policy_common::{
-    ACTIVE_MAP, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, EVENT_SETTINGS_MAP, GENERATIONS,
-    LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, LIMITS_MAP, MAP_NAMES,
-    MAX_PORT_CLASSES, PORT_TABLE_MAP, REGIONS, RULE_COUNTER_SLOTS, RULE_COUNTERS_MAP, SET_HITS_MAP,
-    SET_STATS_MAP, SETS_MAP, SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, V4_CLASSES_MAP, V4_L1_MAP,
-    V4_L2_MAP, V4_L3_MAP, V6_BLOCKS_MAP, V6_CLASSES_MAP, V6_L1_MAP, VERDICT_COUNTERS_MAP,
-    port_table, v4_table, v6_table,
+    ACTIVE_MAP, CONFIG_MAP, DPORT_BITMAPS_MAP, DPORT_CLASSES_MAP, EVENT_SETTINGS_MAP,
+    FIELD_BITMAPS_MAP, GENERATIONS, LAYOUT_MAP, LAYOUT_VERSION, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP,
+    LIMITS_MAP, MAP_NAMES, MAX_PORT_CLASSES, MAX_RULES, PORT_TABLE_MAP, REGIONS,
+    RULE_COUNTER_SLOTS, RULE_COUNTERS_MAP, RULES_MAP, SET_HITS_MAP, SET_STATS_MAP, SETS_MAP,
+    SPORT_BITMAPS_MAP, SPORT_CLASSES_MAP, TCP_FLAGS_MAP, V4_CLASSES_MAP, V4_L1_MAP, V4_L2_MAP,
+    V4_L3_MAP, V6_BLOCKS_MAP, V6_CLASSES_MAP, V6_L1_MAP, VERDICT_COUNTERS_MAP, field, field_bitmap,
+    port_table, tcp_flags, v4_table, v6_table,
 };
 
 use super::{
@@ -89,10 +90,21 @@ pub struct Sizes {
     pub limits: bool,
     /// The port table's rows per generation (0: the map has one entry).
     pub port_rows: u32,
+    /// `TCP_FLAGS` at the object's size, for a policy with a flags rule; else the
+    /// classes' entries only.
+    pub flags: bool,
+    /// `FIELD_BITMAPS` at the object's size, for a policy with sets; else the entries
+    /// before the sets' only.
+    pub sets: bool,
+    /// Rules `RULES` (and `LIMITS`, when used) have room for: the next power of two from
+    /// the policy's rules, at least [`Sizes::MIN_RULES`].
+    pub rules: u32,
     pub tables: TableRoom,
 }
 
 impl Sizes {
+    pub const MIN_RULES: u32 = 64;
+
     /// What `ruleset` needs, with `max_sources` buckets if it has a limit rule.
     pub fn for_ruleset(ruleset: &Ruleset, max_sources: u32) -> Self {
         let limits = ruleset.rules.iter().any(|rule| rule.limit.is_some());
@@ -100,6 +112,11 @@ impl Sizes {
             buckets: if limits { max_sources } else { 1 },
             limits,
             port_rows: ruleset.port_rows().map_or(0, |ports| ports.rows.len() as u32),
+            flags: ruleset.config.fields & field::TCP_FLAGS != 0,
+            sets: ruleset.config.src_sets | ruleset.config.dst_sets != 0,
+            rules: (ruleset.rules.len() as u32)
+                .next_power_of_two()
+                .clamp(Self::MIN_RULES, MAX_RULES as u32),
             tables: TableRoom::for_ruleset(ruleset),
         }
     }
@@ -111,6 +128,9 @@ impl Sizes {
             buckets: max_sources,
             limits: true,
             port_rows: port_table::MAX_ROWS_PER_GENERATION,
+            flags: true,
+            sets: true,
+            rules: MAX_RULES as u32,
             tables: TableRoom::FULL,
         }
     }
@@ -120,10 +140,13 @@ impl Sizes {
         match name {
             LIMIT_BUCKETS_MAP => Some(self.buckets),
             LIMITS_MAP | LIMIT_STATS_MAP if !self.limits => Some(1),
+            RULES_MAP | LIMITS_MAP => Some(GENERATIONS * self.rules),
             PORT_TABLE_MAP => Some(match self.port_rows {
                 0 => 1,
                 rows => GENERATIONS * rows * port_table::WORDS_PER_ROW,
             }),
+            TCP_FLAGS_MAP if !self.flags => Some(GENERATIONS * tcp_flags::CLASSES_ONLY),
+            FIELD_BITMAPS_MAP if !self.sets => Some(GENERATIONS * field_bitmap::SET_RULES),
             _ => self.tables.entries(name),
         }
     }
@@ -136,6 +159,9 @@ impl Sizes {
             buckets: entries_of(LIMIT_BUCKETS_MAP)?,
             limits: entries_of(LIMITS_MAP)? > 1,
             port_rows: entries_of(PORT_TABLE_MAP)? / (GENERATIONS * port_table::WORDS_PER_ROW),
+            flags: entries_of(TCP_FLAGS_MAP)? > GENERATIONS * tcp_flags::CLASSES_ONLY,
+            sets: entries_of(FIELD_BITMAPS_MAP)? > GENERATIONS * field_bitmap::SET_RULES,
+            rules: entries_of(RULES_MAP)? / GENERATIONS,
             tables: TableRoom::of(entries_of)?,
         })
     }
@@ -143,11 +169,17 @@ impl Sizes {
 
 impl std::fmt::Display for Sizes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let used = if self.limits { "used" } else { "unused" };
+        let used = |on: bool| if on { "used" } else { "unused" };
         write!(
             f,
-            "{} buckets, limits {used}, port table rows {}, {}",
-            self.buckets, self.port_rows, self.tables
+            "{} buckets, limits {}, rules {}, port table rows {}, TCP flags {}, sets {}, {}",
+            self.buckets,
+            used(self.limits),
+            self.rules,
+            self.port_rows,
+            used(self.flags),
+            used(self.sets),
+            self.tables
         )
     }
 }
@@ -730,6 +762,46 @@ mod tests {
         assert_eq!(moved.values, entries.values, "values unchanged");
         assert_eq!(Moves::of(LIMIT_STATS_MAP, LAYOUT_VERSION).apply(entries.clone()), entries);
         assert_eq!(Moves::of(RULE_COUNTERS_MAP, 4).apply(entries.clone()), entries);
+    }
+
+    /// The rules' maps get the next power of two from the policy's rules (at least the
+    /// least room, at most the limit), the class-and-flags and field bitmaps their full
+    /// size only with a flags rule or a set; and sizes read back from maps of those
+    /// entries are the same.
+    #[test]
+    fn sizes_follow_the_rules_flags_and_sets_and_read_back() {
+        let rules = |n: usize, extra: &str| {
+            let text: String = (0..n)
+                .map(|i| format!("[[rule]]\nname = \"r{i}\"\naction = \"drop\"\n{extra}"))
+                .collect();
+            Sizes::for_ruleset(&compiled(&text), 1000)
+        };
+        let one = rules(1, "dst_ports = 9\n");
+        assert_eq!((one.rules, one.flags, one.sets), (Sizes::MIN_RULES, false, false));
+        assert_eq!(one.entries(RULES_MAP), Some(GENERATIONS * Sizes::MIN_RULES));
+        assert_eq!(one.entries(TCP_FLAGS_MAP), Some(GENERATIONS * tcp_flags::CLASSES_ONLY));
+        assert_eq!(one.entries(FIELD_BITMAPS_MAP), Some(GENERATIONS * field_bitmap::SET_RULES));
+        assert_eq!(one.entries(LIMITS_MAP), Some(1), "no limit rule");
+        assert_eq!(rules(65, "").rules, 128);
+        assert_eq!(rules(MAX_RULES, "").rules, MAX_RULES as u32);
+        let flags = rules(2, "protocol = \"tcp\"\ntcp_flags = \"syn\"\n");
+        assert!(flags.flags && !flags.sets);
+        assert_eq!(flags.entries(TCP_FLAGS_MAP), None, "the object's size");
+        let text = "[[set]]\nname = \"bad\"\n\n[[rule]]\nname = \"a\"\naction = \"drop\"\n\
+                    src = [\"@bad\"]\n";
+        let sets = Sizes::for_ruleset(&compiled(text), 1000);
+        assert!(sets.sets && !sets.flags);
+        assert_eq!(sets.entries(FIELD_BITMAPS_MAP), None, "the object's size");
+        for sizes in [one, flags, sets, Sizes::full(1000)] {
+            let object = |name: &str| match name {
+                TCP_FLAGS_MAP => GENERATIONS * tcp_flags::PER_GENERATION,
+                FIELD_BITMAPS_MAP => GENERATIONS * field_bitmap::PER_GENERATION,
+                RULES_MAP | LIMITS_MAP => GENERATIONS * MAX_RULES as u32,
+                _ => 1 << 20,
+            };
+            let read = Sizes::of(|name| Ok(sizes.entries(name).unwrap_or_else(|| object(name))));
+            assert_eq!(read.expect("read back"), sizes);
+        }
     }
 
     /// The tables' maps get the next power of two above what the policy uses (at

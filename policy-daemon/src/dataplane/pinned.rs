@@ -15,8 +15,8 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use policy_common::{
     ACTIVE_MAP, CONFIG_MAP, Counter, DropEvent, EVENT_SETTINGS_MAP, EVENTS_MAP, EventSettings,
-    GENERATIONS, GenConfig, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, LIMITS_MAP, LimitConfig, MAX_RULES,
-    RULE_COUNTERS_MAP, VERDICT_COUNTERS_MAP,
+    GENERATIONS, GenConfig, LIMIT_BUCKETS_MAP, LIMIT_STATS_MAP, LIMITS_MAP, LimitConfig,
+    RULE_COUNTERS_MAP, VERDICT_COUNTERS_MAP, rule_index,
 };
 
 use super::{
@@ -143,7 +143,7 @@ impl PinnedFilter {
         let active = Array::<MapData, u32>::try_from(Map::Array(active)).ok()?.get(&0, 0).ok()?;
         let limits = MapData::from_pin(self.pins.map(LIMITS_MAP)).ok()?;
         let limits = Array::<MapData, LimitConfig>::try_from(Map::Array(limits)).ok()?;
-        let index = (active % GENERATIONS) * MAX_RULES as u32 + u32::try_from(index).ok()?;
+        let index = rule_index(active % GENERATIONS, u32::try_from(index).ok()?);
         limits.get(&index, 0).ok().filter(|l| l.id != 0)
     }
 

@@ -220,7 +220,8 @@ impl Ruleset {
             L4::Other { .. } | L4::Fragment { .. } => (0, 0),
         };
         let class_and_flags = match packet.l4 {
-            L4::Tcp { flags, .. } => u32::from(flags),
+            _ if fields & field::TCP_FLAGS == 0 => common::tcp_flags::other(packet.l4.class()),
+            L4::Tcp { flags, .. } => common::tcp_flags::byte(flags),
             L4::Fragment { class: L4Class::Tcp } => common::tcp_flags::UNKNOWN,
             other => common::tcp_flags::other(other.class()),
         };
@@ -401,20 +402,25 @@ pub fn compile(policy: &Policy) -> Ruleset {
     if rules.iter().any(|r| r.limit.is_some()) {
         fields |= field::LIMIT;
     }
-    // The class-and-flags bitmaps: a TCP segment's rules for each flags byte, a TCP
-    // fragment's (the TCP rules matching no flags), then each class's rules.
+    // The class-and-flags bitmaps: each class's rules (TCP's: those matching no flags),
+    // then, with a flags rule, a TCP fragment's (the TCP rules matching no flags) and a
+    // TCP segment's for each flags byte.
     let tcp = |r: &Rule| r.admits(L4Class::Tcp);
-    let mut tcp_flags: Vec<RuleBitmap> = (0..=u8::MAX)
-        .map(|v| bitmap_of(&|r: &Rule| tcp(r) && r.tcp_flags.is_none_or(|f| f.admits(v))))
-        .collect();
-    tcp_flags.push(bitmap_of(&|r: &Rule| tcp(r) && r.tcp_flags.is_none()));
+    let mut tcp_flags = Vec::new();
     for class in L4Class::ALL {
         debug_assert_eq!(tcp_flags.len() as u32, common::tcp_flags::other(class));
         tcp_flags.push(bitmap_of(&|r: &Rule| {
             r.admits(class) && (class != L4Class::Tcp || r.tcp_flags.is_none())
         }));
     }
-    debug_assert_eq!(tcp_flags.len(), common::tcp_flags::PER_GENERATION as usize);
+    if fields & field::TCP_FLAGS != 0 {
+        tcp_flags.push(bitmap_of(&|r: &Rule| tcp(r) && r.tcp_flags.is_none()));
+        tcp_flags.extend(
+            (0..=u8::MAX)
+                .map(|v| bitmap_of(&|r: &Rule| tcp(r) && r.tcp_flags.is_none_or(|f| f.admits(v)))),
+        );
+        debug_assert_eq!(tcp_flags.len(), common::tcp_flags::PER_GENERATION as usize);
+    }
 
     // The sets each address field names, in the order rules name them: the program looks
     // the address up in each and adds the rules naming it.
@@ -483,8 +489,11 @@ pub fn compile(policy: &Policy) -> Ruleset {
         V6Table::default_only,
         V6Table::build_for_lookups,
     );
-    // Each combination of a field's sets: the union of their rules.
+    // Each combination of a field's sets: the union of their rules. None without sets.
     for field in 0..2 {
+        if set_counts == [0, 0] {
+            break;
+        }
         for sets in 0..field_bitmap::SET_COMBINATIONS as usize {
             let mut union = RuleBitmap::EMPTY;
             for (k, rules) in
@@ -497,7 +506,10 @@ pub fn compile(policy: &Policy) -> Ruleset {
             field_bitmaps.push(union);
         }
     }
-    debug_assert_eq!(field_bitmaps.len(), field_bitmap::PER_GENERATION as usize);
+    debug_assert!(
+        [field_bitmap::SET_RULES, field_bitmap::PER_GENERATION]
+            .contains(&(field_bitmaps.len() as u32))
+    );
     let mut ruleset = Ruleset {
         config,
         rules: rules

@@ -52,6 +52,44 @@ pub const GENERATED: &[(&str, Generator)] = &[
         assert!(text.len() as u64 <= policy_daemon::reload::files::MAX_POLICY_FILE_BYTES);
         fs::write(path, text).expect("writing");
     }),
+    ("too-many-rules", |path| {
+        // One rule past the limit, each on its own port.
+        let mut text = String::new();
+        for i in 0..=policy_common::MAX_RULES {
+            let port = i + 1;
+            write!(
+                text,
+                "[[rule]]\nname = \"r{i}\"\naction = \"drop\"\nprotocol = \"udp\"\n\
+                 dst_ports = {port}\n\n"
+            )
+            .expect("writing to a string");
+        }
+        fs::write(path, text).expect("writing");
+    }),
+    ("too-many-port-classes", |path| {
+        // Rule `bit-k` takes the ports below 2^BITS whose bit k is set: every combination
+        // of the rules is a class of its own, 2^BITS of them, past the limit.
+        const BITS: u32 = (policy_common::MAX_PORT_CLASSES.ilog2()) + 1;
+        let mut text = String::new();
+        for k in 0..BITS {
+            let run = 1u32 << k;
+            let ranges: Vec<String> = (0..(1u32 << (BITS - k - 1)))
+                .map(|j| {
+                    let low = j * 2 * run + run;
+                    let high = low + run - 1;
+                    if low == high { format!("{low}") } else { format!("\"{low}-{high}\"") }
+                })
+                .collect();
+            write!(
+                text,
+                "[[rule]]\nname = \"bit-{k}\"\naction = \"drop\"\nprotocol = \"udp\"\n\
+                 dst_ports = [{}]\n\n",
+                ranges.join(", ")
+            )
+            .expect("writing to a string");
+        }
+        fs::write(path, text).expect("writing");
+    }),
 ];
 
 /// One entry of the corpus, copied (or generated) into a fresh directory.

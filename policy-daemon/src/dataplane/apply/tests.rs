@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use super::*;
 use crate::policy::{self, compile};
-use policy_common::{BITMAP_WORDS, L4Class, field};
+use policy_common::{BITMAP_WORDS, L4Class, field, rule_index};
 
 /// A value the fake maps hold; rendered as the tests compare it. A bitmap (520 bytes) is
 /// most of them; boxing it would only cost the tests allocations.
@@ -426,7 +426,7 @@ fn the_first_apply_fills_generation_1_then_flips() {
     };
     assert_eq!(
         gen1_rules(&maps),
-        vec![format!("rule/{}", MAX_RULES), format!("rule/{}", MAX_RULES + 1)]
+        vec![format!("rule/{}", rule_index(1, 0)), format!("rule/{}", rule_index(1, 1))]
     );
     assert!(maps.writes.contains(&"config/1".to_string()));
     assert!(!maps.writes.iter().any(|w| w == "config/0"), "generation 0 is not touched");
@@ -886,7 +886,7 @@ fn adopted_rule_entries_are_written_even_when_they_look_like_zeros() {
     for round in 0..3 {
         adopted.apply(&mut maps, &pass).expect("apply");
         assert_eq!(named_slots(&adopted), &[("dns".to_string(), 0)]);
-        let entry = format!("rule/{}", maps.active * MAX_RULES as u32);
+        let entry = format!("rule/{}", rule_index(maps.active, 0));
         assert_eq!(maps.values.get(&entry), Some(&Value::Rule(ZERO_RULE)), "round {round}");
         assert_in_force(&adopted, &mut maps, &pass, &format!("round {round}"));
     }
