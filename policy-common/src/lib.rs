@@ -196,13 +196,12 @@ pub const LAYOUT_ENTRIES: u32 = 4;
 /// class 0 ([`field::SRC_V4_DEFAULT_ONLY`]); the port classes' bitmaps interleaved by
 /// generation ([`port_bitmap_index`]), and sized as well; the first levels' entries
 /// 16 bits each, four to a word ([`v4_table::l1_word`]);
-/// 5: [`MAX_RULES`] 4,096, so every [`RuleBitmap`] has 64 words and a summary word, the
-/// sets' rules by combination of sets ([`field_bitmap::set_rules`]), `FIELD_BITMAPS`,
+/// 5: [`MAX_RULES`] 4,096, so every [`RuleBitmap`] has 64 words and a summary word; the
+/// sets' rules by combination of sets ([`field_bitmap::set_rules`]); `FIELD_BITMAPS`,
 /// `TCP_FLAGS`, `RULES` and `LIMITS` interleaved by generation and sized (classes first
-/// in `TCP_FLAGS`; [`rule_index`]), the
-/// counter slots are twice as many (and [`LIMIT_STATS_MAP`]'s bucket counts start at the
-/// new [`RULE_COUNTER_SLOTS`]), and the port table's entries hold 14-bit slots and a
-/// verdict code ([`port_table::entry`]).
+/// in `TCP_FLAGS`; [`rule_index`]); twice as many counter slots (and
+/// [`LIMIT_STATS_MAP`]'s bucket counts from the new [`RULE_COUNTER_SLOTS`] on); the port
+/// table's entries with 14-bit slots and a verdict code ([`port_table::entry`]).
 pub const LAYOUT_VERSION: u32 = 5;
 
 /// Every map the program declares, for checks that the built object carries them all.
@@ -577,13 +576,17 @@ pub mod port_table {
     /// verdict's code ([`code`]), never 0.
     pub const SLOT_BITS: u32 = 14;
 
-    /// The code of a rule verdict in an entry (1 to 3); `None` for a verdict no port
-    /// table holds.
+    /// The codes of the rule verdicts in an entry.
+    pub const PASS: u16 = 1;
+    pub const DROP: u16 = 2;
+    pub const MONITOR: u16 = 3;
+
+    /// The code of a rule verdict in an entry; `None` for a verdict no port table holds.
     pub const fn code(verdict: Verdict) -> Option<u16> {
         match verdict {
-            Verdict::PassRule => Some(1),
-            Verdict::DropRule => Some(2),
-            Verdict::MonitorRule => Some(3),
+            Verdict::PassRule => Some(PASS),
+            Verdict::DropRule => Some(DROP),
+            Verdict::MonitorRule => Some(MONITOR),
             _ => None,
         }
     }
@@ -593,7 +596,7 @@ pub mod port_table {
     pub const fn entry(verdict: Verdict, slot: u16) -> u16 {
         let code = match code(verdict) {
             Some(code) => code,
-            None => 2,
+            None => DROP,
         };
         code << SLOT_BITS | (slot & ((1 << SLOT_BITS) - 1))
     }

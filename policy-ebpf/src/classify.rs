@@ -78,10 +78,10 @@ pub fn classify<const FULL: bool>(packet: &Packet, ctx: &XdpContext) -> Decision
         if let Some(entry) = entry {
             if entry != 0 {
                 let (code, slot) = port_table::decode(entry);
-                // Codes of `port_table::code`; anything else is not written: drop.
+                // Anything but the pass and monitor codes is not written: drop.
                 let verdict = match code {
-                    1 => Verdict::PassRule,
-                    3 => Verdict::MonitorRule,
+                    c if c == u32::from(port_table::PASS) => Verdict::PassRule,
+                    c if c == u32::from(port_table::MONITOR) => Verdict::MonitorRule,
                     _ => Verdict::DropRule,
                 };
                 return Decision { verdict, counter_slot: Some(slot) };
