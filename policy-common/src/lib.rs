@@ -422,11 +422,6 @@ impl RuleBitmap {
         self.words[rule / 64] & (1 << (rule % 64)) != 0
     }
 
-    /// Whether `summary` is the one of `words`.
-    pub fn summary_holds(&self) -> bool {
-        Self::from_words(self.words).summary == self.summary
-    }
-
     /// The lowest rule in both bitmaps.
     pub fn first_common(&self, other: &Self) -> Option<usize> {
         self.words.iter().zip(other.words.iter()).enumerate().find_map(|(i, (a, b))| {
@@ -1256,11 +1251,13 @@ mod tests {
         b.set(200);
         b.union(&a);
         assert_eq!(b.summary, 1 | 1 << 3 | 1 << (BITMAP_WORDS - 1));
-        assert!(a.summary_holds() && b.summary_holds());
+        // Whether the summary is the one of the words.
+        let holds = |x: &RuleBitmap| RuleBitmap::from_words(x.words).summary == x.summary;
+        assert!(holds(&a) && holds(&b));
         assert_eq!(RuleBitmap::from_words(b.words), b);
         let mut wrong = b;
         wrong.summary &= !1;
-        assert!(!wrong.summary_holds());
+        assert!(!holds(&wrong));
     }
 
     /// Every counter slot and rule verdict round-trips through a port table entry, and
