@@ -13,7 +13,10 @@ mod support;
 
 use std::{path::Path, time::Duration};
 
-use policy_common::{MAX_SOURCES, Verdict};
+use policy_common::{
+    MAX_SOURCES, Verdict,
+    xdp_action::{XDP_DROP, XDP_PASS},
+};
 use policy_daemon::{
     dataplane::{Dataplane, Program, XdpMode, migrate::Sizes, pinned::PinnedFilter, pins::Pins},
     policy::{self, Ruleset},
@@ -97,4 +100,63 @@ fn programs_swap_in_place_around_the_flip_under_traffic() {
     assert_eq!(result.received[0], 0, "datagrams to the blocked port got through");
     assert_eq!(result.received[1], result.sent[1], "datagrams to the open port were lost");
     assert_eq!((drops, passes, unparsable), (result.sent[0], result.sent[1], 0));
+}
+
+/// A sampled drop names the packet's addresses and ports, whichever program judged it
+/// and however the parser reached the IP header (untagged, VLAN-tagged, through an
+/// IPv6 extension header): both programs read the addresses again for the sample,
+/// where the parser found the IP header, rather than keep them through the classifier.
+#[test]
+fn both_programs_sample_drops_with_the_packets_addresses() {
+    use policy_daemon::packet::{Packet, udp};
+    let Some(_serial) = serial("both_programs_sample_drops_with_the_packets_addresses") else {
+        return;
+    };
+    let frames: [(&str, &str, Packet); 4] = [
+        ("198.18.0.1", "198.18.0.2", Packet::ipv4(udp(PORT_A))),
+        ("198.18.7.9", "198.18.0.2", Packet::ipv4(udp(PORT_A)).vlan(0x8100)),
+        ("fd00::1", "fd00::2", Packet::ipv6(udp(PORT_A))),
+        ("fd00::7:9", "fd00::2", Packet::ipv6(udp(PORT_A)).ipv6_ext(0)),
+    ];
+    for src in [false, true] {
+        let testbed = Testbed::new().expect("testbed");
+        let pin_dir = testbed.dirs().pin_dir();
+        let pins = Pins::new(&pin_dir, RX_IFACE);
+        let mut dataplane = Dataplane::load(&ruleset(src)).expect("loading");
+        let wanted = if src { Program::Full } else { Program::Ports };
+        assert_eq!(dataplane.current_program(), wanted);
+        testbed
+            .rx()
+            .run(|| dataplane.attach_pinned(RX_IFACE, XdpMode::Skb, &pins))
+            .expect("entering rx")
+            .expect("attaching");
+        let filter = PinnedFilter::open(&pin_dir, RX_IFACE).expect("pinned");
+        let mut events = filter.events().expect("the events");
+        // An interval of 1 ns: every drop of a test run is sampled.
+        events.set_rate(1_000_000_000).expect("sampling on");
+        for (from, to, packet) in &frames {
+            let frame = packet.clone().src(from).dst(to).src_port(4000).build();
+            assert_eq!(filter.test_run(&frame).expect("a test run"), XDP_DROP, "{from}");
+        }
+        let passed = Packet::ipv4(udp(PORT_B)).src("198.18.0.1").dst("198.18.0.2").build();
+        assert_eq!(filter.test_run(&passed).expect("a test run"), XDP_PASS);
+        events.set_rate(0).expect("sampling off");
+        let seen = events.drain();
+        assert_eq!(seen.len(), frames.len(), "{wanted:?}: one sample per drop, none for the pass");
+        for (event, (from, to, _)) in seen.iter().zip(&frames) {
+            let bytes = |addr: &str| match addr.parse::<std::net::IpAddr>().expect("an address") {
+                std::net::IpAddr::V4(a) => {
+                    let mut b = [0; 16];
+                    b[..4].copy_from_slice(&a.octets());
+                    b
+                }
+                std::net::IpAddr::V6(a) => a.octets(),
+            };
+            let what = format!("{wanted:?}, {from} -> {to}");
+            assert_eq!((event.src, event.dst), (bytes(from), bytes(to)), "{what}");
+            assert_eq!((event.src_port, event.dst_port), (4000, PORT_A), "{what}");
+            assert_eq!(event.ip_version, if from.contains(':') { 6 } else { 4 }, "{what}");
+            assert_eq!(event.verdict, Verdict::DropRule as u8, "{what}");
+        }
+    }
 }

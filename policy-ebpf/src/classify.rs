@@ -39,59 +39,66 @@ pub struct Decision {
 }
 
 impl Decision {
-    const fn of(verdict: Verdict) -> Self {
+    pub const fn of(verdict: Verdict) -> Self {
         Self { verdict, counter_slot: None }
     }
 }
 
-/// Classifies `packet` against the active generation. `FULL` is the program that can
-/// judge every generation; without it, the port program (`policy_ports`), which reads
-/// nothing but the protocol and the destination port, and judges only generations with
-/// a port table: the daemon puts it on the link only while such a generation is active
-/// and takes it off before it flips to another. Should it ever meet another generation
-/// anyway, it drops: it cannot see the fields that generation's rules look at.
+/// The active generation's word (see `policy_common::active`), read once per packet:
+/// everything that judges the packet uses this generation, so a concurrent flip of
+/// ACTIVE gives it the old ruleset or the new one, never a mix.
 #[inline(always)]
-pub fn classify<const FULL: bool>(packet: &Packet, ctx: &XdpContext) -> Decision {
-    if packet.family == Family::NotIp {
-        return Decision::of(Verdict::PassNotIp);
+pub fn active() -> u32 {
+    ACTIVE.get(0).copied().unwrap_or(0)
+}
+
+/// The decision of a generation whose rules look at nothing but protocol and
+/// destination port: it has every (class, port) decided in one table, one lookup
+/// instead of one per field. The generation names each class's row in the table (none:
+/// no rule decides the class). `None` for another generation, and for a non-first
+/// fragment (it has no ports): [`classify`] decides those.
+#[inline(always)]
+pub fn by_port_table(active: u32, l4: &Transport) -> Option<Decision> {
+    if active & active::PORT_TABLE == 0 || l4.fragment {
+        return None;
     }
-    let l4 = &packet.l4;
-    // Read once: everything below uses this generation, so a concurrent flip of ACTIVE
-    // gives this packet the old ruleset or the new one, never a mix.
-    let active = ACTIVE.get(0).copied().unwrap_or(0);
-    let generation = active % GENERATIONS;
+    let entry = match active::row_of(active, l4.class as u32) {
+        0 => 0,
+        row => {
+            let (word, shift) = port_table::word(port_table::index(row - 1, l4.dport));
+            ((*PORT_TABLE.get(word)? >> shift) & 0xffff) as u32
+        }
+    };
+    if entry == 0 {
+        return Some(match CONFIG.get(active % GENERATIONS) {
+            Some(config) => decide_default(config, l4),
+            None => Decision::of(Verdict::PassDefault),
+        });
+    }
+    let (code, slot) = port_table::decode(entry);
+    // Anything but the pass and monitor codes is not written: drop.
+    let verdict = match code {
+        c if c == u32::from(port_table::PASS) => Verdict::PassRule,
+        c if c == u32::from(port_table::MONITOR) => Verdict::MonitorRule,
+        _ => Verdict::DropRule,
+    };
+    Some(Decision { verdict, counter_slot: Some(slot) })
+}
+
+/// Classifies `packet` against the generation `active` names, past what
+/// [`by_port_table`] decides. `FULL` is the program that can judge every generation;
+/// without it, the port program (`policy_ports`), which reads nothing but the protocol
+/// and the destination port, and judges only generations with a port table: the daemon
+/// puts it on the link only while such a generation is active and takes it off before
+/// it flips to another. Should it ever meet another generation anyway, it drops: it
+/// cannot see the fields that generation's rules look at.
+#[inline(always)]
+pub fn classify<const FULL: bool>(active: u32, packet: &Packet, ctx: &XdpContext) -> Decision {
     if !FULL && active & active::PORT_TABLE == 0 {
         return Decision::of(Verdict::DropUnparsable);
     }
-    // A generation whose rules look at nothing but protocol and destination port has
-    // every (class, port) decided in one table: one lookup instead of one per field.
-    // The generation names each class's row in the table (none: no rule decides the
-    // class). Non-first fragments have no ports and take the general path.
-    if active & active::PORT_TABLE != 0 && !l4.fragment {
-        let entry = match active::row_of(active, l4.class as u32) {
-            0 => Some(0),
-            row => {
-                let (word, shift) = port_table::word(port_table::index(row - 1, l4.dport));
-                PORT_TABLE.get(word).map(|&word| ((word >> shift) & 0xffff) as u32)
-            }
-        };
-        if let Some(entry) = entry {
-            if entry != 0 {
-                let (code, slot) = port_table::decode(entry);
-                // Anything but the pass and monitor codes is not written: drop.
-                let verdict = match code {
-                    c if c == u32::from(port_table::PASS) => Verdict::PassRule,
-                    c if c == u32::from(port_table::MONITOR) => Verdict::MonitorRule,
-                    _ => Verdict::DropRule,
-                };
-                return Decision { verdict, counter_slot: Some(slot) };
-            }
-            return match CONFIG.get(generation) {
-                Some(config) => decide_default(config, l4),
-                None => Decision::of(Verdict::PassDefault),
-            };
-        }
-    }
+    let l4 = &packet.l4;
+    let generation = active % GENERATIONS;
     let Some(config) = CONFIG.get(generation) else {
         return Decision::of(Verdict::PassDefault);
     };
@@ -112,7 +119,7 @@ pub fn classify<const FULL: bool>(packet: &Packet, ctx: &XdpContext) -> Decision
 /// `unparsable` action. Without a readable configuration, drop: fail closed.
 #[inline(always)]
 pub fn unparsable() -> Decision {
-    let active = ACTIVE.get(0).copied().unwrap_or(0);
+    let active = active();
     let verdict = match CONFIG.get(active % GENERATIONS).map(|c| Action::try_from(c.unparsable)) {
         Some(Ok(Action::Pass)) => Verdict::PassUnparsable,
         // Limit is never written here: a rule action only.

@@ -16,6 +16,8 @@ mod maps;
 mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use classify::Decision;
+use policy_common::Verdict;
 
 const _: () = assert!(
     xdp_action::XDP_DROP == policy_common::xdp_action::XDP_DROP
@@ -41,25 +43,38 @@ pub fn policy_ports(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn run<const FULL: bool>(ctx: &XdpContext) -> u32 {
-    let parsed = parse::parse::<FULL>(ctx);
-    let decision = match &parsed {
-        Ok(packet) => classify::classify::<FULL>(packet, ctx),
-        Err(parse::Unparsable) => classify::unparsable(),
+    let packet = match parse::parse::<FULL>(ctx) {
+        Ok(packet) => packet,
+        Err(parse::Unparsable) => return finish(ctx, None, classify::unparsable()),
     };
+    if packet.family == parse::Family::NotIp {
+        return finish(ctx, Some(&packet), Decision::of(Verdict::PassNotIp));
+    }
+    let active = classify::active();
+    // The port table's decision, apart: inlined with its own copy of `finish`, the port
+    // program's common case runs straight through (about 1 ns a packet less in test
+    // runs than through the classifier's shared exit).
+    if let Some(decision) = classify::by_port_table(active, &packet.l4) {
+        return finish(ctx, Some(&packet), decision);
+    }
+    finish(ctx, Some(&packet), classify::classify::<FULL>(active, &packet, ctx))
+}
+
+/// Counts the decision (and its rule), samples it, and returns its action.
+#[inline(always)]
+fn finish(ctx: &XdpContext, packet: Option<&parse::Packet>, decision: Decision) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     maps::count(&maps::VERDICT_COUNTERS, decision.verdict as u32, bytes);
     if let Some(slot) = decision.counter_slot {
         maps::count(&maps::RULE_COUNTERS, slot, bytes);
     }
-    if let Ok(packet) = &parsed
+    if let Some(packet) = packet
         && let Some(now) = events::due(&decision)
+        // Read now, for the one packet in an interval whose summary is kept: kept in
+        // registers (or the frame) through the classifier, they cost every packet.
+        && let Some(addresses) = parse::addresses(ctx, packet)
     {
-        if FULL {
-            events::emit(&decision, packet, (packet.src, packet.dst), now);
-        } else if let Some(addresses) = parse::addresses(ctx, packet) {
-            // Read now, for the one packet in an interval whose summary is kept.
-            events::emit(&decision, packet, addresses, now);
-        }
+        events::emit(&decision, packet, addresses, now);
     }
     if decision.verdict.drops() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
