@@ -249,10 +249,17 @@ pub const BITMAP_WORDS: usize = MAX_RULES / 64;
 /// Rule generations kept in every rule map.
 pub const GENERATIONS: u32 = 2;
 
-/// The index of `rule` of `generation` in `RULES` and `LIMITS`: interleaved by
-/// generation, so that a map of `n * GENERATIONS` entries holds rules 0 to n - 1 of both.
+/// The index of `entry` of `generation` in a map interleaved by generation, so that a
+/// map of `n * GENERATIONS` entries holds entries 0 to n - 1 of both, and a map sized
+/// to a policy serves both generations: `RULES`, `LIMITS`, `FIELD_BITMAPS`, `TCP_FLAGS`,
+/// `DPORT_BITMAPS` and `SPORT_BITMAPS`.
+pub const fn interleaved(generation: u32, entry: u32) -> u32 {
+    entry * GENERATIONS + generation
+}
+
+/// The index of `rule` of `generation` in `RULES` and `LIMITS` ([`interleaved`]).
 pub const fn rule_index(generation: u32, rule: u32) -> u32 {
-    rule * GENERATIONS + generation
+    interleaved(generation, rule)
 }
 /// The address tables' shares of their maps: one per generation and address field.
 pub const REGIONS: u32 = GENERATIONS * 2;
@@ -263,11 +270,9 @@ const _: () = assert!(MAX_PORT_CLASSES > 2 * MAX_RULES as u32, "a range per rule
 /// Entries of a port-class map per generation (four ports per entry).
 pub const PORT_CLASS_WORDS: u32 = (1 << 16) / 4;
 
-/// Index of (generation, class) in `DPORT_BITMAPS` or `SPORT_BITMAPS`: interleaved by
-/// generation, so that a map of `n * GENERATIONS` entries holds classes 0 to n - 1 of
-/// both.
+/// Index of (generation, class) in `DPORT_BITMAPS` or `SPORT_BITMAPS` ([`interleaved`]).
 pub const fn port_bitmap_index(generation: u32, class: u32) -> u32 {
-    class * GENERATIONS + generation
+    interleaved(generation, class)
 }
 /// Prefixes per address field and IP version (src IPv4, dst IPv4, src IPv6, dst IPv6).
 /// The tries allocate entries as they are inserted (BPF_F_NO_PREALLOC), so the limit
@@ -494,9 +499,9 @@ pub mod field_bitmap {
     /// Entries per generation.
     pub const PER_GENERATION: u32 = SET_RULES + 2 * SET_COMBINATIONS;
 
-    /// The map index of `entry` of `generation`.
+    /// The map index of `entry` of `generation` ([`super::interleaved`]).
     pub const fn index(generation: u32, entry: u32) -> u32 {
-        entry * super::GENERATIONS + generation
+        super::interleaved(generation, entry)
     }
 
     /// The entry of the rules naming the sets `sets` of `field` (0 `src`, 1 `dst`).
@@ -689,9 +694,9 @@ pub mod tcp_flags {
     /// Entries per generation without a flags rule: the classes'.
     pub const CLASSES_ONLY: u32 = L4Class::COUNT;
 
-    /// The map index of `entry` of `generation`.
+    /// The map index of `entry` of `generation` ([`super::interleaved`]).
     pub const fn index(generation: u32, entry: u32) -> u32 {
-        entry * super::GENERATIONS + generation
+        super::interleaved(generation, entry)
     }
 }
 

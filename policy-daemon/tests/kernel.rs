@@ -676,7 +676,8 @@ fn a_full_policy_of_4096_rules_decides_by_each_rule() {
     const RULES: usize = policy_common::MAX_RULES;
     assert_eq!(RULES, 4096);
     // Port-only (the port table decides), then with a source network on every rule (the
-    // classifier's bitmaps: each packet's rule is the only one in its word's summary).
+    // classifier's bitmaps: the source admits every rule, the port only the packet's, in
+    // any of the 64 words).
     for src in ["", "src = \"198.18.0.0/15\"\n"] {
         let mut text = String::new();
         for i in 0..RULES {

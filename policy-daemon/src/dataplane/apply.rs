@@ -1203,7 +1203,8 @@ impl Share {
         debug_assert_eq!(port_bitmap_index(0, 1), GENERATIONS);
         debug_assert_eq!(field_bitmap::index(0, 1), GENERATIONS);
         debug_assert_eq!(tcp_flags::index(0, 1), GENERATIONS);
-        Self { base: generation, run: 1, stride: GENERATIONS }
+        let at = |generation, entry| policy_common::interleaved(generation, entry);
+        Self { base: at(generation, 0), run: 1, stride: at(0, 1) }
     }
 
     /// The map index of element `i`.

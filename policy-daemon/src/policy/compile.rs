@@ -489,11 +489,10 @@ pub fn compile(policy: &Policy) -> Ruleset {
         V6Table::default_only,
         V6Table::build_for_lookups,
     );
-    // Each combination of a field's sets: the union of their rules. None without sets.
-    for field in 0..2 {
-        if set_counts == [0, 0] {
-            break;
-        }
+    // Each combination of a field's sets: the union of their rules. None without sets;
+    // with any, both fields' (the entries' layout has them all).
+    let set_fields = if set_counts == [0, 0] { 0 } else { 2 };
+    for field in 0..set_fields {
         for sets in 0..field_bitmap::SET_COMBINATIONS as usize {
             let mut union = RuleBitmap::EMPTY;
             for (k, rules) in
